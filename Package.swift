@@ -1,0 +1,65 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Layers, dependencies pointing one way:
+//   CSodium  <- SodiumCrypto <- Identity <- OCapN (Syrup formats, intro protocol, sans-IO)
+//                             <- SecureChannel (UDS-HS1 handshake + framed channel, sans-IO)
+//   CFDShim  <- Transport (owned fds, sockets, SCM_RIGHTS)
+//   Audit (records, hash chain) <- Identity
+//   Runtime  <- OCapN, SecureChannel, Transport, Audit, Logging
+//   VectorCheck <- OCapN, SecureChannel, Syrup, Identity
+//   ocapn-uds (CLI) <- Runtime, VectorCheck, ArgumentParser
+let package = Package(
+    name: "ocapn-uds",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ocapn-uds", targets: ["ocapn-uds"]),
+        .library(name: "OCapNUDS", targets: ["Runtime"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]
+        ),
+        .target(name: "CFDShim"),
+        .target(name: "Syrup"),
+        .target(name: "SodiumCrypto", dependencies: ["CSodium"]),
+        .target(name: "Identity", dependencies: ["SodiumCrypto"]),
+        .target(name: "OCapN", dependencies: ["Syrup", "Identity", "SodiumCrypto"]),
+        .target(name: "SecureChannel", dependencies: ["Identity", "SodiumCrypto"]),
+        .target(name: "Transport", dependencies: ["CFDShim"]),
+        .target(name: "Audit", dependencies: ["Identity", "SodiumCrypto"]),
+        .target(
+            name: "Runtime",
+            dependencies: [
+                "OCapN", "SecureChannel", "Transport", "Audit", "Identity", "Syrup",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(name: "VectorCheck", dependencies: ["OCapN", "SecureChannel", "Syrup", "Identity", "SodiumCrypto"]),
+        .executableTarget(
+            name: "ocapn-uds",
+            dependencies: [
+                "Runtime", "VectorCheck", "Audit", "Identity", "OCapN",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "SyrupTests", dependencies: ["Syrup"]),
+        .testTarget(name: "IdentityTests", dependencies: ["Identity", "SodiumCrypto"]),
+        .testTarget(name: "OCapNTests", dependencies: ["OCapN", "Syrup", "Identity"]),
+        .testTarget(name: "SecureChannelTests", dependencies: ["SecureChannel", "Identity", "SodiumCrypto"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "AuditTests", dependencies: ["Audit", "Identity"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "VectorCheck"]
+        ),
+    ]
+)

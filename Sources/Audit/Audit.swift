@@ -1,0 +1,1 @@
+// Audit module: see Package.swift for its layer.

@@ -1,0 +1,3 @@
+#ifndef OCAPN_UDS_CFDSHIM_H
+#define OCAPN_UDS_CFDSHIM_H
+#endif

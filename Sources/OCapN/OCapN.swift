@@ -1,0 +1,1 @@
+// OCapN module: see Package.swift for its layer.

@@ -1,0 +1,1 @@
+// Runtime module: see Package.swift for its layer.

@@ -1,0 +1,1 @@
+// SecureChannel module: see Package.swift for its layer.

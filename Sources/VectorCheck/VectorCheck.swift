@@ -1,0 +1,1 @@
+// VectorCheck module: see Package.swift for its layer.

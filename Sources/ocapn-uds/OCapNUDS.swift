@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct OCapNUDS: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ocapn-uds",
+        abstract: "OCapN Unix-domain-socket netlayer: identities, introduction server, peers.",
+        subcommands: []
+    )
+}

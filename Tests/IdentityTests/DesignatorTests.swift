@@ -1,0 +1,32 @@
+import Testing
+import Identity
+
+@Suite struct DesignatorTests {
+    @Test func workedExampleDesignatorRoundTrips() throws {
+        let pk: [UInt8] = hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+        let id = try PublicIdentity(publicKey: pk)
+        #expect(id.designator == "25njqamcweflpvkl73j4szahhihoc4xt3ktcgjnpaingr5yhkena")
+        #expect(try PublicIdentity(designator: id.designator) == id)
+        #expect(Fingerprint.isWellFormed(id.fingerprint))
+    }
+
+    @Test(arguments: [
+        "25NJQAMCWEFLPVKL73J4SZAHHIHOC4XT3KTCGJNPAINGR5YHKENA",
+        "25njqamcweflpvkl73j4szahhihoc4xt3ktcgjnpaingr5yhkena====",
+        "25njqamcweflpvkl73j4szahhihoc4xt3ktcgjnpaingr5yhkenb",
+        "25njqamcweflpvkl73j4szahhihoc4xt3ktcgjnpaingr5yhken",
+        "25njqamcwefl-vkl73j4szahhihoc4xt3ktcgjnpaingr5yhkena",
+    ])
+    func nonCanonicalDesignatorsAreRefused(_ text: String) {
+        #expect(throws: IdentityError.self) { try PublicIdentity(designator: text) }
+    }
+}
+
+func hex(_ s: String) -> [UInt8] {
+    var out: [UInt8] = []
+    var it = s.utf8.makeIterator()
+    while let a = it.next(), let b = it.next() {
+        out.append(UInt8(String(decoding: [a, b], as: UTF8.self), radix: 16)!)
+    }
+    return out
+}
