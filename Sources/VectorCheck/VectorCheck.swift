@@ -1,1 +1,0 @@
-// VectorCheck module: see Package.swift for its layer.
