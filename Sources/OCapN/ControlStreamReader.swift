@@ -1,0 +1,205 @@
+import Syrup
+
+/// Turns the bytes and descriptors of one control connection (peer ↔ introduction server) into
+/// Syrup values, pairing each `uds:new-connection` with the descriptor that follows it.
+///
+/// The wire has no framing: values are back to back, and after a `uds:new-connection` record the
+/// sender does one `sendmsg` with a 4-byte marker and exactly one descriptor (ocapn-uds-wire.md §1,
+/// §5). Linux delivers a descriptor with the read that holds the first byte of the segment that
+/// carried it, and such a read ends where that segment ends (reliability catalog K5). So each
+/// received descriptor is tagged with the stream range of its read; the marker after a
+/// `uds:new-connection` claims the descriptor whose range holds the marker's first byte. A
+/// descriptor that no marker claims, a marker without one, or a second descriptor in flight is a
+/// protocol error. Generic over the descriptor type so it runs without sockets (tests, fuzzers).
+public struct ControlStreamReader<Descriptor> {
+    public struct Limits: Sendable, Equatable {
+        /// Syrup limits for one control message.
+        public var syrup: SyrupLimits
+        /// Unclaimed descriptors held at once (the protocol needs one).
+        public var maxQueuedDescriptors: Int
+
+        public init(syrup: SyrupLimits = .controlMessage, maxQueuedDescriptors: Int = 1) {
+            self.syrup = syrup
+            self.maxQueuedDescriptors = maxQueuedDescriptors
+        }
+    }
+
+    /// One complete item from the stream.
+    public enum Item {
+        /// A control message that carries no descriptor.
+        case message(SyrupValue)
+        /// A `uds:new-connection` record with the descriptor its marker claimed.
+        case newConnection(SyrupValue, Descriptor)
+    }
+
+    /// Why the stream cannot continue. After any error the connection must be closed and
+    /// `drainDescriptors()` closed by the caller.
+    public struct ReadError: Error, Equatable, Sendable, CustomStringConvertible {
+        public enum Code: String, Sendable {
+            /// Bytes that are not canonical Syrup within the limits.
+            case malformedMessage
+            /// A message over the size limit.
+            case messageTooLarge
+            /// `uds:new-connection` and its marker arrived without a descriptor.
+            case fdMissing
+            /// A descriptor arrived where no marker claims it.
+            case unexpectedFD
+            /// More descriptors arrived than the protocol allows.
+            case extraFDs
+            /// The peer closed the stream inside a message or before a marker.
+            case truncated
+        }
+        public let code: Code
+        public let detail: String
+
+        public init(_ code: Code, _ detail: String) {
+            self.code = code
+            self.detail = detail
+        }
+
+        public var description: String { "\(code.rawValue): \(detail)" }
+    }
+
+    static var markerLength: Int { 4 }
+    static var newConnectionLabel: SyrupValue { .symbol("uds:new-connection") }
+
+    public let limits: Limits
+    private var buffer: [UInt8] = []
+    /// Stream offset of `buffer[0]`.
+    private var bufferStart = 0
+    /// Unclaimed descriptors with the stream range of the read that delivered them.
+    private var queued: [(range: Range<Int>, descriptor: Descriptor)] = []
+    /// A `uds:new-connection` value decoded, waiting for its 4-byte marker.
+    private var awaitingMarker: SyrupValue?
+    private var failed = false
+
+    public init(limits: Limits = Limits()) {
+        self.limits = limits
+    }
+
+    /// Bytes not yet consumed (for diagnostics and bounds).
+    public var bufferedByteCount: Int { buffer.count }
+
+    /// Whether a partial value or a pending marker is buffered (EOF now would be `truncated`).
+    public var isMidMessage: Bool { !buffer.isEmpty || awaitingMarker != nil }
+
+    /// Feeds the result of one `recvmsg`: its bytes and the descriptors it delivered.
+    /// Descriptors are owned by the reader from here on; on a thrown error they are in
+    /// `drainDescriptors()`.
+    public mutating func receive(_ bytes: [UInt8], descriptors: [Descriptor]) throws(ReadError) {
+        precondition(!failed, "ControlStreamReader used after an error")
+        let start = bufferStart + buffer.count
+        if !descriptors.isEmpty {
+            let range = start..<(start + bytes.count)
+            for d in descriptors { queued.append((range, d)) }
+            if descriptors.count > 1 {
+                throw fail(.extraFDs, "\(descriptors.count) descriptors arrived in one read; the protocol passes exactly one")
+            }
+            if queued.count > limits.maxQueuedDescriptors {
+                throw fail(.extraFDs, "\(queued.count) unclaimed descriptors queued (limit \(limits.maxQueuedDescriptors))")
+            }
+            if bytes.isEmpty {
+                throw fail(.unexpectedFD, "a descriptor arrived without any data byte")
+            }
+        }
+        // Callers drain `next()` after every read, so at most one partial value plus one read is
+        // buffered; `next()` enforces the size limit on the partial value.
+        buffer.append(contentsOf: bytes)
+    }
+
+    public mutating func receive(_ bytes: UnsafeRawBufferPointer, descriptors: [Descriptor]) throws(ReadError) {
+        try receive([UInt8](bytes), descriptors: descriptors)
+    }
+
+    /// Takes the next complete item, or nil when more bytes are needed.
+    public mutating func next() throws(ReadError) -> Item? {
+        precondition(!failed, "ControlStreamReader used after an error")
+        if let pending = awaitingMarker {
+            guard buffer.count >= Self.markerLength else { return nil }
+            let markerOffset = bufferStart
+            guard let index = queued.firstIndex(where: { $0.range.contains(markerOffset) }) else {
+                throw fail(.fdMissing, "the marker after uds:new-connection at byte \(markerOffset) carried no descriptor")
+            }
+            if index != 0 {
+                throw fail(.unexpectedFD, "a descriptor arrived before the marker that should carry it")
+            }
+            let entry = queued.removeFirst()
+            consume(Self.markerLength)
+            awaitingMarker = nil
+            return .newConnection(pending, entry.descriptor)
+        }
+        skipWhitespace()
+        try checkUnclaimed()
+        guard !buffer.isEmpty else { return nil }
+        let decoder = SyrupDecoder(limits: limits.syrup)
+        let result: Result<SyrupDecodeStep, SyrupError> = buffer.withUnsafeBytes { raw in
+            do throws(SyrupError) { return .success(try decoder.decodePrefix(raw)) } catch { return .failure(error) }
+        }
+        let step: SyrupDecodeStep
+        switch result {
+        case let .success(s): step = s
+        case let .failure(error):
+            let code: ReadError.Code = error.code == .limitExceeded ? .messageTooLarge : .malformedMessage
+            throw fail(code, error.description)
+        }
+        switch step {
+        case .needMoreBytes:
+            if buffer.count > limits.syrup.maxTotalBytes {
+                throw fail(.messageTooLarge, "message exceeds \(limits.syrup.maxTotalBytes) bytes")
+            }
+            return nil
+        case let .value(value, consumed):
+            let valueStart = bufferStart
+            consume(consumed)
+            if case let .record(label, _) = value, label == Self.newConnectionLabel {
+                awaitingMarker = value
+                return try next()
+            }
+            // A descriptor delivered with bytes of a message that claims none is misplaced.
+            if let first = queued.first, first.range.lowerBound < valueStart + consumed {
+                throw fail(.unexpectedFD, "a descriptor arrived with a message that carries none")
+            }
+            return .message(value)
+        }
+    }
+
+    /// Reports end of stream: an error if it cut a message or left a descriptor unclaimed.
+    public mutating func finish() throws(ReadError) {
+        precondition(!failed, "ControlStreamReader used after an error")
+        skipWhitespace()
+        if awaitingMarker != nil { throw fail(.truncated, "stream ended before the marker and descriptor of uds:new-connection") }
+        if !buffer.isEmpty { throw fail(.truncated, "stream ended inside a message (\(buffer.count) bytes buffered)") }
+        if !queued.isEmpty { throw fail(.unexpectedFD, "stream ended with an unclaimed descriptor") }
+    }
+
+    /// Hands back every descriptor still held (to be closed), e.g. after an error or on close.
+    public mutating func drainDescriptors() -> [Descriptor] {
+        let out = queued.map(\.descriptor)
+        queued.removeAll()
+        return out
+    }
+
+    private mutating func fail(_ code: ReadError.Code, _ detail: String) -> ReadError {
+        failed = true
+        return ReadError(code, detail)
+    }
+
+    /// A descriptor whose read has been consumed entirely without a marker claiming it.
+    private mutating func checkUnclaimed() throws(ReadError) {
+        if let first = queued.first, first.range.upperBound <= bufferStart {
+            throw fail(.unexpectedFD, "a descriptor arrived with bytes that held no marker")
+        }
+    }
+
+    private mutating func skipWhitespace() {
+        // Goblins' reader skips these before a value; Goblins itself never writes them.
+        var n = 0
+        while n < buffer.count, buffer[n] == 0x20 || buffer[n] == 0x09 || buffer[n] == 0x0a { n += 1 }
+        if n > 0 { consume(n) }
+    }
+
+    private mutating func consume(_ n: Int) {
+        buffer.removeFirst(n)
+        bufferStart += n
+    }
+}
