@@ -32,6 +32,12 @@ extension IdentityKeyFile {
         try written.get()
     }
 
+    /// Throws `keyFileExists` when anything (even a dangling symlink) is at `path`, so a command
+    /// writing several files can refuse before writing any.
+    public static func ensureAbsent(_ path: String) throws(IdentityError) {
+        try SecureFile.refuseExisting(path)
+    }
+
     /// Loads a private key file. Refuses a missing file, one that is not a regular file, one
     /// group- or world-accessible or owned by another user (like OpenSSH), and any malformed,
     /// inconsistent or undecryptable file.
@@ -201,7 +207,7 @@ enum SecureFile {
         let temporary = (directory == "." && !path.hasPrefix("./") ? "" : directory + "/") + ".\(name).tmp-\(suffix)"
 
         let fd = retryingEINTR { open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode) }
-        guard fd >= 0 else { throw ioError("cannot create", temporary, errno) }
+        guard fd >= 0 else { throw ioError("cannot create a temporary file in \(directory) for", path, errno) }
         do throws(IdentityError) {
             // umask may have removed bits (0644 → 0640): set the exact mode explicitly.
             guard fchmod(fd, mode) == 0 else { throw ioError("cannot chmod", temporary, errno) }
