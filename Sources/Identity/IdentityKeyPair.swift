@@ -84,3 +84,15 @@ extension IdentityKeyPair: CustomStringConvertible, CustomDebugStringConvertible
     public var debugDescription: String { description }
     public var customMirror: Mirror { Mirror(self, children: ["publicIdentity": publicIdentity], displayStyle: .class) }
 }
+
+extension SecretBytes {
+    /// Copies lent bytes straight into secret storage. (`init(copying:)` takes a Sequence and
+    /// goes through an intermediate array that is never wiped.)
+    static func copy(of bytes: UnsafeRawBufferPointer, guarded: Bool = true) -> SecretBytes {
+        let out = SecretBytes(count: bytes.count, guarded: guarded)
+        out.withUnsafeMutableBytes { dst in
+            if let base = bytes.baseAddress, bytes.count > 0 { dst.baseAddress!.copyMemory(from: base, byteCount: bytes.count) }
+        }
+        return out
+    }
+}

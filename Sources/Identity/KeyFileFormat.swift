@@ -86,7 +86,11 @@ public enum IdentityKeyFile {
         _ keyPair: IdentityKeyPair, protection: KeyFileProtection,
         random: (Int) -> [UInt8] = RandomBytes.bytes
     ) throws(IdentityError) -> SecretBytes {
-        var text = Array("\(magic)\ntype: \(typeSecret)\npublic: \(keyPair.publicIdentity.designator)\n".utf8)
+        // One allocation large enough for any v1 file: growing would leave unwiped copies of
+        // the base64 seed in freed memory.
+        var text: [UInt8] = []
+        text.reserveCapacity(1024)
+        text += Array("\(magic)\ntype: \(typeSecret)\npublic: \(keyPair.publicIdentity.designator)\n".utf8)
         switch protection {
         case .none:
             text += Array("encryption: \(encryptionNone)\nsecret: ".utf8)
@@ -101,7 +105,7 @@ public enum IdentityKeyFile {
                          "random source returned the wrong number of bytes")
             text += Array("encryption: \(encryptionArgon)\nkdf-salt: \(hexString(salt))\nkdf-opslimit: \(kdf.opsLimit)\nkdf-memlimit: \(kdf.memLimit)\n".utf8)
             let key = try deriveKey(passphrase: passphrase, salt: salt, kdf: kdf)
-            let seed = keyPair.withSeed { SecretBytes(copying: $0, guarded: true) }
+            let seed = keyPair.withSeed { SecretBytes.copy(of: $0) }
             // The header so far (every line before `secret:`) is the associated data, so
             // changing the public key, the algorithm or the KDF cost breaks decryption.
             let sealed = XChaChaPoly.seal(key: key, nonce: nonce, ad: text, plaintext: seed)
@@ -132,7 +136,7 @@ public enum IdentityKeyFile {
             guard raw.count == IdentityKeyPair.seedLength else {
                 throw IdentityError(.keyFileMalformed, "line \(line) (secret): holds \(raw.count) bytes, a seed is \(IdentityKeyPair.seedLength); the file is damaged, restore it from a backup")
             }
-            seed = SecretBytes(copying: raw, guarded: true)
+            seed = raw.withUnsafeBytes { SecretBytes.copy(of: $0) }
         case let .encrypted(enc):
             guard let passphrase else {
                 throw IdentityError(.passphraseRequired, "the key file is encrypted (\(encryptionArgon)); supply its passphrase (--passphrase-file)")

@@ -104,7 +104,7 @@ public enum IdentityPassphrase {
         guard end <= limits.maxPassphraseBytes else {
             throw IdentityError(.passphraseInvalid, "the passphrase (first line) is \(end) bytes, over the limit of \(limits.maxPassphraseBytes)")
         }
-        return SecretBytes(copying: contents[0..<end], guarded: true)
+        return contents.withUnsafeBytes { SecretBytes.copy(of: UnsafeRawBufferPointer(rebasing: $0[0..<end])) }
     }
 
     /// Reads a passphrase file. A regular file must not be group- or world-accessible; a pipe
