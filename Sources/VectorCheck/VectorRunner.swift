@@ -33,7 +33,7 @@ public struct VectorFileReport: Sendable {
 }
 
 /// A family of vector files: recognises its files and checks every case in them.
-public protocol VectorKind {
+public protocol VectorKind: SendableMetatype {
     /// Short stable name printed in reports (e.g. "syrup", "wycheproof-eddsa").
     static var name: String { get }
     /// Whether a parsed JSON document belongs to this kind.
