@@ -53,6 +53,9 @@ struct SyrupScanner: Sendable {
     /// Next unread byte; always just after a complete atom or bracket.
     private(set) var position: Int
     private var frames: [Frame] = []
+    /// For a string or symbol cut short at `position`: its body is valid UTF-8 up to `checked`.
+    /// Lets a long text arriving in pieces be validated once, and bad bytes fail on arrival.
+    private var partialText: (start: Int, checked: Int)?
 
     init(limits: SyrupLimits, start: Int) {
         self.limits = limits
@@ -190,7 +193,7 @@ struct SyrupScanner: Sendable {
 
     /// An integer (`digits+`, `digits-`) or a length-prefixed atom (`len:`, `len"`, `len'`) at `pos`.
     /// Returns the offset past it, or nil when more bytes are needed.
-    private func scanNumberOrLength(at pos: Int, _ buffer: UnsafeRawBufferPointer) throws(SyrupError) -> Int? {
+    private mutating func scanNumberOrLength(at pos: Int, _ buffer: UnsafeRawBufferPointer) throws(SyrupError) -> Int? {
         let count = buffer.count
         var i = pos
         var digits = 0
@@ -243,7 +246,7 @@ struct SyrupScanner: Sendable {
 
     /// The body of a length-prefixed atom. The declared length is checked against its limit
     /// and the value budget before waiting for (or touching) the body bytes.
-    private func scanAtom(at pos: Int, dataStart: Int, length: Int?, limit: Int, what: String, utf8: Bool,
+    private mutating func scanAtom(at pos: Int, dataStart: Int, length: Int?, limit: Int, what: String, utf8: Bool,
                           _ buffer: UnsafeRawBufferPointer) throws(SyrupError) -> Int? {
         guard let length, length <= limit else {
             throw Self.error(.limitExceeded, pos, "\(what) length above limit \(limit)")
@@ -252,11 +255,21 @@ struct SyrupScanner: Sendable {
         if overflow || end > limitEnd {
             throw Self.error(.limitExceeded, pos, "\(what) of \(length) bytes exceeds maxTotalBytes \(limits.maxTotalBytes)")
         }
-        if end > buffer.count { return nil }
-        if utf8, let bad = UTF8Check.firstInvalid(buffer, dataStart, end) {
+        guard utf8 else { return end > buffer.count ? nil : end }
+        let available = min(end, buffer.count)
+        var from = dataStart
+        if let partial = partialText, partial.start == pos { from = partial.checked }
+        switch UTF8Check.validate(buffer, from, available, complete: available == end) {
+        case .invalid(let bad):
             throw Self.error(.invalidUTF8, bad, "\(what) is not valid UTF-8")
+        case .validUpTo(let checked):
+            if available < end {
+                partialText = (pos, checked)
+                return nil
+            }
+            partialText = nil
+            return end
         }
-        return end
     }
 
     private static func decimalDigits(_ n: Int) -> Int {
@@ -281,8 +294,16 @@ struct SyrupScanner: Sendable {
 
 /// UTF-8 validation per RFC 3629 (no overlongs, no surrogates, nothing above U+10FFFF).
 enum UTF8Check {
-    /// Offset of the first byte of the first invalid sequence in `buffer[start..<end]`, or nil.
-    static func firstInvalid(_ buffer: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> Int? {
+    enum Outcome: Equatable {
+        /// The first byte of the first invalid sequence.
+        case invalid(Int)
+        /// Valid up to this offset; when not complete, a sequence cut off by the end starts here.
+        case validUpTo(Int)
+    }
+
+    /// Validates `buffer[start..<end]`. When `complete` is false more bytes will follow, so a
+    /// sequence cut off by `end` is not an error as long as what is there can still be valid.
+    static func validate(_ buffer: UnsafeRawBufferPointer, _ start: Int, _ end: Int, complete: Bool) -> Outcome {
         var i = start
         while i < end {
             // ASCII fast path, eight bytes at a time.
@@ -303,18 +324,21 @@ enum UTF8Check {
             case 0xF0: length = 4; low = 0x90
             case 0xF1...0xF3: length = 4
             case 0xF4: length = 4; high = 0x8F
-            default: return i
+            default: return .invalid(i)
             }
-            guard end - i >= length else { return i }
-            let b1 = buffer[i + 1]
-            guard b1 >= low && b1 <= high else { return i }
+            let present = min(length, end - i)
+            if present >= 2 {
+                let b1 = buffer[i + 1]
+                guard b1 >= low && b1 <= high else { return .invalid(i) }
+            }
             var k = 2
-            while k < length {
-                guard buffer[i + k] & 0xC0 == 0x80 else { return i }
+            while k < present {
+                guard buffer[i + k] & 0xC0 == 0x80 else { return .invalid(i) }
                 k += 1
             }
+            if present < length { return complete ? .invalid(i) : .validUpTo(i) }
             i += length
         }
-        return nil
+        return .validUpTo(end)
     }
 }
