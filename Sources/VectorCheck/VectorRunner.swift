@@ -1,4 +1,5 @@
 import Foundation
+import Syrup
 
 /// Outcome of one known-answer case.
 public struct VectorCaseResult: Sendable, Equatable {
@@ -51,7 +52,7 @@ public struct VectorDataError: Error, CustomStringConvertible {
 /// Runs vector files: our own `ocapn-uds/<kind>/v1` JSON, Wycheproof, Noise, and raw Syrup `.bin`.
 public enum VectorRunner {
     /// Every JSON kind known to this build, in the order they are tried.
-    public static let kinds: [any VectorKind.Type] = []
+    public static let kinds: [any VectorKind.Type] = [SyrupVectors.self]
 
     /// File names that are documentation, never vectors.
     static func isIgnored(_ name: String) -> Bool {
@@ -104,8 +105,16 @@ public enum SyrupBinaryVectors {
     public static let name = "syrup-binary"
 
     public static func check(bytes: [UInt8]) -> [VectorCaseResult] {
-        // Filled in by the Syrup codec work; until then the file is reported as unsupported.
-        [.skipped("round-trip", "Syrup codec not available in this build")]
+        switch Result(catching: { () throws(SyrupError) in try SyrupDecoder().decode(bytes) }) {
+        case .failure(let e):
+            return [.failed("round-trip", "decode: \(e.code.rawValue) at byte \(e.offset) of \(bytes.count)")]
+        case .success(let value):
+            let encoded = SyrupEncoder.encode(value)
+            guard encoded != bytes else { return [.passed("round-trip")] }
+            let common = min(encoded.count, bytes.count)
+            let firstDifference = (0..<common).first { encoded[$0] != bytes[$0] } ?? common
+            return [.failed("round-trip", "re-encoding differs at byte \(firstDifference) (\(encoded.count) vs \(bytes.count) bytes)")]
+        }
     }
 }
 
