@@ -10,7 +10,7 @@
 /// equivalent spellings such as "é" and "e\u{301}", which encode differently). Without this a
 /// set or dictionary could silently merge distinct wire values and re-encoding would change
 /// the bytes.
-public indirect enum SyrupValue: Hashable, Sendable {
+public enum SyrupValue: Hashable, Sendable {
     case bool(Bool)
     case integer(SyrupInteger)
     case float(Float)
@@ -21,7 +21,9 @@ public indirect enum SyrupValue: Hashable, Sendable {
     case list([SyrupValue])
     case dictionary([SyrupValue: SyrupValue])
     case set(Set<SyrupValue>)
-    case record(label: SyrupValue, fields: [SyrupValue])
+    // Only the record holds a SyrupValue inline; marking just this case indirect spares every
+    // other value a heap box (collections already store their elements out of line).
+    indirect case record(label: SyrupValue, fields: [SyrupValue])
 
     public static func == (lhs: SyrupValue, rhs: SyrupValue) -> Bool {
         switch (lhs, rhs) {
