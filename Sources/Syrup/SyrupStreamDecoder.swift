@@ -63,6 +63,9 @@ public struct SyrupStreamDecoder: Sendable {
         case .success(let (value, end)?):
             scanner = nil
             readIndex = end
+            // Compact here as well as in `append`: if every read ends mid-value, `append` never
+            // sees an idle reader and the consumed prefix would grow without bound.
+            compactIfIdle()
             return value
         }
     }
@@ -80,6 +83,9 @@ public struct SyrupStreamDecoder: Sendable {
         scanner = nil
         return bytes
     }
+
+    /// Bytes held in memory, consumed or not (for tests of the compaction bound).
+    var storedByteCount: Int { storage.count }
 
     /// Drops consumed bytes once they dominate the buffer; only between values, because the
     /// scanner's offsets index into `storage`.

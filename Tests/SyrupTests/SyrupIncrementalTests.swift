@@ -175,4 +175,23 @@ struct SyrupIncrementalTests {
         #expect(reader.streamOffset == 40 * one.count)
         #expect(reader.bufferedCount == 0)
     }
+
+    @Test("A long stream whose reads always end mid-value keeps its buffer bounded")
+    func streamBufferStaysBounded() throws {
+        var reader = SyrupStreamDecoder(limits: .controlMessage)
+        let one = TestHex.decode(OCapNExamples.register)
+        let stream = [UInt8]((0..<2000).map { _ in one }.joined())
+        var taken = 0
+        var i = 0
+        var peak = 0
+        while i < stream.count {
+            // 301 bytes: never a multiple of the 176-byte message, so most reads end mid-value.
+            reader.append(Array(stream[i..<min(i + 301, stream.count)]))
+            i += 301
+            while try reader.next() != nil { taken += 1 }
+            peak = max(peak, reader.storedByteCount)
+        }
+        #expect(taken == 2000)
+        #expect(peak < 3 * 4096)
+    }
 }

@@ -180,4 +180,31 @@ struct SyrupRejectTests {
         #expect(!e2.description.contains(secret))
         #expect(e2.description.contains("invalidUTF8"))
     }
+
+    @Test("Lengths and digit runs near Int.max fail with limitExceeded even when limits are unbounded")
+    func overflowingLengthsAreLimitErrors() {
+        let unbounded = SyrupLimits(maxDepth: 8, maxTotalBytes: .max, maxBytestringLength: .max, maxStringLength: .max,
+                                    maxSymbolLength: .max, maxCollectionCount: .max, maxIntegerDigits: 40)
+        let inputs = [
+            "9223372036854775807:",          // Int.max: start + length overflows
+            "9223372036854775806\"",         // just below, still past the end of memory
+            "9223372036854775808:",          // 2^63: the digits overflow Int
+            "999999999999999999999999999999'", // 30 digits
+            "[9223372036854775800:",         // nested: the offset pushes it over
+        ]
+        for text in inputs {
+            switch prefixResult(ascii(text)[...], limits: unbounded) {
+            case .failure(let e): #expect(e.code == .limitExceeded, "\(text)")
+            case .success(let s): Issue.record("\(text): \(s)")
+            }
+        }
+        // An integer of that size is fine, since integers are not lengths.
+        #expect(prefixResult(ascii("9223372036854775808+")[...], limits: unbounded)
+                == .success(.value(.integer(SyrupInteger(isNegative: false, magnitude: "9223372036854775808")!), consumed: 20)))
+        // Length at exactly Int.max - header: still rejected by the budget, never allocated.
+        switch prefixResult(ascii("1000000000000:")[...], limits: .default) {
+        case .failure(let e): #expect(e.code == .limitExceeded && e.offset == 0)
+        case .success(let s): Issue.record("got \(s)")
+        }
+    }
 }
