@@ -97,12 +97,12 @@ struct SyrupScanner: Sendable {
             case SyrupByte.recordOpen: try open(.record, at: pos)
             case SyrupByte.listClose, SyrupByte.dictClose, SyrupByte.setClose, SyrupByte.recordClose:
                 guard let top = frames.last, Self.closes(byte, top) else {
-                    throw Self.error(.unexpectedByte, pos, "closing bracket \(Self.describe(byte)) does not close an open container")
+                    throw Self.error(.unexpectedByte, pos, "closing bracket does not close the open container")
                 }
                 frames.removeLast()
                 if let end = try finishItem(top.start, pos + 1, buffer) { return end }
             default:
-                throw Self.error(.unexpectedByte, pos, "byte \(Self.describe(byte)) cannot start a value")
+                throw Self.error(.unexpectedByte, pos, "byte cannot start a value")
             }
         }
     }
@@ -240,7 +240,7 @@ struct SyrupScanner: Sendable {
             return try scanAtom(at: pos, dataStart: i + 1, length: overflow ? nil : value,
                                 limit: limits.maxSymbolLength, what: "symbol", utf8: true, buffer)
         default:
-            throw Self.error(.unexpectedByte, i, "byte \(Self.describe(terminator)) after digits")
+            throw Self.error(.unexpectedByte, i, "digits not followed by + - : \" or '")
         }
     }
 
@@ -278,14 +278,8 @@ struct SyrupScanner: Sendable {
         return d
     }
 
-    /// Names a byte for diagnostics: printable ASCII as itself, anything else in hex.
-    static func describe(_ byte: UInt8) -> String {
-        if byte >= 0x21 && byte < 0x7F { return "'\(Character(Unicode.Scalar(byte)))'" }
-        let hex = Array("0123456789abcdef")
-        return "0x\(hex[Int(byte >> 4)])\(hex[Int(byte & 0xF)])"
-    }
-
-    /// Kept out of line so the hot loop stays small (errors are rare).
+    /// Kept out of line so the hot loop stays small (errors are rare). Details name the
+    /// structure and offset only, never input bytes: decoded data may be private.
     @inline(never)
     static func error(_ code: SyrupError.Code, _ offset: Int, _ detail: @autoclosure () -> String) -> SyrupError {
         SyrupError(code, offset: offset, detail())

@@ -179,6 +179,10 @@ struct SyrupRejectTests {
         #expect(e2.code == .invalidUTF8)
         #expect(!e2.description.contains(secret))
         #expect(e2.description.contains("invalidUTF8"))
+        // Not even the single offending byte is quoted.
+        guard case .failure(let e3) = decodeResult(ascii("[Q")) else { Issue.record("accepted"); return }
+        #expect(e3.code == .unexpectedByte && e3.offset == 1)
+        #expect(!e3.description.contains("Q"))
     }
 
     @Test("Lengths and digit runs near Int.max fail with limitExceeded even when limits are unbounded")
