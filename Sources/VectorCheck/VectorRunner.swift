@@ -1,4 +1,5 @@
 import Foundation
+import Syrup
 
 /// Outcome of one known-answer case.
 public struct VectorCaseResult: Sendable, Equatable {
@@ -55,6 +56,7 @@ public enum VectorRunner {
         IdentityVectors.self,
         WycheproofEdDSAVectors.self,
         WycheproofXDHVectors.self,
+        SyrupVectors.self,
     ]
 
     /// File names that are documentation, never vectors.
@@ -108,8 +110,16 @@ public enum SyrupBinaryVectors {
     public static let name = "syrup-binary"
 
     public static func check(bytes: [UInt8]) -> [VectorCaseResult] {
-        // Filled in by the Syrup codec work; until then the file is reported as unsupported.
-        [.skipped("round-trip", "Syrup codec not available in this build")]
+        switch Result(catching: { () throws(SyrupError) in try SyrupDecoder().decode(bytes) }) {
+        case .failure(let e):
+            return [.failed("round-trip", "decode: \(e.code.rawValue) at byte \(e.offset) of \(bytes.count)")]
+        case .success(let value):
+            let encoded = SyrupEncoder.encode(value)
+            guard encoded != bytes else { return [.passed("round-trip")] }
+            let common = min(encoded.count, bytes.count)
+            let firstDifference = (0..<common).first { encoded[$0] != bytes[$0] } ?? common
+            return [.failed("round-trip", "re-encoding differs at byte \(firstDifference) (\(encoded.count) vs \(bytes.count) bytes)")]
+        }
     }
 }
 
