@@ -137,8 +137,9 @@ public final class AuditFileSink: AuditSink {
     public func record(_ event: AuditEvent) {
         precondition(!event.kind.isLogBookkeeping, "log.* records are written by the sink itself")
         if let why = event.invariantViolation { preconditionFailure("invalid audit event: \(why)") }
-        let now = configuration.clock()
         state.withLock { s in
+            // Read under the lock so timestamps follow file order.
+            let now = configuration.clock()
             guard !s.closed else {
                 fail(&s, AuditError(.ioError, "audit sink is closed"))
                 return
@@ -175,8 +176,9 @@ public final class AuditFileSink: AuditSink {
     /// Seals the log with a (signed) log.closed record, syncs and closes the file. Later
     /// records are counted as failures.
     public func close() {
-        let now = configuration.clock()
         state.withLock { s in
+            // Read under the lock so timestamps follow file order.
+            let now = configuration.clock()
             guard !s.closed else { return }
             var next = s.chain
             let line = next.closed(cause: .shutdown, at: now)

@@ -34,8 +34,8 @@ public final class AuditMemorySink: AuditSink {
     }
 
     public func record(_ event: AuditEvent) {
-        let now = clock()
         state.withLock { s in
+            let now = clock()
             s.events.append(event)
             s.lines.append(s.chain.append(event, at: now))
             if s.chain.checkpointDue(at: now) { s.lines.append(s.chain.checkpoint(at: now)) }
