@@ -1,3 +1,4 @@
+import Identity
 import Synchronization
 
 /// Where layers send audit events. Implementations are thread-safe and never throw: an audit
@@ -51,5 +52,3 @@ public final class AuditMemorySink: AuditSink {
         state.withLock { s in String(decoding: s.lines.flatMap { $0 + [0x0a] }, as: UTF8.self) }
     }
 }
-
-import Identity

@@ -104,6 +104,7 @@ public struct AuditVerifier {
     private var writer: PublicIdentity?
     private var signed = false
     private var lastCheckpoint: AuditLocation?
+    private var lastClosedCause: AuditLogCause?
     private var currentFile = ""
     private var firstInFile = true
     private var pendingTorn: AuditLocation?
@@ -211,6 +212,7 @@ public struct AuditVerifier {
                 return
             }
         }
+        if kind == .logClosed { lastClosedCause = record.log?.cause }
         report.records += 1
         report.lastSeq = record.seq
         last = (record.seq, AuditRecord.chainHash(raw.bytes), kind, loc)
@@ -234,7 +236,11 @@ public struct AuditVerifier {
             fail(.badFileStart, loc, "no records")
             return report
         }
-        if signed {
+        if last.kind == .logClosed && lastClosedCause == .rotation {
+            // A rotation close promises a next file; without it the live file was removed or emptied.
+            note(.unsealedTail, last.location, "the log ends with a rotation close at seq \(last.seq): the next file is missing or empty")
+            report.status = .unsealed
+        } else if signed {
             if last.kind != .logClosed {
                 let since = lastCheckpoint.map { " (last signed checkpoint at \($0))" } ?? ""
                 note(.unsealedTail, last.location,

@@ -90,6 +90,14 @@ import Testing
         _ = try AuditLog.records(files.shuffled()) { if $0.record.event.kind == .handshakeSucceeded { count += 1 } }
         #expect(count == 60)
 
+        // Emptying the live file leaves the chain ending on a rotation close: unsealed.
+        let live = try String(contentsOfFile: path, encoding: .utf8)
+        try "".write(toFile: path, atomically: false, encoding: .utf8)
+        let emptied = AuditVerifier.verify(paths: files)
+        #expect(emptied.status == .unsealed)
+        #expect(emptied.findings.last?.location.file == files[files.count - 2])
+        try live.write(toFile: path, atomically: false, encoding: .utf8)
+
         // Removing a middle file is a gap at the first line of the next one.
         try FileManager.default.removeItem(atPath: files[1])
         let gap = AuditVerifier.verify(paths: [files[0]] + Array(files.dropFirst(2)))
