@@ -209,3 +209,60 @@ import Testing
         #expect(seen == Array(0..<40))
     }
 }
+
+@Suite struct LimitTests {
+    @Test func aRecordOverTheSizeLimitIsRefusedAndCounted() throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let path = dir.file("audit.jsonl")
+        let sink = try AuditFileSink(AuditFileConfiguration(path: path, writer: TestKey().identity, fsync: .never, maxRecordBytes: 1024))
+        sink.record(AuditEvent(.serverStarted, path: AuditPath("/" + String(repeating: "a", count: 1000))))
+        sink.record(AuditEvent(.serverStarted, path: AuditPath("/short")))
+        sink.close()
+        #expect(sink.status.failures == 1)
+        #expect(sink.status.lastFailure?.code == .recordTooLarge)
+        #expect(AuditVerifier.verify(paths: [path]).status == .intact)
+        #expect(readLines(path).count == 3)
+    }
+
+    @Test func anIdleSignedLogGetsACheckpointOnceTheIntervalPasses() throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let key = TestKey()
+        let path = dir.file("audit.jsonl")
+        let clock = StepClock()  // 1 ms per reading
+        let sink = try AuditFileSink(AuditFileConfiguration(
+            path: path, writer: key.identity, signer: key.signer,
+            checkpoints: AuditCheckpointPolicy(everyRecords: 1000, intervalMicros: 10_000), fsync: .never, clock: clock.function))
+        sink.record(AuditEvent(.serverStarted))
+        sink.checkpointIfDue()
+        #expect(!readLines(path).contains { $0.contains("log.checkpoint") })
+        for _ in 0..<10 { _ = clock.read() }
+        sink.checkpointIfDue()
+        #expect(readLines(path).last?.contains("log.checkpoint") == true)
+        sink.checkpointIfDue()  // nothing new since: no second checkpoint
+        #expect(readLines(path).filter { $0.contains("log.checkpoint") }.count == 1)
+        sink.close()
+        #expect(AuditVerifier.verify(paths: [path]).status == .intact)
+    }
+
+    @Test func mutatedLinesDecodeToOurErrorOrToTheSameBytes() throws {
+        var chain = AuditChain(writer: TestKey().identity, signer: nil)
+        let clock = StepClock()
+        var lines = [chain.opened(cause: .start, at: clock.read())]
+        for e in sampleEvents(local: peer(), remote: peer(), server: peer()) { lines.append(chain.append(e, at: clock.read())) }
+        var rng = SystemRandomNumberGenerator()
+        var accepted = 0
+        for _ in 0..<3000 {
+            var l = lines.randomElement(using: &rng)!
+            switch Int.random(in: 0..<3, using: &rng) {
+            case 0: l[Int.random(in: 0..<l.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
+            case 1: l.remove(at: Int.random(in: 0..<l.count, using: &rng))
+            default: l.insert(UInt8.random(in: 0...255, using: &rng), at: Int.random(in: 0...l.count, using: &rng))
+            }
+            if let r = try? AuditRecord.decode(l[...]) {
+                accepted += 1
+                #expect(r.encode() == l)
+            }
+        }
+        #expect(accepted < 3000)
+    }
+}
