@@ -1,0 +1,18 @@
+import Foundation
+import Testing
+
+@Suite struct CLITests {
+    @Test func keygenThenVectorsVerifyRunsTheRealBinary() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let key = dir.file("a.key")
+        let gen = try runOCapNUDS(["keygen", "--out", key])
+        #expect(gen.status == 0, "keygen failed: \(gen.stderr)")
+        #expect(gen.stdout.contains("fingerprint: fp1:"))
+        var st = stat()
+        #expect(stat(key, &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o600)
+        let again = try runOCapNUDS(["keygen", "--out", key])
+        #expect(again.status == 3, "overwriting without --force must be refused")
+    }
+}
