@@ -49,6 +49,8 @@ int cfd_get_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
     return 0;
 }
 
+int cfd_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
+
 size_t cfd_sockaddr_un_size(void) { return sizeof(struct sockaddr_un); }
 
 size_t cfd_sockaddr_un_path_offset(void) { return offsetof(struct sockaddr_un, sun_path); }

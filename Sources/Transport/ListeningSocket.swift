@@ -41,7 +41,7 @@ public final class ListeningSocket: Sendable {
         let lock = try takeLock(path + ".lock")
         do throws(TransportError) {
             try removeStaleSocket(at: path)
-            let socket = try FileDescriptor.makeSocket(family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
+            let socket = try FileDescriptor.makeSocket(family: AF_UNIX, type: SocketType.stream, nonBlocking: true)
             do throws(TransportError) {
                 let identity = try socket.with { (fd) throws(TransportError) -> FileIdentity in
                     _ = try systemCallNonBlocking("fchmod") { fchmod(fd, mode) }
@@ -124,7 +124,7 @@ public final class ListeningSocket: Sendable {
         guard info.isSocket else {
             throw TransportError(.pathOccupied, "\(path) exists and is not a socket")
         }
-        let probe = try FileDescriptor.makeSocket(family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
+        let probe = try FileDescriptor.makeSocket(family: AF_UNIX, type: SocketType.stream, nonBlocking: true)
         defer { probe.close() }
         let answer = try probe.with { (fd) throws(TransportError) -> Int32 in
             try UnixAddress.withAddress(path, allowAbstract: false) { (address, length) throws(TransportError) -> Int32 in

@@ -3,6 +3,17 @@ import Glibc
 #endif
 internal import CFDShim
 
+/// Socket type constants as plain Int32. Glibc imports them as `__socket_type` cases from a
+/// header that is only reliably visible here, next to the CFDShim import.
+enum SocketType {
+    static let stream = Int32(SOCK_STREAM.rawValue)
+    static let datagram = Int32(SOCK_DGRAM.rawValue)
+    static let seqpacket = Int32(SOCK_SEQPACKET.rawValue)
+    static let closeOnExec = Int32(SOCK_CLOEXEC.rawValue)
+    static let nonBlocking = Int32(SOCK_NONBLOCK.rawValue)
+    static let noSignal = Int32(MSG_NOSIGNAL)
+}
+
 /// Kernel cap on descriptors in one SCM_RIGHTS message (K1).
 public let maximumDescriptorsPerMessage = 253
 
@@ -296,3 +307,35 @@ extension FileDescriptor {
 
 /// Address length of an unnamed unix socket: just the family field.
 let unixAddressUnnamedLength = Int(cfd_sockaddr_un_path_offset())
+
+/// What to do when a read that should carry one descriptor carries several (A3).
+public enum ExtraDescriptorPolicy: Sendable {
+    /// Close them all and throw `.unexpectedDescriptors` (strict mode).
+    case reject
+    /// Keep the first, close the rest (interop with a sender whose padding adds one).
+    case keepFirst
+}
+
+/// The descriptor that `takeSingleDescriptor` kept, and how many extras it closed.
+public struct SingleDescriptor: Sendable {
+    public let descriptor: FileDescriptor
+    public let closedExtras: Int
+}
+
+/// Takes ownership of `descriptors`, which must hold exactly one (the marker's fd).
+/// None: `.descriptorExpected` (A2, never fall back to a default number). Several: per
+/// `policy`; every descriptor not returned is closed before returning or throwing.
+public func takeSingleDescriptor(
+    _ descriptors: [FileDescriptor], policy: ExtraDescriptorPolicy = .reject
+) throws(TransportError) -> SingleDescriptor {
+    guard let first = descriptors.first else {
+        throw TransportError(.descriptorExpected, "no descriptor arrived where one was expected")
+    }
+    let extras = descriptors.dropFirst()
+    for extra in extras { extra.close() }
+    guard extras.isEmpty || policy == .keepFirst else {
+        first.close()
+        throw TransportError(.unexpectedDescriptors, "\(descriptors.count) descriptors where one was expected; all closed")
+    }
+    return SingleDescriptor(descriptor: first, closedExtras: extras.count)
+}

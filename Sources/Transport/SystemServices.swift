@@ -82,13 +82,13 @@ public enum ServiceNotification {
         guard target.hasPrefix("/") || target.hasPrefix("@") else {
             throw TransportError(.invalidEnvironment, "NOTIFY_SOCKET must be an absolute path or @name")
         }
-        let socket = try FileDescriptor.makeSocket(family: AF_UNIX, type: Int32(SOCK_DGRAM.rawValue), nonBlocking: true)
+        let socket = try FileDescriptor.makeSocket(family: AF_UNIX, type: SocketType.datagram, nonBlocking: true)
         defer { socket.close() }
         let bytes = Array(state.utf8)
         let sent = try socket.with { (fd) throws(TransportError) -> IOResult<Int> in
             try UnixAddress.withAddress(target, allowAbstract: true) { (address, length) throws(TransportError) -> IOResult<Int> in
                 try systemCall("sendto") {
-                    bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), address, length) }
+                    bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, SocketType.noSignal, address, length) }
                 }
             }
         }

@@ -13,7 +13,7 @@ extension FileDescriptor {
         unixPath path: String, timeout: Duration = .seconds(2)
     ) throws(TransportError) -> FileDescriptor {
         let deadline = ContinuousClock.now.advanced(by: timeout)
-        let socket = try makeSocket(family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
+        let socket = try makeSocket(family: AF_UNIX, type: SocketType.stream, nonBlocking: true)
         do throws(TransportError) {
             var pause = Duration.milliseconds(1)
             while true {

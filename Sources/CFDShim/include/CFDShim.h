@@ -26,6 +26,9 @@ size_t cfd_cmsghdr_alignment(void);
 /// Returns getsockopt's result (0 or -1 with errno set); also -1/EINVAL on a short answer.
 int cfd_get_peer_credentials(int fd, pid_t *_Nonnull pid, uid_t *_Nonnull uid, gid_t *_Nonnull gid);
 
+/// accept4(fd, NULL, NULL, flags): declared only under _GNU_SOURCE, so Glibc does not import it.
+int cfd_accept4(int fd, int flags);
+
 /// sizeof(struct sockaddr_un) and offsetof(struct sockaddr_un, sun_path).
 size_t cfd_sockaddr_un_size(void);
 size_t cfd_sockaddr_un_path_offset(void);
