@@ -7,7 +7,7 @@ extension TransportTests {
         let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
 
         @Test func aPassedDescriptorArrivesWithTheMarkerAndStillWorks() async throws {
-            let oracle = LeakOracle()
+            let oracle = await LeakOracle.make()
             let (a, b) = try FileDescriptor.socketPair()
             let (pipeRead, pipeWrite) = try makePipe()
             oracle.track([a, b, pipeRead, pipeWrite])
@@ -32,7 +32,7 @@ extension TransportTests {
         }
 
         @Test func twoDescriptorsOnOneMarkerAreReportedAndTheExtraClosed() async throws {
-            let oracle = LeakOracle()
+            let oracle = await LeakOracle.make()
             let (a, b) = try FileDescriptor.socketPair()
             let (r1, w1) = try makePipe()
             let (r2, w2) = try makePipe()
@@ -59,7 +59,7 @@ extension TransportTests {
         }
 
         @Test func aMarkerWithoutADescriptorIsADescriptorExpectedError() async throws {
-            let oracle = LeakOracle()
+            let oracle = await LeakOracle.make()
             let (a, b) = try FileDescriptor.socketPair()
             oracle.track([a, b])
             _ = try a.send(marker)
@@ -74,7 +74,7 @@ extension TransportTests {
         }
 
         @Test func controlTruncationClosesWhatArrivedAndThrows() async throws {
-            let oracle = LeakOracle()
+            let oracle = await LeakOracle.make()
             let (a, b) = try FileDescriptor.socketPair()
             oracle.track([a, b])
             var pipes: [FileDescriptor] = []
@@ -123,7 +123,7 @@ extension TransportTests {
         }
 
         @Test func sendingToAClosedPeerIsAnErrorNotSIGPIPE() async throws {
-            let oracle = LeakOracle()
+            let oracle = await LeakOracle.make()
             let (a, b) = try FileDescriptor.socketPair()
             oracle.track([a, b])
             b.close()

@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import Glibc
 import Testing
@@ -21,7 +22,41 @@ final class LeakOracle: @unchecked Sendable {
 
     private var tracked: Set<Identity> = []
     private let lock = NSLock()
-    private let baseline = DescriptorCensus.openCount()
+    private let baseline: Int
+
+    private init() {
+        _ = Self.warmUp
+        baseline = DescriptorCensus.openCount()
+    }
+
+    /// An oracle whose baseline is taken now, after the runtime's lazy descriptors exist.
+    static func make() async -> LeakOracle {
+        // Task.sleep arms a timer on the monotonic clock: its timerfd must predate the baseline.
+        try? await Task.sleep(for: .milliseconds(1))
+        return LeakOracle()
+    }
+
+    /// libdispatch opens its epoll, eventfd and timer descriptors lazily and keeps them; make
+    /// sure that happened before any baseline is taken, or the first test would see a "leak".
+    private static let warmUp: Void = {
+        let done = DispatchSemaphore(value: 0)
+        let queue = DispatchQueue(label: "leak-oracle-warm-up")
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0)
+        let source = DispatchSource.makeReadSource(fileDescriptor: fds[0], queue: queue)
+        source.setCancelHandler { done.signal() }
+        source.activate()
+        source.cancel()
+        done.wait()
+        close(fds[0])
+        close(fds[1])
+        for clock in [DispatchTime.now() + .milliseconds(1)] {
+            queue.asyncAfter(deadline: clock) { done.signal() }
+            done.wait()
+        }
+        DispatchQueue.global().asyncAfter(wallDeadline: .now() + .milliseconds(1)) { done.signal() }
+        done.wait()
+    }()
 
     /// Count-based check only when nothing but this target's tests share the process.
     static let countIsReliable: Bool = {

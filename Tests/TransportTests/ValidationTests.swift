@@ -64,7 +64,7 @@ extension TransportTests {
 
         @Test(arguments: Maker.allCases)
         func validationRejectsEveryDescriptorThatIsNotASocketPairEnd(_ maker: Maker) async throws {
-            let oracle = LeakOracle()
+            let oracle = await LeakOracle.make()
             let directory = try TemporaryDirectory()
             defer { directory.remove() }
             let (candidate, keep, listening) = try Self.make(maker, in: directory)
