@@ -55,11 +55,19 @@ public struct Ed25519Signature: Hashable, Sendable {
 
 /// An identity's secret key, able to sign registration challenges and nothing else.
 ///
-/// The key stays in `SecretBytes` (guarded memory); this type has no printable form of it.
+/// The key stays in `SecretBytes` (guarded memory) or behind the caller's signing function; this
+/// type has no printable form of it.
 public struct SigningIdentity: Sendable, CustomStringConvertible {
     /// The public half.
     public let identity: PublicIdentity
-    private let secretKey: SecretBytes
+    private let signRaw: @Sendable ([UInt8]) -> [UInt8]
+
+    /// Adapts a key held elsewhere (e.g. Identity's key pair): `sign` must return the 64-byte
+    /// pure Ed25519 signature of its input by `identity`'s key.
+    public init(identity: PublicIdentity, sign: @escaping @Sendable ([UInt8]) -> [UInt8]) {
+        self.identity = identity
+        signRaw = sign
+    }
 
     /// From a 32-byte Ed25519 seed (RFC 8032 private key).
     public init(seed: SecretBytes) throws(OCapNError) {
@@ -70,10 +78,12 @@ public struct SigningIdentity: Sendable, CustomStringConvertible {
         do { pair = try Ed25519.keyPair(seed: seed) } catch {
             throw OCapNError(.invalidSecretKey, "cannot derive an Ed25519 key pair from the seed")
         }
+        let identity: PublicIdentity
         do { identity = try PublicIdentity(publicKey: pair.publicKey) } catch {
             throw OCapNError(.invalidPublicKey, "the seed's public key is not a valid identity key: \(error.code.rawValue)")
         }
-        secretKey = pair.secretKey
+        let secretKey = pair.secretKey
+        self.init(identity: identity) { message in Ed25519.sign(message, secretKey: secretKey) }
     }
 
     /// From libsodium's 64-byte secret key (seed ‖ public key); the public half is re-derived
@@ -91,8 +101,10 @@ public struct SigningIdentity: Sendable, CustomStringConvertible {
 
     /// Signs the raw challenge bytes (Goblins' registration signature: no prefix, no hash).
     public func sign(_ challenge: Challenge) -> Ed25519Signature {
-        // Ed25519 signatures are 64 bytes by construction.
-        try! Ed25519Signature(Ed25519.sign(challenge.bytes, secretKey: secretKey))
+        let raw = signRaw(challenge.bytes)
+        // A signing function returning anything but 64 bytes is a bug in the adapter given to init.
+        precondition(raw.count == Ed25519Signature.length, "signing function returned \(raw.count) bytes")
+        return try! Ed25519Signature(raw)
     }
 
     public var description: String { "SigningIdentity(\(identity.fingerprint))" }

@@ -161,3 +161,16 @@ import Testing
         #expect(!"\(fromSecret)".contains(Fixtures.hexString(seed)))
     }
 }
+
+@Suite struct SigningIdentityAdapterTests {
+    @Test("A signing identity adapted from a signing function registers like one built from the seed")
+    func adaptedSigner() throws {
+        let seeded = Fixtures.peerA
+        let adapted = SigningIdentity(identity: seeded.identity) { message in
+            // Route through a seeded identity to stand in for a key held elsewhere.
+            (try? seeded.sign(Challenge(message)).bytes) ?? []
+        }
+        let run = try RegistrationTests.register(adapted)
+        #expect(run.messages.last == Fixtures.bytes("msg3_uds_signature_A_goblins"))
+    }
+}
