@@ -57,6 +57,7 @@ public enum VectorRunner {
         WycheproofEdDSAVectors.self,
         WycheproofXDHVectors.self,
         SyrupVectors.self,
+        OCapNVectors.self,
     ]
 
     /// File names that are documentation, never vectors.

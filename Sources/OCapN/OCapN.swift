@@ -1,1 +1,0 @@
-// OCapN module: see Package.swift for its layer.

@@ -1,0 +1,83 @@
+/// Why an OCapN value, locator, URI or control message was refused.
+///
+/// Callers match on `code`; `detail` names the field and sizes for local logs only and never
+/// holds key material. A peer should learn at most the code (better: only that the connection
+/// was closed).
+public struct OCapNError: Error, Equatable, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable, CaseIterable {
+        /// The bytes are not one canonical Syrup value within the limits.
+        case invalidSyrup
+        /// A known structure of the wrong shape: label, field count, value types, symbol names,
+        /// byte lengths of keys and signatures.
+        case malformedMessage
+        /// A value that is none of the four `uds:` records.
+        case unknownMessage
+        /// A valid message that the current state does not allow.
+        case unexpectedMessage
+        /// A challenge (or signed payload) that is not exactly 64 bytes.
+        case challengeLength
+        /// A signed payload that is not the challenge we sent.
+        case challengeMismatch
+        /// The server returned our own challenge as its challenge (a reflection attempt).
+        case reflectedChallenge
+        /// A signature that does not verify.
+        case badSignature
+        /// A public key that is not a valid Ed25519 identity key.
+        case invalidPublicKey
+        /// A secret key or seed of the wrong size or inconsistent with its public half.
+        case invalidSecretKey
+        /// A locator whose transport is not `unix-domain-socket`.
+        case wrongTransport
+        /// A designator that is not the canonical base32 of a valid key.
+        case invalidDesignator
+        /// A hint key that is not a canonical designator, or a hint value of an unsupported type.
+        case invalidHint
+        /// A URI that is not a strict `ocapn://<designator>.unix-domain-socket[?hints]`.
+        case invalidURI
+        /// A count or length above its configured limit.
+        case limitExceeded
+        /// The server's key differs from the pinned one.
+        case serverKeyMismatch
+        /// A `uds:new-connection` whose `from` is not the sender's registered identity.
+        case spoofedFrom
+        /// A `uds:new-connection` delivered to a peer that is not its `to`.
+        case wrongTarget
+    }
+
+    public let code: Code
+    /// Local diagnostics: which field, what length. Never key material or peer-controlled text
+    /// beyond short public values such as designators.
+    public let detail: String
+
+    public init(_ code: Code, _ detail: String) {
+        self.code = code
+        self.detail = detail
+    }
+
+    public var description: String { "\(code.rawValue): \(detail)" }
+}
+
+/// Bounds on what the OCapN layer accepts, beyond the Syrup decoder's own limits.
+public struct OCapNLimits: Sendable, Equatable {
+    /// Hint entries in one locator (one per introduction server the peer uses).
+    public var maxHints: Int
+    /// UTF-8 bytes of one string hint value (after percent-decoding in a URI).
+    public var maxHintValueLength: Int
+    /// UTF-8 bytes of one `ocapn://` URI.
+    public var maxURILength: Int
+
+    public init(maxHints: Int, maxHintValueLength: Int, maxURILength: Int) {
+        precondition(maxHints >= 0 && maxHintValueLength >= 0 && maxURILength >= 0, "negative limit")
+        self.maxHints = maxHints
+        self.maxHintValueLength = maxHintValueLength
+        self.maxURILength = maxURILength
+    }
+
+    /// 32 hints (far above any real deployment), 256-byte values (Goblins uses "t"), 4 KiB URIs.
+    public static let `default` = OCapNLimits(maxHints: 32, maxHintValueLength: 256, maxURILength: 4096)
+}
+
+extension OCapNError {
+    @inline(never)
+    static func malformed(_ detail: String) -> OCapNError { OCapNError(.malformedMessage, detail) }
+}
