@@ -228,7 +228,8 @@ enum HandshakeVectorGenerator {
                      mutation: substitute(Array(good[22...]) + Array(good[..<22])), expect: .decryptFailed),
             Negative(name: "transport frame duplicated", target: "transport-i2r",
                      mutation: substitute(Array(good[..<22]) + Array(good[..<22])), expect: .decryptFailed),
-            Negative(name: "transport stream without CLOSE", target: "transport-i2r", mutation: truncate(22), expect: .truncated),
+            Negative(name: "transport stream without CLOSE", target: "transport-i2r",
+                     mutation: truncate(bases[0].messagesI[0].count + FrameFormat.overhead), expect: .truncated),
             Negative(name: "transport stream cut inside a frame", target: "transport-i2r", mutation: truncate(10), expect: .truncated),
             Negative(name: "byte after CLOSE", target: "transport-i2r", mutation: append([0]), expect: .dataAfterClose),
             Negative(name: "frame LEN 16", target: "transport-i2r", mutation: replace(0, [0x00, 0x10]), expect: .badFrameLength),
@@ -286,7 +287,9 @@ enum HandshakeVectorGenerator {
             let fresh = try perform(bases[0])
             let toResponder = n["target"] as! String == "transport-i2r"
             let (sender, receiver) = toResponder ? (fresh.i.sender, fresh.r.receiver) : (fresh.r.sender, fresh.i.receiver)
-            let stream = try sender.seal([1, 2, 3]) + sender.close()
+            // The base stream is that side's transcript frames: its messages, then CLOSE.
+            let messages = toResponder ? bases[0].messagesI : bases[0].messagesR
+            let stream = try messages.flatMap { try sender.seal($0) } + sender.close()
             return code {
                 try receiver.receive(try mutate(stream, m))
                 while let e = try receiver.next(), e != .closed {}
