@@ -51,7 +51,10 @@ public struct VectorDataError: Error, CustomStringConvertible {
 /// Runs vector files: our own `ocapn-uds/<kind>/v1` JSON, Wycheproof, Noise, and raw Syrup `.bin`.
 public enum VectorRunner {
     /// Every JSON kind known to this build, in the order they are tried.
-    public static let kinds: [any VectorKind.Type] = []
+    public static let kinds: [any VectorKind.Type] = [
+        NoiseVectors.self,
+        HandshakeVectors.self,
+    ]
 
     /// File names that are documentation, never vectors.
     static func isIgnored(_ name: String) -> Bool {
