@@ -39,7 +39,6 @@ public struct HandshakeError: Error, Equatable, Sendable, CustomStringConvertibl
         case emptyDataFrame
         case dataAfterClose
         case nonceExhausted
-        case frameTooLarge
         case messageTooLarge
     }
 
