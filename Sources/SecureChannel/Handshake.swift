@@ -192,7 +192,9 @@ public final class HandshakeInitiator {
     }
 
     /// Throws `timeout` once `now` has reached the deadline (call it from the runtime's timer).
+    /// A finished handshake never times out, so a timer racing with completion is harmless.
     public func checkDeadline(now: ContinuousClock.Instant) throws(HandshakeError) {
+        guard case .awaitingResponse = state else { return }
         guard now < deadline else {
             fail()
             throw HandshakeError.make(.timeout, "handshake not finished within \(configuration.timeout)")
@@ -312,8 +314,12 @@ public final class HandshakeResponder {
         throw HandshakeError.make(.truncated, "EOF with \(buffer.count) bytes of an unfinished handshake message")
     }
 
-    /// Throws `timeout` once `now` has reached the deadline.
+    /// Throws `timeout` once `now` has reached the deadline. A finished handshake never times out.
     public func checkDeadline(now: ContinuousClock.Instant) throws(HandshakeError) {
+        switch state {
+        case .awaitingHello, .awaitingAuth: break
+        case .established, .failed: return
+        }
         guard now < deadline else {
             fail()
             throw HandshakeError.make(.timeout, "handshake not finished within \(configuration.timeout)")

@@ -56,6 +56,7 @@ public enum HandshakeVectors: VectorKind {
     static func run(_ t: [String: Any]) throws -> Session {
         let a = try identity(seed: t.hex("initiator_seed")), b = try identity(seed: t.hex("responder_seed"))
         let ei = try t.hex("initiator_ephemeral"), er = try t.hex("responder_ephemeral")
+        guard ei.count == 32, er.count == 32 else { throw VectorDataError("ephemeral private keys are 32 bytes") }
         guard let fragment = t["max_fragment_size"] as? Int, (1...FrameFormat.maxBody).contains(fragment) else {
             throw VectorDataError("max_fragment_size missing or out of range")
         }

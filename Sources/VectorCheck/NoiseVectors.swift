@@ -33,6 +33,9 @@ public enum NoiseVectors: VectorKind {
 
     static func replay(_ v: [String: Any], name: String) throws -> VectorCaseResult {
         if let psks = v["init_psks"] as? [Any], !psks.isEmpty { return .skipped(name, "PSK vectors are not used by UDS-HS1") }
+        for key in ["init_static", "init_ephemeral", "init_remote_static", "resp_static", "resp_ephemeral", "resp_remote_static"] {
+            guard try v.hex(key).count == 32 else { throw VectorDataError("\(key) is not a 32-byte X25519 key") }
+        }
         let i = NoiseKKHandshake(
             role: .initiator, prologue: try v.hex("init_prologue"), staticSecret: SecretBytes(copying: try v.hex("init_static")),
             remoteStatic: try v.hex("init_remote_static"), ephemeralSecret: SecretBytes(copying: try v.hex("init_ephemeral")))

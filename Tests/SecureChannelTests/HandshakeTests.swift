@@ -375,6 +375,13 @@ import Testing
         let r2 = responder(configuration: cfg)
         _ = try r2.receive(i.initialMessage, now: Fixture.now.advanced(by: .seconds(1)))
         #expect(code { try r2.checkDeadline(now: Fixture.now.advanced(by: .seconds(7))) } == .timeout)
+        // A timer firing after completion does not undo an established handshake.
+        let i3 = try initiator(configuration: cfg), r3 = responder(configuration: cfg)
+        guard case .send(let m2) = try r3.receive(i3.initialMessage, now: Fixture.now),
+              case .established(_, let auth) = try i3.receive(m2, now: Fixture.now),
+              case .established = try r3.receive(auth, now: Fixture.now) else { Issue.record("handshake"); return }
+        try i3.checkDeadline(now: Fixture.now.advanced(by: .seconds(60)))
+        try r3.checkDeadline(now: Fixture.now.advanced(by: .seconds(60)))
     }
 
     @Test("EOF at every offset of msg1, msg2 and AUTH is truncated")
