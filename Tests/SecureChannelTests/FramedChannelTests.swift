@@ -65,7 +65,7 @@ import Testing
         var out = [UInt8](repeating: 0, count: s.sealedLength(messageLength: m.count))
         let n = try m.withUnsafeBytes { mb in try out.withUnsafeMutableBytes { ob in try s.seal(mb, into: ob) } }
         #expect(n == out.count)
-        try r.withInputBuffer(minimumCapacity: out.count) { buf in
+        r.withInputBuffer(minimumCapacity: out.count) { buf in
             out.withUnsafeBytes { buf.copyMemory(from: $0) }
             return out.count
         }
