@@ -201,7 +201,6 @@ public final class FrameSender {
 
     /// Vector hook: the traffic key (K_IR or K_RI) so vectors can publish it.
     @_spi(TestVectors) public var trafficKeyForVectors: [UInt8] { key.unsafeCopyToArray() }
-    @_spi(TestVectors) public var nonceForVectors: UInt64 { nonce }
 }
 
 /// What the receiving half produced.
