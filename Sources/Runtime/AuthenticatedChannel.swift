@@ -188,11 +188,15 @@ final class ChannelEngine: @unchecked Sendable {
     private let started = ContinuousClock.now
     private var establishedAt: ContinuousClock.Instant?
 
+    /// The socket's number, lent to the dispatch sources while the socket is open.
+    private var raw: Int32 = -1
     private var readSource: DispatchSourceRead?
     private var writeSource: DispatchSourceWrite?
+    /// Sources created and not yet cancelled-and-finished: the socket closes only at zero, so
+    /// libdispatch never watches a number that was closed and reused.
+    private var liveSources = 0
     private var timer: DispatchSourceTimer?
     private var readPaused = false
-    private var writeArmed = false
     private var holdsHandshakeSlot = true
 
     private var output: [UInt8] = []
@@ -249,31 +253,13 @@ final class ChannelEngine: @unchecked Sendable {
         establishWaiter = waiter
         environment.audit?.record(facts.event(.handshakeStarted))
         logger.debug("handshake started")
-        let raw: Int32
         do {
             raw = try socket.withRawDescriptor { $0 }
         } catch {
             finish(error: PeerError(.ioError, "socket closed before the handshake"), reason: .ioError)
             return
         }
-        // The socket stays open until both sources have cancelled: closing it earlier could let
-        // libdispatch watch a reused descriptor number.
-        let group = DispatchGroup()
-        group.enter()
-        group.enter()
-        let read = DispatchSource.makeReadSource(fileDescriptor: raw, queue: queue)
-        let write = DispatchSource.makeWriteSource(fileDescriptor: raw, queue: queue)
-        read.setEventHandler { self.handleReadable() }
-        read.setCancelHandler { group.leave() }
-        write.setEventHandler { self.flush() }
-        write.setCancelHandler { group.leave() }
-        group.notify(queue: queue) { [socket] in socket.close() }
-        readSource = read
-        writeSource = write
-        write.activate()
-        write.suspend()  // armed only while output waits for the socket
-        read.activate()
-
+        watchReadable(true)
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.setEventHandler { self.deadlinePassed() }
         timer.schedule(deadline: .now() + ContinuousClock.now.duration(to: deadline).dispatchInterval)
@@ -486,7 +472,7 @@ final class ChannelEngine: @unchecked Sendable {
         case .endOfStream:
             endOfStream = true
             // Level-triggered: a source at EOF would fire forever.
-            readSource?.cancel()
+            watchReadable(false)
             streamEnded()
             return false
         }
@@ -560,8 +546,52 @@ final class ChannelEngine: @unchecked Sendable {
     private func setReading(paused: Bool) {
         guard paused != readPaused else { return }
         readPaused = paused
-        guard let readSource, !endOfStream else { return }
-        if paused { readSource.suspend() } else { readSource.resume() }
+        guard !endOfStream else { return }
+        watchReadable(!paused)
+    }
+
+    // Sources are created when needed and cancelled when not, never suspended: a suspended
+    // source that libdispatch disarms can lose the other direction's events on a shared
+    // descriptor (seen under load on Linux), and cancel-then-recreate costs little.
+
+    private func watchReadable(_ wanted: Bool) {
+        if wanted {
+            guard readSource == nil else { return }
+            let source = DispatchSource.makeReadSource(fileDescriptor: raw, queue: queue)
+            source.setEventHandler { self.handleReadable() }
+            source.setCancelHandler { self.sourceFinished() }
+            liveSources += 1
+            readSource = source
+            source.activate()
+        } else if let source = readSource {
+            readSource = nil
+            source.cancel()
+        }
+    }
+
+    private func armWrite(_ wanted: Bool) {
+        if wanted {
+            guard writeSource == nil else { return }
+            let source = DispatchSource.makeWriteSource(fileDescriptor: raw, queue: queue)
+            source.setEventHandler { self.flush() }
+            source.setCancelHandler { self.sourceFinished() }
+            liveSources += 1
+            writeSource = source
+            source.activate()
+        } else if let source = writeSource {
+            writeSource = nil
+            source.cancel()
+        }
+    }
+
+    private func sourceFinished() {
+        liveSources -= 1
+        closeSocketIfUnwatched()
+    }
+
+    private func closeSocketIfUnwatched() {
+        guard case .finished = phase, liveSources == 0 else { return }
+        socket.close()
     }
 
     /// Receivers waiting with nothing queued learn that the stream ended.
@@ -678,12 +708,6 @@ final class ChannelEngine: @unchecked Sendable {
         return try result.get()
     }
 
-    private func armWrite(_ wanted: Bool) {
-        guard let writeSource, wanted != writeArmed else { return }
-        writeArmed = wanted
-        if wanted { writeSource.resume() } else { writeSource.suspend() }
-    }
-
     // MARK: closing
 
     func close(completion: CheckedContinuation<ChannelCloseSummary, Never>) {
@@ -757,16 +781,9 @@ final class ChannelEngine: @unchecked Sendable {
             holdsHandshakeSlot = false
             environment.limiter.release()
         }
-        if let readSource {
-            if readPaused && !endOfStream { readSource.resume() }
-            if !endOfStream { readSource.cancel() }
-        }
-        if let writeSource {
-            if !writeArmed { writeSource.resume() }
-            writeSource.cancel()
-        }
-        readSource = nil
-        writeSource = nil
+        watchReadable(false)
+        armWrite(false)
+        closeSocketIfUnwatched()
         output = []
         outputHead = 0
 
@@ -827,3 +844,4 @@ extension Duration {
         return .nanoseconds(Int(nanos.partialValue + attoseconds / 1_000_000_000))
     }
 }
+

@@ -1,6 +1,8 @@
 import Audit
 import Dispatch
 import Foundation
+import Glibc
+import OCapN
 import Identity
 import Runtime
 import Testing
@@ -38,13 +40,24 @@ enum PeerTestSupport {
         return try await (initiator, responder)
     }
 
+    /// Closes both channels at once (each waits for the other's CLOSE); true when both are clean.
+    static func closeBoth(_ a: PeerChannel, _ b: PeerChannel) async -> Bool {
+        async let x = a.close()
+        async let y = b.close()
+        let (sa, sb) = await (x, y)
+        return sa.clean && sb.clean
+    }
+
     /// The outcome of an async operation as a PeerError code (nil on success).
-    static func code<T>(_ body: () async throws(PeerError) -> T) async -> PeerError.Code? {
+    static func code<T>(_ body: () async throws -> T) async -> PeerError.Code? {
         do {
             _ = try await body()
             return nil
-        } catch {
+        } catch let error as PeerError {
             return error.code
+        } catch {
+            Issue.record("unexpected error \(error)")
+            return nil
         }
     }
 
@@ -58,14 +71,75 @@ enum PeerTestSupport {
         return condition()
     }
 
-    /// Waits until this process's descriptor count is back to `baseline` (sockets close on the
-    /// channel queue just after the call that ended them returns).
-    static func descriptorsReturn(to baseline: Int) async -> Bool {
-        await eventually { DescriptorCensus.openCount() <= baseline }
-    }
-
     /// Audit events of `kind`.
     static func events(_ sink: AuditMemorySink, _ kind: AuditEventKind) -> [AuditEvent] {
         sink.events.filter { $0.kind == kind }
     }
+}
+
+/// Raw socket helpers for the test's own end of a socketpair.
+enum RawSocket {
+    /// What `/proc/self/fd/N` links to (`socket:[inode]`): names the open file itself, so a
+    /// leak check on it is immune to other tests reusing descriptor numbers in parallel.
+    static func link(of descriptor: FileDescriptor) -> String {
+        (try? descriptor.withRawDescriptor { raw in
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(raw)")) ?? "?"
+        }) ?? "closed"
+    }
+
+    /// Whether any descriptor of this process still refers to `link`.
+    static func isOpen(_ link: String) -> Bool {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return entries.contains { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)")) == link }
+    }
+
+    /// Waits until nothing in this process refers to `link` any more.
+    static func becomesClosed(_ link: String, timeout: Duration = .seconds(3)) async -> Bool {
+        await PeerTestSupport.eventually(timeout: timeout) { !isOpen(link) }
+    }
+
+    static func write(_ descriptor: FileDescriptor, _ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            switch try descriptor.send(Array(bytes[offset...])) {
+            case .processed(let n): offset += n
+            case .wouldBlock: usleep(1000)
+            }
+        }
+    }
+
+    /// Reads until `count` bytes, EOF or the timeout; returns what arrived and whether EOF came.
+    static func read(_ descriptor: FileDescriptor, atLeast count: Int = Int.max, timeout: Duration = .seconds(2)) -> (bytes: [UInt8], eof: Bool) {
+        var out: [UInt8] = []
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while out.count < count && ContinuousClock.now < deadline {
+            let result = try? buffer.withUnsafeMutableBytes { try descriptor.receive(into: $0, descriptorCapacity: 0) }
+            switch result {
+            case .processed(let r)?:
+                if r.isEndOfStream { return (out, true) }
+                out += buffer[0..<r.byteCount]
+            case .wouldBlock?:
+                usleep(1000)
+            case nil:
+                return (out, true)
+            }
+        }
+        return (out, false)
+    }
+
+    /// A pipe's read end (not a socket), for descriptor-kind checks.
+    static func pipeEnds() -> (FileDescriptor, FileDescriptor) {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0, "pipe failed")
+        return (FileDescriptor(adopting: fds[0]), FileDescriptor(adopting: fds[1]))
+    }
+}
+
+/// A counter tests share with tasks.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func increment() { lock.lock(); value += 1; lock.unlock() }
+    var current: Int { lock.lock(); defer { lock.unlock() }; return value }
 }
