@@ -466,6 +466,10 @@ final class ChannelEngine: @unchecked Sendable {
             return true
         case .wouldBlock:
             return false
+        case .failed(let error) where error.code == .connectionReset:
+            // A reset is an end of stream without CLOSE, like EOF: `truncated` unless the
+            // peer's CLOSE already arrived.
+            return continueAfter(.endOfStream)
         case .failed(let error):
             finish(error: PeerError.transport(error, "read"))
             return false
@@ -674,6 +678,13 @@ final class ChannelEngine: @unchecked Sendable {
             do throws(TransportError) {
                 result = try Self.write(socket, output, from: outputHead)
             } catch {
+                if error.code == .connectionReset, !endOfStream {
+                    // The peer is gone (EPIPE): judge it like an end of stream.
+                    endOfStream = true
+                    watchReadable(false)
+                    streamEnded()
+                    if case .finished = phase { return }
+                }
                 finish(error: PeerError.transport(error, "write"))
                 return
             }
@@ -753,6 +764,14 @@ final class ChannelEngine: @unchecked Sendable {
     private func finishIfClosedBothWays() {
         guard session != nil, closeSent, writeShutDown, peerClosed else { return }
         finish(error: nil)
+    }
+
+    /// Fails the handshake if it is still running (the channel, once open, is unaffected).
+    func cancelHandshake(_ error: PeerError) {
+        switch phase {
+        case .initiating, .responding: finish(error: error)
+        case .open, .finished: return
+        }
     }
 
     /// Called when the owning `PeerChannel` is released: an unclosed channel is aborted.

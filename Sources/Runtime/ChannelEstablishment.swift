@@ -147,6 +147,13 @@ public struct ChannelEstablishment: Sendable {
     public func initiate(
         over socket: FileDescriptor, to responder: PublicIdentity, introduction: IntroductionContext = IntroductionContext()
     ) async throws(PeerError) -> PeerChannel {
+        try await initiate(over: socket, to: responder, introduction: introduction, cancellation: nil)
+    }
+
+    func initiate(
+        over socket: FileDescriptor, to responder: PublicIdentity, introduction: IntroductionContext,
+        cancellation: HandshakeCancellation?
+    ) async throws(PeerError) -> PeerChannel {
         let facts = ChannelFacts(
             role: .initiator, local: identity, expected: responder, introduction: introduction,
             attempt: AuditAttemptID.random())
@@ -167,6 +174,7 @@ public struct ChannelEstablishment: Sendable {
         let engine = ChannelEngine(
             socket: socket, phase: .initiating(machine), initialOutput: machine.initialMessage,
             deadline: machine.deadline, facts: facts, environment: environment)
+        cancellation?.attach(engine)
         return try await engine.establish()
     }
 
@@ -253,5 +261,28 @@ struct ChannelFacts: Sendable {
         logger[metadataKey: "expected"] = "\(expected.fingerprint)"
         logger[metadataKey: "attempt"] = "\(attempt.hex)"
         if let server = introduction.server { logger[metadataKey: "server"] = "\(server.fingerprint)" }
+    }
+}
+
+/// Lets the netlayer fail a handshake from outside, e.g. when the introduction server it went
+/// through disconnects before the handshake finished. Cancelling an established channel does
+/// nothing.
+final class HandshakeCancellation: @unchecked Sendable {
+    private let lock = Mutex<(engine: ChannelEngine?, error: PeerError?)>((nil, nil))
+
+    func attach(_ engine: ChannelEngine) {
+        let early = lock.withLock { s -> PeerError? in
+            s.engine = engine
+            return s.error
+        }
+        if let early { engine.queue.async { engine.cancelHandshake(early) } }
+    }
+
+    func cancel(_ error: PeerError) {
+        let engine = lock.withLock { s -> ChannelEngine? in
+            if s.error == nil { s.error = error }
+            return s.engine
+        }
+        if let engine { engine.queue.async { engine.cancelHandshake(error) } }
     }
 }

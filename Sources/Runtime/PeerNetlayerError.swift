@@ -41,8 +41,6 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
         // Runtime: the socket under a handshake or channel.
         /// A Goblins peer (first bytes `<16'op:start-session`) and legacy peers are not allowed.
         case legacyPeerRefused
-        /// The connection was reset (ECONNRESET/EPIPE) without an authenticated close.
-        case peerReset
         /// A system call on the socket failed, or a descriptor arrived on a channel.
         case ioError
         /// The channel was closed or aborted locally; nothing more can be sent or received.
@@ -85,7 +83,6 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
     /// Maps a transport failure on a handshake or channel socket.
     static func transport(_ error: TransportError, _ context: String) -> PeerError {
         switch error.code {
-        case .connectionReset: return PeerError(.peerReset, "\(context): \(error)")
         case .controlTruncated, .unexpectedDescriptors:
             return PeerError(.ioError, "\(context): a descriptor arrived on a channel socket (\(error))")
         default: return PeerError(.ioError, "\(context): \(error)")

@@ -98,12 +98,18 @@ import Transport
             }
         }
         // 100 × 64 KiB = 6.25 MiB cannot fit in 4 queued messages, the socket buffers and 64 KiB
-        // of outbound queue: the sender must be suspended.
-        try await Task.sleep(for: .milliseconds(300))
-        let stalled = sent.current
-        #expect(stalled < total)
-        try await Task.sleep(for: .milliseconds(100))
-        #expect(sent.current == stalled, "no progress while nobody reads")
+        // of outbound queue: the sender must come to a stop while nobody reads.
+        var stalled = -1
+        let deadline = ContinuousClock.now.advanced(by: .seconds(5))
+        while ContinuousClock.now < deadline {
+            let before = sent.current
+            try await Task.sleep(for: .milliseconds(150))
+            if sent.current == before {
+                stalled = before
+                break
+            }
+        }
+        #expect(stalled >= 0 && stalled < total, "the sender stopped short of \(total) (stopped at \(stalled))")
         for i in 0..<total {
             let m = try await cb.receive()
             #expect(m?.count == 64 << 10 && m?.first == UInt8(i % 251))

@@ -143,3 +143,40 @@ final class Counter: @unchecked Sendable {
     func increment() { lock.lock(); value += 1; lock.unlock() }
     var current: Int { lock.lock(); defer { lock.unlock() }; return value }
 }
+
+/// A peer netlayer for tests with short deadlines and an audit sink.
+struct TestPeer {
+    let pair: IdentityKeyPair
+    let netlayer: PeerNetlayer
+    let audit: AuditMemorySink
+
+    init(handshakeTimeout: Duration = .seconds(2), registrationTimeout: Duration = .seconds(2), allowLegacy: Bool = false) {
+        pair = IdentityKeyPair.generate()
+        audit = AuditMemorySink(writer: pair.publicIdentity)
+        var configuration = PeerNetlayer.Configuration(registrationTimeout: registrationTimeout, connectTimeout: .milliseconds(500))
+        configuration.channel = PeerTestSupport.fastConfiguration(timeout: handshakeTimeout, allowLegacy: allowLegacy)
+        netlayer = PeerNetlayer(identity: pair, configuration: configuration, audit: audit, logger: PeerTestSupport.quietLogger)
+    }
+
+    var identity: PublicIdentity { pair.publicIdentity }
+
+    /// The next incoming channel, or nil after `timeout`.
+    func nextIncoming(timeout: Duration = .seconds(3)) async -> PeerChannel? {
+        let stream = netlayer.incoming
+        return await withTaskGroup(of: PeerChannel?.self) { group in
+            group.addTask {
+                var iterator = stream.makeAsyncIterator()
+                return await iterator.next()
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+    }
+
+    func events(_ kind: AuditEventKind) -> [AuditEvent] { PeerTestSupport.events(audit, kind) }
+}
