@@ -23,9 +23,12 @@ final class TestIntroServer: @unchecked Sendable {
 
     typealias Hook = @Sendable (Introduction, FileDescriptor, Forwarder) -> Void
 
-    let identity = IdentityKeyPair.generate()
-    let directory: String
+    let identity: IdentityKeyPair
+    let directory: String?
     let path: String
+    /// How long an introduction for an unregistered target is held (0: closed at once).
+    let holdUnregistered: Duration
+    private var held: [(request: UDSNewConnection, descriptor: FileDescriptor, target: PublicIdentity, until: ContinuousClock.Instant)] = []
     let queue = DispatchQueue(label: "test-intro-server")
     private var listener: Listener?
     private var connections: [ObjectIdentifier: Connection] = [:]
@@ -42,15 +45,25 @@ final class TestIntroServer: @unchecked Sendable {
         init(machine: RegistrationServer) { self.machine = machine }
     }
 
-    /// Binds in a fresh private directory.
-    init(onIntroduction hook: Hook? = nil) throws {
-        var template = Array("/tmp/ocapn-tis-XXXXXX".utf8CString)
-        guard let p = mkdtemp(&template) else { throw POSIXError(.EIO) }
-        directory = String(cString: p)
-        path = directory + "/s"
+    /// Binds at `path`, or in a fresh private directory (removed by `stop()`).
+    init(
+        identity: IdentityKeyPair = IdentityKeyPair.generate(), path: String? = nil,
+        holdUnregistered: Duration = .seconds(5), onIntroduction hook: Hook? = nil
+    ) throws {
+        if let path {
+            directory = nil
+            self.path = path
+        } else {
+            var template = Array("/tmp/ocapn-tis-XXXXXX".utf8CString)
+            guard let p = mkdtemp(&template) else { throw POSIXError(.EIO) }
+            directory = String(cString: p)
+            self.path = directory! + "/s"
+        }
+        self.identity = identity
+        self.holdUnregistered = holdUnregistered
         self.hook = hook
         queue.setSpecific(key: Self.queueKey, value: true)
-        let socket = try ListeningSocket.bind(path: path)
+        let socket = try ListeningSocket.bind(path: self.path)
         queue.sync {
             let listener = Listener(socket: socket, queue: queue) { [unowned self] event in self.handle(event) }
             self.listener = listener
@@ -77,8 +90,10 @@ final class TestIntroServer: @unchecked Sendable {
             }
             connections = [:]
             registered = [:]
+            for h in held { h.descriptor.close() }
+            held = []
         }
-        try? FileManager.default.removeItem(atPath: directory)
+        if let directory { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     private var signer: SigningIdentity {
@@ -137,6 +152,11 @@ final class TestIntroServer: @unchecked Sendable {
                 connection.peer = peer.identity
                 if let old = registered[peer.identity], old !== connection { drop(old) }
                 registered[peer.identity] = connection
+                let now = ContinuousClock.now
+                let waiting = held.filter { $0.target == peer.identity }
+                held.removeAll { $0.target == peer.identity || $0.until <= now }
+                for h in waiting where h.until > now { deliver(h.request, h.descriptor, to: h.target) }
+                for h in waiting where h.until <= now { h.descriptor.close() }
             case .forward(let introduction):
                 guard let descriptor = passed else { continue }
                 passed = nil
@@ -153,7 +173,16 @@ final class TestIntroServer: @unchecked Sendable {
     fileprivate func deliver(_ request: UDSNewConnection, _ descriptor: FileDescriptor, to target: PublicIdentity) {
         let work: @Sendable () -> Void = { [self] in
             guard let connection = registered[target], let stream = connection.stream else {
-                descriptor.close()
+                if holdUnregistered > .zero {
+                    held.append((request, descriptor, target, ContinuousClock.now.advanced(by: holdUnregistered)))
+                    queue.asyncAfter(deadline: .now() + .milliseconds(Int(holdUnregistered.components.seconds * 1000) + 50)) { [self] in
+                        let now = ContinuousClock.now
+                        for h in held where h.until <= now { h.descriptor.close() }
+                        held.removeAll { $0.until <= now }
+                    }
+                } else {
+                    descriptor.close()
+                }
                 return
             }
             do {

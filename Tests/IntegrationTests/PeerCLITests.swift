@@ -1,0 +1,254 @@
+import Foundation
+import Glibc
+import Identity
+import OCapN
+import Testing
+import Transport
+
+/// `ocapn-uds peer` and `ocapn-uds connect` as real processes, through an introduction server
+/// (the in-test `TestIntroServer`, built from the same OCapN machines as the daemon).
+@Suite struct PeerCLITests {
+    /// Generates a key file with the real binary and returns (path, identity).
+    static func keygen(_ dir: TemporaryDirectory, _ name: String) throws -> (String, PublicIdentity) {
+        let path = dir.file(name)
+        let result = try runOCapNUDS(["keygen", "--out", path])
+        guard result.status == 0 else { throw POSIXError(.EIO) }
+        return (path, try PublicIdentityFile.load(path: path))
+    }
+
+    /// Starts `peer` and waits for its first stdout line (the locator URI).
+    static func startPeer(_ key: String, servers: [String], extra: [String] = []) throws -> (ChildProcess, String) {
+        let child = try ChildProcess(["peer", "--identity", key] + servers.flatMap { ["--server", $0] } + extra)
+        guard let uri = child.waitForLine(timeout: 10, { _ in true }) else {
+            child.stop()
+            throw POSIXError(.ETIMEDOUT)
+        }
+        return (child, uri)
+    }
+
+    static func connect(_ key: String, server: String, _ uri: String, send: String = "hello", extra: [String] = []) throws
+        -> (status: Int32, stdout: String, stderr: String)
+    {
+        try runOCapNUDS(["connect", "--identity", key, "--server", server, uri, "--send", send] + extra, timeout: 20)
+    }
+
+    @Test func aPeerAndAConnectProcessEchoThroughAServerAndPrintTheVerifiedKeys() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try TestIntroServer()
+        defer { server.stop() }
+        let (keyA, idA) = try Self.keygen(dir, "a.key")
+        let (keyB, idB) = try Self.keygen(dir, "b.key")
+        let audit = dir.file("b-audit.jsonl")
+        let (peer, uri) = try Self.startPeer(keyB, servers: [server.path], extra: ["--audit-log", audit])
+        defer { peer.stop() }
+        let parsed = try PeerLocator(uri: uri)
+        #expect(parsed.identity == idB)
+        #expect(parsed.hintServers == [server.publicIdentity])
+
+        let result = try Self.connect(keyA, server: server.path, uri, send: "hello over UDS-HS1")
+        #expect(result.status == 0, "connect failed: \(result.stderr)")
+        #expect(result.stdout == "hello over UDS-HS1")
+        #expect(result.stderr.contains("verified-peer: \(idB.fingerprint)"))
+        #expect(peer.waitForLine(onStderr: true, timeout: 5) { $0.contains("verified-peer: \(idA.fingerprint)") } != nil)
+
+        #expect(peer.stop(signal: SIGTERM) == 0, "SIGTERM is a clean exit")
+        let verify = try runOCapNUDS(["audit", "--verify", audit])
+        #expect(verify.status == 0, "audit log intact and sealed: \(verify.stdout) \(verify.stderr)")
+        let text = try String(contentsOfFile: audit, encoding: .utf8)
+        #expect(text.contains("\"event\":\"handshake.succeeded\""))
+        #expect(text.contains("\"event\":\"channel.closed\""))
+    }
+
+    @Test func aPeerOnSeveralServersIsReachableThroughEachOfThem() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let first = try TestIntroServer()
+        let second = try TestIntroServer()
+        defer { first.stop(); second.stop() }
+        let (keyA, _) = try Self.keygen(dir, "a.key")
+        let (keyB, _) = try Self.keygen(dir, "b.key")
+        let (peer, uri) = try Self.startPeer(keyB, servers: [first.path, second.path])
+        defer { peer.stop() }
+        #expect(Set(try PeerLocator(uri: uri).hintServers) == [first.publicIdentity, second.publicIdentity])
+        for server in [first, second] {
+            let result = try Self.connect(keyA, server: server.path, uri, send: "via \(server.publicIdentity.fingerprint)")
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout == "via \(server.publicIdentity.fingerprint)")
+        }
+        #expect(first.introductions == 1 && second.introductions == 1)
+    }
+
+    @Test func aTargetThatRegistersAfterTheIntroductionWasRequestedIsStillReached() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try TestIntroServer(holdUnregistered: .seconds(8))
+        defer { server.stop() }
+        let (keyA, _) = try Self.keygen(dir, "a.key")
+        let (keyB, idB) = try Self.keygen(dir, "b.key")
+        let uri = PeerLocator(identity: idB, introductionServers: [server.publicIdentity]).uri
+        let connect = try ChildProcess(["connect", "--identity", keyA, "--server", server.path, uri, "--send", "early"])
+        #expect(PeerTestWait.until { server.introductions == 1 }, "the introduction was requested before B registered")
+        let (peer, peerURI) = try Self.startPeer(keyB, servers: [server.path])
+        defer { peer.stop() }
+        #expect(peerURI == uri)
+        #expect(connect.waitForExit(timeout: 15) == 0, "\(connect.errorOutput)")
+        #expect(connect.output == ["early"])
+    }
+
+    @Test func aPeerReregistersAfterItsServerRestartsAndAfterItselfRestarts() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let socketDir = try TemporaryDirectory("srv")
+        defer { socketDir.remove() }
+        let serverKey = IdentityKeyPair.generate()
+        let path = socketDir.file("s")
+        var server = try TestIntroServer(identity: serverKey, path: path)
+        let (keyA, _) = try Self.keygen(dir, "a.key")
+        let (keyB, _) = try Self.keygen(dir, "b.key")
+        var (peer, uri) = try Self.startPeer(keyB, servers: [path])
+        #expect(try Self.connect(keyA, server: path, uri).status == 0)
+
+        // Server restart: same key, same path. The peer notices, backs off and registers again.
+        server.stop()
+        #expect(peer.waitForLine(onStderr: true, timeout: 5) { $0.contains("disconnected") } != nil)
+        server = try TestIntroServer(identity: serverKey, path: path)
+        #expect(peer.waitForLine(onStderr: true, timeout: 10) { $0.contains("registered; locator: \(uri)") } != nil)
+        let afterServerRestart = try Self.connect(keyA, server: path, uri, send: "after server restart")
+        #expect(afterServerRestart.status == 0, "\(afterServerRestart.stderr)")
+        #expect(afterServerRestart.stdout == "after server restart")
+
+        // Peer restart: the new registration replaces the old one.
+        #expect(peer.stop() == 0)
+        (peer, uri) = try Self.startPeer(keyB, servers: [path])
+        let afterPeerRestart = try Self.connect(keyA, server: path, uri, send: "after peer restart")
+        #expect(afterPeerRestart.status == 0, "\(afterPeerRestart.stderr)")
+        #expect(afterPeerRestart.stdout == "after peer restart")
+        peer.stop()
+        server.stop()
+    }
+
+    @Test func connectFailuresExitNonZeroAndPrintTheirReasonCode() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let (keyA, _) = try Self.keygen(dir, "a.key")
+        let (_, idB) = try Self.keygen(dir, "b.key")
+        let honest = try TestIntroServer(holdUnregistered: .zero)
+        defer { honest.stop() }
+
+        // No shared server: B's hints name a server A does not use.
+        let elsewhere = PeerLocator(identity: idB, introductionServers: [IdentityKeyPair.generate().publicIdentity]).uri
+        let noShared = try Self.connect(keyA, server: honest.path, elsewhere)
+        #expect(noShared.status == 1)
+        #expect(noShared.stderr.contains("noSharedServer"))
+
+        // Unreachable server.
+        let unreachable = try Self.connect(keyA, server: dir.file("nobody-listens"), elsewhere)
+        #expect(unreachable.status == 1)
+        #expect(unreachable.stderr.contains("serverUnreachable"))
+
+        // Refused introduction (target not registered, the server drops the socket at once).
+        let uri = PeerLocator(identity: idB, introductionServers: [honest.publicIdentity]).uri
+        let refused = try Self.connect(keyA, server: honest.path, uri)
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("truncated"))
+
+        // Timeout: the server keeps the socket and never delivers it.
+        let kept = KeptDescriptors()
+        let swallowing = try TestIntroServer { _, descriptor, _ in kept.keep(descriptor) }
+        defer { swallowing.stop(); kept.closeAll() }
+        let slowURI = PeerLocator(identity: idB, introductionServers: [swallowing.publicIdentity]).uri
+        let timedOut = try Self.connect(keyA, server: swallowing.path, slowURI, extra: ["--handshake-timeout-ms", "300"])
+        #expect(timedOut.status == 1)
+        #expect(timedOut.stderr.contains("timeout"))
+
+        // Handshake rejection: the server answers msg1 itself with a forged msg2.
+        let forging = try TestIntroServer { _, descriptor, _ in
+            DispatchQueue.global().async {
+                _ = RawPeerSocket.read(descriptor, count: 120)
+                let forged = [UInt8(0x02)] + [UInt8](repeating: 9, count: 1) + [UInt8](repeating: 0, count: 31) + [UInt8](repeating: 0x5a, count: 80)
+                RawPeerSocket.write(descriptor, forged)
+                usleep(500_000)
+                descriptor.close()
+            }
+        }
+        defer { forging.stop() }
+        let forgedURI = PeerLocator(identity: idB, introductionServers: [forging.publicIdentity]).uri
+        let rejected = try Self.connect(keyA, server: forging.path, forgedURI)
+        #expect(rejected.status == 3, "a failed security check is exit 3: \(rejected.stderr)")
+        #expect(rejected.stderr.contains("decryptFailed"))
+
+        // Usage errors.
+        #expect(try runOCapNUDS(["connect", "--identity", keyA, "--server", honest.path, "not-a-uri", "--send", "x"]).status == 2)
+        #expect(try runOCapNUDS(["connect", "--identity", keyA, "--server", honest.path, uri]).status == 2)
+        #expect(try runOCapNUDS(["peer", "--identity", keyA]).status == 2)
+    }
+
+    @Test func aPinnedServerKeyThatDoesNotMatchStopsThePeerWithExitThree() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try TestIntroServer()
+        defer { server.stop() }
+        let (keyB, _) = try Self.keygen(dir, "b.key")
+        let wrong = IdentityKeyPair.generate().publicIdentity.designator
+        let pinnedWrong = try runOCapNUDS(["peer", "--identity", keyB, "--server", "\(server.path)=\(wrong)"])
+        #expect(pinnedWrong.status == 3)
+        #expect(pinnedWrong.stderr.contains("registrationFailed") && pinnedWrong.stderr.contains("serverKeyMismatch"))
+        let (peer, uri) = try Self.startPeer(
+            keyB, servers: [server.path], extra: ["--server-key", server.publicIdentity.designator])
+        defer { peer.stop() }
+        #expect(try PeerLocator(uri: uri).hintServers == [server.publicIdentity])
+    }
+}
+
+/// Descriptors a misbehaving server keeps (closed at the end of the test).
+final class KeptDescriptors: @unchecked Sendable {
+    private let lock = NSLock()
+    private var kept: [FileDescriptor] = []
+    func keep(_ d: FileDescriptor) { lock.lock(); kept.append(d); lock.unlock() }
+    func closeAll() { lock.lock(); for d in kept { d.close() }; kept = []; lock.unlock() }
+}
+
+enum PeerTestWait {
+    static func until(timeout: Double = 10, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(10_000)
+        }
+        return condition()
+    }
+}
+
+/// Blocking-style helpers on a descriptor a test server holds (MSG_DONTWAIT polled).
+enum RawPeerSocket {
+    static func read(_ d: FileDescriptor, count: Int, timeout: Double = 3) -> [UInt8] {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let deadline = Date().addingTimeInterval(timeout)
+        while out.count < count && Date() < deadline {
+            let want = min(buffer.count, count - out.count)
+            let r = try? buffer.withUnsafeMutableBytes { try d.receive(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<want]), descriptorCapacity: 0) }
+            switch r {
+            case .processed(let got)?:
+                if got.isEndOfStream { return out }
+                out += buffer[0..<got.byteCount]
+            case .wouldBlock?: usleep(1000)
+            case nil: return out
+            }
+        }
+        return out
+    }
+
+    static func write(_ d: FileDescriptor, _ bytes: [UInt8]) {
+        var offset = 0
+        let deadline = Date().addingTimeInterval(3)
+        while offset < bytes.count && Date() < deadline {
+            switch try? d.send(Array(bytes[offset...])) {
+            case .processed(let n)?: offset += n
+            case .wouldBlock?: usleep(1000)
+            case nil: return
+            }
+        }
+    }
+}
