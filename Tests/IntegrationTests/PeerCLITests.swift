@@ -164,7 +164,7 @@ import Transport
 
         // Handshake rejection: the server answers msg1 itself with a forged msg2.
         let forging = try TestIntroServer { _, descriptor, _ in
-            DispatchQueue.global().async {
+            Thread.detachNewThread {
                 _ = RawPeerSocket.read(descriptor, count: 120)
                 let forged = [UInt8(0x02)] + [UInt8](repeating: 9, count: 1) + [UInt8](repeating: 0, count: 31) + [UInt8](repeating: 0x5a, count: 80)
                 RawPeerSocket.write(descriptor, forged)

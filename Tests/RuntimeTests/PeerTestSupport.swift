@@ -128,6 +128,21 @@ enum RawSocket {
         return (out, false)
     }
 
+    /// Looks at the first `count` bytes without consuming them (MSG_PEEK), waiting for them.
+    static func peek(_ descriptor: FileDescriptor, count: Int, timeout: Duration = .seconds(2)) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while ContinuousClock.now < deadline {
+            let n = (try? descriptor.withRawDescriptor { raw in
+                buffer.withUnsafeMutableBytes { recv(raw, $0.baseAddress, count, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT)) }
+            }) ?? -1
+            if n == count { return buffer }
+            if n == 0 { break }
+            usleep(500)
+        }
+        return []
+    }
+
     /// A pipe's read end (not a socket), for descriptor-kind checks.
     static func pipeEnds() -> (FileDescriptor, FileDescriptor) {
         var fds: [Int32] = [-1, -1]
