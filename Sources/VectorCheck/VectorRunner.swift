@@ -58,6 +58,8 @@ public enum VectorRunner {
         WycheproofXDHVectors.self,
         SyrupVectors.self,
         OCapNVectors.self,
+        HandshakeVectors.self,
+        NoiseVectors.self,
     ]
 
     /// File names that are documentation, never vectors.

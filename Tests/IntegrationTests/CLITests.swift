@@ -15,4 +15,11 @@ import Testing
         let again = try runOCapNUDS(["keygen", "--out", key])
         #expect(again.status == 3, "overwriting without --force must be refused")
     }
+
+    @Test func vectorsVerifyPassesOnTheRepositoryVectors() throws {
+        let r = try runOCapNUDS(["vectors", "verify", TestProcesses.packageRoot.appendingPathComponent("Vectors").path])
+        let last = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(last.hasSuffix("0 failed") || last.contains(" 0 failed,"), "closing line: \(last)\n\(r.stdout)")
+        #expect(r.status == 0)
+    }
 }
