@@ -206,7 +206,7 @@ public struct IntroductionServerLimits: Sendable, Equatable {
         var p: [String] = []
         func check(_ ok: Bool, _ text: String) { if !ok { p.append(text) } }
         check((1...1_000_000).contains(maxClients), "max clients must be 1...1000000")
-        check((1...maxClients).contains(maxUnauthenticated), "max unauthenticated must be 1...max clients")
+        check(maxUnauthenticated >= 1 && maxUnauthenticated <= maxClients, "max unauthenticated must be 1...max clients")
         check(registrationTimeout > .zero, "the registration timeout must be positive")
         check(partialMessageTimeout > .zero, "the partial-message timeout must be positive")
         // A uds:new-connection with a few hints needs ~500 bytes and depth 4.

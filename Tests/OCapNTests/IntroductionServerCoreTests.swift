@@ -88,6 +88,35 @@ import Testing
         h.finish()
     }
 
+    @Test("A uds:signature, a uds:new-connection and its marker merged into the descriptor's read register and forward")
+    func pipelinedSignatureAndIntroduction() {
+        // K5: earlier plain segments may share the read that carries the descriptor.
+        let h = CoreHarness(challenges: [Fixtures.serverChallenge, Fixtures.serverChallenge])
+        let b = h.accept()
+        h.feed(b, Fixtures.bytes("msg1_uds_register_B") + Fixtures.bytes("msg3_uds_signature_B_goblins"))
+        let a = h.accept()
+        h.feed(a, Fixtures.bytes("msg1_uds_register_A"))
+        let fd = h.descriptor()
+        h.feed(a, Fixtures.bytes("msg3_uds_signature_A_goblins") + Fixtures.bytes("msg4_uds_new_connection_A_to_S")
+               + UDSNewConnection.fdMarker, descriptors: [fd])
+        #expect(h.reasons(.registrationAccepted) == [nil, nil])
+        #expect(h.forwards.map(\.descriptor) == [fd])
+        #expect(h.forwards.first?.target == b)
+        h.finish()
+    }
+
+    @Test("A descriptor on the last message of a read, with no marker after it, is refused")
+    func descriptorEndingOnPlainMessageIsRefused() {
+        let h = CoreHarness(challenges: [Fixtures.serverChallenge])
+        let a = h.accept()
+        h.feed(a, Fixtures.bytes("msg1_uds_register_A"))
+        let fd = h.descriptor()
+        h.feed(a, Fixtures.bytes("msg3_uds_signature_A_goblins"), descriptors: [fd])
+        #expect(h.reasons(.registrationRefused) == [.extraFds])
+        #expect(h.closedDescriptors == [fd])
+        h.finish()
+    }
+
     // MARK: registration failures
 
     @Test("A signature that does not verify refuses the registration and closes the connection")
