@@ -99,6 +99,10 @@ public final class IntroductionServer: @unchecked Sendable {
         stream.readBufferSize = configuration.readBufferBytes
         stream.maximumQueuedBytes = configuration.outputQueueBytes
         stream.maximumQueuedDescriptors = configuration.outputQueueDescriptors
+        // Drain each readable event (64 reads outlast any socket buffer at 4 KiB per read):
+        // observed on Linux, a read source whose handler yields with bytes still queued is not
+        // fired again, so a connection whose sender then goes quiet stalls with unread data.
+        stream.readsPerEvent = max(64, (1 << 20) / configuration.readBufferBytes)
         streamConfiguration = stream
         let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
         core = IntroductionServerCore(

@@ -64,6 +64,15 @@ final class IntroServerProcess {
     }
 
     var pid: Int32 { child.pid }
+
+    /// What each of the server's descriptors is (the /proc/PID/fd link targets), for diagnostics.
+    var descriptorTargets: [String] {
+        let dir = "/proc/\(pid)/fd"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.sorted { (Int($0) ?? 0) < (Int($1) ?? 0) }.map {
+            "\($0)->" + ((try? FileManager.default.destinationOfSymbolicLink(atPath: "\(dir)/\($0)")) ?? "?")
+        }
+    }
     var descriptorCount: Int { child.openDescriptorCount }
 
     /// Waits until the server holds `count` descriptors (closes happen asynchronously).
