@@ -47,15 +47,22 @@ public enum IntroductionServerSetup {
         } catch {
             throw IntroductionServerError(.descriptorBudget, "cannot read or raise RLIMIT_NOFILE: \(error)", transport: error)
         }
-        guard soft >= needed else {
-            let hard = (try? OpenFileLimit.current().hard).map { "\($0)" } ?? "unknown"
-            throw IntroductionServerError(
-                .descriptorBudget,
-                "the limits need \(needed) descriptors (max clients + 1 + max pending + reserve \(configuration.descriptorReserve)) "
-                    + "but RLIMIT_NOFILE allows \(soft) (hard limit \(hard)); lower --max-clients or --max-pending, "
-                    + "or raise the hard limit (systemd: LimitNOFILE=)")
+        if let problem = budgetProblem(configuration, softLimit: soft, hardLimit: try? OpenFileLimit.current().hard) {
+            throw IntroductionServerError(.descriptorBudget, problem)
         }
         return soft
+    }
+
+    /// Why `softLimit` cannot hold the configuration's caps, or nil when it can (pure).
+    public static func budgetProblem(
+        _ configuration: IntroductionServer.Configuration, softLimit: UInt64, hardLimit: UInt64?
+    ) -> String? {
+        let needed = configuration.requiredDescriptors
+        guard softLimit < needed else { return nil }
+        return "the limits need \(needed) descriptors (max clients + 1 + max pending + reserve "
+            + "\(configuration.descriptorReserve)) but RLIMIT_NOFILE allows \(softLimit) (hard limit "
+            + "\(hardLimit.map { "\($0)" } ?? "unknown")); lower --max-clients or --max-pending, or raise the hard "
+            + "limit (systemd: LimitNOFILE=)"
     }
 
     /// The listening socket: the one inherited through socket activation (`LISTEN_FDS`, exactly

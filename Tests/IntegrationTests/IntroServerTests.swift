@@ -386,6 +386,21 @@ func seesEOF(_ descriptor: FileDescriptor, timeout: Double = 2) throws -> Bool {
         }
     }
 
+    @Test("Ten thousand clients fit after raising RLIMIT_NOFILE; caps no limit can hold refuse to start")
+    func descriptorBudget() throws {
+        let big = try IntroServerProcess(["--max-clients", "10000"])
+        let limits = try String(contentsOfFile: "/proc/\(big.pid)/limits", encoding: .utf8)
+        let line = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") } ?? ""
+        let soft = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).first.flatMap { Int($0) } ?? 0
+        #expect(soft >= 10_000 + 1 + 256 + 16, "\(line)")
+        big.stop()
+        let huge = try runOCapNUDS(["intro-server", "--identity", big.keyPath, "--socket", big.socketPath,
+                                    "--max-clients", "1000000", "--max-pending", "1000000"])
+        #expect(huge.status == 1)
+        #expect(huge.stderr.contains("RLIMIT_NOFILE"), "\(huge.stderr)")
+        big.dir.remove()
+    }
+
     @Test("Bad options exit with the usage code and a key file that is not private is refused")
     func usageAndKeyErrors() throws {
         let dir = try TemporaryDirectory("intro")
