@@ -1,32 +1,5 @@
 import SodiumCrypto
 
-/// Why a designator or public key was refused.
-public struct IdentityError: Error, Equatable, Sendable, CustomStringConvertible {
-    public enum Code: String, Sendable {
-        case invalidDesignator
-        case invalidPublicKey
-        case invalidFingerprint
-        case keyFileMissing
-        case keyFileExists
-        case keyFileInsecurePermissions
-        case keyFileMalformed
-        case keyFileUnsupportedVersion
-        case wrongPassphrase
-        case passphraseRequired
-        case ioError
-    }
-    public let code: Code
-    /// What is wrong and, where useful, what to do. Never contains key material.
-    public let detail: String
-
-    public init(_ code: Code, _ detail: String) {
-        self.code = code
-        self.detail = detail
-    }
-
-    public var description: String { "\(code.rawValue): \(detail)" }
-}
-
 /// A peer's public identity: a validated Ed25519 public key.
 ///
 /// Construction checks that the key converts to X25519 (libsodium refuses small-order,

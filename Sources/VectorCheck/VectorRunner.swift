@@ -51,7 +51,12 @@ public struct VectorDataError: Error, CustomStringConvertible {
 /// Runs vector files: our own `ocapn-uds/<kind>/v1` JSON, Wycheproof, Noise, and raw Syrup `.bin`.
 public enum VectorRunner {
     /// Every JSON kind known to this build, in the order they are tried.
-    public static let kinds: [any VectorKind.Type] = [OCapNVectors.self]
+    public static let kinds: [any VectorKind.Type] = [
+        IdentityVectors.self,
+        WycheproofEdDSAVectors.self,
+        WycheproofXDHVectors.self,
+        OCapNVectors.self,
+    ]
 
     /// File names that are documentation, never vectors.
     static func isIgnored(_ name: String) -> Bool {

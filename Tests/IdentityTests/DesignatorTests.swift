@@ -3,7 +3,7 @@ import Identity
 
 @Suite struct DesignatorTests {
     @Test func workedExampleDesignatorRoundTrips() throws {
-        let pk: [UInt8] = hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+        let pk: [UInt8] = try unhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
         let id = try PublicIdentity(publicKey: pk)
         #expect(id.designator == "25njqamcweflpvkl73j4szahhihoc4xt3ktcgjnpaingr5yhkena")
         #expect(try PublicIdentity(designator: id.designator) == id)
@@ -22,11 +22,3 @@ import Identity
     }
 }
 
-func hex(_ s: String) -> [UInt8] {
-    var out: [UInt8] = []
-    var it = s.utf8.makeIterator()
-    while let a = it.next(), let b = it.next() {
-        out.append(UInt8(String(decoding: [a, b], as: UTF8.self), radix: 16)!)
-    }
-    return out
-}

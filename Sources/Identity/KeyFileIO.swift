@@ -1,0 +1,300 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import SodiumCrypto
+
+extension IdentityKeyFile {
+    /// Mode of private key files: owner read/write only.
+    public static let privateFileMode: mode_t = 0o600
+    /// Mode of public export files.
+    public static let publicFileMode: mode_t = 0o644
+
+    /// Writes `keyPair` to `path` atomically with mode 0600: a temporary file in the same
+    /// directory is written and fsynced, then moved into place and the directory fsynced, so a
+    /// crash leaves the old file or the new one, never a partial key. Without `force` an existing
+    /// file is never replaced (checked atomically: the temporary file is hard-linked into place).
+    /// With a passphrase the seed is encrypted (Argon2id with `kdf`, XChaCha20-Poly1305).
+    public static func write(
+        _ keyPair: IdentityKeyPair, to path: String, passphrase: SecretBytes? = nil,
+        force: Bool = false, kdf: KDFParameters = .moderate
+    ) throws(IdentityError) {
+        // Refuse early, before spending a second on Argon2id; the link below re-checks atomically.
+        if !force { try SecureFile.refuseExisting(path) }
+        let contents = try encode(keyPair, protection: passphrase.map { .passphrase($0, kdf) } ?? .none)
+        // withUnsafeBytes rethrows untyped errors; carry the typed one out in a Result.
+        let written: Result<Void, IdentityError> = contents.withUnsafeBytes { bytes in
+            Result { () throws(IdentityError) in
+                try SecureFile.writeAtomically(path: path, contents: bytes, mode: privateFileMode, force: force)
+            }
+        }
+        try written.get()
+    }
+
+    /// Throws `keyFileExists` when anything (even a dangling symlink) is at `path`, so a command
+    /// writing several files can refuse before writing any.
+    public static func ensureAbsent(_ path: String) throws(IdentityError) {
+        try SecureFile.refuseExisting(path)
+    }
+
+    /// Loads a private key file. Refuses a missing file, one that is not a regular file, one
+    /// group- or world-accessible or owned by another user (like OpenSSH), and any malformed,
+    /// inconsistent or undecryptable file.
+    public static func load(
+        path: String, passphrase: SecretBytes? = nil, limits: IdentityFileLimits = .default
+    ) throws(IdentityError) -> IdentityKeyPair {
+        var contents = try SecureFile.read(path: path, limit: limits.maxFileBytes, requirePrivate: true)
+        defer { secureZero(&contents) }
+        do {
+            return try decode(contents, passphrase: passphrase, limits: limits)
+        } catch {
+            throw IdentityError(error.code, "\(path): \(error.detail)")
+        }
+    }
+
+    /// Whether the private key file at `path` is passphrase-protected (reads the header only).
+    public static func isEncrypted(path: String, limits: IdentityFileLimits = .default) throws(IdentityError) -> Bool {
+        var contents = try SecureFile.read(path: path, limit: limits.maxFileBytes, requirePrivate: false)
+        defer { secureZero(&contents) }
+        do {
+            return try isEncrypted(contents, limits: limits)
+        } catch {
+            throw IdentityError(error.code, "\(path): \(error.detail)")
+        }
+    }
+}
+
+/// Public identity files: accepts a public export (`type: ed25519-public`) or a private key file
+/// (only its public part is used, so no passphrase or permission check is needed).
+public enum PublicIdentityFile {
+    /// Loads the public identity recorded in either kind of identity file.
+    public static func load(path: String, limits: IdentityFileLimits = .default) throws(IdentityError) -> PublicIdentity {
+        var contents = try SecureFile.read(path: path, limit: limits.maxFileBytes, requirePrivate: false)
+        defer { secureZero(&contents) }
+        do {
+            return try IdentityKeyFile.decodePublic(contents, limits: limits)
+        } catch {
+            throw IdentityError(error.code, "\(path): \(error.detail)")
+        }
+    }
+
+    /// Writes a public export file atomically (mode 0644); refuses to replace a file unless `force`.
+    public static func write(_ identity: PublicIdentity, to path: String, force: Bool = false) throws(IdentityError) {
+        let contents = IdentityKeyFile.encodePublic(identity)
+        let written: Result<Void, IdentityError> = contents.withUnsafeBytes { bytes in
+            Result { () throws(IdentityError) in
+                try SecureFile.writeAtomically(path: path, contents: bytes, mode: IdentityKeyFile.publicFileMode, force: force)
+            }
+        }
+        try written.get()
+    }
+}
+
+/// Passphrases for key files.
+public enum IdentityPassphrase {
+    /// The passphrase in a passphrase file's bytes: the first line, its `\n` (or `\r\n`)
+    /// stripped. Refuses an empty or over-long passphrase. Sans-IO; the caller wipes `contents`.
+    public static func fromFileContents(_ contents: [UInt8], limits: IdentityFileLimits = .default) throws(IdentityError) -> SecretBytes {
+        var end = contents.firstIndex(of: UInt8(ascii: "\n")) ?? contents.count
+        if end > 0, contents[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+        guard end > 0 else {
+            throw IdentityError(.passphraseInvalid, "the passphrase (first line of the file) is empty; write the passphrase on the first line")
+        }
+        guard end <= limits.maxPassphraseBytes else {
+            throw IdentityError(.passphraseInvalid, "the passphrase (first line) is \(end) bytes, over the limit of \(limits.maxPassphraseBytes)")
+        }
+        return contents.withUnsafeBytes { SecretBytes.copy(of: UnsafeRawBufferPointer(rebasing: $0[0..<end])) }
+    }
+
+    /// Reads a passphrase file. A regular file must not be group- or world-accessible; a pipe
+    /// (`--passphrase-file /dev/stdin`, `<(…)`) is accepted as is.
+    public static func read(fromFile path: String, limits: IdentityFileLimits = .default) throws(IdentityError) -> SecretBytes {
+        var contents = try SecureFile.read(path: path, limit: limits.maxPassphraseFileBytes, requirePrivate: true, allowPipes: true, what: "passphrase file")
+        defer { secureZero(&contents) }
+        do {
+            return try fromFileContents(contents, limits: limits)
+        } catch {
+            throw IdentityError(error.code, "\(path): \(error.detail)")
+        }
+    }
+}
+
+/// The few file-system operations key files need, with errno turned into `IdentityError`.
+enum SecureFile {
+    static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
+
+    static func ioError(_ call: String, _ path: String, _ code: Int32) -> IdentityError {
+        IdentityError(.ioError, "\(call) \(path): \(errorText(code))")
+    }
+
+    /// Reads a whole small file through one descriptor: the checks apply to what is read.
+    static func read(
+        path: String, limit: Int, requirePrivate: Bool, allowPipes: Bool = false, what: String = "key file"
+    ) throws(IdentityError) -> [UInt8] {
+        let fd = retryingEINTR { open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY) }
+        guard fd >= 0 else {
+            let e = errno
+            if e == ENOENT {
+                let hint = what == "key file" ? "; create one with `ocapn-uds keygen --out \(path)`" : ""
+                throw IdentityError(.keyFileMissing, "\(path): no such \(what)\(hint)")
+            }
+            throw ioError("cannot open", path, e)
+        }
+        defer { _ = close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw ioError("cannot stat", path, errno) }
+        let type = st.st_mode & S_IFMT
+        let isPipe = type == S_IFIFO || type == S_IFSOCK || type == S_IFCHR
+        guard type == S_IFREG || (allowPipes && isPipe) else {
+            throw IdentityError(.keyFileMalformed, "\(path): not a regular file")
+        }
+        if requirePrivate && type == S_IFREG {
+            let mode = st.st_mode & 0o777
+            if mode & 0o077 != 0 {
+                throw IdentityError(.keyFileInsecurePermissions, "\(path): permissions \(octal(mode)) let group or others access this \(what); run: chmod 600 \(path)")
+            }
+            let me = geteuid()
+            if st.st_uid != me && st.st_uid != 0 {
+                throw IdentityError(.keyFileInsecurePermissions, "\(path): owned by uid \(st.st_uid), not by this user (uid \(me)); the owner must be you or root")
+            }
+        }
+        if type == S_IFREG && Int(st.st_size) > limit {
+            throw IdentityError(.keyFileMalformed, "\(path): \(st.st_size) bytes, over the \(limit)-byte limit for a \(what); is this the right file?")
+        }
+        // Read one byte past the limit so growth after fstat (or a pipe) is still caught.
+        var buffer = [UInt8](repeating: 0, count: limit + 1)
+        var filled = 0
+        while filled < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { b in
+                retryingEINTR { systemRead(fd, b.baseAddress! + filled, b.count - filled) }
+            }
+            if n < 0 {
+                let e = Int32(errno)
+                secureZero(&buffer)
+                throw ioError("cannot read", path, e)
+            }
+            if n == 0 { break }
+            filled += n
+        }
+        guard filled <= limit else {
+            secureZero(&buffer)
+            throw IdentityError(.keyFileMalformed, "\(path): over the \(limit)-byte limit for a \(what); is this the right file?")
+        }
+        let contents = Array(buffer[0..<filled])
+        secureZero(&buffer)
+        return contents
+    }
+
+    /// Throws `keyFileExists` when something (even a dangling symlink) is at `path`.
+    static func refuseExisting(_ path: String) throws(IdentityError) {
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            throw IdentityError(.keyFileExists, "\(path) already exists; refusing to overwrite it (pass --force to replace it; a replaced private key is lost)")
+        }
+        let e = errno
+        guard e == ENOENT else { throw ioError("cannot check", path, e) }
+    }
+
+    /// Temporary file in the target's directory → write → fsync → close → link (no replace) or
+    /// rename (replace) → fsync the directory. The temporary file is removed on every failure.
+    static func writeAtomically(path: String, contents: UnsafeRawBufferPointer, mode: mode_t, force: Bool) throws(IdentityError) {
+        let (directory, name) = split(path)
+        guard !name.isEmpty, name != ".", name != ".." else {
+            throw IdentityError(.ioError, "\(path): not a file name")
+        }
+        let suffix = IdentityKeyFile.hexString(RandomBytes.bytes(6))
+        let temporary = (directory == "." && !path.hasPrefix("./") ? "" : directory + "/") + ".\(name).tmp-\(suffix)"
+
+        let fd = retryingEINTR { open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode) }
+        guard fd >= 0 else { throw ioError("cannot create a temporary file in \(directory) for", path, errno) }
+        do throws(IdentityError) {
+            // umask may have removed bits (0644 → 0640): set the exact mode explicitly.
+            guard fchmod(fd, mode) == 0 else { throw ioError("cannot chmod", temporary, errno) }
+            var written = 0
+            while written < contents.count {
+                let n = retryingEINTR { systemWrite(fd, contents.baseAddress! + written, contents.count - written) }
+                guard n > 0 else { throw ioError("cannot write", temporary, n < 0 ? errno : EIO) }
+                written += n
+            }
+            guard fsync(fd) == 0 else { throw ioError("cannot fsync", temporary, errno) }
+        } catch {
+            _ = close(fd)
+            _ = unlink(temporary)
+            throw error
+        }
+        // close after fsync can still report a deferred write error (NFS); treat it as failure.
+        guard close(fd) == 0 else {
+            let e = errno
+            _ = unlink(temporary)
+            throw ioError("cannot close", temporary, e)
+        }
+        if force {
+            guard rename(temporary, path) == 0 else {
+                let e = errno
+                _ = unlink(temporary)
+                throw ioError("cannot move into place", path, e)
+            }
+        } else {
+            // link(2) fails with EEXIST instead of replacing: no window in which a file created
+            // by someone else after our check is silently overwritten.
+            if link(temporary, path) != 0 {
+                let e = errno
+                _ = unlink(temporary)
+                if e == EEXIST {
+                    throw IdentityError(.keyFileExists, "\(path) already exists; refusing to overwrite it (pass --force to replace it; a replaced private key is lost)")
+                }
+                throw ioError("cannot link into place", path, e)
+            }
+            _ = unlink(temporary)
+        }
+        try fsyncDirectory(directory)
+    }
+
+    static func fsyncDirectory(_ directory: String) throws(IdentityError) {
+        let dfd = retryingEINTR { open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard dfd >= 0 else { throw ioError("cannot open directory", directory, errno) }
+        defer { _ = close(dfd) }
+        // Some file systems cannot fsync a directory (EINVAL); the rename itself has happened.
+        if fsync(dfd) != 0 && errno != EINVAL {
+            throw ioError("cannot fsync directory", directory, errno)
+        }
+    }
+
+    /// Directory and last component of `path` ("." for a bare name).
+    static func split(_ path: String) -> (String, String) {
+        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+        let directory = String(path[..<slash])
+        return (directory.isEmpty ? "/" : directory, String(path[path.index(after: slash)...]))
+    }
+
+    static func octal(_ mode: mode_t) -> String {
+        let digits = String(mode, radix: 8)
+        return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
+    }
+
+    static func systemRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int {
+        #if canImport(Glibc)
+        Glibc.read(fd, buffer, count)
+        #else
+        Darwin.read(fd, buffer, count)
+        #endif
+    }
+
+    static func systemWrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int {
+        #if canImport(Glibc)
+        Glibc.write(fd, buffer, count)
+        #else
+        Darwin.write(fd, buffer, count)
+        #endif
+    }
+
+    @inline(__always)
+    static func retryingEINTR<T: BinaryInteger>(_ call: () -> T) -> T {
+        while true {
+            let r = call()
+            if r < 0 && errno == EINTR { continue }
+            return r
+        }
+    }
+}
