@@ -8,7 +8,8 @@ import PackageDescription
 //   Audit (records, hash chain) <- Identity
 //   Runtime  <- OCapN, SecureChannel, Transport, Audit, Logging
 //   VectorCheck <- OCapN, SecureChannel, Syrup, Identity
-//   ocapn-uds (CLI) <- Runtime, VectorCheck, ArgumentParser
+//   Bench (measurements against in-run baselines) <- Runtime and the layers below
+//   ocapn-uds (CLI) <- Runtime, VectorCheck, Bench, ArgumentParser
 let package = Package(
     name: "ocapn-uds",
     platforms: [.macOS(.v15)],
@@ -42,10 +43,14 @@ let package = Package(
             ]
         ),
         .target(name: "VectorCheck", dependencies: ["OCapN", "SecureChannel", "Syrup", "Identity", "SodiumCrypto"]),
+        .target(
+            name: "Bench",
+            dependencies: ["Runtime", "SecureChannel", "Transport", "OCapN", "Identity", "SodiumCrypto", "Syrup"]
+        ),
         .executableTarget(
             name: "ocapn-uds",
             dependencies: [
-                "Runtime", "VectorCheck", "Audit", "Identity", "OCapN",
+                "Runtime", "VectorCheck", "Audit", "Identity", "OCapN", "Bench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -59,7 +64,8 @@ let package = Package(
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "VectorCheck"]
+            // Depending on the executable makes `swift test` build it; the tests spawn it.
+            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "VectorCheck", "ocapn-uds"]
         ),
     ]
 )

@@ -1,1 +1,56 @@
+// _GNU_SOURCE: struct ucred is only declared with it.
+#define _GNU_SOURCE 1
 #include "CFDShim.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdalign.h>
+#include <sys/un.h>
+
+// The Swift side sizes buffers with these helpers; the asserts catch an ABI we never checked.
+_Static_assert(sizeof(int) == 4, "fds in SCM_RIGHTS are 4-byte ints");
+_Static_assert(sizeof(struct ucred) == 12, "struct ucred is pid, uid, gid");
+_Static_assert(sizeof(pid_t) == 4 && sizeof(uid_t) == 4 && sizeof(gid_t) == 4, "32-bit ids");
+_Static_assert(CMSG_LEN(0) == sizeof(struct cmsghdr), "CMSG_LEN(0) is the header");
+_Static_assert(CMSG_SPACE(sizeof(int)) >= CMSG_LEN(sizeof(int)), "CMSG_SPACE covers CMSG_LEN");
+_Static_assert(sizeof(((struct sockaddr_un *)0)->sun_path) == 108, "Linux sun_path is 108 bytes");
+
+struct cmsghdr *cfd_cmsg_firsthdr(const struct msghdr *msg) {
+    assert(msg != NULL);
+    return CMSG_FIRSTHDR(msg);
+}
+
+struct cmsghdr *cfd_cmsg_nxthdr(struct msghdr *msg, struct cmsghdr *cmsg) {
+    assert(msg != NULL && cmsg != NULL);
+    return CMSG_NXTHDR(msg, cmsg);
+}
+
+unsigned char *cfd_cmsg_data(struct cmsghdr *cmsg) {
+    assert(cmsg != NULL);
+    return CMSG_DATA(cmsg);
+}
+
+size_t cfd_cmsg_space(size_t length) { return CMSG_SPACE(length); }
+
+size_t cfd_cmsg_len(size_t length) { return CMSG_LEN(length); }
+
+size_t cfd_cmsghdr_alignment(void) { return alignof(struct cmsghdr); }
+
+int cfd_get_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    assert(pid != NULL && uid != NULL && gid != NULL);
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    int rc = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+    if (rc != 0) return rc;
+    if (len != sizeof(cred)) { errno = EINVAL; return -1; }
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
+}
+
+int cfd_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
+
+size_t cfd_sockaddr_un_size(void) { return sizeof(struct sockaddr_un); }
+
+size_t cfd_sockaddr_un_path_offset(void) { return offsetof(struct sockaddr_un, sun_path); }

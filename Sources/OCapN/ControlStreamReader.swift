@@ -64,9 +64,8 @@ public struct ControlStreamReader<Descriptor> {
     static var newConnectionLabel: SyrupValue { .symbol("uds:new-connection") }
 
     public let limits: Limits
-    private var buffer: [UInt8] = []
-    /// Stream offset of `buffer[0]`.
-    private var bufferStart = 0
+    /// Resumable decoder: a value dripped one byte per read costs linear time.
+    private var decoder: SyrupStreamDecoder
     /// Unclaimed descriptors with the stream range of the read that delivered them.
     private var queued: [(range: Range<Int>, descriptor: Descriptor)] = []
     /// A `uds:new-connection` value decoded, waiting for its 4-byte marker.
@@ -75,20 +74,21 @@ public struct ControlStreamReader<Descriptor> {
 
     public init(limits: Limits = Limits()) {
         self.limits = limits
+        decoder = SyrupStreamDecoder(limits: limits.syrup)
     }
 
     /// Bytes not yet consumed (for diagnostics and bounds).
-    public var bufferedByteCount: Int { buffer.count }
+    public var bufferedByteCount: Int { decoder.bufferedCount }
 
     /// Whether a partial value or a pending marker is buffered (EOF now would be `truncated`).
-    public var isMidMessage: Bool { !buffer.isEmpty || awaitingMarker != nil }
+    public var isMidMessage: Bool { decoder.bufferedCount > 0 || awaitingMarker != nil }
 
     /// Feeds the result of one `recvmsg`: its bytes and the descriptors it delivered.
     /// Descriptors are owned by the reader from here on; on a thrown error they are in
     /// `drainDescriptors()`.
     public mutating func receive(_ bytes: [UInt8], descriptors: [Descriptor]) throws(ReadError) {
         precondition(!failed, "ControlStreamReader used after an error")
-        let start = bufferStart + buffer.count
+        let start = decoder.streamOffset + decoder.bufferedCount
         if !descriptors.isEmpty {
             let range = start..<(start + bytes.count)
             for d in descriptors { queued.append((range, d)) }
@@ -104,7 +104,7 @@ public struct ControlStreamReader<Descriptor> {
         }
         // Callers drain `next()` after every read, so at most one partial value plus one read is
         // buffered; `next()` enforces the size limit on the partial value.
-        buffer.append(contentsOf: bytes)
+        decoder.append(bytes)
     }
 
     public mutating func receive(_ bytes: UnsafeRawBufferPointer, descriptors: [Descriptor]) throws(ReadError) {
@@ -115,8 +115,8 @@ public struct ControlStreamReader<Descriptor> {
     public mutating func next() throws(ReadError) -> Item? {
         precondition(!failed, "ControlStreamReader used after an error")
         if let pending = awaitingMarker {
-            guard buffer.count >= Self.markerLength else { return nil }
-            let markerOffset = bufferStart
+            let markerOffset = decoder.streamOffset
+            guard decoder.bufferedCount >= Self.markerLength else { return nil }
             guard let index = queued.firstIndex(where: { $0.range.contains(markerOffset) }) else {
                 throw fail(.fdMissing, "the marker after uds:new-connection at byte \(markerOffset) carried no descriptor")
             }
@@ -124,51 +124,41 @@ public struct ControlStreamReader<Descriptor> {
                 throw fail(.unexpectedFD, "a descriptor arrived before the marker that should carry it")
             }
             let entry = queued.removeFirst()
-            consume(Self.markerLength)
+            _ = decoder.takeRaw(Self.markerLength)
             awaitingMarker = nil
             return .newConnection(pending, entry.descriptor)
         }
-        skipWhitespace()
         try checkUnclaimed()
-        guard !buffer.isEmpty else { return nil }
-        let decoder = SyrupDecoder(limits: limits.syrup)
-        let result: Result<SyrupDecodeStep, SyrupError> = buffer.withUnsafeBytes { raw in
-            do throws(SyrupError) { return .success(try decoder.decodePrefix(raw)) } catch { return .failure(error) }
-        }
-        let step: SyrupDecodeStep
-        switch result {
-        case let .success(s): step = s
-        case let .failure(error):
+        let valueStart = decoder.streamOffset
+        let decoded: SyrupValue?
+        do throws(SyrupError) {
+            decoded = try decoder.next()
+        } catch {
             let code: ReadError.Code = error.code == .limitExceeded ? .messageTooLarge : .malformedMessage
             throw fail(code, error.description)
         }
-        switch step {
-        case .needMoreBytes:
-            if buffer.count > limits.syrup.maxTotalBytes {
+        guard let value = decoded else {
+            if decoder.bufferedCount > limits.syrup.maxTotalBytes {
                 throw fail(.messageTooLarge, "message exceeds \(limits.syrup.maxTotalBytes) bytes")
             }
             return nil
-        case let .value(value, consumed):
-            let valueStart = bufferStart
-            consume(consumed)
-            if case let .record(label, _) = value, label == Self.newConnectionLabel {
-                awaitingMarker = value
-                return try next()
-            }
-            // A descriptor delivered with bytes of a message that claims none is misplaced.
-            if let first = queued.first, first.range.lowerBound < valueStart + consumed {
-                throw fail(.unexpectedFD, "a descriptor arrived with a message that carries none")
-            }
-            return .message(value)
         }
+        if case let .record(label, _) = value, label == Self.newConnectionLabel {
+            awaitingMarker = value
+            return try next()
+        }
+        // A descriptor delivered with bytes of a message that claims none is misplaced.
+        if let first = queued.first, first.range.lowerBound < decoder.streamOffset, first.range.upperBound > valueStart {
+            throw fail(.unexpectedFD, "a descriptor arrived with a message that carries none")
+        }
+        return .message(value)
     }
 
     /// Reports end of stream: an error if it cut a message or left a descriptor unclaimed.
     public mutating func finish() throws(ReadError) {
         precondition(!failed, "ControlStreamReader used after an error")
-        skipWhitespace()
         if awaitingMarker != nil { throw fail(.truncated, "stream ended before the marker and descriptor of uds:new-connection") }
-        if !buffer.isEmpty { throw fail(.truncated, "stream ended inside a message (\(buffer.count) bytes buffered)") }
+        if decoder.bufferedCount > 0 { throw fail(.truncated, "stream ended inside a message (\(decoder.bufferedCount) bytes buffered)") }
         if !queued.isEmpty { throw fail(.unexpectedFD, "stream ended with an unclaimed descriptor") }
     }
 
@@ -186,20 +176,8 @@ public struct ControlStreamReader<Descriptor> {
 
     /// A descriptor whose read has been consumed entirely without a marker claiming it.
     private mutating func checkUnclaimed() throws(ReadError) {
-        if let first = queued.first, first.range.upperBound <= bufferStart {
+        if let first = queued.first, first.range.upperBound <= decoder.streamOffset {
             throw fail(.unexpectedFD, "a descriptor arrived with bytes that held no marker")
         }
-    }
-
-    private mutating func skipWhitespace() {
-        // Goblins' reader skips these before a value; Goblins itself never writes them.
-        var n = 0
-        while n < buffer.count, buffer[n] == 0x20 || buffer[n] == 0x09 || buffer[n] == 0x0a { n += 1 }
-        if n > 0 { consume(n) }
-    }
-
-    private mutating func consume(_ n: Int) {
-        buffer.removeFirst(n)
-        bufferStart += n
     }
 }

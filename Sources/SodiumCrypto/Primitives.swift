@@ -167,9 +167,20 @@ public enum Ed25519 {
         return out
     }
 
-    /// Whether `publicKey` is an acceptable identity key (see `publicKeyToX25519`).
+    /// Whether the y coordinate is encoded canonically (y < p = 2^255 - 19). libsodium 1.0.18's
+    /// conversion does not check this itself, and two encodings of one point would give one key
+    /// two designators.
+    public static func isCanonicalEncoding(_ publicKey: [UInt8]) -> Bool {
+        guard publicKey.count == publicKeyLength else { return false }
+        if publicKey[31] & 0x7f != 0x7f { return true }
+        for i in 1...30 where publicKey[i] != 0xff { return true }
+        return publicKey[0] < 0xed
+    }
+
+    /// Whether `publicKey` is an acceptable identity key: canonical, and accepted by
+    /// `publicKeyToX25519` (prime-order subgroup, not small or mixed order).
     public static func isValidIdentityKey(_ publicKey: [UInt8]) -> Bool {
-        (try? publicKeyToX25519(publicKey)) != nil
+        isCanonicalEncoding(publicKey) && (try? publicKeyToX25519(publicKey)) != nil
     }
 }
 

@@ -117,3 +117,8 @@ public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     if a.isEmpty { return true }
     return a.withUnsafeBytes { pa in b.withUnsafeBytes { pb in sodium_memcmp(pa.baseAddress!, pb.baseAddress!, a.count) == 0 } }
 }
+
+/// Wipes raw memory that held secret or private bytes (`sodium_memzero`, never optimised away).
+public func secureZero(_ buffer: UnsafeMutableRawBufferPointer) {
+    if let base = buffer.baseAddress, buffer.count > 0 { sodium_memzero(base, buffer.count) }
+}

@@ -1,4 +1,5 @@
 import Foundation
+import Syrup
 
 /// Outcome of one known-answer case.
 public struct VectorCaseResult: Sendable, Equatable {
@@ -33,7 +34,7 @@ public struct VectorFileReport: Sendable {
 }
 
 /// A family of vector files: recognises its files and checks every case in them.
-public protocol VectorKind {
+public protocol VectorKind: SendableMetatype {
     /// Short stable name printed in reports (e.g. "syrup", "wycheproof-eddsa").
     static var name: String { get }
     /// Whether a parsed JSON document belongs to this kind.
@@ -55,7 +56,10 @@ public enum VectorRunner {
         IdentityVectors.self,
         WycheproofEdDSAVectors.self,
         WycheproofXDHVectors.self,
+        SyrupVectors.self,
         OCapNVectors.self,
+        HandshakeVectors.self,
+        NoiseVectors.self,
     ]
 
     /// File names that are documentation, never vectors.
@@ -109,8 +113,16 @@ public enum SyrupBinaryVectors {
     public static let name = "syrup-binary"
 
     public static func check(bytes: [UInt8]) -> [VectorCaseResult] {
-        // Filled in by the Syrup codec work; until then the file is reported as unsupported.
-        [.skipped("round-trip", "Syrup codec not available in this build")]
+        switch Result(catching: { () throws(SyrupError) in try SyrupDecoder().decode(bytes) }) {
+        case .failure(let e):
+            return [.failed("round-trip", "decode: \(e.code.rawValue) at byte \(e.offset) of \(bytes.count)")]
+        case .success(let value):
+            let encoded = SyrupEncoder.encode(value)
+            guard encoded != bytes else { return [.passed("round-trip")] }
+            let common = min(encoded.count, bytes.count)
+            let firstDifference = (0..<common).first { encoded[$0] != bytes[$0] } ?? common
+            return [.failed("round-trip", "re-encoding differs at byte \(firstDifference) (\(encoded.count) vs \(bytes.count) bytes)")]
+        }
     }
 }
 

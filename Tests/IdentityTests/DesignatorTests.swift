@@ -1,5 +1,6 @@
 import Testing
 import Identity
+import SodiumCrypto
 
 @Suite struct DesignatorTests {
     @Test func workedExampleDesignatorRoundTrips() throws {
@@ -22,3 +23,24 @@ import Identity
     }
 }
 
+
+@Suite struct CanonicalKeyEncodingTests {
+    @Test(arguments: [0xed, 0xee, 0xf0, 0xff] as [UInt8])
+    func encodingsOfYAtOrAbovePAreRefused(_ low: UInt8) {
+        // y = p + k for small k: the low 255 bits are 2^255 - 19 + k.
+        var key = [UInt8](repeating: 0xff, count: 32)
+        key[0] = low
+        key[31] = 0x7f
+        #expect(!Ed25519.isCanonicalEncoding(key))
+        key[31] = 0xff  // the sign bit does not make it canonical
+        #expect(!Ed25519.isCanonicalEncoding(key))
+        #expect(throws: IdentityError.self) { try PublicIdentity(publicKey: key) }
+    }
+
+    @Test func theLargestCanonicalYIsAccepted() {
+        var key = [UInt8](repeating: 0xff, count: 32)
+        key[0] = 0xec
+        key[31] = 0x7f
+        #expect(Ed25519.isCanonicalEncoding(key))
+    }
+}

@@ -1,3 +1,36 @@
 #ifndef OCAPN_UDS_CFDSHIM_H
 #define OCAPN_UDS_CFDSHIM_H
+
+// Thin C wrappers for what Swift's Glibc module does not import (K18): the CMSG_* macros and
+// struct ucred. One prefixed function per macro, no logic. Only the Transport module imports
+// this header, and it never lets these types reach a public Swift signature.
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+
+/// CMSG_FIRSTHDR(msg).
+struct cmsghdr *_Nullable cfd_cmsg_firsthdr(const struct msghdr *_Nonnull msg);
+/// CMSG_NXTHDR(msg, cmsg).
+struct cmsghdr *_Nullable cfd_cmsg_nxthdr(struct msghdr *_Nonnull msg, struct cmsghdr *_Nonnull cmsg);
+/// CMSG_DATA(cmsg).
+unsigned char *_Nonnull cfd_cmsg_data(struct cmsghdr *_Nonnull cmsg);
+/// CMSG_SPACE(length).
+size_t cfd_cmsg_space(size_t length);
+/// CMSG_LEN(length).
+size_t cfd_cmsg_len(size_t length);
+/// Alignment the control buffer must have (that of struct cmsghdr).
+size_t cfd_cmsghdr_alignment(void);
+
+/// getsockopt(fd, SOL_SOCKET, SO_PEERCRED) unpacked from struct ucred.
+/// Returns getsockopt's result (0 or -1 with errno set); also -1/EINVAL on a short answer.
+int cfd_get_peer_credentials(int fd, pid_t *_Nonnull pid, uid_t *_Nonnull uid, gid_t *_Nonnull gid);
+
+/// accept4(fd, NULL, NULL, flags): declared only under _GNU_SOURCE, so Glibc does not import it.
+int cfd_accept4(int fd, int flags);
+
+/// sizeof(struct sockaddr_un) and offsetof(struct sockaddr_un, sun_path).
+size_t cfd_sockaddr_un_size(void);
+size_t cfd_sockaddr_un_path_offset(void);
+
 #endif

@@ -1,1 +1,0 @@
-// Audit module: see Package.swift for its layer.

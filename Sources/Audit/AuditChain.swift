@@ -1,0 +1,115 @@
+import Identity
+
+/// Signs checkpoints with the node's identity key without this module holding the key.
+///
+/// `sign` receives the full message (`AuditRecord.checkpointContext` ‖ record bytes), never a
+/// raw 64-byte value, so it cannot be used as the registration leg's signing oracle.
+public struct AuditSigner: Sendable {
+    public let identity: PublicIdentity
+    public let sign: @Sendable ([UInt8]) -> [UInt8]
+
+    public init(identity: PublicIdentity, sign: @escaping @Sendable ([UInt8]) -> [UInt8]) {
+        self.identity = identity
+        self.sign = sign
+    }
+}
+
+/// When signed checkpoints are written (only with a signer).
+public struct AuditCheckpointPolicy: Sendable, Equatable {
+    /// A checkpoint after this many records since the last one.
+    public var everyRecords: Int
+    /// A checkpoint once this long has passed since the last one (checked on each record and by
+    /// `checkpointIfDue`).
+    public var intervalMicros: Int64
+
+    public init(everyRecords: Int = 1000, intervalMicros: Int64 = 60_000_000) {
+        precondition(everyRecords >= 1 && intervalMicros >= 1, "checkpoint policy must be positive")
+        self.everyRecords = everyRecords
+        self.intervalMicros = intervalMicros
+    }
+}
+
+/// The sans-IO hash chain: events and times in, line bytes out.
+///
+/// A value type so a writer can build the next state on a copy, write the bytes, and keep the
+/// copy only if the write succeeded: a failed write never advances `seq` or the head.
+public struct AuditChain: Sendable {
+    public let writer: PublicIdentity
+    public let signer: AuditSigner?
+    public let policy: AuditCheckpointPolicy
+    /// Seq of the next record.
+    public private(set) var nextSeq: UInt64
+    /// BLAKE2b-256 of the last line written: the next record's `prev`.
+    public private(set) var head: AuditDigest
+    private var sinceCheckpoint = 0
+    private var lastCheckpoint: AuditTimestamp?
+
+    /// A chain continuing after `head` (or a new chain from `AuditRecord.genesis`, seq 1).
+    public init(writer: PublicIdentity, signer: AuditSigner?, policy: AuditCheckpointPolicy = .init(),
+                nextSeq: UInt64 = 1, head: AuditDigest = AuditRecord.genesis) {
+        precondition(signer.map { $0.identity == writer } ?? true, "the audit signer must be the writer's identity")
+        precondition(head.bytes.count == 32, "chain head is a 32-byte hash")
+        self.writer = writer
+        self.signer = signer
+        self.policy = policy
+        self.nextSeq = nextSeq
+        self.head = head
+    }
+
+    private mutating func emit(_ event: AuditEvent, _ meta: AuditLogMeta?, at time: AuditTimestamp) -> [UInt8] {
+        var record = AuditRecord(seq: nextSeq, prev: head, timestamp: time, event: event, log: meta)
+        if var m = meta, event.kind == .logCheckpoint || event.kind == .logClosed, let signer {
+            let message = record.signedMessage()
+            let sig = signer.sign(message)
+            // A signer that does not match `writer` is a wiring bug; catching it here keeps a
+            // log of unverifiable checkpoints from ever being written.
+            precondition(writer.verify(signature: sig, message: message), "audit signer produced an invalid signature")
+            m.signature = sig
+            record = AuditRecord(seq: nextSeq, prev: head, timestamp: time, event: event, log: m)
+        }
+        let line = record.encode()
+        nextSeq += 1
+        head = AuditRecord.chainHash(line)
+        if event.kind == .logCheckpoint || event.kind == .logClosed || event.kind == .logOpened {
+            sinceCheckpoint = 0
+            lastCheckpoint = time
+        } else {
+            sinceCheckpoint += 1
+        }
+        return line
+    }
+
+    /// The first record of a file, or of a writer's run: names the writer.
+    public mutating func opened(cause: AuditLogCause, at time: AuditTimestamp, torn: (bytes: UInt64, hash: AuditDigest)? = nil) -> [UInt8] {
+        precondition(cause != .shutdown, "log.opened cause cannot be shutdown")
+        let meta = AuditLogMeta(writer: writer, signed: signer != nil, cause: cause, tornBytes: torn?.bytes, tornHash: torn?.hash)
+        return emit(AuditEvent(.logOpened), meta, at: time)
+    }
+
+    /// An event record. Bookkeeping kinds and failures without a reason are caller bugs.
+    public mutating func append(_ event: AuditEvent, at time: AuditTimestamp) -> [UInt8] {
+        precondition(!event.kind.isLogBookkeeping, "log.* records are written by the chain itself")
+        if let why = event.invariantViolation { preconditionFailure("invalid audit event: \(why)") }
+        return emit(event, nil, at: time)
+    }
+
+    /// Whether a signed checkpoint is owed at `time`.
+    public func checkpointDue(at time: AuditTimestamp) -> Bool {
+        guard signer != nil, sinceCheckpoint > 0 else { return false }
+        if sinceCheckpoint >= policy.everyRecords { return true }
+        guard let last = lastCheckpoint else { return true }
+        return time.microsSinceEpoch - last.microsSinceEpoch >= policy.intervalMicros
+    }
+
+    /// A signed checkpoint of the current head (only with a signer).
+    public mutating func checkpoint(at time: AuditTimestamp) -> [UInt8] {
+        precondition(signer != nil, "checkpoints need a signer")
+        return emit(AuditEvent(.logCheckpoint), AuditLogMeta(), at: time)
+    }
+
+    /// The last record of a file: signed when there is a signer, so a cut tail is detectable.
+    public mutating func closed(cause: AuditLogCause, at time: AuditTimestamp) -> [UInt8] {
+        precondition(cause == .rotation || cause == .shutdown, "log.closed cause is rotation or shutdown")
+        return emit(AuditEvent(.logClosed), AuditLogMeta(cause: cause), at: time)
+    }
+}

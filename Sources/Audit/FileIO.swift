@@ -1,0 +1,118 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The few system calls the audit writer and reader need, each retried on EINTR and turned
+/// into a typed error. Bad descriptors are our bug and trap.
+enum FileIO {
+    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o600) throws(AuditError) -> Int32 {
+        while true {
+            let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+            if fd >= 0 { return fd }
+            if errno == EINTR { continue }
+            throw AuditError.io("open", path, errno: errno)
+        }
+    }
+
+    static func close(_ fd: Int32) {
+        // Never retried: on Linux the descriptor is gone even when close reports EINTR.
+        let rc = Glibc.close(fd)
+        precondition(rc == 0 || errno != EBADF, "close of a descriptor we do not own")
+    }
+
+    /// One write(2) of the whole buffer (the append is atomic); a short write is reported as
+    /// how many bytes went out so the caller can cut them off again.
+    static func writeOnce(_ fd: Int32, _ bytes: [UInt8]) -> (written: Int, errno: Int32) {
+        while true {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n >= 0 { return (n, 0) }
+            if errno == EINTR { continue }
+            precondition(errno != EBADF && errno != EFAULT, "write to a descriptor we do not own")
+            return (0, errno)
+        }
+    }
+
+    static func pread(_ fd: Int32, count: Int, offset: Int64, path: String) throws(AuditError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = out.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + got, count - got, off_t(offset) + off_t(got)) }
+            if n > 0 { got += n; continue }
+            if n == 0 { break }
+            if errno == EINTR { continue }
+            throw AuditError.io("pread", path, errno: errno)
+        }
+        out.removeLast(count - got)
+        return out
+    }
+
+    static func size(_ fd: Int32, path: String) throws(AuditError) -> Int64 {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw AuditError.io("fstat", path, errno: errno) }
+        return Int64(st.st_size)
+    }
+
+    /// Device and inode of a path, or nil when it does not exist (for --follow's rotation check).
+    static func identity(ofPath path: String) -> (UInt64, UInt64)? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
+    static func identity(ofFD fd: Int32) -> (UInt64, UInt64)? {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
+    static func truncate(_ fd: Int32, to size: Int64, path: String) throws(AuditError) {
+        while ftruncate(fd, off_t(size)) != 0 {
+            if errno == EINTR { continue }
+            throw AuditError.io("ftruncate", path, errno: errno)
+        }
+    }
+
+    static func sync(_ fd: Int32, path: String) throws(AuditError) {
+        while fdatasync(fd) != 0 {
+            if errno == EINTR { continue }
+            throw AuditError.io("fdatasync", path, errno: errno)
+        }
+    }
+
+    /// Makes renames and creations in `dir` durable.
+    static func syncDirectory(_ dir: String) throws(AuditError) {
+        let fd = try open(dir, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        while fsync(fd) != 0 {
+            if errno == EINTR { continue }
+            // Some file systems refuse fsync on directories; the data itself is synced.
+            if errno == EINVAL { return }
+            throw AuditError.io("fsync", dir, errno: errno)
+        }
+    }
+
+    static func lockExclusive(_ fd: Int32, path: String) throws(AuditError) {
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            if errno == EINTR { continue }
+            if errno == EWOULDBLOCK { throw AuditError(.logInUse, "another writer holds the lock on \(path)") }
+            throw AuditError.io("flock", path, errno: errno)
+        }
+    }
+
+    static func rename(_ from: String, _ to: String) throws(AuditError) {
+        guard Glibc.rename(from, to) == 0 else { throw AuditError.io("rename", from, errno: errno) }
+    }
+
+    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    static func unlink(_ path: String) throws(AuditError) {
+        guard Glibc.unlink(path) == 0 || errno == ENOENT else { throw AuditError.io("unlink", path, errno: errno) }
+    }
+
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import SodiumCrypto
+import Transport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Baselines measured in the same run as our figures: what the machine allows.
+enum Baselines {
+    /// libsodium operations one UDS-HS1 handshake needs, both sides together (PROTOCOL.md §5):
+    /// 2 ephemeral keys, 8 X25519 DH, 2 Ed25519 signatures and 2 verifications over 61 bytes,
+    /// 6 small ChaCha20-Poly1305 operations, ~14 SHA-256 and ~30 HMAC-SHA-256 (Noise MixHash/HKDF).
+    /// The peer's X25519 conversion is cached per peer, so it is not part of a handshake.
+    struct CryptoFloor {
+        var scalarmultBase: Double
+        var scalarmult: Double
+        var sign: Double
+        var verify: Double
+        var aead: Double
+        var sha256: Double
+        var hmac: Double
+
+        var handshakeNanos: Double {
+            2 * scalarmultBase + 8 * scalarmult + 2 * sign + 2 * verify + 6 * aead + 14 * sha256 + 30 * hmac
+        }
+    }
+
+    static func cryptoFloor(iterations: Int) -> CryptoFloor {
+        let (pk, sk, _) = Ed25519.generate()
+        let eph = X25519.generate()
+        let other = X25519.generate()
+        let message = [UInt8](repeating: 7, count: 61)
+        let signature = Ed25519.sign(message, secretKey: sk)
+        let key = SecretBytes.random(count: 32)
+        let small = [UInt8](repeating: 1, count: 64)
+        let secret = SecretBytes.random(count: 32)
+        var sink = 0
+        let base = medianNanosPerCall(iterations: iterations) { sink &+= X25519.publicKey(secret: secret).count }
+        let dh = medianNanosPerCall(iterations: iterations) {
+            sink &+= (try? X25519.sharedSecret(secret: eph.secret, publicKey: other.publicKey))?.count ?? 0
+        }
+        let sign = medianNanosPerCall(iterations: iterations) { sink &+= Ed25519.sign(message, secretKey: sk).count }
+        let verify = medianNanosPerCall(iterations: iterations) {
+            sink &+= Ed25519.verify(signature: signature, message: message, publicKey: pk) ? 1 : 0
+        }
+        let aead = medianNanosPerCall(iterations: iterations * 10) {
+            sink &+= ChaChaPoly.seal(key: key, nonce: 1, ad: small, plaintext: small).count
+        }
+        let sha = medianNanosPerCall(iterations: iterations * 10) { sink &+= SHA256.hash(small).count }
+        let hmac = medianNanosPerCall(iterations: iterations * 10) {
+            small.withUnsafeBytes { sink &+= HMACSHA256.mac(key: key, parts: [$0]).count }
+        }
+        precondition(sink != 0)
+        return CryptoFloor(scalarmultBase: base, scalarmult: dh, sign: sign, verify: verify, aead: aead, sha256: sha, hmac: hmac)
+    }
+
+    /// Raw ChaCha20-Poly1305 (libsodium), the ceiling of a channel whose sender seals while its
+    /// receiver opens on another core: plaintext bytes per second of the slower of seal and open,
+    /// each timed alone on one thread.
+    static func aeadThroughput(messageSize: Int, totalBytes: Int) -> Double {
+        let key = SecretBytes.random(count: 32)
+        let plain = [UInt8](repeating: 0x42, count: messageSize)
+        var sealed = [UInt8](repeating: 0, count: messageSize + ChaChaPoly.tagLength)
+        var opened = [UInt8](repeating: 0, count: messageSize)
+        let none = UnsafeRawBufferPointer(start: nil, count: 0)
+        let count = max(1, totalBytes / messageSize)
+        let seal = medianNanosPerCall(iterations: count, repetitions: 3) {
+            plain.withUnsafeBytes { p in
+                sealed.withUnsafeMutableBytes { s in ChaChaPoly.seal(key: key, nonce: 9, ad: none, plaintext: p, into: s) }
+            }
+        }
+        let open = medianNanosPerCall(iterations: count, repetitions: 3) {
+            sealed.withUnsafeBytes { s in
+                opened.withUnsafeMutableBytes { o in try? ChaChaPoly.open(key: key, nonce: 9, ad: none, ciphertext: s, into: o) }
+            }
+        }
+        return Double(messageSize) / max(seal, open) * 1e9
+    }
+
+    /// Raw socketpair: a writer thread sends `totalBytes` in `messageSize` writes; the reader reads
+    /// in large chunks. Bytes per second.
+    static func socketpairThroughput(messageSize: Int, totalBytes: Int) throws -> Double {
+        var runs = Samples()
+        for _ in 0..<3 {
+            let (a, b) = try FileDescriptor.socketPair()
+            defer { a.close(); b.close() }
+            let rawA = try a.withRawDescriptor { $0 }
+            let rawB = try b.withRawDescriptor { $0 }
+            let total = (totalBytes / messageSize) * messageSize
+            let t0 = nowNanos()
+            let writer = Thread {
+                let buf = [UInt8](repeating: 1, count: messageSize)
+                var sent = 0
+                while sent < total {
+                    let n = buf.withUnsafeBytes { Glibc.write(rawA, $0.baseAddress, messageSize) }
+                    if n > 0 { sent += n } else if errno != EINTR { break }
+                }
+            }
+            writer.start()
+            var received = 0
+            var rbuf = [UInt8](repeating: 0, count: 256 << 10)
+            while received < total {
+                let n = rbuf.withUnsafeMutableBytes { Glibc.read(rawB, $0.baseAddress, $0.count) }
+                if n > 0 { received += n } else if n == 0 || errno != EINTR { break }
+            }
+            runs.add(Double(received) / Double(nowNanos() - t0) * 1e9)
+        }
+        return runs.median
+    }
+}

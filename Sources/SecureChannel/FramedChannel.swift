@@ -1,0 +1,467 @@
+import SodiumCrypto
+
+/// Limits of the framed channel (PROTOCOL.md §6.4). Every one is enforced before allocating.
+public struct ChannelConfiguration: Sendable, Equatable {
+    /// Largest reassembled message accepted or sent (default 16 MiB).
+    public var maxMessageSize: Int
+    /// Largest DATA fragment body this side sends, 1…65518 (the receiver accepts any legal frame).
+    public var maxFragmentSize: Int
+    /// Ceiling on received-but-unprocessed bytes; the runtime drains events before feeding more.
+    public var maxBufferedInput: Int
+
+    public init(maxMessageSize: Int = 16 << 20, maxFragmentSize: Int = FrameFormat.maxBody, maxBufferedInput: Int = 4 << 20) {
+        precondition(maxMessageSize >= 1, "maxMessageSize must be positive")
+        precondition((1...FrameFormat.maxBody).contains(maxFragmentSize), "maxFragmentSize must be 1...65518")
+        precondition(maxBufferedInput >= FrameFormat.maxFrameLength, "maxBufferedInput must hold one whole frame")
+        self.maxMessageSize = maxMessageSize
+        self.maxFragmentSize = maxFragmentSize
+        self.maxBufferedInput = maxBufferedInput
+    }
+}
+
+/// Transport frame layout (PROTOCOL.md §6.1):
+/// `LEN` (u16 big-endian, ciphertext length 17…65535) ‖ ChaCha20-Poly1305(k, n, ad = "", `TYPE` ‖ body).
+public enum FrameFormat {
+    public static let lengthPrefix = 2
+    public static let typeLength = 1
+    public static let tagLength = ChaChaPoly.tagLength
+    /// Smallest ciphertext: TYPE plus tag.
+    public static let minCiphertext = typeLength + tagLength
+    public static let maxCiphertext = Int(UInt16.max)
+    /// Largest body: 65535 − 16 − 1.
+    public static let maxBody = maxCiphertext - tagLength - typeLength
+    /// Bytes a frame adds around its body.
+    public static let overhead = lengthPrefix + typeLength + tagLength
+    public static let maxFrameLength = lengthPrefix + maxCiphertext
+
+    /// Frame types (the first plaintext byte).
+    public enum FrameType: UInt8, Sendable {
+        /// The last (or only) fragment of a message.
+        case data = 0x00
+        /// Authenticated end of the stream.
+        case close = 0x01
+        /// Reserved for a future REKEY; v1 rejects it.
+        case reservedRekey = 0x02
+        /// The initiator's signature, only as its frame n = 0.
+        case auth = 0x03
+        /// A fragment with more of the same message to follow.
+        case dataMore = 0x04
+    }
+}
+
+/// The sending half of an established channel: seals messages into frames with its own key
+/// and counter nonce. Not thread-safe; one writer owns it.
+public final class FrameSender {
+    private enum State { case open, closed, failed }
+
+    private let key: SecretBytes
+    private var nonce: UInt64
+    private var state: State = .open
+    public let configuration: ChannelConfiguration
+
+    init(key: SecretBytes, nonce: UInt64, configuration: ChannelConfiguration) {
+        self.key = key
+        self.nonce = nonce
+        self.configuration = configuration
+    }
+
+    /// Whether CLOSE has been sealed (nothing may follow it).
+    public var isClosed: Bool { state == .closed }
+
+    /// Number of frames a message of `length` bytes is split into.
+    public func frameCount(messageLength length: Int) -> Int {
+        precondition(length >= 1, "messages are at least one byte")
+        return (length + configuration.maxFragmentSize - 1) / configuration.maxFragmentSize
+    }
+
+    /// Exact number of bytes `seal` writes for a message of `length` bytes.
+    public func sealedLength(messageLength length: Int) -> Int {
+        length + frameCount(messageLength: length) * FrameFormat.overhead
+    }
+
+    /// Seals `message` (1…maxMessageSize bytes) into `output`, which must hold
+    /// `sealedLength(messageLength:)` bytes; returns the bytes written. The body is copied
+    /// once into `output` and encrypted in place, with no allocation.
+    ///
+    /// Throws `messageTooLarge` or `nonceExhausted`; in both cases nothing was written and the
+    /// sender is unchanged (a too-large message) or dead (an exhausted nonce).
+    public func seal(_ message: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws(HandshakeError) -> Int {
+        precondition(state == .open, "seal after CLOSE or failure: the runtime must stop sending")
+        precondition(message.count >= 1, "empty messages are not sent (PROTOCOL.md §6.2)")
+        guard message.count <= configuration.maxMessageSize else {
+            throw HandshakeError.make(.messageTooLarge, "message of \(message.count) bytes exceeds maxMessageSize \(configuration.maxMessageSize)")
+        }
+        let frames = frameCount(messageLength: message.count)
+        let total = message.count + frames * FrameFormat.overhead
+        precondition(output.count >= total, "output buffer smaller than sealedLength")
+        // All nonces this message needs must exist before any frame is written (commit once).
+        guard UInt64(frames) <= UInt64.max - nonce else {
+            state = .failed
+            throw HandshakeError.make(.nonceExhausted, "send nonce would reach 2^64-1")
+        }
+        let src = message.baseAddress!
+        let dst = output.baseAddress!
+        var offset = 0
+        var written = 0
+        var n = nonce
+        while offset < message.count {
+            let body = min(configuration.maxFragmentSize, message.count - offset)
+            let type: FrameFormat.FrameType = offset + body == message.count ? .data : .dataMore
+            (dst + written + FrameFormat.lengthPrefix + FrameFormat.typeLength).copyMemory(from: src + offset, byteCount: body)
+            written += sealFrameInPlace(type: type, bodyLength: body, at: dst + written, nonce: n)
+            n += 1
+            offset += body
+        }
+        nonce = n
+        return written
+    }
+
+    /// Seals `message` into a new array.
+    public func seal(_ message: [UInt8]) throws(HandshakeError) -> [UInt8] {
+        var out: [UInt8] = []
+        try seal(message, appendingTo: &out)
+        return out
+    }
+
+    /// Seals `message` and appends the frames to `output` (one copy of the body, no temporaries).
+    public func seal(_ message: [UInt8], appendingTo output: inout [UInt8]) throws(HandshakeError) {
+        precondition(!message.isEmpty, "empty messages are not sent (PROTOCOL.md §6.2)")
+        guard message.count <= configuration.maxMessageSize else {
+            throw HandshakeError.make(.messageTooLarge, "message of \(message.count) bytes exceeds maxMessageSize \(configuration.maxMessageSize)")
+        }
+        let start = output.count
+        let needed = sealedLength(messageLength: message.count)
+        var failure: HandshakeError?
+        output.append(contentsOf: repeatElement(0, count: needed))
+        message.withUnsafeBytes { m in
+            output.withUnsafeMutableBytes { o in
+                do throws(HandshakeError) {
+                    _ = try seal(m, into: UnsafeMutableRawBufferPointer(rebasing: o[start...]))
+                } catch { failure = error }
+            }
+        }
+        if let failure {
+            output.removeSubrange(start...)
+            throw failure
+        }
+    }
+
+    /// The authenticated CLOSE frame. After it the sender is finished; the runtime writes the
+    /// frame and then shuts down its write side.
+    public func close() throws(HandshakeError) -> [UInt8] {
+        precondition(state == .open, "close after CLOSE or failure: the runtime must stop sending")
+        let frame = try sealControl(type: .close, body: [])
+        state = .closed
+        return frame
+    }
+
+    /// The AUTH frame (the initiator's frame n = 0).
+    func sealAuth(signature: [UInt8]) throws(HandshakeError) -> [UInt8] {
+        precondition(nonce == 0 && state == .open, "AUTH is only ever frame 0")
+        return try sealControl(type: .auth, body: signature)
+    }
+
+    /// Seals an arbitrary frame type and body (vector generation and tests of the receiver).
+    func sealControl(type: FrameFormat.FrameType, body: [UInt8]) throws(HandshakeError) -> [UInt8] {
+        precondition(body.count <= FrameFormat.maxBody, "frame body too large")
+        guard nonce < UInt64.max else {
+            state = .failed
+            throw HandshakeError.make(.nonceExhausted, "send nonce reached 2^64-1")
+        }
+        var out = [UInt8](repeating: 0, count: body.count + FrameFormat.overhead)
+        out.withUnsafeMutableBytes { o in
+            body.withUnsafeBytes { b in
+                if b.count > 0 { (o.baseAddress! + FrameFormat.lengthPrefix + 1).copyMemory(from: b.baseAddress!, byteCount: b.count) }
+            }
+            _ = sealFrameInPlace(type: type, bodyLength: body.count, at: o.baseAddress!, nonce: nonce)
+        }
+        nonce += 1
+        return out
+    }
+
+    /// Writes LEN and TYPE around a body already at `frame + 3`, then encrypts in place.
+    @inline(__always)
+    private func sealFrameInPlace(type: FrameFormat.FrameType, bodyLength: Int, at frame: UnsafeMutableRawPointer, nonce n: UInt64) -> Int {
+        let plain = FrameFormat.typeLength + bodyLength
+        let ciphertext = plain + FrameFormat.tagLength
+        frame.storeBytes(of: UInt8(truncatingIfNeeded: ciphertext >> 8), as: UInt8.self)
+        (frame + 1).storeBytes(of: UInt8(truncatingIfNeeded: ciphertext), as: UInt8.self)
+        (frame + 2).storeBytes(of: type.rawValue, as: UInt8.self)
+        let region = frame + FrameFormat.lengthPrefix
+        // libsodium's ChaCha20-Poly1305 supports c == m (it XORs, then MACs the ciphertext).
+        ChaChaPoly.seal(
+            key: key, nonce: n, ad: UnsafeRawBufferPointer(start: nil, count: 0),
+            plaintext: UnsafeRawBufferPointer(start: region, count: plain),
+            into: UnsafeMutableRawBufferPointer(start: region, count: ciphertext))
+        return FrameFormat.lengthPrefix + ciphertext
+    }
+
+    /// Test hook: jump the nonce (Noise §5.1 SetNonce) to reach exhaustion without 2^64 frames.
+    func setNonceForTesting(_ n: UInt64) { nonce = n }
+
+    /// Vector hook: the traffic key (K_IR or K_RI) so vectors can publish it.
+    @_spi(TestVectors) public var trafficKeyForVectors: [UInt8] { key.unsafeCopyToArray() }
+}
+
+/// What the receiving half produced.
+public enum ChannelEvent: Equatable, Sendable {
+    /// A whole reassembled message.
+    case message([UInt8])
+    /// The peer's authenticated CLOSE: a clean end of stream.
+    case closed
+}
+
+/// Result of the zero-copy read `FrameReceiver.nextMessage(_:)`.
+public enum ChannelRead<R> {
+    case message(R)
+    case closed
+    /// No complete message is buffered yet.
+    case needMoreBytes
+}
+
+/// The receiving half of an established channel: buffers bytes, opens frames in order,
+/// reassembles fragments. Any failure is fatal (no resynchronisation). Not thread-safe.
+public final class FrameReceiver {
+    private enum State { case open, closed, failed }
+
+    private let key: SecretBytes
+    private var nonce: UInt64
+    private var state: State = .open
+    public let configuration: ChannelConfiguration
+
+    // Received bytes: [inputStart, inputEnd) of `input`.
+    private var input: UnsafeMutableRawPointer
+    private var inputCapacity: Int
+    private var inputStart = 0
+    private var inputEnd = 0
+
+    // Reassembly: message byte i lives at message[1 + i]; message[0] is headroom so each
+    // fragment can be decrypted straight into place (its TYPE byte lands on the byte before
+    // the body and is restored afterwards), with no copy of the plaintext.
+    private var message: UnsafeMutableRawPointer
+    private var messageCapacity: Int
+    private var messageLength = 0
+    private var messageReady = false
+
+    private static let initialInput = 4096
+    private static let initialMessage = 4096
+    /// Reassembly memory above this is released after each message.
+    private static let retainedMessageCapacity = 256 << 10
+
+    init(key: SecretBytes, nonce: UInt64, configuration: ChannelConfiguration) {
+        self.key = key
+        self.nonce = nonce
+        self.configuration = configuration
+        inputCapacity = Self.initialInput
+        input = UnsafeMutableRawPointer.allocate(byteCount: inputCapacity, alignment: 16)
+        messageCapacity = Self.initialMessage
+        message = UnsafeMutableRawPointer.allocate(byteCount: messageCapacity, alignment: 16)
+    }
+
+    deinit {
+        // Both buffers held plaintext or ciphertext of this session.
+        secureZero(UnsafeMutableRawBufferPointer(start: input, count: inputCapacity))
+        secureZero(UnsafeMutableRawBufferPointer(start: message, count: messageCapacity))
+        input.deallocate()
+        message.deallocate()
+    }
+
+    /// Whether the peer's CLOSE has been read.
+    public var isClosed: Bool { state == .closed }
+
+    /// Bytes received but not yet consumed by `next()`.
+    public var bufferedByteCount: Int { inputEnd - inputStart }
+
+    /// Appends bytes read from the socket. Bytes after the peer's CLOSE are `dataAfterClose`.
+    public func receive(_ bytes: UnsafeRawBufferPointer) throws(HandshakeError) {
+        precondition(state != .failed, "receive after failure: the runtime must drop the channel")
+        guard bytes.count > 0 else { return }
+        if state == .closed {
+            state = .failed
+            throw HandshakeError.make(.dataAfterClose, "\(bytes.count) bytes after CLOSE")
+        }
+        let dst = reserveInput(bytes.count)
+        dst.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        inputEnd += bytes.count
+    }
+
+    public func receive(_ bytes: [UInt8]) throws(HandshakeError) {
+        // withUnsafeBytes rethrows untyped errors, so the typed one is carried out by hand.
+        let failure: HandshakeError? = bytes.withUnsafeBytes { b in
+            do throws(HandshakeError) { try receive(b); return nil } catch { return error }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Lends free input space of at least `minimumCapacity` bytes so the runtime can `read(2)`
+    /// straight into it; `body` returns how many bytes it stored. Use only while open.
+    public func withInputBuffer(minimumCapacity: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) rethrows {
+        precondition(state == .open, "reading into a channel that is closed or failed")
+        precondition(minimumCapacity >= 1, "minimumCapacity must be positive")
+        let dst = reserveInput(minimumCapacity)
+        let room = inputCapacity - inputEnd
+        let stored = try body(UnsafeMutableRawBufferPointer(start: dst, count: room))
+        precondition((0...room).contains(stored), "body reported more bytes than it was lent")
+        inputEnd += stored
+    }
+
+    /// Call when the socket reports end of file. Clean only after the peer's CLOSE; otherwise
+    /// the stream was cut short (`truncated`).
+    public func receiveEOF() throws(HandshakeError) {
+        switch state {
+        case .closed: return
+        case .open:
+            state = .failed
+            throw HandshakeError.make(.truncated, "EOF without CLOSE (\(bufferedByteCount) bytes of an unfinished frame)")
+        case .failed: preconditionFailure("receiveEOF after failure: the runtime must drop the channel")
+        }
+    }
+
+    /// The next event, or nil when more bytes are needed. Messages are copied out; use
+    /// `nextMessage(_:)` to borrow them instead.
+    public func next() throws(HandshakeError) -> ChannelEvent? {
+        switch try nextMessage({ Array($0) }) {
+        case .message(let m): return .message(m)
+        case .closed: return .closed
+        case .needMoreBytes: return nil
+        }
+    }
+
+    /// Opens frames until a message completes, then lends it to `body` without copying. The
+    /// bytes are valid only inside `body`.
+    public func nextMessage<R>(_ body: (UnsafeRawBufferPointer) -> R) throws(HandshakeError) -> ChannelRead<R> {
+        switch state {
+        case .closed: return .closed
+        case .failed: preconditionFailure("next after failure: the runtime must drop the channel")
+        case .open: break
+        }
+        do throws(HandshakeError) {
+            while try openFrame() == false {}
+        } catch {
+            state = .failed
+            throw error
+        }
+        if state == .closed { return .closed }
+        guard messageReady else { return .needMoreBytes }
+        let result = body(UnsafeRawBufferPointer(start: message + 1, count: messageLength))
+        secureZero(UnsafeMutableRawBufferPointer(start: message + 1, count: messageLength))
+        messageLength = 0
+        messageReady = false
+        if messageCapacity > Self.retainedMessageCapacity {
+            message.deallocate()
+            messageCapacity = Self.initialMessage
+            message = UnsafeMutableRawPointer.allocate(byteCount: messageCapacity, alignment: 16)
+        }
+        return .message(result)
+    }
+
+    /// Opens at most one frame. Returns true when there is something to report (a complete
+    /// message or CLOSE) or when more input is needed; false to keep going.
+    private func openFrame() throws(HandshakeError) -> Bool {
+        let available = inputEnd - inputStart
+        guard available >= FrameFormat.lengthPrefix else { return true }
+        let head = input + inputStart
+        let length = Int(head.load(as: UInt8.self)) << 8 | Int((head + 1).load(as: UInt8.self))
+        // LEN is checked as soon as it arrives, before waiting for or allocating the body.
+        guard length >= FrameFormat.minCiphertext else {
+            throw HandshakeError.make(.badFrameLength, "frame LEN \(length) is below the minimum 17")
+        }
+        guard available >= FrameFormat.lengthPrefix + length else { return true }
+        guard nonce < UInt64.max else {
+            throw HandshakeError.make(.nonceExhausted, "receive nonce reached 2^64-1")
+        }
+        let plain = length - FrameFormat.tagLength
+        let body = plain - FrameFormat.typeLength
+        guard messageLength + body <= configuration.maxMessageSize else {
+            throw HandshakeError.make(.messageTooLarge, "message would exceed maxMessageSize \(configuration.maxMessageSize)")
+        }
+        reserveMessage(1 + messageLength + body)
+        // Decrypt into message[messageLength ..< messageLength + plain]: TYPE lands on the byte
+        // just before the new body (the headroom byte for the first fragment).
+        let target = message + messageLength
+        let saved = target.load(as: UInt8.self)
+        do {
+            try ChaChaPoly.open(
+                key: key, nonce: nonce, ad: UnsafeRawBufferPointer(start: nil, count: 0),
+                ciphertext: UnsafeRawBufferPointer(start: head + FrameFormat.lengthPrefix, count: length),
+                into: UnsafeMutableRawBufferPointer(start: target, count: plain))
+        } catch {
+            throw HandshakeError.make(.decryptFailed, "frame \(nonce) failed authentication")
+        }
+        let typeByte = target.load(as: UInt8.self)
+        target.storeBytes(of: saved, as: UInt8.self)
+        nonce += 1
+        inputStart += FrameFormat.lengthPrefix + length
+        if inputStart == inputEnd { inputStart = 0; inputEnd = 0 }
+
+        guard let type = FrameFormat.FrameType(rawValue: typeByte) else {
+            throw HandshakeError.make(.unknownFrameType, "frame type 0x\(String(typeByte, radix: 16))")
+        }
+        switch type {
+        case .data, .dataMore:
+            guard body > 0 else { throw HandshakeError.make(.emptyDataFrame, "DATA frame with an empty body") }
+            messageLength += body
+            if type == .data {
+                messageReady = true
+                return true
+            }
+            return false
+        case .close:
+            guard body == 0 else { throw HandshakeError.make(.badFrameLength, "CLOSE frame with a \(body)-byte body") }
+            guard messageLength == 0 else {
+                throw HandshakeError.make(.truncated, "CLOSE in the middle of a \(messageLength)-byte message")
+            }
+            guard inputEnd == inputStart else {
+                throw HandshakeError.make(.dataAfterClose, "\(inputEnd - inputStart) bytes after CLOSE")
+            }
+            state = .closed
+            return true
+        case .auth:
+            throw HandshakeError.make(.unexpectedAuthFrame, "AUTH frame at transport nonce \(nonce - 1)")
+        case .reservedRekey:
+            throw HandshakeError.make(.unknownFrameType, "REKEY (0x02) is reserved and not supported in v1")
+        }
+    }
+
+    /// Ensures `count` free bytes after `inputEnd`, compacting or growing within the limit.
+    private func reserveInput(_ count: Int) -> UnsafeMutableRawPointer {
+        if inputCapacity - inputEnd >= count { return input + inputEnd }
+        let live = inputEnd - inputStart
+        precondition(live + count <= configuration.maxBufferedInput,
+                     "more than maxBufferedInput bytes buffered: the runtime must drain events before feeding more")
+        if inputStart > 0 {
+            if live > 0 { input.copyMemory(from: input + inputStart, byteCount: live) }
+            inputStart = 0
+            inputEnd = live
+            if inputCapacity - inputEnd >= count { return input + inputEnd }
+        }
+        var capacity = inputCapacity
+        while capacity - live < count { capacity *= 2 }
+        capacity = min(capacity, max(configuration.maxBufferedInput, live + count))
+        let grown = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+        if live > 0 { grown.copyMemory(from: input, byteCount: live) }
+        secureZero(UnsafeMutableRawBufferPointer(start: input, count: inputCapacity))
+        input.deallocate()
+        input = grown
+        inputCapacity = capacity
+        return input + inputEnd
+    }
+
+    /// Ensures the reassembly buffer holds `count` bytes (headroom included).
+    private func reserveMessage(_ count: Int) {
+        guard count > messageCapacity else { return }
+        var capacity = messageCapacity
+        while capacity < count { capacity *= 2 }
+        let grown = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+        grown.copyMemory(from: message, byteCount: 1 + messageLength)
+        secureZero(UnsafeMutableRawBufferPointer(start: message, count: messageCapacity))
+        message.deallocate()
+        message = grown
+        messageCapacity = capacity
+    }
+
+    /// Test hook: jump the nonce to reach exhaustion without 2^64 frames.
+    func setNonceForTesting(_ n: UInt64) { nonce = n }
+
+    @_spi(TestVectors) public var trafficKeyForVectors: [UInt8] { key.unsafeCopyToArray() }
+}

@@ -1,1 +1,0 @@
-// SecureChannel module: see Package.swift for its layer.

@@ -1,0 +1,426 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+
+/// Bytes from one `recvmsg`, with the descriptors that arrived on that same read.
+///
+/// By K5 a descriptor arrives with the read holding the first byte of the segment that
+/// carried it, and that read ends where the segment ends. `streamOffset` is the position of
+/// `bytes[0]` in the whole inbound stream, so the protocol layer can tag the descriptors with
+/// the byte range `streamOffset ..< streamOffset + bytes.count` (§3.2). The receiver owns the
+/// descriptors and must close or hand on each one.
+public struct StreamChunk: Sendable {
+    public let bytes: [UInt8]
+    public let descriptors: [FileDescriptor]
+    public let streamOffset: Int
+
+    public init(bytes: [UInt8], descriptors: [FileDescriptor], streamOffset: Int) {
+        self.bytes = bytes
+        self.descriptors = descriptors
+        self.streamOffset = streamOffset
+    }
+
+    /// Byte range of this read within the inbound stream.
+    public var streamRange: Range<Int> { streamOffset..<(streamOffset + bytes.count) }
+}
+
+/// What a `StreamConnection` reports to its handler, always on its queue.
+public enum StreamEvent: Sendable {
+    /// One read's bytes and descriptors.
+    case received(StreamChunk)
+    /// The peer shut down its sending side. Reading stops; writing still works until `close()`.
+    case endOfStream
+    /// A read or write failed; the connection is already closed, queued descriptors too.
+    case failed(TransportError)
+}
+
+/// A non-blocking AF_UNIX stream connection driven by libdispatch: one serial queue, one read
+/// source, one write source; no thread or task per connection.
+///
+/// Every method must be called on `queue`, and the handler runs there too. That confinement is
+/// what makes the class safe to share (`@unchecked Sendable`): its mutable state is only
+/// touched on the queue, which `dispatchPrecondition` checks in debug builds.
+///
+/// Output is an ordered queue of segments. A plain segment is bytes; a descriptor segment is
+/// bytes plus exactly one descriptor, sent by its own `sendmsg` so the descriptor rides on the
+/// segment's first byte. On EAGAIN nothing was sent, so the whole segment with its descriptor is
+/// retried when the socket becomes writable; after a partial write the rest goes without the
+/// descriptor (K6), and our copy is closed as soon as the kernel has it (A10).
+public final class StreamConnection: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        /// Bytes per `recvmsg`.
+        public var readBufferSize: Int = 64 * 1024
+        /// Descriptors one `recvmsg` can take before MSG_CTRUNC; more than the protocol's one, so
+        /// extras are seen and closed rather than silently dropped (§3.1).
+        public var descriptorsPerRead: Int = 4
+        /// Reads per readable event before yielding the queue to other connections.
+        public var readsPerEvent: Int = 4
+        /// Cap on queued, unsent output bytes (F4; §4 suggests 64 KiB).
+        public var maximumQueuedBytes: Int = 64 * 1024
+        /// Cap on descriptors waiting in the output queue.
+        public var maximumQueuedDescriptors: Int = 16
+
+        public init() {}
+    }
+
+    private enum Segment {
+        case bytes([UInt8], offset: Int)
+        /// `descriptor` is nil once the kernel has taken it with the first chunk.
+        case descriptor([UInt8], offset: Int, descriptor: FileDescriptor?)
+
+        var remaining: Int {
+            switch self {
+            case .bytes(let bytes, let offset), .descriptor(let bytes, let offset, _): bytes.count - offset
+            }
+        }
+    }
+
+    private enum State {
+        case idle
+        case running
+        case closed
+    }
+
+    public let queue: DispatchQueue
+    public let configuration: Configuration
+    private let descriptor: FileDescriptor
+    private var handler: ((StreamEvent) -> Void)?
+    private var state = State.idle
+    private var readSource: DispatchSourceRead?
+    private var writeSource: DispatchSourceWrite?
+    private var readPaused = false
+    private var readFinished = false
+    private var writeArmed = false
+    private var output: [Segment] = []
+    private var outputHead = 0
+    private var queuedBytes = 0
+    private var queuedDescriptors = 0
+    private var inboundOffset = 0
+    private var drainWaiters: [(TransportError?) -> Void] = []
+    private let readBuffer: UnsafeMutableRawBufferPointer
+
+    /// Takes ownership of `descriptor` (a connected stream socket; it is made non-blocking).
+    /// Nothing happens until `start()`.
+    public init(
+        descriptor: FileDescriptor, queue: DispatchQueue, configuration: Configuration = Configuration(),
+        handler: @escaping (StreamEvent) -> Void
+    ) throws(TransportError) {
+        precondition(configuration.readBufferSize > 0 && configuration.readsPerEvent > 0, "bad configuration")
+        precondition((0...maximumDescriptorsPerMessage).contains(configuration.descriptorsPerRead), "bad configuration")
+        try descriptor.setNonBlocking()
+        self.descriptor = descriptor
+        self.queue = queue
+        self.configuration = configuration
+        self.handler = handler
+        readBuffer = .allocate(byteCount: configuration.readBufferSize, alignment: 16)
+    }
+
+    deinit {
+        // Sources only hold weak references, so dropping a running connection lands here: a
+        // bug in the owner (it must close), reported in debug builds and cleaned up anyway.
+        switch state {
+        case .running:
+            assertionFailure("StreamConnection dropped while running: call close()")
+            discardOutput()
+            cancelSources()
+        case .idle:
+            discardOutput()
+            descriptor.close()
+        case .closed:
+            break
+        }
+        readBuffer.deallocate()
+    }
+
+    /// Whether `close()` has run (or a failure closed the connection).
+    public var isClosed: Bool {
+        dispatchPrecondition(condition: .onQueue(queue))
+        return state == .closed
+    }
+
+    /// Unsent output bytes.
+    public var pendingOutputBytes: Int {
+        dispatchPrecondition(condition: .onQueue(queue))
+        return queuedBytes
+    }
+
+    /// Starts reading and flushes anything queued before.
+    public func start() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard state == .idle else { return }
+        state = .running
+        let raw = borrowRawForSources()
+        let read = DispatchSource.makeReadSource(fileDescriptor: raw, queue: queue)
+        let write = DispatchSource.makeWriteSource(fileDescriptor: raw, queue: queue)
+        // The socket stays open until both sources have finished cancelling: closing it first
+        // could let libdispatch watch a reused descriptor number.
+        let group = DispatchGroup()
+        group.enter()
+        group.enter()
+        read.setEventHandler { [weak self] in self?.handleReadable() }
+        read.setCancelHandler { group.leave() }
+        write.setEventHandler { [weak self] in self?.flush() }
+        write.setCancelHandler { group.leave() }
+        group.notify(queue: queue) { [descriptor] in descriptor.close() }
+        readSource = read
+        writeSource = write
+        write.activate()
+        write.suspend()  // armed only while output waits for writability
+        read.activate()
+        if readPaused { read.suspend() }
+        if outputHead < output.count { flush() }
+    }
+
+    // MARK: output
+
+    /// Queues `bytes` after everything queued before. Throws `.closed`, or `.outputQueueFull`
+    /// (the connection is then closed: a peer that does not read is dropped, F4).
+    public func send(_ bytes: [UInt8]) throws(TransportError) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard state != .closed else { throw TransportError(.closed, "send on a closed connection") }
+        guard !bytes.isEmpty else { return }
+        try reserve(bytes: bytes.count, descriptors: 0)
+        if outputHead < output.count, case .bytes(var tail, let offset) = output[output.count - 1] {
+            // Coalesce plain bytes so one send covers them; the tail keeps its sent offset.
+            output[output.count - 1] = .bytes([], offset: 0)
+            tail.append(contentsOf: bytes)
+            output[output.count - 1] = .bytes(tail, offset: offset)
+        } else {
+            output.append(.bytes(bytes, offset: 0))
+        }
+        if state == .running && !writeArmed { flush() }
+    }
+
+    /// Queues `bytes` (at least one byte, for example the 4-byte marker) carrying `descriptor`
+    /// in one `sendmsg`. Takes ownership of `descriptor`: it is closed once sent, or when the
+    /// connection closes. Throws `.closed` or `.outputQueueFull` (closing `descriptor` too).
+    public func send(_ bytes: [UInt8], passing descriptor: FileDescriptor) throws(TransportError) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        precondition(!bytes.isEmpty, "a descriptor needs at least one byte to ride on")
+        guard state != .closed else {
+            descriptor.close()
+            throw TransportError(.closed, "send on a closed connection")
+        }
+        do throws(TransportError) {
+            try reserve(bytes: bytes.count, descriptors: 1)
+        } catch {
+            descriptor.close()
+            throw error
+        }
+        output.append(.descriptor(bytes, offset: 0, descriptor: descriptor))
+        if state == .running && !writeArmed { flush() }
+    }
+
+    /// Calls `completion` on the queue once everything queued so far is handed to the kernel
+    /// (nil), or with the error that closed the connection first.
+    public func whenFlushed(_ completion: @escaping (TransportError?) -> Void) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        if state == .closed {
+            completion(TransportError(.closed, "connection closed before flush"))
+        } else if outputHead == output.count {
+            completion(nil)
+        } else {
+            drainWaiters.append(completion)
+        }
+    }
+
+    private func reserve(bytes: Int, descriptors: Int) throws(TransportError) {
+        let bytesAfter = queuedBytes + bytes
+        let descriptorsAfter = queuedDescriptors + descriptors
+        guard bytesAfter <= configuration.maximumQueuedBytes,
+              descriptorsAfter <= configuration.maximumQueuedDescriptors else {
+            let error = TransportError(
+                .outputQueueFull,
+                "output queue would hold \(bytesAfter) bytes and \(descriptorsAfter) descriptors " +
+                "(caps \(configuration.maximumQueuedBytes), \(configuration.maximumQueuedDescriptors))")
+            shutDown(reporting: error, notifyHandler: false)
+            throw error
+        }
+        queuedBytes = bytesAfter
+        queuedDescriptors = descriptorsAfter
+    }
+
+    private func flush() {
+        guard state == .running else { return }
+        while outputHead < output.count {
+            let segment = output[outputHead]
+            let result: IOResult<Int>
+            do throws(TransportError) {
+                switch segment {
+                case .bytes(let bytes, let offset):
+                    result = try send(bytes, from: offset, passing: nil)
+                case .descriptor(let bytes, let offset, let passed):
+                    result = try send(bytes, from: offset, passing: passed)
+                }
+            } catch {
+                shutDown(reporting: error, notifyHandler: true)
+                return
+            }
+            guard case .processed(let written) = result else {
+                armWrite(true)
+                return
+            }
+            switch segment {
+            case .bytes(let bytes, let offset):
+                output[outputHead] = .bytes(bytes, offset: offset + written)
+            case .descriptor(let bytes, let offset, let passed):
+                if let passed {
+                    // The kernel took the descriptor with the first byte (K6): our copy goes now.
+                    passed.close()
+                    queuedDescriptors -= 1
+                }
+                output[outputHead] = .descriptor(bytes, offset: offset + written, descriptor: nil)
+            }
+            queuedBytes -= written
+            if output[outputHead].remaining == 0 {
+                outputHead += 1
+            } else {
+                // Partial write: the socket buffer is full; wait rather than spin on EAGAIN.
+                armWrite(true)
+                return
+            }
+        }
+        output.removeAll(keepingCapacity: output.capacity <= 64)
+        outputHead = 0
+        armWrite(false)
+        let waiters = drainWaiters
+        drainWaiters = []
+        for waiter in waiters { waiter(nil) }
+    }
+
+    private func send(_ bytes: [UInt8], from offset: Int, passing passed: FileDescriptor?) throws(TransportError) -> IOResult<Int> {
+        try typed {
+            try bytes.withUnsafeBytes { all in
+                try descriptor.send(UnsafeRawBufferPointer(rebasing: all[offset...]), passing: passed.map { [$0] } ?? [])
+            }
+        }
+    }
+
+    private func armWrite(_ wanted: Bool) {
+        guard let writeSource, wanted != writeArmed else { return }
+        writeArmed = wanted
+        if wanted { writeSource.resume() } else { writeSource.suspend() }
+    }
+
+    // MARK: input
+
+    /// Stops reading (back-pressure). Bytes stay in the kernel; the peer's sends eventually block.
+    public func suspendReading() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard !readPaused else { return }
+        readPaused = true
+        if state == .running, !readFinished { readSource?.suspend() }
+    }
+
+    /// Resumes reading after `suspendReading()`.
+    public func resumeReading() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard readPaused else { return }
+        readPaused = false
+        if state == .running, !readFinished { readSource?.resume() }
+    }
+
+    private func handleReadable() {
+        for _ in 0..<configuration.readsPerEvent {
+            guard state == .running, !readPaused, !readFinished else { return }
+            let result: IOResult<Received>
+            do throws(TransportError) {
+                result = try descriptor.receive(into: readBuffer, descriptorCapacity: configuration.descriptorsPerRead)
+            } catch {
+                shutDown(reporting: error, notifyHandler: true)
+                return
+            }
+            guard case .processed(let received) = result else { return }
+            if received.isEndOfStream {
+                readFinished = true
+                readSource?.cancel()  // level-triggered: a source at EOF would fire forever
+                deliver(.endOfStream)
+                return
+            }
+            let bytes = Array(UnsafeRawBufferPointer(rebasing: readBuffer[..<received.byteCount]))
+            let chunk = StreamChunk(bytes: bytes, descriptors: received.descriptors, streamOffset: inboundOffset)
+            inboundOffset += received.byteCount
+            deliver(.received(chunk))
+        }
+    }
+
+    private func deliver(_ event: StreamEvent) {
+        if let handler {
+            handler(event)
+        } else if case .received(let chunk) = event {
+            for passed in chunk.descriptors { passed.close() }
+        }
+    }
+
+    // MARK: closing
+
+    /// Closes the connection: the socket, and every descriptor still queued for sending.
+    /// Idempotent; the handler is not called for a close the owner asked for.
+    public func close() {
+        dispatchPrecondition(condition: .onQueue(queue))
+        shutDown(reporting: nil, notifyHandler: false)
+    }
+
+    private func shutDown(reporting error: TransportError?, notifyHandler: Bool) {
+        guard state != .closed else { return }
+        let wasRunning = state == .running
+        state = .closed
+        let handler = self.handler
+        self.handler = nil
+        discardOutput()
+        let closedError = error ?? TransportError(.closed, "connection closed before flush")
+        let waiters = drainWaiters
+        drainWaiters = []
+        if wasRunning {
+            cancelSources()  // the descriptor closes once both sources have cancelled
+        } else {
+            descriptor.close()
+        }
+        for waiter in waiters { waiter(closedError) }
+        if notifyHandler, let error, let handler {
+            // Asynchronously, so a handler never re-enters the code that detected the failure.
+            // The box is sound: the handler runs on `queue`, like every other call to it.
+            let box = UncheckedSendableBox(handler)
+            queue.async { box.value(.failed(error)) }
+        }
+    }
+
+    private func discardOutput() {
+        for case .descriptor(_, _, let passed?) in output[outputHead...] { passed.close() }
+        output = []
+        outputHead = 0
+        queuedBytes = 0
+        queuedDescriptors = 0
+    }
+
+    private func cancelSources() {
+        // Suspended sources never run their cancel handlers; balance every suspend first.
+        if let readSource {
+            if readPaused && !readFinished { readSource.resume() }
+            readSource.cancel()
+        }
+        if let writeSource {
+            if !writeArmed { writeSource.resume() }
+            writeSource.cancel()
+        }
+        readSource = nil
+        writeSource = nil
+    }
+
+    private func borrowRawForSources() -> Int32 {
+        // The sources need the raw number for their whole life; the descriptor is closed only
+        // after both have cancelled, which keeps the number valid meanwhile.
+        guard let raw = try? descriptor.withRawDescriptor({ $0 }) else {
+            preconditionFailure("StreamConnection started with a closed descriptor")
+        }
+        return raw
+    }
+}
+
+/// Carries a value across a `@Sendable` boundary when the code guarantees it is only used on
+/// one serial queue.
+struct UncheckedSendableBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
