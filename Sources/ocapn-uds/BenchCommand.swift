@@ -24,8 +24,17 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Print one JSON object with every figure and ratio instead of the table.")
     var json = false
 
+    @Option(name: .long, parsing: .upToNextOption, help: "Only these figure groups: \(BenchSuite.groups.joined(separator: ", ")).")
+    var only: [String] = []
+
+    func validate() throws {
+        for g in only where !BenchSuite.groups.contains(g) {
+            throw ValidationError("unknown figure group '\(g)'; groups are: \(BenchSuite.groups.joined(separator: ", "))")
+        }
+    }
+
     func run() throws {
-        let suite = BenchSuite(options: .init(quick: quick, progress: { line in
+        let suite = BenchSuite(options: .init(quick: quick, only: Set(only), progress: { line in
             FileHandle.standardError.write(Data("bench: \(line)\n".utf8))
         }))
         let figures: [BenchFigure]
