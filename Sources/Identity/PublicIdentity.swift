@@ -16,15 +16,19 @@ public struct PublicIdentity: Hashable, Sendable, CustomStringConvertible {
         guard publicKey.count == Self.keyLength else {
             throw IdentityError(.invalidPublicKey, "an Ed25519 public key is 32 bytes, got \(publicKey.count)")
         }
-        guard Ed25519.isValidIdentityKey(publicKey) else {
-            throw IdentityError(.invalidPublicKey, "not a valid Ed25519 identity key (small-order, mixed-order or non-canonical point)")
+        if !ValidatedKeyCache.shared.contains(publicKey) {
+            guard Ed25519.isValidIdentityKey(publicKey) else {
+                throw IdentityError(.invalidPublicKey, "not a valid Ed25519 identity key (small-order, mixed-order or non-canonical point)")
+            }
+            ValidatedKeyCache.shared.insert(publicKey)
         }
         self.publicKey = publicKey
     }
 
     /// Parses a canonical designator: 52 lowercase base32 characters of the raw key, no padding.
     public init(designator: String) throws(IdentityError) {
-        guard designator.count == Self.designatorLength else {
+        // utf8.count is O(1) for native strings; a non-ASCII string fails the alphabet check anyway.
+        guard designator.utf8.count == Self.designatorLength else {
             throw IdentityError(.invalidDesignator, "a designator is \(Self.designatorLength) characters, got \(designator.count)")
         }
         switch Base32.decode(designator) {

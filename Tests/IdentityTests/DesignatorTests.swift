@@ -1,5 +1,5 @@
 import Testing
-import Identity
+@testable import Identity
 import SodiumCrypto
 
 @Suite struct DesignatorTests {
@@ -42,5 +42,24 @@ import SodiumCrypto
         key[0] = 0xec
         key[31] = 0x7f
         #expect(Ed25519.isCanonicalEncoding(key))
+    }
+}
+
+@Suite struct ValidatedKeyCacheTests {
+    @Test func theCacheKeepsAtMostItsCapacityAndForgetsTheOldestFirst() {
+        let cache = ValidatedKeyCache(capacity: 3)
+        let keys = (0..<5).map { [UInt8](repeating: UInt8($0), count: 32) }
+        for k in keys { cache.insert(k) }
+        #expect(!cache.contains(keys[0]) && !cache.contains(keys[1]))
+        #expect(cache.contains(keys[2]) && cache.contains(keys[3]) && cache.contains(keys[4]))
+    }
+
+    @Test func anInvalidKeyIsRefusedEveryTimeAndNeverCached() {
+        var small = [UInt8](repeating: 0, count: 32)
+        small[0] = 1  // the identity point: small order
+        for _ in 0..<2 {
+            #expect(throws: IdentityError.self) { try PublicIdentity(publicKey: small) }
+        }
+        #expect(!ValidatedKeyCache.shared.contains(small))
     }
 }

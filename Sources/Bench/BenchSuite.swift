@@ -1,0 +1,124 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every figure of issue #6, each next to its baseline measured in the same run.
+public struct BenchSuite {
+    public struct Options: Sendable {
+        /// Fewer iterations: proves every figure is produced (CI), numbers are rough.
+        public var quick: Bool
+        /// Only these groups (handshake, introductions, connect, channel, memory); empty: all.
+        public var only: Set<String>
+        public var progress: (@Sendable (String) -> Void)?
+
+        public init(quick: Bool = false, only: Set<String> = [], progress: (@Sendable (String) -> Void)? = nil) {
+            self.quick = quick
+            self.only = only
+            self.progress = progress
+        }
+    }
+
+    public let options: Options
+
+    public init(options: Options) { self.options = options }
+
+    /// The figure groups, in the order they run.
+    public static let groups = ["handshake", "introductions", "connect", "channel", "memory"]
+
+    private func say(_ s: String) { options.progress?(s) }
+
+    public func run() throws -> [BenchFigure] {
+        var figures: [BenchFigure] = []
+        let directory = try makeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func wanted(_ group: String) -> Bool { options.only.isEmpty || options.only.contains(group) }
+        if wanted("handshake") { figures += try handshake() }
+        if wanted("introductions") { figures += try introductions(directory: directory) }
+        if wanted("channel") { figures += try channelThroughput() }
+        if wanted("memory") { figures += try serverMemory(directory: directory) }
+        return figures
+    }
+
+    /// A private scratch directory for sockets and keys (short path: sun_path is 108 bytes).
+    private func makeDirectory() throws -> String {
+        var template = Array("/tmp/ocapn-bench-XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw BenchError("cannot create a temporary directory") }
+        return String(cString: p)
+    }
+
+    /// 2. Introductions per second through one server against raw descriptor passing.
+    func introductions(directory: String) throws -> [BenchFigure] {
+        let count = options.quick ? 500 : 20_000
+        let window = Int(ProcessInfo.processInfo.environment["OCAPN_BENCH_WINDOW"] ?? "") ?? 32
+        say("introductions: raw descriptor passing (\(count), \(window) in flight)")
+        let raw = try IntroductionBench.raw(count: count, window: window)
+        say("introductions: through the introduction server")
+        let ours = try IntroductionBench.ours(count: count, window: window, directory: directory)
+        return [
+            BenchFigure(group: "introductions", name: "rate through one server", unit: "intros/s", value: ours,
+                        baselineName: "raw fd passing", baseline: raw, direction: .higherIsBetter, target: 0.7),
+        ]
+    }
+
+    /// 5a. Server memory per registered peer.
+    func serverMemory(directory: String) throws -> [BenchFigure] {
+        let counts = options.quick ? [100, 1000] : [1000, 10_000]
+        say("memory: registering \(counts.map(String.init).joined(separator: " then ")) peers with an intro-server process")
+        let r = try MemoryBench.serverRSS(counts: counts, directory: directory, executable: Self.executablePath)
+        var out: [BenchFigure] = []
+        for (peers, rss) in r.points {
+            let perPeer = Double(rss - r.baselineRSS) / Double(peers)
+            out.append(BenchFigure(group: "memory", name: "server RSS, \(peers) peers", unit: "MiB",
+                                   value: Double(rss) / 1_048_576, baselineName: "server RSS, 0 peers",
+                                   baseline: Double(r.baselineRSS) / 1_048_576, direction: .lowerIsBetter))
+            out.append(BenchFigure(group: "memory", name: "server bytes per peer (\(peers) peers)", unit: "KiB",
+                                   value: perPeer / 1024, direction: .lowerIsBetter,
+                                   target: peers >= 10_000 ? 8 : nil))
+        }
+        return out
+    }
+
+    /// This executable (the benchmark spawns it as `intro-server` and `peer`).
+    static var executablePath: String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    /// 1. Handshake latency and rate against the crypto floor.
+    func handshake() throws -> [BenchFigure] {
+        say("handshake: timing the libsodium operations of one handshake (crypto floor)")
+        let floor = Baselines.cryptoFloor(iterations: options.quick ? 50 : 400)
+        say("handshake: UDS-HS1 over a socketpair")
+        let r = try HandshakeBench.run(count: options.quick ? 50 : 2000)
+        let floorMicros = floor.handshakeNanos / 1000
+        return [
+            BenchFigure(group: "handshake", name: "latency p50", unit: "µs", value: r.latencies.median / 1000,
+                        baselineName: "crypto floor", baseline: floorMicros, direction: .lowerIsBetter, target: 1.3),
+            BenchFigure(group: "handshake", name: "latency p99", unit: "µs", value: r.latencies.percentile(99) / 1000,
+                        baselineName: "crypto floor", baseline: floorMicros, direction: .lowerIsBetter),
+            BenchFigure(group: "handshake", name: "rate", unit: "handshakes/s", value: r.handshakesPerSecond,
+                        baselineName: "crypto floor", baseline: 1e9 / floor.handshakeNanos, direction: .higherIsBetter),
+        ]
+    }
+
+    /// 4. Channel throughput at 1, 16 and 64 KiB against a raw socketpair and raw ChaCha20-Poly1305.
+    func channelThroughput() throws -> [BenchFigure] {
+        var out: [BenchFigure] = []
+        let total = options.quick ? 8 << 20 : 256 << 20
+        for size in [1 << 10, 16 << 10, 64 << 10] {
+            let label = "\(size >> 10) KiB"
+            say("channel: \(label) messages")
+            let raw = try Baselines.socketpairThroughput(messageSize: size, totalBytes: total)
+            let aead = Baselines.aeadThroughput(messageSize: size, totalBytes: total / 4)
+            let ours = try ChannelBench.throughput(messageSize: size, totalBytes: total)
+            let slower = min(raw, aead)
+            let gb = 1e9
+            out.append(BenchFigure(group: "channel", name: "throughput \(label)", unit: "GB/s", value: ours / gb,
+                                   baselineName: raw < aead ? "raw socketpair" : "raw ChaCha20-Poly1305",
+                                   baseline: slower / gb, direction: .higherIsBetter, target: size == 64 << 10 ? 0.8 : nil))
+            out.append(BenchFigure(group: "channel", name: "raw socketpair \(label)", unit: "GB/s", value: raw / gb))
+            out.append(BenchFigure(group: "channel", name: "raw ChaCha20-Poly1305 \(label)", unit: "GB/s", value: aead / gb))
+        }
+        return out
+    }
+}
