@@ -26,27 +26,42 @@ import Transport
         return (child, uri)
     }
 
+    /// Starts the real `ocapn-uds intro-server` and waits for its ready line.
+    static func startIntroServer(_ key: String, socket: String, extra: [String] = []) throws -> (ChildProcess, PublicIdentity) {
+        let child = try ChildProcess(["intro-server", "--identity", key, "--socket", socket] + extra)
+        guard let ready = child.waitForLine(timeout: 10, { $0.hasPrefix("listening: ") }),
+              let designator = ready.split(separator: " ").drop(while: { $0 != "designator:" }).dropFirst().first,
+              let identity = try? PublicIdentity(designator: String(designator))
+        else {
+            child.stop()
+            throw POSIXError(.ETIMEDOUT)
+        }
+        return (child, identity)
+    }
+
     static func connect(_ key: String, server: String, _ uri: String, send: String = "hello", extra: [String] = []) throws
         -> (status: Int32, stdout: String, stderr: String)
     {
         try runOCapNUDS(["connect", "--identity", key, "--server", server, uri, "--send", send] + extra, timeout: 20)
     }
 
-    @Test func aPeerAndAConnectProcessEchoThroughAServerAndPrintTheVerifiedKeys() throws {
+    @Test func aPeerAndAConnectProcessEchoThroughTheIntroServerAndPrintTheVerifiedKeys() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let server = try TestIntroServer()
-        defer { server.stop() }
         let (keyA, idA) = try Self.keygen(dir, "a.key")
         let (keyB, idB) = try Self.keygen(dir, "b.key")
+        let (keyS, _) = try Self.keygen(dir, "s.key")
+        let socket = dir.file("s.sock")
+        let (server, serverID) = try Self.startIntroServer(keyS, socket: socket)
+        defer { server.stop() }
         let audit = dir.file("b-audit.jsonl")
-        let (peer, uri) = try Self.startPeer(keyB, servers: [server.path], extra: ["--audit-log", audit])
+        let (peer, uri) = try Self.startPeer(keyB, servers: [socket], extra: ["--audit-log", audit])
         defer { peer.stop() }
         let parsed = try PeerLocator(uri: uri)
         #expect(parsed.identity == idB)
-        #expect(parsed.hintServers == [server.publicIdentity])
+        #expect(parsed.hintServers == [serverID])
 
-        let result = try Self.connect(keyA, server: server.path, uri, send: "hello over UDS-HS1")
+        let result = try Self.connect(keyA, server: socket, uri, send: "hello over UDS-HS1")
         #expect(result.status == 0, "connect failed: \(result.stderr)")
         #expect(result.stdout == "hello over UDS-HS1")
         #expect(result.stderr.contains("verified-peer: \(idB.fingerprint)"))
@@ -63,33 +78,41 @@ import Transport
     @Test func aPeerOnSeveralServersIsReachableThroughEachOfThem() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let first = try TestIntroServer()
-        let second = try TestIntroServer()
-        defer { first.stop(); second.stop() }
         let (keyA, _) = try Self.keygen(dir, "a.key")
         let (keyB, _) = try Self.keygen(dir, "b.key")
-        let (peer, uri) = try Self.startPeer(keyB, servers: [first.path, second.path])
-        defer { peer.stop() }
-        #expect(Set(try PeerLocator(uri: uri).hintServers) == [first.publicIdentity, second.publicIdentity])
-        for server in [first, second] {
-            let result = try Self.connect(keyA, server: server.path, uri, send: "via \(server.publicIdentity.fingerprint)")
-            #expect(result.status == 0, "\(result.stderr)")
-            #expect(result.stdout == "via \(server.publicIdentity.fingerprint)")
+        var servers: [(ChildProcess, PublicIdentity, String)] = []
+        defer { for s in servers { s.0.stop() } }
+        for name in ["s1", "s2"] {
+            let (key, _) = try Self.keygen(dir, "\(name).key")
+            let socket = dir.file("\(name).sock")
+            let (child, id) = try Self.startIntroServer(key, socket: socket)
+            servers.append((child, id, socket))
         }
-        #expect(first.introductions == 1 && second.introductions == 1)
+        let (peer, uri) = try Self.startPeer(keyB, servers: servers.map(\.2))
+        defer { peer.stop() }
+        #expect(Set(try PeerLocator(uri: uri).hintServers) == Set(servers.map(\.1)))
+        for (_, id, socket) in servers {
+            let result = try Self.connect(keyA, server: socket, uri, send: "via \(id.fingerprint)")
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout == "via \(id.fingerprint)")
+        }
     }
 
     @Test func aTargetThatRegistersAfterTheIntroductionWasRequestedIsStillReached() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let server = try TestIntroServer(holdUnregistered: .seconds(8))
-        defer { server.stop() }
         let (keyA, _) = try Self.keygen(dir, "a.key")
         let (keyB, idB) = try Self.keygen(dir, "b.key")
-        let uri = PeerLocator(identity: idB, introductionServers: [server.publicIdentity]).uri
-        let connect = try ChildProcess(["connect", "--identity", keyA, "--server", server.path, uri, "--send", "early"])
-        #expect(PeerTestWait.until { server.introductions == 1 }, "the introduction was requested before B registered")
-        let (peer, peerURI) = try Self.startPeer(keyB, servers: [server.path])
+        let (keyS, _) = try Self.keygen(dir, "s.key")
+        let socket = dir.file("s.sock")
+        let (server, serverID) = try Self.startIntroServer(keyS, socket: socket, extra: ["--pending-lifetime-ms", "8000"])
+        defer { server.stop() }
+        let uri = PeerLocator(identity: idB, introductionServers: [serverID]).uri
+        let connect = try ChildProcess(["connect", "--identity", keyA, "--server", socket, uri, "--send", "early"])
+        // Give the introduction time to reach the server before B exists.
+        usleep(300_000)
+        #expect(connect.process.isRunning, "connect waits for the late target")
+        let (peer, peerURI) = try Self.startPeer(keyB, servers: [socket])
         defer { peer.stop() }
         #expect(peerURI == uri)
         #expect(connect.waitForExit(timeout: 15) == 0, "\(connect.errorOutput)")
@@ -99,29 +122,27 @@ import Transport
     @Test func aPeerReregistersAfterItsServerRestartsAndAfterItselfRestarts() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let socketDir = try TemporaryDirectory("srv")
-        defer { socketDir.remove() }
-        let serverKey = IdentityKeyPair.generate()
-        let path = socketDir.file("s")
-        var server = try TestIntroServer(identity: serverKey, path: path)
         let (keyA, _) = try Self.keygen(dir, "a.key")
         let (keyB, _) = try Self.keygen(dir, "b.key")
-        var (peer, uri) = try Self.startPeer(keyB, servers: [path])
-        #expect(try Self.connect(keyA, server: path, uri).status == 0)
+        let (keyS, _) = try Self.keygen(dir, "s.key")
+        let socket = dir.file("s.sock")
+        var (server, _) = try Self.startIntroServer(keyS, socket: socket)
+        var (peer, uri) = try Self.startPeer(keyB, servers: [socket])
+        #expect(try Self.connect(keyA, server: socket, uri).status == 0)
 
         // Server restart: same key, same path. The peer notices, backs off and registers again.
-        server.stop()
+        #expect(server.stop() == 0)
         #expect(peer.waitForLine(onStderr: true, timeout: 5) { $0.contains("disconnected") } != nil)
-        server = try TestIntroServer(identity: serverKey, path: path)
+        (server, _) = try Self.startIntroServer(keyS, socket: socket)
         #expect(peer.waitForLine(onStderr: true, timeout: 10) { $0.contains("registered; locator: \(uri)") } != nil)
-        let afterServerRestart = try Self.connect(keyA, server: path, uri, send: "after server restart")
+        let afterServerRestart = try Self.connect(keyA, server: socket, uri, send: "after server restart")
         #expect(afterServerRestart.status == 0, "\(afterServerRestart.stderr)")
         #expect(afterServerRestart.stdout == "after server restart")
 
         // Peer restart: the new registration replaces the old one.
         #expect(peer.stop() == 0)
-        (peer, uri) = try Self.startPeer(keyB, servers: [path])
-        let afterPeerRestart = try Self.connect(keyA, server: path, uri, send: "after peer restart")
+        (peer, uri) = try Self.startPeer(keyB, servers: [socket])
+        let afterPeerRestart = try Self.connect(keyA, server: socket, uri, send: "after peer restart")
         #expect(afterPeerRestart.status == 0, "\(afterPeerRestart.stderr)")
         #expect(afterPeerRestart.stdout == "after peer restart")
         peer.stop()
@@ -147,11 +168,15 @@ import Transport
         #expect(unreachable.status == 1)
         #expect(unreachable.stderr.contains("serverUnreachable"))
 
-        // Refused introduction (target not registered, the server drops the socket at once).
-        let uri = PeerLocator(identity: idB, introductionServers: [honest.publicIdentity]).uri
-        let refused = try Self.connect(keyA, server: honest.path, uri)
+        // Refused introduction: the real server refuses an unregistered target at once.
+        let (keyS, _) = try Self.keygen(dir, "s.key")
+        let socket = dir.file("s.sock")
+        let (real, realID) = try Self.startIntroServer(keyS, socket: socket, extra: ["--pending-lifetime-ms", "0"])
+        defer { real.stop() }
+        let uri = PeerLocator(identity: idB, introductionServers: [realID]).uri
+        let refused = try Self.connect(keyA, server: socket, uri)
         #expect(refused.status == 1)
-        #expect(refused.stderr.contains("truncated"))
+        #expect(refused.stderr.contains("truncated"), "\(refused.stderr)")
 
         // Timeout: the server keeps the socket and never delivers it.
         let kept = KeptDescriptors()
