@@ -102,3 +102,13 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
         return reason
     }
 }
+
+// Reason codes the peer netlayer adds to the audit trail (listed in docs/AUDIT.md).
+extension AuditReason {
+    public static let registrationFailed: AuditReason = "registrationFailed"
+    public static let serverDisconnected: AuditReason = "serverDisconnected"
+    public static let netlayerClosed: AuditReason = "netlayerClosed"
+
+    /// Codes the peer netlayer writes beyond the handshake and channel codes.
+    public static let peerNetlayerCodes: [AuditReason] = [.registrationFailed, .serverDisconnected, .netlayerClosed]
+}
