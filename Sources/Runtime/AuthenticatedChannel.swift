@@ -74,9 +74,17 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
     /// channel, or `channelClosed` after `close()`.
     public func send(_ message: [UInt8]) async throws(PeerError) {
         precondition(!message.isEmpty, "messages are at least one byte (PROTOCOL.md §6.3)")
-        try await PeerError.catching {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
-                engine.queue.async { self.engine.send(message, completion: c) }
+        // Fast path on the caller's thread (queue.sync runs there when the queue is free):
+        // seal and write without a thread hop; suspend only while the outbound queue is full.
+        let engine = self.engine
+        switch engine.queue.sync(execute: { engine.trySend(message) }) {
+        case .done: return
+        case .failed(let error): throw error
+        case .wait:
+            try await PeerError.catching {
+                try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+                    engine.queue.async { engine.awaitOutboundSpace(c) }
+                }
             }
         }
     }
@@ -86,9 +94,15 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
     /// ended without CLOSE, `decryptFailed` on tampering, …). Messages that arrived before an
     /// error are still delivered first.
     public func receive() async throws(PeerError) -> [UInt8]? {
-        try await PeerError.catching {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<[UInt8]?, Error>) in
-                engine.queue.async { self.engine.receive(completion: c) }
+        let engine = self.engine
+        switch engine.queue.sync(execute: { engine.tryReceive() }) {
+        case .done(let message): return message
+        case .failed(let error): throw error
+        case .wait:
+            return try await PeerError.catching {
+                try await withCheckedThrowingContinuation { (c: CheckedContinuation<[UInt8]?, Error>) in
+                    engine.queue.async { engine.receive(completion: c) }
+                }
             }
         }
     }
@@ -257,6 +271,12 @@ final class ChannelEngine: @unchecked Sendable {
         } catch {
             finish(error: PeerError(.ioError, "socket closed before the handshake"), reason: .ioError)
             return
+        }
+        if let size = configuration.socketSendBufferSize {
+            // A deeper kernel buffer lets the sender seal ahead while the receiver opens, with
+            // fewer wake-ups per message. It is a property of our own end only.
+            var value = Int32(clamping: size)
+            _ = setsockopt(raw, SOL_SOCKET, SO_SNDBUF, &value, socklen_t(MemoryLayout<Int32>.size))
         }
         watchReadable(true)
         let timer = DispatchSource.makeTimerSource(queue: queue)
@@ -612,7 +632,8 @@ final class ChannelEngine: @unchecked Sendable {
         }
     }
 
-    func receive(completion: CheckedContinuation<[UInt8]?, Error>) {
+    /// Takes a queued message, or reports the end, without waiting.
+    func tryReceive() -> Attempt<[UInt8]?> {
         if inboundHead < inbound.count {
             let message = inbound[inboundHead]
             inbound[inboundHead] = []
@@ -626,29 +647,40 @@ final class ChannelEngine: @unchecked Sendable {
                inbound.count - inboundHead < configuration.maxInboundQueuedMessages {
                 setReading(paused: false)
             }
-            completion.resume(returning: message)
-            return
+            return .done(message)
         }
-        if let failure {
-            completion.resume(throwing: failure)
-        } else if peerClosed || summary != nil {
-            completion.resume(returning: nil)
-        } else {
-            receiveWaiters.append(completion)
+        if let failure { return .failed(failure) }
+        if peerClosed || summary != nil { return .done(nil) }
+        return .wait
+    }
+
+    func receive(completion: CheckedContinuation<[UInt8]?, Error>) {
+        switch tryReceive() {
+        case .done(let message): completion.resume(returning: message)
+        case .failed(let error): completion.resume(throwing: error)
+        case .wait: receiveWaiters.append(completion)
         }
     }
 
     // MARK: writing
 
-    func send(_ message: [UInt8], completion: CheckedContinuation<Void, Error>) {
+    /// What a fast-path call on the queue decided.
+    enum Attempt<Value> {
+        case done(Value)
+        case failed(PeerError)
+        /// Nothing to return yet: wait with a continuation.
+        case wait
+    }
+
+    /// Seals and writes `message` at once; `.wait` when the outbound queue is now over its bound
+    /// (the message is queued; the caller waits for space).
+    func trySend(_ message: [UInt8]) -> Attempt<Void> {
         guard case .open(let open) = phase, !closeSent else {
-            completion.resume(throwing: failure ?? PeerError(.channelClosed, "send after close"))
-            return
+            return .failed(failure ?? PeerError(.channelClosed, "send after close"))
         }
         if let sender = open.sender {
             guard message.count <= sender.configuration.maxMessageSize else {
-                completion.resume(throwing: PeerError(.messageTooLarge, "message of \(message.count) bytes exceeds maxMessageSize \(sender.configuration.maxMessageSize)"))
-                return
+                return .failed(PeerError(.messageTooLarge, "message of \(message.count) bytes exceeds maxMessageSize \(sender.configuration.maxMessageSize)"))
             }
             // Sealed straight into the output buffer: one copy of the body, no allocation
             // once the buffer has grown to the working size.
@@ -666,8 +698,7 @@ final class ChannelEngine: @unchecked Sendable {
             case .failure(let error):
                 let failure = PeerError(error)
                 finish(error: failure)
-                completion.resume(throwing: failure)
-                return
+                return .failed(failure)
             }
         } else {
             output.append(message)
@@ -676,7 +707,15 @@ final class ChannelEngine: @unchecked Sendable {
         messagesSent += 1
         flush()
         if case .finished = phase {
-            completion.resume(throwing: failure ?? PeerError(.channelClosed, "channel ended during send"))
+            return .failed(failure ?? PeerError(.channelClosed, "channel ended during send"))
+        }
+        return output.count > configuration.maxOutboundQueuedBytes ? .wait : .done(())
+    }
+
+    /// Resumes `completion` once the outbound queue is back within its bound.
+    func awaitOutboundSpace(_ completion: CheckedContinuation<Void, Error>) {
+        if case .finished = phase {
+            completion.resume(throwing: failure ?? PeerError(.channelClosed, "channel closed"))
         } else if output.count > configuration.maxOutboundQueuedBytes {
             sendWaiters.append(completion)
         } else {

@@ -30,13 +30,17 @@ public struct ChannelRuntimeConfiguration: Sendable {
     public var peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)?
     /// Ephemeral X25519 keys (tests inject fixed ones).
     public var ephemeralKeys: EphemeralKeySource
+    /// SO_SNDBUF for our end of each channel socket (nil: the kernel default, about 208 KiB);
+    /// the kernel caps it at net.core.wmem_max.
+    public var socketSendBufferSize: Int?
 
     public init(
         handshake: HandshakeConfiguration = HandshakeConfiguration(),
         maxInboundQueuedBytes: Int = 4 << 20, maxInboundQueuedMessages: Int = 1024,
         maxOutboundQueuedBytes: Int = 1 << 20, readChunkSize: Int = 64 << 10, readsPerEvent: Int = 8,
         closeTimeout: Duration = .seconds(2), allowLegacyPeers: Bool = false,
-        peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil, ephemeralKeys: EphemeralKeySource = .system
+        peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil, ephemeralKeys: EphemeralKeySource = .system,
+        socketSendBufferSize: Int? = 1 << 20
     ) {
         precondition(maxInboundQueuedBytes >= 1 && maxInboundQueuedMessages >= 1, "inbound queue bounds must be positive")
         precondition(maxOutboundQueuedBytes >= 1, "outbound queue bound must be positive")
@@ -52,6 +56,7 @@ public struct ChannelRuntimeConfiguration: Sendable {
         self.allowLegacyPeers = allowLegacyPeers
         self.peerPolicy = peerPolicy
         self.ephemeralKeys = ephemeralKeys
+        self.socketSendBufferSize = socketSendBufferSize
     }
 }
 
