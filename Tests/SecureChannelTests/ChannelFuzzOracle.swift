@@ -99,7 +99,8 @@ enum ChannelFuzzFixture {
 /// exactly the genuine reply; a deadline that has passed always ends an unfinished handshake.
 ///
 /// Input layout: `input[0] % 3` picks the mode (0 responder msg1, 1 responder AUTH, 2 initiator
-/// msg2); bit 7 makes the last piece arrive at the deadline. The rest is fed in pieces.
+/// msg2); bit 7 makes the last piece arrive at the deadline; bit 6 reports EOF after the last
+/// piece (always `truncated` for an unfinished handshake). The rest is fed in pieces.
 enum HandshakeFuzzOracle {
     typealias Fixture = ChannelFuzzFixture
 
@@ -116,6 +117,7 @@ enum HandshakeFuzzOracle {
         guard let control = input.first else { return [] }
         let payload = Array(input.dropFirst())
         let late = control & 0x80 != 0
+        let eof = control & 0x40 != 0
         var rng = Fixture.SplitRandom(seed: input)
         let pieces = rng.pieces(of: payload.count, maxPiece: 160)
         let genuine = Fixture.genuine
@@ -125,12 +127,10 @@ enum HandshakeFuzzOracle {
         case 0, 1:
             let r = Fixture.makeResponder()
             var fed: [UInt8] = []
-            var expectedPrefix: [UInt8] = []
             if control % 3 == 1 {
                 guard case .send(let msg2)? = try? r.receive(genuine.msg1, now: Fixture.start), msg2 == genuine.msg2 else {
                     return ["the genuine msg1 no longer gets the genuine msg2"]
                 }
-                expectedPrefix = genuine.msg1
                 fed = genuine.msg1
             }
             var answered = control % 3 == 1
@@ -166,7 +166,7 @@ enum HandshakeFuzzOracle {
                     return out
                 }
             }
-            _ = expectedPrefix
+            if eof { expectTruncated { () throws(HandshakeError) in try r.receiveEOF() } }
         default:
             let i = Fixture.makeInitiator()
             var fed: [UInt8] = []
@@ -193,8 +193,15 @@ enum HandshakeFuzzOracle {
                     return out
                 }
             }
+            if eof { expectTruncated { () throws(HandshakeError) in try i.receiveEOF() } }
         }
         return out
+
+        func expectTruncated(_ body: () throws(HandshakeError) -> Never) {
+            do throws(HandshakeError) { try body() } catch {
+                if error.code != .truncated { out.append("EOF during the handshake gave \(error.code), not truncated") }
+            }
+        }
     }
 
     /// Bytes behind a completed handshake go to the channel; it must judge them without crashing.
@@ -365,7 +372,17 @@ enum FrameFuzzOracle {
         do throws(HandshakeError) {
             if first != nil { try drainEvents() }
             for piece in pieces.dropFirst(first == nil ? 0 : 1) {
-                try receiver.receive(Array(plan.stream[piece]))
+                if receiver.isClosed || rng.next() % 2 == 0 {
+                    try receiver.receive(Array(plan.stream[piece]))
+                } else {
+                    // The runtime's zero-copy path: read(2) straight into the lent space.
+                    plan.stream.withUnsafeBytes { src in
+                        receiver.withInputBuffer(minimumCapacity: piece.count) { dst in
+                            dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: src[piece]))
+                            return piece.count
+                        }
+                    }
+                }
                 try drainEvents()
                 if outcome == .open && receiver.bufferedByteCount >= FrameFormat.maxFrameLength {
                     out.append("\(receiver.bufferedByteCount) bytes buffered after draining: more than one frame")

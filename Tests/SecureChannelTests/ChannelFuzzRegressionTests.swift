@@ -48,6 +48,15 @@ import Testing
         }
     }
 
+    @Test func anEndOfFileInsideAnyGenuineMessageSatisfiesTheOracle() {
+        let g = ChannelFuzzFixture.genuine
+        for (mode, message) in [(UInt8(0x40), g.msg1), (0x41, g.auth), (0x42, g.msg2)] {
+            for cut in [0, 1, message.count / 2, message.count - 1] {
+                #expect(HandshakeFuzzOracle.violations([mode] + message[..<cut]).isEmpty, "mode \(mode) cut \(cut)")
+            }
+        }
+    }
+
     @Test func aFlippedBitInAnyGenuineMessageFailsWithoutViolatingTheOracle() {
         let g = ChannelFuzzFixture.genuine
         for (mode, message) in [(UInt8(0), g.msg1), (1, g.auth), (2, g.msg2)] {
