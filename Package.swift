@@ -57,7 +57,7 @@ let package = Package(
         ),
         .testTarget(name: "SyrupTests", dependencies: ["Syrup"]),
         .testTarget(name: "IdentityTests", dependencies: ["Identity", "SodiumCrypto"]),
-        .testTarget(name: "OCapNTests", dependencies: ["OCapN", "Syrup", "Identity"]),
+        .testTarget(name: "OCapNTests", dependencies: ["OCapN", "Syrup", "Identity", "SodiumCrypto"]),
         .testTarget(name: "SecureChannelTests", dependencies: ["SecureChannel", "Identity", "SodiumCrypto"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Identity"]),

@@ -178,6 +178,12 @@ public enum IdentityKeyFile {
         }
     }
 
+    /// Whether the file holds a secret key (plain or encrypted), as opposed to a public export.
+    public static func holdsSecret(_ contents: [UInt8], limits: IdentityFileLimits = .default) throws(IdentityError) -> Bool {
+        if case .publicOnly = try parse(contents, limits: limits).body { return false }
+        return true
+    }
+
     /// Whether the file's header declares passphrase encryption (no secret is touched).
     public static func isEncrypted(_ contents: [UInt8], limits: IdentityFileLimits = .default) throws(IdentityError) -> Bool {
         if case .encrypted = try parse(contents, limits: limits).body { return true }

@@ -68,10 +68,22 @@ extension IdentityKeyFile {
 /// Public identity files: accepts a public export (`type: ed25519-public`) or a private key file
 /// (only its public part is used, so no passphrase or permission check is needed).
 public enum PublicIdentityFile {
-    /// Loads the public identity recorded in either kind of identity file.
+    /// Loads the public identity recorded in either kind of identity file. A private key file
+    /// must still be private (mode 0600 or stricter): a readable one is refused here too, so the
+    /// user learns of the exposure whichever command touches the file first.
     public static func load(path: String, limits: IdentityFileLimits = .default) throws(IdentityError) -> PublicIdentity {
         var contents = try SecureFile.read(path: path, limit: limits.maxFileBytes, requirePrivate: false)
         defer { secureZero(&contents) }
+        let holdsSecret: Bool
+        do {
+            holdsSecret = try IdentityKeyFile.holdsSecret(contents, limits: limits)
+        } catch {
+            throw IdentityError(error.code, "\(path): \(error.detail)")
+        }
+        if holdsSecret {
+            var checked = try SecureFile.read(path: path, limit: limits.maxFileBytes, requirePrivate: true)
+            secureZero(&checked)
+        }
         do {
             return try IdentityKeyFile.decodePublic(contents, limits: limits)
         } catch {

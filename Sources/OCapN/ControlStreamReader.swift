@@ -129,7 +129,6 @@ public struct ControlStreamReader<Descriptor> {
             return .newConnection(pending, entry.descriptor)
         }
         try checkUnclaimed()
-        let valueStart = decoder.streamOffset
         let decoded: SyrupValue?
         do throws(SyrupError) {
             decoded = try decoder.next()
@@ -147,10 +146,10 @@ public struct ControlStreamReader<Descriptor> {
             awaitingMarker = value
             return try next()
         }
-        // A descriptor delivered with bytes of a message that claims none is misplaced.
-        if let first = queued.first, first.range.lowerBound < decoder.streamOffset, first.range.upperBound > valueStart {
-            throw fail(.unexpectedFD, "a descriptor arrived with a message that carries none")
-        }
+        // Bytes of earlier segments may share the descriptor's read (K5: a peer that sends
+        // uds:signature and at once an introduction), so a message inside that read is fine;
+        // only a read that ends with it leaves the descriptor with no marker to claim it.
+        try checkUnclaimed()
         return .message(value)
     }
 

@@ -169,6 +169,9 @@ public final class Listener: @unchecked Sendable {
                 connectionCount -= 1
             }
         }
+        // Cap reached with connections possibly still queued: continue on a later turn rather
+        // than trusting the source to fire again (see StreamConnection.handleReadable).
+        queue.async { [weak self] in self?.acceptReady() }
     }
 
     /// Returns whether accepting may continue at once.

@@ -343,6 +343,10 @@ public final class StreamConnection: @unchecked Sendable {
             inboundOffset += received.byteCount
             deliver(.received(chunk))
         }
+        // The per-event cap was reached with data possibly still queued. Do not rely on the read
+        // source firing again for it (it may not: seen as a stalled connection under load);
+        // continue on a later turn of the queue, after other connections had theirs.
+        queue.async { [weak self] in self?.handleReadable() }
     }
 
     private func deliver(_ event: StreamEvent) {

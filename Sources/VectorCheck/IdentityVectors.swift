@@ -1,5 +1,7 @@
 import Identity
+import OCapN
 import SodiumCrypto
+import Syrup
 
 /// `ocapn-uds/identity/v1` files (format: `Vectors/identity.md`). Each case is one of:
 /// a seed with its public key, designator, fingerprint and optional signature; a designator or
@@ -40,6 +42,20 @@ public enum IdentityVectors: VectorKind {
         if id.designator != (try c.string("designator")) { return .failed(name, "designator: got \(id.designator)") }
         if id.fingerprint != (try c.string("fingerprint")) { return .failed(name, "fingerprint: got \(id.fingerprint)") }
         if try PublicIdentity(designator: try c.string("designator")) != id { return .failed(name, "designator does not parse back") }
+        // The OCapN forms of the identity, when the case gives them.
+        let locator = PeerLocator(identity: id)
+        if let uri = c["locator_uri"] as? String {
+            if locator.uri != uri { return .failed(name, "locator URI: got \(locator.uri)") }
+            if (try? PeerLocator(uri: uri))?.identity != id { return .failed(name, "locator URI does not parse back") }
+        }
+        if c["locator_syrup"] != nil {
+            let bytes = SyrupEncoder.encode(locator.syrupValue)
+            if Hex.encode(bytes) != (try c.string("locator_syrup")) { return .failed(name, "locator Syrup: got \(Hex.encode(bytes))") }
+        }
+        if c["captp_public_key"] != nil {
+            let bytes = SyrupEncoder.encode(id.captpPublicKey)
+            if Hex.encode(bytes) != (try c.string("captp_public_key")) { return .failed(name, "CapTP public key: got \(Hex.encode(bytes))") }
+        }
         if c["signature"] != nil {
             let message = try c.hex("message")
             let signature = pair.sign(message)

@@ -22,7 +22,7 @@ enum TestHex {
     }
 }
 
-/// Files of the repository, located from this source file (never from /work/shared).
+/// Files of the repository, located from this source file (never from outside the repository).
 enum RepoFiles {
     static let root = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

@@ -1,0 +1,76 @@
+import Foundation
+import SecureChannel
+import SodiumCrypto
+import Transport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Throughput of an established UDS-HS1 channel over a socketpair: a sender thread seals messages
+/// and writes them, the receiver reads large chunks and opens every frame.
+enum ChannelBench {
+    static func throughput(messageSize: Int, totalBytes: Int) throws -> Double {
+        var runs = Samples()
+        for _ in 0..<3 {
+            let (sa, sb) = try FileDescriptor.socketPair()
+            defer { sa.close(); sb.close() }
+            let (senderSession, receiverSession) = try establish(sa, sb)
+            let rawA = try sa.withRawDescriptor { $0 }
+            let rawB = try sb.withRawDescriptor { $0 }
+            let count = max(1, totalBytes / messageSize)
+            let t0 = nowNanos()
+            let sender = senderSession.sender
+            nonisolated(unsafe) let unsafeSender = sender
+            let writer = Thread {
+                let message = [UInt8](repeating: 0x5a, count: messageSize)
+                var out = [UInt8](repeating: 0, count: unsafeSender.sealedLength(messageLength: messageSize))
+                for _ in 0..<count {
+                    let n = message.withUnsafeBytes { m in
+                        out.withUnsafeMutableBytes { o in (try? unsafeSender.seal(m, into: o)) ?? 0 }
+                    }
+                    var off = 0
+                    while off < n {
+                        let w = out.withUnsafeBytes { Glibc.send(rawA, $0.baseAddress! + off, n - off, Int32(MSG_NOSIGNAL)) }
+                        if w > 0 { off += w } else if errno != EINTR { return }
+                    }
+                }
+            }
+            writer.start()
+            let receiver = receiverSession.receiver
+            var received = 0
+            var messages = 0
+            while messages < count {
+                var eof = false
+                try receiver.withInputBuffer(minimumCapacity: 256 << 10) { buf in
+                    let n = Glibc.read(rawB, buf.baseAddress, buf.count)
+                    if n <= 0 { eof = true; return 0 }
+                    return n
+                }
+                if eof { throw BenchError("channel bench: socket closed early") }
+                while true {
+                    let r = try receiver.nextMessage { $0.count }
+                    guard case let .message(len) = r else { break }
+                    received += len
+                    messages += 1
+                }
+            }
+            runs.add(Double(received) / Double(nowNanos() - t0) * 1e9)
+        }
+        return runs.median
+    }
+
+    static func establish(_ sa: FileDescriptor, _ sb: FileDescriptor) throws -> (EstablishedSession, EstablishedSession) {
+        let a = Ed25519.generate()
+        let b = Ed25519.generate()
+        let idA = try HandshakeIdentity(publicKey: a.publicKey, secretKey: a.secretKey)
+        let idB = try HandshakeIdentity(publicKey: b.publicKey, secretKey: b.secretKey)
+        let now = ContinuousClock.now
+        let initiator = try HandshakeInitiator(identity: idA, responder: b.publicKey, keyCache: X25519KeyCache(), now: now)
+        let responder = HandshakeResponder(identity: idB, announcedInitiator: a.publicKey, keyCache: X25519KeyCache(), now: now)
+        guard case let .send(msg2) = try responder.receive(initiator.initialMessage, now: now),
+              case let .established(sa2, send: auth) = try initiator.receive(msg2, now: now),
+              case let .established(sb2, _) = try responder.receive(auth, now: now)
+        else { throw BenchError("channel bench: handshake failed") }
+        return (sa2, sb2)
+    }
+}

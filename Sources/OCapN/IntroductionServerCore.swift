@@ -1,0 +1,642 @@
+import Identity
+import Syrup
+
+/// The introduction server as a sans-IO machine (ocapn-uds-wire.md §5–§7; reliability catalog
+/// §3.6): events in (connection accepted, bytes and descriptors received, end of stream,
+/// transport failure, forward outcome, clock tick), actions out (send bytes, forward a record
+/// with a descriptor, close a descriptor, close a connection, audit, log). No sockets, clocks,
+/// randomness or loggers: time is monotonic nanoseconds passed in, challenges and descriptor
+/// checks are injected, so tests drive it with plain values.
+///
+/// It holds the connection table (a `RegistrationServer` and a `ControlStreamReader` per
+/// connection), the routing table (registered key → connection; hints are ignored), the
+/// pending introductions for targets not registered yet, and a token bucket per peer.
+///
+/// Descriptor ownership: every descriptor handed to `received` ends up, exactly once, in a
+/// `.closeDescriptor` or a `.forward` action (possibly after waiting in the reader or in the
+/// pending queue); `shutdown` hands back everything still held. A `.forward` passes ownership to
+/// the runtime, which sends the descriptor or closes it, and then reports the outcome with
+/// `forwardSucceeded` or `forwardFailed`.
+///
+/// Policy choices (docs/INTRO-SERVER.md): a second live registration of a key wins and the older
+/// connection is closed (`replacedByNewer` on the newer `registration.accepted`); any protocol
+/// error closes the connection; a well-formed introduction that is refused for a semantic reason
+/// (rate, descriptor kind, self, caps) closes only its descriptor.
+///
+/// Not thread-safe: the runtime calls it from one serial queue.
+public final class IntroductionServerCore<Descriptor> {
+    public typealias ConnectionID = IntroductionServerConnectionID
+    public typealias Reason = IntroductionServerReason
+
+    /// A record to send to `target` followed by the marker carrying `descriptor`. The runtime
+    /// owns `descriptor` from here on and reports back with the whole value.
+    public struct Forward {
+        public let target: ConnectionID
+        /// The `uds:new-connection` record, canonical Syrup (byte-identical to what the sender
+        /// wrote: canonical encoding has one form).
+        public let record: [UInt8]
+        public let descriptor: Descriptor
+        public let attempt: UInt64
+        public let from: PublicIdentity
+        public let to: PublicIdentity
+        let requestedAt: UInt64
+    }
+
+    public enum Action {
+        /// Queue bytes on a connection.
+        case send(ConnectionID, [UInt8])
+        /// Queue `record`, then `UDSNewConnection.fdMarker` with the descriptor in one `sendmsg`.
+        case forward(Forward)
+        /// Close a descriptor the core refused or no longer needs.
+        case closeDescriptor(Descriptor)
+        /// Close the connection (the core has forgotten it; no more events for it).
+        case close(ConnectionID)
+        case audit(IntroductionServerAuditRecord)
+        case log(IntroductionServerLogEntry)
+    }
+
+    // MARK: state
+
+    private struct Registering {
+        let deadline: UInt64
+        /// The key `uds:register` named, once it arrived (for the refusal record).
+        var claimed: PublicIdentity?
+    }
+
+    private struct Registered {
+        let identity: PublicIdentity
+        var tokens: Double
+        var refilledAt: UInt64
+        /// When the message now in progress began, for the partial-message deadline.
+        var partialSince: UInt64?
+    }
+
+    private enum Phase {
+        case registering(Registering)
+        case registered(Registered)
+    }
+
+    /// A class so the reader's buffers are mutated in place inside the table.
+    private final class Connection {
+        let id: ConnectionID
+        let credentials: IntroductionServerCredentials
+        let acceptedAt: UInt64
+        let registrationAttempt: UInt64
+        var reader: ControlStreamReader<Descriptor>
+        var registration: RegistrationServer
+        var phase: Phase
+
+        init(id: ConnectionID, credentials: IntroductionServerCredentials, acceptedAt: UInt64, attempt: UInt64,
+             reader: ControlStreamReader<Descriptor>, registration: RegistrationServer, deadline: UInt64) {
+            self.id = id
+            self.credentials = credentials
+            self.acceptedAt = acceptedAt
+            registrationAttempt = attempt
+            self.reader = reader
+            self.registration = registration
+            phase = .registering(Registering(deadline: deadline, claimed: nil))
+        }
+
+        var identity: PublicIdentity? {
+            if case let .registered(r) = phase { return r.identity }
+            return nil
+        }
+    }
+
+    private struct Pending {
+        let attempt: UInt64
+        let from: PublicIdentity
+        let to: PublicIdentity
+        let record: [UInt8]
+        let descriptor: Descriptor
+        let requestedAt: UInt64
+    }
+
+    public let configuration: IntroductionServerConfiguration
+    private var limits: IntroductionServerLimits { configuration.limits }
+    private let signer: SigningIdentity
+    private let makeChallenge: () -> Challenge
+    private let checkDescriptor: (Descriptor) -> IntroductionServerDescriptorVerdict
+    private let readerLimits: ControlStreamReader<Descriptor>.Limits
+    private let registrationTimeout: UInt64
+    private let partialTimeout: UInt64
+    private let pendingLifetime: UInt64
+
+    private var connections: [ConnectionID: Connection] = [:]
+    private var routes: [PublicIdentity: ConnectionID] = [:]
+    private var unauthenticated = 0
+    private var locators: IntroductionServerLocatorParser
+    private var nextAttempt: UInt64
+
+    private var pending: [UInt64: Pending] = [:]
+    private var pendingByTarget: [PublicIdentity: [UInt64]] = [:]
+    private var pendingBySender: [PublicIdentity: Int] = [:]
+
+    // Deadlines are a constant offset from a nondecreasing clock, so each queue is in deadline
+    // order by construction; stale entries are skipped when they reach the head.
+    private var registrationDeadlines = DeadlineQueue<ConnectionID>()
+    private var partialDeadlines = DeadlineQueue<ConnectionID>()
+    private var expiries = DeadlineQueue<UInt64>()
+
+    /// - Parameters:
+    ///   - signer: the server's identity; it signs each peer's 64-byte challenge.
+    ///   - attemptIDBase: random start of this run's audit attempt ids (ids are base + counter).
+    ///   - makeChallenge: a fresh 64-byte challenge per connection (`Challenge.random` in production).
+    ///   - checkDescriptor: the kind check for a passed descriptor (fstat/getsockopt only).
+    public init(
+        signer: SigningIdentity, configuration: IntroductionServerConfiguration, attemptIDBase: UInt64,
+        makeChallenge: @escaping () -> Challenge,
+        checkDescriptor: @escaping (Descriptor) -> IntroductionServerDescriptorVerdict
+    ) {
+        precondition(configuration.limits.problems.isEmpty,
+                     "invalid limits: \(configuration.limits.problems.joined(separator: "; "))")
+        self.signer = signer
+        self.configuration = configuration
+        self.makeChallenge = makeChallenge
+        self.checkDescriptor = checkDescriptor
+        nextAttempt = attemptIDBase
+        let limits = configuration.limits
+        readerLimits = .init(syrup: limits.syrupLimits, maxQueuedDescriptors: 1)
+        registrationTimeout = limits.registrationTimeout.nanoseconds
+        partialTimeout = limits.partialMessageTimeout.nanoseconds
+        pendingLifetime = limits.pendingLifetime.nanoseconds
+        locators = IntroductionServerLocatorParser(recentCapacity: configuration.designatorCacheSize)
+    }
+
+    // MARK: observation
+
+    public var connectionCount: Int { connections.count }
+    public var registeredCount: Int { routes.count }
+    public var unauthenticatedCount: Int { unauthenticated }
+    public var pendingCount: Int { pending.count }
+    /// The connection a key is routed to, if registered.
+    public func route(for identity: PublicIdentity) -> ConnectionID? { routes[identity] }
+
+    /// The earliest time `tick` has work (possibly a little early; never late).
+    public var nextDeadline: UInt64? {
+        [registrationDeadlines.head, partialDeadlines.head, expiries.head].compactMap { $0 }.min()
+    }
+
+    // MARK: events
+
+    /// A connection was accepted. Refused at once (`.close`) when the uid is not allowed or a
+    /// connection cap is reached.
+    public func connectionAccepted(_ id: ConnectionID, credentials: IntroductionServerCredentials, now: UInt64) -> [Action] {
+        precondition(connections[id] == nil, "connection id \(id) reused")
+        var out: [Action] = []
+        let refusal: Reason?
+        if !configuration.allowedUIDs.contains(credentials.uid) {
+            refusal = .uidNotAllowed
+        } else if connections.count >= limits.maxClients {
+            refusal = .tooManyClients
+        } else if unauthenticated >= limits.maxUnauthenticated {
+            refusal = .tooManyUnauthenticated
+        } else {
+            refusal = nil
+        }
+        if let refusal {
+            let attempt = takeAttempt()
+            out.append(.audit(.init(.registrationRefused, reason: refusal, attempt: attempt, credentials: credentials,
+                                    durationNanoseconds: 0)))
+            out.append(.log(.init(.notice, "connection refused", connection: id, credentials: credentials, reason: refusal)))
+            out.append(.close(id))
+            return out
+        }
+        let deadline = now.addingSaturated(registrationTimeout)
+        let connection = Connection(
+            id: id, credentials: credentials, acceptedAt: now, attempt: takeAttempt(),
+            reader: ControlStreamReader(limits: readerLimits),
+            registration: RegistrationServer(signer: signer, challenge: makeChallenge()), deadline: deadline)
+        connections[id] = connection
+        unauthenticated += 1
+        registrationDeadlines.push(deadline, id)
+        if configuration.debugLogging {
+            out.append(.log(.init(.debug, "connection accepted", connection: id, credentials: credentials)))
+        }
+        return out
+    }
+
+    /// The bytes and descriptors of one read. The core owns `descriptors` from here on.
+    public func received(_ id: ConnectionID, bytes: [UInt8], descriptors: [Descriptor], now: UInt64) -> [Action] {
+        guard let connection = connections[id] else {
+            // The runtime forwards events only for connections the core has not closed.
+            preconditionFailure("received for unknown connection \(id)")
+        }
+        var out: [Action] = []
+        do throws(ControlStreamReader<Descriptor>.ReadError) {
+            try connection.reader.receive(bytes, descriptors: descriptors)
+        } catch {
+            drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
+            return out
+        }
+        while connections[id] != nil {
+            let item: ControlStreamReader<Descriptor>.Item?
+            do throws(ControlStreamReader<Descriptor>.ReadError) {
+                item = try connection.reader.next()
+            } catch {
+                drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
+                return out
+            }
+            guard let item else { break }
+            switch item {
+            case let .message(value):
+                handleMessage(value, on: connection, now: now, into: &out)
+            case let .newConnection(value, descriptor):
+                handleNewConnection(value, descriptor: descriptor, on: connection, now: now, into: &out)
+            }
+        }
+        if connections[id] != nil, case var .registered(r) = connection.phase {
+            // Track the partial-message deadline only for registered peers: before that the
+            // absolute registration deadline covers a slow sender.
+            if connection.reader.isMidMessage {
+                if r.partialSince == nil {
+                    r.partialSince = now
+                    connection.phase = .registered(r)
+                    partialDeadlines.push(now.addingSaturated(partialTimeout), id)
+                }
+            } else if r.partialSince != nil {
+                r.partialSince = nil
+                connection.phase = .registered(r)
+            }
+        }
+        return out
+    }
+
+    /// The peer shut down its side (EOF).
+    public func endOfStream(_ id: ConnectionID, now: UInt64) -> [Action] {
+        guard let connection = connections[id] else { preconditionFailure("endOfStream for unknown connection \(id)") }
+        var out: [Action] = []
+        do throws(ControlStreamReader<Descriptor>.ReadError) {
+            try connection.reader.finish()
+        } catch {
+            drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
+            return out
+        }
+        drop(connection, reason: .peerReset, detail: "the peer closed the connection", now: now, into: &out)
+        return out
+    }
+
+    /// The transport failed (reset, I/O error, MSG_CTRUNC as `.extraFds`, output overflow).
+    public func connectionFailed(_ id: ConnectionID, reason: Reason, detail: String, now: UInt64) -> [Action] {
+        guard let connection = connections[id] else { preconditionFailure("connectionFailed for unknown connection \(id)") }
+        var out: [Action] = []
+        drop(connection, reason: reason, detail: detail, now: now, into: &out)
+        return out
+    }
+
+    /// The runtime queued a `.forward` on the target's connection.
+    public func forwardSucceeded(_ forward: Forward, now: UInt64) -> [Action] {
+        var out: [Action] = [.audit(.init(.introductionForwarded, attempt: forward.attempt, from: forward.from,
+                                          to: forward.to, durationNanoseconds: now &- forward.requestedAt))]
+        if configuration.debugLogging {
+            out.append(.log(.init(.debug, "introduction forwarded", connection: forward.target, peer: forward.from,
+                                  target: forward.to)))
+        }
+        return out
+    }
+
+    /// The runtime could not queue a `.forward` (and closed its descriptor): the target's
+    /// connection is gone or does not read. The target is dropped.
+    public func forwardFailed(_ forward: Forward, reason: Reason, detail: String, now: UInt64) -> [Action] {
+        var out: [Action] = [.audit(.init(.introductionRefused, reason: reason, attempt: forward.attempt,
+                                          from: forward.from, to: forward.to,
+                                          durationNanoseconds: now &- forward.requestedAt))]
+        if let target = connections[forward.target] {
+            drop(target, reason: reason, detail: detail, now: now, into: &out)
+        }
+        return out
+    }
+
+    /// Runs every deadline due at `now`: registration timeouts, partial-message timeouts,
+    /// expired pending introductions.
+    public func tick(now: UInt64) -> [Action] {
+        var out: [Action] = []
+        while let id = registrationDeadlines.popDue(now) {
+            guard let connection = connections[id], case .registering = connection.phase else { continue }
+            drop(connection, reason: .registrationTimeout, detail: "no verified uds:signature within the registration deadline",
+                 now: now, into: &out)
+        }
+        while let id = partialDeadlines.popDue(now) {
+            guard let connection = connections[id], case let .registered(r) = connection.phase,
+                  let since = r.partialSince, now >= since.addingSaturated(partialTimeout) else { continue }
+            drop(connection, reason: .timeout, detail: "a message stayed incomplete past the partial-message deadline",
+                 now: now, into: &out)
+        }
+        while let attempt = expiries.popDue(now) {
+            guard let p = removePending(attempt) else { continue }
+            out.append(.closeDescriptor(p.descriptor))
+            out.append(.audit(.init(.introductionExpired, reason: .targetUnknownExpired, attempt: p.attempt,
+                                    from: p.from, to: p.to, durationNanoseconds: now &- p.requestedAt)))
+            out.append(.log(.init(.info, "introduction expired: target never registered", peer: p.from, target: p.to,
+                                  reason: .targetUnknownExpired)))
+        }
+        return out
+    }
+
+    /// Closes everything: every connection, every held descriptor. The core is empty afterwards.
+    public func shutdown(now: UInt64) -> [Action] {
+        var out: [Action] = []
+        for id in connections.keys.sorted() {
+            if let connection = connections[id] {
+                drop(connection, reason: .serverShutdown, detail: "server shutting down", now: now, into: &out)
+            }
+        }
+        for attempt in pending.keys.sorted() {
+            guard let p = removePending(attempt) else { continue }
+            out.append(.closeDescriptor(p.descriptor))
+            out.append(.audit(.init(.introductionRefused, reason: .serverShutdown, attempt: p.attempt, from: p.from,
+                                    to: p.to, durationNanoseconds: now &- p.requestedAt)))
+        }
+        registrationDeadlines = DeadlineQueue()
+        partialDeadlines = DeadlineQueue()
+        expiries = DeadlineQueue()
+        return out
+    }
+
+    // MARK: messages
+
+    private func handleMessage(_ value: SyrupValue, on connection: Connection, now: UInt64, into out: inout [Action]) {
+        let message: UDSMessage
+        do { message = try UDSMessage(syrup: value) } catch {
+            drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
+            return
+        }
+        if case let .register(register) = message, case var .registering(r) = connection.phase {
+            r.claimed = register.locator.identity
+            connection.phase = .registering(r)
+        }
+        let actions: [RegistrationServer.Action]
+        do { actions = try connection.registration.receive(message) } catch {
+            drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
+            return
+        }
+        for action in actions {
+            switch action {
+            case let .send(reply):
+                out.append(.send(connection.id, reply.encoded))
+            case let .registered(peer):
+                register(connection, as: peer.identity, now: now, into: &out)
+            case .forward:
+                // Only `uds:new-connection` yields a forward, and it never takes this path.
+                preconditionFailure("a forward from a message without a descriptor")
+            }
+        }
+    }
+
+    private func handleNewConnection(_ value: SyrupValue, descriptor: Descriptor, on connection: Connection, now: UInt64,
+                                     into out: inout [Action]) {
+        guard connection.identity != nil else {
+            out.append(.closeDescriptor(descriptor))
+            drop(connection, reason: .malformedMessage, detail: "uds:new-connection before registration", now: now, into: &out)
+            return
+        }
+        guard case let .record(_, fields) = value else {
+            preconditionFailure("the reader yields uds:new-connection records only")
+        }
+        let request: UDSNewConnection
+        do { request = try locators.newConnection(fields: fields) } catch {
+            out.append(.closeDescriptor(descriptor))
+            drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
+            return
+        }
+        let actions: [RegistrationServer.Action]
+        do { actions = try connection.registration.receive(.newConnection(request)) } catch {
+            out.append(.closeDescriptor(descriptor))
+            if error.code == .spoofedFrom, let sender = connection.identity {
+                // The attempt is audited on its own; the connection then closes without a
+                // second record, since this one explains it.
+                out.append(.audit(.init(.introductionRefused, reason: .spoofedFrom, attempt: takeAttempt(), from: sender,
+                                        to: request.to.routingKey, credentials: connection.credentials,
+                                        durationNanoseconds: 0)))
+                drop(connection, reason: nil, detail: error.detail, now: now, into: &out, logReason: .spoofedFrom)
+            } else {
+                drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
+            }
+            return
+        }
+        guard actions.count == 1, case let .forward(introduction) = actions[0] else {
+            preconditionFailure("a registered RegistrationServer answers uds:new-connection with one forward")
+        }
+        introduce(introduction, descriptor: descriptor, on: connection, now: now, into: &out)
+    }
+
+    private func introduce(_ introduction: Introduction, descriptor: Descriptor, on connection: Connection, now: UInt64,
+                           into out: inout [Action]) {
+        let from = introduction.sender.identity
+        let to = introduction.target
+        let attempt = takeAttempt()
+        out.append(.audit(.init(.introductionRequested, attempt: attempt, from: from, to: to)))
+
+        func refuse(_ reason: Reason, _ message: String, detail: String? = nil) {
+            out.append(.closeDescriptor(descriptor))
+            out.append(.audit(.init(.introductionRefused, reason: reason, attempt: attempt, from: from, to: to,
+                                    credentials: connection.credentials, durationNanoseconds: 0)))
+            out.append(.log(.init(.info, message, connection: connection.id, peer: from, target: to,
+                                  credentials: connection.credentials, reason: reason, detail: detail)))
+        }
+
+        if !takeToken(connection, now: now) {
+            return refuse(.rateLimited, "introduction refused: rate limit")
+        }
+        if case let .refused(kind) = checkDescriptor(descriptor) {
+            return refuse(.fdInvalid, "introduction refused: the passed descriptor is not a socketpair end", detail: kind)
+        }
+        if from == to {
+            return refuse(.selfConnection, "introduction refused: a peer introduced to itself")
+        }
+        let record = introduction.forward.encoded
+        if let target = routes[to] {
+            out.append(.forward(Forward(target: target, record: record, descriptor: descriptor, attempt: attempt,
+                                        from: from, to: to, requestedAt: now)))
+            return
+        }
+        guard pendingLifetime > 0 else {
+            return refuse(.targetUnknownExpired, "introduction refused: target not registered (no waiting configured)")
+        }
+        guard pending.count < limits.maxPendingTotal, pendingByTarget[to, default: []].count < limits.maxPendingPerTarget,
+              pendingBySender[from, default: 0] < limits.maxPendingPerSender else {
+            return refuse(.pendingLimit, "introduction refused: pending-introduction cap reached")
+        }
+        pending[attempt] = Pending(attempt: attempt, from: from, to: to, record: record, descriptor: descriptor,
+                                   requestedAt: now)
+        pendingByTarget[to, default: []].append(attempt)
+        pendingBySender[from, default: 0] += 1
+        expiries.push(now.addingSaturated(pendingLifetime), attempt)
+        out.append(.audit(.init(.introductionQueued, attempt: attempt, from: from, to: to)))
+        if configuration.debugLogging {
+            out.append(.log(.init(.debug, "introduction queued until the target registers", connection: connection.id,
+                                  peer: from, target: to)))
+        }
+    }
+
+    // MARK: registration and routing
+
+    private func register(_ connection: Connection, as identity: PublicIdentity, now: UInt64, into out: inout [Action]) {
+        guard case .registering = connection.phase else { preconditionFailure("registered twice") }
+        let limits = limits
+        connection.phase = .registered(Registered(identity: identity, tokens: Double(limits.introductionBurst),
+                                                  refilledAt: now, partialSince: nil))
+        unauthenticated -= 1
+        var reason: Reason?
+        if let previousID = routes[identity], let previous = connections[previousID] {
+            // Newest wins: a restarted peer must not wait for the old connection to time out,
+            // and only one connection per key may receive its introductions.
+            reason = .replacedByNewer
+            out.append(.log(.init(.notice, "registration replaced by a newer connection of the same key",
+                                  connection: previousID, peer: identity, credentials: previous.credentials,
+                                  reason: .replacedByNewer)))
+            drop(previous, reason: nil, detail: "replaced by a newer registration", now: now, into: &out)
+        }
+        routes[identity] = connection.id
+        locators.pin(identity)
+        out.append(.audit(.init(.registrationAccepted, reason: reason, attempt: connection.registrationAttempt,
+                                proved: identity, credentials: connection.credentials,
+                                durationNanoseconds: now &- connection.acceptedAt)))
+        out.append(.log(.init(.info, "peer registered", connection: connection.id, peer: identity,
+                              credentials: connection.credentials)))
+        deliverPending(to: identity, on: connection.id, into: &out)
+    }
+
+    private func deliverPending(to identity: PublicIdentity, on target: ConnectionID, into out: inout [Action]) {
+        guard let attempts = pendingByTarget[identity] else { return }
+        for attempt in attempts {
+            guard let p = removePending(attempt) else { continue }
+            out.append(.forward(Forward(target: target, record: p.record, descriptor: p.descriptor, attempt: p.attempt,
+                                        from: p.from, to: p.to, requestedAt: p.requestedAt)))
+        }
+    }
+
+    private func removePending(_ attempt: UInt64) -> Pending? {
+        guard let p = pending.removeValue(forKey: attempt) else { return nil }
+        if var list = pendingByTarget[p.to], let i = list.firstIndex(of: attempt) {
+            list.remove(at: i)
+            pendingByTarget[p.to] = list.isEmpty ? nil : list
+        }
+        let left = pendingBySender[p.from, default: 1] - 1
+        pendingBySender[p.from] = left > 0 ? left : nil
+        return p
+    }
+
+    private func takeToken(_ connection: Connection, now: UInt64) -> Bool {
+        let rate = limits.introductionsPerSecond
+        guard rate > 0, case var .registered(r) = connection.phase else { return true }
+        if now > r.refilledAt {
+            let earned = Double(now - r.refilledAt) * Double(rate) / 1e9
+            r.tokens = min(Double(limits.introductionBurst), r.tokens + earned)
+            r.refilledAt = now
+        }
+        let granted = r.tokens >= 1
+        if granted { r.tokens -= 1 }
+        connection.phase = .registered(r)
+        return granted
+    }
+
+    // MARK: closing
+
+    /// Forgets `connection`, closes what it held, and records why. Before registration every
+    /// close ends the registration attempt (`reason` nil means peerReset). After registration a
+    /// protocol error is recorded as a refused introduction (the only thing a registered peer
+    /// may send); a plain disconnect, a replacement or a shutdown is only logged.
+    private func drop(_ connection: Connection, reason: Reason?, detail: String, now: UInt64, into out: inout [Action],
+                      logReason: Reason? = nil) {
+        let id = connection.id
+        guard connections.removeValue(forKey: id) != nil else { return }
+        for descriptor in connection.reader.drainDescriptors() { out.append(.closeDescriptor(descriptor)) }
+        switch connection.phase {
+        case let .registering(r):
+            unauthenticated -= 1
+            let why = reason ?? .peerReset
+            out.append(.audit(.init(.registrationRefused, reason: why, attempt: connection.registrationAttempt,
+                                    claimed: r.claimed, credentials: connection.credentials,
+                                    durationNanoseconds: now &- connection.acceptedAt)))
+            out.append(.log(.init(why == .peerReset || why == .serverShutdown ? .info : .notice,
+                                  "registration refused, connection closed", connection: id, peer: r.claimed,
+                                  credentials: connection.credentials, reason: why, detail: detail)))
+        case let .registered(r):
+            if routes[r.identity] == id {
+                routes[r.identity] = nil
+                locators.unpin(r.identity)
+            }
+            switch reason {
+            case nil, .peerReset?, .serverShutdown?:
+                out.append(.log(.init(logReason == nil ? .info : .notice,
+                                      logReason == nil ? "registered peer disconnected" : "registered peer dropped",
+                                      connection: id, peer: r.identity, credentials: connection.credentials,
+                                      reason: logReason ?? reason, detail: detail)))
+            case let why?:
+                out.append(.audit(.init(.introductionRefused, reason: why, attempt: takeAttempt(), from: r.identity,
+                                        credentials: connection.credentials, durationNanoseconds: 0)))
+                out.append(.log(.init(.notice, "registered peer dropped", connection: id, peer: r.identity,
+                                      credentials: connection.credentials, reason: why, detail: detail)))
+            }
+        }
+        out.append(.close(id))
+    }
+
+    private func takeAttempt() -> UInt64 {
+        defer { nextAttempt &+= 1 }
+        return nextAttempt
+    }
+
+    // MARK: error mapping (one place)
+
+    static func reason(_ code: OCapNError.Code) -> Reason {
+        switch code {
+        case .challengeLength: return .challengeLength
+        case .badSignature, .challengeMismatch: return .badSignature
+        case .spoofedFrom: return .spoofedFrom
+        case .limitExceeded: return .messageTooLarge
+        case .invalidSyrup, .malformedMessage, .unknownMessage, .unexpectedMessage, .reflectedChallenge,
+             .invalidPublicKey, .invalidSecretKey, .wrongTransport, .invalidDesignator, .invalidHint, .invalidURI,
+             .serverKeyMismatch, .wrongTarget:
+            return .malformedMessage
+        }
+    }
+
+    static func reason(_ code: ControlStreamReader<Descriptor>.ReadError.Code) -> Reason {
+        switch code {
+        case .malformedMessage: return .malformedMessage
+        case .messageTooLarge: return .messageTooLarge
+        case .fdMissing: return .fdMissing
+        case .unexpectedFD, .extraFDs: return .extraFds
+        case .truncated: return .truncated
+        }
+    }
+}
+
+/// Keys in deadline order, for deadlines that are a fixed offset from a nondecreasing clock.
+struct DeadlineQueue<Key> {
+    private var entries: [(deadline: UInt64, key: Key)] = []
+    private var headIndex = 0
+
+    var head: UInt64? { headIndex < entries.count ? entries[headIndex].deadline : nil }
+    var count: Int { entries.count - headIndex }
+
+    mutating func push(_ deadline: UInt64, _ key: Key) {
+        // Deadlines arrive in order; keep the queue sorted anyway if the clock misbehaves.
+        var i = entries.count
+        while i > headIndex && entries[i - 1].deadline > deadline { i -= 1 }
+        entries.insert((deadline, key), at: i)
+    }
+
+    mutating func popDue(_ now: UInt64) -> Key? {
+        guard headIndex < entries.count, entries[headIndex].deadline <= now else { return nil }
+        let key = entries[headIndex].key
+        headIndex += 1
+        if headIndex == entries.count {
+            entries.removeAll(keepingCapacity: entries.count <= 1024)
+            headIndex = 0
+        } else if headIndex >= 1024 && headIndex * 2 >= entries.count {
+            entries.removeFirst(headIndex)
+            headIndex = 0
+        }
+        return key
+    }
+}
+
+extension UInt64 {
+    func addingSaturated(_ other: UInt64) -> UInt64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? .max : sum
+    }
+}

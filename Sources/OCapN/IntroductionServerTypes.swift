@@ -1,0 +1,261 @@
+import Identity
+import Syrup
+
+/// One control connection of the introduction server; assigned by the runtime, never reused
+/// within a run.
+public struct IntroductionServerConnectionID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public let rawValue: UInt64
+    public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    public var description: String { "c\(rawValue)" }
+    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// SO_PEERCRED of a control connection, as the kernel reported it at accept: a hint for logs,
+/// audit and the uid policy, never an identity.
+public struct IntroductionServerCredentials: Hashable, Sendable, CustomStringConvertible {
+    public let pid: Int32
+    public let uid: UInt32
+    public let gid: UInt32
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+    public var description: String { "pid=\(pid) uid=\(uid) gid=\(gid)" }
+}
+
+/// Stable reason codes of the introduction server. The raw values are the audit log's reason
+/// codes (docs/AUDIT.md, docs/INTRO-SERVER.md), so the runtime maps them one to one.
+public enum IntroductionServerReason: String, Sendable, CaseIterable {
+    /// A registration signature (or signed payload) that does not verify.
+    case badSignature
+    /// A registration challenge that is not exactly 64 bytes: never signed.
+    case challengeLength
+    /// Bytes that are not canonical Syrup, or not the message the state allows.
+    case malformedMessage
+    /// A message over the size, depth or count limits.
+    case messageTooLarge
+    /// `uds:new-connection` whose `from` is not the sender's registered identity.
+    case spoofedFrom
+    /// The marker after `uds:new-connection` carried no descriptor.
+    case fdMissing
+    /// The passed descriptor is not a connected, unnamed AF_UNIX stream socket.
+    case fdInvalid
+    /// A descriptor where none belongs, more than one, or MSG_CTRUNC.
+    case extraFds
+    /// No verified `uds:signature` within the absolute registration deadline.
+    case registrationTimeout
+    /// The connection cap was reached.
+    case tooManyClients
+    /// The cap on connections that have not registered yet was reached.
+    case tooManyUnauthenticated
+    /// A pending-introduction cap (per target, per sender, in total) was reached.
+    case pendingLimit
+    /// The sender exceeded its introductions-per-second budget.
+    case rateLimited
+    /// The target did not register within the pending lifetime.
+    case targetUnknownExpired
+    /// The connecting uid is not allowed.
+    case uidNotAllowed
+    /// The peer does not read: its output queue is full.
+    case outputOverflow
+    /// A newer registration of the same key took over (on the newer `registration.accepted`).
+    case replacedByNewer
+    /// The server is shutting down.
+    case serverShutdown
+    /// The stream ended inside a message or before a marker.
+    case truncated
+    /// A registered peer left a message incomplete past the partial-message deadline.
+    case timeout
+    /// The peer closed the connection (before registering).
+    case peerReset
+    /// A local I/O error ended the connection.
+    case ioError
+    /// An introduction of a peer to itself.
+    case selfConnection
+}
+
+/// One audit fact from the core; the runtime turns it into an `AuditEvent` of the same kind.
+///
+/// Every registration attempt (one per connection) ends in exactly one `registrationAccepted` or
+/// `registrationRefused`; every introduction attempt ends in exactly one `introductionForwarded`,
+/// `introductionExpired` or `introductionRefused` (after `introductionRequested` and possibly
+/// `introductionQueued` with the same `attempt`).
+public struct IntroductionServerAuditRecord: Equatable, Sendable {
+    public enum Kind: String, Sendable, CaseIterable {
+        case registrationAccepted, registrationRefused
+        case introductionRequested, introductionQueued
+        case introductionForwarded, introductionExpired, introductionRefused
+
+        /// Whether a record of this kind ends its attempt.
+        public var isTerminal: Bool {
+            switch self {
+            case .registrationAccepted, .registrationRefused, .introductionForwarded, .introductionExpired,
+                 .introductionRefused:
+                return true
+            case .introductionRequested, .introductionQueued:
+                return false
+            }
+        }
+    }
+
+    public var kind: Kind
+    public var reason: IntroductionServerReason?
+    public var attempt: UInt64
+    /// Registration: the key `uds:register` named (proved only on `registrationAccepted`).
+    public var claimed: PublicIdentity?
+    /// Registration: the key the peer proved by signing our challenge.
+    public var proved: PublicIdentity?
+    /// Introduction: the sender's registered identity, and the target's key.
+    public var from: PublicIdentity?
+    public var to: PublicIdentity?
+    public var credentials: IntroductionServerCredentials?
+    /// From accept (registration) or from the request (introduction) to this record.
+    public var durationNanoseconds: UInt64?
+
+    public init(
+        _ kind: Kind, reason: IntroductionServerReason? = nil, attempt: UInt64, claimed: PublicIdentity? = nil,
+        proved: PublicIdentity? = nil, from: PublicIdentity? = nil, to: PublicIdentity? = nil,
+        credentials: IntroductionServerCredentials? = nil, durationNanoseconds: UInt64? = nil
+    ) {
+        self.kind = kind
+        self.reason = reason
+        self.attempt = attempt
+        self.claimed = claimed
+        self.proved = proved
+        self.from = from
+        self.to = to
+        self.credentials = credentials
+        self.durationNanoseconds = durationNanoseconds
+    }
+}
+
+/// One operational log line from the core. `message` is a fixed phrase; variable facts are
+/// metadata (fingerprints, credentials, the error's local detail), never key material.
+public struct IntroductionServerLogEntry: Equatable, Sendable {
+    public enum Level: Int, Sendable, Comparable {
+        case debug, info, notice, warning, error
+        public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+    }
+
+    public var level: Level
+    public var message: String
+    public var connection: IntroductionServerConnectionID?
+    public var peer: PublicIdentity?
+    public var target: PublicIdentity?
+    public var credentials: IntroductionServerCredentials?
+    public var reason: IntroductionServerReason?
+    public var detail: String?
+
+    public init(
+        _ level: Level, _ message: String, connection: IntroductionServerConnectionID? = nil,
+        peer: PublicIdentity? = nil, target: PublicIdentity? = nil, credentials: IntroductionServerCredentials? = nil,
+        reason: IntroductionServerReason? = nil, detail: String? = nil
+    ) {
+        self.level = level
+        self.message = message
+        self.connection = connection
+        self.peer = peer
+        self.target = target
+        self.credentials = credentials
+        self.reason = reason
+        self.detail = detail
+    }
+}
+
+/// What the runtime's check of a received descriptor found.
+public enum IntroductionServerDescriptorVerdict: Equatable, Sendable {
+    /// A connected, unnamed AF_UNIX stream socket: forwardable.
+    case acceptable
+    /// Anything else; `description` names what it was, for the log.
+    case refused(description: String)
+}
+
+/// Every bound of the introduction server (reliability catalog §4). Defaults suit one user's
+/// session daemon; each is a CLI option of `ocapn-uds intro-server`.
+public struct IntroductionServerLimits: Sendable, Equatable {
+    /// Connections in any state, registered or not.
+    public var maxClients: Int = 1024
+    /// Connections that have not completed registration.
+    public var maxUnauthenticated: Int = 64
+    /// Absolute deadline from accept to a verified `uds:signature`, whatever the activity.
+    public var registrationTimeout: Duration = .seconds(5)
+    /// After registration: first byte of a message to its last (and its descriptor).
+    public var partialMessageTimeout: Duration = .seconds(5)
+    /// Bytes of one Syrup control message.
+    public var maxMessageBytes: Int = 16 * 1024
+    /// Nesting depth of one Syrup control message.
+    public var maxMessageDepth: Int = 16
+    /// Introductions held for one target that has not registered yet.
+    public var maxPendingPerTarget: Int = 8
+    /// Introductions held for unregistered targets on behalf of one sender.
+    public var maxPendingPerSender: Int = 8
+    /// Introductions held in total (each holds one descriptor).
+    public var maxPendingTotal: Int = 256
+    /// How long an introduction waits for its target to register; zero refuses at once.
+    public var pendingLifetime: Duration = .seconds(10)
+    /// Sustained introductions per second per registered peer; zero means unlimited.
+    public var introductionsPerSecond: Int = 200
+    /// Token-bucket depth: introductions a peer may send at once after being idle.
+    public var introductionBurst: Int = 400
+
+    public init() {}
+
+    /// Problems with these values, one sentence each; empty when usable.
+    public var problems: [String] {
+        var p: [String] = []
+        func check(_ ok: Bool, _ text: String) { if !ok { p.append(text) } }
+        check((1...1_000_000).contains(maxClients), "max clients must be 1...1000000")
+        check(maxUnauthenticated >= 1 && maxUnauthenticated <= maxClients, "max unauthenticated must be 1...max clients")
+        check(registrationTimeout > .zero, "the registration timeout must be positive")
+        check(partialMessageTimeout > .zero, "the partial-message timeout must be positive")
+        // A uds:new-connection with a few hints needs ~500 bytes and depth 4.
+        check((1024...(1 << 20)).contains(maxMessageBytes), "max message bytes must be 1024...1048576")
+        check((4...64).contains(maxMessageDepth), "max message depth must be 4...64")
+        check((0...10_000).contains(maxPendingPerTarget), "max pending per target must be 0...10000")
+        check((0...10_000).contains(maxPendingPerSender), "max pending per sender must be 0...10000")
+        check((0...1_000_000).contains(maxPendingTotal), "max pending in total must be 0...1000000")
+        check(pendingLifetime >= .zero && pendingLifetime <= .seconds(3600), "the pending lifetime must be 0...3600 s")
+        check((0...1_000_000).contains(introductionsPerSecond), "introductions per second must be 0...1000000")
+        check((1...10_000_000).contains(introductionBurst), "the introduction burst must be 1...10000000")
+        return p
+    }
+
+    /// The Syrup decoder limits for one control message.
+    public var syrupLimits: SyrupLimits {
+        var s = SyrupLimits.controlMessage
+        s.maxTotalBytes = maxMessageBytes
+        s.maxDepth = maxMessageDepth
+        return s
+    }
+}
+
+/// Policy and limits of one introduction server.
+public struct IntroductionServerConfiguration: Sendable {
+    public var limits: IntroductionServerLimits
+    /// Uids whose connections are served (SO_PEERCRED); the runtime always adds its own.
+    public var allowedUIDs: Set<UInt32>
+    /// Emit a debug log entry per forwarded introduction (off: the hot path formats nothing).
+    public var debugLogging: Bool
+    /// Designators other than registered peers' kept validated (hint keys, awaited targets).
+    public var designatorCacheSize: Int
+
+    public init(limits: IntroductionServerLimits = IntroductionServerLimits(), allowedUIDs: Set<UInt32>,
+                debugLogging: Bool = false, designatorCacheSize: Int = 256) {
+        self.limits = limits
+        self.allowedUIDs = allowedUIDs
+        self.debugLogging = debugLogging
+        self.designatorCacheSize = designatorCacheSize
+    }
+}
+
+extension Duration {
+    /// Whole nanoseconds, saturating; the core's clock unit.
+    var nanoseconds: UInt64 {
+        let (seconds, attoseconds) = components
+        guard seconds >= 0 else { return 0 }
+        let (whole, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000_000_000)
+        let (total, carry) = whole.addingReportingOverflow(UInt64(attoseconds / 1_000_000_000))
+        return overflow || carry ? .max : total
+    }
+}

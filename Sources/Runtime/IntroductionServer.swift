@@ -1,0 +1,435 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Audit
+import Dispatch
+import Identity
+import Logging
+import OCapN
+import Transport
+
+/// The introduction server daemon: `IntroductionServerCore` driven by a `Listener` and one
+/// `StreamConnection` per control connection, all on one serial queue, plus a timer armed for the
+/// core's next deadline. No thread or task per connection.
+///
+/// Every method may be called from any thread; work hops onto `queue`.
+public final class IntroductionServer: @unchecked Sendable {
+    // @unchecked: every mutable field is touched only on `queue` (checked by
+    // dispatchPrecondition in the handlers), which is how Transport's classes are shared too.
+
+    public struct Configuration: Sendable {
+        /// The core's limits and uid policy.
+        public var core: IntroductionServerConfiguration
+        /// Bytes per `recvmsg` on a control connection. Allocated per connection, so small: a
+        /// control message is a few hundred bytes and a read can be continued.
+        public var readBufferBytes: Int = 4096
+        /// Unsent bytes per connection before the peer is dropped as not reading.
+        public var outputQueueBytes: Int = 64 * 1024
+        /// Descriptors waiting in one connection's output queue before it is dropped.
+        public var outputQueueDescriptors: Int = 16
+        /// Descriptors kept free for the listening socket, lock, audit log, stdio and the
+        /// dispatch runtime (catalog §4 budget rule).
+        public var descriptorReserve: Int = 16
+        /// How often the audit log is offered a signed checkpoint when idle.
+        public var auditCheckpointInterval: Duration = .seconds(10)
+        /// Pause after EMFILE/ENFILE on accept.
+        public var acceptBackoff: Duration = .seconds(1)
+
+        public init(core: IntroductionServerConfiguration) { self.core = core }
+
+        /// Descriptors the limits can hold at once: every connection (and one being refused),
+        /// every pending introduction, plus the reserve.
+        public var requiredDescriptors: UInt64 {
+            UInt64(core.limits.maxClients + 1 + core.limits.maxPendingTotal + descriptorReserve)
+        }
+
+        /// Problems with these values, one sentence each; empty when usable.
+        public var problems: [String] {
+            var p = core.limits.problems
+            if !(512...(1 << 20)).contains(readBufferBytes) { p.append("the read buffer must be 512...1048576 bytes") }
+            if !(4096...(64 << 20)).contains(outputQueueBytes) { p.append("the output queue must be 4096...67108864 bytes") }
+            if !(1...1024).contains(outputQueueDescriptors) { p.append("output queue descriptors must be 1...1024") }
+            if !(8...4096).contains(descriptorReserve) { p.append("the descriptor reserve must be 8...4096") }
+            if auditCheckpointInterval <= .zero { p.append("the audit checkpoint interval must be positive") }
+            return p
+        }
+    }
+
+    private enum State { case idle, running, stopping, stopped }
+
+    public let identity: PublicIdentity
+    public let queue: DispatchQueue
+    public let configuration: Configuration
+    /// Where the server listens (nil path for an inherited socket).
+    public let socketPath: String?
+
+    private let core: IntroductionServerCore<FileDescriptor>
+    private let listener: Listener
+    private let audit: (any AuditSink)?
+    private let logger: Logger
+    private let streamConfiguration: StreamConnection.Configuration
+    private var connections: [IntroductionServerConnectionID: StreamConnection] = [:]
+    private var nextConnection: UInt64 = 1
+    private var state = State.idle
+    private var deadlineTimer: DispatchSourceTimer?
+    private var timerDeadline: UInt64?
+    private var checkpointTimer: DispatchSourceTimer?
+    private var stopWaiters: [@Sendable () -> Void] = []
+    private var failed = false
+
+    /// - Parameters:
+    ///   - identity: the server's key; it signs registration challenges (64 bytes only) and, when
+    ///     the audit sink was built with it, checkpoints.
+    ///   - socket: a bound listening socket (`IntroductionServerSocket.open`); closed and
+    ///     unlinked by `stop`.
+    ///   - audit: where records go (nil: none).
+    ///   - logger: operational log; never receives key material.
+    public init(
+        identity keyPair: IdentityKeyPair, socket: ListeningSocket, configuration: Configuration,
+        audit: (any AuditSink)?, logger: Logger, queue: DispatchQueue = DispatchQueue(label: "ocapn-uds.intro-server")
+    ) {
+        precondition(configuration.problems.isEmpty, "invalid configuration: \(configuration.problems)")
+        identity = keyPair.publicIdentity
+        self.queue = queue
+        self.configuration = configuration
+        socketPath = socket.path
+        self.audit = audit
+        self.logger = logger
+        var stream = StreamConnection.Configuration()
+        stream.readBufferSize = configuration.readBufferBytes
+        stream.maximumQueuedBytes = configuration.outputQueueBytes
+        stream.maximumQueuedDescriptors = configuration.outputQueueDescriptors
+        // Drain each readable event (64 reads outlast any socket buffer at 4 KiB per read):
+        // observed on Linux, a read source whose handler yields with bytes still queued is not
+        // fired again, so a connection whose sender then goes quiet stalls with unread data.
+        stream.readsPerEvent = max(64, (1 << 20) / configuration.readBufferBytes)
+        streamConfiguration = stream
+        let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
+        core = IntroductionServerCore(
+            signer: signer, configuration: configuration.core,
+            attemptIDBase: AuditAttemptID.random().rawValue,
+            makeChallenge: { Challenge.random() },
+            checkDescriptor: Self.checkDescriptor)
+        var listening = Listener.Configuration()
+        // One above the core's cap, so a connection over the cap is accepted, refused with an
+        // audit record (tooManyClients) and closed, instead of hanging in the backlog.
+        listening.maximumConnections = configuration.core.limits.maxClients + 1
+        listening.resourceBackoff = configuration.acceptBackoff
+        var handler: ((ListenerEvent) -> Void)?
+        listener = Listener(socket: socket, queue: queue, configuration: listening) { handler?($0) }
+        handler = { [weak self] event in self?.handle(event) }
+    }
+
+    /// Starts accepting. Records `server.started`.
+    public func start() {
+        queue.async { [self] in
+            guard state == .idle else { return }
+            state = .running
+            listener.start()
+            let timer = DispatchSource.makeTimerSource(queue: queue)
+            timer.setEventHandler { [weak self] in self?.deadlineFired() }
+            timer.activate()
+            deadlineTimer = timer
+            if let file = audit as? AuditFileSink {
+                let checkpoint = DispatchSource.makeTimerSource(queue: queue)
+                let interval = Self.dispatchInterval(configuration.auditCheckpointInterval)
+                checkpoint.schedule(deadline: .now() + interval, repeating: interval, leeway: .seconds(1))
+                checkpoint.setEventHandler { file.checkpointIfDue() }
+                checkpoint.activate()
+                checkpointTimer = checkpoint
+            }
+            audit?.record(AuditEvent(.serverStarted, role: .server, local: AuditPeerID(identity),
+                                     path: socketPath.flatMap(AuditPath.init)))
+            logger.info("introduction server listening", metadata: [
+                "path": "\(socketPath ?? "(inherited)")", "server": "\(identity.fingerprint)",
+                "max_clients": "\(configuration.core.limits.maxClients)",
+            ])
+        }
+    }
+
+    /// Stops: closes the listener (unlinking the socket path), every connection and every held
+    /// descriptor; records `server.stopped`. `completion` runs once the listening socket is
+    /// closed. Idempotent.
+    public func stop(completion: @escaping @Sendable () -> Void = {}) {
+        queue.async { [self] in
+            switch state {
+            case .stopped:
+                completion()
+                return
+            case .stopping:
+                stopWaiters.append(completion)
+                return
+            case .idle, .running:
+                break
+            }
+            state = .stopping
+            stopWaiters.append(completion)
+            listener.close()
+            perform(core.shutdown(now: Self.now()))
+            deadlineTimer?.cancel()
+            deadlineTimer = nil
+            checkpointTimer?.cancel()
+            checkpointTimer = nil
+            audit?.record(AuditEvent(.serverStopped, reason: .serverShutdown, role: .server, local: AuditPeerID(identity),
+                                     path: socketPath.flatMap(AuditPath.init)))
+            logger.info("introduction server stopped", metadata: ["server": "\(identity.fingerprint)"])
+            waitForListenerClose(attempts: 1000)
+        }
+    }
+
+    /// Runs `completion` once the server has stopped, whatever stopped it (a signal handler
+    /// calling `stop`, or a failed listening socket).
+    public func whenStopped(_ completion: @escaping @Sendable () -> Void) {
+        queue.async { [self] in
+            if state == .stopped { completion() } else { stopWaiters.append(completion) }
+        }
+    }
+
+    /// Whether the listening socket failed (the server then stops by itself).
+    public var listenerFailed: Bool { queue.sync { failed } }
+
+    /// Counts for health checks and tests (on any thread).
+    public func statistics() -> (connections: Int, registered: Int, unauthenticated: Int, pending: Int) {
+        queue.sync { (core.connectionCount, core.registeredCount, core.unauthenticatedCount, core.pendingCount) }
+    }
+
+    private func waitForListenerClose(attempts: Int) {
+        // The listener closes (and unlinks) its socket in its source's cancel handler, which
+        // runs later on this queue; report "stopped" only after that.
+        if listener.socket.descriptor.isOpen && attempts > 0 {
+            queue.asyncAfter(deadline: .now() + .milliseconds(1)) { [self] in waitForListenerClose(attempts: attempts - 1) }
+            return
+        }
+        state = .stopped
+        let waiters = stopWaiters
+        stopWaiters = []
+        for waiter in waiters { waiter() }
+    }
+
+    // MARK: events
+
+    private func handle(_ event: ListenerEvent) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        switch event {
+        case let .accepted(descriptor, credentials):
+            accept(descriptor, credentials: credentials)
+        case let .pausedForResources(error):
+            logger.warning("accepting paused: out of descriptors", metadata: ["error": "\(error)"])
+        case .pausedAtCapacity:
+            logger.notice("accepting paused: connection cap reached",
+                          metadata: ["max_clients": "\(configuration.core.limits.maxClients)"])
+        case let .failed(error):
+            logger.error("listening socket failed; stopping", metadata: ["error": "\(error)"])
+            failed = true
+            stop()
+        }
+        armTimer()
+    }
+
+    private func accept(_ descriptor: FileDescriptor, credentials: PeerCredentials) {
+        guard state == .running else {
+            descriptor.close()
+            listener.connectionClosed()
+            return
+        }
+        let id = IntroductionServerConnectionID(nextConnection)
+        nextConnection += 1
+        let connection: StreamConnection
+        do {
+            connection = try StreamConnection(descriptor: descriptor, queue: queue, configuration: streamConfiguration) {
+                [weak self] event in self?.handle(event, on: id)
+            }
+        } catch {
+            // Only setNonBlocking can fail here; the client is gone or the descriptor is odd.
+            descriptor.close()
+            listener.connectionClosed()
+            logger.warning("accepted connection unusable", metadata: ["error": "\(error)", "pid": "\(credentials.pid)"])
+            return
+        }
+        connections[id] = connection
+        perform(core.connectionAccepted(
+            id, credentials: IntroductionServerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid),
+            now: Self.now()))
+        // Still ours unless the core refused it at once.
+        if connections[id] != nil { connection.start() }
+    }
+
+    private func handle(_ event: StreamEvent, on id: IntroductionServerConnectionID) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard connections[id] != nil else {
+            // A failure reported after the core already closed the connection.
+            if case let .received(chunk) = event { for d in chunk.descriptors { d.close() } }
+            return
+        }
+        switch event {
+        case let .received(chunk):
+            perform(core.received(id, bytes: chunk.bytes, descriptors: chunk.descriptors, now: Self.now()))
+        case .endOfStream:
+            perform(core.endOfStream(id, now: Self.now()))
+        case let .failed(error):
+            perform(core.connectionFailed(id, reason: Self.reason(for: error), detail: error.description, now: Self.now()))
+        }
+        armTimer()
+    }
+
+    private func deadlineFired() {
+        timerDeadline = nil
+        guard state == .running else { return }
+        perform(core.tick(now: Self.now()))
+        armTimer()
+    }
+
+    /// Arms the timer for the core's next deadline, unless it already fires earlier (an early
+    /// fire just finds less to do and re-arms), so the hot path rarely touches the timer.
+    private func armTimer() {
+        guard state == .running, let timer = deadlineTimer, let next = core.nextDeadline else { return }
+        if let armed = timerDeadline, armed <= next { return }
+        timerDeadline = next
+        timer.schedule(deadline: DispatchTime(uptimeNanoseconds: max(next, 1)), leeway: .milliseconds(2))
+    }
+
+    // MARK: actions
+
+    private func perform(_ actions: [IntroductionServerCore<FileDescriptor>.Action]) {
+        for action in actions {
+            switch action {
+            case let .send(id, bytes):
+                guard let connection = connections[id] else { continue }
+                do { try connection.send(bytes) } catch {
+                    perform(core.connectionFailed(id, reason: Self.reason(for: error), detail: error.description,
+                                                  now: Self.now()))
+                }
+            case let .forward(forward):
+                self.forward(forward)
+            case let .closeDescriptor(descriptor):
+                descriptor.close()
+            case let .close(id):
+                guard let connection = connections.removeValue(forKey: id) else { continue }
+                connection.close()
+                listener.connectionClosed()
+            case let .audit(record):
+                audit?.record(AuditEvent(record, server: identity))
+            case let .log(entry):
+                log(entry)
+            }
+        }
+    }
+
+    private func forward(_ forward: IntroductionServerCore<FileDescriptor>.Forward) {
+        guard let connection = connections[forward.target] else {
+            forward.descriptor.close()
+            perform(core.forwardFailed(forward, reason: .ioError, detail: "target connection already closed", now: Self.now()))
+            return
+        }
+        do {
+            // The record with plain writes, then the marker alone carrying the descriptor: the
+            // order Goblins reads them in (wire §5). StreamConnection closes our copy once the
+            // kernel has it (A10), or on any failure.
+            try connection.send(forward.record)
+            try connection.send(UDSNewConnection.fdMarker, passing: forward.descriptor)
+        } catch {
+            forward.descriptor.close()  // idempotent: already closed if the second send failed
+            perform(core.forwardFailed(forward, reason: Self.reason(for: error), detail: error.description,
+                                       now: Self.now()))
+            return
+        }
+        perform(core.forwardSucceeded(forward, now: Self.now()))
+    }
+
+    private func log(_ entry: IntroductionServerLogEntry) {
+        let level = Self.level(entry.level)
+        guard logger.logLevel <= level else { return }
+        var metadata: Logger.Metadata = [:]
+        if let c = entry.connection { metadata["connection"] = "\(c)" }
+        if let p = entry.peer { metadata["peer"] = "\(p.fingerprint)" }
+        if let t = entry.target { metadata["target"] = "\(t.fingerprint)" }
+        if let c = entry.credentials {
+            metadata["pid"] = "\(c.pid)"
+            metadata["uid"] = "\(c.uid)"
+            metadata["gid"] = "\(c.gid)"
+        }
+        if let r = entry.reason { metadata["reason"] = "\(r.rawValue)" }
+        if let d = entry.detail { metadata["detail"] = "\(d)" }
+        logger.log(level: level, "\(entry.message)", metadata: metadata)
+    }
+
+    // MARK: mapping
+
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    static func checkDescriptor(_ descriptor: FileDescriptor) -> IntroductionServerDescriptorVerdict {
+        do throws(TransportError) {
+            // fstat/getsockopt/getsockname/getpeername only: the passed descriptor's flags are
+            // shared with the sender and are never changed (A8).
+            try descriptor.validateAsConnectedUnixStream(requireUnnamed: true)
+            return .acceptable
+        } catch {
+            return .refused(description: error.descriptorKind?.description ?? error.description)
+        }
+    }
+
+    static func reason(for error: TransportError) -> IntroductionServerReason {
+        switch error.code {
+        case .outputQueueFull: return .outputOverflow
+        case .controlTruncated, .unexpectedDescriptors: return .extraFds
+        case .descriptorExpected: return .fdMissing
+        case .unexpectedDescriptorKind: return .fdInvalid
+        case .connectionReset: return .peerReset
+        case .systemCallFailed, .closed, .invalidPath, .alreadyRunning, .addressInUse, .pathOccupied,
+             .connectionRefused, .timedOut, .invalidEnvironment, .limitExceeded:
+            return .ioError
+        }
+    }
+
+    static func reason(for error: any Error) -> IntroductionServerReason {
+        (error as? TransportError).map { reason(for: $0) } ?? .ioError
+    }
+
+    static func level(_ level: IntroductionServerLogEntry.Level) -> Logger.Level {
+        switch level {
+        case .debug: return .debug
+        case .info: return .info
+        case .notice: return .notice
+        case .warning: return .warning
+        case .error: return .error
+        }
+    }
+
+    static func dispatchInterval(_ duration: Duration) -> DispatchTimeInterval {
+        let (seconds, attoseconds) = duration.components
+        return .nanoseconds(Int(clamping: seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
+    }
+}
+
+extension AuditEvent {
+    /// The audit event for one core record, written by the server `server`.
+    init(_ record: IntroductionServerAuditRecord, server: PublicIdentity) {
+        let kind: AuditEventKind
+        switch record.kind {
+        case .registrationAccepted: kind = .registrationAccepted
+        case .registrationRefused: kind = .registrationRefused
+        case .introductionRequested: kind = .introductionRequested
+        case .introductionQueued: kind = .introductionQueued
+        case .introductionForwarded: kind = .introductionForwarded
+        case .introductionExpired: kind = .introductionExpired
+        case .introductionRefused: kind = .introductionRefused
+        }
+        self.init(
+            kind, reason: record.reason.map(AuditReason.init(introductionServer:)),
+            attempt: AuditAttemptID(rawValue: record.attempt), role: .server, local: AuditPeerID(server),
+            expectedPeer: record.claimed.map(AuditPeerID.init), provedPeer: record.proved.map(AuditPeerID.init),
+            from: record.from.map(AuditPeerID.init), to: record.to.map(AuditPeerID.init),
+            credentials: record.credentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
+            durationMicros: record.durationNanoseconds.map { $0 / 1000 })
+    }
+}
+
+extension AuditReason {
+    /// The audit code of a core reason: the same spelling (every one is in `documented`).
+    public init(introductionServer reason: IntroductionServerReason) {
+        guard let code = AuditReason(rawValue: reason.rawValue) else {
+            preconditionFailure("reason \(reason.rawValue) is not a well-formed audit code")
+        }
+        self = code
+    }
+}

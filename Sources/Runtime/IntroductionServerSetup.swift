@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Transport
+
+/// Why the introduction server cannot start. `code` is stable; `detail` is for the operator.
+public struct IntroductionServerError: Error, Equatable, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        /// RLIMIT_NOFILE cannot hold the configured caps (catalog §4 budget rule).
+        case descriptorBudget
+        /// `LISTEN_FDS` announces something other than one listening unix stream socket.
+        case socketActivation
+        /// Binding the socket path failed: a live server answers, another instance holds the
+        /// lock, something else is at the path, or a system call failed.
+        case bind
+        /// The configuration breaks a documented range.
+        case invalidConfiguration
+    }
+
+    public let code: Code
+    public let detail: String
+    /// The transport error behind `.bind` / `.socketActivation`, if any.
+    public let transport: TransportError?
+
+    public init(_ code: Code, _ detail: String, transport: TransportError? = nil) {
+        self.code = code
+        self.detail = detail
+        self.transport = transport
+    }
+
+    public var description: String { "\(code.rawValue): \(detail)" }
+}
+
+/// Start-up steps that touch the process: the descriptor budget and the listening socket.
+public enum IntroductionServerSetup {
+    /// Raises the soft RLIMIT_NOFILE as far as the configuration needs (never beyond the hard
+    /// limit) and throws `.descriptorBudget` when the caps still do not fit. Returns the soft
+    /// limit in force.
+    @discardableResult
+    public static func prepareDescriptorBudget(
+        _ configuration: IntroductionServer.Configuration
+    ) throws(IntroductionServerError) -> UInt64 {
+        let needed = configuration.requiredDescriptors
+        let soft: UInt64
+        do throws(TransportError) {
+            soft = try OpenFileLimit.raiseSoftLimit(toAtMost: needed)
+        } catch {
+            throw IntroductionServerError(.descriptorBudget, "cannot read or raise RLIMIT_NOFILE: \(error)", transport: error)
+        }
+        if let problem = budgetProblem(configuration, softLimit: soft, hardLimit: try? OpenFileLimit.current().hard) {
+            throw IntroductionServerError(.descriptorBudget, problem)
+        }
+        return soft
+    }
+
+    /// Why `softLimit` cannot hold the configuration's caps, or nil when it can (pure).
+    public static func budgetProblem(
+        _ configuration: IntroductionServer.Configuration, softLimit: UInt64, hardLimit: UInt64?
+    ) -> String? {
+        let needed = configuration.requiredDescriptors
+        guard softLimit < needed else { return nil }
+        return "the limits need \(needed) descriptors (max clients + 1 + max pending + reserve "
+            + "\(configuration.descriptorReserve)) but RLIMIT_NOFILE allows \(softLimit) (hard limit "
+            + "\(hardLimit.map { "\($0)" } ?? "unknown")); lower --max-clients or --max-pending, or raise the hard "
+            + "limit (systemd: LimitNOFILE=)"
+    }
+
+    /// The listening socket: the one inherited through socket activation (`LISTEN_FDS`, exactly
+    /// one, a listening unix stream socket) when present, else `path` bound with `mode` (stale
+    /// file replaced, live server never stolen, `PATH.lock` held).
+    public static func openSocket(path: String?, mode: mode_t, backlog: Int32 = 128) throws(IntroductionServerError) -> ListeningSocket {
+        let inherited: [(descriptor: FileDescriptor, name: String)]
+        do throws(TransportError) {
+            inherited = try SocketActivation.adoptInherited()
+        } catch {
+            throw IntroductionServerError(.socketActivation, "\(error)", transport: error)
+        }
+        if !inherited.isEmpty {
+            guard inherited.count == 1 else {
+                for entry in inherited { entry.descriptor.close() }
+                throw IntroductionServerError(.socketActivation, "LISTEN_FDS passed \(inherited.count) descriptors; exactly one is supported")
+            }
+            do throws(TransportError) {
+                return try ListeningSocket(inherited: inherited[0].descriptor)
+            } catch {
+                inherited[0].descriptor.close()
+                throw IntroductionServerError(.socketActivation, "the inherited descriptor is unusable: \(error)", transport: error)
+            }
+        }
+        guard let path else {
+            throw IntroductionServerError(.invalidConfiguration, "no --socket path and no socket-activation descriptor")
+        }
+        do throws(TransportError) {
+            return try ListeningSocket.bind(path: path, mode: mode, backlog: backlog)
+        } catch {
+            throw IntroductionServerError(.bind, "\(path): \(error)", transport: error)
+        }
+    }
+}

@@ -1,0 +1,243 @@
+import ArgumentParser
+import Audit
+import Dispatch
+import Foundation
+import Identity
+import Logging
+import OCapN
+import Runtime
+import Synchronization
+import Transport
+
+/// `ocapn-uds intro-server`: the introduction server daemon (docs/INTRO-SERVER.md).
+struct IntroServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "intro-server",
+        abstract: "Run an introduction server: peers register by key and pass socketpair ends to each other.",
+        discussion: """
+            Speaks the OCapN unix-domain-socket draft as Spritely Goblins does on the peer <-> \
+            server leg (uds:register, uds:server-response, uds:signature, uds:new-connection + \
+            one descriptor). Routes introductions by the target's key, refuses a spoofed `from`, \
+            holds introductions for targets that have not registered yet for --pending-lifetime-ms, \
+            and enforces every limit below. A newer registration of a key replaces the older one.
+
+            On start it prints one line to stdout, then serves until SIGINT or SIGTERM:
+              listening: PATH designator: DESIGNATOR fingerprint: FINGERPRINT
+            (PATH is `inherited` under socket activation). With systemd it takes the socket from \
+            LISTEN_FDS and reports READY=1 through NOTIFY_SOCKET.
+
+            Exit status:
+              0   stopped by SIGINT/SIGTERM
+              1   could not start (socket in use or locked, descriptor budget, audit log) or the
+                  listening socket failed
+              2   usage error (bad option or limit)
+              3   identity key file refused (missing, insecure, malformed, wrong passphrase)
+            """
+    )
+
+    @Option(help: ArgumentHelp("Private key file of the server's identity.", valueName: "file"))
+    var identity: String
+
+    @Option(help: ArgumentHelp("Passphrase file for an encrypted key (first line).", valueName: "file"))
+    var passphraseFile: String?
+
+    @Option(help: ArgumentHelp("Socket path to listen on (optional under socket activation).", valueName: "path"))
+    var socket: String?
+
+    @Option(help: ArgumentHelp("Permission bits of the socket file, octal.", valueName: "mode"))
+    var socketMode: String = "0600"
+
+    @Option(help: ArgumentHelp("Also serve connections from this uid (repeatable); our own uid is always allowed.", valueName: "uid"))
+    var allowUid: [UInt32] = []
+
+    @Option(help: ArgumentHelp("Append the tamper-evident audit log to this file (signed checkpoints).", valueName: "file"))
+    var auditLog: String?
+
+    @Option(help: "Log level on stderr: debug, info, notice, warning, error.")
+    var logLevel: String = "info"
+
+    @Option(help: "Connections in any state.")
+    var maxClients: Int = IntroductionServerLimits().maxClients
+
+    @Option(help: "Connections that have not completed registration.")
+    var maxUnauthenticated: Int = IntroductionServerLimits().maxUnauthenticated
+
+    @Option(help: "Absolute deadline from accept to a verified registration, in milliseconds.")
+    var registrationTimeoutMs: Int = 5000
+
+    @Option(help: "Deadline for a registered peer to finish a message it started, in milliseconds.")
+    var partialMessageTimeoutMs: Int = 5000
+
+    @Option(help: "Largest Syrup control message, in bytes.")
+    var maxMessageBytes: Int = IntroductionServerLimits().maxMessageBytes
+
+    @Option(help: "Deepest nesting of a Syrup control message.")
+    var maxMessageDepth: Int = IntroductionServerLimits().maxMessageDepth
+
+    @Option(help: "Introductions held for one target that has not registered yet.")
+    var maxPendingPerTarget: Int = IntroductionServerLimits().maxPendingPerTarget
+
+    @Option(help: "Introductions held on behalf of one sender.")
+    var maxPendingPerSender: Int = IntroductionServerLimits().maxPendingPerSender
+
+    @Option(help: "Introductions held in total.")
+    var maxPending: Int = IntroductionServerLimits().maxPendingTotal
+
+    @Option(help: "How long an introduction waits for its target to register, in milliseconds (0: refuse at once).")
+    var pendingLifetimeMs: Int = 10_000
+
+    @Option(help: "Sustained introductions per second per peer (0: unlimited).")
+    var maxIntrosPerSecond: Int = IntroductionServerLimits().introductionsPerSecond
+
+    @Option(help: "Introductions a peer may send in a burst.")
+    var introBurst: Int = IntroductionServerLimits().introductionBurst
+
+    @Option(help: "Unsent bytes queued for one peer before it is dropped as not reading.")
+    var outputQueueBytes: Int = 64 * 1024
+
+    @Option(help: "Bytes per read on a control connection (allocated per connection).")
+    var readBufferBytes: Int = 4096
+
+    func validate() throws {
+        guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
+        if let socket, socket.isEmpty { throw ValidationError("--socket must name a path") }
+        guard parsedMode() != nil else { throw ValidationError("--socket-mode must be octal permission bits, e.g. 0600 or 0660") }
+        guard Logger.Level(rawValue: logLevel) != nil, logLevel != "trace", logLevel != "critical" else {
+            throw ValidationError("--log-level must be debug, info, notice, warning or error")
+        }
+        for ms in [registrationTimeoutMs, partialMessageTimeoutMs, pendingLifetimeMs] where ms < 0 || ms > 3_600_000 {
+            throw ValidationError("timeouts are 0...3600000 milliseconds")
+        }
+        let problems = serverConfiguration(ownUID: 0).problems
+        if !problems.isEmpty { throw ValidationError(problems.joined(separator: "; ")) }
+    }
+
+    private func parsedMode() -> mode_t? {
+        var text = Substring(socketMode)
+        if text.hasPrefix("0o") { text = text.dropFirst(2) }
+        guard !text.isEmpty, text.count <= 4, let value = mode_t(text, radix: 8), value & ~0o777 == 0 else { return nil }
+        return value
+    }
+
+    private func serverConfiguration(ownUID: UInt32) -> IntroductionServer.Configuration {
+        var limits = IntroductionServerLimits()
+        limits.maxClients = maxClients
+        limits.maxUnauthenticated = maxUnauthenticated
+        limits.registrationTimeout = .milliseconds(registrationTimeoutMs)
+        limits.partialMessageTimeout = .milliseconds(partialMessageTimeoutMs)
+        limits.maxMessageBytes = maxMessageBytes
+        limits.maxMessageDepth = maxMessageDepth
+        limits.maxPendingPerTarget = maxPendingPerTarget
+        limits.maxPendingPerSender = maxPendingPerSender
+        limits.maxPendingTotal = maxPending
+        limits.pendingLifetime = .milliseconds(pendingLifetimeMs)
+        limits.introductionsPerSecond = maxIntrosPerSecond
+        limits.introductionBurst = introBurst
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        var configuration = IntroductionServer.Configuration(core: IntroductionServerConfiguration(
+            limits: limits, allowedUIDs: Set(allowUid + [ownUID]), debugLogging: level <= .debug))
+        configuration.outputQueueBytes = outputQueueBytes
+        configuration.readBufferBytes = readBufferBytes
+        return configuration
+    }
+
+    mutating func run() async throws {
+        // A peer closing its end must never kill the daemon (K12); sends use MSG_NOSIGNAL too.
+        signal(SIGPIPE, SIG_IGN)
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "ocapn-uds.intro-server")
+        logger.logLevel = level
+
+        let keyPair: IdentityKeyPair
+        do {
+            let passphrase = try passphraseFile.map { path throws(IdentityError) in try IdentityPassphrase.read(fromFile: path) }
+            keyPair = try IdentityKeyFile.load(path: identity, passphrase: passphrase)
+        } catch {
+            throw CLIError(error)
+        }
+        let configuration = serverConfiguration(ownUID: getuid())
+        do {
+            try IntroductionServerSetup.prepareDescriptorBudget(configuration)
+        } catch {
+            throw CLIError(.failure, error.detail)
+        }
+        let listening: ListeningSocket
+        do {
+            listening = try IntroductionServerSetup.openSocket(path: socket, mode: parsedMode() ?? 0o600)
+        } catch {
+            throw CLIError(.failure, error.description)
+        }
+        var auditSink: AuditFileSink?
+        if let auditLog {
+            let signer = AuditSigner(identity: keyPair.publicIdentity) { keyPair.sign($0) }
+            do {
+                auditSink = try AuditFileSink(AuditFileConfiguration(path: auditLog, writer: keyPair.publicIdentity, signer: signer))
+            } catch {
+                listening.close()
+                throw CLIError(.failure, "audit log \(auditLog): \(error)")
+            }
+        }
+        let server = IntroductionServer(identity: keyPair, socket: listening, configuration: configuration,
+                                        audit: auditSink, logger: logger)
+        let stopped = StopSignal()
+        let signalQueue = DispatchQueue(label: "ocapn-uds.intro-server.signals")
+        var sources: [DispatchSourceSignal] = []
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)  // delivered through the dispatch source instead
+            let source = DispatchSource.makeSignalSource(signal: number, queue: signalQueue)
+            source.setEventHandler {
+                logger.info("signal received, shutting down", metadata: ["signal": "\(number)"])
+                _ = try? ServiceNotification.notify("STOPPING=1")
+                server.stop()
+            }
+            source.activate()
+            sources.append(source)
+        }
+        server.whenStopped { stopped.fire() }
+        server.start()
+        // Unbuffered: a script waits for this line on a pipe.
+        let ready = "listening: \(listening.path ?? "inherited") designator: \(keyPair.publicIdentity.designator) "
+            + "fingerprint: \(keyPair.publicIdentity.fingerprint)\n"
+        FileHandle.standardOutput.write(Data(ready.utf8))
+        do {
+            try ServiceNotification.notify("READY=1")
+        } catch {
+            logger.warning("sd_notify failed", metadata: ["error": "\(error)"])
+        }
+        await stopped.wait()
+        for source in sources { source.cancel() }
+        auditSink?.close()
+        if server.listenerFailed { throw CLIError(.failure, "the listening socket failed") }
+    }
+}
+
+/// Resumes one waiter once, from any thread.
+private final class StopSignal: Sendable {
+    private let state = Mutex<(fired: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func fire() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            guard !s.fired else { return nil }
+            s.fired = true
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume()
+    }
+
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = state.withLock { s -> Bool in
+                if s.fired { return true }
+                s.waiter = continuation
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+}

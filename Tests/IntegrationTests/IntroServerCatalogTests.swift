@@ -1,0 +1,317 @@
+import Foundation
+import Glibc
+import Identity
+import OCapN
+import Syrup
+import Testing
+import Transport
+
+/// The reliability-catalog rows that concern the introduction server, each against the real
+/// process: the defined reason in the audit log (I4), no descriptor leaked by the server (I2,
+/// from /proc/PID/fd), the server alive and a canary pair registered before the fault still
+/// completing an introduction afterwards (I1, I3).
+@Suite(.serialized) struct IntroServerCatalogTests {
+    /// Starts a server with `arguments`, registers the canary pair C and D, runs `fault`, then
+    /// checks the descriptor count returns to what it was with only the canaries, and that C can
+    /// still introduce itself to D.
+    func withCanaries(_ arguments: [String] = [], extraDescriptors: Int = 0,
+                      _ fault: (IntroServerProcess, TestPeer) throws -> Void) throws {
+        let server = try IntroServerProcess(arguments)
+        defer { server.stop(); server.dir.remove() }
+        let c = try TestPeer(server), d = try TestPeer(server)
+        try c.register()
+        try d.register()
+        let baseline = server.descriptorCount
+        let before = server.descriptorTargets
+        try fault(server, d)
+        let settled = server.waitForDescriptors(baseline + extraDescriptors)
+        let diagnosis = "server holds \(server.descriptorCount) descriptors, expected \(baseline + extraDescriptors); "
+            + "before \(before), after \(server.descriptorTargets)"
+        #expect(settled, "\(diagnosis)")
+        let mine = try c.introduce(to: d.identity)
+        defer { mine.close() }
+        // Generous: after a flood the server may still be writing refusals to its logs.
+        let (_, theirs) = try d.awaitIntroduction(timeout: 10)
+        defer { theirs.close() }
+        #expect(try endsAreConnected(mine, theirs), "the canary pair still works")
+        #expect(server.child.process.isRunning)
+    }
+
+    /// A raw connection that has not registered.
+    func rawConnection(_ server: IntroServerProcess) throws -> TestPeer { try TestPeer(server) }
+
+    // MARK: D: framing and Syrup
+
+    @Test("D1/D2/D7: garbage, a huge length prefix and deep nesting close the connection with their reason", arguments: [
+        ("garbage", Array("GET / HTTP/1.1\r\n\r\n".utf8), "malformedMessage"),
+        ("huge length prefix", Array("99999999999999999999:".utf8), "messageTooLarge"),
+        ("30-digit length", Array("999999999999999999999999999999:".utf8), "messageTooLarge"),
+        ("deep nesting", [UInt8](repeating: UInt8(ascii: "["), count: 4096), "messageTooLarge"),
+        ("oversized message", Array("<12'uds:register".utf8) + Array("20000:".utf8) + [UInt8](repeating: 1, count: 20000), "messageTooLarge"),
+    ])
+    func badBytes(name: String, bytes: [UInt8], reason: String) throws {
+        try withCanaries { server, _ in
+            let x = try rawConnection(server)
+            try? x.write(bytes)
+            #expect(x.seesEndOfStream(), "\(name): the connection is closed")
+            #expect(server.waitForAudit("registration.refused", reason: reason) != nil, "\(name)")
+            x.close()
+        }
+    }
+
+    // MARK: A: descriptors on the control connection
+
+    @Test("A1: a descriptor sent with uds:register is closed and refused as extraFds")
+    func descriptorOnRegister() throws {
+        try withCanaries { server, _ in
+            let x = try rawConnection(server)
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            defer { mine.close() }
+            try x.write(UDSMessage.register(UDSRegister(locator: PeerLocator(identity: x.identity), challenge: .random())).encoded,
+                        passing: [theirs])
+            theirs.close()
+            #expect(server.waitForAudit("registration.refused", reason: "extraFds") != nil)
+            #expect(try seesEOF(mine), "the server closed the descriptor it refused")
+            x.close()
+        }
+    }
+
+    @Test("A2/A3/A4: a marker without a descriptor, with two, or with five (MSG_CTRUNC) closes the connection",
+          arguments: [(0, "fdMissing"), (2, "extraFds"), (5, "extraFds")])
+    func descriptorCounts(count: Int, reason: String) throws {
+        try withCanaries { server, d in
+            let x = try rawConnection(server)
+            try x.register()
+            // MSG_CTRUNC loses the bytes of its read: let the signature land in an earlier one.
+            #expect(server.waitForAudit("registration.accepted", count: 3) != nil)
+            var pairs: [(FileDescriptor, FileDescriptor)] = []
+            for _ in 0..<count { pairs.append(try FileDescriptor.socketPair()) }
+            try x.sendIntroduction(to: d.identity, passing: pairs.map(\.1))
+            for (_, theirs) in pairs { theirs.close() }
+            #expect(x.seesEndOfStream())
+            #expect(server.waitForAudit("introduction.refused", reason: reason) != nil,
+                    "\(server.auditRecords().map { "\($0["event"]!) \($0["reason"] ?? "-")" })")
+            for (mine, _) in pairs {
+                #expect(try seesEOF(mine), "every passed descriptor was closed by the server")
+                mine.close()
+            }
+            x.close()
+        }
+    }
+
+    @Test("A8/A9: a regular file, a TCP socket, a listening socket or the sender's own control socket is refused as fdInvalid; the sender stays",
+          arguments: ["regular file", "tcp socket", "listening socket", "own control socket"])
+    func wrongDescriptorKinds(kind: String) throws {
+        try withCanaries { server, d in
+            let x = try rawConnection(server)
+            try x.register()
+            let passed: FileDescriptor
+            switch kind {
+            case "regular file":
+                passed = FileDescriptor(adopting: open(server.dir.file("plain"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600))
+            case "tcp socket":
+                passed = FileDescriptor(adopting: socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0))
+            case "listening socket":
+                let other = try ListeningSocket.bind(path: server.dir.file("other.sock"))
+                defer { other.close() }
+                passed = FileDescriptor(adopting: try other.descriptor.withRawDescriptor { dup($0) })
+            default:
+                passed = FileDescriptor(adopting: try x.control.withRawDescriptor { dup($0) })
+            }
+            try x.sendIntroduction(to: d.identity, passing: [passed])
+            passed.close()
+            #expect(server.waitForAudit("introduction.refused", reason: "fdInvalid") != nil, "\(kind)")
+            // The connection is kept: a proper introduction from the same sender goes through.
+            let mine = try x.introduce(to: d.identity)
+            defer { mine.close() }
+            let (_, theirs) = try d.awaitIntroduction()
+            defer { theirs.close() }
+            #expect(try endsAreConnected(mine, theirs))
+            x.close()
+        }
+    }
+
+    // MARK: E: protocol state
+
+    @Test("E4: a spoofed from is refused as spoofedFrom, the sender is closed and its descriptor too")
+    func spoofedFrom() throws {
+        try withCanaries { server, d in
+            let x = try rawConnection(server)
+            try x.register()
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            defer { mine.close() }
+            try x.sendIntroduction(to: d.identity, from: IdentityKeyPair.generate().publicIdentity, passing: [theirs])
+            theirs.close()
+            #expect(server.waitForAudit("introduction.refused", reason: "spoofedFrom") != nil)
+            #expect(x.seesEndOfStream())
+            #expect(try seesEOF(mine))
+            x.close()
+        }
+    }
+
+    @Test("E2: a registration signature over the wrong key is refused as badSignature")
+    func badRegistrationSignature() throws {
+        try withCanaries { server, _ in
+            let x = try rawConnection(server)
+            // Claim one key, sign with another.
+            let claimed = IdentityKeyPair.generate().publicIdentity
+            try x.write(UDSMessage.register(UDSRegister(locator: PeerLocator(identity: claimed), challenge: .random())).encoded)
+            guard case let .message(value)? = try x.next(),
+                  case let .serverResponse(response) = try UDSMessage(syrup: value) else {
+                Issue.record("no server response")
+                return
+            }
+            let signature = try Ed25519Signature(x.key.sign(response.serverChallenge.bytes))
+            try x.write(UDSMessage.signature(UDSSignature(payload: response.serverChallenge, signature: .raw(signature))).encoded)
+            #expect(x.seesEndOfStream())
+            let record = server.waitForAudit("registration.refused", reason: "badSignature")
+            #expect(record?["expected"] as? String == claimed.fingerprint)
+            x.close()
+        }
+    }
+
+    // MARK: F: resources and liveness
+
+    @Test("F1: a client that never registers is closed at the absolute registration deadline")
+    func silentClient() throws {
+        try withCanaries(["--registration-timeout-ms", "300"]) { server, _ in
+            let x = try rawConnection(server)
+            #expect(x.seesEndOfStream(timeout: 3))
+            #expect(server.waitForAudit("registration.refused", reason: "registrationTimeout") != nil)
+            x.close()
+        }
+    }
+
+    @Test("F1: a registered peer that drips half a message is closed at the partial-message deadline")
+    func slowRegisteredClient() throws {
+        try withCanaries(["--partial-message-timeout-ms", "300"]) { server, _ in
+            let x = try rawConnection(server)
+            try x.register()
+            for byte in Array("<18'uds:new-conn".utf8).prefix(5) {
+                try x.write([byte])
+                usleep(50_000)
+            }
+            #expect(x.seesEndOfStream(timeout: 3))
+            #expect(server.waitForAudit("introduction.refused", reason: "timeout") != nil)
+            x.close()
+        }
+    }
+
+    @Test("F2: connections beyond the unauthenticated cap are refused while registered peers keep working")
+    func unauthenticatedFlood() throws {
+        try withCanaries(["--max-unauthenticated", "4"]) { server, _ in
+            var flood: [TestPeer] = []
+            for _ in 0..<10 { flood.append(try rawConnection(server)) }
+            #expect(server.waitForAudit("registration.refused", reason: "tooManyUnauthenticated", count: 6) != nil)
+            for peer in flood { peer.close() }
+        }
+    }
+
+    @Test("F5: introductions beyond the per-peer rate are refused as rateLimited; the sender stays")
+    func rateFlood() throws {
+        try withCanaries(["--max-intros-per-second", "1", "--intro-burst", "3"]) { server, _ in
+            let x = try rawConnection(server), y = try rawConnection(server)
+            try x.register()
+            try y.register()
+            var ends: [FileDescriptor] = []
+            for _ in 0..<6 { ends.append(try x.introduce(to: y.identity)) }
+            #expect(server.waitForAudit("introduction.refused", reason: "rateLimited", count: 3) != nil)
+            for _ in 0..<3 { try y.awaitIntroduction().descriptor.close() }
+            for end in ends { end.close() }
+            x.close()
+            y.close()
+        }
+    }
+
+    @Test("F5: introductions beyond the pending caps are refused as pendingLimit; held ones expire with their descriptors")
+    func pendingFlood() throws {
+        try withCanaries(["--max-pending-per-sender", "2", "--pending-lifetime-ms", "500"]) { server, _ in
+            let x = try rawConnection(server)
+            try x.register()
+            var ends: [FileDescriptor] = []
+            for _ in 0..<4 { ends.append(try x.introduce(to: IdentityKeyPair.generate().publicIdentity)) }
+            #expect(server.waitForAudit("introduction.refused", reason: "pendingLimit", count: 2) != nil)
+            #expect(server.waitForAudit("introduction.expired", reason: "targetUnknownExpired", count: 2) != nil)
+            for end in ends {
+                #expect(try seesEOF(end))
+                end.close()
+            }
+            x.close()
+        }
+    }
+
+    @Test("F4: a target that never reads is dropped at its output cap and the introduction refused as outputOverflow")
+    func targetNeverReads() throws {
+        // No waiting: introductions sent after the target was dropped are refused, not held.
+        try withCanaries(["--max-intros-per-second", "0", "--output-queue-bytes", "4096", "--pending-lifetime-ms", "0"]) { server, _ in
+            let x = try rawConnection(server), y = try rawConnection(server)
+            try x.register()
+            try y.register()
+            var dropped = false
+            for i in 1...5000 {
+                let end = try x.introduce(to: y.identity)
+                end.close()
+                if i % 64 == 0, server.auditRecords().contains(where: { $0["reason"] as? String == "outputOverflow" }) {
+                    dropped = true
+                    break
+                }
+            }
+            #expect(dropped || server.waitForAudit("introduction.refused", reason: "outputOverflow") != nil)
+            #expect(y.seesEndOfStream(timeout: 3))
+            x.close()
+            y.close()
+        }
+    }
+
+    @Test("F7/F8: a peer that dies mid-record or after the marker's bytes leaves no descriptor behind")
+    func peerDiesMidMessage() throws {
+        try withCanaries { server, d in
+            let x = try rawConnection(server)
+            try x.register()
+            let record = UDSMessage.newConnection(UDSNewConnection(
+                from: PeerLocator(identity: x.identity), to: PeerLocator(identity: d.identity))).encoded
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            defer { mine.close() }
+            try x.write(record)
+            try x.write(Array(UDSNewConnection.fdMarker.prefix(2)), passing: [theirs])
+            theirs.close()
+            x.close()
+            #expect(server.waitForAudit("introduction.refused", reason: "truncated") != nil)
+            #expect(try seesEOF(mine))
+        }
+    }
+
+    @Test("B4: a connection from another uid is refused as uidNotAllowed unless --allow-uid names it")
+    func foreignUID() throws {
+        guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
+              FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") else { return }  // needs root to switch uid
+        for allowed in [false, true] {
+            try withCanaries(["--socket-mode", "0666"] + (allowed ? ["--allow-uid", "65534"] : [])) { server, _ in
+                chmod(server.dir.path, 0o711)
+                let script = """
+                    import socket, sys
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.connect(sys.argv[1])
+                    s.settimeout(1.0)
+                    try:
+                        sys.exit(0 if s.recv(1) == b"" else 2)
+                    except socket.timeout:
+                        sys.exit(1)
+                    """
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+                process.arguments = ["--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c", script,
+                                     server.socketPath]
+                try process.run()
+                process.waitUntilExit()
+                if allowed {
+                    #expect(process.terminationStatus == 1, "an allowed uid is served (no immediate close)")
+                } else {
+                    #expect(process.terminationStatus == 0, "a foreign uid is closed at once")
+                    let record = server.waitForAudit("registration.refused", reason: "uidNotAllowed")
+                    #expect(record?["uid"] as? Int == 65534)
+                }
+            }
+        }
+    }
+}

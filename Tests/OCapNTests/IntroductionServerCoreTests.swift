@@ -1,0 +1,558 @@
+import Identity
+import OCapN
+import Syrup
+import Testing
+
+/// The sans-IO introduction server, driven in memory (no sockets, injected clock and challenges).
+@Suite struct IntroductionServerCoreTests {
+    // MARK: worked examples
+
+    @Test("Registration answers the worked example byte for byte and accepts the peer")
+    func registrationIsByteExact() {
+        let h = CoreHarness(challenges: [Fixtures.serverChallenge])
+        let a = h.accept()
+        h.feed(a, Fixtures.bytes("msg1_uds_register_A"))
+        #expect(h.takeSent(a) == Fixtures.bytes("msg2_uds_server_response_goblins"))
+        #expect(h.audits.isEmpty, "nothing is decided before the signature")
+        h.feed(a, Fixtures.bytes("msg3_uds_signature_A_goblins"))
+        #expect(h.takeSent(a).isEmpty, "the server sends nothing after a verified signature")
+        let accepted = h.audits(.registrationAccepted)
+        #expect(accepted.count == 1)
+        #expect(accepted.first?.proved == Fixtures.peerA.identity)
+        #expect(accepted.first?.credentials == h.credentials)
+        #expect(h.core.route(for: Fixtures.peerA.identity) == a)
+        h.finish()
+    }
+
+    @Test("An introduction from A to registered B forwards the identical record with the same descriptor")
+    func introductionIsForwardedByteExact() {
+        let h = CoreHarness(challenges: [Fixtures.serverChallenge, Fixtures.serverChallenge])
+        let a = h.accept()
+        h.feed(a, Fixtures.bytes("msg1_uds_register_A"))
+        h.feed(a, Fixtures.bytes("msg3_uds_signature_A_goblins"))
+        let b = h.accept()
+        h.feed(b, Fixtures.bytes("msg1_uds_register_B"))
+        #expect(h.takeSent(b) == Fixtures.bytes("msg2_uds_server_response_to_B_goblins"))
+        h.feed(b, Fixtures.bytes("msg3_uds_signature_B_goblins"))
+        let fd = h.descriptor()
+        h.feed(a, Fixtures.bytes("msg4_uds_new_connection_A_to_S"))
+        #expect(h.forwards.isEmpty, "nothing moves before the marker and its descriptor")
+        h.feed(a, Fixtures.bytes("msg4_scm_rights_dummy"), descriptors: [fd])
+        #expect(h.forwards.count == 1)
+        #expect(h.forwards.first?.target == b)
+        #expect(h.forwards.first?.descriptor == fd)
+        #expect(h.forwards.first?.record == Fixtures.bytes("msg5_uds_new_connection_S_to_B"))
+        #expect(h.reasons(.introductionRequested) == [nil])
+        let forwarded = h.audits(.introductionForwarded)
+        #expect(forwarded.count == 1)
+        #expect(forwarded.first?.from == Fixtures.peerA.identity && forwarded.first?.to == Fixtures.peerB.identity)
+        #expect(forwarded.first?.attempt == h.audits(.introductionRequested).first?.attempt)
+        h.finish()
+    }
+
+    @Test("The worked examples dripped one byte per read, with the descriptor on the marker's first byte, give the same result")
+    func drippedBytesGiveTheSameResult() {
+        let h = CoreHarness(challenges: [Fixtures.serverChallenge, Fixtures.serverChallenge])
+        func drip(_ id: IntroductionServerConnectionID, _ bytes: [UInt8], fd: Int? = nil) {
+            for (i, byte) in bytes.enumerated() {
+                h.feed(id, [byte], descriptors: i == 0 ? fd.map { [$0] } ?? [] : [])
+            }
+        }
+        let a = h.accept()
+        drip(a, Fixtures.bytes("msg1_uds_register_A"))
+        #expect(h.takeSent(a) == Fixtures.bytes("msg2_uds_server_response_goblins"))
+        drip(a, Fixtures.bytes("msg3_uds_signature_A_goblins"))
+        let b = h.accept()
+        drip(b, Fixtures.bytes("msg1_uds_register_B") + Fixtures.bytes("msg3_uds_signature_B_goblins"))
+        #expect(h.core.registeredCount == 2)
+        let fd = h.descriptor()
+        drip(a, Fixtures.bytes("msg4_uds_new_connection_A_to_S"))
+        drip(a, UDSNewConnection.fdMarker, fd: fd)
+        #expect(h.forwards.map(\.record) == [Fixtures.bytes("msg5_uds_new_connection_S_to_B")])
+        h.finish()
+    }
+
+    @Test("A record, its marker and descriptor, and a second introduction in one read are all forwarded in order")
+    func mergedReadsKeepOrder() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let b = h.register(Peers.signer(2))
+        let record = UDSMessage.newConnection(UDSNewConnection(
+            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded
+        let first = h.descriptor(), second = h.descriptor()
+        // K5: a read ends with the segment that carried a descriptor; earlier bytes can merge in.
+        h.feed(a, record + UDSNewConnection.fdMarker, descriptors: [first])
+        h.feed(a, record + UDSNewConnection.fdMarker, descriptors: [second])
+        #expect(h.forwards.map(\.descriptor) == [first, second])
+        #expect(h.forwards.allSatisfy { $0.target == b && $0.record == record })
+        h.finish()
+    }
+
+    @Test("A uds:signature, a uds:new-connection and its marker merged into the descriptor's read register and forward")
+    func pipelinedSignatureAndIntroduction() {
+        // K5: earlier plain segments may share the read that carries the descriptor.
+        let h = CoreHarness(challenges: [Fixtures.serverChallenge, Fixtures.serverChallenge])
+        let b = h.accept()
+        h.feed(b, Fixtures.bytes("msg1_uds_register_B") + Fixtures.bytes("msg3_uds_signature_B_goblins"))
+        let a = h.accept()
+        h.feed(a, Fixtures.bytes("msg1_uds_register_A"))
+        let fd = h.descriptor()
+        h.feed(a, Fixtures.bytes("msg3_uds_signature_A_goblins") + Fixtures.bytes("msg4_uds_new_connection_A_to_S")
+               + UDSNewConnection.fdMarker, descriptors: [fd])
+        #expect(h.reasons(.registrationAccepted) == [nil, nil])
+        #expect(h.forwards.map(\.descriptor) == [fd])
+        #expect(h.forwards.first?.target == b)
+        h.finish()
+    }
+
+    @Test("A descriptor on the last message of a read, with no marker after it, is refused")
+    func descriptorEndingOnPlainMessageIsRefused() {
+        let h = CoreHarness(challenges: [Fixtures.serverChallenge])
+        let a = h.accept()
+        h.feed(a, Fixtures.bytes("msg1_uds_register_A"))
+        let fd = h.descriptor()
+        h.feed(a, Fixtures.bytes("msg3_uds_signature_A_goblins"), descriptors: [fd])
+        #expect(h.reasons(.registrationRefused) == [.extraFds])
+        #expect(h.closedDescriptors == [fd])
+        h.finish()
+    }
+
+    // MARK: registration failures
+
+    @Test("A signature that does not verify refuses the registration and closes the connection")
+    func badSignatureIsRefused() {
+        let h = CoreHarness(challenges: [Fixtures.serverChallenge])
+        let a = h.accept()
+        h.feed(a, Fixtures.bytes("msg1_uds_register_A"))
+        var signature = Fixtures.bytes("msg3_uds_signature_A_goblins")
+        signature[signature.count - 3] ^= 0x01  // inside the raw signature
+        h.feed(a, signature)
+        #expect(h.reasons(.registrationRefused) == [.badSignature])
+        #expect(h.audits(.registrationRefused).first?.claimed == Fixtures.peerA.identity)
+        #expect(h.closedConnections == [a])
+        #expect(h.core.route(for: Fixtures.peerA.identity) == nil)
+        h.finish()
+    }
+
+    @Test("A signature replayed from another connection's challenge is refused")
+    func replayedSignatureIsRefused() {
+        // The example signature signs the example challenge; this connection got another one.
+        let h = CoreHarness()
+        let a = h.accept()
+        h.feed(a, Fixtures.bytes("msg1_uds_register_A"))
+        h.feed(a, Fixtures.bytes("msg3_uds_signature_A_goblins"))
+        #expect(h.reasons(.registrationRefused) == [.badSignature])
+        h.finish()
+    }
+
+    @Test("A client challenge that is not 64 bytes is refused before anything is signed", arguments: [0, 63, 65, 128])
+    func shortChallengeIsNeverSigned(length: Int) {
+        let h = CoreHarness()
+        let a = h.accept()
+        let register = SyrupValue.record(label: .symbol("uds:register"), fields: [
+            PeerLocator(identity: Fixtures.peerA.identity).syrupValue, .bytes([UInt8](repeating: 7, count: length)),
+        ])
+        h.feed(a, SyrupEncoder.encode(register))
+        #expect(h.takeSent(a).isEmpty, "no signature leaves the server")
+        #expect(h.reasons(.registrationRefused) == [.challengeLength])
+        h.finish()
+    }
+
+    @Test("A registration that is not complete by the absolute deadline is refused, even while bytes keep arriving")
+    func registrationDeadlineIsAbsolute() {
+        var limits = IntroductionServerLimits()
+        limits.registrationTimeout = .milliseconds(300)
+        let h = CoreHarness(limits: limits)
+        let a = h.accept()
+        let register = Fixtures.bytes("msg1_uds_register_A")
+        for byte in register.prefix(20) {
+            h.feed(a, [byte])
+            h.advance(.milliseconds(10))
+        }
+        #expect(h.closedConnections.isEmpty)
+        #expect(h.core.nextDeadline != nil)
+        h.advance(.milliseconds(150))
+        #expect(h.reasons(.registrationRefused) == [.registrationTimeout])
+        #expect(h.closedConnections == [a])
+        h.finish()
+    }
+
+    @Test("Messages out of order before registration close the connection", arguments: [
+        "msg3_uds_signature_A_goblins", "msg2_uds_server_response_goblins", "msg4_uds_new_connection_A_to_S",
+    ])
+    func outOfOrderMessageIsRefused(name: String) {
+        let h = CoreHarness()
+        let a = h.accept()
+        h.feed(a, Fixtures.bytes(name))
+        if name.hasPrefix("msg4") {
+            #expect(h.closedConnections.isEmpty, "the record waits for its marker")
+            h.feed(a, UDSNewConnection.fdMarker, descriptors: [h.descriptor()])
+        }
+        #expect(h.reasons(.registrationRefused) == [.malformedMessage])
+        #expect(h.closedConnections == [a])
+        h.finish()
+    }
+
+    @Test("A second uds:register after registration drops the peer with malformedMessage")
+    func secondRegisterIsRefused() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        h.feed(a, UDSMessage.register(UDSRegister(locator: PeerLocator(identity: Peers.signer(1).identity),
+                                                  challenge: .random())).encoded)
+        #expect(h.reasons(.introductionRefused) == [.malformedMessage])
+        #expect(h.core.route(for: Peers.signer(1).identity) == nil)
+        h.finish()
+    }
+
+    // MARK: bad input on the stream
+
+    @Test("Garbage, a huge length prefix, deep nesting and oversized messages close the connection with their reason",
+          arguments: [
+              ("garbage", Array("hello world\n".utf8), IntroductionServerReason.malformedMessage),
+              ("length prefix", Array("99999999999999999999:".utf8), .messageTooLarge),
+              ("overflowing length", Array("999999999999999999999999999999:".utf8), .messageTooLarge),
+              ("deep nesting", [UInt8](repeating: UInt8(ascii: "["), count: 100), .messageTooLarge),
+              ("oversized string", Array("20000\"".utf8) + [UInt8](repeating: 0x61, count: 100), .messageTooLarge),
+              ("unknown record", SyrupEncoder.encode(.record(label: .symbol("uds:hello"), fields: [])), .malformedMessage),
+              ("non-canonical", Array("01+".utf8), .malformedMessage),
+          ])
+    func badBytesAreRefused(name: String, bytes: [UInt8], reason: IntroductionServerReason) {
+        for registered in [false, true] {
+            let h = CoreHarness()
+            let id = registered ? h.register(Peers.signer(1)) : h.accept()
+            h.feed(id, bytes)
+            let kind: IntroductionServerAuditRecord.Kind = registered ? .introductionRefused : .registrationRefused
+            #expect(h.reasons(kind) == [reason], "\(name), registered: \(registered)")
+            #expect(h.closedConnections == [id], "\(name)")
+            h.finish()
+        }
+    }
+
+    @Test("A descriptor sent with uds:register is closed and closes the connection")
+    func descriptorDuringRegistrationIsRefused() {
+        let h = CoreHarness()
+        let a = h.accept()
+        let fd = h.descriptor()
+        h.feed(a, Fixtures.bytes("msg1_uds_register_A"), descriptors: [fd])
+        #expect(h.reasons(.registrationRefused) == [.extraFds])
+        #expect(h.closedDescriptors == [fd])
+        h.finish()
+    }
+
+    @Test("A marker without a descriptor, two descriptors, or a descriptor on the record close the connection")
+    func descriptorPlacementErrors() {
+        let record = UDSMessage.newConnection(UDSNewConnection(
+            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded
+        do {
+            let h = CoreHarness()
+            let a = h.register(Peers.signer(1))
+            h.feed(a, record)
+            h.feed(a, UDSNewConnection.fdMarker)
+            #expect(h.reasons(.introductionRefused) == [.fdMissing])
+            h.finish()
+        }
+        do {
+            let h = CoreHarness()
+            let a = h.register(Peers.signer(1))
+            h.feed(a, record)
+            h.feed(a, UDSNewConnection.fdMarker, descriptors: [h.descriptor(), h.descriptor()])
+            #expect(h.reasons(.introductionRefused) == [.extraFds])
+            #expect(h.closedDescriptors.count == 2)
+            h.finish()
+        }
+        do {
+            let h = CoreHarness()
+            let a = h.register(Peers.signer(1))
+            let stray = h.descriptor()
+            h.feed(a, record, descriptors: [stray])
+            h.feed(a, UDSNewConnection.fdMarker)
+            // The descriptor rode on the record, so the marker's read carried none.
+            #expect(h.reasons(.introductionRefused) == [.fdMissing])
+            #expect(h.closedDescriptors == [stray])
+            h.finish()
+        }
+    }
+
+    @Test("End of stream inside a message or before the marker is truncated; a clean end unregisters quietly")
+    func endOfStream() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let record = UDSMessage.newConnection(UDSNewConnection(
+            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded
+        h.feed(a, record)
+        h.eof(a)
+        #expect(h.reasons(.introductionRefused) == [.truncated])
+        let b = h.register(Peers.signer(2))
+        h.eof(b)
+        #expect(h.reasons(.introductionRefused) == [.truncated], "a clean disconnect is no refusal")
+        #expect(h.core.registeredCount == 0)
+        let c = h.accept()
+        h.eof(c)
+        #expect(h.reasons(.registrationRefused) == [.peerReset])
+        h.finish()
+    }
+
+    @Test("A registered peer that leaves a message incomplete past the partial-message deadline is dropped")
+    func partialMessageTimesOut() {
+        var limits = IntroductionServerLimits()
+        limits.partialMessageTimeout = .milliseconds(200)
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        h.feed(a, Array("<18'uds:new-conn".utf8))
+        h.advance(.milliseconds(150))
+        #expect(h.closedConnections.isEmpty)
+        h.advance(.milliseconds(100))
+        #expect(h.reasons(.introductionRefused) == [.timeout])
+        #expect(h.closedConnections == [a])
+        h.finish()
+    }
+
+    // MARK: routing
+
+    @Test("A uds:new-connection whose from is not the sender is refused as spoofedFrom and closes the sender")
+    func spoofedFromIsRefused() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        h.register(Peers.signer(2))
+        let fd = h.descriptor()
+        h.introduce(on: a, from: Peers.signer(3).identity, to: Peers.signer(2).identity, fd: fd)
+        #expect(h.forwards.isEmpty)
+        #expect(h.closedDescriptors == [fd])
+        let refused = h.audits(.introductionRefused)
+        #expect(refused.map(\.reason) == [.spoofedFrom])
+        #expect(refused.first?.from == Peers.signer(1).identity, "the record names the real sender")
+        #expect(h.closedConnections == [a])
+        #expect(h.core.route(for: Peers.signer(1).identity) == nil)
+        h.finish()
+    }
+
+    @Test("Hints do not affect routing: the target is found by its key alone")
+    func hintsAreIgnoredForRouting() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let b = h.register(Peers.signer(2))
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor(),
+                    hints: [Peers.signer(9).identity, Peers.signer(8).identity])
+        #expect(h.forwards.map(\.target) == [b])
+        h.finish()
+    }
+
+    @Test("An introduction to a target that registers later waits and is then forwarded")
+    func pendingIsDeliveredOnRegistration() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let fd = h.descriptor()
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: fd)
+        #expect(h.forwards.isEmpty)
+        #expect(h.core.pendingCount == 1)
+        #expect(h.audits(.introductionQueued).count == 1)
+        h.advance(.seconds(3))
+        let b = h.register(Peers.signer(2))
+        #expect(h.forwards.map(\.target) == [b])
+        #expect(h.forwards.map(\.descriptor) == [fd])
+        #expect(h.core.pendingCount == 0)
+        #expect(h.audits(.introductionForwarded).first?.durationNanoseconds == 3_000_000_000)
+        h.finish()
+    }
+
+    @Test("A pending introduction expires: its descriptor is closed and the attempt ends as expired")
+    func pendingExpires() {
+        var limits = IntroductionServerLimits()
+        limits.pendingLifetime = .milliseconds(400)
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        let fd = h.descriptor()
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: fd)
+        h.advance(.milliseconds(399))
+        #expect(h.closedDescriptors.isEmpty)
+        h.advance(.milliseconds(1))
+        #expect(h.closedDescriptors == [fd])
+        #expect(h.reasons(.introductionExpired) == [.targetUnknownExpired])
+        #expect(h.closedConnections.isEmpty, "the sender stays connected")
+        h.register(Peers.signer(2))
+        #expect(h.forwards.isEmpty, "an expired introduction is never delivered")
+        h.finish()
+    }
+
+    @Test("With no pending lifetime an introduction to an unknown target is refused at once")
+    func zeroLifetimeRefusesAtOnce() {
+        var limits = IntroductionServerLimits()
+        limits.pendingLifetime = .zero
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.reasons(.introductionRefused) == [.targetUnknownExpired])
+        #expect(h.core.pendingCount == 0)
+        h.finish()
+    }
+
+    @Test("Pending caps per target, per sender and in total refuse with pendingLimit and keep the sender connected")
+    func pendingCaps() {
+        var limits = IntroductionServerLimits()
+        limits.maxPendingPerTarget = 2
+        limits.maxPendingPerSender = 3
+        limits.maxPendingTotal = 4
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        let c = h.register(Peers.signer(3))
+        let one = Peers.signer(1).identity, three = Peers.signer(3).identity
+        let targetX = Peers.signer(10).identity, targetY = Peers.signer(11).identity, targetZ = Peers.signer(12).identity
+        h.introduce(on: a, from: one, to: targetX, fd: h.descriptor())
+        h.introduce(on: a, from: one, to: targetX, fd: h.descriptor())
+        h.introduce(on: a, from: one, to: targetX, fd: h.descriptor())  // per target
+        #expect(h.reasons(.introductionRefused) == [.pendingLimit])
+        h.introduce(on: a, from: one, to: targetY, fd: h.descriptor())
+        h.introduce(on: a, from: one, to: targetZ, fd: h.descriptor())  // per sender
+        #expect(h.reasons(.introductionRefused) == [.pendingLimit, .pendingLimit])
+        h.introduce(on: c, from: three, to: targetY, fd: h.descriptor())
+        h.introduce(on: c, from: three, to: targetZ, fd: h.descriptor())  // total
+        #expect(h.reasons(.introductionRefused) == [.pendingLimit, .pendingLimit, .pendingLimit])
+        #expect(h.core.pendingCount == 4)
+        #expect(h.closedConnections.isEmpty)
+        h.finish()
+    }
+
+    @Test("The rate limit refuses introductions beyond the burst and grants them again as tokens refill")
+    func rateLimit() {
+        var limits = IntroductionServerLimits()
+        limits.introductionsPerSecond = 10
+        limits.introductionBurst = 3
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        h.register(Peers.signer(2))
+        for _ in 0..<5 {
+            h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        }
+        #expect(h.forwards.count == 3)
+        #expect(h.reasons(.introductionRefused) == [.rateLimited, .rateLimited])
+        h.advance(.milliseconds(100))
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.forwards.count == 4)
+        #expect(h.closedConnections.isEmpty)
+        h.finish()
+    }
+
+    @Test("A passed descriptor that is not a socketpair end is closed and refused as fdInvalid; the sender stays")
+    func invalidDescriptorIsRefused() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        h.register(Peers.signer(2))
+        let bad = h.descriptor()
+        h.invalidDescriptors = [bad]
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: bad)
+        #expect(h.reasons(.introductionRefused) == [.fdInvalid])
+        #expect(h.closedDescriptors == [bad])
+        #expect(h.logs.contains { $0.reason == .fdInvalid && $0.detail == "regular file" })
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.forwards.count == 1, "the connection keeps working")
+        h.finish()
+    }
+
+    @Test("An introduction of a peer to itself is refused")
+    func selfIntroductionIsRefused() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(1).identity, fd: h.descriptor())
+        #expect(h.reasons(.introductionRefused) == [.selfConnection])
+        h.finish()
+    }
+
+    @Test("A target whose output queue is full is dropped and that introduction refused with outputOverflow")
+    func outputOverflowDropsTarget() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let b = h.register(Peers.signer(2))
+        h.notReading = [b]
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.reasons(.introductionRefused) == [.outputOverflow, .outputOverflow])
+        #expect(h.audits(.introductionRefused).first?.to == Peers.signer(2).identity)
+        #expect(h.closedConnections == [b])
+        #expect(h.core.route(for: Peers.signer(2).identity) == nil)
+        h.finish()
+    }
+
+    // MARK: re-registration and disconnects
+
+    @Test("A second live registration of the same key wins; the older connection is closed")
+    func newestRegistrationWins() {
+        let h = CoreHarness()
+        let old = h.register(Peers.signer(2))
+        let new = h.register(Peers.signer(2))
+        #expect(h.closedConnections == [old])
+        #expect(h.core.route(for: Peers.signer(2).identity) == new)
+        #expect(h.reasons(.registrationAccepted) == [nil, .replacedByNewer])
+        let a = h.register(Peers.signer(1))
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.forwards.map(\.target) == [new])
+        h.finish()
+    }
+
+    @Test("A peer that disconnects is unrouted, its introductions wait again, and it can register anew")
+    func disconnectAndReRegister() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let b = h.register(Peers.signer(2))
+        h.eof(b)
+        #expect(h.core.route(for: Peers.signer(2).identity) == nil)
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.core.pendingCount == 1)
+        let again = h.register(Peers.signer(2))
+        #expect(h.forwards.map(\.target) == [again])
+        h.finish()
+    }
+
+    // MARK: admission
+
+    @Test("Connections from a uid that is not allowed are refused with uidNotAllowed and credentials")
+    func foreignUIDIsRefused() {
+        let h = CoreHarness(allowedUIDs: [1000, 1001])
+        let stranger = h.accept(uid: 2000)
+        h.accept(uid: 1001)
+        #expect(h.closedConnections == [stranger])
+        #expect(h.reasons(.registrationRefused) == [.uidNotAllowed])
+        #expect(h.audits(.registrationRefused).first?.credentials?.uid == 2000)
+        h.finish()
+    }
+
+    @Test("Connection caps refuse with tooManyUnauthenticated and tooManyClients; registered peers keep working")
+    func connectionCaps() {
+        var limits = IntroductionServerLimits()
+        limits.maxClients = 4
+        limits.maxUnauthenticated = 2
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        let b = h.register(Peers.signer(2))
+        h.accept()
+        h.accept()
+        let third = h.accept()
+        #expect(h.reasons(.registrationRefused) == [.tooManyClients])
+        #expect(h.closedConnections == [third])
+        _ = a
+        _ = b
+        let h2 = CoreHarness(limits: limits)
+        h2.accept()
+        h2.accept()
+        h2.accept()
+        #expect(h2.reasons(.registrationRefused) == [.tooManyUnauthenticated])
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.forwards.map(\.target) == [b])
+        h.finish()
+        h2.finish()
+    }
+
+    @Test("Shutdown closes every connection and held descriptor and ends every open attempt")
+    func shutdownReleasesEverything() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let half = h.accept()
+        h.feed(half, Array(Fixtures.bytes("msg1_uds_register_A").prefix(30)))
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(7).identity, fd: h.descriptor())
+        h.feed(a, UDSMessage.newConnection(UDSNewConnection(
+            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded)
+        h.feed(a, Array(UDSNewConnection.fdMarker.prefix(2)), descriptors: [h.descriptor()])
+        h.finish()
+        #expect(h.reasons(.registrationRefused) == [.serverShutdown])
+        #expect(h.reasons(.introductionRefused) == [.serverShutdown])
+        #expect(Set(h.closedConnections) == [a, half])
+    }
+}

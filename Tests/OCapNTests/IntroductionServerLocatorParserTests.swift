@@ -1,0 +1,94 @@
+import Identity
+@testable import OCapN
+import Syrup
+import Testing
+
+/// The server's cached locator parser must accept and refuse exactly what `PeerLocator(syrup:)`
+/// does, with the same codes, whether its cache is cold or warm.
+@Suite struct IntroductionServerLocatorParserTests {
+    /// Every locator value in the vector file (examples and the locator fields of rejects), plus
+    /// variants built around cached keys.
+    static func corpus() -> [SyrupValue] {
+        var values: [SyrupValue] = []
+        for e in Fixtures.section("examples") + Fixtures.section("rejects") {
+            guard let hex = e["hex"] as? String, let v = try? SyrupDecoder().decode(Fixtures.hex(hex)) else { continue }
+            values.append(v)
+            if case let .record(_, fields) = v { values += fields }
+        }
+        let a = Fixtures.peerA.identity, s = Fixtures.serverS.identity
+        func locator(_ label: SyrupValue = .symbol("ocapn-peer"), transport: SyrupValue = .symbol("unix-domain-socket"),
+                     designator: SyrupValue = .string(Fixtures.peerA.identity.designator),
+                     hints: SyrupValue = .bool(false), extra: [SyrupValue] = []) -> SyrupValue {
+            .record(label: label, fields: [transport, designator, hints] + extra)
+        }
+        values += [
+            locator(),
+            locator(.string("ocapn-peer")),
+            locator(.symbol("ocapn-peers")),
+            locator(transport: .symbol("tcp")),
+            locator(transport: .string("unix-domain-socket")),
+            locator(designator: .symbol(a.designator)),
+            locator(designator: .string(a.designator.uppercased())),
+            locator(designator: .string(String(a.designator.dropLast()))),
+            locator(hints: .bool(true)),
+            locator(hints: .list([])),
+            locator(hints: .dictionary([:])),
+            locator(hints: .dictionary([.string(s.designator): .string("t")])),
+            locator(hints: .dictionary([.string(s.designator): .bool(true)])),
+            locator(hints: .dictionary([.string(s.designator): .integer(SyrupInteger(1))])),
+            locator(hints: .dictionary([.string(s.designator): .bytes([1])])),
+            locator(hints: .dictionary([.string(s.designator): .double(1)])),
+            locator(hints: .dictionary([.string(s.designator): .string(String(repeating: "x", count: 257))])),
+            locator(hints: .dictionary([.string(s.designator): .string(String(repeating: "x", count: 256))])),
+            locator(hints: .dictionary([.symbol(s.designator): .string("t")])),
+            locator(hints: .dictionary([.string(s.designator.uppercased()): .string("t")])),
+            locator(hints: .dictionary(Dictionary(uniqueKeysWithValues: (1...33).map {
+                (SyrupValue.string(Peers.signer(UInt8($0)).identity.designator), SyrupValue.string("t"))
+            }))),
+            locator(extra: [.bool(false)]),
+            .record(label: .symbol("ocapn-peer"), fields: [.symbol("unix-domain-socket"), .string(a.designator)]),
+            .string(a.designator),
+        ]
+        return values
+    }
+
+    enum Outcome: Equatable {
+        case parsed(PeerLocator)
+        case refused(OCapNError.Code)
+    }
+
+    static func outcome(_ body: () throws(OCapNError) -> PeerLocator) -> Outcome {
+        do throws(OCapNError) { return .parsed(try body()) } catch { return .refused(error.code) }
+    }
+
+    @Test("The cached parser gives PeerLocator's result or error code for every corpus value, cold and warm")
+    func agreesWithPeerLocator() {
+        let corpus = Self.corpus()
+        var warm = IntroductionServerLocatorParser(recentCapacity: 64)
+        warm.pin(Fixtures.peerA.identity)
+        for v in corpus { _ = try? warm.locator(v) }  // fills the cache with every valid key
+        for v in corpus {
+            let expected = Self.outcome { () throws(OCapNError) in try PeerLocator(syrup: v) }
+            var cold = IntroductionServerLocatorParser(recentCapacity: 0)
+            #expect(Self.outcome { () throws(OCapNError) in try cold.locator(v) } == expected, "cold: \(v)")
+            #expect(Self.outcome { () throws(OCapNError) in try warm.locator(v) } == expected, "warm: \(v)")
+        }
+    }
+
+    @Test("The recent cache is bounded: it empties when full instead of growing")
+    func recentCacheIsBounded() throws {
+        var parser = IntroductionServerLocatorParser(recentCapacity: 4)
+        for n in 1...20 {
+            _ = try parser.locator(PeerLocator(identity: Peers.signer(UInt8(n)).identity).syrupValue)
+        }
+        #expect(parser.pinnedCount == 0)
+        // Pinned keys survive any amount of churn in the recent tier.
+        parser.pin(Peers.signer(1).identity)
+        for n in 21...40 {
+            _ = try parser.locator(PeerLocator(identity: Peers.signer(UInt8(n)).identity).syrupValue)
+        }
+        #expect(parser.pinnedCount == 1)
+        parser.unpin(Peers.signer(1).identity)
+        #expect(parser.pinnedCount == 0)
+    }
+}
