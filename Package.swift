@@ -16,6 +16,8 @@ let package = Package(
     products: [
         .executable(name: "ocapn-uds", targets: ["ocapn-uds"]),
         .library(name: "OCapNUDS", targets: ["Runtime"]),
+        // The sans-IO layers on their own (the fuzz package in Fuzz/ builds against these).
+        .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
