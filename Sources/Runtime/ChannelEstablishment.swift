@@ -1,0 +1,288 @@
+import Audit
+import Identity
+import Logging
+import OCapN
+import SecureChannel
+import Synchronization
+import Transport
+
+/// Settings of the channel runtime: the handshake, the channel's queues, legacy peers.
+/// Every limit has a default from PROTOCOL.md §6.4 or the reliability catalogue §4.
+public struct ChannelRuntimeConfiguration: Sendable {
+    /// Handshake deadline (default 10 s, PROTOCOL.md §6.4) and framed-channel limits.
+    public var handshake: HandshakeConfiguration
+    /// Received messages held for the application; above either bound the runtime stops reading
+    /// the socket until the application takes some (back-pressure reaches the sender's kernel).
+    public var maxInboundQueuedBytes: Int
+    public var maxInboundQueuedMessages: Int
+    /// Sealed bytes waiting for the socket; `send` suspends while more than this is queued.
+    public var maxOutboundQueuedBytes: Int
+    /// Bytes per read (large chunks: one `recvmsg` can carry several frames).
+    public var readChunkSize: Int
+    /// Reads per readable event before yielding the queue to other channels.
+    public var readsPerEvent: Int
+    /// How long `close()` waits for the peer's CLOSE after sending ours.
+    public var closeTimeout: Duration
+    /// Admit Goblins peers (no handshake; their first bytes are `<16'op:start-session`) as
+    /// unauthenticated channels. Off by default: they are refused with `legacyPeerRefused`.
+    public var allowLegacyPeers: Bool
+    /// Asked about an initiator's key after msg1's header checks; false → `peerNotAllowed`.
+    public var peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)?
+    /// Ephemeral X25519 keys (tests inject fixed ones).
+    public var ephemeralKeys: EphemeralKeySource
+
+    public init(
+        handshake: HandshakeConfiguration = HandshakeConfiguration(),
+        maxInboundQueuedBytes: Int = 4 << 20, maxInboundQueuedMessages: Int = 1024,
+        maxOutboundQueuedBytes: Int = 1 << 20, readChunkSize: Int = 64 << 10, readsPerEvent: Int = 8,
+        closeTimeout: Duration = .seconds(2), allowLegacyPeers: Bool = false,
+        peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil, ephemeralKeys: EphemeralKeySource = .system
+    ) {
+        precondition(maxInboundQueuedBytes >= 1 && maxInboundQueuedMessages >= 1, "inbound queue bounds must be positive")
+        precondition(maxOutboundQueuedBytes >= 1, "outbound queue bound must be positive")
+        precondition(readChunkSize >= 512 && readsPerEvent >= 1, "read chunk of at least 512 bytes, at least one read per event")
+        precondition(closeTimeout > .zero, "close timeout must be positive")
+        self.handshake = handshake
+        self.maxInboundQueuedBytes = maxInboundQueuedBytes
+        self.maxInboundQueuedMessages = maxInboundQueuedMessages
+        self.maxOutboundQueuedBytes = maxOutboundQueuedBytes
+        self.readChunkSize = readChunkSize
+        self.readsPerEvent = readsPerEvent
+        self.closeTimeout = closeTimeout
+        self.allowLegacyPeers = allowLegacyPeers
+        self.peerPolicy = peerPolicy
+        self.ephemeralKeys = ephemeralKeys
+    }
+}
+
+/// Caps the handshakes in progress at once, across every socket that shares it (both roles).
+/// A handshake over the cap fails at once with `handshakeLimitExceeded` and costs no crypto.
+public final class HandshakeLimiter: Sendable {
+    /// PROTOCOL.md §6.4: 64 pending handshakes per process.
+    public static let defaultLimit = 64
+
+    public let limit: Int
+    private let count = Mutex(0)
+
+    public init(limit: Int = HandshakeLimiter.defaultLimit) {
+        precondition(limit >= 1, "handshake limit must be positive")
+        self.limit = limit
+    }
+
+    /// Handshakes in progress now.
+    public var inProgress: Int { count.withLock { $0 } }
+
+    func tryAcquire() -> Bool {
+        count.withLock { c in
+            guard c < limit else { return false }
+            c += 1
+            return true
+        }
+    }
+
+    func release() {
+        count.withLock { c in
+            precondition(c > 0, "handshake slot released twice")
+            c -= 1
+        }
+    }
+}
+
+/// What the introduction said about a socket, for checks and the audit trail. All optional: a
+/// socketpair made without a server (tests, embedding) has none of it.
+public struct IntroductionContext: Sendable {
+    /// The initiator's locator as announced (`from`).
+    public var from: PeerLocator?
+    /// The target's locator (`to`).
+    public var to: PeerLocator?
+    /// The introduction server the socket came through.
+    public var server: PublicIdentity?
+
+    public init(from: PeerLocator? = nil, to: PeerLocator? = nil, server: PublicIdentity? = nil) {
+        self.from = from
+        self.to = to
+        self.server = server
+    }
+}
+
+/// Runs UDS-HS1 on introduced sockets and turns them into channels.
+///
+/// One value per local identity; cheap to copy (the limiter and key cache are shared objects).
+/// `initiate` and `respond` take ownership of the socket: on every path it ends up either in the
+/// returned channel or closed.
+public struct ChannelEstablishment: Sendable {
+    public let identity: PublicIdentity
+    public let configuration: ChannelRuntimeConfiguration
+    public let limiter: HandshakeLimiter
+    let handshakeIdentity: HandshakeIdentity
+    let keyCache: X25519KeyCache
+    let audit: (any AuditSink)?
+    let logger: Logger
+
+    /// - Parameters:
+    ///   - limiter: share one between establishments that must respect one cap (default: a new
+    ///     limiter of `HandshakeLimiter.defaultLimit`).
+    ///   - audit: where handshake and channel records go (nil: none).
+    public init(
+        identity keyPair: IdentityKeyPair, configuration: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(),
+        limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = X25519KeyCache(),
+        audit: (any AuditSink)? = nil, logger: Logger
+    ) {
+        do {
+            handshakeIdentity = try HandshakeIdentity(publicKey: keyPair.publicKey, secretKey: keyPair.handshakeSecretKey())
+        } catch {
+            // An IdentityKeyPair is validated on creation; its halves always agree.
+            preconditionFailure("IdentityKeyPair refused as a handshake identity: \(error.code.rawValue)")
+        }
+        identity = keyPair.publicIdentity
+        self.configuration = configuration
+        self.limiter = limiter
+        self.keyCache = keyCache
+        self.audit = audit
+        self.logger = logger
+    }
+
+    /// Runs the initiator's side on `socket` (our socketpair end), expecting `responder`'s key
+    /// (from the `to` locator). Returns only once the responder proved that key.
+    public func initiate(
+        over socket: FileDescriptor, to responder: PublicIdentity, introduction: IntroductionContext = IntroductionContext()
+    ) async throws(PeerError) -> PeerChannel {
+        try await initiate(over: socket, to: responder, introduction: introduction, cancellation: nil)
+    }
+
+    func initiate(
+        over socket: FileDescriptor, to responder: PublicIdentity, introduction: IntroductionContext,
+        cancellation: HandshakeCancellation?
+    ) async throws(PeerError) -> PeerChannel {
+        let facts = ChannelFacts(
+            role: .initiator, local: identity, expected: responder, introduction: introduction,
+            attempt: AuditAttemptID.random())
+        guard limiter.tryAcquire() else {
+            socket.close()
+            throw refuse(PeerError(.handshakeLimitExceeded, "\(limiter.limit) handshakes already in progress"), facts)
+        }
+        let machine: HandshakeInitiator
+        do {
+            machine = try HandshakeInitiator(
+                identity: handshakeIdentity, responder: responder.publicKey, configuration: configuration.handshake,
+                keyCache: keyCache, ephemeralKeys: configuration.ephemeralKeys, now: .now)
+        } catch {
+            limiter.release()
+            socket.close()
+            throw refuse(PeerError(error), facts)
+        }
+        let engine = ChannelEngine(
+            socket: socket, phase: .initiating(machine), initialOutput: machine.initialMessage,
+            deadline: machine.deadline, facts: facts, environment: environment)
+        cancellation?.attach(engine)
+        return try await engine.establish()
+    }
+
+    /// Runs the responder's side on a passed `socket`, expecting the initiator to prove
+    /// `initiator`'s key (the key of the introduction's `from`). Checks first, cheapest first:
+    /// the descriptor is a socketpair end (`passedSocketInvalid`), `introduction.to` (when
+    /// given) names us (`notAddressedToUs`), a handshake slot is free (`handshakeLimitExceeded`).
+    public func respond(
+        over socket: FileDescriptor, expecting initiator: PublicIdentity, introduction: IntroductionContext = IntroductionContext()
+    ) async throws(PeerError) -> PeerChannel {
+        let facts = ChannelFacts(
+            role: .responder, local: identity, expected: initiator, introduction: introduction,
+            attempt: AuditAttemptID.random())
+        do {
+            try socket.validateAsConnectedUnixStream()
+        } catch {
+            socket.close()
+            throw refuse(PeerError(.passedSocketInvalid, error.description), facts)
+        }
+        if let to = introduction.to, to.identity != identity {
+            socket.close()
+            throw refuse(PeerError(.notAddressedToUs, "introduction addressed to \(to.identity.fingerprint)"), facts)
+        }
+        guard limiter.tryAcquire() else {
+            socket.close()
+            throw refuse(PeerError(.handshakeLimitExceeded, "\(limiter.limit) handshakes already in progress"), facts)
+        }
+        let machine = HandshakeResponder(
+            identity: handshakeIdentity, announcedInitiator: initiator.publicKey, configuration: configuration.handshake,
+            policy: configuration.peerPolicy, keyCache: keyCache, ephemeralKeys: configuration.ephemeralKeys, now: .now)
+        let engine = ChannelEngine(
+            socket: socket, phase: .responding(machine, legacyProbe: []), initialOutput: [],
+            deadline: machine.deadline, facts: facts, environment: environment)
+        return try await engine.establish()
+    }
+
+    var environment: ChannelEngine.Environment {
+        ChannelEngine.Environment(configuration: configuration, limiter: limiter, audit: audit, logger: logger)
+    }
+
+    /// A handshake refused before it started: logged and audited (terminal record only).
+    private func refuse(_ error: PeerError, _ facts: ChannelFacts) -> PeerError {
+        var log = logger
+        facts.annotate(&log)
+        log.info("handshake refused", metadata: ["reason": "\(error.code.rawValue)", "detail": "\(error.detail)"])
+        audit?.record(facts.event(.handshakeFailed, reason: error.auditReason))
+        return error
+    }
+}
+
+/// Public facts about one handshake or channel, for logs and audit records.
+struct ChannelFacts: Sendable {
+    let role: HandshakeRole
+    let local: PublicIdentity
+    /// Initiator: the `to` key; responder: the `from` key (a claim until proved).
+    let expected: PublicIdentity
+    let introduction: IntroductionContext
+    let attempt: AuditAttemptID
+
+    var auditRole: AuditRole {
+        switch role {
+        case .initiator: return .initiator
+        case .responder: return .responder
+        }
+    }
+
+    func event(
+        _ kind: AuditEventKind, reason: AuditReason? = nil, proved: [UInt8]? = nil, handshakeHash: [UInt8]? = nil,
+        session: SessionID? = nil, durationMicros: UInt64? = nil, clean: Bool? = nil, traffic: AuditTraffic? = nil
+    ) -> AuditEvent {
+        AuditEvent(
+            kind, reason: reason, attempt: attempt, role: auditRole, local: AuditPeerID(local),
+            expectedPeer: AuditPeerID(expected), provedPeer: proved.map { AuditPeerID(publicKey: $0) },
+            from: introduction.from.map { AuditPeerID($0.identity) }, to: introduction.to.map { AuditPeerID($0.identity) },
+            introServer: introduction.server.map { AuditPeerID($0) },
+            transcriptHash: handshakeHash.map { AuditDigest($0) }, sessionID: session.map { AuditDigest($0.bytes) },
+            protocolVersion: handshakeHash == nil ? nil : UInt32(UDSHS1.version), durationMicros: durationMicros,
+            clean: clean, traffic: traffic)
+    }
+
+    func annotate(_ logger: inout Logger) {
+        logger[metadataKey: "role"] = "\(role.rawValue)"
+        logger[metadataKey: "local"] = "\(local.fingerprint)"
+        logger[metadataKey: "expected"] = "\(expected.fingerprint)"
+        logger[metadataKey: "attempt"] = "\(attempt.hex)"
+        if let server = introduction.server { logger[metadataKey: "server"] = "\(server.fingerprint)" }
+    }
+}
+
+/// Lets the netlayer fail a handshake from outside, e.g. when the introduction server it went
+/// through disconnects before the handshake finished. Cancelling an established channel does
+/// nothing.
+final class HandshakeCancellation: @unchecked Sendable {
+    private let lock = Mutex<(engine: ChannelEngine?, error: PeerError?)>((nil, nil))
+
+    func attach(_ engine: ChannelEngine) {
+        let early = lock.withLock { s -> PeerError? in
+            s.engine = engine
+            return s.error
+        }
+        if let early { engine.queue.async { engine.cancelHandshake(early) } }
+    }
+
+    func cancel(_ error: PeerError) {
+        let engine = lock.withLock { s -> ChannelEngine? in
+            if s.error == nil { s.error = error }
+            return s.engine
+        }
+        if let engine { engine.queue.async { engine.cancelHandshake(error) } }
+    }
+}

@@ -1,0 +1,315 @@
+import Audit
+import Dispatch
+import Identity
+import OCapN
+import Synchronization
+import Transport
+
+/// One introduction server as seen by the netlayer: known by key once registered, and a
+/// completion for when its connection ends (Goblins' `add-server` promise).
+public final class ServerHandle: Sendable, CustomStringConvertible {
+    /// The socket path it was reached by (nil for a connection handed in as a descriptor).
+    public let path: String?
+    private struct State {
+        var server: PublicIdentity?
+        var result: PeerError?
+        var waiters: [CheckedContinuation<PeerError, Never>] = []
+    }
+    private let state = Mutex(State())
+
+    init(path: String?) { self.path = path }
+
+    /// The server's verified key (set once registration succeeded).
+    public internal(set) var server: PublicIdentity? {
+        get { state.withLock { $0.server } }
+        set { state.withLock { $0.server = newValue } }
+    }
+
+    /// Waits until this server's connection ends and returns why (`serverDisconnected`, or
+    /// `netlayerClosed` after `shutdown()`).
+    public func disconnected() async -> PeerError {
+        await withCheckedContinuation { (c: CheckedContinuation<PeerError, Never>) in
+            let done = state.withLock { s -> PeerError? in
+                if let r = s.result { return r }
+                s.waiters.append(c)
+                return nil
+            }
+            if let done { c.resume(returning: done) }
+        }
+    }
+
+    /// Whether the connection has ended.
+    public var isDisconnected: Bool { state.withLock { $0.result != nil } }
+
+    func finish(_ reason: PeerError) {
+        let waiters = state.withLock { s -> [CheckedContinuation<PeerError, Never>] in
+            guard s.result == nil else { return [] }
+            s.result = reason
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume(returning: reason) }
+    }
+
+    public var description: String {
+        "ServerHandle(\(server?.fingerprint ?? "unregistered")\(path.map { " at \($0)" } ?? ""))"
+    }
+}
+
+/// The peer side of the OCapN Unix-domain-socket netlayer (issue #4): one identity, any number
+/// of introduction servers, authenticated channels out and in.
+///
+/// * `addServer` connects (or adopts a connected descriptor), registers, and returns a handle
+///   whose `disconnected()` completes when that server goes away. Only that server is affected:
+///   it leaves the hints, and handshakes still running through it fail.
+/// * `locator` always advertises the live, registered servers as hints.
+/// * `connect(to:)` goes through the first live server (in the order added) that the target's
+///   hints also name, makes a CLOEXEC socketpair, passes one end, and returns only once the
+///   target proved its key (UDS-HS1).
+/// * `incoming` yields only authenticated channels, each with `from`/`to` and the verified peer;
+///   legacy (Goblins) channels admitted by the opt-in go to `legacyIncoming` instead.
+public final class PeerNetlayer: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        /// Handshake and channel settings (deadline, queues, legacy opt-in).
+        public var channel: ChannelRuntimeConfiguration
+        /// Handshakes in progress at once, both roles (PROTOCOL.md §6.4: 64).
+        public var maxConcurrentHandshakes: Int
+        /// Deadline for `uds:server-response` after connecting.
+        public var registrationTimeout: Duration
+        /// Deadline for connecting to a server's socket path (reliability catalogue §4: 2 s).
+        public var connectTimeout: Duration
+        /// Control-connection buffers and caps.
+        public var control: StreamConnection.Configuration
+        /// Incoming channels held until the application takes them; more are aborted.
+        public var maxQueuedIncoming: Int
+
+        public init(
+            channel: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(), maxConcurrentHandshakes: Int = HandshakeLimiter.defaultLimit,
+            registrationTimeout: Duration = .seconds(5), connectTimeout: Duration = .seconds(2),
+            control: StreamConnection.Configuration = StreamConnection.Configuration(), maxQueuedIncoming: Int = 64
+        ) {
+            precondition(maxConcurrentHandshakes >= 1 && maxQueuedIncoming >= 1, "limits must be positive")
+            precondition(registrationTimeout > .zero && connectTimeout > .zero, "timeouts must be positive")
+            self.channel = channel
+            self.maxConcurrentHandshakes = maxConcurrentHandshakes
+            self.registrationTimeout = registrationTimeout
+            self.connectTimeout = connectTimeout
+            self.control = control
+            self.maxQueuedIncoming = maxQueuedIncoming
+        }
+    }
+
+    public let identity: PublicIdentity
+    public let configuration: Configuration
+    /// Authenticated incoming channels.
+    public let incoming: AsyncStream<PeerChannel>
+    /// Unauthenticated legacy channels (only with `allowLegacyPeers`).
+    public let legacyIncoming: AsyncStream<PeerChannel>
+
+    let signer: SigningIdentity
+    let establishment: ChannelEstablishment
+    let queue = DispatchQueue(label: "ocapn-uds.netlayer")
+    private let audit: (any AuditSink)?
+    private let logger: Logger
+    private let incomingContinuation: AsyncStream<PeerChannel>.Continuation
+    private let legacyContinuation: AsyncStream<PeerChannel>.Continuation
+    /// Servers in the order added (queue-confined).
+    private var servers: [ServerConnection] = []
+    private var closed = false
+    private let locatorSnapshot: Mutex<PeerLocator>
+
+    public init(
+        identity keyPair: IdentityKeyPair, configuration: Configuration = Configuration(),
+        audit: (any AuditSink)? = nil, logger: Logger
+    ) {
+        identity = keyPair.publicIdentity
+        self.configuration = configuration
+        self.audit = audit
+        var log = logger
+        log[metadataKey: "local"] = "\(keyPair.publicIdentity.fingerprint)"
+        self.logger = log
+        signer = SigningIdentity(identity: keyPair.publicIdentity, sign: { keyPair.sign($0) })
+        establishment = ChannelEstablishment(
+            identity: keyPair, configuration: configuration.channel,
+            limiter: HandshakeLimiter(limit: configuration.maxConcurrentHandshakes), audit: audit, logger: log)
+        (incoming, incomingContinuation) = AsyncStream.makeStream(of: PeerChannel.self, bufferingPolicy: .bufferingOldest(configuration.maxQueuedIncoming))
+        (legacyIncoming, legacyContinuation) = AsyncStream.makeStream(of: PeerChannel.self, bufferingPolicy: .bufferingOldest(configuration.maxQueuedIncoming))
+        locatorSnapshot = Mutex(PeerLocator(identity: keyPair.publicIdentity))
+    }
+
+    /// Our locator with one hint per live, registered server (hints `f` when there is none).
+    public var locator: PeerLocator { locatorSnapshot.withLock { $0 } }
+
+    var ownLocatorWithoutHints: PeerLocator { PeerLocator(identity: identity) }
+
+    /// Handles of the live, registered servers, in the order added.
+    public var liveServers: [ServerHandle] {
+        queue.sync { servers.filter { $0.server != nil }.map(\.handle) }
+    }
+
+    // MARK: servers
+
+    /// Connects to the introduction server at `path` and registers. With `expectedKey`, a server
+    /// proving any other key is refused (`registrationFailed`, detail `serverKeyMismatch`).
+    /// Throws `serverUnreachable`, `registrationFailed`, `registrationTimeout`,
+    /// `serverDisconnected` or `netlayerClosed`.
+    public func addServer(path: String, expectedKey: PublicIdentity? = nil) async throws(PeerError) -> ServerHandle {
+        let timeout = configuration.connectTimeout
+        let descriptor: FileDescriptor
+        do {
+            // The connect blocks (bounded by its deadline); keep it off the netlayer queue.
+            descriptor = try await Task.detached { () throws(TransportError) -> FileDescriptor in
+                try FileDescriptor.connect(unixPath: path, timeout: timeout)
+            }.value
+        } catch let error as TransportError {
+            logger.info("introduction server unreachable", metadata: ["path": "\(path)", "detail": "\(error)"])
+            throw PeerError(.serverUnreachable, "\(path): \(error)")
+        } catch {
+            preconditionFailure("unexpected error type \(type(of: error))")
+        }
+        return try await register(descriptor, path: path, expectedKey: expectedKey)
+    }
+
+    /// Registers over an already connected control socket (owned from here on).
+    public func addServer(descriptor: FileDescriptor, expectedKey: PublicIdentity? = nil) async throws(PeerError) -> ServerHandle {
+        try await register(descriptor, path: nil, expectedKey: expectedKey)
+    }
+
+    private func register(_ descriptor: FileDescriptor, path: String?, expectedKey: PublicIdentity?) async throws(PeerError) -> ServerHandle {
+        try await PeerError.catching {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<ServerHandle, Error>) in
+                queue.async {
+                    guard !self.closed else {
+                        descriptor.close()
+                        c.resume(throwing: PeerError(.netlayerClosed, "the netlayer was shut down"))
+                        return
+                    }
+                    let connection = ServerConnection(netlayer: self, path: path, pinned: expectedKey, queue: self.queue)
+                    self.servers.append(connection)
+                    connection.start(descriptor: descriptor, waiter: c)
+                }
+            }
+        }
+    }
+
+    /// Called by a connection once the server proved its key.
+    func serverRegistered(_ connection: ServerConnection) {
+        updateLocator()
+        var log = logger
+        if let key = connection.server?.identity { log[metadataKey: "server"] = "\(key.fingerprint)" }
+        log.info("registered with introduction server", metadata: ["path": "\(connection.path ?? "(descriptor)")"])
+        audit?.record(AuditEvent(
+            .registrationAccepted, attempt: .random(), role: .client, local: AuditPeerID(identity),
+            introServer: connection.server.map { AuditPeerID($0.identity) }, path: connection.path.flatMap { AuditPath($0) }))
+    }
+
+    /// Called by a connection when it ends, once.
+    func serverDisconnected(_ connection: ServerConnection, reason: PeerError, wasRegistered: Bool) {
+        servers.removeAll { $0 === connection }
+        updateLocator()
+        var log = logger
+        if let key = connection.handle.server { log[metadataKey: "server"] = "\(key.fingerprint)" }
+        if wasRegistered {
+            log.info("introduction server disconnected", metadata: ["reason": "\(reason.code.rawValue)", "detail": "\(reason.detail)"])
+        } else {
+            log.info("registration failed", metadata: ["reason": "\(reason.code.rawValue)", "detail": "\(reason.detail)"])
+            let auditReason: AuditReason = reason.code == .registrationTimeout ? .registrationTimeout : reason.auditReason
+            audit?.record(AuditEvent(
+                .registrationRefused, reason: auditReason, attempt: .random(), role: .client, local: AuditPeerID(identity),
+                introServer: connection.handle.server.map { AuditPeerID($0) }, path: connection.path.flatMap { AuditPath($0) }))
+        }
+    }
+
+    private func updateLocator() {
+        let live = servers.compactMap { $0.server?.identity }
+        locatorSnapshot.withLock { $0 = PeerLocator(identity: identity, introductionServers: live) }
+    }
+
+    // MARK: outgoing
+
+    /// Opens an authenticated channel to `target` through the first live server that both we
+    /// and the target's hints name. Throws `noSharedServer`, `selfConnection`, the handshake's
+    /// code (`wrongResponder`, `timeout`, `truncated`, …) or `serverDisconnected` when the server
+    /// went away before the handshake finished.
+    public func connect(to target: PeerLocator) async throws(PeerError) -> PeerChannel {
+        guard target.identity != identity else {
+            throw PeerError(.selfConnection, "the target locator is our own")
+        }
+        let wanted = Set(target.hintServers)
+        let own = locator
+        let plan: Result<(ServerConnection, FileDescriptor, HandshakeCancellation), PeerError> = queue.sync {
+            guard !closed else { return .failure(PeerError(.netlayerClosed, "the netlayer was shut down")) }
+            guard let server = servers.first(where: { $0.server.map { wanted.contains($0.identity) } ?? false }) else {
+                return .failure(PeerError(
+                    .noSharedServer, "none of the target's \(wanted.count) hinted servers is among our \(servers.count) live servers"))
+            }
+            let ends: (FileDescriptor, FileDescriptor)
+            do {
+                ends = try FileDescriptor.socketPair()
+            } catch {
+                return .failure(PeerError(.ioError, "socketpair: \(error)"))
+            }
+            do throws(PeerError) {
+                try server.introduce(to: target, from: own, passing: ends.1)
+            } catch {
+                ends.0.close()
+                return .failure(error)
+            }
+            let cancellation = HandshakeCancellation()
+            server.track(cancellation)
+            return .success((server, ends.0, cancellation))
+        }
+        let (server, ours, cancellation) = try plan.get()
+        defer { queue.async { server.untrack(cancellation) } }
+        let context = IntroductionContext(from: own, to: target, server: server.server?.identity)
+        return try await establishment.initiate(over: ours, to: target.identity, introduction: context, cancellation: cancellation)
+    }
+
+    // MARK: incoming
+
+    /// An introduction for us arrived with `descriptor`: run the responder, expecting `from`.
+    func accept(_ descriptor: FileDescriptor, introduction: IncomingIntroduction, server: PublicIdentity) {
+        let context = IntroductionContext(from: introduction.claimedFrom, to: introduction.to, server: server)
+        let establishment = self.establishment
+        let incoming = incomingContinuation
+        let legacy = legacyContinuation
+        Task {
+            guard let channel = try? await establishment.respond(
+                over: descriptor, expecting: introduction.claimedFrom.identity, introduction: context)
+            else { return }  // logged and audited by the establishment
+            let queue = channel.isAuthenticated ? incoming : legacy
+            switch queue.yield(channel) {
+            case .enqueued: break
+            case .dropped(let dropped): await dropped.abort()
+            case .terminated: await channel.abort()
+            @unknown default: await channel.abort()
+            }
+        }
+    }
+
+    /// An introduction refused before its handshake (wrong target): logged and audited.
+    func refusedIntroduction(_ error: PeerError, from: PeerLocator, to: PeerLocator, server: PublicIdentity) {
+        var log = logger
+        log[metadataKey: "server"] = "\(server.fingerprint)"
+        log.info("introduction refused", metadata: ["reason": "\(error.code.rawValue)", "detail": "\(error.detail)"])
+        audit?.record(AuditEvent(
+            .handshakeFailed, reason: error.auditReason, attempt: .random(), role: .responder, local: AuditPeerID(identity),
+            expectedPeer: AuditPeerID(from.identity), from: AuditPeerID(from.identity), to: AuditPeerID(to.identity),
+            introServer: AuditPeerID(server)))
+    }
+
+    // MARK: shutdown
+
+    /// Disconnects every server and ends `incoming`. Open channels are not affected.
+    public func shutdown() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            queue.async {
+                self.closed = true
+                for server in self.servers { server.disconnect(PeerError(.netlayerClosed, "the netlayer was shut down")) }
+                self.incomingContinuation.finish()
+                self.legacyContinuation.finish()
+                c.resume()
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+import Audit
+import OCapN
+import SecureChannel
+import Transport
+
+/// Why a channel, a handshake or a peer-netlayer operation failed.
+///
+/// One error type for the peer side of the runtime. Callers and the CLI match on `code`, whose
+/// raw values are stable: the handshake and channel codes are exactly those of PROTOCOL.md §8
+/// (`HandshakeError.Code`), the rest belong to the runtime and the netlayer. `detail` is for
+/// local logs (which field, which errno); it never holds keys or payload bytes.
+public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable, CaseIterable {
+        // PROTOCOL.md §8, one for one with `HandshakeError.Code`.
+        case passedSocketInvalid
+        case notAddressedToUs
+        case handshakeLimitExceeded
+        case timeout
+        case truncated
+        case badMagic
+        case unsupportedVersion
+        case unexpectedMessageType
+        case reservedFlagsSet
+        case wrongResponder
+        case identityMismatch
+        case selfConnection
+        case invalidIdentityKey
+        case peerNotAllowed
+        case nonCanonicalPoint
+        case lowOrderPoint
+        case reflection
+        case decryptFailed
+        case badSignature
+        case badFrameLength
+        case unknownFrameType
+        case unexpectedAuthFrame
+        case emptyDataFrame
+        case dataAfterClose
+        case nonceExhausted
+        case messageTooLarge
+        // Runtime: the socket under a handshake or channel.
+        /// A Goblins peer (first bytes `<16'op:start-session`) and legacy peers are not allowed.
+        case legacyPeerRefused
+        /// A system call on the socket failed, or a descriptor arrived on a channel.
+        case ioError
+        /// The channel was closed or aborted locally; nothing more can be sent or received.
+        case channelClosed
+        // Netlayer: introduction servers.
+        /// No live, registered introduction server appears in the target's hints.
+        case noSharedServer
+        /// The introduction server's connection ended (EOF, reset, protocol error).
+        case serverDisconnected
+        /// The introduction server could not be reached (nothing listening, connect timeout).
+        case serverUnreachable
+        /// Registration with the introduction server failed (bad signature, pinned key mismatch,
+        /// malformed reply, deadline); `detail` names the OCapN reason.
+        case registrationFailed
+        /// The introduction server did not finish registration within the deadline.
+        case registrationTimeout
+        /// The locator is not usable for a connection (another transport, our own key).
+        case invalidLocator
+        /// The netlayer was shut down.
+        case netlayerClosed
+    }
+
+    public let code: Code
+    /// Local diagnostics only. Never secrets, never peer payload.
+    public let detail: String
+
+    public init(_ code: Code, _ detail: String) {
+        self.code = code
+        self.detail = detail
+    }
+
+    /// The same code as the handshake or channel error.
+    public init(_ error: HandshakeError) {
+        guard let code = Code(rawValue: error.code.rawValue) else {
+            preconditionFailure("PeerError.Code lacks handshake code \(error.code.rawValue)")
+        }
+        self.init(code, error.detail)
+    }
+
+    /// Maps a transport failure on a handshake or channel socket.
+    static func transport(_ error: TransportError, _ context: String) -> PeerError {
+        switch error.code {
+        case .controlTruncated, .unexpectedDescriptors:
+            return PeerError(.ioError, "\(context): a descriptor arrived on a channel socket (\(error))")
+        default: return PeerError(.ioError, "\(context): \(error)")
+        }
+    }
+
+    public var description: String { "\(code.rawValue): \(detail)" }
+
+    /// Equality is by code; the detail is free text for humans.
+    public static func == (lhs: PeerError, rhs: PeerError) -> Bool { lhs.code == rhs.code }
+
+    /// The audit reason for this failure: the code itself (all codes are well-formed reasons).
+    public var auditReason: AuditReason {
+        guard let reason = AuditReason(rawValue: code.rawValue) else {
+            preconditionFailure("reason code \(code.rawValue) is not a well-formed audit reason")
+        }
+        return reason
+    }
+}
+
+// Reason codes the peer netlayer adds to the audit trail (listed in docs/AUDIT.md).
+extension AuditReason {
+    public static let registrationFailed: AuditReason = "registrationFailed"
+    public static let serverDisconnected: AuditReason = "serverDisconnected"
+    public static let netlayerClosed: AuditReason = "netlayerClosed"
+
+    /// Codes the peer netlayer writes beyond the handshake and channel codes.
+    public static let peerNetlayerCodes: [AuditReason] = [.registrationFailed, .serverDisconnected, .netlayerClosed]
+}

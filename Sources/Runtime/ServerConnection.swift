@@ -1,0 +1,216 @@
+import Audit
+import Dispatch
+import Identity
+import OCapN
+import Syrup
+import Transport
+
+/// One introduction-server control connection of a `PeerNetlayer`: registration, then
+/// `uds:new-connection` traffic both ways. Runs the sans-IO `RegistrationClient` and
+/// `ControlStreamReader` over a `StreamConnection`; every method runs on the netlayer's queue.
+final class ServerConnection: @unchecked Sendable {
+    enum State {
+        case registering
+        case registered(VerifiedServer)
+        case closed
+    }
+
+    let queue: DispatchQueue
+    /// The server's key once registered (pinned key before, if any).
+    private(set) var state: State = .registering
+    let path: String?
+    let handle: ServerHandle
+    private let pinned: PublicIdentity?
+    private var stream: StreamConnection?
+    private var reader = ControlStreamReader<FileDescriptor>()
+    private var client: RegistrationClient
+    private var registrationTimer: DispatchSourceTimer?
+    private var registrationWaiter: CheckedContinuation<ServerHandle, Error>?
+    /// Handshakes started through this server that have not finished.
+    private var pendingConnects: [ObjectIdentifier: HandshakeCancellation] = [:]
+    private unowned let netlayer: PeerNetlayer
+
+    init(netlayer: PeerNetlayer, path: String?, pinned: PublicIdentity?, queue: DispatchQueue) {
+        self.netlayer = netlayer
+        self.path = path
+        self.pinned = pinned
+        self.queue = queue
+        client = RegistrationClient(signer: netlayer.signer, challenge: Challenge.random(), expectedServer: pinned)
+        handle = ServerHandle(path: path)
+    }
+
+    var server: VerifiedServer? {
+        if case .registered(let s) = state { return s }
+        return nil
+    }
+
+    /// Starts registration on `descriptor` (owned from here on); `waiter` learns the outcome.
+    func start(descriptor: FileDescriptor, waiter: CheckedContinuation<ServerHandle, Error>) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        registrationWaiter = waiter
+        let stream: StreamConnection
+        do {
+            stream = try StreamConnection(
+                descriptor: descriptor, queue: queue, configuration: netlayer.configuration.control
+            ) { [weak self] event in self?.handle(event) }
+        } catch {
+            descriptor.close()
+            disconnect(PeerError(.serverUnreachable, "control socket unusable: \(error)"))
+            return
+        }
+        self.stream = stream
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.setEventHandler { [weak self] in
+            self?.disconnect(PeerError(.registrationTimeout, "no uds:server-response within \(self?.netlayer.configuration.registrationTimeout ?? .zero)"))
+        }
+        timer.schedule(deadline: .now() + netlayer.configuration.registrationTimeout.dispatchInterval)
+        timer.activate()
+        registrationTimer = timer
+        do {
+            try stream.send(client.start().encoded)
+        } catch {
+            disconnect(PeerError(.serverDisconnected, "sending uds:register: \(error)"))
+            return
+        }
+        stream.start()
+    }
+
+    // MARK: inbound
+
+    private func handle(_ event: StreamEvent) {
+        switch event {
+        case .received(let chunk):
+            do throws(ControlStreamReader<FileDescriptor>.ReadError) {
+                try reader.receive(chunk.bytes, descriptors: chunk.descriptors)
+                while true {
+                    if case .closed = state { return }
+                    guard let item = try reader.next() else { break }
+                    process(item)
+                }
+            } catch {
+                disconnect(PeerError(.serverDisconnected, "control stream: \(error)"))
+            }
+        case .endOfStream:
+            do throws(ControlStreamReader<FileDescriptor>.ReadError) {
+                try reader.finish()
+                disconnect(PeerError(.serverDisconnected, "the server closed the connection"))
+            } catch {
+                disconnect(PeerError(.serverDisconnected, "the server closed the connection mid-message: \(error)"))
+            }
+        case .failed(let error):
+            disconnect(PeerError(.serverDisconnected, "control connection failed: \(error)"))
+        }
+    }
+
+    private func process(_ item: ControlStreamReader<FileDescriptor>.Item) {
+        let value: SyrupValue
+        var passed: FileDescriptor?
+        switch item {
+        case .message(let v): value = v
+        case .newConnection(let v, let descriptor):
+            value = v
+            passed = descriptor
+        }
+        let message: UDSMessage
+        do {
+            message = try UDSMessage(syrup: value)
+        } catch {
+            passed?.close()
+            disconnect(PeerError(.serverDisconnected, "malformed control message: \(error)"))
+            return
+        }
+        // An introduction for someone else is a semantic error: drop that socket, keep serving.
+        if case .newConnection(let request) = message, case .registered(let server) = state,
+           !request.to.isSamePeer(as: netlayer.ownLocatorWithoutHints) {
+            let error = PeerError(.notAddressedToUs, "uds:new-connection for \(request.to.identity.fingerprint)")
+            passed?.close()
+            netlayer.refusedIntroduction(error, from: request.from, to: request.to, server: server.identity)
+            return
+        }
+        let actions: [RegistrationClient.Action]
+        do {
+            actions = try client.receive(message)
+        } catch {
+            passed?.close()
+            let code: PeerError.Code = server == nil ? .registrationFailed : .serverDisconnected
+            disconnect(PeerError(code, "\(error.code.rawValue): \(error.detail)"))
+            return
+        }
+        for action in actions {
+            switch action {
+            case .send(let reply):
+                do {
+                    try stream?.send(reply.encoded)
+                } catch {
+                    disconnect(PeerError(.serverDisconnected, "sending \(reply.name): \(error)"))
+                    return
+                }
+            case .registered(let server):
+                registered(server)
+            case .incoming(let introduction):
+                guard let descriptor = passed, case .registered(let server) = state else {
+                    preconditionFailure("the reader pairs every uds:new-connection with its descriptor")
+                }
+                passed = nil
+                netlayer.accept(descriptor, introduction: introduction, server: server.identity)
+            }
+        }
+        passed?.close()
+    }
+
+    private func registered(_ server: VerifiedServer) {
+        state = .registered(server)
+        registrationTimer?.cancel()
+        registrationTimer = nil
+        handle.server = server.identity
+        netlayer.serverRegistered(self)
+        registrationWaiter?.resume(returning: handle)
+        registrationWaiter = nil
+    }
+
+    // MARK: outbound
+
+    /// Sends `uds:new-connection` and then the marker carrying `passedEnd` (owned from here
+    /// on: closed once the kernel has it, or with the connection).
+    func introduce(to target: PeerLocator, from own: PeerLocator, passing passedEnd: FileDescriptor) throws(PeerError) {
+        guard let stream, case .registered = state else {
+            passedEnd.close()
+            throw PeerError(.serverDisconnected, "server connection is not registered")
+        }
+        let request = client.introductionRequest(to: target, advertising: own)
+        do {
+            try stream.send(request.encoded)
+            try stream.send(UDSNewConnection.fdMarker, passing: passedEnd)
+        } catch {
+            passedEnd.close()
+            disconnect(PeerError(.serverDisconnected, "sending uds:new-connection: \(error)"))
+            throw PeerError(.serverDisconnected, "sending uds:new-connection: \(error)")
+        }
+    }
+
+    func track(_ cancellation: HandshakeCancellation) { pendingConnects[ObjectIdentifier(cancellation)] = cancellation }
+    func untrack(_ cancellation: HandshakeCancellation) { pendingConnects[ObjectIdentifier(cancellation)] = nil }
+
+    // MARK: closing
+
+    /// Ends this server's connection; affects nothing else.
+    func disconnect(_ reason: PeerError) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        if case .closed = state { return }
+        let wasRegistered = server != nil
+        state = .closed
+        registrationTimer?.cancel()
+        registrationTimer = nil
+        stream?.close()
+        stream = nil
+        for descriptor in reader.drainDescriptors() { descriptor.close() }
+        for cancellation in pendingConnects.values { cancellation.cancel(reason) }
+        pendingConnects = [:]
+        netlayer.serverDisconnected(self, reason: reason, wasRegistered: wasRegistered)
+        if let waiter = registrationWaiter {
+            registrationWaiter = nil
+            waiter.resume(throwing: reason)
+        }
+        handle.finish(reason)
+    }
+}

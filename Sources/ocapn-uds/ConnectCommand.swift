@@ -1,0 +1,129 @@
+import ArgumentParser
+import Foundation
+import OCapN
+import Runtime
+import Synchronization
+
+/// `ocapn-uds connect`: one authenticated channel to a locator; send, print the replies.
+struct ConnectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "connect",
+        abstract: "Open an authenticated channel to a peer and exchange messages.",
+        discussion: """
+            Registers with the --server(s), asks one that the target's hints also name to \
+            introduce us, and runs the UDS-HS1 handshake. The verified peer fingerprint is \
+            printed on stderr (`verified-peer: fp1:…`). With --send, TEXT goes as one message \
+            and the reply is printed on stdout; with --stdin, every line read is sent and each \
+            reply printed.
+
+            On any failure the reason code is printed on stderr \
+            (`ocapn-uds: connect: <code>: <detail>`), for example noSharedServer, \
+            serverUnreachable, timeout, truncated (the introduction was refused or the peer \
+            closed), wrongResponder, identityMismatch, decryptFailed, channelClosed.
+
+            Exit status: 0 success; 1 unreachable server, no shared server, timeout, channel \
+            closed; 2 usage; 3 identity key refused, or the peer failed a security check.
+            """
+    )
+
+    @OptionGroup var options: PeerOptions
+
+    @Argument(help: ArgumentHelp("The target's locator URI (ocapn://<designator>.unix-domain-socket?<server>=t).", valueName: "locator"))
+    var locator: String
+
+    @Option(help: ArgumentHelp("Send TEXT as one message and print the reply.", valueName: "text"))
+    var send: String?
+
+    @Flag(help: "Send each line read from stdin as one message and print each reply.")
+    var stdin = false
+
+    @Option(help: "How long to wait for each reply, in milliseconds.")
+    var replyTimeoutMs: Int = 10_000
+
+    func validate() throws {
+        try options.validateShared()
+        guard (send != nil) != stdin else { throw ValidationError("give exactly one of --send TEXT and --stdin") }
+        if let send, send.isEmpty { throw ValidationError("--send needs at least one byte (messages are never empty)") }
+        guard (1...3_600_000).contains(replyTimeoutMs) else { throw ValidationError("--reply-timeout-ms is 1...3600000") }
+        do { _ = try PeerLocator(uri: locator) } catch {
+            throw ValidationError("LOCATOR: \(error.code.rawValue): \(error.detail)")
+        }
+    }
+
+    func run() async throws {
+        signal(SIGPIPE, SIG_IGN)
+        let termination = TerminationSignal()
+        defer { termination.cancel() }
+        let target = try PeerLocator(uri: locator)
+        let runtime = try options.makeNetlayer()
+        let finished = Mutex(false)
+        // SIGINT/SIGTERM: close the servers and the audit log, then leave (stdin reads block).
+        let watcher = Task.detached {
+            await termination.wait()
+            guard finished.withLock({ !$0 }) else { return }
+            await runtime.shutdown()
+            CLI.printError("connect: interrupted")
+            Foundation.exit(CLIExitCode.failure.rawValue)
+        }
+        defer { watcher.cancel() }
+        do {
+            try await exchange(runtime.netlayer, target)
+            finished.withLock { $0 = true }
+            termination.fire()
+            await runtime.shutdown()
+        } catch let error as PeerError {
+            finished.withLock { $0 = true }
+            termination.fire()
+            await runtime.shutdown()
+            throw PeerOutput.failure("connect", error)
+        } catch {
+            finished.withLock { $0 = true }
+            termination.fire()
+            await runtime.shutdown()
+            throw error
+        }
+    }
+
+    /// Registers, connects, sends and prints the replies, closes.
+    private func exchange(_ netlayer: PeerNetlayer, _ target: PeerLocator) async throws {
+        for (path, key) in try options.servers() {
+            _ = try await netlayer.addServer(path: path, expectedKey: key)
+        }
+        let channel = try await netlayer.connect(to: target)
+        PeerOutput.announce(channel)
+        if let send {
+            try await roundTrip(channel, Array(send.utf8))
+        } else {
+            while let line = readLine(strippingNewline: true) {
+                guard !line.isEmpty else { continue }
+                try await roundTrip(channel, Array(line.utf8))
+            }
+        }
+        let summary = await channel.close()
+        if !summary.clean, let reason = summary.reason {
+            PeerOutput.errorLine("channel closed without the peer's CLOSE: \(reason.code.rawValue)")
+        }
+    }
+
+    private func roundTrip(_ channel: PeerChannel, _ message: [UInt8]) async throws {
+        try await channel.send(message)
+        let timeout = Duration.milliseconds(replyTimeoutMs)
+        let timedOut = Mutex(false)
+        // The reply wait is bounded by aborting the channel, which wakes the receiver.
+        let timer = Task {
+            try await Task.sleep(for: timeout)
+            timedOut.withLock { $0 = true }
+            await channel.abort()
+        }
+        defer { timer.cancel() }
+        let reply: [UInt8]?
+        do {
+            reply = try await channel.receive()
+        } catch {
+            if timedOut.withLock({ $0 }) { throw PeerError(.timeout, "no reply within \(timeout)") }
+            throw error
+        }
+        guard let reply else { throw PeerError(.channelClosed, "the peer closed the channel before replying") }
+        PeerOutput.line(String(decoding: reply, as: UTF8.self))
+    }
+}

@@ -1,0 +1,142 @@
+import Audit
+import Foundation
+import Identity
+import OCapN
+import Runtime
+import Testing
+import Transport
+
+@Suite struct PeerNetlayerTests {
+    @Test func twoPeersMeetThroughAServerAndEachSeesTheOthersVerifiedKey() async throws {
+        let server = try TestIntroServer()
+        defer { server.stop() }
+        let a = TestPeer()
+        let b = TestPeer()
+        let handleA = try await a.netlayer.addServer(path: server.path, expectedKey: server.publicIdentity)
+        _ = try await b.netlayer.addServer(path: server.path)
+        #expect(handleA.server == server.publicIdentity)
+        #expect(b.netlayer.locator.hintServers == [server.publicIdentity])
+        #expect(b.netlayer.locator.hints?[server.publicIdentity] == .string("t"))
+
+        async let accepted = b.nextIncoming()
+        let ca = try await a.netlayer.connect(to: b.netlayer.locator)
+        let cb = try #require(await accepted)
+        #expect(ca.verifiedPeer?.publicKey == b.identity.publicKey)
+        #expect(cb.verifiedPeer?.publicKey == a.identity.publicKey)
+        #expect(cb.introduction.from?.identity == a.identity)
+        #expect(cb.introduction.to?.identity == b.identity)
+        #expect(cb.introduction.server == server.publicIdentity)
+
+        try await ca.send(Array("ping".utf8))
+        let got = try #require(try await cb.receive())
+        try await cb.send(got)
+        #expect(try await ca.receive() == Array("ping".utf8))
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+
+        let succeeded = b.events(.handshakeSucceeded).first
+        #expect(succeeded?.introServer == AuditPeerID(server.publicIdentity))
+        #expect(succeeded?.from == AuditPeerID(a.identity) && succeeded?.to == AuditPeerID(b.identity))
+        #expect(a.events(.registrationAccepted).count == 1)
+        await a.netlayer.shutdown()
+        await b.netlayer.shutdown()
+        #expect(await handleA.disconnected().code == .netlayerClosed)
+    }
+
+    @Test func hintsFollowTheLiveServersAndOneServersEndAffectsOnlyItself() async throws {
+        let first = try TestIntroServer()
+        let second = try TestIntroServer()
+        defer { first.stop(); second.stop() }
+        let a = TestPeer()
+        let b = TestPeer()
+        let handle1 = try await a.netlayer.addServer(path: first.path)
+        _ = try await a.netlayer.addServer(path: second.path)
+        _ = try await b.netlayer.addServer(path: first.path)
+        _ = try await b.netlayer.addServer(path: second.path)
+        #expect(Set(a.netlayer.locator.hintServers) == [first.publicIdentity, second.publicIdentity])
+
+        first.stop()
+        #expect(await handle1.disconnected().code == .serverDisconnected)
+        #expect(await PeerTestSupport.eventually { a.netlayer.locator.hintServers == [second.publicIdentity] })
+        #expect(await PeerTestSupport.eventually { b.netlayer.locator.hintServers == [second.publicIdentity] })
+
+        // B's old locator still names both; the dead one is skipped, the live one is used.
+        async let accepted = b.nextIncoming()
+        let ca = try await a.netlayer.connect(to: b.netlayer.locator)
+        let cb = try #require(await accepted)
+        #expect(cb.introduction.server == second.publicIdentity)
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+        await a.netlayer.shutdown()
+        await b.netlayer.shutdown()
+    }
+
+    @Test func aTargetThatSharesNoServerIsAClearError() async throws {
+        let first = try TestIntroServer()
+        let second = try TestIntroServer()
+        defer { first.stop(); second.stop() }
+        let a = TestPeer()
+        let b = TestPeer()
+        _ = try await a.netlayer.addServer(path: first.path)
+        _ = try await b.netlayer.addServer(path: second.path)
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .noSharedServer)
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: PeerLocator(identity: b.identity)) } == .noSharedServer)
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: a.netlayer.locator) } == .selfConnection)
+        await a.netlayer.shutdown()
+        await b.netlayer.shutdown()
+    }
+
+    @Test func aPinnedServerKeyThatDoesNotMatchRefusesRegistration() async throws {
+        let server = try TestIntroServer()
+        defer { server.stop() }
+        let a = TestPeer()
+        let wrong = IdentityKeyPair.generate().publicIdentity
+        let error = await PeerTestSupport.code { try await a.netlayer.addServer(path: server.path, expectedKey: wrong) }
+        #expect(error == .registrationFailed)
+        #expect(a.netlayer.locator.hints == nil)
+        #expect(a.events(.registrationRefused).count == 1)
+        await a.netlayer.shutdown()
+    }
+
+    @Test func anUnreachableOrSilentServerFailsWithinItsDeadline() async throws {
+        let a = TestPeer(registrationTimeout: .milliseconds(200))
+        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: "/nonexistent/ocapn-uds-test.sock") } == .serverUnreachable)
+        let dir = try TemporaryTestDirectory()
+        defer { dir.remove() }
+        let silent = try ListeningSocket.bind(path: dir.path + "/silent")  // accepts nothing, answers nothing
+        defer { silent.close() }
+        let started = ContinuousClock.now
+        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: dir.path + "/silent") } == .registrationTimeout)
+        #expect(started.duration(to: .now) < .seconds(2))
+        await a.netlayer.shutdown()
+    }
+
+    @Test func anIntroductionForAnotherPeerIsRefusedAndTheServerConnectionStays() async throws {
+        let c = TestPeer()
+        let server = try TestIntroServer { introduction, descriptor, forward in
+            // Deliver B's introduction to C, unchanged (to still names B).
+            forward.deliver(introduction.request, descriptor, to: c.identity)
+        }
+        defer { server.stop() }
+        let a = TestPeer(handshakeTimeout: .milliseconds(300))
+        let b = TestPeer()
+        _ = try await a.netlayer.addServer(path: server.path)
+        _ = try await b.netlayer.addServer(path: server.path)
+        let handleC = try await c.netlayer.addServer(path: server.path)
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .truncated)
+        #expect(c.events(.handshakeFailed).first?.reason == .notAddressedToUs)
+        #expect(!handleC.isDisconnected)
+        await a.netlayer.shutdown()
+        await b.netlayer.shutdown()
+        await c.netlayer.shutdown()
+    }
+}
+
+/// A private temporary directory for sockets (short path: sun_path holds 108 bytes).
+struct TemporaryTestDirectory {
+    let path: String
+    init() throws {
+        var template = Array("/tmp/ocapn-ptd-XXXXXX".utf8CString)
+        guard let p = mkdtemp(&template) else { throw POSIXError(.EIO) }
+        path = String(cString: p)
+    }
+    func remove() { try? FileManager.default.removeItem(atPath: path) }
+}
