@@ -199,8 +199,7 @@ final class ChannelEngine: @unchecked Sendable {
     private var readPaused = false
     private var holdsHandshakeSlot = true
 
-    private var output: [UInt8] = []
-    private var outputHead = 0
+    private let output = OutputBuffer()
     private var inbound: [[UInt8]] = []
     private var inboundHead = 0
     private var inboundBytes = 0
@@ -231,7 +230,7 @@ final class ChannelEngine: @unchecked Sendable {
         self.deadline = deadline
         self.facts = facts
         self.environment = environment
-        output = initialOutput
+        output.append(initialOutput)
         var log = environment.logger
         facts.annotate(&log)
         logger = log
@@ -338,10 +337,10 @@ final class ChannelEngine: @unchecked Sendable {
         case .needMoreBytes:
             return
         case .send(let bytes):
-            output += bytes
+            output.append(bytes)
             flush()
         case .established(let session, let send):
-            output += send
+            output.append(send)
             established(session)
         }
     }
@@ -512,7 +511,12 @@ final class ChannelEngine: @unchecked Sendable {
         while true {
             let event: ChannelRead<[UInt8]>
             do throws(HandshakeError) {
-                event = try receiver.nextMessage { Array($0) }
+                event = try receiver.nextMessage { body in
+                    [UInt8](unsafeUninitializedCapacity: body.count) { buffer, count in
+                        UnsafeMutableRawBufferPointer(buffer).copyMemory(from: body)
+                        count = body.count
+                    }
+                }
             } catch {
                 finish(error: PeerError(error))
                 return
@@ -642,25 +646,38 @@ final class ChannelEngine: @unchecked Sendable {
             return
         }
         if let sender = open.sender {
-            do throws(HandshakeError) {
-                try sender.seal(message, appendingTo: &output)
-            } catch {
-                let error = PeerError(error)
-                if error.code != .messageTooLarge {
-                    finish(error: error)
+            guard message.count <= sender.configuration.maxMessageSize else {
+                completion.resume(throwing: PeerError(.messageTooLarge, "message of \(message.count) bytes exceeds maxMessageSize \(sender.configuration.maxMessageSize)"))
+                return
+            }
+            // Sealed straight into the output buffer: one copy of the body, no allocation
+            // once the buffer has grown to the working size.
+            let region = output.reserve(sender.sealedLength(messageLength: message.count))
+            let sealed: Result<Int, HandshakeError> = message.withUnsafeBytes { body in
+                do throws(HandshakeError) {
+                    return .success(try sender.seal(body, into: region))
+                } catch {
+                    return .failure(error)
                 }
-                completion.resume(throwing: error)
+            }
+            switch sealed {
+            case .success(let written):
+                output.commit(written)
+            case .failure(let error):
+                let failure = PeerError(error)
+                finish(error: failure)
+                completion.resume(throwing: failure)
                 return
             }
         } else {
-            output += message
+            output.append(message)
         }
         bytesSent += UInt64(message.count)
         messagesSent += 1
         flush()
         if case .finished = phase {
             completion.resume(throwing: failure ?? PeerError(.channelClosed, "channel ended during send"))
-        } else if output.count - outputHead > configuration.maxOutboundQueuedBytes {
+        } else if output.count > configuration.maxOutboundQueuedBytes {
             sendWaiters.append(completion)
         } else {
             completion.resume()
@@ -673,10 +690,11 @@ final class ChannelEngine: @unchecked Sendable {
         case .finished: return
         case .initiating, .responding, .open: break
         }
-        while outputHead < output.count {
+        while output.count > 0 {
             let result: IOResult<Int>
             do throws(TransportError) {
-                result = try Self.write(socket, output, from: outputHead)
+                // Everything queued goes in one sendmsg: frames coalesce.
+                result = try socket.send(output.readable)
             } catch {
                 if error.code == .connectionReset, !endOfStream {
                     // The peer is gone (EPIPE): judge it like an end of stream.
@@ -692,11 +710,9 @@ final class ChannelEngine: @unchecked Sendable {
                 armWrite(true)
                 return
             }
-            outputHead += written
+            output.consume(written)
         }
-        // Keep the buffer's capacity for the next messages: no allocation per frame.
-        output.removeAll(keepingCapacity: output.capacity <= 8 << 20)
-        outputHead = 0
+        output.releaseIfLarge()
         armWrite(false)
         let waiters = sendWaiters
         sendWaiters = []
@@ -708,16 +724,6 @@ final class ChannelEngine: @unchecked Sendable {
         }
     }
 
-    private static func write(_ socket: FileDescriptor, _ bytes: [UInt8], from offset: Int) throws(TransportError) -> IOResult<Int> {
-        let result: Result<IOResult<Int>, TransportError> = bytes.withUnsafeBytes { all in
-            do throws(TransportError) {
-                return .success(try socket.send(UnsafeRawBufferPointer(rebasing: all[offset...])))
-            } catch {
-                return .failure(error)
-            }
-        }
-        return try result.get()
-    }
 
     // MARK: closing
 
@@ -734,7 +740,7 @@ final class ChannelEngine: @unchecked Sendable {
         closeSent = true
         if let sender = open.sender {
             do throws(HandshakeError) {
-                output += try sender.close()
+                output.append(try sender.close())
             } catch {
                 finish(error: PeerError(error))
                 return
@@ -803,8 +809,7 @@ final class ChannelEngine: @unchecked Sendable {
         watchReadable(false)
         armWrite(false)
         closeSocketIfUnwatched()
-        output = []
-        outputHead = 0
+        output.clear()
 
         let now = ContinuousClock.now
         let clean = error == nil && session != nil
@@ -864,3 +869,82 @@ extension Duration {
     }
 }
 
+
+/// The sealed bytes waiting for the socket: one contiguous buffer reused across messages, so
+/// frames are sealed in place and leave together in one `sendmsg`.
+final class OutputBuffer {
+    private var storage: UnsafeMutableRawPointer
+    private var capacity: Int
+    private var head = 0
+    private var tail = 0
+    private static let initialCapacity = 64 << 10
+    /// Capacity above this is given back once the buffer drains.
+    private static let retainedCapacity = 4 << 20
+
+    init() {
+        capacity = Self.initialCapacity
+        storage = .allocate(byteCount: capacity, alignment: 16)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// Queued bytes.
+    var count: Int { tail - head }
+
+    var readable: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: storage + head, count: tail - head) }
+
+    /// Free space of at least `n` bytes after the queued ones (compacting or growing).
+    func reserve(_ n: Int) -> UnsafeMutableRawBufferPointer {
+        if capacity - tail < n {
+            let live = tail - head
+            if head > 0 && capacity - live >= n {
+                if live > 0 { storage.copyMemory(from: storage + head, byteCount: live) }
+            } else {
+                var grown = capacity
+                while grown - live < n { grown *= 2 }
+                let fresh = UnsafeMutableRawPointer.allocate(byteCount: grown, alignment: 16)
+                if live > 0 { fresh.copyMemory(from: storage + head, byteCount: live) }
+                storage.deallocate()
+                storage = fresh
+                capacity = grown
+            }
+            head = 0
+            tail = live
+        }
+        return UnsafeMutableRawBufferPointer(start: storage + tail, count: n)
+    }
+
+    func commit(_ n: Int) {
+        precondition(n >= 0 && tail + n <= capacity, "committed more than reserved")
+        tail += n
+    }
+
+    func append(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
+        let region = reserve(bytes.count)
+        bytes.withUnsafeBytes { region.copyMemory(from: $0) }
+        commit(bytes.count)
+    }
+
+    func consume(_ n: Int) {
+        precondition(n >= 0 && n <= count, "consumed more than queued")
+        head += n
+        if head == tail {
+            head = 0
+            tail = 0
+        }
+    }
+
+    /// Gives back memory a burst grew, once empty.
+    func releaseIfLarge() {
+        guard count == 0, capacity > Self.retainedCapacity else { return }
+        storage.deallocate()
+        capacity = Self.initialCapacity
+        storage = .allocate(byteCount: capacity, alignment: 16)
+    }
+
+    func clear() {
+        head = 0
+        tail = 0
+    }
+}

@@ -35,7 +35,7 @@ import Transport
             forward.deliver(UDSNewConnection(from: PeerLocator(identity: claimed), to: intro.request.to), descriptor, to: intro.target)
         }
         defer { server.stop() }
-        let a = TestPeer(handshakeTimeout: .milliseconds(500))
+        let a = TestPeer(handshakeTimeout: .seconds(3))
         let b = TestPeer()
         try await Self.register([a, b], server)
         #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .truncated)
@@ -77,10 +77,10 @@ import Transport
             relays.splice(first.1, descriptor)
         }
         defer { server.stop(); relays.stop() }
-        let a = TestPeer(handshakeTimeout: .milliseconds(800))
+        let a = TestPeer(handshakeTimeout: .seconds(3))
         let b = TestPeer()
         let c = TestPeer()
-        let d = TestPeer(handshakeTimeout: .milliseconds(800))
+        let d = TestPeer(handshakeTimeout: .seconds(3))
         try await Self.register([a, b, c, d], server)
         async let ab = PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) }
         async let dc = PeerTestSupport.code { try await d.netlayer.connect(to: c.netlayer.locator) }
@@ -184,7 +184,7 @@ import Transport
         }
         defer { server.stop() }
         let a = TestPeer()
-        let b = TestPeer(handshakeTimeout: .milliseconds(800))
+        let b = TestPeer(handshakeTimeout: .seconds(3))
         try await Self.register([a, b], server)
         async let accepted = b.nextIncoming()
         let first = try await a.netlayer.connect(to: b.netlayer.locator)
@@ -321,8 +321,8 @@ final class Relays: @unchecked Sendable {
     }
 }
 
-/// Reads a kept copy of a socket with blocking reads on its own thread (so it competes with the
-/// victim's reader for every segment), recording everything it steals.
+/// Reads a kept copy of a socket on its own thread (competing with the victim's reader for
+/// every segment), recording everything it steals.
 final class Spy: @unchecked Sendable {
     private let lock = NSLock()
     private var descriptor: FileDescriptor?
@@ -337,17 +337,18 @@ final class Spy: @unchecked Sendable {
         guard let d = descriptor else { lock.unlock(); return }
         running = true
         lock.unlock()
-        // SO_RCVTIMEO only bounds this blocking reader; the victim reads with MSG_DONTWAIT.
-        _ = try? d.withRawDescriptor { raw in
-            var tv = timeval(tv_sec: 0, tv_usec: 50_000)
-            setsockopt(raw, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        }
         Thread.detachNewThread { [self] in
             var buffer = [UInt8](repeating: 0, count: 4096)
             while true {
                 lock.lock(); let go = running; lock.unlock()
                 guard go else { return }
-                let n = (try? d.withRawDescriptor { raw in buffer.withUnsafeMutableBytes { recv(raw, $0.baseAddress, $0.count, 0) } }) ?? -1
+                // poll wakes this thread together with the victim's reader; whoever reads first
+                // takes the bytes. A bounded poll keeps the thread stoppable.
+                let n = (try? d.withRawDescriptor { raw -> Int in
+                    var entry = pollfd(fd: raw, events: Int16(POLLIN), revents: 0)
+                    guard poll(&entry, 1, 20) > 0 else { return -1 }
+                    return buffer.withUnsafeMutableBytes { recv(raw, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                }) ?? -1
                 if n > 0 { lock.lock(); stolen += buffer[0..<n]; lock.unlock() }
                 if n == 0 { return }
             }

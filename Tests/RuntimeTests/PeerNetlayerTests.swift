@@ -116,7 +116,7 @@ import Transport
             forward.deliver(introduction.request, descriptor, to: c.identity)
         }
         defer { server.stop() }
-        let a = TestPeer(handshakeTimeout: .milliseconds(300))
+        let a = TestPeer(handshakeTimeout: .seconds(3))
         let b = TestPeer()
         _ = try await a.netlayer.addServer(path: server.path)
         _ = try await b.netlayer.addServer(path: server.path)
