@@ -9,13 +9,16 @@ import PackageDescription
 //   Runtime  <- OCapN, SecureChannel, Transport, Audit, Logging
 //   VectorCheck <- OCapN, SecureChannel, Syrup, Identity
 //   Bench (measurements against in-run baselines) <- Runtime and the layers below
-//   ocapn-uds (CLI) <- Runtime, VectorCheck, Bench, ArgumentParser
+//   Demo (the main job: server and peers as processes, attacks refused) <- Runtime and below
+//   ocapn-uds (CLI) <- Runtime, VectorCheck, Bench, Demo, ArgumentParser
 let package = Package(
     name: "ocapn-uds",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "ocapn-uds", targets: ["ocapn-uds"]),
         .library(name: "OCapNUDS", targets: ["Runtime"]),
+        // The sans-IO layers on their own (the fuzz package in Fuzz/ builds against these).
+        .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -47,10 +50,17 @@ let package = Package(
             name: "Bench",
             dependencies: ["Runtime", "SecureChannel", "Transport", "OCapN", "Identity", "SodiumCrypto", "Syrup"]
         ),
+        .target(
+            name: "Demo",
+            dependencies: [
+                "Runtime", "Audit", "OCapN", "SecureChannel", "Transport", "Identity",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "ocapn-uds",
             dependencies: [
-                "Runtime", "VectorCheck", "Audit", "Identity", "OCapN", "Bench",
+                "Runtime", "VectorCheck", "Audit", "Identity", "OCapN", "Bench", "Demo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

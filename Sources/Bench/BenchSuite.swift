@@ -28,15 +28,19 @@ public struct BenchSuite {
 
     private func say(_ s: String) { options.progress?(s) }
 
-    public func run() throws -> [BenchFigure] {
+    public func run() async throws -> [BenchFigure] {
         var figures: [BenchFigure] = []
         let directory = try makeDirectory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+        defer { if ProcessInfo.processInfo.environment["OCAPN_BENCH_KEEP"] == nil { try? FileManager.default.removeItem(atPath: directory) } }
         func wanted(_ group: String) -> Bool { options.only.isEmpty || options.only.contains(group) }
         if wanted("handshake") { figures += try handshake() }
         if wanted("introductions") { figures += try introductions(directory: directory) }
+        if wanted("connect") { figures += try await connect(directory: directory) }
         if wanted("channel") { figures += try channelThroughput() }
-        if wanted("memory") { figures += try serverMemory(directory: directory) }
+        if wanted("memory") {
+            figures += try serverMemory(directory: directory)
+            figures += try await peerMemory(directory: directory)
+        }
         return figures
     }
 
@@ -58,6 +62,44 @@ public struct BenchSuite {
         return [
             BenchFigure(group: "introductions", name: "rate through one server", unit: "intros/s", value: ours,
                         baselineName: "raw fd passing", baseline: raw, direction: .higherIsBetter, target: 0.7),
+        ]
+    }
+
+    /// 3. Connect latency, end to end through real processes, against what its parts cost on
+    /// this machine: one raw introduction round trip plus the handshake's crypto floor.
+    func connect(directory: String) async throws -> [BenchFigure] {
+        let count = options.quick ? 30 : 1000
+        say("connect: raw introduction round trip and crypto floor (the baseline)")
+        let rawRate = try IntroductionBench.raw(count: options.quick ? 200 : 2000, window: 1)
+        let floor = Baselines.cryptoFloor(iterations: options.quick ? 50 : 400)
+        let baselineMicros = 1e6 / rawRate + floor.handshakeNanos / 1000
+        say("connect: \(count) sequential connects to an echo peer process, through an intro-server process")
+        let bench = PeerBench(directory: directory, executable: Self.executablePath)
+        defer { bench.stop() }
+        try bench.start()
+        let samples = try await bench.connectLatencies(count: count)
+        return [
+            BenchFigure(group: "connect", name: "connect to first echo p50", unit: "µs", value: samples.median / 1000,
+                        baselineName: "raw intro RTT + crypto floor", baseline: baselineMicros, direction: .lowerIsBetter),
+            BenchFigure(group: "connect", name: "connect to first echo p99", unit: "µs", value: samples.percentile(99) / 1000,
+                        baselineName: "raw intro RTT + crypto floor", baseline: baselineMicros, direction: .lowerIsBetter),
+        ]
+    }
+
+    /// 5b. Peak memory of a peer process holding open channels.
+    func peerMemory(directory: String) async throws -> [BenchFigure] {
+        let channels = options.quick ? 100 : 1000
+        say("memory: a peer process holding \(channels) open channels")
+        let bench = PeerBench(directory: directory, executable: Self.executablePath)
+        defer { bench.stop() }
+        try bench.start()
+        let r = try await bench.peerMemory(channels: channels)
+        return [
+            BenchFigure(group: "memory", name: "peer peak RSS, \(channels) open channels", unit: "MiB",
+                        value: Double(r.peak) / 1_048_576, baselineName: "peer RSS, no channel",
+                        baseline: Double(r.before) / 1_048_576, direction: .lowerIsBetter),
+            BenchFigure(group: "memory", name: "peer bytes per open channel", unit: "KiB",
+                        value: Double(r.holding - r.before) / Double(channels) / 1024, direction: .lowerIsBetter),
         ]
     }
 

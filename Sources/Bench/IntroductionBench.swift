@@ -38,8 +38,8 @@ enum IntroductionBench {
             server.stop { stopped.signal() }
             stopped.wait()
         }
-        let a = try BlockingPeer(path: path, server: serverKey.publicIdentity)
-        let b = try BlockingPeer(path: path, server: serverKey.publicIdentity)
+        let a = try BlockingIntroductionClient(path: path, server: serverKey.publicIdentity)
+        let b = try BlockingIntroductionClient(path: path, server: serverKey.publicIdentity)
         defer { a.close(); b.close() }
         try a.register()
         try b.register()
@@ -77,7 +77,7 @@ enum IntroductionBench {
             defer { done.signal() }
             for _ in 0..<count {
                 guard let fd = try? receiveMarker(inbound) else { return }
-                _ = try? sendAll(outbound, UDSNewConnection.fdMarker, passing: [fd])
+                _ = try? BlockingIO.sendAll(outbound, UDSNewConnection.fdMarker, passing: [fd])
                 fd.close()
             }
         }
@@ -93,7 +93,7 @@ enum IntroductionBench {
         targetThread.start()
         let t0 = nowNanos()
         try initiate(count: count, window: window) { bEnd in
-            try sendAll(aControl, UDSNewConnection.fdMarker, passing: [bEnd])
+            try BlockingIO.sendAll(aControl, UDSNewConnection.fdMarker, passing: [bEnd])
         }
         let elapsed = nowNanos() - t0
         done.wait()
@@ -137,22 +137,6 @@ enum IntroductionBench {
         if n != 1 { throw BenchError("introduction did not complete (read returned \(n))") }
     }
 
-    /// Blocking send of all bytes; `passing` goes with the first chunk only.
-    static func sendAll(_ fd: FileDescriptor, _ bytes: [UInt8], passing: [FileDescriptor] = []) throws {
-        var offset = 0
-        var descriptors = passing
-        while offset < bytes.count {
-            let chunk = offset == 0 ? bytes : Array(bytes[offset...])
-            switch try fd.send(chunk, passing: descriptors) {
-            case let .processed(n):
-                offset += n
-                descriptors = []
-            case .wouldBlock:
-                try waitFor(fd, events: Int16(POLLOUT))
-            }
-        }
-    }
-
     /// Receives a 4-byte marker with its descriptor (the raw relay's whole protocol).
     static func receiveMarker(_ fd: FileDescriptor) throws -> FileDescriptor {
         var buffer = [UInt8](repeating: 0, count: 4)
@@ -167,74 +151,9 @@ enum IntroductionBench {
                 }
                 return r.descriptors[0]
             case .wouldBlock:
-                try waitFor(fd, events: Int16(POLLIN))
+                try BlockingIO.waitFor(fd, events: Int16(POLLIN))
             }
         }
     }
 
-    static func waitFor(_ fd: FileDescriptor, events: Int16, seconds: Double = 10) throws {
-        let ready = try fd.withRawDescriptor { raw -> Int32 in
-            var entry = pollfd(fd: raw, events: events, revents: 0)
-            return poll(&entry, 1, Int32(seconds * 1000))
-        }
-        if ready <= 0 { throw BenchError("timed out waiting on a socket") }
-    }
-}
-
-/// A control-connection client with blocking semantics, for the benchmark's peers.
-final class BlockingPeer {
-    let key = IdentityKeyPair.generate()
-    let control: FileDescriptor
-    private var client: RegistrationClient
-    private var reader = ControlStreamReader<FileDescriptor>()
-    private var buffer = [UInt8](repeating: 0, count: 16 << 10)
-
-    init(path: String, server: PublicIdentity?) throws {
-        control = try FileDescriptor.connect(unixPath: path, timeout: .seconds(5))
-        let key = self.key
-        client = RegistrationClient(signer: SigningIdentity(identity: key.publicIdentity) { key.sign($0) },
-                                    challenge: .random(), expectedServer: server)
-    }
-
-    var identity: PublicIdentity { key.publicIdentity }
-
-    func close() {
-        control.close()
-        for d in reader.drainDescriptors() { d.close() }
-    }
-
-    func sendAll(_ bytes: [UInt8], passing: [FileDescriptor] = []) throws {
-        try IntroductionBench.sendAll(control, bytes, passing: passing)
-    }
-
-    func next() throws -> ControlStreamReader<FileDescriptor>.Item {
-        while true {
-            if let item = try reader.next() { return item }
-            let result = try buffer.withUnsafeMutableBytes { try control.receive(into: $0, descriptorCapacity: 4) }
-            switch result {
-            case let .processed(r):
-                if r.isEndOfStream { throw BenchError("server closed the control connection") }
-                try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
-            case .wouldBlock:
-                try IntroductionBench.waitFor(control, events: Int16(POLLIN))
-            }
-        }
-    }
-
-    func register() throws {
-        try sendAll(client.start().encoded)
-        guard case let .message(value) = try next() else { throw BenchError("no server response") }
-        for case let .send(reply) in try client.receive(value) { try sendAll(reply.encoded) }
-    }
-
-    func receiveDescriptor() throws -> FileDescriptor {
-        guard case let .newConnection(value, descriptor) = try next() else { throw BenchError("expected an introduction") }
-        do {
-            _ = try client.receive(value)
-        } catch {
-            descriptor.close()
-            throw error
-        }
-        return descriptor
-    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Identity
+import Runtime
 import Transport
 #if canImport(Glibc)
 import Glibc
@@ -45,13 +46,13 @@ enum MemoryBench {
         let pid = process.processIdentifier
         usleep(100_000)
         guard let baseline = residentBytes(pid: pid) else { throw BenchError("cannot read the server's VmRSS") }
-        var peers: [BlockingPeer] = []
+        var peers: [BlockingIntroductionClient] = []
         peers.reserveCapacity(maximum)
         defer { peers.forEach { $0.close() } }
         var points: [(Int, Int)] = []
         for target in counts.sorted() {
             while peers.count < target {
-                let p = try BlockingPeer(path: socketPath, server: serverKey.publicIdentity)
+                let p = try BlockingIntroductionClient(path: socketPath, server: serverKey.publicIdentity)
                 try p.register()
                 peers.append(p)
             }

@@ -109,7 +109,10 @@ public final class Listener: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         switch state {
         case .idle: socket.close()
-        case .running: cancelSource()
+        case .running:
+            // The descriptor closes in the source's cancel handler, later; the path goes now.
+            socket.unlinkPath()
+            cancelSource()
         case .closed: return
         }
         state = .closed

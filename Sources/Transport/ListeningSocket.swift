@@ -89,12 +89,18 @@ public final class ListeningSocket: Sendable {
     /// Unlinks the socket file (only if it is still the one we bound), closes the socket, then
     /// releases the lock. Idempotent.
     public func close() {
+        unlinkPath()
+        descriptor.close()
+        lock?.close()
+    }
+
+    /// Removes the socket file now, if it is still ours, so clients stop finding it at once even
+    /// while the descriptor is still being released. Idempotent.
+    public func unlinkPath() {
         if let path, let fileIdentity, descriptor.isOpen,
            let info = try? Self.lstatPath(path), info.isSocket, info.identity == fileIdentity {
             unlink(path)
         }
-        descriptor.close()
-        lock?.close()
     }
 
     // MARK: steps

@@ -92,6 +92,8 @@ public final class StreamConnection: @unchecked Sendable {
     private var readPaused = false
     private var readFinished = false
     private var writeArmed = false
+    /// Every source created on the descriptor, until it finished cancelling.
+    private let sources = DispatchGroup()
     private var output: [Segment] = []
     private var outputHead = 0
     private var queuedBytes = 0
@@ -150,25 +152,7 @@ public final class StreamConnection: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         guard state == .idle else { return }
         state = .running
-        let raw = borrowRawForSources()
-        let read = DispatchSource.makeReadSource(fileDescriptor: raw, queue: queue)
-        let write = DispatchSource.makeWriteSource(fileDescriptor: raw, queue: queue)
-        // The socket stays open until both sources have finished cancelling: closing it first
-        // could let libdispatch watch a reused descriptor number.
-        let group = DispatchGroup()
-        group.enter()
-        group.enter()
-        read.setEventHandler { [weak self] in self?.handleReadable() }
-        read.setCancelHandler { group.leave() }
-        write.setEventHandler { [weak self] in self?.flush() }
-        write.setCancelHandler { group.leave() }
-        group.notify(queue: queue) { [descriptor] in descriptor.close() }
-        readSource = read
-        writeSource = write
-        write.activate()
-        write.suspend()  // armed only while output waits for writability
-        read.activate()
-        if readPaused { read.suspend() }
+        if !readPaused { makeReadSource() }
         if outputHead < output.count { flush() }
     }
 
@@ -298,9 +282,39 @@ public final class StreamConnection: @unchecked Sendable {
     }
 
     private func armWrite(_ wanted: Bool) {
-        guard let writeSource, wanted != writeArmed else { return }
+        guard state == .running, wanted != writeArmed else { return }
         writeArmed = wanted
-        if wanted { writeSource.resume() } else { writeSource.suspend() }
+        if wanted {
+            let write = DispatchSource.makeWriteSource(fileDescriptor: borrowRawForSources(), queue: queue)
+            write.setEventHandler { [weak self] in self?.flush() }
+            track(write)
+            writeSource = write
+            write.activate()
+        } else {
+            writeSource?.cancel()
+            writeSource = nil
+        }
+    }
+
+    // MARK: sources
+    //
+    // Sources are created when wanted and cancelled when not, never suspended: on Linux a read
+    // and a write source on one descriptor share one epoll registration, and suspending one of
+    // them was seen to lose the other's events (a connection stalled with unread data, a
+    // registration reply never read). The descriptor closes only after every source created on
+    // it has finished cancelling, so libdispatch never watches a reused descriptor number.
+
+    private func makeReadSource() {
+        let read = DispatchSource.makeReadSource(fileDescriptor: borrowRawForSources(), queue: queue)
+        read.setEventHandler { [weak self] in self?.handleReadable() }
+        track(read)
+        readSource = read
+        read.activate()
+    }
+
+    private func track(_ source: DispatchSourceProtocol) {
+        sources.enter()
+        source.setCancelHandler { [sources] in sources.leave() }
     }
 
     // MARK: input
@@ -310,7 +324,10 @@ public final class StreamConnection: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         guard !readPaused else { return }
         readPaused = true
-        if state == .running, !readFinished { readSource?.suspend() }
+        if state == .running, !readFinished {
+            readSource?.cancel()
+            readSource = nil
+        }
     }
 
     /// Resumes reading after `suspendReading()`.
@@ -318,7 +335,7 @@ public final class StreamConnection: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         guard readPaused else { return }
         readPaused = false
-        if state == .running, !readFinished { readSource?.resume() }
+        if state == .running, !readFinished, readSource == nil { makeReadSource() }
     }
 
     private func handleReadable() {
@@ -335,6 +352,7 @@ public final class StreamConnection: @unchecked Sendable {
             if received.isEndOfStream {
                 readFinished = true
                 readSource?.cancel()  // level-triggered: a source at EOF would fire forever
+                readSource = nil
                 deliver(.endOfStream)
                 return
             }
@@ -377,7 +395,7 @@ public final class StreamConnection: @unchecked Sendable {
         let waiters = drainWaiters
         drainWaiters = []
         if wasRunning {
-            cancelSources()  // the descriptor closes once both sources have cancelled
+            cancelSources()  // the descriptor closes once every source has cancelled
         } else {
             descriptor.close()
         }
@@ -399,17 +417,11 @@ public final class StreamConnection: @unchecked Sendable {
     }
 
     private func cancelSources() {
-        // Suspended sources never run their cancel handlers; balance every suspend first.
-        if let readSource {
-            if readPaused && !readFinished { readSource.resume() }
-            readSource.cancel()
-        }
-        if let writeSource {
-            if !writeArmed { writeSource.resume() }
-            writeSource.cancel()
-        }
+        readSource?.cancel()
+        writeSource?.cancel()
         readSource = nil
         writeSource = nil
+        sources.notify(queue: queue) { [descriptor] in descriptor.close() }
     }
 
     private func borrowRawForSources() -> Int32 {

@@ -2,7 +2,7 @@ import ArgumentParser
 import Bench
 import Foundation
 
-struct BenchCommand: ParsableCommand {
+struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure handshakes, introductions, connects, channel throughput and memory against in-run baselines.",
@@ -33,13 +33,13 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         let suite = BenchSuite(options: .init(quick: quick, only: Set(only), progress: { line in
             FileHandle.standardError.write(Data("bench: \(line)\n".utf8))
         }))
         let figures: [BenchFigure]
         do {
-            figures = try suite.run()
+            figures = try await suite.run()
         } catch {
             throw CLIError(.failure, "benchmark failed: \(error)")
         }

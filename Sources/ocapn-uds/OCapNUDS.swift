@@ -14,7 +14,7 @@ struct OCapNUDS: ParsableCommand {
                  file, wrong passphrase, invalid identity, refused by the peer or server)
               4  verification failed (vectors verify, audit --verify)
             """,
-        subcommands: [KeygenCommand.self, IdCommand.self, AuditCommand.self, VectorsCommand.self, BenchCommand.self, IntroServerCommand.self,
+        subcommands: [DemoCommand.self, KeygenCommand.self, IdCommand.self, AuditCommand.self, VectorsCommand.self, BenchCommand.self, IntroServerCommand.self,
                       PeerCommand.self, ConnectCommand.self]
     )
 }

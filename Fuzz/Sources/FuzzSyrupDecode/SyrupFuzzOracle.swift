@@ -1,0 +1,1 @@
+../../../Tests/SyrupTests/SyrupFuzzOracle.swift

@@ -1,0 +1,349 @@
+import Audit
+import Foundation
+import Identity
+import Logging
+import OCapN
+import Runtime
+import Transport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ocapn-uds demo`: the whole product on an embedded default, in one command.
+///
+/// A temporary directory, an introduction server and `peers` echo peers as separate processes
+/// (the real `ocapn-uds intro-server` and `ocapn-uds peer`), and this process as a client peer
+/// that opens `connections` channels through the server, handshakes, and has `messages`
+/// messages echoed on each. Then two attacks that must be refused: a registered peer lying about
+/// `from` (the server refuses it) and a lying introduction server (the target's handshake
+/// refuses it). Prints progress, then a summary and the audit-log summary.
+public final class Demo: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var peers = 4
+        public var connections = 12
+        public var messages = 5
+        /// Connections in flight at once.
+        public var concurrency = 4
+        /// Keep the key files too (the directory, its logs and audit trails are always kept).
+        public var keepKeys = false
+        /// The `ocapn-uds` executable to start the server and peers with.
+        public var executable: String
+        public init(executable: String) { self.executable = executable }
+    }
+
+    public struct Summary: Sendable {
+        public var directory: String
+        public var peers: Int
+        public var handshakesSucceeded: Int
+        public var handshakesFailed: [String: Int]
+        public var latenciesMicros: [Double]
+        public var messagesEchoed: Int
+        public var messagesExpected: Int
+        public var refusals: [(attack: String, refused: Bool, reason: String?)]
+        public var auditLogs: [String]
+        /// `audit --verify` of each log: (path, status) where status is intact, broken, …
+        public var auditVerification: [(path: String, status: String)]
+        public var elapsedSeconds: Double
+
+        /// Every connection worked, every attack was refused, every audit chain is intact.
+        public var succeeded: Bool {
+            handshakesFailed.isEmpty && messagesEchoed == messagesExpected && refusals.allSatisfy(\.refused)
+                && auditVerification.allSatisfy { $0.status == "intact" }
+        }
+    }
+
+    let options: Options
+    let say: @Sendable (String) -> Void
+    private let lock = NSLock()
+    private var children: [Process] = []
+    private var cleanedUp = false
+    private(set) var directory = ""
+
+    public init(options: Options, progress: @escaping @Sendable (String) -> Void) {
+        self.options = options
+        say = progress
+    }
+
+    // MARK: processes
+
+    private func spawn(_ name: String, _ arguments: [String]) throws -> (Process, FileHandle) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: options.executable)
+        process.arguments = arguments
+        let out = Pipe()
+        process.standardOutput = out
+        let logPath = file("\(name).log")
+        FileManager.default.createFile(atPath: logPath, contents: nil, attributes: [.posixPermissions: 0o600])
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        process.standardInput = FileHandle.nullDevice
+        try lock.withLock {
+            guard !cleanedUp else { throw DemoError("interrupted") }
+            try process.run()
+            children.append(process)
+        }
+        return (process, out.fileHandleForReading)
+    }
+
+    /// Reads the first stdout line of a child, with a deadline.
+    private func firstLine(_ handle: FileHandle, of name: String, timeout: Double = 20) throws -> String {
+        let fd = handle.fileDescriptor
+        var collected = Data()
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let remaining = Int32(max(1, deadline.timeIntervalSinceNow * 1000))
+            guard poll(&entry, 1, remaining) > 0 else { break }
+            let chunk = handle.availableData
+            if chunk.isEmpty { break }
+            collected.append(chunk)
+            if let nl = collected.firstIndex(of: 0x0a) {
+                return String(decoding: collected[collected.startIndex..<nl], as: UTF8.self)
+            }
+        }
+        let log = (try? String(contentsOfFile: file("\(name).log"), encoding: .utf8)) ?? ""
+        throw DemoError("\(name) did not start: \(log.split(separator: "\n").last.map(String.init) ?? "no output")")
+    }
+
+    private func file(_ name: String) -> String { (directory as NSString).appendingPathComponent(name) }
+
+    /// Stops every child (SIGTERM, then SIGKILL after 3 s) and removes keys and sockets.
+    /// Safe to call from a signal handler's queue and more than once.
+    public func cleanUp() {
+        let processes: [Process] = lock.withLock {
+            guard !cleanedUp else { return [] }
+            cleanedUp = true
+            return children
+        }
+        for p in processes where p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(3)
+        for p in processes {
+            while p.isRunning && Date() < deadline { usleep(10_000) }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+        }
+        guard !directory.isEmpty, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in names where name.hasSuffix(".sock") || name.hasSuffix(".lock") || (!options.keepKeys && name.hasSuffix(".key")) {
+            try? FileManager.default.removeItem(atPath: file(name))
+        }
+    }
+
+    // MARK: the run
+
+    public func run() async throws -> Summary {
+        let started = Date()
+        var template = Array("/tmp/ocapn-demo-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw DemoError("cannot create a temporary directory") }
+        directory = String(cString: made)
+        say("working directory \(directory) (mode 0700)")
+        defer { cleanUp() }
+
+        // Identities.
+        let serverKey = IdentityKeyPair.generate()
+        try IdentityKeyFile.write(serverKey, to: file("intro-server.key"))
+        var peerKeys: [IdentityKeyPair] = []
+        for i in 1...options.peers {
+            let k = IdentityKeyPair.generate()
+            try IdentityKeyFile.write(k, to: file("peer-\(i).key"))
+            peerKeys.append(k)
+        }
+        let clientKey = IdentityKeyPair.generate()
+        say("generated \(options.peers + 2) identities: server \(serverKey.publicIdentity.fingerprint), client \(clientKey.publicIdentity.fingerprint)")
+
+        // The introduction server.
+        let socketPath = file("intro.sock")
+        let serverAudit = file("intro-server.audit.jsonl")
+        let (_, serverOut) = try spawn("intro-server", [
+            "intro-server", "--identity", file("intro-server.key"), "--socket", socketPath,
+            "--audit-log", serverAudit, "--log-level", "notice",
+        ])
+        let ready = try firstLine(serverOut, of: "intro-server")
+        say("introduction server up: \(ready)")
+
+        // A lying introduction server, which the last peer also registers with.
+        let liar = try LyingIntroductionServer(path: file("lying.sock"))
+        liar.start()
+
+        // The echo peers.
+        var locators: [PeerLocator] = []
+        var auditLogs = [serverAudit]
+        let pinned = "\(socketPath)=\(serverKey.publicIdentity.designator)"
+        for i in 1...options.peers {
+            var arguments = ["peer", "--identity", file("peer-\(i).key"), "--server", pinned,
+                             "--audit-log", file("peer-\(i).audit.jsonl"), "--log-level", "notice"]
+            if i == options.peers { arguments += ["--server", liar.path] }
+            let (_, out) = try spawn("peer-\(i)", arguments)
+            let uri = try firstLine(out, of: "peer-\(i)")
+            let locator = try PeerLocator(uri: uri)
+            guard locator.identity == peerKeys[i - 1].publicIdentity else { throw DemoError("peer-\(i) printed another identity") }
+            locators.append(locator)
+            auditLogs.append(file("peer-\(i).audit.jsonl"))
+            say("peer-\(i) \(locator.identity.fingerprint) registered: \(uri)")
+        }
+
+        // This process as a client peer.
+        let clientAuditPath = file("client.audit.jsonl")
+        let clientAudit = try AuditFileSink(AuditFileConfiguration(
+            path: clientAuditPath, writer: clientKey.publicIdentity,
+            signer: AuditSigner(identity: clientKey.publicIdentity, sign: { clientKey.sign($0) })))
+        auditLogs.append(clientAuditPath)
+        var logger = Logger(label: "ocapn-uds.demo")
+        logger.logLevel = .error
+        let netlayer = PeerNetlayer(identity: clientKey, audit: clientAudit, logger: logger)
+        _ = try await netlayer.addServer(path: socketPath, expectedKey: serverKey.publicIdentity)
+        say("client registered: \(netlayer.locator.uri)")
+
+        // Connections: handshake, echo, close.
+        say("opening \(options.connections) connections (\(options.concurrency) at a time), \(options.messages) messages each")
+        let results = await connectAll(netlayer: netlayer, to: locators)
+        await netlayer.shutdown()
+        clientAudit.close()
+
+        // Attack 1: a registered peer lies about `from`; the server must refuse.
+        say("attack 1: a registered peer claims to be \(locators[0].identity.fingerprint) in an introduction")
+        let spoof = try spoofedFrom(socketPath: socketPath, server: serverKey.publicIdentity, victim: locators[0], target: locators[1 % locators.count])
+        let spoofReason = spoof ? waitForReason(in: serverAudit, event: "introduction.refused") : nil
+        say(spoof ? "  refused by the introduction server: \(spoofReason ?? "closed")" : "  NOT refused")
+
+        // Attack 2: a lying introduction server hands the last peer a socket it holds itself.
+        let target = locators[locators.count - 1]
+        say("attack 2: a lying introduction server tells \(target.identity.fingerprint) that \(locators[0].identity.fingerprint) is calling")
+        let outcome: LyingIntroductionServer.Outcome
+        if liar.waitForRegistration(timeout: 10) == nil {
+            outcome = .notRegistered
+        } else {
+            outcome = liar.impersonate(locators[0])
+        }
+        liar.stop()
+        let liarReason = outcome == .refused ? waitForReason(in: file("peer-\(options.peers).audit.jsonl"), event: "handshake.failed") : nil
+        switch outcome {
+        case .refused: say("  refused by the target's handshake: \(liarReason ?? "closed")")
+        case .answered: say("  NOT refused: the target answered the handshake")
+        case .notRegistered: say("  could not run: the target never registered with the lying server")
+        case let .failed(why): say("  could not run: \(why)")
+        }
+
+        // Stop everything so every audit log is sealed with its signed closing record.
+        cleanUp()
+
+        var failures: [String: Int] = [:]
+        var latencies: [Double] = []
+        var echoed = 0
+        for r in results {
+            switch r {
+            case let .success(latency, messages):
+                latencies.append(latency)
+                echoed += messages
+            case let .failure(code):
+                failures[code, default: 0] += 1
+            }
+        }
+        return Summary(
+            directory: directory, peers: options.peers, handshakesSucceeded: latencies.count,
+            handshakesFailed: failures, latenciesMicros: latencies, messagesEchoed: echoed,
+            messagesExpected: options.connections * options.messages,
+            refusals: [
+                ("registered peer lying about from", spoof, spoofReason),
+                ("introduction server lying about from", outcome == .refused, liarReason),
+            ],
+            auditLogs: auditLogs,
+            auditVerification: auditLogs.map { ($0, AuditVerifier.verify(paths: [$0]).status.rawValue) },
+            elapsedSeconds: Date().timeIntervalSince(started))
+    }
+
+    enum ConnectionResult: Sendable {
+        case success(latencyMicros: Double, messages: Int)
+        case failure(String)
+    }
+
+    private func connectAll(netlayer: PeerNetlayer, to locators: [PeerLocator]) async -> [ConnectionResult] {
+        let total = options.connections, perConnection = options.messages, width = max(1, options.concurrency)
+        let say = self.say
+        return await withTaskGroup(of: ConnectionResult.self) { group in
+            var results: [ConnectionResult] = []
+            var next = 0
+            func add() {
+                let index = next
+                next += 1
+                let target = locators[index % locators.count]
+                group.addTask {
+                    await Self.oneConnection(netlayer: netlayer, target: target, index: index, messages: perConnection, say: say)
+                }
+            }
+            for _ in 0..<min(width, total) { add() }
+            while let r = await group.next() {
+                results.append(r)
+                if next < total { add() }
+            }
+            return results
+        }
+    }
+
+    private static func oneConnection(netlayer: PeerNetlayer, target: PeerLocator, index: Int, messages: Int,
+                                      say: @Sendable (String) -> Void) async -> ConnectionResult {
+        let t0 = ContinuousClock.now
+        do throws(PeerError) {
+            let channel = try await netlayer.connect(to: target)
+            var latency: Double = 0
+            var echoed = 0
+            for m in 0..<messages {
+                let text = Array("message \(m) of connection \(index)".utf8)
+                try await channel.send(text)
+                guard let reply = try await channel.receive(), reply == text else {
+                    _ = await channel.close()
+                    return .failure("echoMismatch")
+                }
+                if m == 0 {
+                    let d = t0.duration(to: .now).components
+                    latency = Double(d.seconds) * 1e6 + Double(d.attoseconds) / 1e12
+                }
+                echoed += 1
+            }
+            let summary = await channel.close()
+            say("  connection \(index + 1): \(channel.peerFingerprint) verified, \(echoed) echoed, \(summary.clean ? "closed cleanly" : "closed: \(summary.reason?.code.rawValue ?? "?")"), first echo after \(Int(latency)) µs")
+            return .success(latencyMicros: latency, messages: echoed)
+        } catch {
+            say("  connection \(index + 1) to \(target.identity.fingerprint) failed: \(error.code.rawValue)")
+            return .failure(error.code.rawValue)
+        }
+    }
+
+    /// Registers an impostor and sends an introduction claiming to come from `victim`.
+    /// True when the server closed the impostor's connection (the refusal).
+    private func spoofedFrom(socketPath: String, server: PublicIdentity, victim: PeerLocator, target: PeerLocator) throws -> Bool {
+        let impostor = try BlockingIntroductionClient(path: socketPath, server: server)
+        defer { impostor.close() }
+        try impostor.register()
+        let (mine, theirs) = try FileDescriptor.socketPair()
+        defer { mine.close(); theirs.close() }
+        try impostor.sendAll(UDSMessage.newConnection(UDSNewConnection(from: victim, to: target)).encoded)
+        try impostor.sendAll(UDSNewConnection.fdMarker, passing: [theirs])
+        theirs.close()
+        do {
+            _ = try impostor.next(timeout: 10)
+            return false
+        } catch {
+            return true  // end of stream or reset: the server closed the impostor
+        }
+    }
+
+    /// The reason of the last `event` record in an audit log, waiting briefly for it.
+    private func waitForReason(in path: String, event: String) -> String? {
+        let deadline = Date().addingTimeInterval(5)
+        repeat {
+            if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+                for line in text.split(separator: "\n").reversed() {
+                    guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                          object["event"] as? String == event else { continue }
+                    return object["reason"] as? String
+                }
+            }
+            usleep(20_000)
+        } while Date() < deadline
+        return nil
+    }
+}
+
+public struct DemoError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ d: String) { description = d }
+}

@@ -1,0 +1,111 @@
+import Foundation
+import Identity
+import OCapN
+import Transport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Blocking helpers over non-blocking descriptors (poll, then retry).
+public enum BlockingIO {
+    /// Sends all of `bytes`; `passing` goes with the first chunk only (a partial write carried it).
+    public static func sendAll(_ fd: FileDescriptor, _ bytes: [UInt8], passing: [FileDescriptor] = []) throws {
+        var offset = 0
+        var descriptors = passing
+        while offset < bytes.count {
+            let chunk = offset == 0 ? bytes : Array(bytes[offset...])
+            switch try fd.send(chunk, passing: descriptors) {
+            case let .processed(n):
+                offset += n
+                descriptors = []
+            case .wouldBlock:
+                try waitFor(fd, events: Int16(POLLOUT))
+            }
+        }
+    }
+
+    /// Waits until `fd` is ready for `events`, or throws after `seconds`.
+    public static func waitFor(_ fd: FileDescriptor, events: Int16, seconds: Double = 10) throws {
+        let ready = try fd.withRawDescriptor { raw -> Int32 in
+            var entry = pollfd(fd: raw, events: events, revents: 0)
+            while true {
+                let r = poll(&entry, 1, Int32(seconds * 1000))
+                if r < 0 && errno == EINTR { continue }
+                return r
+            }
+        }
+        if ready <= 0 { throw BlockingIOError("timed out after \(seconds) s waiting on a socket") }
+    }
+}
+
+/// A blocking call that did not complete.
+public struct BlockingIOError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A control-connection client with blocking calls: registration, sending introductions and
+/// receiving introduced descriptors on the calling thread. For tools that drive the protocol
+/// step by step (benchmarks, the demo's misbehaving peer); applications use `PeerNetlayer`.
+public final class BlockingIntroductionClient {
+    public let key: IdentityKeyPair
+    public let control: FileDescriptor
+    private var client: RegistrationClient
+    private var reader = ControlStreamReader<FileDescriptor>()
+    private var buffer = [UInt8](repeating: 0, count: 16 << 10)
+
+    /// Connects to the server at `path`; `server` pins its key when given.
+    public init(path: String, server: PublicIdentity?, key: IdentityKeyPair = .generate()) throws {
+        self.key = key
+        control = try FileDescriptor.connect(unixPath: path, timeout: .seconds(5))
+        client = RegistrationClient(signer: SigningIdentity(identity: key.publicIdentity) { key.sign($0) },
+                                    challenge: .random(), expectedServer: server)
+    }
+
+    public var identity: PublicIdentity { key.publicIdentity }
+
+    public func close() {
+        control.close()
+        for d in reader.drainDescriptors() { d.close() }
+    }
+
+    /// Sends all of `bytes`; `passing` goes with the first chunk only.
+    public func sendAll(_ bytes: [UInt8], passing: [FileDescriptor] = []) throws {
+        try BlockingIO.sendAll(control, bytes, passing: passing)
+    }
+
+    /// The next control message or introduction, waiting up to `timeout`.
+    public func next(timeout: Double = 10) throws -> ControlStreamReader<FileDescriptor>.Item {
+        while true {
+            if let item = try reader.next() { return item }
+            let result = try buffer.withUnsafeMutableBytes { try control.receive(into: $0, descriptorCapacity: 4) }
+            switch result {
+            case let .processed(r):
+                if r.isEndOfStream { throw BlockingIOError("server closed the control connection") }
+                try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
+            case .wouldBlock:
+                try BlockingIO.waitFor(control, events: Int16(POLLIN), seconds: timeout)
+            }
+        }
+    }
+
+    /// Runs `uds:register` → `uds:server-response` → `uds:signature`. The server answers nothing
+    /// on success; a refusal shows as the connection closing.
+    public func register() throws {
+        try sendAll(client.start().encoded)
+        guard case let .message(value) = try next() else { throw BlockingIOError("no server response") }
+        for case let .send(reply) in try client.receive(value) { try sendAll(reply.encoded) }
+    }
+
+    /// Waits for an introduction and returns its descriptor (after `to` was checked).
+    public func receiveDescriptor() throws -> FileDescriptor {
+        guard case let .newConnection(value, descriptor) = try next() else { throw BlockingIOError("expected an introduction") }
+        do {
+            _ = try client.receive(value)
+        } catch {
+            descriptor.close()
+            throw error
+        }
+        return descriptor
+    }
+}

@@ -1,0 +1,63 @@
+import Foundation
+import Glibc
+import Testing
+
+@Suite(.serialized) struct DemoTests {
+    /// Paths of the demo directory a run printed.
+    private func directory(in output: [String]) -> String? {
+        output.first { $0.hasPrefix("demo: working directory ") }
+            .map { String($0.dropFirst("demo: working directory ".count).split(separator: " ").first ?? "") }
+    }
+
+    /// Processes whose command line mentions `text` (the demo's children name its directory).
+    private func processes(mentioning text: String) -> [String] {
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return pids.filter { Int($0) != nil }.compactMap { pid in
+            guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return nil }
+            let line = String(decoding: raw.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+            return line.contains(text) ? line : nil
+        }
+    }
+
+    @Test func theDemoRunsEndToEndRefusesBothAttacksAndLeavesVerifiedAuditLogsOnly() throws {
+        let demo = try ChildProcess(["demo", "--peers", "3", "--connections", "6", "--messages", "3"])
+        let status = demo.waitForExit(timeout: 120)
+        let out = demo.output
+        let dir = try #require(directory(in: out), "\(out)")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(status == 0, "\(out.joined(separator: "\n"))\n\(demo.errorOutput.joined(separator: "\n"))")
+        #expect(out.contains("demo: OK"))
+        #expect(out.contains { $0.contains("handshakes:") && $0.contains("6 succeeded, 0 failed") })
+        #expect(out.contains { $0.contains("messages:") && $0.contains("18 of 18 echoed") })
+        #expect(out.contains { $0.contains("registered peer lying about from: refused (spoofedFrom)") })
+        #expect(out.contains { $0.contains("introduction server lying about from: refused (identityMismatch)") })
+        #expect(out.contains { $0.hasPrefix("failures by reason:") }, "the audit summary is printed")
+        // Processes gone; keys and sockets removed; audit trails kept and intact.
+        #expect(processes(mentioning: dir).isEmpty)
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir)
+        #expect(!left.contains { $0.hasSuffix(".key") || $0.hasSuffix(".sock") }, "\(left)")
+        let trails = left.filter { $0.hasSuffix(".audit.jsonl") }
+        #expect(trails.count == 5)
+        for trail in trails {
+            let verify = try runOCapNUDS(["audit", "--verify", (dir as NSString).appendingPathComponent(trail)])
+            #expect(verify.status == 0, "\(trail): \(verify.stdout) \(verify.stderr)")
+        }
+    }
+
+    @Test func ctrlCStopsEveryProcessTheDemoStarted() throws {
+        let demo = try ChildProcess(["demo", "--peers", "2", "--connections", "1000000", "--messages", "1"])
+        let opening = demo.waitForLine(timeout: 60) { $0.hasPrefix("demo: opening ") }
+        let dir = try #require(directory(in: demo.output), "\(demo.output)")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(opening != nil)
+        #expect(!processes(mentioning: dir).isEmpty, "the server and peers run while connecting")
+        kill(demo.pid, SIGINT)
+        let status = demo.waitForExit(timeout: 30)
+        #expect(status == 130)
+        let deadline = Date().addingTimeInterval(5)
+        while !processes(mentioning: dir).isEmpty && Date() < deadline { usleep(50_000) }
+        #expect(processes(mentioning: dir).isEmpty, "\(processes(mentioning: dir))")
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        #expect(!left.contains { $0.hasSuffix(".key") || $0.hasSuffix(".sock") }, "\(left)")
+    }
+}
