@@ -70,12 +70,18 @@ let package = Package(
         .testTarget(name: "OCapNTests", dependencies: ["OCapN", "Syrup", "Identity", "SodiumCrypto"]),
         .testTarget(name: "SecureChannelTests", dependencies: ["SecureChannel", "Identity", "SodiumCrypto"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
-        .testTarget(name: "AuditTests", dependencies: ["Audit", "Identity"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity"]),
+        .testTarget(name: "AuditTests", dependencies: ["Audit", "Identity", "SodiumCrypto"]),
+        .testTarget(
+            name: "RuntimeTests",
+            dependencies: [
+                "Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "SecureChannel",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "IntegrationTests",
             // Depending on the executable makes `swift test` build it; the tests spawn it.
-            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "VectorCheck", "ocapn-uds"]
+            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "VectorCheck", "ocapn-uds"]
         ),
     ]
 )
