@@ -1,4 +1,7 @@
 import Foundation
+import Identity
+import Logging
+import Runtime
 import SecureChannel
 import SodiumCrypto
 import Transport
@@ -72,5 +75,41 @@ enum ChannelBench {
               case let .established(sb2, _) = try responder.receive(auth, now: now)
         else { throw BenchError("channel bench: handshake failed") }
         return (sa2, sb2)
+    }
+}
+
+/// Throughput of the runtime's `PeerChannel` (what applications use): two channels over a
+/// socketpair in this process, one task sending `messageSize` messages, another receiving.
+enum RuntimeChannelBench {
+    static func throughput(messageSize: Int, totalBytes: Int) async throws -> Double {
+        var logger = Logger(label: "ocapn-uds.bench")
+        logger.logLevel = .critical
+        let alice = IdentityKeyPair.generate(), bob = IdentityKeyPair.generate()
+        let a = ChannelEstablishment(identity: alice, logger: logger)
+        let b = ChannelEstablishment(identity: bob, logger: logger)
+        var runs = Samples()
+        for _ in 0..<3 {
+            let (sa, sb) = try FileDescriptor.socketPair()
+            async let responder = b.respond(over: sb, expecting: alice.publicIdentity)
+            let sender = try await a.initiate(over: sa, to: bob.publicIdentity)
+            let receiver = try await responder
+            let count = max(1, totalBytes / messageSize)
+            let message = [UInt8](repeating: 0x5a, count: messageSize)
+            let t0 = nowNanos()
+            let sending = Task {
+                for _ in 0..<count { try await sender.send(message) }
+            }
+            var received = 0
+            for _ in 0..<count {
+                guard let m = try await receiver.receive() else { throw BenchError("runtime channel closed early") }
+                received += m.count
+            }
+            try await sending.value
+            runs.add(Double(received) / Double(nowNanos() - t0) * 1e9)
+            async let closing = sender.close()
+            _ = await receiver.close()
+            _ = await closing
+        }
+        return runs.median
     }
 }
