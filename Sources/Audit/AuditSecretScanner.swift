@@ -1,3 +1,4 @@
+import Identity
 import SodiumCrypto
 
 /// Scans audit records for known key material: the check that no record ever carries a secret.

@@ -103,7 +103,7 @@ public enum IdentityKeyFile {
             let nonce = random(XChaChaPoly.nonceLength)
             precondition(salt.count == Argon2id.saltLength && nonce.count == XChaChaPoly.nonceLength,
                          "random source returned the wrong number of bytes")
-            text += Array("encryption: \(encryptionArgon)\nkdf-salt: \(hexString(salt))\nkdf-opslimit: \(kdf.opsLimit)\nkdf-memlimit: \(kdf.memLimit)\n".utf8)
+            text += Array("encryption: \(encryptionArgon)\nkdf-salt: \(Hex.encode(salt))\nkdf-opslimit: \(kdf.opsLimit)\nkdf-memlimit: \(kdf.memLimit)\n".utf8)
             let key = try deriveKey(passphrase: passphrase, salt: salt, kdf: kdf)
             let seed = keyPair.withSeed { SecretBytes.copy(of: $0) }
             // The header so far (every line before `secret:`) is the associated data, so
@@ -264,7 +264,7 @@ public enum IdentityKeyFile {
         }
 
         let (saltText, saltLine) = try lines.field("kdf-salt")
-        guard saltText.count == 2 * Argon2id.saltLength, let salt = lowercaseHex(saltText) else {
+        guard saltText.count == 2 * Argon2id.saltLength, let salt = Hex.decode(saltText) else {
             throw IdentityError(.keyFileMalformed, "line \(saltLine) (kdf-salt): expected \(2 * Argon2id.saltLength) lowercase hex digits")
         }
         let (opsText, opsLine) = try lines.field("kdf-opslimit")
@@ -323,29 +323,7 @@ public enum IdentityKeyFile {
         return String(shown) + (bytes.count > 40 ? "…" : "")
     }
 
-    static func hexString(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef")
-        return String(bytes.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 0xf)]] })
-    }
 
-    static func lowercaseHex(_ text: ArraySlice<UInt8>) -> [UInt8]? {
-        guard text.count % 2 == 0 else { return nil }
-        func nibble(_ c: UInt8) -> UInt8? {
-            switch c {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
-            default: return nil
-            }
-        }
-        var out: [UInt8] = []
-        var i = text.startIndex
-        while i < text.endIndex {
-            guard let hi = nibble(text[i]), let lo = nibble(text[i + 1]) else { return nil }
-            out.append(hi << 4 | lo)
-            i += 2
-        }
-        return out
-    }
 
     /// Canonical unsigned decimal: digits only, no sign, no leading zero, fits in UInt64.
     static func decimal(_ text: ArraySlice<UInt8>) -> UInt64? {

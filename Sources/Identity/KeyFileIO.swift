@@ -215,7 +215,7 @@ enum SecureFile {
         guard !name.isEmpty, name != ".", name != ".." else {
             throw IdentityError(.ioError, "\(path): not a file name")
         }
-        let suffix = IdentityKeyFile.hexString(RandomBytes.bytes(6))
+        let suffix = Hex.encode(RandomBytes.bytes(6))
         let temporary = (directory == "." && !path.hasPrefix("./") ? "" : directory + "/") + ".\(name).tmp-\(suffix)"
 
         let fd = retryingEINTR { open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode) }

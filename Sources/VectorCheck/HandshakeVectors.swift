@@ -1,4 +1,5 @@
 @_spi(TestVectors) import SecureChannel
+import Identity
 import SodiumCrypto
 
 /// `ocapn-uds/handshake/v1` files (Vectors/handshake.md): UDS-HS1 transcripts replayed with

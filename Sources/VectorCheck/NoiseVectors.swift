@@ -1,3 +1,4 @@
+import Identity
 import SecureChannel
 import SodiumCrypto
 

@@ -1,3 +1,4 @@
+import Identity
 import Syrup
 
 /// `ocapn-uds/syrup/v1` files (Vectors/syrup.json; notation in Vectors/syrup.md): each case is

@@ -1,4 +1,5 @@
 import Foundation
+import Identity
 import Syrup
 
 /// Outcome of one known-answer case.
@@ -138,7 +139,7 @@ extension Dictionary where Key == String, Value == Any {
     /// A required hex field, decoded.
     public func hex(_ key: String) throws -> [UInt8] {
         let s = try string(key)
-        guard let b = Hex.decode(s) else { throw VectorDataError("field \"\(key)\" is not hex") }
+        guard let b = Hex.decode(s, allowUppercase: true) else { throw VectorDataError("field \"\(key)\" is not hex") }
         return b
     }
 
@@ -146,43 +147,5 @@ extension Dictionary where Key == String, Value == Any {
     public func objects(_ key: String) throws -> [[String: Any]] {
         guard let v = self[key] as? [[String: Any]] else { throw VectorDataError("missing array field \"\(key)\"") }
         return v
-    }
-}
-
-/// Lowercase hex.
-public enum Hex {
-    public static func encode(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out = [UInt8]()
-        out.reserveCapacity(bytes.count * 2)
-        for b in bytes {
-            out.append(digits[Int(b >> 4)])
-            out.append(digits[Int(b & 0x0f)])
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    /// Decodes hex (either case); nil on odd length or a non-hex character.
-    public static func decode(_ text: String) -> [UInt8]? {
-        let u = Array(text.utf8)
-        guard u.count % 2 == 0 else { return nil }
-        var out = [UInt8]()
-        out.reserveCapacity(u.count / 2)
-        var i = 0
-        while i < u.count {
-            guard let hi = nibble(u[i]), let lo = nibble(u[i + 1]) else { return nil }
-            out.append(hi << 4 | lo)
-            i += 2
-        }
-        return out
-    }
-
-    private static func nibble(_ c: UInt8) -> UInt8? {
-        switch c {
-        case 0x30...0x39: return c - 0x30
-        case 0x61...0x66: return c - 0x61 + 10
-        case 0x41...0x46: return c - 0x41 + 10
-        default: return nil
-        }
     }
 }

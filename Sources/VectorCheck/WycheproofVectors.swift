@@ -1,3 +1,4 @@
+import Identity
 import SodiumCrypto
 
 /// Wycheproof `EddsaVerify` files (`eddsa_verify_schema_v1.json`): `valid` signatures must

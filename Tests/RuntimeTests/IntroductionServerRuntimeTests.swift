@@ -160,7 +160,8 @@ final class BlockingPeer {
             if let item = try reader.next() { return item }
             guard try waitReadable(control, seconds: 10) else { throw TransportError(.timedOut, "no reply in test") }
             let result = try buffer.withUnsafeMutableBytes { try control.receive(into: $0, descriptorCapacity: 4) }
-            guard case let .processed(r) = result, !r.isEndOfStream else { continue }
+            guard case let .processed(r) = result else { continue }
+            if r.isEndOfStream { throw TransportError(.closed, "the server closed the connection") }
             try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
         }
     }
