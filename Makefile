@@ -18,8 +18,9 @@ demo: release
 # Serial: a few tests change process-wide state (the open-file limit) and several check
 # deadlines of a few hundred milliseconds; in parallel on 2 cores they interfere. The suite
 # takes about 20 s either way. `swift test` (parallel) works for day-to-day use.
+# A bound on the whole run, so a hang fails in minutes instead of eating CI's time.
 test: deps
-	$(SWIFT) test --no-parallel
+	timeout 1500 $(SWIFT) test --no-parallel
 
 bench: release
 	./.build/release/ocapn-uds bench

@@ -129,6 +129,9 @@ import Transport
         spy.start()
         let secret = Array("attack at dawn: the capability is 0xC0FFEE".utf8)
         for _ in 0..<64 { try? await ca.send(secret) }
+        // If the spy took the tail of the stream, the victim would wait for bytes that never
+        // come; closing the sender makes that an end of stream (truncated) instead of a hang.
+        await ca.abort()
         var received: [[UInt8]] = []
         var failure: PeerError.Code?
         do {
