@@ -81,7 +81,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             // Depending on the executable makes `swift test` build it; the tests spawn it.
-            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "VectorCheck", "ocapn-uds"]
+            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "VectorCheck", "ocapn-uds"]
         ),
     ]
 )

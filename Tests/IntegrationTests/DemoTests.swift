@@ -1,5 +1,8 @@
+import Audit
 import Foundation
 import Glibc
+import Identity
+import SodiumCrypto
 import Testing
 
 @Suite(.serialized) struct DemoTests {
@@ -20,7 +23,7 @@ import Testing
     }
 
     @Test func theDemoRunsEndToEndRefusesBothAttacksAndLeavesVerifiedAuditLogsOnly() throws {
-        let demo = try ChildProcess(["demo", "--peers", "3", "--connections", "6", "--messages", "3"])
+        let demo = try ChildProcess(["demo", "--peers", "3", "--connections", "6", "--messages", "3", "--keep-keys"])
         let status = demo.waitForExit(timeout: 120)
         let out = demo.output
         let dir = try #require(directory(in: out), "\(out)")
@@ -35,7 +38,23 @@ import Testing
         // Processes gone; keys and sockets removed; audit trails kept and intact.
         #expect(processes(mentioning: dir).isEmpty)
         let left = try FileManager.default.contentsOfDirectory(atPath: dir)
-        #expect(!left.contains { $0.hasSuffix(".key") || $0.hasSuffix(".sock") }, "\(left)")
+        #expect(!left.contains { $0.hasSuffix(".sock") }, "\(left)")
+        // No key material anywhere in what the run wrote: every audit record and every log
+        // line is scanned for each identity's secret (seed and full secret key, raw, hex,
+        // base64, base32, and any 16-byte piece of them).
+        var secrets: [[UInt8]] = []
+        for name in left where name.hasSuffix(".key") {
+            let text = try String(contentsOfFile: (dir as NSString).appendingPathComponent(name), encoding: .utf8)
+            let line = try #require(text.split(separator: "\n").first { $0.hasPrefix("secret: ") })
+            let seed = try #require(Data(base64Encoded: String(line.dropFirst("secret: ".count))))
+            let pair = try Ed25519.keyPair(seed: SecretBytes(copying: [UInt8](seed)))
+            secrets.append([UInt8](seed))
+            secrets.append(pair.secretKey.unsafeCopyToArray())
+        }
+        #expect(secrets.count == 2 * 4, "the server and three peers left their key files (--keep-keys)")
+        let written = left.filter { $0.hasSuffix(".jsonl") || $0.hasSuffix(".log") }.map { (dir as NSString).appendingPathComponent($0) }
+        let hits = try AuditSecretScanner(secrets: secrets).scan(files: written)
+        #expect(hits.isEmpty, "key material found: \(hits)")
         let trails = left.filter { $0.hasSuffix(".audit.jsonl") }
         #expect(trails.count == 5)
         for trail in trails {
