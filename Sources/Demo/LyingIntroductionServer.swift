@@ -20,7 +20,6 @@ final class LyingIntroductionServer: @unchecked Sendable {
     private let socket: ListeningSocket
     private let lock = NSLock()
     private var registered: (peer: RegisteredPeer, control: FileDescriptor)?
-    private var stopped = false
     private let ready = DispatchSemaphore(value: 0)
 
     init(path: String) throws {
@@ -94,7 +93,7 @@ final class LyingIntroductionServer: @unchecked Sendable {
         guard let (peer, control) = lock.withLock({ registered }) else { return .notRegistered }
         do {
             let (mine, theirs) = try FileDescriptor.socketPair()
-            defer { mine.close() }
+            defer { mine.close(); theirs.close() }  // theirs too: a failed send must not leak it
             let lie = UDSMessage.newConnection(UDSNewConnection(from: victim, to: peer.locator))
             try BlockingIO.sendAll(control, lie.encoded)
             try BlockingIO.sendAll(control, UDSNewConnection.fdMarker, passing: [theirs])
@@ -122,7 +121,6 @@ final class LyingIntroductionServer: @unchecked Sendable {
 
     func stop() {
         lock.withLock {
-            stopped = true
             registered?.control.close()
         }
         socket.close()

@@ -17,21 +17,11 @@ public enum IdentityVectors: VectorKind {
     }
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
-        guard let cases = try? document.objects("cases") else {
-            return [.failed("cases", "missing array field \"cases\"")]
-        }
-        return cases.enumerated().map { index, c in
-            let name = (c["name"] as? String) ?? "case \(index)"
-            do {
-                if c["keyfile"] != nil { return try checkKeyFile(name, c) }
-                if c["seed"] != nil { return try checkSeed(name, c) }
-                if c["error"] != nil { return try checkRejection(name, c) }
-                return .failed(name, "case has none of seed, keyfile, error")
-            } catch let error as VectorDataError {
-                return .failed(name, "bad vector data: \(error)")
-            } catch {
-                return .failed(name, "unexpected error: \(error)")
-            }
+        VectorRunner.eachCase(of: document) { name, c in
+            if c["keyfile"] != nil { return try checkKeyFile(name, c) }
+            if c["seed"] != nil { return try checkSeed(name, c) }
+            if c["error"] != nil { return try checkRejection(name, c) }
+            return .failed(name, "case has none of seed, keyfile, error")
         }
     }
 

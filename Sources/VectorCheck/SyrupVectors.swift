@@ -12,19 +12,7 @@ public enum SyrupVectors: VectorKind {
     }
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
-        guard let cases = try? document.objects("cases") else {
-            return [.failed("cases", "missing array field \"cases\"")]
-        }
-        return cases.enumerated().map { index, c in
-            let name = (c["name"] as? String) ?? "case \(index)"
-            do {
-                return try checkCase(name, c)
-            } catch let error as VectorDataError {
-                return .failed(name, "malformed case: \(error.description)")
-            } catch {
-                return .failed(name, "malformed case: \(error)")
-            }
-        }
+        VectorRunner.eachCase(of: document, checkCase)
     }
 
     static func checkCase(_ name: String, _ c: [String: Any]) throws -> VectorCaseResult {

@@ -129,6 +129,28 @@ public enum SyrupBinaryVectors {
 
 // MARK: - JSON helpers shared by the kinds
 
+extension VectorRunner {
+    /// Runs `check` on every object of the document's `cases` array, naming each case by its
+    /// `name` field (or its index), and turns a thrown error into that case's failure.
+    public static func eachCase(
+        of document: [String: Any], _ check: (_ name: String, _ fields: [String: Any]) throws -> VectorCaseResult
+    ) -> [VectorCaseResult] {
+        guard let cases = try? document.objects("cases") else {
+            return [.failed("cases", "missing array field \"cases\"")]
+        }
+        return cases.enumerated().map { index, c in
+            let name = (c["name"] as? String) ?? "case \(index)"
+            do {
+                return try check(name, c)
+            } catch let error as VectorDataError {
+                return .failed(name, "bad vector data: \(error)")
+            } catch {
+                return .failed(name, "unexpected error: \(error)")
+            }
+        }
+    }
+}
+
 extension Dictionary where Key == String, Value == Any {
     /// A required string field.
     public func string(_ key: String) throws -> String {
