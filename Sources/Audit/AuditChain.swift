@@ -41,13 +41,23 @@ public struct AuditChain: Sendable {
     public private(set) var nextSeq: UInt64
     /// BLAKE2b-256 of the last line written: the next record's `prev`.
     public private(set) var head: AuditDigest
+    /// The forward-secure key chain sealing checkpoints (nil: signatures only). Its epoch is
+    /// advanced by the writer (`AuditFileSink`), which persists it.
+    public let sealing: AuditSealingKey?
     private var sinceCheckpoint = 0
     private var lastCheckpoint: AuditTimestamp?
+    /// Timestamps never go backwards in a chain (a stepped clock is clamped), so a record's
+    /// epoch never precedes the seal before it.
+    public private(set) var lastTime: AuditTimestamp?
 
     /// A chain continuing after `head` (or a new chain from `AuditRecord.genesis`, seq 1).
     public init(writer: PublicIdentity, signer: AuditSigner?, policy: AuditCheckpointPolicy = .init(),
-                nextSeq: UInt64 = 1, head: AuditDigest = AuditRecord.genesis) {
+                nextSeq: UInt64 = 1, head: AuditDigest = AuditRecord.genesis, sealing: AuditSealingKey? = nil,
+                lastTime: AuditTimestamp? = nil) {
         precondition(signer.map { $0.identity == writer } ?? true, "the audit signer must be the writer's identity")
+        precondition(sealing == nil || signer != nil, "sealed checkpoints are also signed: sealing needs a signer")
+        self.sealing = sealing
+        self.lastTime = lastTime
         precondition(head.bytes.count == 32, "chain head is a 32-byte hash")
         self.writer = writer
         self.signer = signer
@@ -56,9 +66,30 @@ public struct AuditChain: Sendable {
         self.head = head
     }
 
-    private mutating func emit(_ event: AuditEvent, _ meta: AuditLogMeta?, at time: AuditTimestamp) -> [UInt8] {
+    /// `time`, or the last record's time if the clock stepped back.
+    public func clamped(_ time: AuditTimestamp) -> AuditTimestamp {
+        guard let lastTime, lastTime.microsSinceEpoch > time.microsSinceEpoch else { return time }
+        return lastTime
+    }
+
+    /// Whether the sealing epoch has ended at `time`: the writer seals with the current key,
+    /// then advances it, before writing anything else.
+    public func epochEnded(at time: AuditTimestamp) -> Bool {
+        guard let sealing else { return false }
+        return sealing.epoch(of: clamped(time)) > sealing.epoch
+    }
+
+    private mutating func emit(_ event: AuditEvent, _ meta: AuditLogMeta?, at rawTime: AuditTimestamp) -> [UInt8] {
+        let time = clamped(rawTime)
+        lastTime = time
         var record = AuditRecord(seq: nextSeq, prev: head, timestamp: time, event: event, log: meta)
-        if var m = meta, event.kind == .logCheckpoint || event.kind == .logClosed, let signer {
+        if var m = meta, event.kind == .logCheckpoint || event.kind == .logClosed, let sealing {
+            m.epoch = sealing.epoch
+            let unsealed = AuditRecord(seq: nextSeq, prev: head, timestamp: time, event: event, log: m)
+            m.seal = sealing.seal(unsealed.sealedMessage())
+            record = AuditRecord(seq: nextSeq, prev: head, timestamp: time, event: event, log: m)
+        }
+        if var m = record.log, event.kind == .logCheckpoint || event.kind == .logClosed, let signer {
             let message = record.signedMessage()
             let sig = signer.sign(message)
             // A signer that does not match `writer` is a wiring bug; catching it here keeps a
@@ -80,9 +111,15 @@ public struct AuditChain: Sendable {
     }
 
     /// The first record of a file, or of a writer's run: names the writer.
-    public mutating func opened(cause: AuditLogCause, at time: AuditTimestamp, torn: (bytes: UInt64, hash: AuditDigest)? = nil) -> [UInt8] {
-        precondition(cause != .shutdown, "log.opened cause cannot be shutdown")
-        let meta = AuditLogMeta(writer: writer, signed: signer != nil, cause: cause, tornBytes: torn?.bytes, tornHash: torn?.hash)
+    public mutating func opened(cause: AuditLogCause, at time: AuditTimestamp, torn: (bytes: UInt64, hash: AuditDigest)? = nil,
+                                tampered: AuditTamperNote? = nil) -> [UInt8] {
+        precondition(cause != .shutdown && cause != .handover, "log.opened cause cannot be shutdown or handover")
+        precondition((cause == .tampered) == (tampered != nil), "a tampered log.opened names the moved file")
+        var meta = AuditLogMeta(writer: writer, signed: signer != nil, cause: cause, tornBytes: torn?.bytes, tornHash: torn?.hash)
+        meta.moved = tampered?.moved
+        meta.movedHash = tampered?.movedHash
+        meta.failure = tampered?.failure
+        meta.sealID = sealing?.id
         return emit(AuditEvent(.logOpened), meta, at: time)
     }
 
@@ -108,8 +145,26 @@ public struct AuditChain: Sendable {
     }
 
     /// The last record of a file: signed when there is a signer, so a cut tail is detectable.
-    public mutating func closed(cause: AuditLogCause, at time: AuditTimestamp) -> [UInt8] {
-        precondition(cause == .rotation || cause == .shutdown, "log.closed cause is rotation or shutdown")
-        return emit(AuditEvent(.logClosed), AuditLogMeta(cause: cause), at: time)
+    public mutating func closed(cause: AuditLogCause, at time: AuditTimestamp, nextWriter: PublicIdentity? = nil) -> [UInt8] {
+        precondition(cause == .rotation || cause == .shutdown || cause == .handover, "log.closed cause is rotation, shutdown or handover")
+        precondition((cause == .handover) == (nextWriter != nil) && (nextWriter == nil || signer != nil),
+                     "a hand-over names the next writer and is signed")
+        var meta = AuditLogMeta(cause: cause)
+        meta.nextWriter = nextWriter
+        return emit(AuditEvent(.logClosed), meta, at: time)
+    }
+}
+
+/// What a tampered log.opened says about the file the writer refused to extend.
+public struct AuditTamperNote: Sendable, Hashable {
+    /// Where the file was moved (nil when it was missing).
+    public var moved: AuditPath?
+    public var movedHash: AuditDigest?
+    /// The verification failure, e.g. `brokenLink at line 12`.
+    public var failure: AuditPath
+    public init(moved: AuditPath?, movedHash: AuditDigest?, failure: AuditPath) {
+        self.moved = moved
+        self.movedHash = movedHash
+        self.failure = failure
     }
 }

@@ -3,7 +3,9 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Dispatch
 import Identity
+import SodiumCrypto
 import Synchronization
 
 /// When the writer calls fdatasync.
@@ -34,11 +36,20 @@ public struct AuditFileConfiguration: Sendable {
     /// Longest record accepted; longer events are refused and counted as failures.
     public var maxRecordBytes: Int
     public var clock: @Sendable () -> AuditTimestamp
+    /// The forward-secure sealing key file (`ocapn-uds audit setup-keys`), evolved in place each
+    /// epoch; nil: checkpoints are signed but not sealed.
+    public var sealingKeyPath: String?
+    /// Where each checkpoint's seq and hash also go (nil: nowhere).
+    public var witness: AuditWitnessTarget?
+    /// How often a timer of the sink's own offers a checkpoint and ends an epoch (nil: only
+    /// records and `checkpointIfDue` do). Daemons set it so an idle log is still sealed in time.
+    public var tick: Duration?
 
     public init(
         path: String, writer: PublicIdentity, signer: AuditSigner? = nil, checkpoints: AuditCheckpointPolicy = .init(),
         fsync: AuditFsyncPolicy = .onCheckpoint, maxFileBytes: Int64 = 64 << 20, maxRotatedFiles: Int = 16,
-        maxRecordBytes: Int = 8192, clock: @escaping @Sendable () -> AuditTimestamp = AuditTimestamp.now
+        maxRecordBytes: Int = 8192, clock: @escaping @Sendable () -> AuditTimestamp = AuditTimestamp.now,
+        sealingKeyPath: String? = nil, witness: AuditWitnessTarget? = nil, tick: Duration? = nil
     ) {
         precondition(maxFileBytes >= 4096, "audit files must hold at least 4096 bytes")
         precondition(maxRotatedFiles >= 1 && maxRotatedFiles <= 10_000, "maxRotatedFiles must be 1...10000")
@@ -52,18 +63,32 @@ public struct AuditFileConfiguration: Sendable {
         self.maxRotatedFiles = maxRotatedFiles
         self.maxRecordBytes = maxRecordBytes
         self.clock = clock
+        self.sealingKeyPath = sealingKeyPath
+        self.witness = witness
+        self.tick = tick
     }
 
     /// Path of rotated file `n` (1 = newest).
     public func rotatedPath(_ n: Int) -> String { "\(path).\(n)" }
+
+    /// The writer's state file beside the log (hidden, so `PATH*` globs do not pick it up):
+    /// the last checkpoint's seq and hash.
+    public var statePath: String {
+        let dir = FileIO.directory(of: path)
+        let base = path.split(separator: "/").last.map(String.init) ?? path
+        return (dir == "/" ? "" : dir) + "/." + base + ".state"
+    }
 }
 
 /// Appends records to a JSONL file: one write(2) per line on an O_APPEND descriptor, under a
 /// lock so the file order is the chain order, usable from any thread or queue.
 ///
-/// Opening continues an existing log: the chain resumes after its last line; a torn last line
-/// left by a crash is cut off and described in the new log.opened record. A write failure is
-/// counted in `status` and leaves the chain as it was, so later records still link.
+/// Opening never extends what it cannot verify: the existing file is checked (every signature
+/// under its writer, the chain, a hand-over to this writer if another wrote it, and the state
+/// file's last checkpoint). A file that fails is moved aside as `PATH.tampered-TIMESTAMP` and a
+/// new file starts whose log.opened names it, its hash and the failure (`reopenFailure`). A
+/// torn last line left by a crash is cut off and described in the new log.opened record. A
+/// write failure is counted in `status` and leaves the chain as it was.
 public final class AuditFileSink: AuditSink {
     private struct State {
         var fd: Int32
@@ -71,65 +96,221 @@ public final class AuditFileSink: AuditSink {
         var size: Int64
         var status = AuditSinkStatus()
         var closed = false
+        var witnessFD: Int32?
     }
 
     public let configuration: AuditFileConfiguration
     private let state: Mutex<State>
+    /// Set when the existing log failed verification on open and was moved aside; the caller
+    /// logs it at error level.
+    public let reopenFailure: AuditTamperNote?
+    // Set once at the end of init, then only cancelled (thread-safe).
+    private nonisolated(unsafe) var tickTimer: DispatchSourceTimer?
 
     public init(_ configuration: AuditFileConfiguration) throws(AuditError) {
         self.configuration = configuration
         let c = configuration
         let path = c.path
-        let fd = try FileIO.open(path, O_RDWR | O_APPEND | O_CREAT)
+        let sealing = try c.sealingKeyPath.map { p throws(AuditError) in try AuditSealingKeyFile.load(path: p) }
+        if sealing != nil, c.signer == nil { throw AuditError(.invalidArgument, "a sealed log needs a signer") }
+        var fd = try FileIO.open(path, O_RDWR | O_APPEND | O_CREAT)
+        var witnessFD: Int32?
         do {
             try FileIO.lockExclusive(fd, path: path)
-            let tail = try Self.readTail(fd, path: path, maxLine: c.maxRecordBytes * 2)
-            var chain: AuditChain
+            witnessFD = try c.witness.map { w throws(AuditError) -> Int32 in
+                switch w {
+                case .file(let p): return try FileIO.open(p, O_WRONLY | O_APPEND | O_CREAT, mode: 0o644)
+                case .standardError: return -1
+                }
+            }
+            let saved = try AuditWriterState.read(path: c.statePath)
+            var tamper: AuditTamperNote?
+            var resumeFromState = false
+            var rotated = false
+            let fileSize = try FileIO.size(fd, path: path)
+            if fileSize > 0 {
+                if let failure = Self.verifyForReopen(c, saved: saved) {
+                    let moved = try Self.moveAside(c, fd: &fd)
+                    tamper = AuditTamperNote(moved: AuditPath(moved.path), movedHash: moved.hash, failure: failure)
+                    resumeFromState = saved != nil
+                }
+            } else if let saved {
+                // An empty or missing live file: only right after a rotation may the chain go on,
+                // from the rotated file's last record, which must be the state's checkpoint.
+                if Self.rotatedTailMatches(c, saved) {
+                    resumeFromState = true
+                    rotated = true
+                } else {
+                    tamper = AuditTamperNote(moved: nil, movedHash: nil, failure: AuditPath(
+                        "the log is empty or missing but the state file names checkpoint seq \(saved.seq)")!)
+                    resumeFromState = true
+                }
+            }
+            var st: State
             var cause = AuditLogCause.start
             var torn: (UInt64, AuditDigest)?
-            var size = tail.completeSize
-            if let t = tail.torn {
-                try FileIO.truncate(fd, to: tail.completeSize, path: path)
-                torn = (UInt64(t.count), AuditRecord.chainHash(t))
-                cause = .recovery
-            }
-            if let last = tail.lastRecord {
-                chain = AuditChain(writer: c.writer, signer: c.signer, policy: c.checkpoints,
-                                   nextSeq: last.record.seq + 1, head: last.hash)
-                if last.record.event.kind != .logClosed { cause = .recovery }
+            var needsSealBeforeOpen = false
+            if tamper != nil || rotated || FileIO.sizeOrZero(fd) == 0 {
+                let chain = resumeFromState
+                    ? AuditChain(writer: c.writer, signer: c.signer, policy: c.checkpoints, nextSeq: saved!.seq + 1, head: saved!.hash, sealing: sealing)
+                    : AuditChain(writer: c.writer, signer: c.signer, policy: c.checkpoints, sealing: sealing)
+                st = State(fd: fd, chain: chain, size: 0, witnessFD: witnessFD)
+                if tamper != nil { cause = .tampered } else if rotated { cause = .rotation }
             } else {
-                chain = AuditChain(writer: c.writer, signer: c.signer, policy: c.checkpoints)
+                let tail = try Self.readTail(fd, path: path, maxLine: c.maxRecordBytes * 2)
+                if let t = tail.torn {
+                    try FileIO.truncate(fd, to: tail.completeSize, path: path)
+                    torn = (UInt64(t.count), AuditRecord.chainHash(t))
+                    cause = .recovery
+                }
+                var chain: AuditChain
+                if let last = tail.lastRecord {
+                    chain = AuditChain(writer: c.writer, signer: c.signer, policy: c.checkpoints,
+                                       nextSeq: last.record.seq + 1, head: last.hash, sealing: sealing, lastTime: last.record.timestamp)
+                    let k = last.record.event.kind
+                    if k != .logClosed { cause = .recovery }
+                    needsSealBeforeOpen = k != .logClosed && k != .logCheckpoint
+                } else {
+                    chain = AuditChain(writer: c.writer, signer: c.signer, policy: c.checkpoints, sealing: sealing)
+                }
+                st = State(fd: fd, chain: chain, size: tail.completeSize, witnessFD: witnessFD)
+                if let last = tail.lastRecord, last.record.event.kind == .logClosed, last.record.log?.cause == .rotation {
+                    // A rotation was interrupted after closing the file: finish it now.
+                    try Self.shiftFiles(c)
+                    let newFD = try FileIO.open(path, O_RDWR | O_APPEND | O_CREAT | O_EXCL)
+                    FileIO.close(fd)
+                    st.fd = newFD
+                    try FileIO.lockExclusive(newFD, path: path)
+                    st.size = 0
+                    cause = .rotation
+                }
             }
-            var st = State(fd: fd, chain: chain, size: size)
-            if let last = tail.lastRecord, last.record.event.kind == .logClosed, last.record.log?.cause == .rotation {
-                // A rotation was interrupted after closing the file: finish it now.
-                try Self.shiftFiles(c)
-                let newFD = try FileIO.open(path, O_RDWR | O_APPEND | O_CREAT | O_EXCL)
-                FileIO.close(fd)
-                st.fd = newFD
-                try FileIO.lockExclusive(newFD, path: path)
-                size = 0
-                st.size = 0
-                cause = .rotation
+            let now = c.clock()
+            if st.chain.epochEnded(at: now) {
+                // Records of the previous run's epoch are sealed with its key before it is gone.
+                if needsSealBeforeOpen { try Self.writeCheckpointStatic(c, &st, at: now) }
+                try Self.advanceEpoch(c, &st, at: now)
             }
-            let line = st.chain.opened(cause: cause, at: c.clock(), torn: torn.map { (bytes: $0.0, hash: $0.1) })
+            let line = st.chain.opened(cause: cause, at: now, torn: torn.map { (bytes: $0.0, hash: $0.1) }, tampered: tamper)
             try Self.append(line + [0x0a], to: &st, path: path)
-            if c.fsync != .never { try FileIO.sync(st.fd, path: path) }
+            if c.fsync != .never || tamper != nil { try FileIO.sync(st.fd, path: path) }
             st.status.recordsWritten += 1
+            reopenFailure = tamper
             state = Mutex(st)
         } catch {
             FileIO.close(fd)
+            if let w = witnessFD, w >= 0 { FileIO.close(w) }
             throw error
         }
+        if let tick = c.tick { startTimer(tick) }
     }
 
     deinit {
         // Without close() the log ends unsealed, which the verifier reports: that is honest,
         // the writer did not shut down cleanly.
+        tickTimer?.cancel()
         state.withLock { s in
-            if !s.closed { FileIO.close(s.fd) }
+            if !s.closed {
+                FileIO.close(s.fd)
+                if let w = s.witnessFD, w >= 0 { FileIO.close(w) }
+            }
         }
     }
+
+    private func startTimer(_ tick: Duration) {
+        let t = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "ocapn-uds.audit.tick"))
+        let (sec, atto) = tick.components
+        let nanos = max(1_000_000, Int(sec) * 1_000_000_000 + Int(atto / 1_000_000_000))
+        t.schedule(deadline: .now() + .nanoseconds(nanos), repeating: .nanoseconds(nanos), leeway: .milliseconds(100))
+        t.setEventHandler { [weak self] in self?.checkpointIfDue() }
+        t.activate()
+        tickTimer = t
+    }
+
+    /// Whether the existing live file may be extended; nil if so, else why not.
+    private static func verifyForReopen(_ c: AuditFileConfiguration, saved: AuditWitnessEntry?) -> AuditPath? {
+        var options = AuditVerifyOptions(allowUnsigned: c.signer == nil)
+        if let saved { options.witness = [saved] }
+        var v = AuditVerifier(options: options)
+        v.beginFile(c.path)
+        var lineNo = 0
+        do {
+            let r = try AuditLineReader(path: c.path, maxLineBytes: max(AuditLineReader.defaultMaxLineBytes, c.maxRecordBytes * 2))
+            while let raw = try r.next(), !v.isBroken {
+                lineNo = raw.number
+                v.line(raw)
+            }
+        } catch {
+            v.readError(error, at: AuditLocation(file: c.path, line: lineNo + 1))
+        }
+        let report = v.finish()
+        func why(_ f: AuditFinding) -> AuditPath {
+            switch f.code {
+            case .cutBehindWitness:
+                return AuditPath("shorter than the state file says: it names checkpoint seq \(saved?.seq ?? 0), the log ends at seq \(report.lastSeq ?? 0)")!
+            case .witnessMismatch:
+                return AuditPath("the state file's checkpoint differs at line \(f.location.line): rewritten")!
+            default:
+                return AuditPath("\(f.code.rawValue) at line \(f.location.line)")!
+            }
+        }
+        if let b = report.firstBreak { return why(b) }
+        if report.status == .unsigned, let f = report.findings.first(where: { $0.code == .unsignedRun }) { return why(f) }
+        if let saved, let first = report.firstSeq, saved.seq + 1 < first {
+            return AuditPath("the state file names checkpoint seq \(saved.seq), before this file's first record \(first)")!
+        }
+        if let w = report.currentWriter, w != c.writer {
+            return AuditPath("written by \(w.fingerprint) without a hand-over to \(c.writer.fingerprint)")!
+        }
+        return nil
+    }
+
+    /// Whether `PATH.1` ends with the state's checkpoint (a rotation finished, the new file not written yet).
+    private static func rotatedTailMatches(_ c: AuditFileConfiguration, _ saved: AuditWitnessEntry) -> Bool {
+        guard let fd = try? FileIO.open(c.rotatedPath(1), O_RDONLY) else { return false }
+        defer { FileIO.close(fd) }
+        guard let tail = try? readTail(fd, path: c.rotatedPath(1), maxLine: c.maxRecordBytes * 2), tail.torn == nil,
+              let last = tail.lastRecord else { return false }
+        return last.record.seq == saved.seq && last.hash == saved.hash
+    }
+
+    /// Renames the live file to `PATH.tampered-TIMESTAMP`, hashes it, and opens a fresh live file.
+    private static func moveAside(_ c: AuditFileConfiguration, fd: inout Int32) throws(AuditError) -> (path: String, hash: AuditDigest) {
+        let stamp = c.clock().rfc3339.filter { $0 != "-" && $0 != ":" }.split(separator: ".").first.map(String.init) ?? "now"
+        var target = "\(c.path).tampered-\(stamp)Z"
+        var n = 2
+        while FileIO.exists(target) {
+            target = "\(c.path).tampered-\(stamp)Z-\(n)"
+            n += 1
+        }
+        let hasher = BLAKE2b.Hasher(outputLength: 32)
+        let size = try FileIO.size(fd, path: c.path)
+        var offset: Int64 = 0
+        while offset < size {
+            let chunk = try FileIO.pread(fd, count: Int(min(1 << 20, size - offset)), offset: offset, path: c.path)
+            if chunk.isEmpty { break }
+            hasher.update(chunk)
+            offset += Int64(chunk.count)
+        }
+        let hash = AuditDigest(hasher.finalize())
+        try FileIO.rename(c.path, target)
+        let newFD = try FileIO.open(c.path, O_RDWR | O_APPEND | O_CREAT | O_EXCL)
+        FileIO.close(fd)
+        fd = newFD
+        try FileIO.lockExclusive(fd, path: c.path)
+        try FileIO.syncDirectory(FileIO.directory(of: c.path))
+        return (target, hash)
+    }
+
+    /// Ends the current sealing epoch: the seal is durable before the key moves on, and the
+    /// old key is wiped from memory and replaced on disk.
+    private static func advanceEpoch(_ c: AuditFileConfiguration, _ s: inout State, at now: AuditTimestamp) throws(AuditError) {
+        guard let sealing = s.chain.sealing, let keyPath = c.sealingKeyPath else { return }
+        try FileIO.sync(s.fd, path: c.path)
+        sealing.advance(to: sealing.epoch(of: s.chain.clamped(now)))
+        try AuditSealingKeyFile.store(sealing, path: keyPath)
+    }
+
 
     /// Counters: records written, failures, last failure.
     public var status: AuditSinkStatus { state.withLock { $0.status } }
@@ -143,6 +324,14 @@ public final class AuditFileSink: AuditSink {
             guard !s.closed else {
                 fail(&s, AuditError(.ioError, "audit sink is closed"))
                 return
+            }
+            if s.chain.epochEnded(at: now) {
+                do throws(AuditError) {
+                    try Self.writeCheckpointStatic(configuration, &s, at: now)
+                    try Self.advanceEpoch(configuration, &s, at: now)
+                } catch {
+                    fail(&s, error)
+                }
             }
             var next = s.chain
             let line = next.append(event, at: now)
@@ -163,34 +352,51 @@ public final class AuditFileSink: AuditSink {
         }
     }
 
-    /// Writes a signed checkpoint if one is owed by the interval policy; for a runtime timer, so
-    /// an idle log's tail is still sealed within the interval.
+    /// Writes a signed checkpoint if one is owed by the interval policy, and ends a sealing
+    /// epoch that is over (seal, then evolve the key); for a timer, so an idle log's tail is
+    /// still sealed within the interval and no epoch key outlives its epoch by much.
     public func checkpointIfDue() {
-        let now = configuration.clock()
         state.withLock { s in
-            guard !s.closed, s.chain.checkpointDue(at: now) else { return }
-            do throws(AuditError) { try writeCheckpoint(&s, at: now) } catch { fail(&s, error) }
+            let now = configuration.clock()
+            guard !s.closed else { return }
+            do throws(AuditError) {
+                if s.chain.epochEnded(at: now) {
+                    try Self.writeCheckpointStatic(configuration, &s, at: now)
+                    try Self.advanceEpoch(configuration, &s, at: now)
+                } else if s.chain.checkpointDue(at: now) {
+                    try Self.writeCheckpointStatic(configuration, &s, at: now)
+                }
+            } catch {
+                fail(&s, error)
+            }
         }
     }
 
     /// Seals the log with a (signed) log.closed record, syncs and closes the file. Later
-    /// records are counted as failures.
-    public func close() {
+    /// records are counted as failures. With `handoverTo`, the closing record (signed by this
+    /// writer) names the writer that may continue the log.
+    public func close(handoverTo next: PublicIdentity? = nil) {
+        tickTimer?.cancel()
         state.withLock { s in
             // Read under the lock so timestamps follow file order.
             let now = configuration.clock()
             guard !s.closed else { return }
-            var next = s.chain
-            let line = next.closed(cause: .shutdown, at: now)
             do throws(AuditError) {
+                if s.chain.epochEnded(at: now) {
+                    try Self.writeCheckpointStatic(configuration, &s, at: now)
+                    try Self.advanceEpoch(configuration, &s, at: now)
+                }
+                var chain = s.chain
+                let line = chain.closed(cause: next == nil ? .shutdown : .handover, at: now, nextWriter: next)
                 try Self.append(line + [0x0a], to: &s, path: configuration.path)
-                s.chain = next
+                s.chain = chain
                 s.status.recordsWritten += 1
-                if configuration.fsync != .never { try FileIO.sync(s.fd, path: configuration.path) }
+                try Self.afterCheckpoint(configuration, &s, line: line, at: now)
             } catch {
                 fail(&s, error)
             }
             FileIO.close(s.fd)
+            if let w = s.witnessFD, w >= 0 { FileIO.close(w) }
             s.closed = true
         }
     }
@@ -201,12 +407,30 @@ public final class AuditFileSink: AuditSink {
     }
 
     private func writeCheckpoint(_ s: inout State, at now: AuditTimestamp) throws(AuditError) {
+        try Self.writeCheckpointStatic(configuration, &s, at: now)
+    }
+
+    private static func writeCheckpointStatic(_ c: AuditFileConfiguration, _ s: inout State, at now: AuditTimestamp) throws(AuditError) {
+        guard s.chain.signer != nil else { return }
         var next = s.chain
         let line = next.checkpoint(at: now)
-        try Self.append(line + [0x0a], to: &s, path: configuration.path)
+        try append(line + [0x0a], to: &s, path: c.path)
         s.chain = next
         s.status.recordsWritten += 1
-        if configuration.fsync != .never { try FileIO.sync(s.fd, path: configuration.path) }
+        try afterCheckpoint(c, &s, line: line, at: now)
+    }
+
+    /// After a checkpoint or closing record: sync (per policy), remember it in the state file
+    /// (atomic, fsynced) and tell the witness.
+    private static func afterCheckpoint(_ c: AuditFileConfiguration, _ s: inout State, line: [UInt8], at now: AuditTimestamp) throws(AuditError) {
+        if c.fsync != .never { try FileIO.sync(s.fd, path: c.path) }
+        let entry = AuditWitnessEntry(seq: s.chain.nextSeq - 1, hash: s.chain.head, timestamp: s.chain.clamped(now))
+        try AuditWriterState.write(entry, path: c.statePath)
+        if let w = s.witnessFD {
+            let bytes = Array((entry.line + "\n").utf8)
+            let (n, err) = FileIO.writeOnce(w >= 0 ? w : 2, bytes)
+            if n != bytes.count { throw AuditError.io("write", "audit witness", errno: err) }
+        }
     }
 
     /// Closes the live file with log.closed(rotation), shifts the rotated files, and starts a
@@ -218,7 +442,7 @@ public final class AuditFileSink: AuditSink {
         try Self.append(closing + [0x0a], to: &s, path: c.path)
         s.chain = next
         s.status.recordsWritten += 1
-        if c.fsync != .never { try FileIO.sync(s.fd, path: c.path) }
+        try Self.afterCheckpoint(c, &s, line: closing, at: now)
         let fd: Int32
         do throws(AuditError) {
             try Self.shiftFiles(c)
@@ -274,7 +498,7 @@ public final class AuditFileSink: AuditSink {
     }
 
     private struct Tail {
-        var completeSize: Int64
+        var completeSize: Int64 = 0
         var torn: [UInt8]?
         var lastRecord: (record: AuditRecord, hash: AuditDigest)?
     }

@@ -12,6 +12,11 @@ public enum AuditLogCause: String, Sendable, Hashable, CaseIterable {
     case recovery
     /// log.closed: the writer shut down.
     case shutdown
+    /// log.closed: the writer hands the log over to `next_writer` (signed by the old writer).
+    case handover
+    /// log.opened: the previous file failed verification on reopen and was moved aside; the
+    /// record names it (`moved`, `moved_hash`) and the failure.
+    case tampered
 }
 
 /// Fields of the writer's own bookkeeping records (log.opened, log.checkpoint, log.closed).
@@ -24,6 +29,18 @@ public struct AuditLogMeta: Hashable, Sendable {
     /// log.opened after a crash: size and BLAKE2b-256 of the torn bytes that were cut off.
     public var tornBytes: UInt64?
     public var tornHash: AuditDigest?
+    /// log.opened (cause tampered): the file moved aside, its BLAKE2b-256 and why it failed.
+    public var moved: AuditPath?
+    public var movedHash: AuditDigest?
+    public var failure: AuditPath?
+    /// log.opened: id of the forward-secure key chain sealing this run (absent: no seals).
+    public var sealID: AuditDigest?
+    /// log.closed (cause handover): the writer that may continue the log.
+    public var nextWriter: PublicIdentity?
+    /// log.checkpoint / log.closed in a sealed run: the epoch whose key made `seal`.
+    public var epoch: UInt64?
+    /// Keyed BLAKE2b-256 under the epoch key (see `AuditRecord.sealedMessage`).
+    public var seal: AuditDigest?
     /// log.checkpoint / log.closed: Ed25519 signature by the writer (see `AuditRecord.signedMessage`).
     public var signature: [UInt8]?
 
@@ -103,6 +120,13 @@ public struct AuditRecord: Hashable, Sendable {
             w.string("cause", log.cause?.rawValue)
             w.uint("torn_bytes", log.tornBytes)
             w.string("torn_hash", log.tornHash?.hex)
+            w.string("moved", log.moved?.value)
+            w.string("moved_hash", log.movedHash?.hex)
+            w.string("failure", log.failure?.value)
+            w.string("seal_id", log.sealID?.hex)
+            w.string("next_writer", log.nextWriter?.designator)
+            w.uint("epoch", log.epoch)
+            w.string("seal", log.seal?.hex)
             // Last, so the signed bytes are simply the line before it.
             w.string("sig", log.signature.map(Hex.encode))
         }
@@ -116,6 +140,16 @@ public struct AuditRecord: Hashable, Sendable {
         unsigned.signature = nil
         let line = AuditRecord(seq: seq, prev: prev, timestamp: timestamp, event: event, log: unsigned).encode()
         return Self.checkpointContext + line.dropLast()
+    }
+
+    /// What a seal covers: the seal context, then this record's line up to (not including)
+    /// `,"seal":` (every field but `seal` and `sig`; `epoch` included).
+    public func sealedMessage() -> [UInt8] {
+        var unsealed = self.log!
+        unsealed.signature = nil
+        unsealed.seal = nil
+        let line = AuditRecord(seq: seq, prev: prev, timestamp: timestamp, event: event, log: unsealed).encode()
+        return Array(line.dropLast())
     }
 
     /// BLAKE2b-256 of line bytes: the next record's `prev`.
@@ -193,6 +227,21 @@ public struct AuditRecord: Hashable, Sendable {
             }
             m.tornBytes = try d.uint("torn_bytes")
             m.tornHash = try d.digest("torn_hash")
+            if let p = try d.string("moved") {
+                guard let path = AuditPath(p) else { throw .malformed("bad moved") }
+                m.moved = path
+            }
+            m.movedHash = try d.digest("moved_hash", length: 32)
+            if let f = try d.string("failure") {
+                guard let text = AuditPath(f) else { throw .malformed("bad failure") }
+                m.failure = text
+            }
+            m.sealID = try d.digest("seal_id", length: 16)
+            if let key = try d.string("next_writer") {
+                do { m.nextWriter = try PublicIdentity(designator: key) } catch { throw .malformed("bad next_writer") }
+            }
+            m.epoch = try d.uint("epoch")
+            m.seal = try d.digest("seal", length: 32)
             if let s = try d.string("sig") {
                 guard let sig = Hex.decode(s), sig.count == Ed25519.signatureLength else { throw .malformed("bad sig") }
                 m.signature = sig
@@ -211,15 +260,24 @@ public struct AuditRecord: Hashable, Sendable {
     private static func checkShape(kind: AuditEventKind, meta m: AuditLogMeta) throws(AuditError) {
         switch kind {
         case .logOpened:
-            guard m.writer != nil, m.signed != nil, let c = m.cause, c != .shutdown, m.signature == nil
-            else { throw .malformed("log.opened needs writer, signed, cause and no sig") }
+            guard m.writer != nil, m.signed != nil, let c = m.cause, c != .shutdown, c != .handover, m.signature == nil,
+                  m.epoch == nil, m.seal == nil, m.nextWriter == nil
+            else { throw .malformed("log.opened needs writer, signed, cause and no sig or seal") }
             guard (m.tornBytes == nil) == (m.tornHash == nil) else { throw .malformed("torn_bytes and torn_hash go together") }
+            guard (m.moved == nil || m.movedHash != nil), (c == .tampered) == (m.failure != nil),
+                  c == .tampered || (m.moved == nil && m.movedHash == nil)
+            else { throw .malformed("moved, moved_hash and failure belong on a tampered log.opened") }
         case .logCheckpoint:
-            guard m.writer == nil, m.signed == nil, m.cause == nil, m.tornBytes == nil, m.tornHash == nil, m.signature != nil
-            else { throw .malformed("log.checkpoint carries only sig") }
+            guard m.writer == nil, m.signed == nil, m.cause == nil, m.tornBytes == nil, m.tornHash == nil, m.signature != nil,
+                  m.moved == nil, m.movedHash == nil, m.failure == nil, m.sealID == nil, m.nextWriter == nil,
+                  (m.epoch == nil) == (m.seal == nil)
+            else { throw .malformed("log.checkpoint carries sig and an optional epoch and seal") }
         case .logClosed:
-            guard m.writer == nil, m.signed == nil, m.cause == .rotation || m.cause == .shutdown, m.tornBytes == nil, m.tornHash == nil
-            else { throw .malformed("log.closed carries cause and an optional sig") }
+            guard m.writer == nil, m.signed == nil, m.cause == .rotation || m.cause == .shutdown || m.cause == .handover,
+                  m.tornBytes == nil, m.tornHash == nil, m.moved == nil, m.movedHash == nil, m.failure == nil, m.sealID == nil,
+                  (m.cause == .handover) == (m.nextWriter != nil), m.cause != .handover || m.signature != nil,
+                  (m.epoch == nil) == (m.seal == nil)
+            else { throw .malformed("log.closed carries cause, an optional seal and sig (a hand-over: next_writer and sig)") }
         case .identityLoaded, .serverStarted, .serverStopped, .registrationAccepted, .registrationRefused,
              .introductionRequested, .introductionForwarded, .introductionQueued, .introductionExpired,
              .introductionRefused, .handshakeStarted, .handshakeSucceeded, .handshakeFailed, .channelClosed,

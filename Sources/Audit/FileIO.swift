@@ -67,6 +67,12 @@ enum FileIO {
         return (UInt64(st.st_dev), UInt64(st.st_ino))
     }
 
+    static func sizeOrZero(_ fd: Int32) -> Int64 {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return 0 }
+        return Int64(st.st_size)
+    }
+
     static func truncate(_ fd: Int32, to size: Int64, path: String) throws(AuditError) {
         while ftruncate(fd, off_t(size)) != 0 {
             if errno == EINTR { continue }
@@ -109,6 +115,47 @@ enum FileIO {
 
     static func unlink(_ path: String) throws(AuditError) {
         guard Glibc.unlink(path) == 0 || errno == ENOENT else { throw AuditError.io("unlink", path, errno: errno) }
+    }
+
+    /// Replaces `path` with `bytes` so a reader sees the old or the new content, never a mix,
+    /// and the new content survives a crash: temp file, fsync, rename, directory fsync.
+    static func writeAtomically(path: String, bytes: [UInt8], mode: mode_t = 0o600) throws(AuditError) {
+        let dir = directory(of: path)
+        let base = path.split(separator: "/").last.map(String.init) ?? path
+        let tmp = (dir == "/" ? "" : dir) + "/." + base + ".tmp"
+        let fd = try open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
+        var ok = false
+        defer {
+            close(fd)
+            if !ok { try? unlink(tmp) }
+        }
+        _ = fchmod(fd, mode)
+        var done = 0
+        while done < bytes.count {
+            let (n, err) = writeOnce(fd, Array(bytes[done...]))
+            if n <= 0 { throw AuditError.io("write", tmp, errno: err) }
+            done += n
+        }
+        while fsync(fd) != 0 {
+            if errno == EINTR { continue }
+            throw AuditError.io("fsync", tmp, errno: errno)
+        }
+        try rename(tmp, path)
+        ok = true
+        try syncDirectory(dir)
+    }
+
+    /// The whole content of a small file (at most `limit` bytes), or nil when it does not exist.
+    static func readSmallFile(_ path: String, limit: Int) throws(AuditError) -> [UInt8]? {
+        let fd: Int32
+        do { fd = try open(path, O_RDONLY) } catch {
+            if !exists(path) { return nil }
+            throw error
+        }
+        defer { close(fd) }
+        let size = try self.size(fd, path: path)
+        guard size <= Int64(limit) else { throw AuditError(.recordTooLarge, "\(path) is larger than \(limit) bytes") }
+        return try pread(fd, count: Int(size), offset: 0, path: path)
     }
 
     static func directory(of path: String) -> String {

@@ -53,6 +53,8 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Append the tamper-evident audit log to this file (signed checkpoints).", valueName: "file"))
     var auditLog: String?
 
+    @OptionGroup var auditWriter: AuditWriterOptions
+
     @Option(help: "Log level on stderr: debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
@@ -100,6 +102,7 @@ struct IntroServerCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
+        try auditWriter.validate(auditLog: auditLog)
         if let socket, socket.isEmpty { throw ValidationError("--socket must name a path") }
         guard parsedMode() != nil else { throw ValidationError("--socket-mode must be octal permission bits, e.g. 0600 or 0660") }
         guard Logger.Level(rawValue: logLevel) != nil, logLevel != "trace", logLevel != "critical" else {
@@ -174,9 +177,8 @@ struct IntroServerCommand: AsyncParsableCommand {
         }
         var auditSink: AuditFileSink?
         if let auditLog {
-            let signer = AuditSigner(identity: keyPair.publicIdentity) { keyPair.sign($0) }
             do {
-                auditSink = try AuditFileSink(AuditFileConfiguration(path: auditLog, writer: keyPair.publicIdentity, signer: signer))
+                auditSink = try auditWriter.openSink(path: auditLog, keyPair: keyPair, logger: logger)
             } catch {
                 listening.close()
                 throw CLIError(.failure, "audit log \(auditLog): \(error)")

@@ -36,6 +36,8 @@ struct PeerOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Append the tamper-evident audit log to this file (signed checkpoints).", valueName: "file"))
     var auditLog: String?
 
+    @OptionGroup var auditWriter: AuditWriterOptions
+
     @Option(help: "Log level on stderr: debug, info, notice, warning, error.")
     var logLevel: String = "warning"
 
@@ -67,6 +69,7 @@ struct PeerOptions: ParsableArguments {
 
     func validateShared() throws {
         guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
+        try auditWriter.validate(auditLog: auditLog)
         guard !server.isEmpty else { throw ValidationError("at least one --server is required") }
         guard serverKey.count <= server.count else { throw ValidationError("more --server-key than --server options") }
         _ = try servers()
@@ -95,9 +98,7 @@ struct PeerOptions: ParsableArguments {
         var sink: AuditFileSink?
         if let auditLog {
             do {
-                sink = try AuditFileSink(AuditFileConfiguration(
-                    path: auditLog, writer: pair.publicIdentity,
-                    signer: AuditSigner(identity: pair.publicIdentity, sign: { pair.sign($0) })))
+                sink = try auditWriter.openSink(path: auditLog, keyPair: pair, logger: logger)
             } catch {
                 throw CLIError(.failure, "audit log \(auditLog): \(error)")
             }

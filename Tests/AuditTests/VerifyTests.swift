@@ -17,10 +17,14 @@ import Testing
         #expect(report.writers == [key.identity])
     }
 
-    @Test func anUnsignedLogVerifiesIntactWithANoteThatTruncationIsUndetectable() throws {
+    @Test func anUnsignedLogFailsStrictVerificationAndPassesWithAllowUnsigned() throws {
         let dir = TempDir(); defer { dir.cleanup() }
         let path = try makeLog(in: dir, signed: false)
-        let report = AuditVerifier.verify(paths: [path])
+        let strict = AuditVerifier.verify(paths: [path])
+        #expect(strict.status == .unsigned)
+        #expect(strict.exitCode == 7)
+        #expect(strict.findings.map(\.code) == [.unsignedRun, .unsignedLog])
+        let report = AuditVerifier.verify(paths: [path], allowUnsigned: true)
         #expect(report.status == .intact)
         #expect(report.findings.map(\.code) == [.unsignedLog])
         #expect(!readLines(path).contains { $0.contains("log.checkpoint") })
@@ -101,8 +105,8 @@ import Testing
         let report = AuditVerifier.verify(paths: [path])
         #expect(report.status == .tornTail)
         #expect(report.exitCode == 5)
-        #expect(report.findings.last?.code == .tornTail)
-        #expect(report.findings.last?.location.line == lines.count)
+        let torn = report.findings.first { $0.code == .tornTail }
+        #expect(torn?.location.line == lines.count)
     }
 
     @Test func aForgedClosingRecordFailsItsSignature() throws {
