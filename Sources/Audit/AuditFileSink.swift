@@ -420,10 +420,11 @@ public final class AuditFileSink: AuditSink {
         try afterCheckpoint(c, &s, line: line, at: now)
     }
 
-    /// After a checkpoint or closing record: sync (per policy), remember it in the state file
+    /// After a checkpoint or closing record: sync, remember it in the state file
     /// (atomic, fsynced) and tell the witness.
     private static func afterCheckpoint(_ c: AuditFileConfiguration, _ s: inout State, line: [UInt8], at now: AuditTimestamp) throws(AuditError) {
-        if c.fsync != .never { try FileIO.sync(s.fd, path: c.path) }
+        // Always: the state file must never be ahead of the durable log.
+        try FileIO.sync(s.fd, path: c.path)
         let entry = AuditWitnessEntry(seq: s.chain.nextSeq - 1, hash: s.chain.head, timestamp: s.chain.clamped(now))
         try AuditWriterState.write(entry, path: c.statePath)
         if let w = s.witnessFD {

@@ -45,10 +45,15 @@ import Testing
     @Test func aCrashTornTailIsCutAndDescribedWhenTheWriterRestarts() throws {
         let dir = TempDir(); defer { dir.cleanup() }
         let key = TestKey()
-        let path = try makeLog(in: dir, key: key, count: 4)
+        let path = try makeLog(in: dir, key: key, count: 6)
         var lines = readLines(path)
         lines.removeLast()  // the crash happened before close…
         writeLines(lines, to: path)
+        // …so the state file still names the last checkpoint, not the closing record.
+        let checkpoint = try #require(lines.last { $0.contains("log.checkpoint") })
+        let record = try AuditRecord.decode(Array(checkpoint.utf8)[...])
+        try AuditWriterState.write(AuditWitnessEntry(seq: record.seq, hash: AuditRecord.chainHash(Array(checkpoint.utf8))),
+                                   path: dir.file(".audit.jsonl.state"))
         let handle = FileHandle(forWritingAtPath: path)!
         handle.seekToEndOfFile()
         handle.write(Data("{\"v\":1,\"seq\":99,\"pr".utf8))  // …in the middle of a write
@@ -115,7 +120,7 @@ import Testing
         sink.close()
         #expect(FileManager.default.fileExists(atPath: path + ".2"))
         #expect(!FileManager.default.fileExists(atPath: path + ".3"))
-        let report = AuditVerifier.verify(paths: AuditLog.rotationSet(of: path))
+        let report = AuditVerifier.verify(paths: AuditLog.rotationSet(of: path), allowUnsigned: true)
         #expect(report.status == .intact)
         #expect(report.findings.contains { $0.code == .earlierFilesMissing })
     }
@@ -171,10 +176,13 @@ import Testing
         let dir = TempDir(); defer { dir.cleanup() }
         let path = dir.file("audit.jsonl")
         writeLines(["not a record"], to: path)
-        do {
-            _ = try AuditFileSink(AuditFileConfiguration(path: path, writer: TestKey().identity, fsync: .never))
-            Issue.record("continued a foreign file")
-        } catch { #expect(error.code == .cannotContinueLog) }
+        let sink = try AuditFileSink(AuditFileConfiguration(path: path, writer: TestKey().identity, fsync: .never))
+        sink.close()
+        // Moved aside, never extended.
+        #expect(sink.reopenFailure?.failure.value == "malformedRecord at line 1")
+        let moved = try #require(sink.reopenFailure?.moved?.value)
+        #expect(readLines(moved) == ["not a record"])
+        #expect(try AuditRecord.decode(Array(readLines(path)[0].utf8)[...]).log?.cause == .tampered)
     }
 
     @Test func theMemorySinkChainsLikeTheFileSink() throws {
@@ -220,7 +228,7 @@ import Testing
         sink.close()
         #expect(sink.status.failures == 1)
         #expect(sink.status.lastFailure?.code == .recordTooLarge)
-        #expect(AuditVerifier.verify(paths: [path]).status == .intact)
+        #expect(AuditVerifier.verify(paths: [path], allowUnsigned: true).status == .intact)
         #expect(readLines(path).count == 3)
     }
 
