@@ -7,7 +7,7 @@ import PackageDescription
 //   CFDShim  <- Transport (owned fds, sockets, SCM_RIGHTS)
 //   Audit (records, hash chain) <- Identity
 //   Runtime  <- OCapN, SecureChannel, Transport, Audit, Logging
-//   VectorCheck <- OCapN, SecureChannel, Syrup, Identity
+//   VectorCheck <- OCapN, SecureChannel, Syrup, Identity, Audit
 //   Bench (measurements against in-run baselines) <- Runtime and the layers below
 //   Demo (the main job: server and peers as processes, attacks refused) <- Runtime and below
 //   ocapn-uds (CLI) <- Runtime, VectorCheck, Bench, Demo, ArgumentParser
@@ -45,7 +45,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .target(name: "VectorCheck", dependencies: ["OCapN", "SecureChannel", "Syrup", "Identity", "SodiumCrypto"]),
+        .target(name: "VectorCheck", dependencies: ["OCapN", "SecureChannel", "Syrup", "Identity", "SodiumCrypto", "Audit"]),
         .target(
             name: "Bench",
             dependencies: ["Runtime", "SecureChannel", "Transport", "OCapN", "Identity", "SodiumCrypto", "Syrup"]

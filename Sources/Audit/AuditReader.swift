@@ -28,6 +28,12 @@ public struct AuditRawLine: Sendable {
     public let number: Int
     public let bytes: [UInt8]
     public let complete: Bool
+
+    public init(number: Int, bytes: [UInt8], complete: Bool) {
+        self.number = number
+        self.bytes = bytes
+        self.complete = complete
+    }
 }
 
 /// Reads a log file line by line in bounded chunks; a line over `maxLineBytes` is an error

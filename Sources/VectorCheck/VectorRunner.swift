@@ -61,6 +61,7 @@ public enum VectorRunner {
         OCapNVectors.self,
         HandshakeVectors.self,
         NoiseVectors.self,
+        AuditSealingVectors.self,
     ]
 
     /// File names that are documentation, never vectors.
