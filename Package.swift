@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "VectorCheck", dependencies: ["OCapN", "SecureChannel", "Syrup", "Identity", "SodiumCrypto", "Audit"]),
         .target(
             name: "Bench",
-            dependencies: ["Runtime", "SecureChannel", "Transport", "OCapN", "Identity", "SodiumCrypto", "Syrup"]
+            dependencies: ["Runtime", "SecureChannel", "Transport", "OCapN", "Identity", "SodiumCrypto", "Syrup", "Audit"]
         ),
         .target(
             name: "Demo",

@@ -24,7 +24,7 @@ public struct BenchSuite {
     public init(options: Options) { self.options = options }
 
     /// The figure groups, in the order they run.
-    public static let groups = ["handshake", "introductions", "connect", "channel", "memory"]
+    public static let groups = ["handshake", "introductions", "connect", "channel", "memory", "audit"]
 
     private func say(_ s: String) { options.progress?(s) }
 
@@ -40,6 +40,9 @@ public struct BenchSuite {
         if wanted("memory") {
             figures += try serverMemory(directory: directory)
             figures += try await peerMemory(directory: directory)
+        }
+        if wanted("audit") {
+            figures.append(try AuditBench.figure(count: options.quick ? 500 : 20_000, window: 32, directory: directory, say: say))
         }
         return figures
     }
