@@ -1,4 +1,5 @@
 import Identity
+import Synchronization
 import SodiumCrypto
 
 /// What happened. The JSON spelling (`event`) is the raw value.
@@ -71,7 +72,7 @@ public enum AuditRole: String, Sendable, CaseIterable, Hashable {
 public struct AuditPeerID: Hashable, Sendable, Comparable, CustomStringConvertible {
     public let fingerprint: String
 
-    public init(_ identity: PublicIdentity) { fingerprint = identity.fingerprint }
+    public init(_ identity: PublicIdentity) { fingerprint = FingerprintCache.fingerprint(of: identity) }
     /// Fingerprint of raw key bytes that may not be a valid identity.
     public init(publicKey: [UInt8]) { fingerprint = Fingerprint.of(publicKey: publicKey) }
     /// Parses a fingerprint read back from a log or typed by an operator.
@@ -254,3 +255,20 @@ public struct AuditEvent: Hashable, Sendable {
     public var remotePeer: AuditPeerID? { provedPeer ?? expectedPeer ?? from ?? to }
 }
 
+
+/// Fingerprints of recently seen identities: a server names the same few keys in every record,
+/// and each fingerprint costs a BLAKE2b and a base32 encoding. Bounded: cleared when full.
+enum FingerprintCache {
+    private static let cache = Mutex<[PublicIdentity: String]>([:])
+    static let capacity = 4096
+
+    static func fingerprint(of identity: PublicIdentity) -> String {
+        if let hit = cache.withLock({ $0[identity] }) { return hit }
+        let fp = identity.fingerprint
+        cache.withLock { c in
+            if c.count >= capacity { c.removeAll(keepingCapacity: true) }
+            c[identity] = fp
+        }
+        return fp
+    }
+}

@@ -44,12 +44,16 @@ public struct AuditFileConfiguration: Sendable {
     /// How often a timer of the sink's own offers a checkpoint and ends an epoch (nil: only
     /// records and `checkpointIfDue` do). Daemons set it so an idle log is still sealed in time.
     public var tick: Duration?
+    /// `record` queues the event (its time read at the call, so file order is call order) and a
+    /// writer queue of the sink's own writes it: the caller never waits on the disk. At most
+    /// 16384 events wait; beyond that `record` waits for the writer. `flush` and `close` drain it.
+    public var asynchronous: Bool = false
 
     public init(
         path: String, writer: PublicIdentity, signer: AuditSigner? = nil, checkpoints: AuditCheckpointPolicy = .init(),
         fsync: AuditFsyncPolicy = .onCheckpoint, maxFileBytes: Int64 = 64 << 20, maxRotatedFiles: Int = 16,
         maxRecordBytes: Int = 8192, clock: @escaping @Sendable () -> AuditTimestamp = AuditTimestamp.now,
-        sealingKeyPath: String? = nil, witness: AuditWitnessTarget? = nil, tick: Duration? = nil
+        sealingKeyPath: String? = nil, witness: AuditWitnessTarget? = nil, tick: Duration? = nil, asynchronous: Bool = false
     ) {
         precondition(maxFileBytes >= 4096, "audit files must hold at least 4096 bytes")
         precondition(maxRotatedFiles >= 1 && maxRotatedFiles <= 10_000, "maxRotatedFiles must be 1...10000")
@@ -66,6 +70,7 @@ public struct AuditFileConfiguration: Sendable {
         self.sealingKeyPath = sealingKeyPath
         self.witness = witness
         self.tick = tick
+        self.asynchronous = asynchronous
     }
 
     /// Path of rotated file `n` (1 = newest).
@@ -97,6 +102,15 @@ public final class AuditFileSink: AuditSink {
         var status = AuditSinkStatus()
         var closed = false
         var witnessFD: Int32?
+        /// Checkpoints written but not yet made durable: a dup of the log's descriptor (the
+        /// file may be rotated away meanwhile) and the entry for the state file and witness.
+        var durable: [DurableJob] = []
+        /// Asynchronous batches: lines appended but not yet written, written with one write(2)
+        /// by `flushPending`; the chain and counters to go back to if that write fails.
+        var batching = false
+        var pending: [UInt8] = []
+        var pendingRecords: UInt64 = 0
+        var beforePending: (chain: AuditChain, size: Int64, written: UInt64)?
     }
 
     public let configuration: AuditFileConfiguration
@@ -106,6 +120,17 @@ public final class AuditFileSink: AuditSink {
     public let reopenFailure: AuditTamperNote?
     // Set once at the end of init, then only cancelled (thread-safe).
     private nonisolated(unsafe) var tickTimer: DispatchSourceTimer?
+    /// fdatasync, state file and witness after each checkpoint, in order, off the caller's path
+    /// (a checkpoint's fsyncs would otherwise stall every record behind them).
+    private let durability = DispatchQueue(label: "ocapn-uds.audit.durability")
+    /// Asynchronous mode: events queued by `record`, written in order by `writer`.
+    private struct Inbox {
+        var items: [(AuditEvent, AuditTimestamp)] = []
+        var scheduled = false
+    }
+    private let inbox = Mutex(Inbox())
+    private let writer = DispatchQueue(label: "ocapn-uds.audit.writer")
+    private static let onDurabilityQueue = DispatchSpecificKey<Bool>()
 
     public init(_ configuration: AuditFileConfiguration) throws(AuditError) {
         self.configuration = configuration
@@ -196,12 +221,15 @@ public final class AuditFileSink: AuditSink {
             if c.fsync != .never || tamper != nil { try FileIO.sync(st.fd, path: path) }
             st.status.recordsWritten += 1
             reopenFailure = tamper
+            for job in st.durable { try Self.makeDurable(configuration, job) }
+            st.durable = []
             state = Mutex(st)
         } catch {
             FileIO.close(fd)
             if let w = witnessFD, w >= 0 { FileIO.close(w) }
             throw error
         }
+        durability.setSpecific(key: Self.onDurabilityQueue, value: true)
         if let tick = c.tick { startTimer(tick) }
     }
 
@@ -209,11 +237,15 @@ public final class AuditFileSink: AuditSink {
         // Without close() the log ends unsealed, which the verifier reports: that is honest,
         // the writer did not shut down cleanly.
         tickTimer?.cancel()
+        // Let queued state-file writes finish, so a later writer on the same file never sees
+        // an older state land after its own (unless the last reference died on that queue).
+        if DispatchQueue.getSpecific(key: Self.onDurabilityQueue) == nil { durability.sync {} }
         state.withLock { s in
             if !s.closed {
                 FileIO.close(s.fd)
                 if let w = s.witnessFD, w >= 0 { FileIO.close(w) }
             }
+            for job in s.durable { FileIO.close(job.fd); if let w = job.witness { FileIO.close(w) } }
         }
     }
 
@@ -306,6 +338,7 @@ public final class AuditFileSink: AuditSink {
     /// old key is wiped from memory and replaced on disk.
     private static func advanceEpoch(_ c: AuditFileConfiguration, _ s: inout State, at now: AuditTimestamp) throws(AuditError) {
         guard let sealing = s.chain.sealing, let keyPath = c.sealingKeyPath else { return }
+        try flushPending(&s, path: c.path)
         try FileIO.sync(s.fd, path: c.path)
         sealing.advance(to: sealing.epoch(of: s.chain.clamped(now)))
         try AuditSealingKeyFile.store(sealing, path: keyPath)
@@ -318,9 +351,58 @@ public final class AuditFileSink: AuditSink {
     public func record(_ event: AuditEvent) {
         precondition(!event.kind.isLogBookkeeping, "log.* records are written by the sink itself")
         if let why = event.invariantViolation { preconditionFailure("invalid audit event: \(why)") }
-        state.withLock { s in
+        guard configuration.asynchronous else {
+            defer { scheduleDurable() }
+            state.withLock { s in
+                // Read under the lock so timestamps follow file order.
+                write(event, at: configuration.clock(), &s)
+            }
+            return
+        }
+        let (schedule, full) = inbox.withLock { box -> (Bool, Bool) in
             // Read under the lock so timestamps follow file order.
-            let now = configuration.clock()
+            box.items.append((event, configuration.clock()))
+            defer { box.scheduled = true }
+            return (!box.scheduled, box.items.count >= Self.maxQueued)
+        }
+        if schedule { writer.async { [self] in drain() } }
+        // Backpressure: a caller far ahead of the disk waits for the writer instead of growing memory.
+        if full { writer.sync {} }
+    }
+
+    /// Waits until every record passed to `record` so far is written (asynchronous mode).
+    public func flush() {
+        if configuration.asynchronous { writer.sync {} }
+    }
+
+    private static let maxQueued = 16_384
+
+    /// The asynchronous writer: takes what is queued, writes it in order, until nothing is left.
+    private func drain() {
+        while true {
+            let batch = inbox.withLock { box -> [(AuditEvent, AuditTimestamp)] in
+                let items = box.items
+                box.items.removeAll(keepingCapacity: true)
+                if items.isEmpty { box.scheduled = false }
+                return items
+            }
+            if batch.isEmpty { return }
+            state.withLock { s in
+                s.batching = true
+                for (event, time) in batch { write(event, at: time, &s) }
+                s.batching = false
+                do throws(AuditError) { try Self.flushPending(&s, path: configuration.path) } catch {
+                    s.status.lastFailure = error
+                }
+            }
+            scheduleDurable()
+        }
+    }
+
+    /// Appends one event (under the state lock): seals an ended epoch first, checkpoints and
+    /// rotates when due; a failure is counted and leaves the chain as it was.
+    private func write(_ event: AuditEvent, at now: AuditTimestamp, _ s: inout State) {
+        do {
             guard !s.closed else {
                 fail(&s, AuditError(.ioError, "audit sink is closed"))
                 return
@@ -343,7 +425,10 @@ public final class AuditFileSink: AuditSink {
                 try Self.append(line + [0x0a], to: &s, path: configuration.path)
                 s.chain = next
                 s.status.recordsWritten += 1
-                if configuration.fsync == .everyRecord { try FileIO.sync(s.fd, path: configuration.path) }
+                if configuration.fsync == .everyRecord {
+                    try Self.flushPending(&s, path: configuration.path)
+                    try FileIO.sync(s.fd, path: configuration.path)
+                }
                 if s.chain.checkpointDue(at: now) { try writeCheckpoint(&s, at: now) }
                 if s.size >= configuration.maxFileBytes { try rotate(&s, at: now) }
             } catch {
@@ -356,6 +441,7 @@ public final class AuditFileSink: AuditSink {
     /// epoch that is over (seal, then evolve the key); for a timer, so an idle log's tail is
     /// still sealed within the interval and no epoch key outlives its epoch by much.
     public func checkpointIfDue() {
+        defer { scheduleDurable() }
         state.withLock { s in
             let now = configuration.clock()
             guard !s.closed else { return }
@@ -377,10 +463,11 @@ public final class AuditFileSink: AuditSink {
     /// writer) names the writer that may continue the log.
     public func close(handoverTo next: PublicIdentity? = nil) {
         tickTimer?.cancel()
-        state.withLock { s in
+        flush()
+        let first = state.withLock { s -> Bool in
             // Read under the lock so timestamps follow file order.
             let now = configuration.clock()
-            guard !s.closed else { return }
+            guard !s.closed else { return false }
             do throws(AuditError) {
                 if s.chain.epochEnded(at: now) {
                     try Self.writeCheckpointStatic(configuration, &s, at: now)
@@ -395,9 +482,17 @@ public final class AuditFileSink: AuditSink {
             } catch {
                 fail(&s, error)
             }
+            s.closed = true  // later records fail from here on
+            return true
+        }
+        guard first else { return }
+        // The closing record is durable, and named by the state file, before close returns.
+        scheduleDurable()
+        durability.sync {}
+        state.withLock { s in
             FileIO.close(s.fd)
             if let w = s.witnessFD, w >= 0 { FileIO.close(w) }
-            s.closed = true
+            s.witnessFD = nil
         }
     }
 
@@ -422,15 +517,61 @@ public final class AuditFileSink: AuditSink {
 
     /// After a checkpoint or closing record: sync, remember it in the state file
     /// (atomic, fsynced) and tell the witness.
+    /// A checkpoint to make durable; owns duplicates of the descriptors it needs, so the log
+    /// may rotate or close meanwhile.
+    private struct DurableJob: Sendable {
+        let fd: Int32
+        /// -1: standard error; nil: no witness.
+        let witness: Int32?
+        let entry: AuditWitnessEntry
+    }
+
     private static func afterCheckpoint(_ c: AuditFileConfiguration, _ s: inout State, line: [UInt8], at now: AuditTimestamp) throws(AuditError) {
-        // Always: the state file must never be ahead of the durable log.
-        try FileIO.sync(s.fd, path: c.path)
         let entry = AuditWitnessEntry(seq: s.chain.nextSeq - 1, hash: s.chain.head, timestamp: s.chain.clamped(now))
-        try AuditWriterState.write(entry, path: c.statePath)
+        let fd = try FileIO.dup(s.fd, path: c.path)
+        var witness: Int32?
         if let w = s.witnessFD {
-            let bytes = Array((entry.line + "\n").utf8)
+            do throws(AuditError) { witness = w >= 0 ? try FileIO.dup(w, path: "audit witness") : -1 } catch {
+                FileIO.close(fd)
+                throw error
+            }
+        }
+        s.durable.append(DurableJob(fd: fd, witness: witness, entry: entry))
+    }
+
+    /// Syncs the log (always: the state file must never be ahead of the durable log), then
+    /// replaces the state file and tells the witness. Closes the job's descriptors.
+    private static func makeDurable(_ c: AuditFileConfiguration, _ job: DurableJob, witnessFD _: Int32? = nil) throws(AuditError) {
+        defer {
+            FileIO.close(job.fd)
+            if let w = job.witness, w >= 0 { FileIO.close(w) }
+        }
+        try FileIO.sync(job.fd, path: c.path)
+        try AuditWriterState.write(job.entry, path: c.statePath)
+        if let w = job.witness {
+            let bytes = Array((job.entry.line + "\n").utf8)
             let (n, err) = FileIO.writeOnce(w >= 0 ? w : 2, bytes)
             if n != bytes.count { throw AuditError.io("write", "audit witness", errno: err) }
+        }
+    }
+
+    /// Hands the checkpoints written under the lock to the durability queue.
+    private func scheduleDurable() {
+        let jobs: [DurableJob] = state.withLock { s in
+            defer { s.durable = [] }
+            return s.durable
+        }
+        guard !jobs.isEmpty else { return }
+        let c = configuration
+        durability.async { [weak self] in
+            for job in jobs {
+                do throws(AuditError) { try Self.makeDurable(c, job) } catch {
+                    self?.state.withLock { s in
+                        s.status.failures += 1
+                        s.status.lastFailure = error
+                    }
+                }
+            }
         }
     }
 
@@ -438,6 +579,11 @@ public final class AuditFileSink: AuditSink {
     /// new live file whose log.opened links to the closing record.
     private func rotate(_ s: inout State, at now: AuditTimestamp) throws(AuditError) {
         let c = configuration
+        try Self.flushPending(&s, path: c.path)
+        // A rotation writes through: the closing line must be on disk before the rename.
+        let wasBatching = s.batching
+        s.batching = false
+        defer { s.batching = wasBatching }
         var next = s.chain
         let closing = next.closed(cause: .rotation, at: now)
         try Self.append(closing + [0x0a], to: &s, path: c.path)
@@ -488,6 +634,39 @@ public final class AuditFileSink: AuditSink {
     /// Appends one line with a single write(2). A short write (disk full) is cut off again so
     /// the file never holds half a record in the middle of the chain.
     private static func append(_ bytes: [UInt8], to s: inout State, path: String) throws(AuditError) {
+        if s.batching {
+            if s.beforePending == nil { s.beforePending = (s.chain, s.size, s.status.recordsWritten) }
+            s.pending += bytes
+            s.pendingRecords += 1
+            s.size += Int64(bytes.count)
+            return
+        }
+        try writeNow(bytes, to: &s, path: path)
+    }
+
+    /// Writes a batch: one write(2). On failure the file is cut back and the chain, size and
+    /// counters return to where they were before the batch, whose records count as failures.
+    private static func flushPending(_ s: inout State, path: String) throws(AuditError) {
+        guard let before = s.beforePending else { return }
+        let bytes = s.pending, records = s.pendingRecords
+        s.pending.removeAll(keepingCapacity: true)
+        s.pendingRecords = 0
+        s.beforePending = nil
+        s.size = before.size
+        do throws(AuditError) { try writeNow(bytes, to: &s, path: path) } catch {
+            s.chain = before.chain
+            s.status.recordsWritten = before.written
+            s.status.failures += records
+            s.durable.removeAll { job in
+                let drop = job.entry.seq >= before.chain.nextSeq
+                if drop { FileIO.close(job.fd); if let w = job.witness, w >= 0 { FileIO.close(w) } }
+                return drop
+            }
+            throw error
+        }
+    }
+
+    private static func writeNow(_ bytes: [UInt8], to s: inout State, path: String) throws(AuditError) {
         let (n, err) = FileIO.writeOnce(s.fd, bytes)
         if n == bytes.count {
             s.size += Int64(n)

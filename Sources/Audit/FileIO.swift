@@ -67,6 +67,12 @@ enum FileIO {
         return (UInt64(st.st_dev), UInt64(st.st_ino))
     }
 
+    static func dup(_ fd: Int32, path: String) throws(AuditError) -> Int32 {
+        let d = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard d >= 0 else { throw AuditError.io("dup", path, errno: errno) }
+        return d
+    }
+
     static func sizeOrZero(_ fd: Int32) -> Int64 {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return 0 }

@@ -42,7 +42,7 @@ enum AuditBench {
         let sink = audit
             ? try AuditFileSink(AuditFileConfiguration(
                 path: logPath, writer: serverKey.publicIdentity,
-                signer: AuditSigner(identity: serverKey.publicIdentity, sign: { serverKey.sign($0) }), tick: .seconds(1)))
+                signer: AuditSigner(identity: serverKey.publicIdentity, sign: { serverKey.sign($0) }), tick: .seconds(1), asynchronous: true))
             : nil
         let server = IntroductionServer(identity: serverKey, socket: socket, configuration: .init(core: core), audit: sink, logger: logger)
         server.start()

@@ -171,7 +171,7 @@ struct AuditWriterOptions: ParsableArguments {
             path: path, writer: keyPair.publicIdentity,
             signer: AuditSigner(identity: keyPair.publicIdentity, sign: { keyPair.sign($0) }),
             checkpoints: AuditCheckpointPolicy(everyRecords: auditCheckpointRecords, intervalMicros: Int64(auditCheckpointSeconds) * 1_000_000),
-            sealingKeyPath: auditSealKey, witness: witnessTarget, tick: .seconds(1)))
+            sealingKeyPath: auditSealKey, witness: witnessTarget, tick: .seconds(1), asynchronous: true))
         if let f = sink.reopenFailure {
             logger.error("audit log failed verification on reopen and was not extended; moved aside, new file started", metadata: [
                 "path": "\(path)", "moved": "\(f.moved?.value ?? "(missing)")", "moved_hash": "\(f.movedHash?.hex ?? "-")",

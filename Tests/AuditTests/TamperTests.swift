@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import Identity
 import SodiumCrypto
@@ -266,4 +267,36 @@ final class StepClockWith: Sendable {
         }
     }
     var function: @Sendable () -> AuditTimestamp { { self.read() } }
+}
+
+/// The asynchronous writer the CLI uses: callers never wait on the disk, order and chain hold.
+@Suite struct AsynchronousSinkTests {
+    @Test func queuedRecordsFromManyThreadsLandInOrderAndCloseDrainsThem() throws {
+        let dir = TempDir(); defer { dir.cleanup() }
+        let key = TestKey()
+        let path = dir.file("audit.jsonl")
+        let witness = dir.file("witness")
+        let sink = try AuditFileSink(AuditFileConfiguration(
+            path: path, writer: key.identity, signer: key.signer, checkpoints: AuditCheckpointPolicy(everyRecords: 100),
+            witness: .file(witness), asynchronous: true))
+        DispatchQueue.concurrentPerform(iterations: 4) { t in
+            for i in 0..<2000 {
+                sink.record(AuditEvent(.introductionForwarded, attempt: AuditAttemptID(rawValue: UInt64(t * 100_000 + i)), role: .server))
+            }
+        }
+        sink.flush()
+        #expect(readLines(path).count >= 8001)
+        sink.close()
+        #expect(sink.status.failures == 0)
+        let entries = try AuditWitnessEntry.read(path: witness)
+        let report = AuditVerifier.verify(paths: [path], options: AuditVerifyOptions(expectedWriter: key.identity, witness: entries))
+        #expect(report.status == .intact, "\(report.findings)")
+        #expect(report.witnessMatched == entries.count && entries.count >= 80)
+        var times: [AuditTimestamp] = []
+        _ = try AuditLog.records([path]) { times.append($0.record.timestamp) }
+        #expect(times == times.sorted(), "file order is call order")
+        // The state file names the closing record once close returns.
+        let state = try #require(try AuditWriterState.read(path: dir.file(".audit.jsonl.state")))
+        #expect(state.seq == UInt64(readLines(path).count))
+    }
 }
