@@ -30,8 +30,27 @@ struct PeerOptions: ParsableArguments {
     @Option(help: "Deadline for an introduction server's registration reply, in milliseconds.")
     var registrationTimeoutMs: Int = 5_000
 
-    @Flag(help: "Admit Goblins peers (no handshake) as UNAUTHENTICATED channels. Off by default: they are refused.")
-    var allowLegacyPeers = false
+    @Option(help: ArgumentHelp(
+        "Admit Goblins peers (no handshake) as UNAUTHENTICATED channels when the server's unverified `from` claims one of these designators (repeatable or comma-separated), or `any`. Off by default. A key that completed UDS-HS1 with this peer is refused as legacy regardless.",
+        valueName: "designators|any"))
+    var allowLegacyPeers: [String] = []
+
+    /// The legacy allow-list as a policy.
+    func legacyPeerPolicy() throws -> LegacyPeerPolicy {
+        let items = allowLegacyPeers.flatMap { $0.split(separator: ",").map(String.init) }
+        if items.isEmpty { return .refuse }
+        if items.contains("any") {
+            guard items.count == 1 else { throw ValidationError("--allow-legacy-peers: `any` stands alone, without designators") }
+            return .any
+        }
+        var keys: Set<PublicIdentity> = []
+        for item in items {
+            do { keys.insert(try PublicIdentity(designator: item)) } catch {
+                throw ValidationError("--allow-legacy-peers: \(item) is neither `any` nor a designator (\(error.code.rawValue))")
+            }
+        }
+        return .allow(keys)
+    }
 
     @Option(help: ArgumentHelp("Append the tamper-evident audit log to this file (signed checkpoints).", valueName: "file"))
     var auditLog: String?
@@ -94,6 +113,7 @@ struct PeerOptions: ParsableArguments {
         guard serverKey.count <= server.count else { throw ValidationError("more --server-key than --server options") }
         _ = try servers()
         _ = try registrationForms()
+        _ = try legacyPeerPolicy()
         guard (1...3_600_000).contains(handshakeTimeoutMs), (1...3_600_000).contains(registrationTimeoutMs) else {
             throw ValidationError("timeouts are 1...3600000 milliseconds")
         }
@@ -129,7 +149,7 @@ struct PeerOptions: ParsableArguments {
         }
         var configuration = PeerNetlayer.Configuration(registrationTimeout: .milliseconds(registrationTimeoutMs))
         configuration.channel.handshake = HandshakeConfiguration(timeout: .milliseconds(handshakeTimeoutMs))
-        configuration.channel.allowLegacyPeers = allowLegacyPeers
+        configuration.channel.legacyPeers = try legacyPeerPolicy()
         configuration.registrationForms = try registrationForms()
         let netlayer = PeerNetlayer(identity: pair, configuration: configuration, audit: sink, logger: logger)
         return PeerRuntime(netlayer: netlayer, audit: sink, logger: logger)
@@ -158,7 +178,7 @@ enum PeerOutput {
         if channel.isAuthenticated {
             errorLine("verified-peer: \(channel.peerFingerprint) session: \(channel.sessionID?.description ?? "-")")
         } else {
-            errorLine("UNAUTHENTICATED legacy peer (claimed \(channel.expectedPeer.fingerprint))")
+            errorLine("UNAUTHENTICATED legacy peer (\(channel.legacyClaim?.description ?? "no claim"), nothing proved)")
         }
     }
 
