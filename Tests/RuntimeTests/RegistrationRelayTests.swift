@@ -100,6 +100,8 @@ import Transport
             case relay
             /// Victim spoke v2: register at S in the legacy form and answer the victim in it.
             case downgrade
+            /// Refuse v2 outright: close the victim's connection on `uds-v2:register`.
+            case refuseV2
         }
 
         let key = IdentityKeyPair.generate()
@@ -112,6 +114,7 @@ import Transport
         private var _relays = 0
         private var _misdelivered = 0
         private var _answersAfterDowngrade = 0
+        private var _registersSeen: [String] = []
         private var open: [Control] = []
         private let finished = DispatchGroup()
 
@@ -148,6 +151,8 @@ import Transport
         var misdelivered: Int { lock.lock(); defer { lock.unlock() }; return _misdelivered }
         /// Messages the victim sent after a downgraded response (a fallback would send one).
         var answersAfterDowngrade: Int { lock.lock(); defer { lock.unlock() }; return _answersAfterDowngrade }
+        /// The label of every first message a victim sent, in order.
+        var registersSeen: [String] { lock.lock(); defer { lock.unlock() }; return _registersSeen }
 
         private var isStopping: Bool { lock.lock(); defer { lock.unlock() }; return _stopping }
         private var _stopping = false
@@ -155,6 +160,8 @@ import Transport
         private func relay(_ victim: Control) {
             defer { victim.close() }
             guard let first = try? victim.nextMessage() else { return }
+            lock.lock(); _registersSeen.append(first.name); lock.unlock()
+            if mode == .refuseV2, case .registerV2 = first { return }
             let victimChallenge: Challenge
             let locator: PeerLocator
             switch first {
@@ -305,6 +312,21 @@ import Transport
         #expect(m.answersAfterDowngrade == 0, "the peer answered a downgraded response")
         #expect(s.events(.registrationAccepted).isEmpty)
         #expect(v.netlayer.liveServers.isEmpty)
+        await v.netlayer.shutdown()
+        m.stop()
+        await s.stop()
+    }
+
+    @Test("A relay that refuses v2 outright makes registration fail, again on every retry; the peer never offers a legacy form")
+    func refusedV2IsNotRetriedInLegacy() async throws {
+        let s = try Server()
+        let m = try RelayingCoServer(directory: s.directory, relayingTo: s.path, mode: .refuseV2)
+        let v = TestPeer()
+        for _ in 0..<2 {
+            let error = await PeerTestSupport.code { try await v.netlayer.addServer(path: m.path, expectedKey: m.identity) }
+            #expect(error == .registrationFailed || error == .serverDisconnected)
+        }
+        #expect(m.registersSeen == [UDSRegisterV2.label, UDSRegisterV2.label])
         await v.netlayer.shutdown()
         m.stop()
         await s.stop()
