@@ -22,7 +22,8 @@ final class ServerConnection: @unchecked Sendable {
     let handle: ServerHandle
     private let pinned: PublicIdentity?
     private var stream: StreamConnection?
-    private var reader = ControlStreamReader<FileDescriptor>()
+    /// Reads at most `ControlMessageLimit` per record (the servers' limit never exceeds it).
+    private var reader = ControlStreamReader<FileDescriptor>(limits: .init(syrup: .controlMessage))
     private var client: RegistrationClient
     private var registrationTimer: DispatchSourceTimer?
     private var registrationWaiter: CheckedContinuation<ServerHandle, Error>?
