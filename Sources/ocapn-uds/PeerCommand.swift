@@ -7,6 +7,7 @@ import Logging
 import OCapN
 import Runtime
 import Synchronization
+import Transport
 
 /// Options shared by `peer` and `connect`: identity, servers, handshake, legacy, audit, logs.
 struct PeerOptions: ParsableArguments {
@@ -276,6 +277,10 @@ struct PeerCommand: AsyncParsableCommand {
                 descriptorReserve: descriptorReserve)
             configuration.reconnect.maximumDelay = .milliseconds(reconnectMaxMs)
         }
+        // Room for the caps: every channel and handshake holds one descriptor, plus the reserve
+        // and the process's own (stdio, audit log, libdispatch). Never beyond the hard limit;
+        // below it, the descriptor reserve refuses introductions first.
+        _ = try? OpenFileLimit.raiseSoftLimit(toAtMost: UInt64(maxChannels + maxHandshakes + descriptorReserve + 64))
         let netlayer = runtime.netlayer
         let servers = try options.servers()
         let keepers = servers.map { netlayer.keepServer(path: $0.path, expectedKey: $0.key) }
