@@ -408,6 +408,16 @@ public final class PeerNetlayer: @unchecked Sendable {
             to: AuditPeerID(introduction.to.identity), introServer: AuditPeerID(server)))
     }
 
+    /// An introduction whose descriptor the kernel dropped (we were at our descriptor limit):
+    /// the initiator sees its socket end; the server connection stays. Logged and audited.
+    func lostIntroduction(_ introduction: IncomingIntroduction, server: PublicIdentity) {
+        refuseIntroduction(
+            PeerResourceGovernor.Refusal(
+                reason: .passedDescriptorLost,
+                detail: "the kernel could not install the passed descriptor (MSG_CTRUNC: descriptor limit reached)"),
+            introduction: introduction, server: server)
+    }
+
     /// An introduction refused before its handshake (wrong target): logged and audited.
     func refusedIntroduction(_ error: PeerError, from: PeerLocator, to: PeerLocator, server: PublicIdentity) {
         var log = logger

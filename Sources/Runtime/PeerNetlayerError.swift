@@ -121,5 +121,6 @@ extension AuditReason {
     public static let peerNetlayerCodes: [AuditReason] = [
         .registrationFailed, .serverDisconnected, .netlayerClosed, .serverUnreachable, .registrationLost, .serverContested,
         .registrationTimeout, .peerHandshakeLimit, .channelLimit, .peerChannelLimit, .descriptorReserve,
+        .passedDescriptorLost,
     ]
 }

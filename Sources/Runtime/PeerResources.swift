@@ -40,6 +40,9 @@ extension AuditReason {
     public static let peerChannelLimit: AuditReason = "peerChannelLimit"
     /// Accepting would eat into the descriptor reserve below RLIMIT_NOFILE.
     public static let descriptorReserve: AuditReason = "descriptorReserve"
+    /// The kernel dropped the passed descriptor (MSG_CTRUNC, at the descriptor limit); only
+    /// that introduction is lost, the server connection stays.
+    public static let passedDescriptorLost: AuditReason = "passedDescriptorLost"
 }
 
 /// Counts what introductions to us hold, by claimed/verified key, and decides admission.

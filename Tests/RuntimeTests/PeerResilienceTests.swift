@@ -271,6 +271,33 @@ import Transport
         #expect(governor.handshakesInProgress == 0)
     }
 
+    @Test func aPassedDescriptorTheKernelCannotInstallCostsOnlyItsIntroductionNotTheServer() async throws {
+        let server = try TestIntroServer()
+        defer { server.stop() }
+        let pair = IdentityKeyPair.generate()
+        let audit = AuditMemorySink(writer: pair.publicIdentity)
+        var configuration = PeerNetlayer.Configuration(registrationTimeout: .seconds(2), connectTimeout: .milliseconds(500))
+        configuration.channel = PeerTestSupport.fastConfiguration()
+        // No room for a descriptor in any read: the kernel drops every passed one with
+        // MSG_CTRUNC, exactly as when the process is at its descriptor limit (EMFILE).
+        configuration.control.descriptorsPerRead = 0
+        let target = PeerNetlayer(identity: pair, configuration: configuration, audit: audit, logger: PeerTestSupport.quietLogger)
+        let handle = try await target.addServer(path: server.path)
+        let initiator = TestPeer()
+        _ = try await initiator.netlayer.addServer(path: server.path)
+        for attempt in 1...3 {
+            let code = await PeerTestSupport.code { try await initiator.netlayer.connect(to: target.locator) }
+            #expect(code == .truncated, "the initiator's socket ends: its peer end was dropped")
+            #expect(await PeerTestSupport.eventually {
+                audit.events.filter { $0.kind == .handshakeFailed && $0.reason == .passedDescriptorLost }.count == attempt
+            })
+            #expect(!handle.isDisconnected, "the server connection stays, in step with the stream")
+        }
+        #expect(target.liveServers.count == 1)
+        await target.shutdown()
+        await initiator.netlayer.shutdown()
+    }
+
     // MARK: one message limit
 
     @Test func theServerRefusesAMessageLimitAboveWhatAPeerReads() {
