@@ -65,6 +65,42 @@ import Transport
         #expect(try runOCapNUDS(["peer", "--identity", keyB, "--server", good.path, "--max-channels-per-peer", "0"]).status == 2)
     }
 
+    @Test func twoPeersWithOneKeyDisplacingEachOtherBackOffAndReportTheServerContested() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let (key, _) = try PeerCLITests.keygen(dir, "b.key")
+        let server = try TestIntroServer()  // newest registration of a key wins here
+        defer { server.stop() }
+        let auditA = dir.file("a.jsonl")
+        let auditB = dir.file("b.jsonl")
+        let (first, _) = try PeerCLITests.startPeer(key, servers: [server.path], extra: ["--audit-log", auditA, "--reconnect-max-ms", "400"])
+        defer { first.stop() }
+        let (second, _) = try PeerCLITests.startPeer(key, servers: [server.path], extra: ["--audit-log", auditB, "--reconnect-max-ms", "400"])
+        defer { second.stop() }
+        let contested = { (line: String) in line.hasPrefix("server \(server.path) contested:") }
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline && !first.errorOutput.contains(where: contested) && !second.errorOutput.contains(where: contested) {
+            usleep(50_000)
+        }
+        let reporter = first.errorOutput.contains(where: contested) ? (first, auditA) : (second, auditB)
+        #expect(reporter.0.errorOutput.contains(where: contested), "\(first.errorOutput) \(second.errorOutput)")
+        #expect(reporter.0.errorOutput.contains { $0.hasPrefix("server \(server.path) disconnected:") })
+        #expect(reporter.0.stop() == 0)
+        let log = try String(contentsOfFile: reporter.1, encoding: .utf8)
+        #expect(log.contains("\"serverContested\"") && log.contains("\"registrationLost\""))
+    }
+
+    @Test func anIntroServerRefusesAMessageLimitAboveWhatAPeerReads() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let (keyS, _) = try PeerCLITests.keygen(dir, "s.key")
+        let result = try runOCapNUDS([
+            "intro-server", "--identity", keyS, "--socket", dir.file("s.sock"), "--max-message-bytes", "65536"])
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("max message bytes must be 1024...16384 (the largest control record a peer accepts)"),
+                "\(result.stderr)")
+    }
+
     @Test func aPeerAtItsDescriptorLimitKeepsItsRegistrationAndReRegistersWhenItsServerRestarts() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
