@@ -285,8 +285,11 @@ struct PeerCommand: AsyncParsableCommand {
         let servers = try options.servers()
         let keepers = servers.map { netlayer.keepServer(path: $0.path, expectedKey: $0.key) }
         var failures: [(path: String, error: PeerError)] = []
+        var registeredAtStart: [Bool] = []
         for keeper in keepers {
-            if case .failure(let error) = await keeper.firstOutcome() {
+            let outcome = await keeper.firstOutcome()
+            registeredAtStart.append((try? outcome.get()) != nil)
+            if case .failure(let error) = outcome {
                 if requireAllServers {
                     await runtime.shutdown()
                     throw PeerOutput.failure("server \(keeper.path)", error)
@@ -306,7 +309,9 @@ struct PeerCommand: AsyncParsableCommand {
                 "server \(last.path): \(last.error.code.rawValue): \(last.error.detail) (no server registered)")
         }
         PeerOutput.line(netlayer.locator.uri)
-        let reporters = keepers.map { keeper in Task { await Self.report(keeper, netlayer: netlayer) } }
+        let reporters = zip(keepers, registeredAtStart).map { keeper, registered in
+            Task { await Self.report(keeper, netlayer: netlayer, registeredAtStart: registered) }
+        }
 
         let echo = Task {
             await withDiscardingTaskGroup { group in
@@ -345,16 +350,16 @@ struct PeerCommand: AsyncParsableCommand {
     }
 
     /// Prints one line on stderr per change of one server: lost, failed (with the retry
-    /// delay), registered again, contested. The first registration is the stdout locator.
-    static func report(_ keeper: ServerKeeper, netlayer: PeerNetlayer) async {
-        var registeredBefore = false
+    /// delay), registered (again), contested. A registration at start is in the stdout locator.
+    static func report(_ keeper: ServerKeeper, netlayer: PeerNetlayer, registeredAtStart: Bool) async {
+        var skipFirstRegistration = registeredAtStart
         for await event in keeper.events {
             switch event {
             case .registered:
-                if registeredBefore {
+                if !skipFirstRegistration {
                     PeerOutput.errorLine("server \(keeper.path) registered; locator: \(netlayer.locator.uri)")
                 }
-                registeredBefore = true
+                skipFirstRegistration = false
             case .failed(let error, let kind, let decision):
                 if kind == .lost {
                     PeerOutput.errorLine(

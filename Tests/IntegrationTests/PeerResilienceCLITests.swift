@@ -39,6 +39,12 @@ import Transport
         let echoed = try PeerCLITests.connect(keyA, server: socket, uri, send: "through the good one")
         #expect(echoed.status == 0, "\(echoed.stderr)")
         #expect(echoed.stdout == "through the good one")
+        // A server that appears later at the missing path is registered by the retries.
+        let late = try TestIntroServer(path: missing)
+        defer { late.stop() }
+        let registered = peer.waitForLine(onStderr: true) { $0.hasPrefix("server \(missing) registered; locator: ") }
+        let later = try PeerLocator(uri: String(try #require(registered).split(separator: " ").last!))
+        #expect(Set(later.hintServers) == [serverID, late.publicIdentity])
         #expect(peer.stop() == 0)
         let log = try String(contentsOfFile: audit, encoding: .utf8)
         let refused = log.split(separator: "\n").filter { $0.contains("\"registration.refused\"") }
