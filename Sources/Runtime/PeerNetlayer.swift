@@ -150,7 +150,7 @@ public final class PeerNetlayer: @unchecked Sendable {
         (incoming, incomingContinuation) = AsyncStream.makeStream(of: PeerChannel.self, bufferingPolicy: .bufferingOldest(configuration.maxQueuedIncoming))
         (legacyIncoming, legacyContinuation) = AsyncStream.makeStream(of: PeerChannel.self, bufferingPolicy: .bufferingOldest(configuration.maxQueuedIncoming))
         locatorSnapshot = Mutex(PeerLocator(identity: keyPair.publicIdentity))
-        resources = PeerResourceGovernor(limits: configuration.resources, totalHandshakes: configuration.maxConcurrentHandshakes)
+        resources = PeerResourceGovernor(limits: configuration.resources)
     }
 
     /// Handshakes in progress for introductions to us, and channels they opened that are
@@ -366,19 +366,14 @@ public final class PeerNetlayer: @unchecked Sendable {
             return
         }
         let context = IntroductionContext(from: introduction.claimedFrom, to: introduction.to, server: server)
-        let resources = self.resources
-        // The channel's own audit records count it open and gone (see ChannelEndObserver). An
-        // authenticated channel proved `claimed`; a legacy one is counted under its claim.
-        let observer = ChannelEndObserver(
-            inner: audit, opened: { resources.channelOpened(claimed) }, ended: { resources.channelEnded(claimed) })
-        let establishment = self.establishment.observed(by: observer)
+        // The ticket counts the handshake, then its channel until the channel's end.
+        let ticket = AdmissionTicket(inner: audit, governor: resources, key: claimed)
+        let establishment = self.establishment.observed(by: ticket)
         let incoming = incomingContinuation
         let legacy = legacyContinuation
         Task {
             let outcome = try? await establishment.respond(over: descriptor, expecting: claimed, introduction: context)
-            // An opened channel took over the handshake's slot (the success record comes
-            // before `respond` returns); otherwise the slot is released here.
-            if !observer.didOpen { resources.handshakeEnded(claimed: claimed) }
+            if outcome == nil { ticket.failed() } else { ticket.opened() }
             guard let channel = outcome else { return }  // logged and audited by the establishment
             let queue = channel.isAuthenticated ? incoming : legacy
             switch queue.yield(channel) {

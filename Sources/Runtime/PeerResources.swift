@@ -64,19 +64,17 @@ final class PeerResourceGovernor: Sendable {
     }
 
     let limits: PeerResourceLimits
-    let totalHandshakes: Int
     private let counts = Mutex(Counts())
     /// RLIMIT_NOFILE soft limit read when asked (nil: unknown, no descriptor check).
     private let descriptorLimit: @Sendable () -> Int?
     private let census: @Sendable () -> Int
 
     init(
-        limits: PeerResourceLimits, totalHandshakes: Int,
+        limits: PeerResourceLimits,
         descriptorLimit: @escaping @Sendable () -> Int? = PeerResourceGovernor.softDescriptorLimit,
         census: @escaping @Sendable () -> Int = { DescriptorCensus.openDescriptors().count }
     ) {
         self.limits = limits
-        self.totalHandshakes = totalHandshakes
         self.descriptorLimit = descriptorLimit
         self.census = census
         let open = census()
@@ -171,36 +169,80 @@ final class PeerResourceGovernor: Sendable {
     }
 }
 
-/// Passes every record to `inner` and follows one handshake's records: `opened` on
-/// `handshake.succeeded` or `legacy.admitted`, `ended` on the channel's `channel.closed`. The
-/// runtime writes these in order on the channel's queue, at most once each (docs/AUDIT.md),
-/// which is how the netlayer counts a channel from the moment it opens until it is gone.
-final class ChannelEndObserver: AuditSink {
+/// One admitted introduction's hold on the governor, from its handshake slot to its channel's
+/// end. It is also the audit sink of that handshake: it passes every record to `inner` and
+/// counts the channel open on `handshake.succeeded`/`legacy.admitted` and gone on
+/// `channel.closed` (docs/AUDIT.md: at most one of each per attempt). The establishment's
+/// return reports the outcome too (`opened()`/`failed()`); whichever comes first counts, so the
+/// order in which the runtime writes records and returns never double-counts or leaks a slot.
+final class AdmissionTicket: AuditSink {
+    private enum Stage {
+        case handshaking
+        case open
+        /// `channel.closed` came before anything said the channel opened.
+        case endedEarly
+        case ended
+        /// The handshake slot was given back without a channel.
+        case released
+    }
+
     private let inner: (any AuditSink)?
-    private let opened: @Sendable () -> Void
-    private let ended: @Sendable () -> Void
-    /// 0: nothing yet, 1: opened, 2: ended.
-    private let stage = Mutex(0)
+    private let governor: PeerResourceGovernor
+    private let key: PublicIdentity
+    private let stage = Mutex(Stage.handshaking)
 
-    /// Whether `opened` ran (recorded before the establishment hands the channel out).
-    var didOpen: Bool { stage.withLock { $0 >= 1 } }
-
-    init(inner: (any AuditSink)?, opened: @escaping @Sendable () -> Void, ended: @escaping @Sendable () -> Void) {
+    init(inner: (any AuditSink)?, governor: PeerResourceGovernor, key: PublicIdentity) {
         self.inner = inner
-        self.opened = opened
-        self.ended = ended
+        self.governor = governor
+        self.key = key
     }
 
     func record(_ event: AuditEvent) {
         inner?.record(event)
         switch event.kind {
-        case .handshakeSucceeded, .legacyPeerAdmitted:
-            if stage.withLock({ s in defer { if s == 0 { s = 1 } }; return s == 0 }) { opened() }
-        case .channelClosed:
-            if stage.withLock({ s in defer { if s == 1 { s = 2 } }; return s == 1 }) { ended() }
-        default:
-            break
+        case .handshakeSucceeded, .legacyPeerAdmitted: opened()
+        case .channelClosed: ended()
+        default: break
         }
+    }
+
+    /// The handshake produced a channel: its slot becomes a channel slot.
+    func opened() {
+        enum Step { case none, open, release }
+        let step = stage.withLock { s -> Step in
+            switch s {
+            case .handshaking: s = .open; return .open
+            case .endedEarly: s = .released; return .release
+            case .open, .ended, .released: return .none
+            }
+        }
+        switch step {
+        case .open: governor.channelOpened(key)
+        case .release: governor.handshakeEnded(claimed: key)
+        case .none: break
+        }
+    }
+
+    /// The handshake ended without a channel.
+    func failed() {
+        let release = stage.withLock { s -> Bool in
+            switch s {
+            case .handshaking, .endedEarly: s = .released; return true
+            case .open, .ended, .released: return false
+            }
+        }
+        if release { governor.handshakeEnded(claimed: key) }
+    }
+
+    private func ended() {
+        let end = stage.withLock { s -> Bool in
+            switch s {
+            case .open: s = .ended; return true
+            case .handshaking: s = .endedEarly; return false
+            case .endedEarly, .ended, .released: return false
+            }
+        }
+        if end { governor.channelEnded(key) }
     }
 }
 

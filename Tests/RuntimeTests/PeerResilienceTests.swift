@@ -261,7 +261,7 @@ import Transport
         let open = Counter()
         for _ in 0..<60 { open.increment() }
         let governor = PeerResourceGovernor(
-            limits: PeerResourceLimits(descriptorReserve: 32), totalHandshakes: 64,
+            limits: PeerResourceLimits(descriptorReserve: 32),
             descriptorLimit: { 100 }, census: { open.current })
         let key = IdentityKeyPair.generate().publicIdentity
         #expect(governor.admit(from: key) == nil, "60 + 32 < 100")
