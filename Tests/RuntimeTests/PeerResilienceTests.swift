@@ -64,12 +64,15 @@ import Transport
     @Test func aBadServerAmongGoodOnesCostsOnlyItselfAndIsRetriedWithBackoff() async throws {
         let good = try TestIntroServer()
         let pinnedWrong = try TestIntroServer()
-        defer { good.stop(); pinnedWrong.stop() }
+        let forging = try TestIntroServer()
+        forging.forgesSignatures = true
+        defer { good.stop(); pinnedWrong.stop(); forging.stop() }
         let a = TestPeer(reconnect: ReconnectPolicy(initialDelay: .milliseconds(20), maximumDelay: .milliseconds(200)))
         let b = TestPeer()
         let missing = "/nonexistent/ocapn-uds-peer-test.sock"
         let unreachable = a.netlayer.keepServer(path: missing)
         let rejected = a.netlayer.keepServer(path: pinnedWrong.path, expectedKey: IdentityKeyPair.generate().publicIdentity)
+        let badSignature = a.netlayer.keepServer(path: forging.path)
         let kept = a.netlayer.keepServer(path: good.path, expectedKey: good.publicIdentity)
         guard case .success = await kept.firstOutcome() else {
             Issue.record("the good server registered")
@@ -77,6 +80,11 @@ import Transport
         }
         #expect(await unreachable.firstOutcome().failureCode == .serverUnreachable)
         #expect(await rejected.firstOutcome().failureCode == .registrationFailed)
+        if case .failure(let error) = await badSignature.firstOutcome() {
+            #expect(error.code == .registrationFailed && error.detail.contains("badSignature"), "\(error)")
+        } else {
+            Issue.record("a server whose signature does not verify is refused")
+        }
         #expect(a.netlayer.locator.hintServers == [good.publicIdentity])
 
         // Each bad server is retried with growing delays, reported as events and audited.
@@ -88,7 +96,7 @@ import Transport
         #expect(rejections.allSatisfy { $0.kind == .rejectedServer && $0.error.code == .registrationFailed })
         let refused = a.events(.registrationRefused)
         #expect(refused.filter { $0.reason == .serverUnreachable && $0.path == AuditPath(missing) }.count >= 3)
-        #expect(refused.filter { $0.reason == .registrationFailed }.count >= 2)
+        #expect(refused.filter { $0.reason == .registrationFailed }.count >= 3)
 
         // The good server serves all along.
         _ = try await b.netlayer.addServer(path: good.path)
