@@ -1,0 +1,115 @@
+import ArgumentParser
+import Check
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ocapn-uds check`: conformance and attack checks against any OCapN unix-socket introduction
+/// server or peer (docs/CHECK.md).
+struct CheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Check an introduction server or a peer for the known weaknesses of the netlayer.",
+        discussion: """
+            Prints one row per check (status, severity, id, evidence) and a summary line, or with \
+            --json one JSON object (format ocapn-uds-check/1, docs/CHECK.md).
+
+            Exit status:
+              0  nothing FAILed (PASS, WARN and SKIP rows only)
+              1  at least one check FAILed
+              2  usage error
+              3  the target cannot be reached
+            """,
+        subcommands: [CheckServerCommand.self]
+    )
+}
+
+/// Options every check subcommand shares.
+struct CheckOutputOptions: ParsableArguments {
+    @Flag(help: "Print the report as JSON (format ocapn-uds-check/1) instead of a table.")
+    var json = false
+
+    @Option(help: ArgumentHelp("How long one probe waits for an answer, a close or a delivery, in milliseconds.", valueName: "ms"))
+    var timeoutMs: Int = 2000
+
+    func validateShared() throws {
+        guard (50...60_000).contains(timeoutMs) else { throw ValidationError("--timeout-ms is 50...60000") }
+    }
+
+    /// Prints `report` and exits 0 or 1.
+    func finish(_ report: CheckReport) throws {
+        if json {
+            FileHandle.standardOutput.write(Data(report.json().utf8))
+        } else {
+            let colour = isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
+            FileHandle.standardOutput.write(Data(report.table(colour: colour).utf8))
+        }
+        if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
+    }
+
+    static func failure(_ error: CheckError) -> CLIError {
+        switch error.code {
+        case .unreachable: return CLIError(.refused, "target unreachable: \(error.detail)")  // exit 3
+        case .invalidArgument: return CLIError(.usage, error.detail)
+        case .localFailure: return CLIError(.failure, error.detail)
+        }
+    }
+}
+
+struct CheckServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "server",
+        abstract: "Probe the introduction server listening at PATH as clients with fresh identities.",
+        discussion: """
+            Works against any implementation (ours, Goblins', others). It registers throwaway \
+            keys, sends malformed and hostile input, passes descriptors of the wrong kinds and \
+            watches what the server forwards, holds and closes. Every probe is bounded in time, \
+            descriptors and memory, and closes what it opened. A full run takes about \
+            --expiry-wait-ms (the probes that wait for deadlines run beside the others).
+            """
+    )
+
+    @Argument(help: ArgumentHelp("Socket path of the introduction server.", valueName: "PATH"))
+    var path: String
+
+    @OptionGroup var output: CheckOutputOptions
+
+    @Option(help: ArgumentHelp("Run only these checks: ids or catalog rows, comma-separated (e.g. E2,A3.extra-descriptors).", valueName: "IDS"))
+    var only: String?
+
+    @Option(help: ArgumentHelp("How long the deadline checks (F1) wait for the server to drop a client, in milliseconds.", valueName: "ms"))
+    var deadlineWaitMs: Int = 8000
+
+    @Option(help: ArgumentHelp("How long F6.pending-expiry waits for a held introduction to be dropped, in milliseconds.", valueName: "ms"))
+    var expiryWaitMs: Int = 15000
+
+    func validate() throws {
+        guard !path.isEmpty else { throw ValidationError("PATH must name a socket") }
+        try output.validateShared()
+        for (name, value) in [("--deadline-wait-ms", deadlineWaitMs), ("--expiry-wait-ms", expiryWaitMs)] where !(100...600_000).contains(value) {
+            throw ValidationError("\(name) is 100...600000")
+        }
+        if let only { _ = try selection(only) }
+    }
+
+    private func selection(_ only: String) throws -> [CheckDefinition] {
+        do { return try CheckDefinition.select(only.split(separator: ",").map(String.init), from: ServerChecker.checks) } catch {
+            throw ValidationError(error.detail)
+        }
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        var options = ServerCheckOptions()
+        options.timeout = .milliseconds(output.timeoutMs)
+        options.deadlineWait = .milliseconds(deadlineWaitMs)
+        options.expiryWait = .milliseconds(expiryWaitMs)
+        let checks = try only.map(selection) ?? ServerChecker.checks
+        let report: CheckReport
+        do { report = try ServerChecker(path: path, options: options).run(checks) } catch {
+            throw CheckOutputOptions.failure(error)
+        }
+        try output.finish(report)
+    }
+}

@@ -1,0 +1,50 @@
+import Check
+import Foundation
+import Glibc
+import Testing
+
+/// Short bounds: the servers under test run with 300 ms registration deadlines and 1 s pending
+/// lifetimes. Probes that expect nothing to happen only get faster with a short timeout; those
+/// that expect a delivery are in-process or on loopback and answer in milliseconds.
+func testOptions() -> ServerCheckOptions {
+    var options = ServerCheckOptions()
+    options.timeout = .milliseconds(600)
+    options.deadlineWait = .milliseconds(1500)
+    options.expiryWait = .milliseconds(3000)
+    return options
+}
+
+func describe(_ report: CheckReport) -> String {
+    report.rows.filter { $0.status != .pass }.map { "\($0.id) \($0.status.rawValue): \($0.evidence)" }.joined(separator: "\n")
+}
+
+@Suite(.serialized) struct WeakServerCheckTests {
+    @Test("the reference behaviour of the test server passes every check")
+    func referencePasses() throws {
+        let dir = try TemporaryDirectory("chk-ref")
+        defer { dir.remove() }
+        let server = try WeakServer(path: dir.file("s.sock"))
+        defer { server.stop() }
+        let report = try ServerChecker(path: server.path, options: testOptions()).run()
+        #expect(report.rows.count == ServerChecker.checks.count)
+        #expect(report.rows.allSatisfy { $0.status == .pass }, "\(describe(report))")
+        #expect(report.exitStatus == 0)
+    }
+
+    @Test("each weakness is reported as FAIL by the rows meant for it and by no other row",
+          arguments: ServerWeakness.allCases)
+    func weaknessIsolated(weakness: ServerWeakness) throws {
+        let dir = try TemporaryDirectory("chk-weak")
+        defer { dir.remove() }
+        let server = try WeakServer(path: dir.file("s.sock"), [weakness])
+        defer { server.stop() }
+        let report = try ServerChecker(path: server.path, options: testOptions()).run()
+        let failed = Set(report.rows.filter { $0.status == .fail }.map(\.id))
+        #expect(failed == weakness.failingChecks, "\(weakness): \(describe(report))")
+        #expect(report.rows.allSatisfy { $0.status != .skip }, "\(describe(report))")
+        if weakness == .displacesLiveRegistration {
+            #expect(report.row("E2.registration-relay")?.status == .warn)
+        }
+        #expect(report.exitStatus == (weakness.failingChecks.isEmpty ? 0 : 1))
+    }
+}
