@@ -78,24 +78,7 @@ public final class ProbeConnection {
     /// other side is gone or stopped reading.
     @discardableResult
     public func send(_ bytes: [UInt8], passing descriptors: [FileDescriptor] = [], timeout: Duration = .seconds(2)) -> Bool {
-        let deadline = ContinuousClock.now.advanced(by: timeout)
-        var offset = 0
-        var pass = descriptors
-        while offset < bytes.count {
-            let chunk = offset == 0 ? bytes : Array(bytes[offset...])
-            do {
-                switch try descriptor.send(chunk, passing: pass) {
-                case let .processed(n):
-                    offset += n
-                    pass = []
-                case .wouldBlock:
-                    guard wait(events: Int16(POLLOUT), until: deadline) else { return false }
-                }
-            } catch {
-                return false
-            }
-        }
-        return true
+        sendAll(descriptor, bytes, passing: descriptors, timeout: timeout)
     }
 
     /// The 4-byte marker with `descriptors` (what follows a `uds:new-connection`).
@@ -229,19 +212,47 @@ public final class ProbeConnection {
     }
 
     private func wait(events: Int16, until deadline: ContinuousClock.Instant) -> Bool {
-        let remaining = ContinuousClock.now.duration(to: deadline)
-        guard remaining > .zero else { return false }
-        let ms = Int32(clamping: remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1)
-        let ready = (try? descriptor.withRawDescriptor { raw -> Int32 in
-            var entry = pollfd(fd: raw, events: events, revents: 0)
-            while true {
-                let r = poll(&entry, 1, ms)
-                if r < 0 && errno == EINTR { continue }
-                return r
-            }
-        }) ?? -1
-        return ready > 0
+        waitFor(descriptor, events: events, until: deadline)
     }
+}
+
+/// Polls `fd` for `events` until `deadline`; false on timeout.
+func waitFor(_ fd: FileDescriptor, events: Int16, until deadline: ContinuousClock.Instant) -> Bool {
+    let remaining = ContinuousClock.now.duration(to: deadline)
+    guard remaining > .zero else { return false }
+    let ms = Int32(clamping: remaining.milliseconds + 1)
+    let ready = (try? fd.withRawDescriptor { raw -> Int32 in
+        var entry = pollfd(fd: raw, events: events, revents: 0)
+        while true {
+            let r = poll(&entry, 1, ms)
+            if r < 0 && errno == EINTR { continue }
+            return r
+        }
+    }) ?? -1
+    return ready > 0
+}
+
+/// Sends all of `bytes` within `timeout` (descriptors ride on the first chunk, K6); false when
+/// the other side is gone or stopped reading.
+func sendAll(_ fd: FileDescriptor, _ bytes: [UInt8], passing descriptors: [FileDescriptor], timeout: Duration) -> Bool {
+    let deadline = ContinuousClock.now.advanced(by: timeout)
+    var offset = 0
+    var pass = descriptors
+    while offset < bytes.count {
+        let chunk = offset == 0 ? bytes : Array(bytes[offset...])
+        do {
+            switch try fd.send(chunk, passing: pass) {
+            case let .processed(n):
+                offset += n
+                pass = []
+            case .wouldBlock:
+                guard waitFor(fd, events: Int16(POLLOUT), until: deadline) else { return false }
+            }
+        } catch {
+            return false
+        }
+    }
+    return true
 }
 
 extension Duration {

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Check
 import Foundation
+import Identity
+import OCapN
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,7 +23,7 @@ struct CheckCommand: ParsableCommand {
               2  usage error
               3  the target cannot be reached
             """,
-        subcommands: [CheckServerCommand.self]
+        subcommands: [CheckServerCommand.self, CheckPeerCommand.self]
     )
 }
 
@@ -108,6 +110,69 @@ struct CheckServerCommand: ParsableCommand {
         let checks = try only.map(selection) ?? ServerChecker.checks
         let report: CheckReport
         do { report = try ServerChecker(path: path, options: options).run(checks) } catch {
+            throw CheckOutputOptions.failure(error)
+        }
+        try output.finish(report)
+    }
+}
+
+struct CheckPeerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "peer",
+        abstract: "Probe the peer at LOCATOR through the introduction server at --server.",
+        discussion: """
+            Registers a fresh identity at the server and has it pass the peer one end of a fresh \
+            socketpair per probe; on the other end it plays a correct or hostile UDS-HS1 \
+            initiator: plaintext or UDS-HS1, msg1 by a key other than `from`, addressed to another \
+            key, reflected, replayed, with a low-order ephemeral, bad and truncated frames, no \
+            handshake at all; then whether the peer is still reachable. LOCATOR is an \
+            ocapn://….unix-domain-socket URI or a bare designator.
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The peer: an ocapn:// URI or a 52-character designator.", valueName: "LOCATOR"))
+    var locator: String
+
+    @Option(help: ArgumentHelp("Socket path of an introduction server the peer is registered with.", valueName: "path"))
+    var server: String
+
+    @OptionGroup var output: CheckOutputOptions
+
+    @Option(help: ArgumentHelp("Run only these checks: ids or catalog rows, comma-separated.", valueName: "IDS"))
+    var only: String?
+
+    @Option(help: ArgumentHelp("How long F6.handshake-deadline waits for the peer to drop a silent initiator, in milliseconds.", valueName: "ms"))
+    var deadlineWaitMs: Int = 12000
+
+    func validate() throws {
+        guard !server.isEmpty else { throw ValidationError("--server must name a socket path") }
+        try output.validateShared()
+        guard (100...600_000).contains(deadlineWaitMs) else { throw ValidationError("--deadline-wait-ms is 100...600000") }
+        _ = try target()
+        if let only { _ = try selection(only) }
+    }
+
+    private func target() throws -> PeerLocator {
+        if let locator = try? PeerLocator(uri: locator) { return locator }
+        if let identity = try? PublicIdentity(designator: locator) { return PeerLocator(identity: identity) }
+        throw ValidationError("LOCATOR must be an ocapn://DESIGNATOR.unix-domain-socket URI or a designator")
+    }
+
+    private func selection(_ only: String) throws -> [CheckDefinition] {
+        do { return try CheckDefinition.select(only.split(separator: ",").map(String.init), from: PeerChecker.checks) } catch {
+            throw ValidationError(error.detail)
+        }
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        var options = PeerCheckOptions()
+        options.timeout = .milliseconds(output.timeoutMs)
+        options.deadlineWait = .milliseconds(deadlineWaitMs)
+        let checks = try only.map(selection) ?? PeerChecker.checks
+        let report: CheckReport
+        let checker = PeerChecker(target: try target(), serverPath: server, options: options)
+        do { report = try checker.run(checks) } catch {
             throw CheckOutputOptions.failure(error)
         }
         try output.finish(report)
