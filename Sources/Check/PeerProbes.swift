@@ -123,7 +123,7 @@ extension PeerChecker {
         if how == "closed" || session.link.closes(within: .milliseconds(100)) {
             return (.pass, "after \(what) the peer closed the channel")
         }
-        return (.warn, "after \(what) the peer neither answered nor closed (\(how))")
+        return (.fail, "after \(what) the peer neither answered nor closed (\(how)): a failed channel is left open (wire §9.9)")
     }
 
     /// The channel ends without CLOSE (after `tail`): the peer must close its side too.
