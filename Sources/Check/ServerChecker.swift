@@ -236,12 +236,17 @@ public final class ServerChecker: Sendable {
 
     /// Waits for an introduction on `connection`; its descriptors, or nil when none came.
     func awaitIntroduction(_ connection: ProbeConnection, timeout: Duration? = nil) -> [FileDescriptor]? {
+        awaitIntroductionRecord(connection, timeout: timeout)?.descriptors
+    }
+
+    /// Waits for an introduction on `connection`: the record and its descriptors.
+    func awaitIntroductionRecord(_ connection: ProbeConnection, timeout: Duration? = nil) -> (record: SyrupValue, descriptors: [FileDescriptor])? {
         let deadline = ContinuousClock.now.advanced(by: timeout ?? options.timeout)
         while true {
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .zero else { return nil }
             switch connection.next(timeout: remaining) {
-            case let .introduction(_, descriptors): return descriptors
+            case let .introduction(record, descriptors): return (record, descriptors)
             case .value: continue
             case .closed, .timeout, .malformed: return nil
             }

@@ -86,13 +86,22 @@ extension ServerChecker {
         b.send(try signature(kb, over: rb.serverChallenge, form: .raw))
         let (mine, theirs) = try socketPair()
         defer { mine.close() }
-        introduce(a, from: PeerLocator(identity: ka.publicIdentity), to: kb.publicIdentity, passing: [theirs])
+        // `to` carries a hint, as a sturdyref's locator does; routing must ignore it (wire §5).
+        let request = UDSNewConnection(from: PeerLocator(identity: ka.publicIdentity),
+                                       to: PeerLocator(identity: kb.publicIdentity, introductionServers: [ra.serverKey]))
+        a.send(.newConnection(request))
+        a.sendMarker(passing: [theirs])
         theirs.close()
-        guard let got = awaitIntroduction(b) else { return (.fail, "registered with a raw signature, but the introduction was not delivered") }
+        guard let (forwarded, got) = awaitIntroductionRecord(b) else {
+            return (.fail, "registered with a raw signature, but the introduction was not delivered")
+        }
         defer { for d in got { d.close() } }
+        guard forwarded == UDSMessage.newConnection(request).syrupValue else {
+            return (.fail, "the forwarded uds:new-connection differs from the one sent (the draft forwards the same record)")
+        }
         guard got.count == 1 else { return (.fail, "the introduction arrived with \(got.count) descriptors") }
         guard isOtherEnd(got[0], of: mine, timeout: options.timeout) else { return (.fail, "the delivered descriptor is not the other end of the pair we passed") }
-        return (.pass, "server \(ra.serverKey.fingerprint) answered in the \(ra.form) form, took raw signatures and delivered the pair end")
+        return (.pass, "server \(ra.serverKey.fingerprint) answered in the \(ra.form) form, took raw signatures, forwarded the record unchanged and delivered the pair end")
     }
 
     private func registerDraft() throws -> (CheckStatus, String) {

@@ -11,6 +11,7 @@ func testOptions() -> ServerCheckOptions {
     options.timeout = .milliseconds(600)
     options.deadlineWait = .milliseconds(1500)
     options.expiryWait = .milliseconds(3000)
+    options.parallelism = 8
     return options
 }
 
