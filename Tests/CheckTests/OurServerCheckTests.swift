@@ -32,7 +32,8 @@ final class OurIntroServer {
     }
 }
 
-@Suite(.serialized) struct OurServerCheckTests {
+extension CheckSuites {
+@Suite struct OurServerCheckTests {
     @Test("every check passes against our intro-server, and it leaks no descriptor to the probes")
     func ourServerPasses() throws {
         let server = try OurIntroServer()
@@ -102,4 +103,5 @@ final class OurIntroServer {
         #expect(usage.status == 2)
         #expect(usage.stderr.contains("unknown check id Z9.nope"))
     }
+}
 }

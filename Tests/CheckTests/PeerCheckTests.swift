@@ -12,7 +12,8 @@ func peerTestOptions() -> PeerCheckOptions {
     return options
 }
 
-@Suite(.serialized) struct PeerCheckTests {
+extension CheckSuites {
+@Suite struct PeerCheckTests {
     @Test("every check passes against our peer process")
     func ourPeerPasses() throws {
         let server = try OurIntroServer()
@@ -79,4 +80,5 @@ func peerTestOptions() -> PeerCheckOptions {
         let bad = try runOCapNUDS(["check", "peer", "not-a-locator", "--server", server.socketPath])
         #expect(bad.status == 2)
     }
+}
 }

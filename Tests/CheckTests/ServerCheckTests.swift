@@ -19,7 +19,11 @@ func describe(_ report: CheckReport) -> String {
     report.rows.filter { $0.status != .pass }.map { "\($0.id) \($0.status.rawValue): \($0.evidence)" }.joined(separator: "\n")
 }
 
-@Suite(.serialized) struct WeakServerCheckTests {
+/// One parent so that no two check suites run at once: they count descriptors and time probes.
+@Suite(.serialized) struct CheckSuites {}
+
+extension CheckSuites {
+@Suite struct WeakServerCheckTests {
     @Test("the reference behaviour of the test server passes every check")
     func referencePasses() throws {
         let dir = try TemporaryDirectory("chk-ref")
@@ -30,6 +34,26 @@ func describe(_ report: CheckReport) -> String {
         #expect(report.rows.count == ServerChecker.checks.count)
         #expect(report.rows.allSatisfy { $0.status == .pass }, "\(describe(report))")
         #expect(report.exitStatus == 0)
+    }
+
+    @Test("a run closes every descriptor the checker opened or received")
+    func checkerCleansUp() throws {
+        let dir = try TemporaryDirectory("chk-fds")
+        defer { dir.remove() }
+        let before = openDescriptors()
+        do {
+            // Weaknesses that make the server hand us descriptors and hold ours.
+            let server = try WeakServer(path: dir.file("s.sock"), [.forwardsExtraDescriptors, .noDescriptorChecks, .keepsDescriptors])
+            let report = try ServerChecker(path: server.path, options: testOptions()).run()
+            #expect(report.summary.fail > 0)
+            server.stop()
+        }
+        var after = openDescriptors()
+        for _ in 0..<40 where after != before {
+            usleep(50_000)
+            after = openDescriptors()
+        }
+        #expect(after == before, "descriptors: \(before) before the run, \(after) after")
     }
 
     @Test("each weakness is reported as FAIL by the rows meant for it and by no other row",
@@ -49,3 +73,6 @@ func describe(_ report: CheckReport) -> String {
         #expect(report.exitStatus == (weakness.failingChecks.isEmpty ? 0 : 1))
     }
 }
+}
+
+func openDescriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
