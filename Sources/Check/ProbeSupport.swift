@@ -118,6 +118,8 @@ func seesEndOfStream(_ fd: FileDescriptor, timeout: Duration) -> Bool {
         switch result {
         case let .processed(r)?:
             if r.isEndOfStream { return true }
+            // A peer that keeps writing must not keep us here past the deadline.
+            if ContinuousClock.now >= deadline { return false }
         case .wouldBlock?:
             let remaining = ContinuousClock.now.duration(to: deadline)
             if remaining <= .zero { return false }
