@@ -36,6 +36,23 @@ extension CheckSuites {
         #expect(report.exitStatus == 0)
     }
 
+    @Test("a Goblins-like server (wire dossier §7, §9) fails exactly the rows of its weaknesses")
+    func goblinsProfile() throws {
+        let goblins: Set<ServerWeakness> = [
+            .signsAnyChallengeLength, .lenientDesignator, .forwardsOwnDescriptorWithoutOne, .noDescriptorChecks,
+            .keepsDescriptors, .staleRoutes, .unboundedPending, .neverExpiresPending, .noRegistrationDeadline,
+            .leavesOpenOnError, .forwardsExtraDescriptors,
+        ]
+        let dir = try TemporaryDirectory("chk-gob")
+        defer { dir.remove() }
+        let server = try WeakServer(path: dir.file("s.sock"), goblins)
+        defer { server.stop() }
+        let report = try ServerChecker(path: server.path, options: testOptions()).run()
+        let failed = Set(report.rows.filter { $0.status == .fail }.map(\.id))
+        #expect(failed == goblins.reduce(into: Set<String>()) { $0.formUnion($1.failingChecks) }, "\(describe(report))")
+        #expect(report.row("I1.alive")?.status == .pass)
+    }
+
     @Test("a run closes every descriptor the checker opened or received")
     func checkerCleansUp() throws {
         let dir = try TemporaryDirectory("chk-fds")
