@@ -89,9 +89,11 @@ extension PeerChecker {
         let (bytes, end) = link.read(UDSHS1.msg2Length, timeout: options.timeout)
         switch end {
         case .bytes: return (.fail, "\(what): the peer answered with a \(bytes.count)-byte msg2")
-        case .closed: return (.pass, "\(what): closed without answering")
-        case .timeout:
-            return bytes.isEmpty ? (.pass, "\(what): no answer") : (.fail, "\(what): the peer answered \(bytes.count) bytes")
+        case .closed, .timeout:
+            // Any reply to a refused msg1 is unauthenticated: a free oracle (PROTOCOL.md §5.4).
+            if !bytes.isEmpty { return (.fail, "\(what): the peer answered \(bytes.count) bytes instead of closing silently") }
+            if case .closed = end { return (.pass, "\(what): closed without answering") }
+            return (.pass, "\(what): no answer")
         }
     }
 

@@ -20,6 +20,9 @@ enum PeerWeakness: String, CaseIterable, Sendable, CustomStringConvertible {
     case leavesChannelOpenOnError
     /// No deadline on a passed socket that never starts a handshake (wire §7).
     case noHandshakeDeadline
+    /// Answers a refused handshake with an error message before closing (an unauthenticated
+    /// oracle; PROTOCOL.md §5.4 sends nothing).
+    case repliesToRefusedHandshake
 
     var description: String { rawValue }
 
@@ -30,6 +33,8 @@ enum PeerWeakness: String, CaseIterable, Sendable, CustomStringConvertible {
         case .fixedEphemeral: return ["HA.replayed-msg1"]
         case .leavesChannelOpenOnError: return ["P6.forged-frame", "P6.oversized-frame", "P6.truncated-frame", "P6.unauthenticated-close"]
         case .noHandshakeDeadline: return ["F6.handshake-deadline"]
+        case .repliesToRefusedHandshake:
+            return ["W9.from-checked", "HA.wrong-responder", "HA.reflected-msg1", "HA.low-order-ephemeral"]
         }
     }
 }
@@ -153,8 +158,13 @@ final class WeakPeer: @unchecked Sendable {
                 guard let bytes = read(fd) else { return }
                 if !bytes.isEmpty { session = try step(responder, bytes, fd) }
             }
-        } catch {
+        } catch let error as HandshakeError {
+            if weakness == .repliesToRefusedHandshake, error.code != .timeout {
+                write(fd, Array("error: handshake refused (\(error.code.rawValue))\n".utf8))
+            }
             return  // a refused handshake closes the socket
+        } catch {
+            return
         }
         guard let session else { return }
         echo(session, fd)
