@@ -42,6 +42,10 @@ public final class PeerChecker: Sendable {
     public let target: PeerLocator
     public let serverPath: String
     public let options: PeerCheckOptions
+
+    /// How long to wait for what a working peer does (msg2, an answer, a close); `timeout`
+    /// bounds waits for what should not happen.
+    var patience: Duration { options.timeout * 3 }
     private let server: ServerChecker
     private let keyCache = X25519KeyCache(capacity: 16)
 
@@ -68,7 +72,7 @@ public final class PeerChecker: Sendable {
             throw CheckError(.unreachable, "the peer did not answer an introduction: \((error as? ProbeSetupFailure)?.detail ?? "\(error)")")
         }
         if case .silent = first.kind {
-            throw CheckError(.unreachable, "the peer \(target.identity.fingerprint) did not answer an introduction within \(options.timeout.milliseconds) ms")
+            throw CheckError(.unreachable, "the peer \(target.identity.fingerprint) did not answer an introduction within \(patience.milliseconds) ms (not registered at \(serverPath), or it closes our msg1 without a word)")
         }
         var report = CheckReport(kind: "peer", target: target.uri)
         for check in selected {
@@ -175,10 +179,13 @@ public final class PeerChecker: Sendable {
         let link = try introduce(me)
         let machine = try initiator(me.key, responder: target.identity.publicKey)
         guard link.send(machine.initialMessage) else { return .refused("could not write msg1") }
-        let (bytes, end) = link.read(UDSHS1.msg2Length, timeout: options.timeout)
+        let (bytes, end) = link.read(UDSHS1.msg2Length, timeout: patience)
         if bytes.first == UInt8(ascii: "<") { return .plaintext(bytes) }
         switch end {
-        case .closed: return .refused("closed after msg1 (\(bytes.count) bytes)")
+        case .closed:
+            // Not a byte back: the socket never reached a peer (unknown, or the server dropped the
+            // introduction), or the peer refuses us before msg2; either way nothing answered.
+            return bytes.isEmpty ? .silent : .refused("closed after \(bytes.count) bytes of msg2")
         case .timeout: return bytes.isEmpty ? .silent : .refused("sent \(bytes.count) bytes, not a msg2")
         case .bytes: break
         }
@@ -200,10 +207,10 @@ public final class PeerChecker: Sendable {
     func answers(_ session: Session, after extra: [UInt8] = [], message: [UInt8] = Array("ocapn-uds check".utf8)) -> (Bool, String) {
         guard let sealed = try? session.established.sender.seal(message) else { return (false, "could not seal") }
         guard session.link.send(extra + sealed) else { return (false, "the peer closed before our message") }
-        let deadline = ContinuousClock.now.advanced(by: options.timeout)
+        let deadline = ContinuousClock.now.advanced(by: patience)
         while true {
             let remaining = ContinuousClock.now.duration(to: deadline)
-            guard remaining > .zero else { return (false, "no answer within \(options.timeout.milliseconds) ms") }
+            guard remaining > .zero else { return (false, "no answer within \(patience.milliseconds) ms") }
             let (bytes, end) = session.link.read(1, timeout: remaining)
             do {
                 if !bytes.isEmpty { try session.established.receiver.receive(bytes) }
@@ -213,7 +220,7 @@ public final class PeerChecker: Sendable {
             }
             switch end {
             case .closed: return (false, "closed")
-            case .timeout: return (false, "no answer within \(options.timeout.milliseconds) ms")
+            case .timeout: return (false, "no answer within \(patience.milliseconds) ms")
             case .bytes: continue
             }
         }

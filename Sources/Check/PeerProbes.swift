@@ -102,7 +102,7 @@ extension PeerChecker {
         _ = try? original.established.sender.close()
         let link = try introduce(me)
         guard link.send(original.msg1) else { return (.pass, "closed before the replayed msg1 arrived") }
-        let (bytes, end) = link.read(UDSHS1.msg2Length, timeout: options.timeout)
+        let (bytes, end) = link.read(UDSHS1.msg2Length, timeout: patience)
         guard case .bytes = end else { return (.pass, "the replayed msg1 got no msg2") }
         if bytes == original.msg2 {
             return (.fail, "answered a replayed msg1 with the very same msg2: no fresh ephemeral, the session keys repeat")
@@ -111,7 +111,7 @@ extension PeerChecker {
         guard link.send([0x00, UInt8(UDSHS1.authCiphertextLength)] + RawRecords.randomBytes(UDSHS1.authCiphertextLength)) else {
             return (.pass, "a fresh msg2, then closed")
         }
-        if link.closes(within: options.timeout) {
+        if link.closes(within: patience) {
             return (.pass, "answered the replay with a fresh msg2 and closed on the forged AUTH")
         }
         return (.fail, "kept the replayed session open after a forged AUTH")
@@ -134,7 +134,7 @@ extension PeerChecker {
         let bytes = tail(session)
         if !bytes.isEmpty { _ = session.link.send(bytes) }
         session.link.shutdownWrite()
-        if session.link.closes(within: options.timeout) { return (.pass, "\(what): the peer closed the channel") }
-        return (.fail, "\(what): the peer kept the channel open for \(options.timeout.milliseconds) ms")
+        if session.link.closes(within: patience) { return (.pass, "\(what): the peer closed the channel") }
+        return (.fail, "\(what): the peer kept the channel open for \(patience.milliseconds) ms")
     }
 }

@@ -105,6 +105,11 @@ public final class ServerChecker: Sendable {
     public let path: String
     public let options: ServerCheckOptions
 
+    /// How long to wait for what a working server does (an answer, a delivery, a close): longer
+    /// than `timeout`, which bounds waits for what should not happen, so a loaded host slows a
+    /// run down instead of failing it.
+    var patience: Duration { options.timeout * 3 }
+
     public init(path: String, options: ServerCheckOptions = ServerCheckOptions()) {
         self.path = path
         self.options = options
@@ -177,7 +182,7 @@ public final class ServerChecker: Sendable {
     }
 
     func connect() throws -> ProbeConnection {
-        do { return try ProbeConnection.connect(path: path, timeout: options.timeout) } catch {
+        do { return try ProbeConnection.connect(path: path, timeout: patience) } catch {
             throw ProbeSetupFailure(detail: "connect: \(error.code.rawValue)")
         }
     }
@@ -190,13 +195,13 @@ public final class ServerChecker: Sendable {
         guard connection.send(.register(UDSRegister(locator: PeerLocator(identity: key.publicIdentity), challenge: challenge))) else {
             return (nil, "could not send uds:register")
         }
-        switch connection.next(timeout: options.timeout) {
+        switch connection.next(timeout: patience) {
         case let .value(value):
             guard let response = ServerResponse(value) else { return (nil, "answer is not a uds:server-response") }
             guard response.signs(challenge.bytes) else { return (nil, "the server's signature over our challenge does not verify") }
             return (response, "")
         case .closed: return (nil, "closed the connection")
-        case .timeout: return (nil, "no answer within \(options.timeout.milliseconds) ms")
+        case .timeout: return (nil, "no answer within \(patience.milliseconds) ms")
         case let .malformed(reason): return (nil, "answered malformed bytes: \(reason)")
         case let .introduction(_, descriptors):
             for d in descriptors { d.close() }
@@ -255,14 +260,15 @@ public final class ServerChecker: Sendable {
 
     /// Whether the server routes introductions for `key` to `connection`: a fresh registered
     /// witness introduces itself to `key` and we watch `connection`.
-    func receivesIntroductions(_ connection: ProbeConnection, for key: PublicIdentity) throws -> Bool {
+    /// `expected`: a working server delivers, so wait with patience.
+    func receivesIntroductions(_ connection: ProbeConnection, for key: PublicIdentity, expected: Bool) throws -> Bool {
         let witness = try registeredClient()
         defer { witness.close() }
         let (mine, theirs) = try socketPair()
         defer { mine.close() }
         introduce(witness.connection, from: witness.locator, to: key, passing: [theirs])
         theirs.close()
-        guard let got = awaitIntroduction(connection) else { return false }
+        guard let got = awaitIntroduction(connection, timeout: expected ? patience : options.timeout) else { return false }
         for d in got { d.close() }
         return true
     }
@@ -295,7 +301,7 @@ public final class ServerChecker: Sendable {
             defer { mine.close() }
             introduce(a.connection, from: a.locator, to: b.identity, passing: [theirs])
             theirs.close()
-            guard let got = awaitIntroduction(b.connection) else { return (false, "a fresh pair registered but the introduction never arrived") }
+            guard let got = awaitIntroduction(b.connection, timeout: patience) else { return (false, "a fresh pair registered but the introduction never arrived") }
             defer { for d in got { d.close() } }
             guard got.count == 1 else { return (false, "the introduction arrived with \(got.count) descriptors") }
             return (true, "a fresh pair registered and was introduced")
@@ -320,7 +326,7 @@ public final class ServerChecker: Sendable {
         case .silent: return (.warn, "\(what): connection left open and silent for \(options.timeout.milliseconds) ms (see I4); the server still serves")
         case .answered:
             // An answer to a complete record in front of the bad bytes is fine; then it must close.
-            if x.waitForClose(timeout: options.timeout) { return (.pass, "\(what): answered the complete record, then closed; the server still serves") }
+            if x.waitForClose(timeout: patience) { return (.pass, "\(what): answered the complete record, then closed; the server still serves") }
             return (.warn, "\(what): answered and left the connection open (see I4); the server still serves")
         case let .other(reason): return (.warn, "\(what): \(reason)")
         }

@@ -7,7 +7,7 @@ import Testing
 
 func peerTestOptions() -> PeerCheckOptions {
     var options = PeerCheckOptions()
-    options.timeout = .milliseconds(800)
+    options.timeout = .milliseconds(500)
     options.deadlineWait = .milliseconds(2500)
     return options
 }
