@@ -86,7 +86,8 @@ extension PeerChecker {
     private func hostileMessage1(_ me: ServerChecker.Client, _ what: String, _ make: () throws -> [UInt8]) throws -> (CheckStatus, String) {
         let link = try introduce(me)
         guard link.send(try make()) else { return (.pass, "\(what): the peer closed before it arrived") }
-        let (bytes, end) = link.read(UDSHS1.msg2Length, timeout: options.timeout)
+        // A correct peer closes at once, so waiting longer costs nothing and catches slow replies.
+        let (bytes, end) = link.read(UDSHS1.msg2Length, timeout: patience)
         switch end {
         case .bytes: return (.fail, "\(what): the peer answered with a \(bytes.count)-byte msg2")
         case .closed, .timeout:
