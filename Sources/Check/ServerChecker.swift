@@ -281,7 +281,8 @@ public final class ServerChecker: Sendable {
     enum Reaction { case closed, silent, answered(SyrupValue), other(String) }
 
     func reaction(_ connection: ProbeConnection) -> Reaction {
-        switch connection.next(timeout: options.timeout) {
+        // A correct server closes at once, so a long wait costs nothing and catches slow answers.
+        switch connection.next(timeout: patience) {
         case .closed: return .closed
         case .timeout: return .silent
         case let .value(v): return .answered(v)
@@ -323,7 +324,7 @@ public final class ServerChecker: Sendable {
         if !alive { return (.fail, "after \(what) the server stopped serving: \(detail)") }
         switch seen {
         case .closed: return (.pass, "\(what): connection closed; the server still serves")
-        case .silent: return (.warn, "\(what): connection left open and silent for \(options.timeout.milliseconds) ms (see I4); the server still serves")
+        case .silent: return (.warn, "\(what): connection left open and silent for \(patience.milliseconds) ms (see I4); the server still serves")
         case .answered:
             // An answer to a complete record in front of the bad bytes is fine; then it must close.
             if x.waitForClose(timeout: patience) { return (.pass, "\(what): answered the complete record, then closed; the server still serves") }
