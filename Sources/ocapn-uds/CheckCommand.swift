@@ -32,7 +32,9 @@ struct CheckOutputOptions: ParsableArguments {
     @Flag(help: "Print the report as JSON (format ocapn-uds-check/1) instead of a table.")
     var json = false
 
-    @Option(help: ArgumentHelp("How long one probe waits for an answer, a close or a delivery, in milliseconds.", valueName: "ms"))
+    @Option(help: ArgumentHelp(
+        "How long a probe waits for what a correct target does not do (forward, answer); waits for what it does end as soon as it happens, at most 3x this. In milliseconds.",
+        valueName: "ms"))
     var timeoutMs: Int = 2000
 
     func validateShared() throws {
