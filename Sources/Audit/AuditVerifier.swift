@@ -290,7 +290,7 @@ public struct AuditVerifier {
         }
         let kind = record.event.kind
         let hash = AuditRecord.chainHash(raw.bytes)
-        let restartAfterTamper = kind == .logOpened && record.log?.cause == .tampered
+        let restartAfterTamper = kind == .logOpened && record.log?.cause == .tampered && firstInFile
         if firstInFile {
             firstInFile = false
             guard kind == .logOpened else {
