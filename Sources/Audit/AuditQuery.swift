@@ -123,7 +123,9 @@ public struct AuditSummary: Sendable {
             out.append("attempts without an end: \(unterminatedAttempts)   attempts ended twice: \(repeatedTerminals)")
         }
         out.append("")
-        out.append(pad("event", 24) + pad("success", 9) + pad("failure", 9) + pad("pending", 9) + "info")
+        // Start records (introduction.requested, handshake.started) open an attempt; whether one
+        // is still open is the "attempts without an end" line, so the column is not "pending".
+        out.append(pad("event", 24) + pad("success", 9) + pad("failure", 9) + pad("started", 9) + "info")
         for kind in AuditEventKind.allCases {
             guard let row = byEvent[kind] else { continue }
             out.append(pad(kind.rawValue, 24) + pad("\(row[.success] ?? 0)", 9) + pad("\(row[.failure] ?? 0)", 9)
@@ -157,6 +159,9 @@ public struct AuditSummary: Sendable {
         if let reason = e.reason { parts.append("reason=\(reason)") }
         if let role = e.role { parts.append("role=\(role.rawValue)") }
         if let p = e.remotePeer { parts.append("peer=\(p)") }
+        // An introduction's parties, so a listed failure says whom it was for.
+        if let f = e.from, f != e.remotePeer { parts.append("from=\(f)") }
+        if let t = e.to, t != e.remotePeer { parts.append("to=\(t)") }
         if let s = e.introServer { parts.append("server=\(s)") }
         if let c = e.credentials { parts.append("pid=\(c.pid) uid=\(c.uid)") }
         if let d = e.durationMicros { parts.append("duration_us=\(d)") }

@@ -24,7 +24,7 @@ struct PeerOptions: ParsableArguments {
         "Pin the key of the --server at the same position (repeatable, a 52-character designator).", valueName: "designator"))
     var serverKey: [String] = []
 
-    @Option(help: "Handshake deadline, in milliseconds.")
+    @Option(help: "Handshake deadline, in milliseconds. Keep it above the servers' pending lifetime (intro-server --pending-lifetime-ms, 5000), so a dropped introduction is reported as such.")
     var handshakeTimeoutMs: Int = 10_000
 
     @Option(help: "Deadline for an introduction server's registration reply, in milliseconds.")
@@ -150,11 +150,13 @@ enum PeerOutput {
              .messageTooLarge, .ioError, .channelClosed, .noSharedServer, .serverDisconnected, .serverUnreachable,
              .registrationTimeout, .invalidLocator, .netlayerClosed:
             return .failure
+        case .introductionDropped:
+            return .introductionDropped
         }
     }
 
     static func failure(_ what: String, _ error: PeerError) -> CLIError {
-        CLIError(exitCode(for: error), "\(what): \(error.code.rawValue): \(error.detail)")
+        CLIError(exitCode(for: error), "\(what): \(error.code.rawValue): \(error.detail)" + CLI.hint(for: error.code))
     }
 }
 

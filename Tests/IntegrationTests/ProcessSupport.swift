@@ -54,9 +54,9 @@ final class ChildProcess: @unchecked Sendable {
     private var stdoutClosed = false
     private var stderrClosed = false
 
-    /// Starts `ocapn-uds` with `arguments`.
-    init(_ arguments: [String], environment: [String: String]? = nil) throws {
-        process.executableURL = URL(fileURLWithPath: TestProcesses.binary)
+    /// Starts `ocapn-uds` (or `executable`) with `arguments`.
+    init(_ arguments: [String], environment: [String: String]? = nil, executable: String = TestProcesses.binary) throws {
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         if let environment {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
