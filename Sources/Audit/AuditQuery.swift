@@ -49,6 +49,8 @@ public struct AuditSummary: Sendable {
     public let maxTrackedAttempts: Int
 
     public private(set) var records = 0
+    /// Every record read, matching or not (log.* bookkeeping included): what `--verify` counts.
+    public private(set) var recordsRead = 0
     public private(set) var byEvent: [AuditEventKind: [AuditOutcome: Int]] = [:]
     public private(set) var failuresByReason: [AuditReason: Int] = [:]
     public private(set) var peerCounts: [AuditPeerID: Int] = [:]
@@ -84,6 +86,9 @@ public struct AuditSummary: Sendable {
         return row.values.reduce(0, +)
     }
 
+    /// Counts a record read from the files, before filtering.
+    public mutating func read() { recordsRead += 1 }
+
     public mutating func add(_ r: AuditLocatedRecord) {
         let e = r.record.event
         records += 1
@@ -118,7 +123,10 @@ public struct AuditSummary: Sendable {
     public func render(topPeerCount: Int = 10) -> String {
         var out: [String] = []
         let range = first.map { "\($0.rfc3339) .. \(last!.rfc3339)" } ?? "-"
-        out.append("records: \(records)   failures: \(failureCount)   time: \(range)")
+        // The same total as --verify, then how many of them are counted below.
+        let read = max(recordsRead, records)
+        let shown = read == records ? "" : " (\(records) shown; the rest are log.* bookkeeping or filtered out)"
+        out.append("records: \(read)\(shown)   failures: \(failureCount)   time: \(range)")
         if unterminatedAttempts > 0 || repeatedTerminals > 0 {
             out.append("attempts without an end: \(unterminatedAttempts)   attempts ended twice: \(repeatedTerminals)")
         }

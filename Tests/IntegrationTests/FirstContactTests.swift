@@ -100,6 +100,45 @@ import Testing
         #expect(result.stderr.contains("open(\(path)): No such file or directory (errno 2) — check the path"), "\(result.stderr)")
     }
 
+    /// `peer` shows what it echoes; the server logs an ordinary exit without `peerReset`; the
+    /// audit summary counts the records `--verify` counts, and its listings name the target.
+    @Test func aSessionReadsRightInThePeerTheServerLogAndTheAuditSummary() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let (keyA, idA) = try PeerCLITests.keygen(dir, "a.key")
+        let (keyB, _) = try PeerCLITests.keygen(dir, "b.key")
+        let (keyS, serverKey) = try PeerCLITests.keygen(dir, "s.key")
+        _ = serverKey
+        let socket = dir.file("s.sock")
+        let audit = dir.file("s.audit.jsonl")
+        let (server, serverID) = try PeerCLITests.startIntroServer(
+            keyS, socket: socket, extra: ["--audit-log", audit, "--pending-lifetime-ms", "0"])
+        let (peer, uri) = try PeerCLITests.startPeer(keyB, servers: [socket])
+        let result = try PeerCLITests.connect(keyA, server: socket, uri, send: "hello\tthere")
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(peer.waitForLine(onStderr: true, timeout: 10) { $0 == "echoed to \(idA.fingerprint): \"hello\\tthere\" (11 bytes)" } != nil,
+                "\(peer.errorOutput)")
+        #expect(peer.waitForLine(onStderr: true, timeout: 10) { $0 == "channel \(idA.fingerprint) closed: 1 message (11 bytes) echoed" } != nil)
+        // A target nobody registered: refused at once (pending lifetime 0), a failure to list.
+        let nobody = IdentityKeyPair.generate().publicIdentity
+        let dropped = try PeerCLITests.connect(keyA, server: socket, PeerLocator(identity: nobody, introductionServers: [serverID]).uri)
+        #expect(dropped.status == 5)
+        peer.stop()
+        #expect(server.stop() == 0)
+        let disconnects = server.errorOutput.filter { $0.contains("registered peer disconnected") }
+        #expect(disconnects.count >= 2, "\(server.errorOutput)")
+        #expect(!disconnects.contains { $0.contains("peerReset") }, "an ordinary exit is not a reset: \(disconnects)")
+
+        let summary = try runOCapNUDS(["audit", audit])
+        let verify = try runOCapNUDS(["audit", "--verify", audit])
+        #expect(verify.status == 0)
+        let total = try #require(verify.stdout.split(separator: " ").dropFirst().first.flatMap { Int($0) }, "\(verify.stdout)")
+        #expect(summary.stdout.hasPrefix("records: \(total) ("), "the summary counts what --verify counts: \(summary.stdout)")
+        #expect(summary.stdout.contains("event                   success  failure  started  info"))
+        let failures = try runOCapNUDS(["audit", "--failures", "--list", audit])
+        #expect(failures.stdout.contains("to=\(nobody.fingerprint)"), "the listing names the introduction's target: \(failures.stdout)")
+    }
+
     @Test func connectHelpDocumentsTheDroppedIntroductionExitStatus() throws {
         let help = try runOCapNUDS(["connect", "--help"])
         #expect(help.stdout.contains("5  introductionDropped"), "\(help.stdout)")
