@@ -44,7 +44,15 @@ public struct AuditError: Error, Equatable, Sendable, CustomStringConvertible {
         // The errno in words and what to check: "open(x.jsonl): No such file or directory (errno 2)".
         let words = strerror(errno).map { String(cString: $0) } ?? "errno \(errno)"
         var detail = "\(call)(\(path)): \(words) (errno \(errno))"
-        if call == "open", errno == ENOENT { detail += " — check the path" }
+        if call == "open", errno == ENOENT {
+            let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+            var info = stat()
+            if !directory.isEmpty, stat(directory, &info) != 0 {
+                detail += " — directory \(directory) does not exist"
+            } else {
+                detail += " — check the path"
+            }
+        }
         return AuditError(.ioError, detail)
     }
 }

@@ -98,6 +98,13 @@ import Testing
         let result = try runOCapNUDS(["audit", path])
         #expect(result.status == 1)
         #expect(result.stderr.contains("open(\(path)): No such file or directory (errno 2) — check the path"), "\(result.stderr)")
+
+        let (keyS, _) = try PeerCLITests.keygen(dir, "s.key")
+        let log = dir.file("gone/s.audit.jsonl")
+        let server = try runOCapNUDS(["intro-server", "--identity", keyS, "--socket", dir.file("s.sock"), "--audit-log", log])
+        #expect(server.status == 1)
+        #expect(server.stderr.hasSuffix("open(\(log)): No such file or directory (errno 2) — directory \(dir.file("gone")) does not exist"),
+                "\(server.stderr)")
     }
 
     /// `peer` shows what it echoes; the server logs an ordinary exit without `peerReset`; the
