@@ -230,7 +230,7 @@ extension IntroServerCommand {
         case .invalidPath: hint = " — see --socket"
         default: hint = ""
         }
-        return "intro-server: cannot listen at \(path): \(transport.explanation)\(hint)"
+        return "intro-server: cannot listen at \(path): \(transport.code.rawValue): \(transport.explanation)\(hint)"
     }
 }
 

@@ -73,7 +73,7 @@ import Testing
         let path = dir.file("gone/s.sock")
         let result = try runOCapNUDS(["intro-server", "--identity", keyS, "--socket", path])
         #expect(result.status == 1)
-        let expected: String = "ocapn-uds: intro-server: cannot listen at \(path): directory \(dir.file("gone")) does not exist"
+        let expected: String = "ocapn-uds: intro-server: cannot listen at \(path): noSuchPath: directory \(dir.file("gone")) does not exist"
             + " (No such file or directory) — create the directory or choose another --socket"
         #expect(result.stderr == expected)
     }
@@ -87,7 +87,7 @@ import Testing
         defer { first.stop() }
         let second = try runOCapNUDS(["intro-server", "--identity", keyS, "--socket", socket])
         #expect(second.status == 1)
-        #expect(second.stderr.hasPrefix("ocapn-uds: intro-server: cannot listen at \(socket): "), "\(second.stderr)")
+        #expect(second.stderr.hasPrefix("ocapn-uds: intro-server: cannot listen at \(socket): alreadyRunning: "), "\(second.stderr)")
         #expect(second.stderr.hasSuffix(" — another intro-server runs on this path; stop it or choose another --socket"))
     }
 
