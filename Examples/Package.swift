@@ -21,5 +21,9 @@ let package = Package(
             .product(name: "OCapNUDS", package: "ocapn-uds"),
             .product(name: "OCapNUDSCore", package: "ocapn-uds"),
         ]),
+        .executableTarget(name: "KeepServer", dependencies: [
+            .product(name: "OCapNUDS", package: "ocapn-uds"),
+            .product(name: "OCapNUDSCore", package: "ocapn-uds"),
+        ]),
     ]
 )

@@ -34,7 +34,8 @@ import Testing
     func everySwiftSnippetIsCodeOfTheExamplesPackage(_ document: String) throws {
         let root = TestProcesses.packageRoot
         let markdown = try String(contentsOf: root.appendingPathComponent(document), encoding: .utf8)
-        let examples = ["Examples/Package.swift", "Examples/Sources/Client/main.swift", "Examples/Sources/EchoPeer/main.swift"]
+        let examples = ["Examples/Package.swift", "Examples/Sources/Client/main.swift", "Examples/Sources/EchoPeer/main.swift",
+                        "Examples/Sources/KeepServer/main.swift"]
         let files = try examples.map { Self.normalized(try String(contentsOf: root.appendingPathComponent($0), encoding: .utf8)) }
         let blocks = Self.swiftBlocks(in: markdown)
         #expect(!blocks.isEmpty)
@@ -51,7 +52,7 @@ import Testing
 enum ExamplesBuild {
     static var products: URL { TestProcesses.packageRoot.appendingPathComponent("Examples/.build/debug") }
     static var built: Bool {
-        ["Client", "EchoPeer"].allSatisfy { FileManager.default.isExecutableFile(atPath: products.appendingPathComponent($0).path) }
+        ["Client", "EchoPeer", "KeepServer"].allSatisfy { FileManager.default.isExecutableFile(atPath: products.appendingPathComponent($0).path) }
     }
     static var required: Bool { ProcessInfo.processInfo.environment["OCAPN_UDS_EXAMPLES"] == "required" }
 }
