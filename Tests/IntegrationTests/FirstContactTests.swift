@@ -154,7 +154,7 @@ import Testing
     /// Every command's help: paragraphs are wrapped by the parser, not cut mid-sentence by hard
     /// line breaks, and no default is printed twice.
     @Test(arguments: [[], ["demo"], ["keygen"], ["id", "show"], ["audit"], ["vectors", "verify"], ["bench"],
-                      ["intro-server"], ["peer"], ["connect"]])
+                      ["intro-server"], ["peer"], ["connect"], ["check", "server"], ["check", "peer"]])
     func helpTextsWrapAtWordsAndSayEachDefaultOnce(_ command: [String]) throws {
         let help = try runOCapNUDS(command + ["--help"])
         #expect(help.status == 0)
