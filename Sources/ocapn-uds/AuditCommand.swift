@@ -160,6 +160,7 @@ struct AuditReadCommand: ParsableCommand {
         do {
             result = try AuditLog.records(files, maxLineBytes: maxLineBytes) { r in
                 sealing.add(r.record)
+                summary.read()
                 guard q.matches(r.record) else { return }
                 if list { print(json ? String(decoding: r.line, as: UTF8.self) : AuditSummary.oneLine(r)) }
                 summary.add(r)
