@@ -220,12 +220,13 @@ struct AuditReadCommand: ParsableCommand {
         if json {
             print(verifyJSON(report))
         } else {
-            for f in report.findings { print(f.description) }
+            // The verdict first (scripts read its count), then what was found, then the sealing state.
             let seqs = report.firstSeq.map { "seq \($0)...\(report.lastSeq ?? $0)" } ?? "no records"
             let writers = report.writers.map(\.fingerprint).joined(separator: ", ")
             print("\(report.status.rawValue): \(report.records) records in \(report.files.count) file(s), \(seqs), "
                   + "\(report.signaturesVerified) signature(s) verified, writer(s): \(writers.isEmpty ? "-" : writers)"
                   + (report.pinned ? "" : " (not pinned)"))
+            for f in report.findings { print(f.description) }
             if options.verificationKey != nil || report.sealID != nil {
                 print("seals: \(report.sealsVerified) verified" + (report.sealID.map { ", key id \($0.hex)" } ?? "")
                       + (options.verificationKey == nil ? " (not checked: pass --verify-key)" : ""))

@@ -193,6 +193,13 @@ import Testing
         #expect(fresh.stderr.contains("skipping") && fresh.stdout.contains("fileMovedAside"))
     }
 
+    @Test func theSealingVectorsRunUnderVectorsVerify() throws {
+        let path = TestProcesses.packageRoot.appendingPathComponent("Vectors/audit-sealing.json").path
+        let r = try runOCapNUDS(["vectors", "verify", path])
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("PASS") && r.stdout.contains("[ocapn-uds/audit-sealing/v1] 10 passed, 0 failed"), "\(r.stdout)")
+    }
+
     @Test func graphOfARealTrailParsesAndNamesEveryVerifiedPair() throws {
         let demo = try ChildProcess(["demo", "--peers", "3", "--connections", "4", "--messages", "1"])
         let status = demo.waitForExit(timeout: 120)
