@@ -98,6 +98,8 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: "Bytes per read on a control connection (allocated per connection).")
     var readBufferBytes: Int = 4096
 
+    @OptionGroup var coreDumps: CoreDumpOption
+
     func validate() throws {
         guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
         if let socket, socket.isEmpty { throw ValidationError("--socket must name a path") }
@@ -152,6 +154,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "ocapn-uds.intro-server")
         logger.logLevel = level
+        try coreDumps.apply(logger: logger)
 
         let keyPair: IdentityKeyPair
         do {

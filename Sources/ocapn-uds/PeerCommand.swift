@@ -224,11 +224,15 @@ struct PeerCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var options: PeerOptions
+    @OptionGroup var coreDumps: CoreDumpOption
 
     func validate() throws { try options.validateShared() }
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
+        var hardeningLog = Logger(label: "ocapn-uds.peer", factory: { StreamLogHandler.standardError(label: $0) })
+        hardeningLog.logLevel = Logger.Level(rawValue: options.logLevel) ?? .warning
+        try coreDumps.apply(logger: hardeningLog)
         let termination = TerminationSignal()
         let runtime = try options.makeNetlayer()
         let netlayer = runtime.netlayer
