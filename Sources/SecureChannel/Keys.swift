@@ -49,9 +49,9 @@ public typealias X25519KeyCache = IdentityKeyCache
 /// Entries are keyed by both full 32-byte public keys (local, peer): a secret is never returned
 /// for any other pair. A secret is remembered only once a handshake that used it has verified
 /// the peer's signature, so unauthenticated peers cannot churn the cache. The secrets live in
-/// one `GuardedBuffer` (sodium_malloc: guard pages, mlock, excluded from core dumps) that is
-/// read-only except while a slot is written or wiped; an evicted slot is wiped at once, and
-/// `removeAll()` or the cache's release wipes all of them. Eviction is FIFO. Thread-safe.
+/// one `GuardedBuffer` (sodium_malloc: guard pages, mlock, excluded from core dumps); an
+/// evicted slot is wiped at once (then reused), and `removeAll()` or the cache's
+/// release wipes all of them. Eviction is FIFO. Thread-safe.
 public final class StaticSecretCache: Sendable {
     /// 1024 pairs: 32 KiB of guarded memory plus ≈ 100 bytes of index per pair.
     public static let defaultCapacity = 1024
@@ -111,6 +111,8 @@ public final class StaticSecretCache: Sendable {
             }
             s.slots[pair] = slot
             secrets.withWritable { dst in
+                // Wipe the evicted secret first, then write the new one in its place.
+                secureZero(UnsafeMutableRawBufferPointer(rebasing: dst[slot * Self.secretLength..<(slot + 1) * Self.secretLength]))
                 secret.withUnsafeBytes { src in
                     (dst.baseAddress! + slot * Self.secretLength).copyMemory(from: src.baseAddress!, byteCount: Self.secretLength)
                 }

@@ -222,9 +222,11 @@ final class SecretSlab: @unchecked Sendable {
     var freeCount: Int { state.withLock { $0.free.count } }
 }
 
-/// A fixed-size guarded buffer (`sodium_malloc`) that is read-only except inside `withWritable`
-/// (`sodium_mprotect_readonly` / `_readwrite`): for tables of long-lived secrets that are read
-/// on every use and written rarely. Not thread-safe: the owner serialises access.
+/// A fixed-size guarded buffer (`sodium_malloc`: guard pages, mlock, MADV_DONTDUMP), wiped when
+/// released: for tables of long-lived secrets. It stays writable: flipping it read-only around
+/// each write (`sodium_mprotect_*`) would cost every cold handshake two `mprotect` calls, each a
+/// TLB shoot-down across the process's CPUs, which on a busy VM took milliseconds. Not
+/// thread-safe: the owner serialises access.
 public final class GuardedBuffer: @unchecked Sendable {
     public let count: Int
     private let pointer: UnsafeMutableRawPointer
@@ -236,19 +238,15 @@ public final class GuardedBuffer: @unchecked Sendable {
         sodium_memzero(p, count)
         pointer = p
         self.count = count
-        precondition(sodium_mprotect_readonly(p) == 0, "sodium_mprotect_readonly failed")
     }
 
-    deinit { sodium_free(pointer) }  // writable again, wiped, unlocked, unmapped
+    deinit { sodium_free(pointer) }  // wiped, unlocked, unmapped
 
     public func withReadable<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try body(UnsafeRawBufferPointer(start: pointer, count: count))
     }
 
-    /// Write access for the duration of `body`; read-only again afterwards.
     public func withWritable<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
-        precondition(sodium_mprotect_readwrite(pointer) == 0, "sodium_mprotect_readwrite failed")
-        defer { precondition(sodium_mprotect_readonly(pointer) == 0, "sodium_mprotect_readonly failed") }
-        return try body(UnsafeMutableRawBufferPointer(start: pointer, count: count))
+        try body(UnsafeMutableRawBufferPointer(start: pointer, count: count))
     }
 }
