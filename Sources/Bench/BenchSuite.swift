@@ -131,7 +131,7 @@ public struct BenchSuite {
     /// core and on all cores for a peer receiving many (issue #16).
     func handshake() throws -> [BenchFigure] {
         say("handshake: timing the libsodium operations of one handshake (uncached and SIGMA-like floors)")
-        let floors = HandshakeBench.floors(iterations: options.quick ? 50 : 400)
+        let floors = HandshakeBench.floors(runs: options.quick ? 20 : 200)
         let count = options.quick ? 50 : 2000
         say("handshake: UDS-HS1 over a socketpair, warm (same two keys), cold (new key each time), uncached")
         let warm = try HandshakeBench.run(count: count, mode: .warm)
@@ -140,11 +140,18 @@ public struct BenchSuite {
         let floor = floors.uncached / 1000, sigma = floors.sigma / 1000
         let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
         let seconds = options.quick ? 0.3 : 3.0
-        say("handshake: a peer receiving many, 1 thread then \(cores) threads (\(seconds) s each)")
+        say("handshake: a peer receiving many, 1 thread and \(cores) threads, alternating")
         let (responder, initiators) = try HandshakeBench.peerReceivingMany(initiators: 64)
-        let parallelDH = HandshakeBench.dhRate(threads: cores, seconds: seconds / 3) / HandshakeBench.dhRate(threads: 1, seconds: seconds / 3)
-        let one = try HandshakeBench.rate(threads: 1, seconds: seconds, responder: responder, initiators: initiators)
-        let all = try HandshakeBench.rate(threads: cores, seconds: seconds, responder: responder, initiators: initiators)
+        // Other tenants come and go: alternate the two configurations and keep the best of each,
+        // with the host's X25519 parallelism measured the same way beside them.
+        var one = 0.0, all = 0.0, dhOne = 0.0, dhAll = 0.0
+        for _ in 0..<(options.quick ? 1 : 3) {
+            dhOne = max(dhOne, HandshakeBench.dhRate(threads: 1, seconds: seconds / 6))
+            dhAll = max(dhAll, HandshakeBench.dhRate(threads: cores, seconds: seconds / 6))
+            one = max(one, try HandshakeBench.rate(threads: 1, seconds: seconds / 3, responder: responder, initiators: initiators))
+            all = max(all, try HandshakeBench.rate(threads: cores, seconds: seconds / 3, responder: responder, initiators: initiators))
+        }
+        let parallelDH = dhAll / dhOne
         let µs = { (s: Samples, p: Double) in s.percentile(p) / 1000 }
         return [
             BenchFigure(group: "handshake", name: "latency p50 warm", unit: "µs", value: µs(warm.latencies, 50),
