@@ -24,7 +24,7 @@ import Testing
 
         init(_ launcher: [String], _ arguments: [String], output: String) throws {
             self.output = output
-            FileManager.default.createFile(atPath: output, contents: nil)
+            _ = FileManager.default.createFile(atPath: output, contents: nil)
             let command = launcher + [TestProcesses.binary] + arguments
             process.executableURL = URL(fileURLWithPath: command[0])
             process.arguments = Array(command.dropFirst())
