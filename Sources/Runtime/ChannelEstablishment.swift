@@ -23,9 +23,15 @@ public struct ChannelRuntimeConfiguration: Sendable {
     public var readsPerEvent: Int
     /// How long `close()` waits for the peer's CLOSE after sending ours.
     public var closeTimeout: Duration
-    /// Admit Goblins peers (no handshake; their first bytes are `<16'op:start-session`) as
-    /// unauthenticated channels. Off by default: they are refused with `legacyPeerRefused`.
-    public var allowLegacyPeers: Bool
+    /// Which Goblins peers (no handshake; their first bytes are `<16'op:start-session`) are
+    /// admitted as unauthenticated channels. `.refuse` by default (`legacyPeerRefused`). A key
+    /// that completed UDS-HS1 with us is refused as legacy whatever this says.
+    public var legacyPeers: LegacyPeerPolicy
+    /// `legacyPeers` as a switch: true is `.any`.
+    public var allowLegacyPeers: Bool {
+        get { legacyPeers != .refuse }
+        set { legacyPeers = newValue ? .any : .refuse }
+    }
     /// Asked about an initiator's key after msg1's header checks; false → `peerNotAllowed`.
     public var peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)?
     /// Ephemeral X25519 keys: made ahead of time by the process-wide pool (tests inject fixed ones).
@@ -53,7 +59,7 @@ public struct ChannelRuntimeConfiguration: Sendable {
         self.readChunkSize = readChunkSize
         self.readsPerEvent = readsPerEvent
         self.closeTimeout = closeTimeout
-        self.allowLegacyPeers = allowLegacyPeers
+        legacyPeers = allowLegacyPeers ? .any : .refuse
         self.peerPolicy = peerPolicy
         self.ephemeralKeys = ephemeralKeys
         self.socketSendBufferSize = socketSendBufferSize
@@ -122,6 +128,8 @@ public struct ChannelEstablishment: Sendable {
     let handshakeIdentity: HandshakeIdentity
     let keyCache: X25519KeyCache
     let staticSecrets: StaticSecretCache
+    /// Keys that completed UDS-HS1 here, never admitted as legacy afterwards.
+    public let verifiedPeers: VerifiedPeerMemory
     private(set) var audit: (any AuditSink)?
     let logger: Logger
     /// Shared by copies: rate-limits the warning line of resource refusals.
@@ -138,7 +146,8 @@ public struct ChannelEstablishment: Sendable {
     public init(
         identity keyPair: IdentityKeyPair, configuration: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(),
         limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = .shared,
-        staticSecrets: StaticSecretCache = StaticSecretCache(), audit: (any AuditSink)? = nil, logger: Logger
+        staticSecrets: StaticSecretCache = StaticSecretCache(), verifiedPeers: VerifiedPeerMemory = VerifiedPeerMemory(),
+        audit: (any AuditSink)? = nil, logger: Logger
     ) {
         do {
             handshakeIdentity = try HandshakeIdentity(publicKey: keyPair.publicKey, secretKey: keyPair.handshakeSecretKey())
@@ -151,6 +160,7 @@ public struct ChannelEstablishment: Sendable {
         self.limiter = limiter
         self.keyCache = keyCache
         self.staticSecrets = staticSecrets
+        self.verifiedPeers = verifiedPeers
         self.audit = audit
         self.logger = logger
     }
@@ -233,7 +243,8 @@ public struct ChannelEstablishment: Sendable {
     }
 
     var environment: ChannelEngine.Environment {
-        ChannelEngine.Environment(configuration: configuration, limiter: limiter, audit: audit, logger: logger)
+        ChannelEngine.Environment(configuration: configuration, limiter: limiter, audit: audit, logger: logger,
+                                  verifiedPeers: verifiedPeers)
     }
 
     /// A handshake refused before it started: logged and audited (terminal record only).
@@ -284,6 +295,26 @@ struct ChannelFacts: Sendable {
             protocolVersion: handshakeHash == nil ? nil : UInt32(UDSHS1.version), durationMicros: durationMicros,
             clean: clean, traffic: traffic)
     }
+
+    /// A legacy channel's record: the claim goes to `claimed_from`, never to `expected` or
+    /// `from`, and the record says `authenticated: false`.
+    func legacyEvent(_ kind: AuditEventKind, reason: AuditReason? = nil) -> AuditEvent {
+        asLegacy(event(kind, reason: reason))
+    }
+
+    /// `event` with the claim moved out of the identity fields.
+    func asLegacy(_ event: AuditEvent) -> AuditEvent {
+        var event = event
+        event.expectedPeer = nil
+        event.from = nil
+        event.provedPeer = nil
+        event.claimedFrom = AuditPeerID(expected)
+        event.authenticated = false
+        return event
+    }
+
+    /// What the introduction claimed about a legacy peer.
+    var legacyClaim: UnverifiedPeerClaim { UnverifiedPeerClaim(claimedKey: expected) }
 
     func annotate(_ logger: inout Logger) {
         logger[metadataKey: "role"] = "\(role.rawValue)"
