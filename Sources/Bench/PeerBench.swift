@@ -74,7 +74,7 @@ final class PeerBench {
     func client() async throws -> PeerNetlayer {
         var logger = Logger(label: "ocapn-uds.bench")
         logger.logLevel = .critical
-        let netlayer = PeerNetlayer(identity: .generate(), logger: logger)
+        let netlayer = try PeerNetlayer(identity: .generate(), logger: logger)
         _ = try await netlayer.addServer(path: socketPath, expectedKey: serverKey.publicIdentity)
         return netlayer
     }

@@ -572,7 +572,7 @@ final class ChannelEngine: @unchecked Sendable {
     }
 
     private func setReading(paused: Bool) {
-        guard paused != readPaused else { return }
+        guard paused != readPaused, !isFinished else { return }
         readPaused = paused
         guard !endOfStream else { return }
         watchReadable(!paused)
@@ -584,7 +584,9 @@ final class ChannelEngine: @unchecked Sendable {
 
     private func watchReadable(_ wanted: Bool) {
         if wanted {
-            guard readSource == nil else { return }
+            // A finished engine never watches again: its socket may be closed and the number
+            // reused by another file (a drain through `tryReceive` after `finish` asked for it).
+            guard readSource == nil, !isFinished else { return }
             let source = DispatchSource.makeReadSource(fileDescriptor: raw, queue: queue)
             source.setEventHandler { self.handleReadable() }
             source.setCancelHandler { self.sourceFinished() }
@@ -599,7 +601,7 @@ final class ChannelEngine: @unchecked Sendable {
 
     private func armWrite(_ wanted: Bool) {
         if wanted {
-            guard writeSource == nil else { return }
+            guard writeSource == nil, !isFinished else { return }
             let source = DispatchSource.makeWriteSource(fileDescriptor: raw, queue: queue)
             source.setEventHandler { self.flush() }
             source.setCancelHandler { self.sourceFinished() }
@@ -611,6 +613,19 @@ final class ChannelEngine: @unchecked Sendable {
             source.cancel()
         }
     }
+
+    private var isFinished: Bool {
+        switch phase {
+        case .finished: return true
+        case .initiating, .responding, .open: return false
+        }
+    }
+
+    /// Whether a dispatch source watches the socket now (tests: a finished channel never does).
+    var isWatchingDescriptor: Bool { readSource != nil || writeSource != nil }
+
+    /// Whether reading is paused because the inbound queue is full (tests).
+    var isReadingPaused: Bool { readPaused }
 
     private func sourceFinished() {
         liveSources -= 1

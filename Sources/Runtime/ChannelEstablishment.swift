@@ -58,6 +58,22 @@ public struct ChannelRuntimeConfiguration: Sendable {
         self.ephemeralKeys = ephemeralKeys
         self.socketSendBufferSize = socketSendBufferSize
     }
+
+    /// Checks the settings that only work together. `ChannelEstablishment` (and so
+    /// `PeerNetlayer`) refuses a configuration that fails with `invalidConfiguration` when it
+    /// is built, so no combination traps later on a live channel.
+    public func validate() throws(PeerError) {
+        let buffered = handshake.channel.maxBufferedInput
+        // A read lands behind the unfinished frame the receiver may hold (up to one frame less
+        // a byte), and the receiver never buffers more than maxBufferedInput.
+        let needed = readChunkSize + FrameFormat.maxFrameLength - 1
+        guard needed <= buffered else {
+            throw PeerError(
+                .invalidConfiguration,
+                "readChunkSize \(readChunkSize) plus one unfinished frame (\(FrameFormat.maxFrameLength - 1) bytes) " +
+                "exceeds maxBufferedInput \(buffered)")
+        }
+    }
 }
 
 /// Caps the handshakes in progress at once, across every socket that shares it (both roles).
@@ -124,6 +140,8 @@ public struct ChannelEstablishment: Sendable {
     let audit: (any AuditSink)?
     let logger: Logger
 
+    /// Throws `invalidConfiguration` when `configuration.validate()` fails.
+    ///
     /// - Parameters:
     ///   - limiter: share one between establishments that must respect one cap (default: a new
     ///     limiter of `HandshakeLimiter.defaultLimit`).
@@ -132,7 +150,8 @@ public struct ChannelEstablishment: Sendable {
         identity keyPair: IdentityKeyPair, configuration: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(),
         limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = X25519KeyCache(),
         audit: (any AuditSink)? = nil, logger: Logger
-    ) {
+    ) throws(PeerError) {
+        try configuration.validate()
         do {
             handshakeIdentity = try HandshakeIdentity(publicKey: keyPair.publicKey, secretKey: keyPair.handshakeSecretKey())
         } catch {

@@ -106,7 +106,12 @@ struct PeerOptions: ParsableArguments {
         var configuration = PeerNetlayer.Configuration(registrationTimeout: .milliseconds(registrationTimeoutMs))
         configuration.channel.handshake = HandshakeConfiguration(timeout: .milliseconds(handshakeTimeoutMs))
         configuration.channel.allowLegacyPeers = allowLegacyPeers
-        let netlayer = PeerNetlayer(identity: pair, configuration: configuration, audit: sink, logger: logger)
+        let netlayer: PeerNetlayer
+        do throws(PeerError) {
+            netlayer = try PeerNetlayer(identity: pair, configuration: configuration, audit: sink, logger: logger)
+        } catch {
+            throw PeerOutput.failure("configuration", error)
+        }
         return PeerRuntime(netlayer: netlayer, audit: sink, logger: logger)
     }
 }
@@ -148,7 +153,7 @@ enum PeerOutput {
             return .refused
         case .passedSocketInvalid, .notAddressedToUs, .handshakeLimitExceeded, .timeout, .truncated, .nonceExhausted,
              .messageTooLarge, .ioError, .channelClosed, .noSharedServer, .serverDisconnected, .serverUnreachable,
-             .registrationTimeout, .invalidLocator, .netlayerClosed:
+             .registrationTimeout, .invalidLocator, .netlayerClosed, .invalidConfiguration:
             return .failure
         }
     }

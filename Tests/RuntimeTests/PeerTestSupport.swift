@@ -21,7 +21,8 @@ enum PeerTestSupport {
         _ pair: IdentityKeyPair, _ configuration: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(),
         limiter: HandshakeLimiter = HandshakeLimiter(), audit: AuditMemorySink? = nil
     ) -> ChannelEstablishment {
-        ChannelEstablishment(identity: pair, configuration: configuration, limiter: limiter, audit: audit, logger: quietLogger)
+        // The tests' configurations are valid; a refused one is a bug in the test.
+        try! ChannelEstablishment(identity: pair, configuration: configuration, limiter: limiter, audit: audit, logger: quietLogger)
     }
 
     /// Short deadlines so failing paths finish fast.
@@ -170,7 +171,7 @@ struct TestPeer {
         audit = AuditMemorySink(writer: pair.publicIdentity)
         var configuration = PeerNetlayer.Configuration(registrationTimeout: registrationTimeout, connectTimeout: .milliseconds(500))
         configuration.channel = PeerTestSupport.fastConfiguration(timeout: handshakeTimeout, allowLegacy: allowLegacy)
-        netlayer = PeerNetlayer(identity: pair, configuration: configuration, audit: audit, logger: PeerTestSupport.quietLogger)
+        netlayer = try! PeerNetlayer(identity: pair, configuration: configuration, audit: audit, logger: PeerTestSupport.quietLogger)
     }
 
     var identity: PublicIdentity { pair.publicIdentity }
