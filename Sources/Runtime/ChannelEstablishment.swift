@@ -196,8 +196,8 @@ public struct ChannelEstablishment: Sendable {
             throw refuse(PeerError(error), facts)
         }
         let engine = ChannelEngine(
-            socket: socket, phase: .initiating(machine), initialOutput: machine.initialMessage,
-            deadline: machine.deadline, facts: facts, environment: environment)
+            socket: socket, machine: ChannelMachine(initiator: machine, configuration: machineConfiguration),
+            facts: facts, environment: environment)
         cancellation?.attach(engine)
         return try await engine.establish()
     }
@@ -230,9 +230,13 @@ public struct ChannelEstablishment: Sendable {
             identity: handshakeIdentity, announcedInitiator: initiator.publicKey, configuration: configuration.handshake,
             policy: configuration.peerPolicy, keyCache: keyCache, ephemeralKeys: configuration.ephemeralKeys, now: .now)
         let engine = ChannelEngine(
-            socket: socket, phase: .responding(machine, legacyProbe: []), initialOutput: [],
-            deadline: machine.deadline, facts: facts, environment: environment)
+            socket: socket, machine: ChannelMachine(responder: machine, configuration: machineConfiguration),
+            facts: facts, environment: environment)
         return try await engine.establish()
+    }
+
+    var machineConfiguration: ChannelMachine.Configuration {
+        ChannelMachine.Configuration(closeTimeout: configuration.closeTimeout, allowLegacyPeers: configuration.allowLegacyPeers)
     }
 
     var environment: ChannelEngine.Environment {
