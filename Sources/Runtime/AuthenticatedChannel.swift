@@ -428,28 +428,37 @@ final class ChannelEngine: @unchecked Sendable {
     /// Whether reading is paused because the inbound queue is full (tests).
     var isReadingPaused: Bool { readPaused }
 
-    /// Takes a queued message, or reports the end, without waiting.
+    /// Takes a queued message, or reports the end, without waiting. With nothing queued it
+    /// reads the socket once on the caller's thread first, so a message already in the kernel
+    /// reaches the application without waiting for a readiness event and a thread hop.
     func tryReceive() -> Attempt<[UInt8]?> {
-        if inboundHead < inbound.count {
-            let message = inbound[inboundHead]
-            inbound[inboundHead] = []
-            inboundHead += 1
-            inboundBytes -= message.count
-            if inboundHead == inbound.count {
-                inbound.removeAll(keepingCapacity: inbound.capacity <= 64)
-                inboundHead = 0
-            }
-            if readPaused, inboundBytes < configuration.maxInboundQueuedBytes,
-               inbound.count - inboundHead < configuration.maxInboundQueuedMessages {
-                readPaused = false
-                // Only watches again while the machine still wants bytes: never once it ended.
-                updateWatches()
-            }
-            return .done(message)
+        if let message = takeQueued() { return .done(message) }
+        if receiveWaiters.isEmpty, machine.isEstablished, machine.wantsToRead, !readPaused, !endOfStream {
+            handleReadable()
+            if let message = takeQueued() { return .done(message) }
         }
         if let failure { return .failed(failure) }
         if machine.peerFinished || summary != nil { return .done(nil) }
         return .wait
+    }
+
+    private func takeQueued() -> [UInt8]? {
+        guard inboundHead < inbound.count else { return nil }
+        let message = inbound[inboundHead]
+        inbound[inboundHead] = []
+        inboundHead += 1
+        inboundBytes -= message.count
+        if inboundHead == inbound.count {
+            inbound.removeAll(keepingCapacity: inbound.capacity <= 64)
+            inboundHead = 0
+        }
+        if readPaused, inboundBytes < configuration.maxInboundQueuedBytes,
+           inbound.count - inboundHead < configuration.maxInboundQueuedMessages {
+            readPaused = false
+            // Only watches again while the machine still wants bytes: never once it ended.
+            updateWatches()
+        }
+        return message
     }
 
     func receive(completion: CheckedContinuation<[UInt8]?, Error>) {
