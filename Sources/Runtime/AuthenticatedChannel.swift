@@ -213,7 +213,7 @@ final class ChannelEngine: @unchecked Sendable {
     private var summary: ChannelCloseSummary?
 
     /// Smallest read: a handshake message or a few small frames.
-    static let initialReadChunk = 4096
+    static let initialReadChunk = 1024
 
     init(socket: FileDescriptor, machine: ChannelMachine, facts: ChannelFacts, environment: Environment) {
         let queue = DispatchQueue(label: "ocapn-uds.channel", target: .global(qos: .userInitiated))
@@ -392,7 +392,11 @@ final class ChannelEngine: @unchecked Sendable {
             }
             if case .endOfStream = result { endOfStream = true }
             process()
-            guard case .bytes(let n) = result else { return }
+            guard case .bytes(let n) = result else {
+                // Nothing more to read now: reads shrink back toward their start as traffic does.
+                if readChunk > Self.initialReadChunk { readChunk = max(Self.initialReadChunk, readChunk / 2) }
+                return
+            }
             if n == chunk, chunk < configuration.readChunkSize {
                 readChunk = min(chunk * 2, configuration.readChunkSize)
             }

@@ -230,6 +230,18 @@ public struct ChannelMachine {
         return nil
     }
 
+    /// Bytes of buffer memory the machine holds now (output and the receiver's buffers).
+    public var heldBufferBytes: Int {
+        let receiver: FrameReceiver?
+        switch state {
+        case .open(let s): receiver = s.framing.receiver
+        case .closingOurs(let s): receiver = s.framing.receiver
+        case .closingTheirs(let s): receiver = s.framing.receiver
+        case .handshaking, .closingBoth, .closed: receiver = nil
+        }
+        return output.capacityBytes + (receiver?.heldBytes ?? 0)
+    }
+
     /// Whether the handshake is over (open or later).
     public var isEstablished: Bool {
         switch state {
@@ -294,7 +306,7 @@ public struct ChannelMachine {
             }
             switch result {
             case .bytes: drain(receiver, into: &actions)
-            case .wouldBlock: break
+            case .wouldBlock: receiver.releaseIdleMemory()
             case .endOfStream: endOfStream(into: &actions)
             case .failed(let detail): end(.transportFailed(detail), into: &actions)
             }
@@ -652,6 +664,13 @@ extension ChannelMachine.Framing {
         case .legacy: return nil
         }
     }
+
+    var receiver: FrameReceiver? {
+        switch self {
+        case .authenticated(_, let receiver): return receiver
+        case .legacy: return nil
+        }
+    }
 }
 
 /// How a channel ended.
@@ -693,7 +712,7 @@ final class ChannelOutput {
     /// First allocation: enough for a handshake message or a few small frames.
     static let initialCapacity = 512
     /// Capacity above this is given back once the buffer drains.
-    static let retainedCapacity = 64 << 10
+    static let retainedCapacity = 16 << 10
 
     init() {}
 
@@ -706,6 +725,8 @@ final class ChannelOutput {
     }
 
     var count: Int { tail - head }
+
+    var capacityBytes: Int { capacity }
 
     var readable: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: storage.map { $0 + head }, count: tail - head) }
 

@@ -276,4 +276,35 @@ import Testing
         #expect(ChannelMachine.classify(Array("<17".utf8)) == .handshake)
         #expect(ChannelMachine.classify(ChannelMachine.legacyMarker) == .legacy)
     }
+
+    @Test func buffersStartSmallGrowWithABurstAndShrinkWhenTheSocketGoesQuiet() throws {
+        var pair = try MachinePair.open()
+        _ = pair.send(.a, [1])
+        pair.pump()
+        // An idle open channel: the receiver's starting buffers and a small output buffer.
+        #expect(pair.machines[1].heldBufferBytes <= 2048)
+        #expect(pair.machines[0].heldBufferBytes <= 2048)
+        let burst = [UInt8](repeating: 3, count: 200_000)
+        _ = pair.send(.a, burst)
+        var wire = Array(pair.machines[0].pendingOutput)
+        pair.feed(.a, .wrote(wire.count))
+        #expect(pair.machines[0].heldBufferBytes <= 17 << 10, "the sender gave its burst memory back once flushed")
+        var actions: [ChannelMachine.Action] = []
+        var grew = 0
+        while true {
+            let result = pair.machines[1].read(chunk: 64 << 10, into: &actions) { buffer in
+                guard !wire.isEmpty else { return .wouldBlock }
+                let n = min(buffer.count, wire.count)
+                buffer.copyBytes(from: wire.prefix(n))
+                wire.removeFirst(n)
+                return .bytes(n)
+            }
+            grew = max(grew, pair.machines[1].heldBufferBytes)
+            if result == .wouldBlock { break }
+        }
+        pair.perform(.b, actions)
+        #expect(pair.delivered[1].last == burst)
+        #expect(grew >= 64 << 10)
+        #expect(pair.machines[1].heldBufferBytes <= 2048, "the receiver shrank once the socket had nothing more")
+    }
 }
