@@ -37,7 +37,11 @@ final class PeerBench {
                                  "--log-level", "info", "--max-intros-per-second", "0", "--max-clients", "4096"])
         _ = try firstLine(server)
         serverPID = processes.last!.processIdentifier
-        let peer = try launch(["peer", "--identity", path("pb-peer.key"), "--server", socketPath, "--log-level", "error"])
+        // The memory figure holds up to 1000 channels from this one process: lift the per-peer cap.
+        let peer = try launch([
+            "peer", "--identity", path("pb-peer.key"), "--server", socketPath, "--log-level", "error",
+            "--max-channels", "100000", "--max-channels-per-peer", "100000",
+        ])
         peerLocator = try PeerLocator(uri: try firstLine(peer))
         peerPID = processes.last!.processIdentifier
     }

@@ -445,6 +445,11 @@ public final class IntroductionServerCore<Descriptor> {
             return refuse(.selfConnection, "introduction refused: a peer introduced to itself")
         }
         let record = introduction.forward.encoded
+        if record.count > ControlMessageLimit.maxBytes {
+            // The target could not read it and would lose its connection; only the sender pays.
+            return refuse(.messageTooLarge, "introduction refused: the forwarded record exceeds what a peer accepts",
+                          detail: "\(record.count) > \(ControlMessageLimit.maxBytes) bytes")
+        }
         if let target = routes[to] {
             out.append(.forward(Forward(target: target, record: record, descriptor: descriptor, attempt: attempt,
                                         from: from, to: to, requestedAt: now)))

@@ -182,10 +182,10 @@ public struct IntroductionServerLimits: Sendable, Equatable {
     public var registrationTimeout: Duration = .seconds(5)
     /// After registration: first byte of a message to its last (and its descriptor).
     public var partialMessageTimeout: Duration = .seconds(5)
-    /// Bytes of one Syrup control message.
-    public var maxMessageBytes: Int = 16 * 1024
-    /// Nesting depth of one Syrup control message.
-    public var maxMessageDepth: Int = 16
+    /// Bytes of one Syrup control message (at most `ControlMessageLimit.maxBytes`).
+    public var maxMessageBytes: Int = ControlMessageLimit.maxBytes
+    /// Nesting depth of one Syrup control message (at most `ControlMessageLimit.maxDepth`).
+    public var maxMessageDepth: Int = ControlMessageLimit.maxDepth
     /// Introductions held for one target that has not registered yet.
     public var maxPendingPerTarget: Int = 8
     /// Introductions held for unregistered targets on behalf of one sender.
@@ -210,8 +210,12 @@ public struct IntroductionServerLimits: Sendable, Equatable {
         check(registrationTimeout > .zero, "the registration timeout must be positive")
         check(partialMessageTimeout > .zero, "the partial-message timeout must be positive")
         // A uds:new-connection with a few hints needs ~500 bytes and depth 4.
-        check((1024...(1 << 20)).contains(maxMessageBytes), "max message bytes must be 1024...1048576")
-        check((4...64).contains(maxMessageDepth), "max message depth must be 4...64")
+        // Never above what a peer reads (ControlMessageLimit): a forwarded record a target
+        // cannot read would cost the target its server connection.
+        check((1024...ControlMessageLimit.maxBytes).contains(maxMessageBytes),
+              "max message bytes must be 1024...\(ControlMessageLimit.maxBytes) (the largest control record a peer accepts)")
+        check((4...ControlMessageLimit.maxDepth).contains(maxMessageDepth),
+              "max message depth must be 4...\(ControlMessageLimit.maxDepth) (the deepest control record a peer accepts)")
         check((0...10_000).contains(maxPendingPerTarget), "max pending per target must be 0...10000")
         check((0...10_000).contains(maxPendingPerSender), "max pending per sender must be 0...10000")
         check((0...1_000_000).contains(maxPendingTotal), "max pending in total must be 0...1000000")

@@ -137,8 +137,10 @@ public struct ChannelEstablishment: Sendable {
     public let limiter: HandshakeLimiter
     let handshakeIdentity: HandshakeIdentity
     let keyCache: X25519KeyCache
-    let audit: (any AuditSink)?
+    private(set) var audit: (any AuditSink)?
     let logger: Logger
+    /// Shared by copies: rate-limits the warning line of resource refusals.
+    let refusals = RefusalReporter()
 
     /// Throws `invalidConfiguration` when `configuration.validate()` fails.
     ///
@@ -239,6 +241,13 @@ public struct ChannelEstablishment: Sendable {
         ChannelMachine.Configuration(closeTimeout: configuration.closeTimeout, allowLegacyPeers: configuration.allowLegacyPeers)
     }
 
+    /// The same establishment writing its records to `sink` (which forwards them on).
+    func observed(by sink: any AuditSink) -> ChannelEstablishment {
+        var copy = self
+        copy.audit = sink
+        return copy
+    }
+
     var environment: ChannelEngine.Environment {
         ChannelEngine.Environment(configuration: configuration, limiter: limiter, audit: audit, logger: logger)
     }
@@ -247,7 +256,16 @@ public struct ChannelEstablishment: Sendable {
     private func refuse(_ error: PeerError, _ facts: ChannelFacts) -> PeerError {
         var log = logger
         facts.annotate(&log)
-        log.info("handshake refused", metadata: ["reason": "\(error.code.rawValue)", "detail": "\(error.detail)"])
+        if error.code == .handshakeLimitExceeded {
+            // A resource refusal: visible at the default level, at most once a second.
+            let (shouldLog, suppressed) = refusals.shouldLog(error.auditReason)
+            if shouldLog {
+                log.warning("handshake refused", metadata: [
+                    "reason": "\(error.code.rawValue)", "detail": "\(error.detail)", "suppressedSinceLast": "\(suppressed)"])
+            }
+        } else {
+            log.info("handshake refused", metadata: ["reason": "\(error.code.rawValue)", "detail": "\(error.detail)"])
+        }
         audit?.record(facts.event(.handshakeFailed, reason: error.auditReason))
         return error
     }

@@ -54,10 +54,16 @@ final class ChildProcess: @unchecked Sendable {
     private var stdoutClosed = false
     private var stderrClosed = false
 
-    /// Starts `ocapn-uds` with `arguments`.
-    init(_ arguments: [String], environment: [String: String]? = nil) throws {
-        process.executableURL = URL(fileURLWithPath: TestProcesses.binary)
-        process.arguments = arguments
+    /// Starts `ocapn-uds` with `arguments`; with `launcher`, runs `launcher + [binary] +
+    /// arguments` instead (e.g. a shell that lowers a limit before exec).
+    init(_ arguments: [String], environment: [String: String]? = nil, launcher: [String]? = nil) throws {
+        if let launcher, let first = launcher.first {
+            process.executableURL = URL(fileURLWithPath: first)
+            process.arguments = Array(launcher.dropFirst()) + [TestProcesses.binary] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: TestProcesses.binary)
+            process.arguments = arguments
+        }
         if let environment {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         }
