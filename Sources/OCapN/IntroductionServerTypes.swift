@@ -59,8 +59,18 @@ public enum IntroductionServerReason: String, Sendable, CaseIterable {
     case uidNotAllowed
     /// The peer does not read: its output queue is full.
     case outputOverflow
-    /// A newer registration of the same key took over (on the newer `registration.accepted`).
-    case replacedByNewer
+    /// A registration of a key took over from an earlier connection of that key that the probe
+    /// found closed (on the newer `registration.accepted`, with the incumbent's credentials).
+    case replacedDeadConnection
+    /// A registration of a key took over from a live connection of the same uid
+    /// (`replaceSameUID` option; on the newer `registration.accepted`).
+    case replacedSameUID
+    /// A registration refused because the key's earlier connection is alive: a live registration
+    /// is never displaced by default (on `registration.refused`, with the incumbent's credentials).
+    case liveRegistrationKept
+    /// A registration in a form this server does not accept, or a legacy registration of a key
+    /// that registered with v2 before (refused before anything is signed).
+    case registrationFormRefused
     /// The server is shutting down.
     case serverShutdown
     /// The stream ended inside a message or before a marker.
@@ -110,13 +120,17 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
     public var from: PublicIdentity?
     public var to: PublicIdentity?
     public var credentials: IntroductionServerCredentials?
+    /// Registration of a key that already had a connection: that connection's credentials (the
+    /// one displaced on `registrationAccepted`, the one kept on `registrationRefused`).
+    public var incumbentCredentials: IntroductionServerCredentials?
     /// From accept (registration) or from the request (introduction) to this record.
     public var durationNanoseconds: UInt64?
 
     public init(
         _ kind: Kind, reason: IntroductionServerReason? = nil, attempt: UInt64, claimed: PublicIdentity? = nil,
         proved: PublicIdentity? = nil, from: PublicIdentity? = nil, to: PublicIdentity? = nil,
-        credentials: IntroductionServerCredentials? = nil, durationNanoseconds: UInt64? = nil
+        credentials: IntroductionServerCredentials? = nil, incumbentCredentials: IntroductionServerCredentials? = nil,
+        durationNanoseconds: UInt64? = nil
     ) {
         self.kind = kind
         self.reason = reason
@@ -126,6 +140,7 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
         self.from = from
         self.to = to
         self.credentials = credentials
+        self.incumbentCredentials = incumbentCredentials
         self.durationNanoseconds = durationNanoseconds
     }
 }
@@ -161,6 +176,14 @@ public struct IntroductionServerLogEntry: Equatable, Sendable {
         self.reason = reason
         self.detail = detail
     }
+}
+
+/// What the runtime's probe of a registered connection found (a non-blocking poll and
+/// `recv(MSG_PEEK)`: hang-up, reset or end of stream mean dead).
+public enum IntroductionServerLiveness: Equatable, Sendable {
+    case alive
+    /// `description` names what the probe saw, for the log.
+    case dead(description: String)
 }
 
 /// What the runtime's check of a received descriptor found.
@@ -243,13 +266,27 @@ public struct IntroductionServerConfiguration: Sendable {
     public var debugLogging: Bool
     /// Designators other than registered peers' kept validated (hint keys, awaited targets).
     public var designatorCacheSize: Int
+    /// Registration forms answered (PROTOCOL.md §15); both by default so Goblins peers work.
+    public var registrationForms: RegistrationForms
+    /// Let a registration displace a *live* earlier connection of its key when both connections
+    /// have the same uid (SO_PEERCRED). Off: a live registration is never displaced.
+    public var replaceSameUID: Bool
+    /// Keys remembered as having registered with v2 (and therefore refused in a legacy form),
+    /// oldest forgotten first beyond this.
+    public var maxRememberedV2Keys: Int
 
     public init(limits: IntroductionServerLimits = IntroductionServerLimits(), allowedUIDs: Set<UInt32>,
-                debugLogging: Bool = false, designatorCacheSize: Int = 256) {
+                debugLogging: Bool = false, designatorCacheSize: Int = 256, registrationForms: RegistrationForms = .all,
+                replaceSameUID: Bool = false, maxRememberedV2Keys: Int = 65536) {
+        precondition(!registrationForms.isEmpty, "a server must accept at least one registration form")
+        precondition(maxRememberedV2Keys >= 0, "maxRememberedV2Keys must not be negative")
         self.limits = limits
         self.allowedUIDs = allowedUIDs
         self.debugLogging = debugLogging
         self.designatorCacheSize = designatorCacheSize
+        self.registrationForms = registrationForms
+        self.replaceSameUID = replaceSameUID
+        self.maxRememberedV2Keys = maxRememberedV2Keys
     }
 }
 

@@ -36,8 +36,11 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
     public let isAuthenticated: Bool
     /// The key the peer proved in the handshake; nil for a legacy channel.
     public let verifiedPeer: VerifiedPeer?
-    /// What the introduction claimed (`from` for a responder, `to` for an initiator).
-    public let expectedPeer: PublicIdentity
+    /// The key the handshake was run against (`to` for an initiator, `from` for a responder)
+    /// and proved; nil for a legacy channel, whose claim is only in `legacyClaim`.
+    public let expectedPeer: PublicIdentity?
+    /// A legacy channel: what the introduction server claimed, never a proved identity.
+    public let legacyClaim: UnverifiedPeerClaim?
     public let role: HandshakeRole
     /// Public session label (both sides compute the same); nil for a legacy channel.
     public let sessionID: SessionID?
@@ -50,7 +53,8 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         self.engine = engine
         isAuthenticated = session != nil
         verifiedPeer = session?.peer
-        expectedPeer = engine.facts.expected
+        expectedPeer = session == nil ? nil : engine.facts.expected
+        legacyClaim = session == nil ? engine.facts.legacyClaim : nil
         role = engine.facts.role
         sessionID = session?.sessionID
         handshakeHash = session?.handshakeHash
@@ -171,6 +175,7 @@ final class ChannelEngine: @unchecked Sendable {
         let limiter: HandshakeLimiter
         let audit: (any AuditSink)?
         let logger: Logger
+        let verifiedPeers: VerifiedPeerMemory
     }
 
     let queue: DispatchQueue
@@ -337,6 +342,7 @@ final class ChannelEngine: @unchecked Sendable {
 
     private func established(_ session: EstablishedSession) {
         self.session = session
+        environment.verifiedPeers.remember(session.peer.publicKey)
         leaveHandshake()
         let now = ContinuousClock.now
         establishedAt = now
@@ -352,10 +358,11 @@ final class ChannelEngine: @unchecked Sendable {
     }
 
     private func legacyAdmitted() {
+        let claim = facts.legacyClaim
         leaveHandshake()
         establishedAt = ContinuousClock.now
-        logger.warning("legacy peer admitted WITHOUT authentication (allowLegacyPeers)")
-        environment.audit?.record(facts.event(.legacyPeerAdmitted))
+        logger.warning("legacy peer admitted WITHOUT authentication (allowLegacyPeers)", metadata: ["claim": "\(claim)"])
+        environment.audit?.record(facts.legacyEvent(.legacyPeerAdmitted))
         let channel = PeerChannel(engine: self, session: nil)
         establishWaiter?.resume(returning: channel)
         establishWaiter = nil
@@ -599,9 +606,18 @@ final class ChannelEngine: @unchecked Sendable {
             error = nil
             reason = byPeer ? .peerReset : .localAbort
         case .legacyRefused:
-            error = PeerError(.legacyPeerRefused, "peer speaks CapTP without a handshake")
-            logger.info("legacy peer refused (first bytes are a CapTP op:start-session)")
-            environment.audit?.record(facts.event(.legacyPeerRefused, reason: .legacyPeerRefused))
+            let claim = facts.legacyClaim
+            if configuration.legacyPeers.admits(claim) {
+                // The policy admits the claim, so the machine's check refused it: that key runs
+                // UDS-HS1 with us, and a plaintext channel "from" it is a lie.
+                error = PeerError(.legacyPeerRefused, "the claimed key completed UDS-HS1 with us before")
+                logger.warning("legacy peer refused: the claimed key completed UDS-HS1 before", metadata: ["claim": "\(claim)"])
+                environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyKeyProvedBefore))
+            } else {
+                error = PeerError(.legacyPeerRefused, "peer speaks CapTP without a handshake")
+                logger.info("legacy peer refused (first bytes are a CapTP op:start-session)", metadata: ["claim": "\(claim)"])
+                environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyPeerRefused))
+            }
         }
         failure = error
         let traffic = machine.traffic
@@ -609,12 +625,13 @@ final class ChannelEngine: @unchecked Sendable {
         let clean = end == .clean
         if wasOpen {
             let auditReason = clean ? nil : (reason ?? error?.auditReason ?? .localAbort)
-            environment.audit?.record(facts.event(
+            let closed = facts.event(
                 .channelClosed, reason: auditReason, proved: session?.peer.publicKey, handshakeHash: session?.handshakeHash,
                 session: session?.sessionID, durationMicros: Self.micros((establishedAt ?? started).duration(to: now)),
                 clean: clean, traffic: AuditTraffic(
                     bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
-                    messagesSent: traffic.messagesSent, messagesReceived: traffic.messagesReceived)))
+                    messagesSent: traffic.messagesSent, messagesReceived: traffic.messagesReceived))
+            environment.audit?.record(session == nil ? facts.asLegacy(closed) : closed)
             if clean {
                 logger.info("channel closed cleanly", metadata: ["messagesSent": "\(traffic.messagesSent)", "messagesReceived": "\(traffic.messagesReceived)"])
             } else {

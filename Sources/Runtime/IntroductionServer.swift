@@ -105,11 +105,13 @@ public final class IntroductionServer: @unchecked Sendable {
         stream.readsPerEvent = max(64, (1 << 20) / configuration.readBufferBytes)
         streamConfiguration = stream
         let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
+        let probe = LivenessProbe()
         core = IntroductionServerCore(
             signer: signer, configuration: configuration.core,
             attemptIDBase: AuditAttemptID.random().rawValue,
             makeChallenge: { Challenge.random() },
-            checkDescriptor: Self.checkDescriptor)
+            checkDescriptor: Self.checkDescriptor,
+            probeConnection: { probe.server?.probeLiveness($0) ?? .alive })
         var listening = Listener.Configuration()
         // One above the core's cap, so a connection over the cap is accepted, refused with an
         // audit record (tooManyClients) and closed, instead of hanging in the backlog.
@@ -118,6 +120,20 @@ public final class IntroductionServer: @unchecked Sendable {
         var handler: ((ListenerEvent) -> Void)?
         listener = Listener(socket: socket, queue: queue, configuration: listening) { handler?($0) }
         handler = { [weak self] event in self?.handle(event) }
+        probe.server = self
+    }
+
+    /// Lets the core ask about a registered connection (on `queue`, inside a core call).
+    private final class LivenessProbe {
+        weak var server: IntroductionServer?
+    }
+
+    private func probeLiveness(_ id: IntroductionServerConnectionID) -> IntroductionServerLiveness {
+        guard let connection = connections[id] else { return .dead(description: "connection already closed") }
+        switch connection.probeLiveness() {
+        case .alive: return .alive
+        case let .hungUp(what): return .dead(description: what)
+        }
     }
 
     /// Starts accepting. Records `server.started`.
@@ -421,6 +437,7 @@ extension AuditEvent {
             from: record.from.map(AuditPeerID.init), to: record.to.map(AuditPeerID.init),
             credentials: record.credentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
             durationMicros: record.durationNanoseconds.map { $0 / 1000 })
+        incumbentCredentials = record.incumbentCredentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) }
     }
 }
 

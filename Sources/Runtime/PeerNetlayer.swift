@@ -88,6 +88,10 @@ public final class PeerNetlayer: @unchecked Sendable {
         public var reconnect: ReconnectPolicy
         /// Uniform random numbers in [0, 1) for the backoff's jitter (tests inject their own).
         public var randomUnit: @Sendable () -> Double
+        /// Registration forms per server socket path (PROTOCOL.md §15): `goblins` or `draft` for
+        /// servers that do not speak v2. Absent paths speak v2. Fixed per server: a failure never
+        /// makes the netlayer retry in another form.
+        public var registrationForms: [String: RegistrationForm] = [:]
 
         public init(
             channel: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(), maxConcurrentHandshakes: Int = HandshakeLimiter.defaultLimit,
@@ -175,7 +179,8 @@ public final class PeerNetlayer: @unchecked Sendable {
     /// proving any other key is refused (`registrationFailed`, detail `serverKeyMismatch`).
     /// Throws `serverUnreachable`, `registrationFailed`, `registrationTimeout`,
     /// `serverDisconnected` or `netlayerClosed`.
-    public func addServer(path: String, expectedKey: PublicIdentity? = nil) async throws(PeerError) -> ServerHandle {
+    /// `form` overrides `configuration.registrationForms[path]` (default v2).
+    public func addServer(path: String, expectedKey: PublicIdentity? = nil, form: RegistrationForm? = nil) async throws(PeerError) -> ServerHandle {
         let timeout = configuration.connectTimeout
         let descriptor: FileDescriptor
         do {
@@ -192,15 +197,18 @@ public final class PeerNetlayer: @unchecked Sendable {
         } catch {
             preconditionFailure("unexpected error type \(type(of: error))")
         }
-        return try await register(descriptor, path: path, expectedKey: expectedKey)
+        return try await register(descriptor, path: path, expectedKey: expectedKey,
+                                  form: form ?? configuration.registrationForms[path] ?? .v2)
     }
 
     /// Registers over an already connected control socket (owned from here on).
-    public func addServer(descriptor: FileDescriptor, expectedKey: PublicIdentity? = nil) async throws(PeerError) -> ServerHandle {
-        try await register(descriptor, path: nil, expectedKey: expectedKey)
+    public func addServer(descriptor: FileDescriptor, expectedKey: PublicIdentity? = nil,
+                          form: RegistrationForm = .v2) async throws(PeerError) -> ServerHandle {
+        try await register(descriptor, path: nil, expectedKey: expectedKey, form: form)
     }
 
-    private func register(_ descriptor: FileDescriptor, path: String?, expectedKey: PublicIdentity?) async throws(PeerError) -> ServerHandle {
+    private func register(_ descriptor: FileDescriptor, path: String?, expectedKey: PublicIdentity?,
+                          form: RegistrationForm) async throws(PeerError) -> ServerHandle {
         try await PeerError.catching {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<ServerHandle, Error>) in
                 queue.async {
@@ -209,7 +217,7 @@ public final class PeerNetlayer: @unchecked Sendable {
                         c.resume(throwing: PeerError(.netlayerClosed, "the netlayer was shut down"))
                         return
                     }
-                    let connection = ServerConnection(netlayer: self, path: path, pinned: expectedKey, queue: self.queue)
+                    let connection = ServerConnection(netlayer: self, path: path, pinned: expectedKey, form: form, queue: self.queue)
                     self.servers.append(connection)
                     connection.start(descriptor: descriptor, waiter: c)
                 }

@@ -31,12 +31,12 @@ final class ServerConnection: @unchecked Sendable {
     private var pendingConnects: [ObjectIdentifier: HandshakeCancellation] = [:]
     private unowned let netlayer: PeerNetlayer
 
-    init(netlayer: PeerNetlayer, path: String?, pinned: PublicIdentity?, queue: DispatchQueue) {
+    init(netlayer: PeerNetlayer, path: String?, pinned: PublicIdentity?, form: RegistrationForm = .v2, queue: DispatchQueue) {
         self.netlayer = netlayer
         self.path = path
         self.pinned = pinned
         self.queue = queue
-        client = RegistrationClient(signer: netlayer.signer, challenge: Challenge.random(), expectedServer: pinned)
+        client = RegistrationClient(signer: netlayer.signer, challenge: Challenge.random(), expectedServer: pinned, form: form)
         handle = ServerHandle(path: path)
     }
 
@@ -65,7 +65,10 @@ final class ServerConnection: @unchecked Sendable {
         self.stream = stream
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.setEventHandler { [weak self] in
-            self?.disconnect(PeerError(.registrationTimeout, "no uds:server-response within \(self?.netlayer.configuration.registrationTimeout ?? .zero)"))
+            guard let self else { return }
+            // A Goblins server ignores uds-v2:register without closing; say what would fix it.
+            let hint = self.client.form == .v2 ? " (registration v2; a Goblins or draft server must be marked goblins:PATH or draft:PATH)" : ""
+            self.disconnect(PeerError(.registrationTimeout, "no server response within \(self.netlayer.configuration.registrationTimeout)\(hint)"))
         }
         timer.schedule(deadline: .now() + netlayer.configuration.registrationTimeout.dispatchInterval)
         timer.activate()

@@ -19,16 +19,20 @@ public struct ChannelMachine {
         /// Admit a Goblins peer (first bytes `<16'op:start-session`) as a raw, unauthenticated
         /// channel; otherwise it ends with `.legacyRefused`.
         public var allowLegacyPeers: Bool
+        /// Asked when a legacy peer shows up and `allowLegacyPeers` is true; false refuses it
+        /// (`.legacyRefused`). The runtime refuses a claimed key that completed UDS-HS1 with it.
+        public var legacyCheck: (@Sendable () -> Bool)?
         /// The clock the handshake checks its deadline against when bytes arrive (tests inject one).
         public var now: @Sendable () -> ContinuousClock.Instant
 
         public init(
-            closeTimeout: Duration = .seconds(2), allowLegacyPeers: Bool = false,
+            closeTimeout: Duration = .seconds(2), allowLegacyPeers: Bool = false, legacyCheck: (@Sendable () -> Bool)? = nil,
             now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
         ) {
             precondition(closeTimeout > .zero, "close timeout must be positive")
             self.closeTimeout = closeTimeout
             self.allowLegacyPeers = allowLegacyPeers
+            self.legacyCheck = legacyCheck
             self.now = now
         }
     }
@@ -504,7 +508,7 @@ public struct ChannelMachine {
     }
 
     private mutating func admitLegacy(_ firstBytes: [UInt8], into actions: inout [Action]) {
-        guard configuration.allowLegacyPeers else {
+        guard configuration.allowLegacyPeers, configuration.legacyCheck?() ?? true else {
             end(.legacyRefused, into: &actions)
             return
         }

@@ -142,6 +142,13 @@ public final class StreamConnection: @unchecked Sendable {
         readBuffer.deallocate()
     }
 
+    /// Whether the peer is still there, without reading (see `FileDescriptor.probeLiveness`).
+    public func probeLiveness() -> SocketLiveness {
+        dispatchPrecondition(condition: .onQueue(queue))
+        if case .closed = state { return .hungUp("connection closed") }
+        return descriptor.probeLiveness()
+    }
+
     /// Whether `close()` has run (or a failure closed the connection).
     public var isClosed: Bool {
         dispatchPrecondition(condition: .onQueue(queue))

@@ -18,7 +18,7 @@ struct PeerOptions: ParsableArguments {
     var passphraseFile: String?
 
     @Option(help: ArgumentHelp(
-        "Introduction server socket (repeatable). PATH=DESIGNATOR pins the server's key.", valueName: "path"))
+        "Introduction server socket (repeatable). PATH=DESIGNATOR pins the server's key; goblins:PATH or draft:PATH registers with a server that does not speak registration v2 (never chosen automatically).", valueName: "path"))
     var server: [String] = []
 
     @Option(help: ArgumentHelp(
@@ -31,8 +31,27 @@ struct PeerOptions: ParsableArguments {
     @Option(help: "Deadline for an introduction server's registration reply, in milliseconds.")
     var registrationTimeoutMs: Int = 5_000
 
-    @Flag(help: "Admit Goblins peers (no handshake) as UNAUTHENTICATED channels. Off by default: they are refused.")
-    var allowLegacyPeers = false
+    @Option(help: ArgumentHelp(
+        "Admit Goblins peers (no handshake) as UNAUTHENTICATED channels when the server's unverified `from` claims one of these designators (repeatable or comma-separated), or `any`. Off by default. A key that completed UDS-HS1 with this peer is refused as legacy regardless.",
+        valueName: "designators|any"))
+    var allowLegacyPeers: [String] = []
+
+    /// The legacy allow-list as a policy.
+    func legacyPeerPolicy() throws -> LegacyPeerPolicy {
+        let items = allowLegacyPeers.flatMap { $0.split(separator: ",").map(String.init) }
+        if items.isEmpty { return .refuse }
+        if items.contains("any") {
+            guard items.count == 1 else { throw ValidationError("--allow-legacy-peers: `any` stands alone, without designators") }
+            return .any
+        }
+        var keys: Set<PublicIdentity> = []
+        for item in items {
+            do { keys.insert(try PublicIdentity(designator: item)) } catch {
+                throw ValidationError("--allow-legacy-peers: \(item) is neither `any` nor a designator (\(error.code.rawValue))")
+            }
+        }
+        return .allow(keys)
+    }
 
     @Option(help: ArgumentHelp("Append the tamper-evident audit log to this file (signed checkpoints).", valueName: "file"))
     var auditLog: String?
@@ -40,15 +59,38 @@ struct PeerOptions: ParsableArguments {
     @Option(help: "Log level on stderr: debug, info, notice, warning, error.")
     var logLevel: String = "warning"
 
+    /// The registration form a --server spec names (its `goblins:`/`draft:`/`v2:` mark) and
+    /// the rest of the spec.
+    static func registrationForm(_ spec: String) -> (form: RegistrationForm, rest: String) {
+        for form in RegistrationForm.allCases where spec.hasPrefix("\(form.rawValue):") {
+            return (form, String(spec.dropFirst(form.rawValue.count + 1)))
+        }
+        return (.v2, spec)
+    }
+
+    /// The registration form of each --server path that is not v2.
+    func registrationForms() throws -> [String: RegistrationForm] {
+        var out: [String: RegistrationForm] = [:]
+        for ((path, _), spec) in zip(try servers(), server) {
+            let form = Self.registrationForm(spec).form
+            if let other = out[path], other != form {
+                throw ValidationError("--server \(path) is marked with two registration forms")
+            }
+            if form != .v2 { out[path] = form }
+        }
+        return out
+    }
+
     /// (path, pinned key) per --server, in order.
     func servers() throws -> [(path: String, key: PublicIdentity?)] {
         var out: [(String, PublicIdentity?)] = []
         for (index, spec) in server.enumerated() {
-            var path = spec
+            let body = Self.registrationForm(spec).rest
+            var path = body
             var key: PublicIdentity?
-            if let eq = spec.lastIndex(of: "="), spec[spec.index(after: eq)...].count == PublicIdentity.designatorLength {
-                path = String(spec[..<eq])
-                key = try designator(String(spec[spec.index(after: eq)...]), "--server \(spec)")
+            if let eq = body.lastIndex(of: "="), body[body.index(after: eq)...].count == PublicIdentity.designatorLength {
+                path = String(body[..<eq])
+                key = try designator(String(body[body.index(after: eq)...]), "--server \(spec)")
             }
             if index < serverKey.count {
                 guard key == nil else { throw ValidationError("--server \(spec) is pinned twice (=DESIGNATOR and --server-key)") }
@@ -71,6 +113,8 @@ struct PeerOptions: ParsableArguments {
         guard !server.isEmpty else { throw ValidationError("at least one --server is required") }
         guard serverKey.count <= server.count else { throw ValidationError("more --server-key than --server options") }
         _ = try servers()
+        _ = try registrationForms()
+        _ = try legacyPeerPolicy()
         guard (1...3_600_000).contains(handshakeTimeoutMs), (1...3_600_000).contains(registrationTimeoutMs) else {
             throw ValidationError("timeouts are 1...3600000 milliseconds")
         }
@@ -107,7 +151,8 @@ struct PeerOptions: ParsableArguments {
         }
         var configuration = PeerNetlayer.Configuration(registrationTimeout: .milliseconds(registrationTimeoutMs))
         configuration.channel.handshake = HandshakeConfiguration(timeout: .milliseconds(handshakeTimeoutMs))
-        configuration.channel.allowLegacyPeers = allowLegacyPeers
+        configuration.channel.legacyPeers = try legacyPeerPolicy()
+        configuration.registrationForms = try registrationForms()
         adjust(&configuration)
         let netlayer: PeerNetlayer
         do throws(PeerError) {
@@ -141,7 +186,7 @@ enum PeerOutput {
         if channel.isAuthenticated {
             errorLine("verified-peer: \(channel.peerFingerprint) session: \(channel.sessionID?.description ?? "-")")
         } else {
-            errorLine("UNAUTHENTICATED legacy peer (claimed \(channel.expectedPeer.fingerprint))")
+            errorLine("UNAUTHENTICATED legacy peer (\(channel.legacyClaim?.description ?? "no claim"), nothing proved)")
         }
     }
 

@@ -26,15 +26,21 @@ final class CoreHarness {
     var notReading: Set<ID> = []
     /// Descriptors the check reports as something other than a socketpair end.
     var invalidDescriptors: Set<Int> = []
+    /// Connections the liveness probe reports as hung up.
+    var deadConnections: Set<ID> = []
+    /// Connections the core probed, in order.
+    private(set) var probed: [ID] = []
     private var nextDescriptor = 100
     private var nextID: UInt64 = 1
     private var challenges: [Challenge]
 
     init(limits: IntroductionServerLimits = IntroductionServerLimits(), allowedUIDs: Set<UInt32> = [1000],
-         challenges: [Challenge] = []) {
+         challenges: [Challenge] = [], registrationForms: RegistrationForms = .all, replaceSameUID: Bool = false) {
         self.challenges = challenges
         weak var box: CoreHarness?
-        let configuration = IntroductionServerConfiguration(limits: limits, allowedUIDs: allowedUIDs, debugLogging: true)
+        let configuration = IntroductionServerConfiguration(
+            limits: limits, allowedUIDs: allowedUIDs, debugLogging: true, registrationForms: registrationForms,
+            replaceSameUID: replaceSameUID)
         var counter: UInt8 = 0
         core = Core(
             signer: Fixtures.serverS, configuration: configuration, attemptIDBase: 1 << 40,
@@ -45,6 +51,10 @@ final class CoreHarness {
             },
             checkDescriptor: { fd in
                 box?.invalidDescriptors.contains(fd) == true ? .refused(description: "regular file") : .acceptable
+            },
+            probeConnection: { id in
+                box?.probed.append(id)
+                return box?.deadConnections.contains(id) == true ? .dead(description: "test: hung up") : .alive
             })
         box = self
     }
@@ -116,16 +126,26 @@ final class CoreHarness {
 
     /// Registers `signer` on a new connection through a real `RegistrationClient`.
     @discardableResult
-    func register(_ signer: SigningIdentity, challenge: Challenge? = nil) -> ID {
-        let id = accept()
+    func register(_ signer: SigningIdentity, challenge: Challenge? = nil, form: RegistrationForm = .v2,
+                  uid: UInt32 = 1000) -> ID {
+        let id = attemptRegistration(signer, challenge: challenge, form: form, uid: uid)
+        #expect(core.route(for: signer.identity) == id, "registration of \(signer.identity) failed")
+        return id
+    }
+
+    /// Runs a registration as far as the server lets it; the caller checks the outcome.
+    @discardableResult
+    func attemptRegistration(_ signer: SigningIdentity, challenge: Challenge? = nil, form: RegistrationForm = .v2,
+                             uid: UInt32 = 1000) -> ID {
+        let id = accept(uid: uid)
         var client = RegistrationClient(signer: signer, challenge: challenge ?? Challenge.random(),
-                                        expectedServer: Fixtures.serverS.identity)
+                                        expectedServer: Fixtures.serverS.identity, form: form)
         feed(id, client.start().encoded)
         let response = takeSent(id)
+        guard !closedConnections.contains(id) else { return id }
         let actions = try! client.receive(Fixtures.decode(response))
         guard case let .send(reply) = actions.first else { fatalError("client did not answer") }
         feed(id, reply.encoded)
-        #expect(core.route(for: signer.identity) == id, "registration of \(signer.identity) failed")
         return id
     }
 

@@ -269,6 +269,15 @@ import Testing
         #expect(second.end == .legacyEnded(byPeer: true))
     }
 
+    @Test func aLegacyPeerAllowedByPolicyIsStillRefusedWhenTheCheckAtArrivalSaysNo() {
+        let config = ChannelMachine.Configuration(allowLegacyPeers: true, legacyCheck: { false }, now: { Fixture.now })
+        var machine = ChannelMachine(responder: responder(), configuration: config)
+        var actions: [ChannelMachine.Action] = []
+        machine.handle(.bytes(ChannelMachine.legacyMarker), into: &actions)
+        #expect(machine.end == .legacyRefused)
+        #expect(!actions.contains { if case .deliver = $0 { return true } else { return false } })
+    }
+
     @Test func aUDSHS1ResponderDecidesOnTheFirstByte() {
         #expect(ChannelMachine.classify([]) == .undecided)
         #expect(ChannelMachine.classify(UDSHS1.magic) == .handshake)
