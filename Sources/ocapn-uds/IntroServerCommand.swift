@@ -83,8 +83,8 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: "Introductions held in total.")
     var maxPending: Int = IntroductionServerLimits().maxPendingTotal
 
-    @Option(help: "How long an introduction waits for its target to register, in milliseconds (0: refuse at once).")
-    var pendingLifetimeMs: Int = 10_000
+    @Option(help: "How long an introduction waits for its target to register, in milliseconds (0: refuse at once). Keep it below the peers' --handshake-timeout-ms (10000), so a caller learns of the drop before its own deadline.")
+    var pendingLifetimeMs: Int = Int(IntroductionServerLimits().pendingLifetime.components.seconds * 1000)
 
     @Option(help: "Sustained introductions per second per peer (0: unlimited).")
     var maxIntrosPerSecond: Int = IntroductionServerLimits().introductionsPerSecond
@@ -194,7 +194,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         do {
             listening = try IntroductionServerSetup.openSocket(path: socket, mode: parsedMode() ?? 0o600)
         } catch {
-            throw CLIError(.failure, error.description)
+            throw CLIError(.failure, Self.listenFailure(error, path: socket))
         }
         var auditSink: AuditFileSink?
         if let auditLog {
@@ -237,6 +237,24 @@ struct IntroServerCommand: AsyncParsableCommand {
         for source in sources { source.cancel() }
         auditSink?.close()
         if server.listenerFailed { throw CLIError(.failure, "the listening socket failed") }
+    }
+}
+
+extension IntroServerCommand {
+    /// One line for a socket that cannot be opened: the path, the reason in words, what to do.
+    static func listenFailure(_ error: IntroductionServerError, path: String?) -> String {
+        guard error.code == .bind, let transport = error.transport, let path else { return error.description }
+        let hint: String
+        switch transport.code {
+        case .noSuchPath: hint = " — create the directory or choose another --socket"
+        case .permissionDenied: hint = " — check the directory's owner and mode, or choose another --socket"
+        case .alreadyRunning: hint = " — another intro-server runs on this path; stop it or choose another --socket"
+        case .addressInUse: hint = " — a live server answers there; stop it or choose another --socket"
+        case .pathOccupied: hint = " — it is never deleted; choose another --socket"
+        case .invalidPath: hint = " — see --socket"
+        default: hint = ""
+        }
+        return "intro-server: cannot listen at \(path): \(transport.code.rawValue): \(transport.explanation)\(hint)"
     }
 }
 

@@ -38,7 +38,7 @@ import Transport
         let a = TestPeer(handshakeTimeout: .seconds(3))
         let b = TestPeer()
         try await Self.register([a, b], server)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .truncated)
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .introductionDropped)
         #expect(await PeerTestSupport.eventually { Self.failures(b) == [.identityMismatch] })
         let record = try #require(b.events(.handshakeFailed).first)
         #expect(record.expectedPeer == AuditPeerID(claimed) && record.from == AuditPeerID(claimed))
@@ -64,7 +64,7 @@ import Transport
         async let ab = PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) }
         async let dc = PeerTestSupport.code { try await d.netlayer.connect(to: c.netlayer.locator) }
         let (codeAB, codeDC) = await (ab, dc)
-        #expect(codeAB == .truncated && codeDC == .truncated, "\(String(describing: codeAB)) \(String(describing: codeDC)) b \(Self.failures(b)) c \(Self.failures(c))")
+        #expect(codeAB == .introductionDropped && codeDC == .introductionDropped, "\(String(describing: codeAB)) \(String(describing: codeDC)) b \(Self.failures(b)) c \(Self.failures(c))")
         #expect(await PeerTestSupport.eventually { Self.failures(b) == [.wrongResponder] && Self.failures(c) == [.wrongResponder] })
         await Self.shutdown([a, b, c, d])
     }
