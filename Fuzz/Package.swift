@@ -20,5 +20,6 @@ let package = Package(
         .executableTarget(name: "FuzzControlMessages", dependencies: [core]),
         .executableTarget(name: "FuzzHandshake", dependencies: [core]),
         .executableTarget(name: "FuzzFrameReceiver", dependencies: [core]),
+        .executableTarget(name: "FuzzChannelMachines", dependencies: [core]),
     ]
 )

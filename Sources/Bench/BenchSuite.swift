@@ -24,7 +24,7 @@ public struct BenchSuite {
     public init(options: Options) { self.options = options }
 
     /// The figure groups, in the order they run.
-    public static let groups = ["handshake", "introductions", "connect", "channel", "memory", "audit"]
+    public static let groups = ["handshake", "introductions", "connect", "channel", "roundtrip", "memory", "audit"]
 
     private func say(_ s: String) { options.progress?(s) }
 
@@ -37,6 +37,7 @@ public struct BenchSuite {
         if wanted("introductions") { figures += try introductions(directory: directory) }
         if wanted("connect") { figures += try await connect(directory: directory) }
         if wanted("channel") { figures += try await channelThroughput() }
+        if wanted("roundtrip") { figures += try await roundTrip(directory: directory) }
         if wanted("memory") {
             figures += try serverMemory(directory: directory)
             figures += try await peerMemory(directory: directory)
@@ -64,7 +65,7 @@ public struct BenchSuite {
         let ours = try IntroductionBench.ours(count: count, window: window, directory: directory)
         return [
             BenchFigure(group: "introductions", name: "rate through one server", unit: "intros/s", value: ours,
-                        baselineName: "raw fd passing", baseline: raw, direction: .higherIsBetter, target: 0.7),
+                        baselineName: "raw fd passing", baseline: raw, direction: .higherIsBetter, target: 0.8),
         ]
     }
 
@@ -83,9 +84,61 @@ public struct BenchSuite {
         let samples = try await bench.connectLatencies(count: count)
         return [
             BenchFigure(group: "connect", name: "connect to first echo p50", unit: "µs", value: samples.median / 1000,
-                        baselineName: "raw intro RTT + crypto floor", baseline: baselineMicros, direction: .lowerIsBetter),
+                        baselineName: "raw intro RTT + crypto floor", baseline: baselineMicros, direction: .lowerIsBetter,
+                        target: 1.5),
             BenchFigure(group: "connect", name: "connect to first echo p99", unit: "µs", value: samples.percentile(99) / 1000,
                         baselineName: "raw intro RTT + crypto floor", baseline: baselineMicros, direction: .lowerIsBetter),
+        ]
+    }
+
+    /// The soak (`bench --soak SECONDS`): channels opened, used and closed at rate with fresh
+    /// registrations, for `seconds`; descriptors and RSS of the server and the echo peer after
+    /// the first tenth (warm-up) against the end.
+    public func soak(seconds: Int) async throws -> [BenchFigure] {
+        let directory = try makeDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let r = try await SoakBench.run(seconds: seconds, directory: directory, executable: Self.executablePath) { say($0) }
+        guard let last = r.samples.last, r.samples.count >= 3 else { throw BenchError("soak too short to sample") }
+        let warm = r.samples.first { $0.seconds >= Double(seconds) / 10 } ?? r.samples[1]
+        let mib = 1_048_576.0
+        return [
+            BenchFigure(group: "soak", name: "channels opened and closed", unit: "channels/s", value: Double(r.channels) / r.elapsed),
+            BenchFigure(group: "soak", name: "registrations", unit: "count", value: Double(r.registrations)),
+            BenchFigure(group: "soak", name: "duration", unit: "s", value: r.elapsed),
+            BenchFigure(group: "soak", name: "server descriptors at end", unit: "fds", value: Double(last.serverDescriptors),
+                        baselineName: "after warm-up", baseline: Double(warm.serverDescriptors), direction: .lowerIsBetter, target: 1.0),
+            BenchFigure(group: "soak", name: "peer descriptors at end", unit: "fds", value: Double(last.peerDescriptors),
+                        baselineName: "after warm-up", baseline: Double(warm.peerDescriptors), direction: .lowerIsBetter, target: 1.0),
+            BenchFigure(group: "soak", name: "server RSS at end", unit: "MiB", value: Double(last.serverRSS) / mib,
+                        baselineName: "after warm-up", baseline: Double(warm.serverRSS) / mib, direction: .lowerIsBetter, target: 1.1),
+            BenchFigure(group: "soak", name: "peer RSS at end", unit: "MiB", value: Double(last.peerRSS) / mib,
+                        baselineName: "after warm-up", baseline: Double(warm.peerRSS) / mib, direction: .lowerIsBetter, target: 1.1),
+        ]
+    }
+
+    /// 6. A 64-byte message round trip over an open channel between this process and the echo
+    /// peer process, against what its parts cost here: a raw socketpair ping-pong plus the two
+    /// seals and two opens the round trip needs.
+    func roundTrip(directory: String) async throws -> [BenchFigure] {
+        let count = options.quick ? 200 : 20_000
+        let size = 64
+        say("roundtrip: raw socketpair ping-pong and seal/open cost (the baseline)")
+        let raw = try Baselines.socketpairPingPong(messageSize: size, count: count)
+        let crypto = Baselines.sealAndOpenNanos(messageSize: size, iterations: options.quick ? 1000 : 20_000)
+        let baselineMicros = (raw.median + 2 * crypto) / 1000
+        say("roundtrip: \(count) sequential 64-byte round trips to an echo peer process")
+        let bench = PeerBench(directory: directory, executable: Self.executablePath)
+        defer { bench.stop() }
+        try bench.start()
+        let samples = try await bench.roundTrips(size: size, count: count)
+        return [
+            BenchFigure(group: "roundtrip", name: "64-byte round trip p50", unit: "µs", value: samples.median / 1000,
+                        baselineName: "raw ping-pong + 2 seals + 2 opens", baseline: baselineMicros, direction: .lowerIsBetter,
+                        target: 2),
+            BenchFigure(group: "roundtrip", name: "64-byte round trip p99", unit: "µs", value: samples.percentile(99) / 1000,
+                        baselineName: "raw ping-pong + 2 seals + 2 opens", baseline: baselineMicros, direction: .lowerIsBetter),
+            BenchFigure(group: "roundtrip", name: "raw socketpair ping-pong p50", unit: "µs", value: raw.median / 1000),
+            BenchFigure(group: "roundtrip", name: "seal + open of one 64-byte frame", unit: "µs", value: crypto / 1000),
         ]
     }
 
@@ -102,7 +155,8 @@ public struct BenchSuite {
                         value: Double(r.peak) / 1_048_576, baselineName: "peer RSS, no channel",
                         baseline: Double(r.before) / 1_048_576, direction: .lowerIsBetter),
             BenchFigure(group: "memory", name: "peer bytes per open channel", unit: "KiB",
-                        value: Double(r.holding - r.before) / Double(channels) / 1024, direction: .lowerIsBetter),
+                        value: Double(r.holding - r.before) / Double(channels) / 1024, direction: .lowerIsBetter,
+                        target: 12),
         ]
     }
 
@@ -119,7 +173,7 @@ public struct BenchSuite {
                                    baseline: Double(r.baselineRSS) / 1_048_576, direction: .lowerIsBetter))
             out.append(BenchFigure(group: "memory", name: "server bytes per peer (\(peers) peers)", unit: "KiB",
                                    value: perPeer / 1024, direction: .lowerIsBetter,
-                                   target: peers >= 10_000 ? 8 : nil))
+                                   target: peers >= 10_000 ? 6.5 : nil))
         }
         return out
     }
@@ -129,20 +183,56 @@ public struct BenchSuite {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     }
 
-    /// 1. Handshake latency and rate against the crypto floor.
+    /// 1. Handshake latency (cold, warm, and uncached as before the precomputations) against the
+    /// uncached UDS-HS1 crypto floor and a SIGMA-like floor, and handshakes per second on one
+    /// core and on all cores for a peer receiving many (issue #16).
     func handshake() throws -> [BenchFigure] {
-        say("handshake: timing the libsodium operations of one handshake (crypto floor)")
-        let floor = Baselines.cryptoFloor(iterations: options.quick ? 50 : 400)
-        say("handshake: UDS-HS1 over a socketpair")
-        let r = try HandshakeBench.run(count: options.quick ? 50 : 2000)
-        let floorMicros = floor.handshakeNanos / 1000
+        say("handshake: timing the libsodium operations of one handshake (uncached and SIGMA-like floors)")
+        let floors = HandshakeBench.floors(runs: options.quick ? 20 : 200)
+        let count = options.quick ? 50 : 2000
+        say("handshake: UDS-HS1 over a socketpair, warm (same two keys), cold (new key each time), uncached")
+        let warm = try HandshakeBench.run(count: count, mode: .warm)
+        let cold = try HandshakeBench.run(count: count / 2, mode: .cold)
+        let uncached = try HandshakeBench.run(count: count / 2, mode: .uncached)
+        let floor = floors.uncached / 1000, sigma = floors.sigma / 1000
+        let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        let seconds = options.quick ? 0.3 : 3.0
+        say("handshake: a peer receiving many, 1 thread and \(cores) threads, alternating")
+        let (responder, initiators) = try HandshakeBench.peerReceivingMany(initiators: 64)
+        // Other tenants come and go: alternate the two configurations and keep the best of each,
+        // with the host's X25519 parallelism measured the same way beside them.
+        var one = 0.0, all = 0.0, dhOne = 0.0, dhAll = 0.0
+        for _ in 0..<(options.quick ? 1 : 3) {
+            dhOne = max(dhOne, HandshakeBench.dhRate(threads: 1, seconds: seconds / 6))
+            dhAll = max(dhAll, HandshakeBench.dhRate(threads: cores, seconds: seconds / 6))
+            one = max(one, try HandshakeBench.rate(threads: 1, seconds: seconds / 3, responder: responder, initiators: initiators))
+            all = max(all, try HandshakeBench.rate(threads: cores, seconds: seconds / 3, responder: responder, initiators: initiators))
+        }
+        let parallelDH = dhAll / dhOne
+        let µs = { (s: Samples, p: Double) in s.percentile(p) / 1000 }
         return [
-            BenchFigure(group: "handshake", name: "latency p50", unit: "µs", value: r.latencies.median / 1000,
-                        baselineName: "crypto floor", baseline: floorMicros, direction: .lowerIsBetter, target: 1.3),
-            BenchFigure(group: "handshake", name: "latency p99", unit: "µs", value: r.latencies.percentile(99) / 1000,
-                        baselineName: "crypto floor", baseline: floorMicros, direction: .lowerIsBetter),
-            BenchFigure(group: "handshake", name: "rate", unit: "handshakes/s", value: r.handshakesPerSecond,
-                        baselineName: "crypto floor", baseline: 1e9 / floor.handshakeNanos, direction: .higherIsBetter),
+            BenchFigure(group: "handshake", name: "latency p50 warm", unit: "µs", value: µs(warm.latencies, 50),
+                        baselineName: "uncached UDS-HS1 floor", baseline: floor, direction: .lowerIsBetter, target: 0.75),
+            BenchFigure(group: "handshake", name: "latency p99 warm", unit: "µs", value: µs(warm.latencies, 99),
+                        baselineName: "uncached UDS-HS1 floor", baseline: floor, direction: .lowerIsBetter),
+            BenchFigure(group: "handshake", name: "latency p50 cold", unit: "µs", value: µs(cold.latencies, 50),
+                        baselineName: "uncached handshake p50", baseline: µs(uncached.latencies, 50), direction: .lowerIsBetter, target: 1.0),
+            BenchFigure(group: "handshake", name: "latency p99 cold", unit: "µs", value: µs(cold.latencies, 99),
+                        baselineName: "uncached handshake p99", baseline: µs(uncached.latencies, 99), direction: .lowerIsBetter),
+            BenchFigure(group: "handshake", name: "latency p50 uncached (before #16)", unit: "µs", value: µs(uncached.latencies, 50),
+                        baselineName: "uncached UDS-HS1 floor", baseline: floor, direction: .lowerIsBetter),
+            BenchFigure(group: "handshake", name: "latency p50 warm vs SIGMA-like", unit: "µs", value: µs(warm.latencies, 50),
+                        baselineName: "SIGMA-like floor", baseline: sigma, direction: .lowerIsBetter),
+            BenchFigure(group: "handshake", name: "uncached UDS-HS1 floor", unit: "µs", value: floor),
+            BenchFigure(group: "handshake", name: "SIGMA-like floor", unit: "µs", value: sigma),
+            BenchFigure(group: "handshake", name: "rate, peer receiving many, 1 core", unit: "handshakes/s", value: one,
+                        baselineName: "uncached floor", baseline: 1e9 / floors.uncached, direction: .higherIsBetter),
+            BenchFigure(group: "handshake", name: "rate, peer receiving many, \(cores) cores", unit: "handshakes/s", value: all,
+                        baselineName: "same, 1 core", baseline: one, direction: .higherIsBetter, target: cores >= 2 ? 1.7 : nil),
+            BenchFigure(group: "handshake", name: "host parallelism now (X25519, \(cores) threads / 1)", unit: "×", value: parallelDH),
+            // 1.0: the handshakes scale exactly as far as the host lets raw X25519 scale (no
+            // serialisation of ours); below: something of ours serialises them.
+            BenchFigure(group: "handshake", name: "rate scaling / host parallelism", unit: "×", value: (all / one) / parallelDH),
         ]
     }
 
@@ -165,7 +255,7 @@ public struct BenchSuite {
             let gb = 1e9
             out.append(BenchFigure(group: "channel", name: "throughput \(label)", unit: "GB/s", value: runtime / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter,
-                                   target: size == 64 << 10 ? 0.8 : nil))
+                                   target: size == 64 << 10 ? 0.9 : size == 1 << 10 ? 0.6 : nil))
             out.append(BenchFigure(group: "channel", name: "framing only, 2 threads \(label)", unit: "GB/s", value: framing / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter))
             out.append(BenchFigure(group: "channel", name: "raw socketpair \(label)", unit: "GB/s", value: raw / gb))

@@ -5,6 +5,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <stdalign.h>
+#include <sys/prctl.h>
 #include <sys/un.h>
 
 // The Swift side sizes buffers with these helpers; the asserts catch an ABI we never checked.
@@ -54,3 +55,7 @@ int cfd_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
 size_t cfd_sockaddr_un_size(void) { return sizeof(struct sockaddr_un); }
 
 size_t cfd_sockaddr_un_path_offset(void) { return offsetof(struct sockaddr_un, sun_path); }
+
+int cfd_set_dumpable(int dumpable) { return prctl(PR_SET_DUMPABLE, (unsigned long)dumpable, 0UL, 0UL, 0UL); }
+
+int cfd_get_dumpable(void) { return prctl(PR_GET_DUMPABLE, 0UL, 0UL, 0UL, 0UL); }

@@ -34,7 +34,7 @@ public struct ChannelRuntimeConfiguration: Sendable {
     }
     /// Asked about an initiator's key after msg1's header checks; false → `peerNotAllowed`.
     public var peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)?
-    /// Ephemeral X25519 keys (tests inject fixed ones).
+    /// Ephemeral X25519 keys: made ahead of time by the process-wide pool (tests inject fixed ones).
     public var ephemeralKeys: EphemeralKeySource
     /// SO_SNDBUF for our end of each channel socket (nil: the kernel default, about 208 KiB);
     /// the kernel caps it at net.core.wmem_max.
@@ -45,7 +45,7 @@ public struct ChannelRuntimeConfiguration: Sendable {
         maxInboundQueuedBytes: Int = 4 << 20, maxInboundQueuedMessages: Int = 1024,
         maxOutboundQueuedBytes: Int = 1 << 20, readChunkSize: Int = 64 << 10, readsPerEvent: Int = 8,
         closeTimeout: Duration = .seconds(2), allowLegacyPeers: Bool = false,
-        peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil, ephemeralKeys: EphemeralKeySource = .system,
+        peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil, ephemeralKeys: EphemeralKeySource = .pooled,
         socketSendBufferSize: Int? = 1 << 20
     ) {
         precondition(maxInboundQueuedBytes >= 1 && maxInboundQueuedMessages >= 1, "inbound queue bounds must be positive")
@@ -63,6 +63,22 @@ public struct ChannelRuntimeConfiguration: Sendable {
         self.peerPolicy = peerPolicy
         self.ephemeralKeys = ephemeralKeys
         self.socketSendBufferSize = socketSendBufferSize
+    }
+
+    /// Checks the settings that only work together. `ChannelEstablishment` (and so
+    /// `PeerNetlayer`) refuses a configuration that fails with `invalidConfiguration` when it
+    /// is built, so no combination traps later on a live channel.
+    public func validate() throws(PeerError) {
+        let buffered = handshake.channel.maxBufferedInput
+        // A read lands behind the unfinished frame the receiver may hold (up to one frame less
+        // a byte), and the receiver never buffers more than maxBufferedInput.
+        let needed = readChunkSize + FrameFormat.maxFrameLength - 1
+        guard needed <= buffered else {
+            throw PeerError(
+                .invalidConfiguration,
+                "readChunkSize \(readChunkSize) plus one unfinished frame (\(FrameFormat.maxFrameLength - 1) bytes) " +
+                "exceeds maxBufferedInput \(buffered)")
+        }
     }
 }
 
@@ -127,6 +143,7 @@ public struct ChannelEstablishment: Sendable {
     public let limiter: HandshakeLimiter
     let handshakeIdentity: HandshakeIdentity
     let keyCache: X25519KeyCache
+    let staticSecrets: StaticSecretCache
     /// Keys that completed UDS-HS1 here, never admitted as legacy afterwards.
     public let verifiedPeers: VerifiedPeerMemory
     private(set) var audit: (any AuditSink)?
@@ -134,15 +151,23 @@ public struct ChannelEstablishment: Sendable {
     /// Shared by copies: rate-limits the warning line of resource refusals.
     let refusals = RefusalReporter()
 
+    /// Throws `invalidConfiguration` when `configuration.validate()` fails.
+    ///
     /// - Parameters:
     ///   - limiter: share one between establishments that must respect one cap (default: a new
     ///     limiter of `HandshakeLimiter.defaultLimit`).
+    ///   - keyCache: peers' keys in X25519 form (default: the process-wide cache that identity
+    ///     validation fills too).
+    ///   - staticSecrets: ss per peer key, for this identity (default: a new cache of
+    ///     `StaticSecretCache.defaultCapacity` pairs, wiped when the establishment goes).
     ///   - audit: where handshake and channel records go (nil: none).
     public init(
         identity keyPair: IdentityKeyPair, configuration: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(),
-        limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = X25519KeyCache(),
-        verifiedPeers: VerifiedPeerMemory = VerifiedPeerMemory(), audit: (any AuditSink)? = nil, logger: Logger
-    ) {
+        limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = .shared,
+        staticSecrets: StaticSecretCache = StaticSecretCache(), verifiedPeers: VerifiedPeerMemory = VerifiedPeerMemory(),
+        audit: (any AuditSink)? = nil, logger: Logger
+    ) throws(PeerError) {
+        try configuration.validate()
         do {
             handshakeIdentity = try HandshakeIdentity(publicKey: keyPair.publicKey, secretKey: keyPair.handshakeSecretKey())
         } catch {
@@ -153,6 +178,7 @@ public struct ChannelEstablishment: Sendable {
         self.configuration = configuration
         self.limiter = limiter
         self.keyCache = keyCache
+        self.staticSecrets = staticSecrets
         self.verifiedPeers = verifiedPeers
         self.audit = audit
         self.logger = logger
@@ -181,15 +207,15 @@ public struct ChannelEstablishment: Sendable {
         do {
             machine = try HandshakeInitiator(
                 identity: handshakeIdentity, responder: responder.publicKey, configuration: configuration.handshake,
-                keyCache: keyCache, ephemeralKeys: configuration.ephemeralKeys, now: .now)
+                keyCache: keyCache, staticSecrets: staticSecrets, ephemeralKeys: configuration.ephemeralKeys, now: .now)
         } catch {
             limiter.release()
             socket.close()
             throw refuse(PeerError(error), facts)
         }
         let engine = ChannelEngine(
-            socket: socket, phase: .initiating(machine), initialOutput: machine.initialMessage,
-            deadline: machine.deadline, facts: facts, environment: environment)
+            socket: socket, machine: ChannelMachine(initiator: machine, configuration: machineConfiguration(facts)),
+            facts: facts, environment: environment)
         cancellation?.attach(engine)
         return try await engine.establish()
     }
@@ -220,11 +246,22 @@ public struct ChannelEstablishment: Sendable {
         }
         let machine = HandshakeResponder(
             identity: handshakeIdentity, announcedInitiator: initiator.publicKey, configuration: configuration.handshake,
-            policy: configuration.peerPolicy, keyCache: keyCache, ephemeralKeys: configuration.ephemeralKeys, now: .now)
+            policy: configuration.peerPolicy, keyCache: keyCache, staticSecrets: staticSecrets,
+            ephemeralKeys: configuration.ephemeralKeys, now: .now)
         let engine = ChannelEngine(
-            socket: socket, phase: .responding(machine, legacyProbe: []), initialOutput: [],
-            deadline: machine.deadline, facts: facts, environment: environment)
+            socket: socket, machine: ChannelMachine(responder: machine, configuration: machineConfiguration(facts)),
+            facts: facts, environment: environment)
         return try await engine.establish()
+    }
+
+    /// The machine's settings for one socket: a legacy peer is admitted only when the policy
+    /// admits its claim and, when it shows up, the claimed key has not completed UDS-HS1 here.
+    func machineConfiguration(_ facts: ChannelFacts) -> ChannelMachine.Configuration {
+        let claim = facts.legacyClaim
+        let verifiedPeers = verifiedPeers
+        return ChannelMachine.Configuration(
+            closeTimeout: configuration.closeTimeout, allowLegacyPeers: configuration.legacyPeers.admits(claim),
+            legacyCheck: { !verifiedPeers.refusesLegacy(claim) })
     }
 
     /// The same establishment writing its records to `sink` (which forwards them on).

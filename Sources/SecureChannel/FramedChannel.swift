@@ -54,7 +54,7 @@ public enum FrameFormat {
 public final class FrameSender {
     private enum State { case open, closed, failed }
 
-    private let key: SecretBytes
+    let key: SecretBytes
     private var nonce: UInt64
     private var state: State = .open
     public let configuration: ChannelConfiguration
@@ -199,8 +199,10 @@ public final class FrameSender {
     /// Test hook: jump the nonce (Noise §5.1 SetNonce) to reach exhaustion without 2^64 frames.
     func setNonceForTesting(_ n: UInt64) { nonce = n }
 
-    /// Vector hook: the traffic key (K_IR or K_RI) so vectors can publish it.
-    @_spi(TestVectors) public var trafficKeyForVectors: [UInt8] { key.unsafeCopyToArray() }
+    /// Test hook: the traffic key (K_IR or K_RI). Internal on purpose: only `@testable` test
+    /// code reaches it, and no public or SPI path of the library returns a traffic key
+    /// (`vectors verify` checks keys by what they seal instead).
+    var trafficKeyForTesting: [UInt8] { key.unsafeCopyToArray() }
 }
 
 /// What the receiving half produced.
@@ -224,7 +226,7 @@ public enum ChannelRead<R> {
 public final class FrameReceiver {
     private enum State { case open, closed, failed }
 
-    private let key: SecretBytes
+    let key: SecretBytes
     private var nonce: UInt64
     private var state: State = .open
     public let configuration: ChannelConfiguration
@@ -243,8 +245,11 @@ public final class FrameReceiver {
     private var messageLength = 0
     private var messageReady = false
 
-    private static let initialInput = 4096
-    private static let initialMessage = 4096
+    // Small to start: an idle channel holds little; both grow with traffic.
+    private static let initialInput = 1024
+    private static let initialMessage = 256
+    /// Input capacity above this is given back by `releaseIdleMemory()`.
+    private static let retainedInputCapacity = 16 << 10
     /// Reassembly memory above this is released after each message.
     private static let retainedMessageCapacity = 256 << 10
 
@@ -460,8 +465,30 @@ public final class FrameReceiver {
         messageCapacity = capacity
     }
 
+    /// Gives back input memory a burst grew, when nothing is buffered (the runtime calls it
+    /// once the socket has no more to read), so an idle channel shrinks to its starting size.
+    public func releaseIdleMemory() {
+        if inputEnd == inputStart, inputCapacity > Self.retainedInputCapacity {
+            secureZero(UnsafeMutableRawBufferPointer(start: input, count: inputCapacity))
+            input.deallocate()
+            inputCapacity = Self.initialInput
+            input = UnsafeMutableRawPointer.allocate(byteCount: inputCapacity, alignment: 16)
+            inputStart = 0
+            inputEnd = 0
+        }
+        if messageLength == 0, !messageReady, messageCapacity > Self.retainedInputCapacity {
+            message.deallocate()
+            messageCapacity = Self.initialMessage
+            message = UnsafeMutableRawPointer.allocate(byteCount: messageCapacity, alignment: 16)
+        }
+    }
+
+    /// Bytes of memory this receiver holds (tests: memory follows use).
+    public var heldBytes: Int { inputCapacity + messageCapacity }
+
     /// Test hook: jump the nonce to reach exhaustion without 2^64 frames.
     func setNonceForTesting(_ n: UInt64) { nonce = n }
 
-    @_spi(TestVectors) public var trafficKeyForVectors: [UInt8] { key.unsafeCopyToArray() }
+    /// Test hook: the traffic key (internal; see `FrameSender.trafficKeyForTesting`).
+    var trafficKeyForTesting: [UInt8] { key.unsafeCopyToArray() }
 }

@@ -108,6 +108,8 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Flag(help: "Let a registration take over a live earlier connection of its key when both have the same uid (SO_PEERCRED). Without it a live registration is never displaced.")
     var replaceSameUid = false
 
+    @OptionGroup var coreDumps: CoreDumpOption
+
     func validate() throws {
         guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
         try auditWriter.validate(auditLog: auditLog)
@@ -179,6 +181,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "ocapn-uds.intro-server")
         logger.logLevel = level
+        try coreDumps.apply(logger: logger)
 
         let keyPair: IdentityKeyPair
         do {

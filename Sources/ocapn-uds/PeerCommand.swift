@@ -155,7 +155,12 @@ struct PeerOptions: ParsableArguments {
         configuration.channel.legacyPeers = try legacyPeerPolicy()
         configuration.registrationForms = try registrationForms()
         adjust(&configuration)
-        let netlayer = PeerNetlayer(identity: pair, configuration: configuration, audit: sink, logger: logger)
+        let netlayer: PeerNetlayer
+        do throws(PeerError) {
+            netlayer = try PeerNetlayer(identity: pair, configuration: configuration, audit: sink, logger: logger)
+        } catch {
+            throw PeerOutput.failure("configuration", error)
+        }
         return PeerRuntime(netlayer: netlayer, audit: sink, logger: logger)
     }
 }
@@ -197,7 +202,7 @@ enum PeerOutput {
             return .refused
         case .passedSocketInvalid, .notAddressedToUs, .handshakeLimitExceeded, .timeout, .truncated, .nonceExhausted,
              .messageTooLarge, .ioError, .channelClosed, .noSharedServer, .serverDisconnected, .serverUnreachable,
-             .registrationTimeout, .invalidLocator, .netlayerClosed:
+             .registrationTimeout, .invalidLocator, .netlayerClosed, .invalidConfiguration:
             return .failure
         case .introductionDropped:
             return .introductionDropped
@@ -283,6 +288,7 @@ struct PeerCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var options: PeerOptions
+    @OptionGroup var coreDumps: CoreDumpOption
 
     @Flag(help: "Exit at start when any --server fails instead of serving through the others.")
     var requireAllServers = false
@@ -319,6 +325,9 @@ struct PeerCommand: AsyncParsableCommand {
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
+        var hardeningLog = Logger(label: "ocapn-uds.peer", factory: { StreamLogHandler.standardError(label: $0) })
+        hardeningLog.logLevel = Logger.Level(rawValue: options.logLevel) ?? .warning
+        try coreDumps.apply(logger: hardeningLog)
         let termination = TerminationSignal()
         let runtime = try options.makeNetlayer { configuration in
             configuration.maxConcurrentHandshakes = maxHandshakes

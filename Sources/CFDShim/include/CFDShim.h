@@ -33,4 +33,9 @@ int cfd_accept4(int fd, int flags);
 size_t cfd_sockaddr_un_size(void);
 size_t cfd_sockaddr_un_path_offset(void);
 
+/// prctl(PR_SET_DUMPABLE, dumpable): prctl is variadic, which Swift cannot call.
+int cfd_set_dumpable(int dumpable);
+/// prctl(PR_GET_DUMPABLE): 0 (not dumpable), 1 or 2, or -1 with errno set.
+int cfd_get_dumpable(void);
+
 #endif
