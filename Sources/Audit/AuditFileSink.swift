@@ -365,17 +365,21 @@ public final class AuditFileSink: AuditSink {
             defer { box.scheduled = true }
             return (!box.scheduled, box.items.count >= Self.maxQueued)
         }
-        if schedule { writer.async { [self] in drain() } }
+        // Coalesced: the writer wakes at most every `batchDelay` and takes everything queued,
+        // so a busy daemon pays one wake-up and one write(2) per batch, not per record.
+        if schedule { writer.asyncAfter(deadline: .now() + Self.batchDelay) { [self] in drain() } }
         // Backpressure: a caller far ahead of the disk waits for the writer instead of growing memory.
-        if full { writer.sync {} }
+        if full { writer.sync { drain() } }
     }
 
     /// Waits until every record passed to `record` so far is written (asynchronous mode).
     public func flush() {
-        if configuration.asynchronous { writer.sync {} }
+        guard configuration.asynchronous else { return }
+        writer.sync { drain() }
     }
 
     private static let maxQueued = 16_384
+    private static let batchDelay = DispatchTimeInterval.milliseconds(2)
 
     /// The asynchronous writer: takes what is queued, writes it in order, until nothing is left.
     private func drain() {
