@@ -65,6 +65,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Test-only C: a sender whose SCM_RIGHTS control message is padded like Goblins' (issue #17).
+        .target(name: "CPaddedSender", path: "Tests/CPaddedSender"),
         .testTarget(name: "SyrupTests", dependencies: ["Syrup"]),
         .testTarget(name: "IdentityTests", dependencies: ["Identity", "SodiumCrypto"]),
         .testTarget(name: "OCapNTests", dependencies: ["OCapN", "Syrup", "Identity", "SodiumCrypto"]),
@@ -75,13 +77,13 @@ let package = Package(
             name: "RuntimeTests",
             dependencies: [
                 "Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "SecureChannel",
-                .product(name: "Logging", package: "swift-log"),
+                "CPaddedSender", .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
             name: "IntegrationTests",
             // Depending on the executable makes `swift test` build it; the tests spawn it.
-            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "VectorCheck", "ocapn-uds"]
+            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "VectorCheck", "CPaddedSender", "ocapn-uds"]
         ),
     ]
 )

@@ -93,13 +93,15 @@ extension AuditReason {
     public static let replacedByNewer: AuditReason = "replacedByNewer"
     public static let serverShutdown: AuditReason = "serverShutdown"
     public static let legacyPeerRefused: AuditReason = "legacyPeerRefused"
+    /// Not a failure: descriptors beyond a marker's one were closed (descriptors.closed).
+    public static let extraDescriptorsClosed: AuditReason = "extraDescriptorsClosed"
 
     /// Codes the introduction server reports.
     public static let introServerCodes: [AuditReason] = [
         .badSignature, .challengeLength, .malformedMessage, .messageTooLarge, .spoofedFrom, .fdMissing,
         .fdInvalid, .extraFds, .registrationTimeout, .tooManyClients, .tooManyUnauthenticated,
         .pendingLimit, .rateLimited, .targetUnknownExpired, .uidNotAllowed, .outputOverflow,
-        .replacedByNewer, .serverShutdown, .legacyPeerRefused,
+        .replacedByNewer, .serverShutdown, .legacyPeerRefused, .extraDescriptorsClosed,
     ]
 }
 

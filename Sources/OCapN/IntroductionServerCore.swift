@@ -117,6 +117,7 @@ public final class IntroductionServerCore<Descriptor> {
     private let signer: SigningIdentity
     private let makeChallenge: () -> Challenge
     private let checkDescriptor: (Descriptor) -> IntroductionServerDescriptorVerdict
+    private let describeDescriptor: (Descriptor) -> String
     private let readerLimits: ControlStreamReader<Descriptor>.Limits
     private let registrationTimeout: UInt64
     private let partialTimeout: UInt64
@@ -143,10 +144,13 @@ public final class IntroductionServerCore<Descriptor> {
     ///   - attemptIDBase: random start of this run's audit attempt ids (ids are base + counter).
     ///   - makeChallenge: a fresh 64-byte challenge per connection (`Challenge.random` in production).
     ///   - checkDescriptor: the kind check for a passed descriptor (fstat/getsockopt only).
+    ///   - describeDescriptor: a short name ("tty", "pipe") for an extra descriptor the core
+    ///     closes unused, for its audit record.
     public init(
         signer: SigningIdentity, configuration: IntroductionServerConfiguration, attemptIDBase: UInt64,
         makeChallenge: @escaping () -> Challenge,
-        checkDescriptor: @escaping (Descriptor) -> IntroductionServerDescriptorVerdict
+        checkDescriptor: @escaping (Descriptor) -> IntroductionServerDescriptorVerdict,
+        describeDescriptor: @escaping (Descriptor) -> String = { _ in "descriptor" }
     ) {
         precondition(configuration.limits.problems.isEmpty,
                      "invalid limits: \(configuration.limits.problems.joined(separator: "; "))")
@@ -154,9 +158,11 @@ public final class IntroductionServerCore<Descriptor> {
         self.configuration = configuration
         self.makeChallenge = makeChallenge
         self.checkDescriptor = checkDescriptor
+        self.describeDescriptor = describeDescriptor
         nextAttempt = attemptIDBase
         let limits = configuration.limits
-        readerLimits = .init(syrup: limits.syrupLimits, maxQueuedDescriptors: 1)
+        readerLimits = .init(syrup: limits.syrupLimits, maxQueuedDescriptors: 1,
+                             maxDescriptorsPerRead: configuration.toleratePaddingDescriptor ? 2 : 1)
         registrationTimeout = limits.registrationTimeout.nanoseconds
         partialTimeout = limits.partialMessageTimeout.nanoseconds
         pendingLifetime = limits.pendingLifetime.nanoseconds
@@ -223,8 +229,10 @@ public final class IntroductionServerCore<Descriptor> {
             preconditionFailure("received for unknown connection \(id)")
         }
         var out: [Action] = []
+        var extraKinds: [String] = []
         do throws(ControlStreamReader<Descriptor>.ReadError) {
-            try connection.reader.receive(bytes, descriptors: descriptors)
+            let extras = try connection.reader.receive(bytes, descriptors: descriptors)
+            extraKinds = closeExtras(extras, into: &out)
         } catch {
             drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
             return out
@@ -235,7 +243,7 @@ public final class IntroductionServerCore<Descriptor> {
                 item = try connection.reader.next()
             } catch {
                 drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
-                return out
+                break
             }
             guard let item else { break }
             switch item {
@@ -259,6 +267,9 @@ public final class IntroductionServerCore<Descriptor> {
                 connection.phase = .registered(r)
             }
         }
+        // Recorded once this read's messages are handled: a sender that registers and
+        // introduces in one burst is then named by the key it just proved.
+        if !extraKinds.isEmpty { auditExtras(extraKinds, on: connection, into: &out) }
         return out
     }
 
@@ -467,6 +478,25 @@ public final class IntroductionServerCore<Descriptor> {
             out.append(.log(.init(.debug, "introduction queued until the target registers", connection: connection.id,
                                   peer: from, target: to)))
         }
+    }
+
+    /// A padded control message (issue #17) brought descriptors beyond the marker's one: close
+    /// them before anything else and return what they were. The first descriptor goes on to its
+    /// marker and the kind check like any other; the connection stays.
+    private func closeExtras(_ extras: [Descriptor], into out: inout [Action]) -> [String] {
+        let kinds = extras.map(describeDescriptor)
+        for extra in extras { out.append(.closeDescriptor(extra)) }
+        return kinds
+    }
+
+    private func auditExtras(_ kinds: [String], on connection: Connection, into out: inout [Action]) {
+        var sender = connection.identity
+        if sender == nil, case let .registering(r) = connection.phase { sender = r.claimed }
+        out.append(.audit(.init(.extraDescriptorsClosed, reason: .extraDescriptorsClosed, attempt: takeAttempt(),
+                                from: sender, credentials: connection.credentials, descriptorKinds: kinds)))
+        out.append(.log(.init(.notice, "extra descriptors closed: the sender's control message carried more than one",
+                              connection: connection.id, peer: sender, credentials: connection.credentials,
+                              reason: .extraDescriptorsClosed, detail: kinds.joined(separator: ", "))))
     }
 
     // MARK: registration and routing

@@ -73,6 +73,9 @@ public enum IntroductionServerReason: String, Sendable, CaseIterable {
     case ioError
     /// An introduction of a peer to itself.
     case selfConnection
+    /// A padded control message brought descriptors beyond the marker's one; they were closed
+    /// unused and the introduction went on (issue #17).
+    case extraDescriptorsClosed
 }
 
 /// One audit fact from the core; the runtime turns it into an `AuditEvent` of the same kind.
@@ -86,6 +89,8 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
         case registrationAccepted, registrationRefused
         case introductionRequested, introductionQueued
         case introductionForwarded, introductionExpired, introductionRefused
+        /// Descriptors beyond the marker's one were closed at once (`descriptorKinds` names them).
+        case extraDescriptorsClosed
 
         /// Whether a record of this kind ends its attempt.
         public var isTerminal: Bool {
@@ -93,7 +98,7 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
             case .registrationAccepted, .registrationRefused, .introductionForwarded, .introductionExpired,
                  .introductionRefused:
                 return true
-            case .introductionRequested, .introductionQueued:
+            case .introductionRequested, .introductionQueued, .extraDescriptorsClosed:
                 return false
             }
         }
@@ -112,11 +117,14 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
     public var credentials: IntroductionServerCredentials?
     /// From accept (registration) or from the request (introduction) to this record.
     public var durationNanoseconds: UInt64?
+    /// `extraDescriptorsClosed`: what each closed descriptor was ("tty", "pipe", "/dev/null").
+    public var descriptorKinds: [String]?
 
     public init(
         _ kind: Kind, reason: IntroductionServerReason? = nil, attempt: UInt64, claimed: PublicIdentity? = nil,
         proved: PublicIdentity? = nil, from: PublicIdentity? = nil, to: PublicIdentity? = nil,
-        credentials: IntroductionServerCredentials? = nil, durationNanoseconds: UInt64? = nil
+        credentials: IntroductionServerCredentials? = nil, durationNanoseconds: UInt64? = nil,
+        descriptorKinds: [String]? = nil
     ) {
         self.kind = kind
         self.reason = reason
@@ -127,6 +135,7 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
         self.to = to
         self.credentials = credentials
         self.durationNanoseconds = durationNanoseconds
+        self.descriptorKinds = descriptorKinds
     }
 }
 
@@ -239,6 +248,10 @@ public struct IntroductionServerConfiguration: Sendable {
     public var debugLogging: Bool
     /// Designators other than registered peers' kept validated (hint keys, awaited targets).
     public var designatorCacheSize: Int
+    /// Accept a marker whose read carries one extra descriptor (a sender's padded 24-byte
+    /// control message, issue #17): the extra is closed at once and audited. Off: strict, any
+    /// second descriptor is `extraFds` and closes the connection.
+    public var toleratePaddingDescriptor: Bool = true
 
     public init(limits: IntroductionServerLimits = IntroductionServerLimits(), allowedUIDs: Set<UInt32>,
                 debugLogging: Bool = false, designatorCacheSize: Int = 256) {

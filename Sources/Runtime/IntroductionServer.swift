@@ -109,7 +109,8 @@ public final class IntroductionServer: @unchecked Sendable {
             signer: signer, configuration: configuration.core,
             attemptIDBase: AuditAttemptID.random().rawValue,
             makeChallenge: { Challenge.random() },
-            checkDescriptor: Self.checkDescriptor)
+            checkDescriptor: Self.checkDescriptor,
+            describeDescriptor: { $0.shortKindDescription() })
         var listening = Listener.Configuration()
         // One above the core's cap, so a connection over the cap is accepted, refused with an
         // audit record (tooManyClients) and closed, instead of hanging in the backlog.
@@ -413,6 +414,7 @@ extension AuditEvent {
         case .introductionForwarded: kind = .introductionForwarded
         case .introductionExpired: kind = .introductionExpired
         case .introductionRefused: kind = .introductionRefused
+        case .extraDescriptorsClosed: kind = .descriptorsClosed
         }
         self.init(
             kind, reason: record.reason.map(AuditReason.init(introductionServer:)),
@@ -420,7 +422,8 @@ extension AuditEvent {
             expectedPeer: record.claimed.map(AuditPeerID.init), provedPeer: record.proved.map(AuditPeerID.init),
             from: record.from.map(AuditPeerID.init), to: record.to.map(AuditPeerID.init),
             credentials: record.credentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
-            durationMicros: record.durationNanoseconds.map { $0 / 1000 })
+            durationMicros: record.durationNanoseconds.map { $0 / 1000 },
+            descriptorKinds: record.descriptorKinds.flatMap(AuditDescriptorKinds.init))
     }
 }
 

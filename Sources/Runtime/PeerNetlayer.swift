@@ -298,6 +298,19 @@ public final class PeerNetlayer: @unchecked Sendable {
             introServer: AuditPeerID(server)))
     }
 
+    /// A server's marker came with extra descriptors (a padded control message, issue #17),
+    /// already closed by the connection: logged and audited with what they were.
+    func closedExtraDescriptors(kinds: [String], server: PublicIdentity?, path: String?) {
+        var log = logger
+        if let server { log[metadataKey: "server"] = "\(server.fingerprint)" }
+        log.notice("extra descriptors closed: the server's control message carried more than one",
+                   metadata: ["descriptors": "\(kinds.joined(separator: ", "))", "path": "\(path ?? "(descriptor)")"])
+        audit?.record(AuditEvent(
+            .descriptorsClosed, reason: .extraDescriptorsClosed, role: .client, local: AuditPeerID(identity),
+            introServer: server.map { AuditPeerID($0) }, path: path.flatMap { AuditPath($0) },
+            descriptorKinds: AuditDescriptorKinds(kinds)))
+    }
+
     // MARK: shutdown
 
     /// Disconnects every server and ends `incoming`. Open channels are not affected.

@@ -81,7 +81,14 @@ final class ServerConnection: @unchecked Sendable {
         switch event {
         case .received(let chunk):
             do throws(ControlStreamReader<FileDescriptor>.ReadError) {
-                try reader.receive(chunk.bytes, descriptors: chunk.descriptors)
+                let extras = try reader.receive(chunk.bytes, descriptors: chunk.descriptors)
+                if !extras.isEmpty {
+                    // Issue #17: a padded control message brings the sender's fd 0 along. The
+                    // first descriptor still faces every check; the extras are closed now.
+                    let kinds = extras.map { $0.shortKindDescription() }
+                    for extra in extras { extra.close() }
+                    netlayer.closedExtraDescriptors(kinds: kinds, server: handle.server, path: path)
+                }
                 while true {
                     if case .closed = state { return }
                     guard let item = try reader.next() else { break }

@@ -76,8 +76,8 @@ import Transport
         }
     }
 
-    @Test("A2/A3/A4: a marker without a descriptor, with two, or with five (MSG_CTRUNC) closes the connection",
-          arguments: [(0, "fdMissing"), (2, "extraFds"), (5, "extraFds")])
+    @Test("A2/A3/A4: a marker without a descriptor, with three, or with five (MSG_CTRUNC) closes the connection",
+          arguments: [(0, "fdMissing"), (3, "extraFds"), (5, "extraFds")])
     func descriptorCounts(count: Int, reason: String) throws {
         try withCanaries { server, d in
             let x = try rawConnection(server)

@@ -122,7 +122,7 @@ final class TestPeer {
     let key: IdentityKeyPair
     let control: FileDescriptor
     let server: PublicIdentity
-    private var reader = ControlStreamReader<FileDescriptor>()
+    private var reader = ControlStreamReader<FileDescriptor>(limits: .init(maxDescriptorsPerRead: 1))  // strict: what we send carries one
     private var client: RegistrationClient
     private var received: [FileDescriptor] = []
 
@@ -176,7 +176,7 @@ final class TestPeer {
                     try reader.finish()
                     return nil
                 }
-                try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
+                _ = try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
             }
         }
     }

@@ -252,7 +252,19 @@ import Testing
             h.finish()
         }
         do {
+            // Three descriptors on one marker: more than padding explains.
             let h = CoreHarness()
+            let a = h.register(Peers.signer(1))
+            h.feed(a, record)
+            h.feed(a, UDSNewConnection.fdMarker, descriptors: [h.descriptor(), h.descriptor(), h.descriptor()])
+            #expect(h.reasons(.introductionRefused) == [.extraFds])
+            #expect(h.closedDescriptors.count == 3)
+            #expect(h.closedConnections == [a])
+            h.finish()
+        }
+        do {
+            // Strict configuration: a second descriptor is already too many.
+            let h = CoreHarness(toleratePadding: false)
             let a = h.register(Peers.signer(1))
             h.feed(a, record)
             h.feed(a, UDSNewConnection.fdMarker, descriptors: [h.descriptor(), h.descriptor()])
@@ -271,6 +283,36 @@ import Testing
             #expect(h.closedDescriptors == [stray])
             h.finish()
         }
+    }
+
+    @Test("Issue #17: a marker with the padding descriptor forwards the first, closes the extra first and audits its kind; the sender stays")
+    func paddedMarkerForwardsTheFirst() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let b = h.register(Peers.signer(2))
+        let record = UDSMessage.newConnection(UDSNewConnection(
+            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded
+        let socket = h.descriptor(), stdin = h.descriptor()
+        h.feed(a, record)
+        h.feed(a, UDSNewConnection.fdMarker, descriptors: [socket, stdin])
+        #expect(h.closedDescriptors == [stdin])
+        #expect(h.forwards.map(\.descriptor) == [socket])
+        #expect(h.forwards.first?.target == b)
+        let notice = h.audits(.extraDescriptorsClosed)
+        #expect(notice.count == 1)
+        #expect(notice.first?.reason == .extraDescriptorsClosed)
+        #expect(notice.first?.descriptorKinds == ["fake-\(stdin)"])
+        #expect(notice.first?.from == Peers.signer(1).identity)
+        #expect(h.closedConnections.isEmpty)
+        // A non-socket in first place stays refused (fdInvalid), its extra closed all the same.
+        let file = h.descriptor(), stdin2 = h.descriptor()
+        h.invalidDescriptors.insert(file)
+        h.feed(a, record)
+        h.feed(a, UDSNewConnection.fdMarker, descriptors: [file, stdin2])
+        #expect(h.reasons(.introductionRefused) == [.fdInvalid])
+        #expect(h.closedDescriptors == [stdin, stdin2, file])
+        #expect(h.closedConnections.isEmpty)
+        h.finish()
     }
 
     @Test("End of stream inside a message or before the marker is truncated; a clean end unregisters quietly")
