@@ -52,6 +52,9 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
         case serverDisconnected
         /// The introduction server could not be reached (nothing listening, connect timeout).
         case serverUnreachable
+        /// The socket's listener runs as another non-root uid (SO_PEERCRED) and the server's key
+        /// is not pinned (`PeerNetlayer.Configuration.serverUIDPolicy`).
+        case serverNotTrusted
         /// Registration with the introduction server failed (bad signature, pinned key mismatch,
         /// malformed reply, deadline); `detail` names the OCapN reason.
         case registrationFailed
@@ -108,7 +111,9 @@ extension AuditReason {
     public static let registrationFailed: AuditReason = "registrationFailed"
     public static let serverDisconnected: AuditReason = "serverDisconnected"
     public static let netlayerClosed: AuditReason = "netlayerClosed"
+    public static let serverNotTrusted: AuditReason = "serverNotTrusted"
 
     /// Codes the peer netlayer writes beyond the handshake and channel codes.
-    public static let peerNetlayerCodes: [AuditReason] = [.registrationFailed, .serverDisconnected, .netlayerClosed]
+    public static let peerNetlayerCodes: [AuditReason] = [.registrationFailed, .serverDisconnected, .netlayerClosed,
+                                                          .serverNotTrusted]
 }
