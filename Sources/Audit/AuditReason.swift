@@ -85,6 +85,7 @@ extension AuditReason {
     public static let registrationTimeout: AuditReason = "registrationTimeout"
     public static let tooManyClients: AuditReason = "tooManyClients"
     public static let tooManyUnauthenticated: AuditReason = "tooManyUnauthenticated"
+    public static let unauthenticatedEvicted: AuditReason = "unauthenticatedEvicted"
     public static let pendingLimit: AuditReason = "pendingLimit"
     public static let rateLimited: AuditReason = "rateLimited"
     public static let targetUnknownExpired: AuditReason = "targetUnknownExpired"
@@ -99,7 +100,7 @@ extension AuditReason {
     /// Codes the introduction server reports.
     public static let introServerCodes: [AuditReason] = [
         .badSignature, .challengeLength, .malformedMessage, .messageTooLarge, .spoofedFrom, .fdMissing,
-        .fdInvalid, .extraFds, .registrationTimeout, .tooManyClients, .tooManyUnauthenticated,
+        .fdInvalid, .extraFds, .registrationTimeout, .tooManyClients, .tooManyUnauthenticated, .unauthenticatedEvicted,
         .pendingLimit, .rateLimited, .targetUnknownExpired, .uidNotAllowed, .outputOverflow,
         .replacedByNewer, .serverShutdown, .legacyPeerRefused, .extraDescriptorsClosed,
     ]

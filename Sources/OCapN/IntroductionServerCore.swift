@@ -125,7 +125,10 @@ public final class IntroductionServerCore<Descriptor> {
 
     private var connections: [ConnectionID: Connection] = [:]
     private var routes: [PublicIdentity: ConnectionID] = [:]
-    private var unauthenticated = 0
+    /// Connections still registering, and how many per uid (F2: eviction and the per-uid cap).
+    private var unauthenticatedIDs = Set<ConnectionID>()
+    private var unauthenticatedByUID: [UInt32: Int] = [:]
+    private let pressureRegistrationTimeout: UInt64
     private var locators: IntroductionServerLocatorParser
     private var nextAttempt: UInt64
 
@@ -164,6 +167,7 @@ public final class IntroductionServerCore<Descriptor> {
         readerLimits = .init(syrup: limits.syrupLimits, maxQueuedDescriptors: 1,
                              maxDescriptorsPerRead: configuration.toleratePaddingDescriptor ? 2 : 1)
         registrationTimeout = limits.registrationTimeout.nanoseconds
+        pressureRegistrationTimeout = min(limits.pressureRegistrationTimeout, limits.registrationTimeout).nanoseconds
         partialTimeout = limits.partialMessageTimeout.nanoseconds
         pendingLifetime = limits.pendingLifetime.nanoseconds
         locators = IntroductionServerLocatorParser(recentCapacity: configuration.designatorCacheSize)
@@ -173,7 +177,7 @@ public final class IntroductionServerCore<Descriptor> {
 
     public var connectionCount: Int { connections.count }
     public var registeredCount: Int { routes.count }
-    public var unauthenticatedCount: Int { unauthenticated }
+    public var unauthenticatedCount: Int { unauthenticatedIDs.count }
     public var pendingCount: Int { pending.count }
     /// The connection a key is routed to, if registered.
     public func route(for identity: PublicIdentity) -> ConnectionID? { routes[identity] }
@@ -193,10 +197,9 @@ public final class IntroductionServerCore<Descriptor> {
         let refusal: Reason?
         if !configuration.allowedUIDs.contains(credentials.uid) {
             refusal = .uidNotAllowed
-        } else if connections.count >= limits.maxClients {
+        } else if connections.count >= limits.maxClients && unauthenticatedIDs.isEmpty {
+            // Every slot is a registered peer: those are never evicted for a newcomer.
             refusal = .tooManyClients
-        } else if unauthenticated >= limits.maxUnauthenticated {
-            refusal = .tooManyUnauthenticated
         } else {
             refusal = nil
         }
@@ -208,13 +211,34 @@ public final class IntroductionServerCore<Descriptor> {
             out.append(.close(id))
             return out
         }
-        let deadline = now.addingSaturated(registrationTimeout)
+        // F2, in the spirit of OpenSSH's MaxStartups: when the unauthenticated slots (of this
+        // uid, or in all) are full, the oldest unauthenticated connection makes room. A silent
+        // flood then cannot keep a real peer out: the real peer registers in one round trip and
+        // is no longer a candidate, while the flood's sockets are the old ones. Registered peers
+        // are never candidates.
+        if unauthenticatedByUID[credentials.uid, default: 0] >= limits.maxUnauthenticatedPerUID,
+           let oldest = unauthenticatedIDs.filter({ connections[$0]?.credentials.uid == credentials.uid }).min(),
+           let victim = connections[oldest] {
+            drop(victim, reason: .unauthenticatedEvicted,
+                 detail: "the oldest unauthenticated connection of uid \(credentials.uid) made room for a new one",
+                 now: now, into: &out)
+        }
+        if unauthenticatedIDs.count >= limits.maxUnauthenticated || connections.count >= limits.maxClients,
+           let oldest = unauthenticatedIDs.min(),
+           let victim = connections[oldest] {
+            drop(victim, reason: .unauthenticatedEvicted,
+                 detail: "the oldest unauthenticated connection made room for a new one", now: now, into: &out)
+        }
+        // Under pressure (half the slots taken) a new connection gets the short deadline.
+        let pressured = unauthenticatedIDs.count * 2 >= limits.maxUnauthenticated
+        let deadline = now.addingSaturated(pressured ? pressureRegistrationTimeout : registrationTimeout)
         let connection = Connection(
             id: id, credentials: credentials, acceptedAt: now, attempt: takeAttempt(),
             reader: ControlStreamReader(limits: readerLimits),
             registration: RegistrationServer(signer: signer, challenge: makeChallenge()), deadline: deadline)
         connections[id] = connection
-        unauthenticated += 1
+        unauthenticatedIDs.insert(id)
+        unauthenticatedByUID[credentials.uid, default: 0] += 1
         registrationDeadlines.push(deadline, id)
         if configuration.debugLogging {
             out.append(.log(.init(.debug, "connection accepted", connection: id, credentials: credentials)))
@@ -506,7 +530,7 @@ public final class IntroductionServerCore<Descriptor> {
         let limits = limits
         connection.phase = .registered(Registered(identity: identity, tokens: Double(limits.introductionBurst),
                                                   refilledAt: now, partialSince: nil))
-        unauthenticated -= 1
+        forgetUnauthenticated(connection)
         var reason: Reason?
         if let previousID = routes[identity], let previous = connections[previousID] {
             // Newest wins: a restarted peer must not wait for the old connection to time out,
@@ -574,7 +598,7 @@ public final class IntroductionServerCore<Descriptor> {
         for descriptor in connection.reader.drainDescriptors() { out.append(.closeDescriptor(descriptor)) }
         switch connection.phase {
         case let .registering(r):
-            unauthenticated -= 1
+            forgetUnauthenticated(connection)
             let why = reason ?? .peerReset
             out.append(.audit(.init(.registrationRefused, reason: why, attempt: connection.registrationAttempt,
                                     claimed: r.claimed, credentials: connection.credentials,
@@ -601,6 +625,12 @@ public final class IntroductionServerCore<Descriptor> {
             }
         }
         out.append(.close(id))
+    }
+
+    private func forgetUnauthenticated(_ connection: Connection) {
+        unauthenticatedIDs.remove(connection.id)
+        let left = unauthenticatedByUID[connection.credentials.uid, default: 1] - 1
+        unauthenticatedByUID[connection.credentials.uid] = left > 0 ? left : nil
     }
 
     private func takeAttempt() -> UInt64 {

@@ -49,6 +49,9 @@ public enum IntroductionServerReason: String, Sendable, CaseIterable {
     case tooManyClients
     /// The cap on connections that have not registered yet was reached.
     case tooManyUnauthenticated
+    /// An unauthenticated connection, the oldest, was closed to make room for a new one when
+    /// the unauthenticated slots (of its uid, or in all) were full.
+    case unauthenticatedEvicted
     /// A pending-introduction cap (per target, per sender, in total) was reached.
     case pendingLimit
     /// The sender exceeded its introductions-per-second budget.
@@ -185,8 +188,14 @@ public enum IntroductionServerDescriptorVerdict: Equatable, Sendable {
 public struct IntroductionServerLimits: Sendable, Equatable {
     /// Connections in any state, registered or not.
     public var maxClients: Int = 1024
-    /// Connections that have not completed registration.
+    /// Connections that have not completed registration. When full, the oldest of them is
+    /// closed for a newcomer (`unauthenticatedEvicted`); registered peers never are.
     public var maxUnauthenticated: Int = 64
+    /// Connections of one uid that have not completed registration (oldest evicted likewise).
+    public var maxUnauthenticatedPerUID: Int = 32
+    /// Registration deadline for a connection accepted while half the unauthenticated slots
+    /// are taken (a silent flood then turns over fast).
+    public var pressureRegistrationTimeout: Duration = .seconds(1)
     /// Absolute deadline from accept to a verified `uds:signature`, whatever the activity.
     public var registrationTimeout: Duration = .seconds(5)
     /// After registration: first byte of a message to its last (and its descriptor).
@@ -217,6 +226,9 @@ public struct IntroductionServerLimits: Sendable, Equatable {
         check((1...1_000_000).contains(maxClients), "max clients must be 1...1000000")
         check(maxUnauthenticated >= 1 && maxUnauthenticated <= maxClients, "max unauthenticated must be 1...max clients")
         check(registrationTimeout > .zero, "the registration timeout must be positive")
+        // Above max unauthenticated it simply never binds.
+        check(maxUnauthenticatedPerUID >= 1, "max unauthenticated per uid must be at least 1")
+        check(pressureRegistrationTimeout > .zero, "the registration timeout under pressure must be positive")
         check(partialMessageTimeout > .zero, "the partial-message timeout must be positive")
         // A uds:new-connection with a few hints needs ~500 bytes and depth 4.
         check((1024...(1 << 20)).contains(maxMessageBytes), "max message bytes must be 1024...1048576")

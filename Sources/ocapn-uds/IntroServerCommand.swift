@@ -62,8 +62,14 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: "Connections that have not completed registration.")
     var maxUnauthenticated: Int = IntroductionServerLimits().maxUnauthenticated
 
+    @Option(help: "Connections of one uid that have not completed registration.")
+    var maxUnauthenticatedPerUid: Int = IntroductionServerLimits().maxUnauthenticatedPerUID
+
     @Option(help: "Absolute deadline from accept to a verified registration, in milliseconds.")
     var registrationTimeoutMs: Int = 5000
+
+    @Option(help: "Registration deadline while half the unauthenticated slots are taken, in milliseconds.")
+    var pressureRegistrationTimeoutMs: Int = 1000
 
     @Option(help: "Deadline for a registered peer to finish a message it started, in milliseconds.")
     var partialMessageTimeoutMs: Int = 5000
@@ -123,6 +129,8 @@ struct IntroServerCommand: AsyncParsableCommand {
         var limits = IntroductionServerLimits()
         limits.maxClients = maxClients
         limits.maxUnauthenticated = maxUnauthenticated
+        limits.maxUnauthenticatedPerUID = maxUnauthenticatedPerUid
+        limits.pressureRegistrationTimeout = .milliseconds(pressureRegistrationTimeoutMs)
         limits.registrationTimeout = .milliseconds(registrationTimeoutMs)
         limits.partialMessageTimeout = .milliseconds(partialMessageTimeoutMs)
         limits.maxMessageBytes = maxMessageBytes

@@ -556,7 +556,7 @@ import Testing
         h.finish()
     }
 
-    @Test("Connection caps refuse with tooManyUnauthenticated and tooManyClients; registered peers keep working")
+    @Test("F2: full unauthenticated slots evict the oldest unauthenticated connection; registered peers are never evicted and fill the cap to tooManyClients")
     func connectionCaps() {
         var limits = IntroductionServerLimits()
         limits.maxClients = 4
@@ -564,22 +564,56 @@ import Testing
         let h = CoreHarness(limits: limits)
         let a = h.register(Peers.signer(1))
         let b = h.register(Peers.signer(2))
-        h.accept()
-        h.accept()
+        let first = h.accept()
+        let second = h.accept()
         let third = h.accept()
-        #expect(h.reasons(.registrationRefused) == [.tooManyClients])
-        #expect(h.closedConnections == [third])
-        _ = a
-        _ = b
-        let h2 = CoreHarness(limits: limits)
-        h2.accept()
-        h2.accept()
-        h2.accept()
-        #expect(h2.reasons(.registrationRefused) == [.tooManyUnauthenticated])
+        // The client cap is full, but an unauthenticated connection makes room, never a registered one.
+        #expect(h.reasons(.registrationRefused) == [.unauthenticatedEvicted])
+        #expect(h.closedConnections == [first])
+        #expect(h.core.registeredCount == 2 && h.core.unauthenticatedCount == 2)
         h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
         #expect(h.forwards.map(\.target) == [b])
+        _ = (second, third)
         h.finish()
+
+        // Every slot registered: a newcomer is refused, nobody is evicted.
+        var small = IntroductionServerLimits()
+        small.maxClients = 2
+        small.maxUnauthenticated = 2
+        let h2 = CoreHarness(limits: small)
+        _ = h2.register(Peers.signer(1))
+        _ = h2.register(Peers.signer(2))
+        let late = h2.accept()
+        #expect(h2.reasons(.registrationRefused) == [.tooManyClients])
+        #expect(h2.closedConnections == [late])
+        #expect(h2.core.registeredCount == 2)
         h2.finish()
+    }
+
+    @Test("F2: the per-uid cap evicts that uid's oldest; under pressure the registration deadline is the short one")
+    func perUIDCapAndPressureDeadline() {
+        var limits = IntroductionServerLimits()
+        limits.maxUnauthenticated = 6
+        limits.maxUnauthenticatedPerUID = 2
+        limits.registrationTimeout = .seconds(5)
+        limits.pressureRegistrationTimeout = .milliseconds(300)
+        let h = CoreHarness(limits: limits, allowedUIDs: [1000, 2000])
+        let other = h.accept(uid: 2000)
+        let x1 = h.accept()
+        _ = h.accept()
+        _ = h.accept()  // uid 1000 over its 2: its oldest goes, uid 2000's stays
+        #expect(h.closedConnections == [x1])
+        #expect(h.reasons(.registrationRefused) == [.unauthenticatedEvicted])
+        #expect(h.core.unauthenticatedCount == 3)
+        // Three unauthenticated of six: pressure; the next one gets 300 ms, not 5 s.
+        let pressured = h.accept(uid: 2000)
+        h.advance(.milliseconds(400))
+        #expect(h.closedConnections.contains(pressured))
+        #expect(!h.closedConnections.contains(other), "accepted before the pressure: 5 s")
+        // A real peer still registers at once.
+        let peer = h.register(Peers.signer(3))
+        #expect(h.core.route(for: Peers.signer(3).identity) == peer)
+        h.finish()
     }
 
     @Test("Shutdown closes every connection and held descriptor and ends every open attempt")
