@@ -86,6 +86,7 @@ extension AuditReason {
     public static let tooManyClients: AuditReason = "tooManyClients"
     public static let tooManyUnauthenticated: AuditReason = "tooManyUnauthenticated"
     public static let unauthenticatedEvicted: AuditReason = "unauthenticatedEvicted"
+    public static let abandoned: AuditReason = "abandoned"
     public static let pendingLimit: AuditReason = "pendingLimit"
     public static let rateLimited: AuditReason = "rateLimited"
     public static let targetUnknownExpired: AuditReason = "targetUnknownExpired"
@@ -101,7 +102,7 @@ extension AuditReason {
     public static let introServerCodes: [AuditReason] = [
         .badSignature, .challengeLength, .malformedMessage, .messageTooLarge, .spoofedFrom, .fdMissing,
         .fdInvalid, .extraFds, .registrationTimeout, .tooManyClients, .tooManyUnauthenticated, .unauthenticatedEvicted,
-        .pendingLimit, .rateLimited, .targetUnknownExpired, .uidNotAllowed, .outputOverflow,
+        .pendingLimit, .rateLimited, .targetUnknownExpired, .abandoned, .uidNotAllowed, .outputOverflow,
         .replacedByNewer, .serverShutdown, .legacyPeerRefused, .extraDescriptorsClosed,
     ]
 }

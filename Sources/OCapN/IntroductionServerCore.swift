@@ -368,6 +368,27 @@ public final class IntroductionServerCore<Descriptor> {
         return out
     }
 
+    /// The descriptors held for unregistered targets, by attempt, for the runtime's hang-up
+    /// check (F6).
+    public var pendingDescriptors: [(attempt: UInt64, descriptor: Descriptor)] {
+        pending.values.map { ($0.attempt, $0.descriptor) }
+    }
+
+    /// The runtime saw these held descriptors report hang-up (the sender's end is closed, so
+    /// nobody will ever use the introduction): close them and end their attempts as abandoned.
+    public func pendingHungUp(_ attempts: [UInt64], now: UInt64) -> [Action] {
+        var out: [Action] = []
+        for attempt in attempts {
+            guard let p = removePending(attempt) else { continue }
+            out.append(.closeDescriptor(p.descriptor))
+            out.append(.audit(.init(.introductionExpired, reason: .abandoned, attempt: p.attempt, from: p.from, to: p.to,
+                                    durationNanoseconds: now &- p.requestedAt)))
+            out.append(.log(.init(.info, "introduction abandoned: its sender hung up before the target registered",
+                                  peer: p.from, target: p.to, reason: .abandoned)))
+        }
+        return out
+    }
+
     /// Closes everything: every connection, every held descriptor. The core is empty afterwards.
     public func shutdown(now: UInt64) -> [Action] {
         var out: [Action] = []

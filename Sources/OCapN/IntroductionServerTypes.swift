@@ -58,6 +58,8 @@ public enum IntroductionServerReason: String, Sendable, CaseIterable {
     case rateLimited
     /// The target did not register within the pending lifetime.
     case targetUnknownExpired
+    /// The sender's end of a held introduction hung up before the target registered.
+    case abandoned
     /// The connecting uid is not allowed.
     case uidNotAllowed
     /// The peer does not read: its output queue is full.

@@ -34,6 +34,8 @@ public final class IntroductionServer: @unchecked Sendable {
         public var auditCheckpointInterval: Duration = .seconds(10)
         /// Pause after EMFILE/ENFILE on accept.
         public var acceptBackoff: Duration = .seconds(1)
+        /// How often descriptors held for unregistered targets are polled for hang-up (F6).
+        public var hangUpCheckInterval: Duration = .milliseconds(250)
 
         public init(core: IntroductionServerConfiguration) { self.core = core }
 
@@ -74,6 +76,7 @@ public final class IntroductionServer: @unchecked Sendable {
     private var deadlineTimer: DispatchSourceTimer?
     private var timerDeadline: UInt64?
     private var checkpointTimer: DispatchSourceTimer?
+    private var hangUpTimer: DispatchSourceTimer?
     private var stopWaiters: [@Sendable () -> Void] = []
     private var failed = false
 
@@ -139,6 +142,12 @@ public final class IntroductionServer: @unchecked Sendable {
                 checkpoint.activate()
                 checkpointTimer = checkpoint
             }
+            let hangUps = DispatchSource.makeTimerSource(queue: queue)
+            let every = Self.dispatchInterval(configuration.hangUpCheckInterval)
+            hangUps.schedule(deadline: .now() + every, repeating: every, leeway: .milliseconds(20))
+            hangUps.setEventHandler { [weak self] in self?.checkHangUps() }
+            hangUps.activate()
+            hangUpTimer = hangUps
             audit?.record(AuditEvent(.serverStarted, role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
             logger.info("introduction server listening", metadata: [
@@ -171,6 +180,8 @@ public final class IntroductionServer: @unchecked Sendable {
             deadlineTimer = nil
             checkpointTimer?.cancel()
             checkpointTimer = nil
+            hangUpTimer?.cancel()
+            hangUpTimer = nil
             audit?.record(AuditEvent(.serverStopped, reason: .serverShutdown, role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
             logger.info("introduction server stopped", metadata: ["server": "\(identity.fingerprint)"])
@@ -278,6 +289,17 @@ public final class IntroductionServer: @unchecked Sendable {
         guard state == .running else { return }
         perform(core.tick(now: Self.now()))
         armTimer()
+    }
+
+    /// F6: a held introduction whose sender's end hung up can never be used; release it now
+    /// rather than at the end of the pending lifetime.
+    private func checkHangUps() {
+        guard state == .running else { return }
+        let held = core.pendingDescriptors
+        guard !held.isEmpty else { return }
+        let flags = FileDescriptor.hungUp(held.map(\.descriptor))
+        let gone = zip(held, flags).filter(\.1).map(\.0.attempt)
+        if !gone.isEmpty { perform(core.pendingHungUp(gone, now: Self.now())) }
     }
 
     /// Arms the timer for the core's next deadline, unless it already fires earlier (an early

@@ -267,6 +267,24 @@ import Transport
         }
     }
 
+    @Test("F6: a held introduction whose sender hangs up is released at once and audited as abandoned, not kept for its lifetime")
+    func heldIntroductionSenderHangsUp() throws {
+        try withCanaries(["--pending-lifetime-ms", "60000"]) { server, _ in
+            let x = try rawConnection(server)
+            try x.register()
+            let before = server.descriptorCount
+            let held = try x.introduce(to: IdentityKeyPair.generate().publicIdentity)
+            #expect(server.waitForAudit("introduction.queued") != nil)
+            #expect(server.waitForDescriptors(before + 1), "the server holds the passed end")
+            let start = Date()
+            held.close()  // the sender's end: the held socket now reports hang-up
+            #expect(server.waitForAudit("introduction.expired", reason: "abandoned") != nil)
+            #expect(Date().timeIntervalSince(start) < 5, "released long before the 60 s lifetime")
+            #expect(server.waitForDescriptors(before), "the held descriptor was closed")
+            x.close()
+        }
+    }
+
     @Test("F4: a target that never reads is dropped at its output cap and the introduction refused as outputOverflow")
     func targetNeverReads() throws {
         // No waiting: introductions sent after the target was dropped are refused, not held.

@@ -315,6 +315,22 @@ import Testing
         h.finish()
     }
 
+    @Test("F6: a held introduction reported hung up is closed and ends as expired/abandoned; the others stay held")
+    func pendingHangUp() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let gone = h.descriptor(), kept = h.descriptor()
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: gone)
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(3).identity, fd: kept)
+        #expect(h.core.pendingCount == 2)
+        let attempt = h.core.pendingDescriptors.first { $0.descriptor == gone }!.attempt
+        h.apply(h.core.pendingHungUp([attempt, attempt &+ 999], now: h.now))
+        #expect(h.closedDescriptors == [gone])
+        #expect(h.reasons(.introductionExpired) == [.abandoned])
+        #expect(h.core.pendingCount == 1)
+        h.finish()
+    }
+
     @Test("End of stream inside a message or before the marker is truncated; a clean end unregisters quietly")
     func endOfStream() {
         let h = CoreHarness()

@@ -1,0 +1,23 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension FileDescriptor {
+    /// Which of `descriptors` report hang-up now (POLLHUP, POLLRDHUP or POLLERR; the peer end
+    /// of a socketpair closed). One non-blocking `poll`; never reads, so bytes a sender already
+    /// wrote (an initiator's first handshake message) stay for whoever receives the socket.
+    /// A descriptor already closed counts as not hung up.
+    public static func hungUp(_ descriptors: [FileDescriptor]) -> [Bool] {
+        guard !descriptors.isEmpty else { return [] }
+        // POLLRDHUP needs _GNU_SOURCE, so Glibc does not import it; the value is Linux's.
+        let rdhup: Int16 = 0x2000
+        var entries = descriptors.map { d in
+            pollfd(fd: (try? d.withRawDescriptor { $0 }) ?? -1, events: rdhup, revents: 0)
+        }
+        var result: Int32
+        repeat { result = poll(&entries, nfds_t(entries.count), 0) } while result < 0 && errno == EINTR
+        guard result > 0 else { return descriptors.map { _ in false } }
+        let hangUp = Int16(POLLHUP) | Int16(POLLERR) | rdhup
+        return entries.map { $0.fd >= 0 && $0.revents & hangUp != 0 }
+    }
+}
