@@ -87,6 +87,8 @@ extension AuditReason {
     public static let tooManyUnauthenticated: AuditReason = "tooManyUnauthenticated"
     public static let unauthenticatedEvicted: AuditReason = "unauthenticatedEvicted"
     public static let abandoned: AuditReason = "abandoned"
+    public static let targetNotReading: AuditReason = "targetNotReading"
+    public static let inFlightLimit: AuditReason = "inFlightLimit"
     public static let pendingLimit: AuditReason = "pendingLimit"
     public static let rateLimited: AuditReason = "rateLimited"
     public static let targetUnknownExpired: AuditReason = "targetUnknownExpired"
@@ -102,7 +104,7 @@ extension AuditReason {
     public static let introServerCodes: [AuditReason] = [
         .badSignature, .challengeLength, .malformedMessage, .messageTooLarge, .spoofedFrom, .fdMissing,
         .fdInvalid, .extraFds, .registrationTimeout, .tooManyClients, .tooManyUnauthenticated, .unauthenticatedEvicted,
-        .pendingLimit, .rateLimited, .targetUnknownExpired, .abandoned, .uidNotAllowed, .outputOverflow,
+        .pendingLimit, .rateLimited, .targetUnknownExpired, .abandoned, .targetNotReading, .inFlightLimit, .uidNotAllowed, .outputOverflow,
         .replacedByNewer, .serverShutdown, .legacyPeerRefused, .extraDescriptorsClosed,
     ]
 }

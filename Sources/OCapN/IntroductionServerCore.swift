@@ -118,6 +118,7 @@ public final class IntroductionServerCore<Descriptor> {
     private let makeChallenge: () -> Challenge
     private let checkDescriptor: (Descriptor) -> IntroductionServerDescriptorVerdict
     private let describeDescriptor: (Descriptor) -> String
+    private let targetHasReadEverything: (ConnectionID) -> Bool
     private let readerLimits: ControlStreamReader<Descriptor>.Limits
     private let registrationTimeout: UInt64
     private let partialTimeout: UInt64
@@ -133,6 +134,10 @@ public final class IntroductionServerCore<Descriptor> {
     private var nextAttempt: UInt64
 
     private var pending: [UInt64: Pending] = [:]
+    /// Descriptors forwarded to each registered target and not known to be taken yet, by
+    /// sender (A12: the in-flight budget; cleared by `targetDrained`).
+    private var inFlight: [ConnectionID: [PublicIdentity]] = [:]
+    private var inFlightBySender: [PublicIdentity: Int] = [:]
     private var pendingByTarget: [PublicIdentity: [UInt64]] = [:]
     private var pendingBySender: [PublicIdentity: Int] = [:]
 
@@ -149,11 +154,14 @@ public final class IntroductionServerCore<Descriptor> {
     ///   - checkDescriptor: the kind check for a passed descriptor (fstat/getsockopt only).
     ///   - describeDescriptor: a short name ("tty", "pipe") for an extra descriptor the core
     ///     closes unused, for its audit record.
+    ///   - targetHasReadEverything: whether a connection's peer has read all we sent it,
+    ///     descriptors included (the runtime asks the kernel); consulted only at an in-flight cap.
     public init(
         signer: SigningIdentity, configuration: IntroductionServerConfiguration, attemptIDBase: UInt64,
         makeChallenge: @escaping () -> Challenge,
         checkDescriptor: @escaping (Descriptor) -> IntroductionServerDescriptorVerdict,
-        describeDescriptor: @escaping (Descriptor) -> String = { _ in "descriptor" }
+        describeDescriptor: @escaping (Descriptor) -> String = { _ in "descriptor" },
+        targetHasReadEverything: @escaping (ConnectionID) -> Bool = { _ in false }
     ) {
         precondition(configuration.limits.problems.isEmpty,
                      "invalid limits: \(configuration.limits.problems.joined(separator: "; "))")
@@ -162,6 +170,7 @@ public final class IntroductionServerCore<Descriptor> {
         self.makeChallenge = makeChallenge
         self.checkDescriptor = checkDescriptor
         self.describeDescriptor = describeDescriptor
+        self.targetHasReadEverything = targetHasReadEverything
         nextAttempt = attemptIDBase
         let limits = configuration.limits
         readerLimits = .init(syrup: limits.syrupLimits, maxQueuedDescriptors: 1,
@@ -319,7 +328,17 @@ public final class IntroductionServerCore<Descriptor> {
         return out
     }
 
-    /// The runtime queued a `.forward` on the target's connection.
+    /// The runtime saw `target` read something since the previous forward to it (its unread
+    /// output did not grow by what we just sent): it reads, so its in-flight count starts over.
+    /// Only a target that reads nothing across `maxInFlightPerTarget` forwards reaches the cap.
+    public func targetRead(_ target: ConnectionID) {
+        clearInFlight(target)
+    }
+
+    /// Introductions forwarded to `target` and not known to be taken (for tests and health).
+    public func inFlightCount(_ target: ConnectionID) -> Int { inFlight[target]?.count ?? 0 }
+
+    /// The runtime handed a `.forward`'s record and descriptor to the kernel: the send completed.
     public func forwardSucceeded(_ forward: Forward, now: UInt64) -> [Action] {
         var out: [Action] = [.audit(.init(.introductionForwarded, attempt: forward.attempt, from: forward.from,
                                           to: forward.to, durationNanoseconds: now &- forward.requestedAt))]
@@ -502,8 +521,28 @@ public final class IntroductionServerCore<Descriptor> {
         }
         let record = introduction.forward.encoded
         if let target = routes[to] {
-            out.append(.forward(Forward(target: target, record: record, descriptor: descriptor, attempt: attempt,
-                                        from: from, to: to, requestedAt: now)))
+            if inFlightBySender[from, default: 0] >= limits.maxInFlightPerSender {
+                // Only at the cap is the kernel asked which of this sender's targets have read.
+                for (id, senders) in inFlight where senders.contains(from) && targetHasReadEverything(id) {
+                    clearInFlight(id)
+                }
+                if inFlightBySender[from, default: 0] >= limits.maxInFlightPerSender {
+                    return refuse(.inFlightLimit, "introduction refused: the sender's introductions in flight reached the cap")
+                }
+            }
+            if inFlight[target, default: []].count >= limits.maxInFlightPerTarget && targetHasReadEverything(target) {
+                clearInFlight(target)
+            }
+            if inFlight[target, default: []].count >= limits.maxInFlightPerTarget, let stalled = connections[target] {
+                // A12: the target holds the cap of descriptors unread; it is the one that does
+                // not read, so it is dropped (releasing what it holds), never an innocent one.
+                refuse(.targetNotReading, "introduction refused: the target does not take its introductions")
+                drop(stalled, reason: .targetNotReading,
+                     detail: "\(limits.maxInFlightPerTarget) introductions forwarded and not read", now: now, into: &out)
+                return
+            }
+            sendForward(Forward(target: target, record: record, descriptor: descriptor, attempt: attempt,
+                                from: from, to: to, requestedAt: now), into: &out)
             return
         }
         guard pendingLifetime > 0 else {
@@ -576,8 +615,23 @@ public final class IntroductionServerCore<Descriptor> {
         guard let attempts = pendingByTarget[identity] else { return }
         for attempt in attempts {
             guard let p = removePending(attempt) else { continue }
-            out.append(.forward(Forward(target: target, record: p.record, descriptor: p.descriptor, attempt: p.attempt,
-                                        from: p.from, to: p.to, requestedAt: p.requestedAt)))
+            sendForward(Forward(target: target, record: p.record, descriptor: p.descriptor, attempt: p.attempt,
+                                from: p.from, to: p.to, requestedAt: p.requestedAt), into: &out)
+        }
+    }
+
+    private func sendForward(_ forward: Forward, into out: inout [Action]) {
+        inFlight[forward.target, default: []].append(forward.from)
+        inFlightBySender[forward.from, default: 0] += 1
+        out.append(.forward(forward))
+    }
+
+    /// Forgets the in-flight accounting of `target` (it drained, or it is gone).
+    private func clearInFlight(_ target: ConnectionID) {
+        guard let senders = inFlight.removeValue(forKey: target) else { return }
+        for sender in senders {
+            let left = inFlightBySender[sender, default: 1] - 1
+            inFlightBySender[sender] = left > 0 ? left : nil
         }
     }
 
@@ -616,6 +670,7 @@ public final class IntroductionServerCore<Descriptor> {
                       logReason: Reason? = nil) {
         let id = connection.id
         guard connections.removeValue(forKey: id) != nil else { return }
+        clearInFlight(id)
         for descriptor in connection.reader.drainDescriptors() { out.append(.closeDescriptor(descriptor)) }
         switch connection.phase {
         case let .registering(r):

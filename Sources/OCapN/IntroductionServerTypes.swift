@@ -60,6 +60,10 @@ public enum IntroductionServerReason: String, Sendable, CaseIterable {
     case targetUnknownExpired
     /// The sender's end of a held introduction hung up before the target registered.
     case abandoned
+    /// The target left `maxInFlightPerTarget` forwarded descriptors unread: it is dropped.
+    case targetNotReading
+    /// The sender has `maxInFlightPerSender` introductions forwarded and not yet read.
+    case inFlightLimit
     /// The connecting uid is not allowed.
     case uidNotAllowed
     /// The peer does not read: its output queue is full.
@@ -212,6 +216,11 @@ public struct IntroductionServerLimits: Sendable, Equatable {
     public var maxPendingPerSender: Int = 8
     /// Introductions held in total (each holds one descriptor).
     public var maxPendingTotal: Int = 256
+    /// Descriptors forwarded to one registered target and not yet read by it (A12). Reaching
+    /// it drops that target (`targetNotReading`): it is the one that does not read.
+    public var maxInFlightPerTarget: Int = 32
+    /// Introductions of one sender forwarded and not yet read by their targets.
+    public var maxInFlightPerSender: Int = 64
     /// How long an introduction waits for its target to register; zero refuses at once.
     public var pendingLifetime: Duration = .seconds(10)
     /// Sustained introductions per second per registered peer; zero means unlimited.
@@ -238,6 +247,8 @@ public struct IntroductionServerLimits: Sendable, Equatable {
         check((0...10_000).contains(maxPendingPerTarget), "max pending per target must be 0...10000")
         check((0...10_000).contains(maxPendingPerSender), "max pending per sender must be 0...10000")
         check((0...1_000_000).contains(maxPendingTotal), "max pending in total must be 0...1000000")
+        check((1...10_000).contains(maxInFlightPerTarget), "max in flight per target must be 1...10000")
+        check((1...100_000).contains(maxInFlightPerSender), "max in flight per sender must be 1...100000")
         check(pendingLifetime >= .zero && pendingLifetime <= .seconds(3600), "the pending lifetime must be 0...3600 s")
         check((0...1_000_000).contains(introductionsPerSecond), "introductions per second must be 0...1000000")
         check((1...10_000_000).contains(introductionBurst), "the introduction burst must be 1...10000000")

@@ -77,6 +77,10 @@ public final class IntroductionServer: @unchecked Sendable {
     private var timerDeadline: UInt64?
     private var checkpointTimer: DispatchSourceTimer?
     private var hangUpTimer: DispatchSourceTimer?
+    /// When forwarding met ETOOMANYREFS, until a forward completes again.
+    private var backPressureSince: UInt64?
+    /// Each target's unread output after the last forward to it (A12 progress).
+    private var lastUnread: [IntroductionServerConnectionID: Int] = [:]
     private var stopWaiters: [@Sendable () -> Void] = []
     private var failed = false
 
@@ -108,12 +112,14 @@ public final class IntroductionServer: @unchecked Sendable {
         stream.readsPerEvent = max(64, (1 << 20) / configuration.readBufferBytes)
         streamConfiguration = stream
         let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
+        var drained: ((IntroductionServerConnectionID) -> Bool)?
         core = IntroductionServerCore(
             signer: signer, configuration: configuration.core,
             attemptIDBase: AuditAttemptID.random().rawValue,
             makeChallenge: { Challenge.random() },
             checkDescriptor: Self.checkDescriptor,
-            describeDescriptor: { $0.shortKindDescription() })
+            describeDescriptor: { $0.shortKindDescription() },
+            targetHasReadEverything: { id in drained?(id) ?? false })
         var listening = Listener.Configuration()
         // One above the core's cap, so a connection over the cap is accepted, refused with an
         // audit record (tooManyClients) and closed, instead of hanging in the backlog.
@@ -122,6 +128,7 @@ public final class IntroductionServer: @unchecked Sendable {
         var handler: ((ListenerEvent) -> Void)?
         listener = Listener(socket: socket, queue: queue, configuration: listening) { handler?($0) }
         handler = { [weak self] event in self?.handle(event) }
+        drained = { [weak self] id in self?.targetReadSinceLastForward(id) ?? false }
     }
 
     /// Starts accepting. Records `server.started`.
@@ -258,6 +265,7 @@ public final class IntroductionServer: @unchecked Sendable {
             logger.warning("accepted connection unusable", metadata: ["error": "\(error)", "pid": "\(credentials.pid)"])
             return
         }
+        connection.onDescriptorBackPressure = { [weak self] in self?.descriptorBackPressure() }
         connections[id] = connection
         perform(core.connectionAccepted(
             id, credentials: IntroductionServerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid),
@@ -327,6 +335,7 @@ public final class IntroductionServer: @unchecked Sendable {
             case let .closeDescriptor(descriptor):
                 descriptor.close()
             case let .close(id):
+                lastUnread[id] = nil
                 guard let connection = connections.removeValue(forKey: id) else { continue }
                 connection.close()
                 listener.connectionClosed()
@@ -356,7 +365,54 @@ public final class IntroductionServer: @unchecked Sendable {
                                        now: Self.now()))
             return
         }
-        perform(core.forwardSucceeded(forward, now: Self.now()))
+        noteProgress(of: forward.target, on: connection)
+        // A12: `introduction.forwarded` only once the kernel has the descriptor; a send that
+        // fails later (the target reset, ETOOMANYREFS that never clears before a close) is
+        // audited as refused with its reason.
+        connection.whenFlushed { [weak self] error in
+            guard let self else { return }
+            if backPressureSince != nil {
+                logger.notice("forwarding resumed", metadata: ["paused_ms": "\((Self.now() &- backPressureSince!) / 1_000_000)"])
+                backPressureSince = nil
+            }
+            if let error {
+                perform(core.forwardFailed(forward, reason: Self.reason(for: error), detail: error.description, now: Self.now()))
+            } else {
+                perform(core.forwardSucceeded(forward, now: Self.now()))
+            }
+            armTimer()
+        }
+    }
+
+    /// A12: each forward adds to the target's unread output (SIOCOUTQ), so if it did not grow
+    /// since the previous forward, the target read in between. Measured only when nothing waits
+    /// in our own queue (then the kernel has everything we sent).
+    private func noteProgress(of target: IntroductionServerConnectionID, on connection: StreamConnection) {
+        guard connection.pendingOutputBytes == 0, let unread = connection.peerUnreadBytes else {
+            lastUnread[target] = nil
+            return
+        }
+        if unread == 0 || lastUnread[target].map({ unread <= $0 }) == true { core.targetRead(target) }
+        lastUnread[target] = unread
+    }
+
+    /// Asked by the core at a target's in-flight cap: has it read everything, or anything since
+    /// our last forward to it?
+    private func targetReadSinceLastForward(_ target: IntroductionServerConnectionID) -> Bool {
+        guard let connection = connections[target] else { return false }
+        if connection.peerHasReadEverything { return true }
+        guard connection.pendingOutputBytes == 0, let unread = connection.peerUnreadBytes,
+              let last = lastUnread[target] else { return false }
+        return unread < last
+    }
+
+    /// K7: ETOOMANYREFS means this uid's descriptors in flight exceed RLIMIT_NOFILE. It is the
+    /// whole daemon's back-pressure, not the target's fault: the send waits and retries (in
+    /// StreamConnection), and this logs the pause once.
+    private func descriptorBackPressure() {
+        guard backPressureSince == nil else { return }
+        backPressureSince = Self.now()
+        logger.warning("forwarding paused: descriptors in flight exceed RLIMIT_NOFILE (ETOOMANYREFS); retrying as targets read")
     }
 
     private func log(_ entry: IntroductionServerLogEntry) {

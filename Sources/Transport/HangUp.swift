@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+internal import CFDShim
 
 extension FileDescriptor {
     /// Which of `descriptors` report hang-up now (POLLHUP, POLLRDHUP or POLLERR; the peer end
@@ -19,5 +20,17 @@ extension FileDescriptor {
         guard result > 0 else { return descriptors.map { _ in false } }
         let hangUp = Int16(POLLHUP) | Int16(POLLERR) | rdhup
         return entries.map { $0.fd >= 0 && $0.revents & hangUp != 0 }
+    }
+}
+
+extension FileDescriptor {
+    /// SIOCOUTQ: memory of what this socket sent that its peer has not read yet; 0 means the
+    /// peer took everything, descriptors included (the in-flight budget's "drained" signal).
+    public func unreadOutput() throws(TransportError) -> Int {
+        try with { (fd) throws(TransportError) -> Int in
+            var bytes: Int32 = 0
+            _ = try systemCallNonBlocking("ioctl(SIOCOUTQ)") { cfd_socket_unread_output(fd, &bytes) }
+            return Int(bytes)
+        }
     }
 }

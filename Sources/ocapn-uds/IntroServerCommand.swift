@@ -65,6 +65,12 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: "Connections of one uid that have not completed registration.")
     var maxUnauthenticatedPerUid: Int = IntroductionServerLimits().maxUnauthenticatedPerUID
 
+    @Option(help: "Descriptors forwarded to one target and not yet read; reaching it drops that target.")
+    var maxInFlightPerTarget: Int = IntroductionServerLimits().maxInFlightPerTarget
+
+    @Option(help: "Introductions of one sender forwarded and not yet read by their targets.")
+    var maxInFlightPerSender: Int = IntroductionServerLimits().maxInFlightPerSender
+
     @Option(help: "Absolute deadline from accept to a verified registration, in milliseconds.")
     var registrationTimeoutMs: Int = 5000
 
@@ -130,6 +136,8 @@ struct IntroServerCommand: AsyncParsableCommand {
         limits.maxClients = maxClients
         limits.maxUnauthenticated = maxUnauthenticated
         limits.maxUnauthenticatedPerUID = maxUnauthenticatedPerUid
+        limits.maxInFlightPerTarget = maxInFlightPerTarget
+        limits.maxInFlightPerSender = maxInFlightPerSender
         limits.pressureRegistrationTimeout = .milliseconds(pressureRegistrationTimeoutMs)
         limits.registrationTimeout = .milliseconds(registrationTimeoutMs)
         limits.partialMessageTimeout = .milliseconds(partialMessageTimeoutMs)

@@ -285,10 +285,28 @@ import Transport
         }
     }
 
-    @Test("F4: a target that never reads is dropped at its output cap and the introduction refused as outputOverflow")
+    @Test("A12: a target that never reads is dropped at its in-flight cap (targetNotReading); the sender and the canaries stay")
+    func targetNeverReadsInFlightCap() throws {
+        try withCanaries(["--max-intros-per-second", "0", "--max-in-flight-per-target", "8", "--pending-lifetime-ms", "0"]) { server, _ in
+            let x = try rawConnection(server), y = try rawConnection(server)
+            try x.register()
+            try y.register()
+            for _ in 1...9 { try x.introduce(to: y.identity).close() }
+            #expect(server.waitForAudit("introduction.refused", reason: "targetNotReading", count: 1) != nil)
+            #expect(y.seesEndOfStream(timeout: 6), "the non-reader is dropped")
+            #expect(server.waitForAudit("introduction.forwarded", count: 8) != nil, "8 forwards completed before the cap")
+            // The sender stays: it can still introduce itself to the canary target later.
+            #expect(!x.seesEndOfStream(timeout: 0.2))
+            x.close()
+            y.close()
+        }
+    }
+
+    @Test("F4: with a high in-flight cap, a target that never reads is dropped at its output cap as outputOverflow")
     func targetNeverReads() throws {
         // No waiting: introductions sent after the target was dropped are refused, not held.
-        try withCanaries(["--max-intros-per-second", "0", "--output-queue-bytes", "4096", "--pending-lifetime-ms", "0"]) { server, _ in
+        try withCanaries(["--max-intros-per-second", "0", "--output-queue-bytes", "4096", "--pending-lifetime-ms", "0",
+                          "--max-in-flight-per-target", "10000", "--max-in-flight-per-sender", "100000"]) { server, _ in
             let x = try rawConnection(server), y = try rawConnection(server)
             try x.register()
             try y.register()
@@ -306,6 +324,69 @@ import Transport
             x.close()
             y.close()
         }
+    }
+
+    @Test("A12/K7: ETOOMANYREFS is the daemon's back-pressure: forwarding pauses with a log line, no innocent target is dropped, and the non-reader is the one dropped")
+    func tooManyReferences() throws {
+        // The server must run as a non-root uid (root is exempt, K7) with a low RLIMIT_NOFILE set
+        // before exec. As root: setpriv to uid 65534. Not root: the suite's own uid already is.
+        let root = getuid() == 0
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit"),
+              !root || FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
+            print("skipped: prlimit (and, as root, setpriv) are needed to run the server as a non-root uid with a low descriptor limit")
+            return
+        }
+        let dir = try TemporaryDirectory("etmr")
+        defer { dir.remove() }
+        var wrapper = ["/usr/bin/prlimit", "--nofile=64:64"]
+        var extra = ["--max-clients", "16", "--max-unauthenticated", "8", "--max-pending", "4", "--max-in-flight-per-target", "30",
+                     "--max-in-flight-per-sender", "1000", "--max-intros-per-second", "0", "--pending-lifetime-ms", "0",
+                     "--socket-mode", "0666"]
+        if root {
+            wrapper += ["/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+            extra += ["--allow-uid", "0"]
+        }
+        let server = try IntroServerProcess(extra, dir: dir, wrapper: wrapper) { server in
+            guard root else { return }
+            chown(server.dir.path, 65534, 65534)
+            chown(server.keyPath, 65534, 65534)
+        }
+        defer { server.stop() }
+        let c = try TestPeer(server), d = try TestPeer(server)
+        try c.register()
+        try d.register()
+        let baseline = server.descriptorCount
+        let x = try TestPeer(server), s1 = try TestPeer(server), s2 = try TestPeer(server), s3 = try TestPeer(server)
+        for p in [x, s1, s2, s3] { try p.register() }
+        var ends: [FileDescriptor] = []
+        defer { for e in ends { e.close() } }
+        // 30 + 30 unread at s1 and s2, then more at s3: the uid's 65th descriptor in flight fails.
+        for _ in 0..<30 { ends.append(try x.introduce(to: s1.identity)) }
+        for _ in 0..<30 { ends.append(try x.introduce(to: s2.identity)) }
+        for _ in 0..<8 { ends.append(try x.introduce(to: s3.identity)) }
+        let paused = server.child.waitForLine(onStderr: true, timeout: 10) { $0.contains("forwarding paused") }
+        #expect(paused != nil, "a log line says forwarding paused: \(server.child.errorOutput.suffix(5))")
+        // A reading target is not blamed: its introduction waits instead of failing.
+        let mine = try c.introduce(to: d.identity)
+        defer { mine.close() }
+        // The non-reader at its cap is dropped; what it held is released and forwarding resumes.
+        ends.append(try x.introduce(to: s1.identity))
+        #expect(server.waitForAudit("introduction.refused", reason: "targetNotReading") != nil)
+        #expect(s1.seesEndOfStream(timeout: 6))
+        let (_, theirs) = try d.awaitIntroduction(timeout: 10)
+        defer { theirs.close() }
+        #expect(try endsAreConnected(mine, theirs), "the canary introduction completed once forwarding resumed")
+        #expect(server.child.waitForLine(onStderr: true, timeout: 10) { $0.contains("forwarding resumed") } != nil)
+        // No innocent target was dropped, and no forward was audited before its send completed.
+        let dropped = server.auditRecords().filter { ($0["event"] as? String) == "introduction.refused" }
+        #expect(dropped.allSatisfy { ($0["reason"] as? String) == "targetNotReading" }, "\(dropped)")
+        #expect(!s2.seesEndOfStream(timeout: 0.2) && !s3.seesEndOfStream(timeout: 0.2) && !d.seesEndOfStream(timeout: 0.2))
+        #expect(server.child.process.isRunning)
+        for p in [x, s1, s2, s3] { p.close() }
+        for e in ends { e.close() }
+        #expect(server.waitForDescriptors(baseline), "I2: back to the canaries' descriptors: \(server.descriptorTargets)")
+        c.close()
+        d.close()
     }
 
     @Test("F7/F8: a peer that dies mid-record or after the marker's bytes leaves no descriptor behind")

@@ -37,7 +37,13 @@ final class IntroServerProcess {
     private(set) var child: ChildProcess!
     let arguments: [String]
 
-    init(_ extra: [String] = [], dir: TemporaryDirectory? = nil) throws {
+    let wrapper: [String]
+
+    /// `prepare` runs after the key is written and before the server starts (e.g. chown for a
+    /// server started as another uid through `wrapper`).
+    init(_ extra: [String] = [], dir: TemporaryDirectory? = nil, wrapper: [String] = [],
+         prepare: (IntroServerProcess) -> Void = { _ in }) throws {
+        self.wrapper = wrapper
         self.dir = try dir ?? TemporaryDirectory("intro")
         keyPath = self.dir.file("server.key")
         socketPath = self.dir.file("s.sock")
@@ -50,11 +56,12 @@ final class IntroServerProcess {
             identity = pair.publicIdentity
         }
         arguments = ["intro-server", "--identity", keyPath, "--socket", socketPath, "--audit-log", auditPath] + extra
+        prepare(self)
         try start()
     }
 
     func start() throws {
-        child = try ChildProcess(arguments)
+        child = try ChildProcess(arguments, wrapper: wrapper)
         guard let line = child.waitForLine(timeout: 20, { $0.hasPrefix("listening: ") }) else {
             throw IntroTestError.unexpected("server did not start: \(child.errorOutput.joined(separator: "\n"))")
         }

@@ -54,10 +54,16 @@ final class ChildProcess: @unchecked Sendable {
     private var stdoutClosed = false
     private var stderrClosed = false
 
-    /// Starts `ocapn-uds` with `arguments`.
-    init(_ arguments: [String], environment: [String: String]? = nil) throws {
-        process.executableURL = URL(fileURLWithPath: TestProcesses.binary)
-        process.arguments = arguments
+    /// Starts `ocapn-uds` with `arguments`, through `wrapper` when given (for example
+    /// `prlimit …` or `setpriv …`, which then exec the binary).
+    init(_ arguments: [String], environment: [String: String]? = nil, wrapper: [String] = []) throws {
+        if let tool = wrapper.first {
+            process.executableURL = URL(fileURLWithPath: tool)
+            process.arguments = Array(wrapper.dropFirst()) + [TestProcesses.binary] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: TestProcesses.binary)
+            process.arguments = arguments
+        }
         if let environment {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         }

@@ -26,6 +26,8 @@ final class CoreHarness {
     var notReading: Set<ID> = []
     /// Descriptors the check reports as something other than a socketpair end.
     var invalidDescriptors: Set<Int> = []
+    /// Targets the fake kernel reports as having read everything sent to them.
+    var drained: Set<ID> = []
     private var nextDescriptor = 100
     private var nextID: UInt64 = 1
     private var challenges: [Challenge]
@@ -47,7 +49,8 @@ final class CoreHarness {
             checkDescriptor: { fd in
                 box?.invalidDescriptors.contains(fd) == true ? .refused(description: "regular file") : .acceptable
             },
-            describeDescriptor: { fd in "fake-\(fd)" })
+            describeDescriptor: { fd in "fake-\(fd)" },
+            targetHasReadEverything: { id in box?.drained.contains(id) == true })
         box = self
     }
 

@@ -331,6 +331,53 @@ import Testing
         h.finish()
     }
 
+    @Test("A12: the target that leaves its in-flight cap unread is dropped (targetNotReading), not the sender nor other targets; a target that reads is never dropped")
+    func inFlightBudgetDropsTheNonReader() {
+        var limits = IntroductionServerLimits()
+        limits.maxInFlightPerTarget = 3
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        let stalled = h.register(Peers.signer(2))
+        let reader = h.register(Peers.signer(3))
+        h.drained = [reader]
+        for _ in 0..<3 { h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor()) }
+        for _ in 0..<10 { h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(3).identity, fd: h.descriptor()) }
+        #expect(h.core.inFlightCount(stalled) == 3)
+        #expect(h.core.inFlightCount(reader) <= 3, "reset whenever the kernel says it read everything")
+        #expect(h.closedConnections.isEmpty)
+        let fourth = h.descriptor()
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: fourth)
+        #expect(h.closedConnections == [stalled])
+        #expect(h.reasons(.introductionRefused).filter { $0 == .targetNotReading }.count >= 1)
+        #expect(h.closedDescriptors.contains(fourth))
+        #expect(h.core.route(for: Peers.signer(1).identity) == a, "the sender stays")
+        #expect(h.core.route(for: Peers.signer(3).identity) == reader, "the reading target stays")
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(3).identity, fd: h.descriptor())
+        #expect(h.forwards.last?.target == reader)
+        h.finish()
+    }
+
+    @Test("Item 3: a sender's introductions in flight to registered targets are capped (inFlightLimit); the sender stays")
+    func inFlightPerSender() {
+        var limits = IntroductionServerLimits()
+        limits.maxInFlightPerSender = 4
+        limits.maxInFlightPerTarget = 100
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        let targets = (2...4).map { h.register(Peers.signer(UInt8($0))) }
+        for i in 0..<4 {
+            h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(UInt8(2 + i % 3)).identity, fd: h.descriptor())
+        }
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.reasons(.introductionRefused) == [.inFlightLimit])
+        #expect(h.closedConnections.isEmpty)
+        // Once the targets have read, the sender may go on.
+        h.drained = Set(targets)
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.forwards.count == 5)
+        h.finish()
+    }
+
     @Test("End of stream inside a message or before the marker is truncated; a clean end unregisters quietly")
     func endOfStream() {
         let h = CoreHarness()
