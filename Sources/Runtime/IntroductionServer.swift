@@ -36,6 +36,10 @@ public final class IntroductionServer: @unchecked Sendable {
         public var acceptBackoff: Duration = .seconds(1)
         /// How often descriptors held for unregistered targets are polled for hang-up (F6).
         public var hangUpCheckInterval: Duration = .milliseconds(250)
+        /// How often the socket path is checked for deletion or replacement (C3).
+        public var socketWatchInterval: Duration = .milliseconds(500)
+        /// What to do when the socket path is deleted or replaced (C3).
+        public var onSocketLoss: SocketLossPolicy = .recreate
 
         public init(core: IntroductionServerConfiguration) { self.core = core }
 
@@ -57,6 +61,14 @@ public final class IntroductionServer: @unchecked Sendable {
         }
     }
 
+    /// C3: an outage no supervisor sees is the failure to avoid.
+    public enum SocketLossPolicy: String, Sendable {
+        /// Log at error level and re-create the socket at the same path atomically.
+        case recreate
+        /// Log at error level and stop; `socketLost` tells the caller to exit with its status.
+        case exit
+    }
+
     private enum State { case idle, running, stopping, stopped }
 
     public let identity: PublicIdentity
@@ -66,7 +78,13 @@ public final class IntroductionServer: @unchecked Sendable {
     public let socketPath: String?
 
     private let core: IntroductionServerCore<FileDescriptor>
-    private let listener: Listener
+    private var listener: Listener
+    /// The listener each open connection was accepted by (its count is released there, also
+    /// after the socket was re-created).
+    private var acceptedBy: [IntroductionServerConnectionID: Listener] = [:]
+    private var socketWatchTimer: DispatchSourceTimer?
+    private var socketMode: mode_t?
+    private var lostSocket = false
     private let audit: (any AuditSink)?
     private let logger: Logger
     private let streamConfiguration: StreamConnection.Configuration
@@ -155,6 +173,15 @@ public final class IntroductionServer: @unchecked Sendable {
             hangUps.setEventHandler { [weak self] in self?.checkHangUps() }
             hangUps.activate()
             hangUpTimer = hangUps
+            if listener.socket.path != nil {
+                socketMode = listener.socket.pathMode()
+                let watch = DispatchSource.makeTimerSource(queue: queue)
+                let period = Self.dispatchInterval(configuration.socketWatchInterval)
+                watch.schedule(deadline: .now() + period, repeating: period, leeway: .milliseconds(50))
+                watch.setEventHandler { [weak self] in self?.checkSocketPath() }
+                watch.activate()
+                socketWatchTimer = watch
+            }
             audit?.record(AuditEvent(.serverStarted, role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
             logger.info("introduction server listening", metadata: [
@@ -189,6 +216,8 @@ public final class IntroductionServer: @unchecked Sendable {
             checkpointTimer = nil
             hangUpTimer?.cancel()
             hangUpTimer = nil
+            socketWatchTimer?.cancel()
+            socketWatchTimer = nil
             audit?.record(AuditEvent(.serverStopped, reason: .serverShutdown, role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
             logger.info("introduction server stopped", metadata: ["server": "\(identity.fingerprint)"])
@@ -206,6 +235,10 @@ public final class IntroductionServer: @unchecked Sendable {
 
     /// Whether the listening socket failed (the server then stops by itself).
     public var listenerFailed: Bool { queue.sync { failed } }
+
+    /// Whether the server stopped because its socket path was deleted or replaced and could
+    /// not be (or, by policy, was not) re-created.
+    public var socketLost: Bool { queue.sync { lostSocket } }
 
     /// Counts for health checks and tests (on any thread).
     public func statistics() -> (connections: Int, registered: Int, unauthenticated: Int, pending: Int) {
@@ -267,6 +300,7 @@ public final class IntroductionServer: @unchecked Sendable {
         }
         connection.onDescriptorBackPressure = { [weak self] in self?.descriptorBackPressure() }
         connections[id] = connection
+        acceptedBy[id] = listener
         perform(core.connectionAccepted(
             id, credentials: IntroductionServerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid),
             now: Self.now()))
@@ -297,6 +331,36 @@ public final class IntroductionServer: @unchecked Sendable {
         guard state == .running else { return }
         perform(core.tick(now: Self.now()))
         armTimer()
+    }
+
+    /// C3: the socket file deleted (an over-eager cleanup) or replaced leaves a daemon alive
+    /// and unreachable. Say so at error level, then re-create it atomically or stop.
+    private func checkSocketPath() {
+        guard state == .running, let path = listener.socket.path, let found = listener.socket.pathState(),
+              found != .ours else { return }
+        let what = found == .missing ? "deleted" : "replaced by another file"
+        logger.error("socket path \(what)", metadata: ["path": "\(path)", "policy": "\(configuration.onSocketLoss.rawValue)"])
+        guard configuration.onSocketLoss == .recreate else {
+            lostSocket = true
+            stop()
+            return
+        }
+        let fresh: ListeningSocket
+        do {
+            fresh = try listener.socket.rebound(mode: socketMode ?? 0o600)
+        } catch {
+            logger.error("socket path could not be re-created; stopping", metadata: ["path": "\(path)", "error": "\(error)"])
+            lostSocket = true
+            stop()
+            return
+        }
+        let old = listener
+        var handler: ((ListenerEvent) -> Void)?
+        listener = Listener(socket: fresh, queue: queue, configuration: old.configuration) { handler?($0) }
+        handler = { [weak self] event in self?.handle(event) }
+        listener.start()
+        old.close()
+        logger.error("socket path re-created", metadata: ["path": "\(path)"])
     }
 
     /// F6: a held introduction whose sender's end hung up can never be used; release it now
@@ -338,7 +402,7 @@ public final class IntroductionServer: @unchecked Sendable {
                 lastUnread[id] = nil
                 guard let connection = connections.removeValue(forKey: id) else { continue }
                 connection.close()
-                listener.connectionClosed()
+                (acceptedBy.removeValue(forKey: id) ?? listener).connectionClosed()
             case let .audit(record):
                 audit?.record(AuditEvent(record, server: identity))
             case let .log(entry):

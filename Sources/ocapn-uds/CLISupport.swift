@@ -18,6 +18,8 @@ enum CLIExitCode: Int32, Sendable {
     case usage = 2
     case refused = 3
     case verificationFailed = 4
+    /// intro-server: the socket path was deleted or replaced (with --on-socket-loss exit).
+    case socketLost = 5
 }
 
 /// A failure a command reports: printed to stderr as `ocapn-uds: <message>`, then exits with `code`.

@@ -32,6 +32,8 @@ struct IntroServerCommand: AsyncParsableCommand {
                   listening socket failed
               2   usage error (bad option or limit)
               3   identity key file refused (missing, insecure, malformed, wrong passphrase)
+              5   the socket path was deleted or replaced and not re-created (--on-socket-loss exit,
+                  or re-creating failed)
             """
     )
 
@@ -43,6 +45,10 @@ struct IntroServerCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("Socket path to listen on (optional under socket activation).", valueName: "path"))
     var socket: String?
+
+    @Option(help: ArgumentHelp("When the socket path is deleted or replaced: recreate (default) or exit (status 5).",
+                               valueName: "policy"))
+    var onSocketLoss: String = "recreate"
 
     @Option(help: ArgumentHelp("Permission bits of the socket file, octal.", valueName: "mode"))
     var socketMode: String = "0600"
@@ -113,6 +119,9 @@ struct IntroServerCommand: AsyncParsableCommand {
     func validate() throws {
         guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
         if let socket, socket.isEmpty { throw ValidationError("--socket must name a path") }
+        guard IntroductionServer.SocketLossPolicy(rawValue: onSocketLoss) != nil else {
+            throw ValidationError("--on-socket-loss must be recreate or exit")
+        }
         guard parsedMode() != nil else { throw ValidationError("--socket-mode must be octal permission bits, e.g. 0600 or 0660") }
         guard Logger.Level(rawValue: logLevel) != nil, logLevel != "trace", logLevel != "critical" else {
             throw ValidationError("--log-level must be debug, info, notice, warning or error")
@@ -153,6 +162,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         var configuration = IntroductionServer.Configuration(core: IntroductionServerConfiguration(
             limits: limits, allowedUIDs: Set(allowUid + [ownUID]), debugLogging: level <= .debug))
         configuration.outputQueueBytes = outputQueueBytes
+        configuration.onSocketLoss = IntroductionServer.SocketLossPolicy(rawValue: onSocketLoss) ?? .recreate
         configuration.readBufferBytes = readBufferBytes
         return configuration
     }
@@ -228,6 +238,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         await stopped.wait()
         for source in sources { source.cancel() }
         auditSink?.close()
+        if server.socketLost { throw CLIError(.socketLost, "the socket path was deleted or replaced") }
         if server.listenerFailed { throw CLIError(.failure, "the listening socket failed") }
     }
 }

@@ -389,6 +389,52 @@ import Transport
         d.close()
     }
 
+    @Test("C3: a deleted or replaced socket path is logged at error level and re-created atomically within 5 s; registered peers are unaffected",
+          arguments: ["deleted", "replaced"])
+    func socketPathRecreated(how: String) throws {
+        try withCanaries { server, _ in
+            if how == "deleted" {
+                unlink(server.socketPath)
+            } else {
+                unlink(server.socketPath)
+                FileManager.default.createFile(atPath: server.socketPath, contents: Data("not a socket".utf8))
+            }
+            let start = Date()
+            var back = false
+            while Date().timeIntervalSince(start) < 5 {
+                if let peer = try? TestPeer(server) {
+                    defer { peer.close() }
+                    if (try? peer.register()) != nil { back = true; break }
+                }
+                usleep(50_000)
+            }
+            #expect(back, "a new peer registers within 5 s")
+            let phrase = how == "deleted" ? "socket path deleted" : "socket path replaced"
+            #expect(server.child.errorOutput.contains { $0.contains(phrase) }, "\(server.child.errorOutput.suffix(5))")
+            #expect(server.child.errorOutput.contains { $0.contains("socket path re-created") })
+            #expect(!FileManager.default.fileExists(atPath: server.socketPath + ".new"))
+        }
+    }
+
+    @Test("C3: with --on-socket-loss exit a deleted socket path makes the daemon exit with status 5 within 5 s, and a replacement starts at once")
+    func socketPathLostExits() throws {
+        let server = try IntroServerProcess(["--on-socket-loss", "exit"])
+        defer { server.stop(); server.dir.remove() }
+        unlink(server.socketPath)
+        let start = Date()
+        while server.child.process.isRunning && Date().timeIntervalSince(start) < 5 { usleep(20_000) }
+        #expect(!server.child.process.isRunning, "exited within 5 s")
+        server.child.process.waitUntilExit()
+        #expect(server.child.process.terminationStatus == 5)
+        #expect(server.child.errorOutput.contains { $0.contains("socket path deleted") })
+        // The lock went with the process: a replacement binds the same path.
+        let replacement = try IntroServerProcess([], dir: server.dir)
+        defer { replacement.stop() }
+        let peer = try TestPeer(replacement)
+        defer { peer.close() }
+        try peer.register()
+    }
+
     @Test("F7/F8: a peer that dies mid-record or after the marker's bytes leaves no descriptor behind")
     func peerDiesMidMessage() throws {
         try withCanaries { server, d in
