@@ -9,7 +9,8 @@ import Transport
 /// The reliability-catalog rows that concern the introduction server, each against the real
 /// process: the defined reason in the audit log (I4), no descriptor leaked by the server (I2,
 /// from /proc/PID/fd), the server alive and a canary pair registered before the fault still
-/// completing an introduction afterwards (I1, I3).
+/// completing an introduction afterwards (I1, I3), every descriptor close-on-exec (I5, from
+/// /proc/PID/fdinfo).
 @Suite(.serialized) struct IntroServerCatalogTests {
     /// Starts a server with `arguments`, registers the canary pair C and D, runs `fault`, then
     /// checks the descriptor count returns to what it was with only the canaries, and that C can
@@ -35,6 +36,8 @@ import Transport
         defer { theirs.close() }
         #expect(try endsAreConnected(mine, theirs), "the canary pair still works")
         #expect(server.child.process.isRunning)
+        let leaky = server.descriptorsWithoutCloseOnExec
+        #expect(leaky.isEmpty, "I5: \(server.descriptorTargets.filter { t in leaky.contains { t.hasPrefix("\($0)->") } })")
     }
 
     /// A raw connection that has not registered.

@@ -68,6 +68,7 @@ final class IntroServerProcess {
         guard line == "listening: \(socketPath) designator: \(identity.designator) fingerprint: \(identity.fingerprint)" else {
             throw IntroTestError.unexpected("ready line: \(line)")
         }
+        inheritedWithoutCloseOnExec = Set(Self.withoutCloseOnExec(pid: "\(pid)").map(linkTarget))
     }
 
     var pid: Int32 { child.pid }
@@ -83,6 +84,33 @@ final class IntroServerProcess {
     /// Sockets, pipes and files the server holds. libdispatch's own epoll, eventfd and timerfd
     /// descriptors (anon_inode) are created lazily on first use and would make an early
     /// baseline look like a leak later, so they are not counted.
+    /// The server's descriptors without FD_CLOEXEC when it printed its ready line: what it
+    /// inherited (Foundation's Process passes on whatever the test runner has open, including
+    /// a socket it makes for the spawn itself). Everything the server opens at start-up is
+    /// close-on-exec (checked by hand with /proc/PID/fdinfo); I5 then covers what it opens later.
+    private(set) var inheritedWithoutCloseOnExec: Set<String> = []
+
+    /// I5: the descriptors (beyond stdio and what it inherited) the server holds that lack
+    /// FD_CLOEXEC, from the `flags` line of /proc/PID/fdinfo (O_CLOEXEC is 02000000 octal).
+    var descriptorsWithoutCloseOnExec: [String] {
+        Self.withoutCloseOnExec(pid: "\(pid)").filter { !inheritedWithoutCloseOnExec.contains(linkTarget($0)) }
+    }
+
+    private func linkTarget(_ name: String) -> String {
+        "\(name)->" + ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(name)")) ?? "?")
+    }
+
+    static func withoutCloseOnExec(pid: String) -> [String] {
+        let dir = "/proc/\(pid)/fdinfo"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.filter { (Int($0) ?? 0) > 2 }.filter { name in
+            guard let text = try? String(contentsOfFile: "\(dir)/\(name)", encoding: .utf8),
+                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
+                  let flags = Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8) else { return false }
+            return flags & 0o2000000 == 0
+        }
+    }
+
     var descriptorCount: Int { descriptorTargets.filter { !$0.contains("->anon_inode:") }.count }
 
     /// Waits until the server holds at most `count` descriptors (closes happen asynchronously).
