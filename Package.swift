@@ -18,7 +18,7 @@ let package = Package(
         .executable(name: "ocapn-uds", targets: ["ocapn-uds"]),
         .library(name: "OCapNUDS", targets: ["Runtime"]),
         // The sans-IO layers on their own (the fuzz package in Fuzz/ builds against these).
-        .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto"]),
+        .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto", "Audit"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
