@@ -10,7 +10,8 @@ import PackageDescription
 //   VectorCheck <- OCapN, SecureChannel, Syrup, Identity
 //   Bench (measurements against in-run baselines) <- Runtime and the layers below
 //   Demo (the main job: server and peers as processes, attacks refused) <- Runtime and below
-//   ocapn-uds (CLI) <- Runtime, VectorCheck, Bench, Demo, ArgumentParser
+//   Check (ocapn-uds check: conformance and attack probes) <- OCapN, SecureChannel, Transport
+//   ocapn-uds (CLI) <- Runtime, VectorCheck, Bench, Demo, Check, ArgumentParser
 let package = Package(
     name: "ocapn-uds",
     platforms: [.macOS(.v15)],
@@ -57,10 +58,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(name: "Check", dependencies: ["OCapN", "SecureChannel", "Transport", "Identity", "Syrup", "SodiumCrypto"]),
         .executableTarget(
             name: "ocapn-uds",
             dependencies: [
-                "Runtime", "VectorCheck", "Audit", "Identity", "OCapN", "Bench", "Demo",
+                "Runtime", "VectorCheck", "Audit", "Identity", "OCapN", "Bench", "Demo", "Check",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -79,6 +81,11 @@ let package = Package(
                 "Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "SecureChannel",
                 "CPaddedSender", .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        .testTarget(
+            name: "CheckTests",
+            // The tests spawn the real intro-server and peer, and weakened ones in-process.
+            dependencies: ["Check", "Runtime", "Transport", "OCapN", "SecureChannel", "Identity", "Syrup", "SodiumCrypto", "ocapn-uds"]
         ),
         .testTarget(
             name: "IntegrationTests",

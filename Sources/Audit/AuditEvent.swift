@@ -205,6 +205,14 @@ public struct AuditEvent: Hashable, Sendable {
     public var introServer: AuditPeerID?
     /// SO_PEERCRED of the control connection.
     public var credentials: AuditPeerCredentials?
+    /// A registration of a key that already had a connection: SO_PEERCRED of that connection
+    /// (displaced on `registration.accepted`, kept on `registration.refused`).
+    public var incumbentCredentials: AuditPeerCredentials?
+    /// Legacy channels: the key the introduction's `from` named. A claim nobody proved, kept
+    /// out of `expectedPeer`, `from`, `peers` and `remotePeer` so it is never read as an identity.
+    public var claimedFrom: AuditPeerID?
+    /// Legacy channels: `false` (no handshake ran; nothing about the peer is proved).
+    public var authenticated: Bool?
     public var transcriptHash: AuditDigest?
     public var sessionID: AuditDigest?
     public var protocolVersion: UInt32?

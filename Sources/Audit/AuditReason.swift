@@ -94,7 +94,10 @@ extension AuditReason {
     public static let targetUnknownExpired: AuditReason = "targetUnknownExpired"
     public static let uidNotAllowed: AuditReason = "uidNotAllowed"
     public static let outputOverflow: AuditReason = "outputOverflow"
-    public static let replacedByNewer: AuditReason = "replacedByNewer"
+    public static let replacedDeadConnection: AuditReason = "replacedDeadConnection"
+    public static let replacedSameUID: AuditReason = "replacedSameUID"
+    public static let liveRegistrationKept: AuditReason = "liveRegistrationKept"
+    public static let registrationFormRefused: AuditReason = "registrationFormRefused"
     public static let serverShutdown: AuditReason = "serverShutdown"
     public static let legacyPeerRefused: AuditReason = "legacyPeerRefused"
     /// Not a failure: descriptors beyond a marker's one were closed (descriptors.closed).
@@ -104,8 +107,10 @@ extension AuditReason {
     public static let introServerCodes: [AuditReason] = [
         .badSignature, .challengeLength, .malformedMessage, .messageTooLarge, .spoofedFrom, .fdMissing,
         .fdInvalid, .extraFds, .registrationTimeout, .tooManyClients, .tooManyUnauthenticated, .unauthenticatedEvicted,
-        .pendingLimit, .rateLimited, .targetUnknownExpired, .abandoned, .targetNotReading, .inFlightLimit, .uidNotAllowed, .outputOverflow,
-        .replacedByNewer, .serverShutdown, .legacyPeerRefused, .extraDescriptorsClosed,
+        .pendingLimit, .rateLimited, .targetUnknownExpired, .abandoned, .targetNotReading, .inFlightLimit,
+        .uidNotAllowed, .outputOverflow,
+        .replacedDeadConnection, .replacedSameUID, .liveRegistrationKept, .registrationFormRefused,
+        .serverShutdown, .legacyPeerRefused, .extraDescriptorsClosed,
     ]
 }
 
@@ -118,7 +123,11 @@ extension AuditReason {
     /// We closed the connection on purpose (shutdown, caller request) without a clean close.
     public static let localAbort: AuditReason = "localAbort"
 
-    public static let channelCodes: [AuditReason] = [.peerReset, .ioError, .localAbort]
+    /// A legacy (Goblins) channel refused because the key it claims completed UDS-HS1 with us
+    /// before: that key is never admitted unauthenticated afterwards.
+    public static let legacyKeyProvedBefore: AuditReason = "legacyKeyProvedBefore"
+
+    public static let channelCodes: [AuditReason] = [.peerReset, .ioError, .localAbort, .legacyKeyProvedBefore]
 
     /// Every code documented in docs/AUDIT.md, without duplicates, sorted.
     public static let documented: [AuditReason] = Array(Set(handshakeCodes + introServerCodes + channelCodes)).sorted()

@@ -86,6 +86,11 @@ public struct AuditRecord: Hashable, Sendable {
         w.int("pid", event.credentials.map { Int64($0.pid) })
         w.uint("uid", event.credentials.map { UInt64($0.uid) })
         w.uint("gid", event.credentials.map { UInt64($0.gid) })
+        w.int("incumbent_pid", event.incumbentCredentials.map { Int64($0.pid) })
+        w.uint("incumbent_uid", event.incumbentCredentials.map { UInt64($0.uid) })
+        w.uint("incumbent_gid", event.incumbentCredentials.map { UInt64($0.gid) })
+        w.string("claimed_from", event.claimedFrom?.fingerprint)
+        w.bool("authenticated", event.authenticated)
         w.string("transcript", event.transcriptHash?.hex)
         w.string("session", event.sessionID?.hex)
         w.uint("version", event.protocolVersion.map { UInt64($0) })
@@ -161,6 +166,15 @@ public struct AuditRecord: Hashable, Sendable {
             else { throw .malformed("pid/uid/gid must appear together and fit 32 bits") }
             e.credentials = AuditPeerCredentials(pid: p, uid: u, gid: g)
         }
+        let ipid = try d.int("incumbent_pid"), iuid = try d.uint("incumbent_uid"), igid = try d.uint("incumbent_gid")
+        if ipid != nil || iuid != nil || igid != nil {
+            guard let ipid, let iuid, let igid, let p = Int32(exactly: ipid), let u = UInt32(exactly: iuid),
+                  let g = UInt32(exactly: igid)
+            else { throw .malformed("incumbent_pid/uid/gid must appear together and fit 32 bits") }
+            e.incumbentCredentials = AuditPeerCredentials(pid: p, uid: u, gid: g)
+        }
+        e.claimedFrom = try d.peer("claimed_from")
+        e.authenticated = try d.bool("authenticated")
         e.transcriptHash = try d.digest("transcript")
         e.sessionID = try d.digest("session")
         if let ver = try d.uint("version") {

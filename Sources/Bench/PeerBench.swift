@@ -35,7 +35,11 @@ final class PeerBench {
         let server = try launch(["intro-server", "--identity", path("pb-server.key"), "--socket", socketPath,
                                  "--log-level", "info", "--max-intros-per-second", "0", "--max-clients", "4096"])
         _ = try firstLine(server)
-        let peer = try launch(["peer", "--identity", path("pb-peer.key"), "--server", socketPath, "--log-level", "error"])
+        // The memory figure holds up to 1000 channels from this one process: lift the per-peer cap.
+        let peer = try launch([
+            "peer", "--identity", path("pb-peer.key"), "--server", socketPath, "--log-level", "error",
+            "--max-channels", "100000", "--max-channels-per-peer", "100000",
+        ])
         peerLocator = try PeerLocator(uri: try firstLine(peer))
         peerPID = processes.last!.processIdentifier
     }

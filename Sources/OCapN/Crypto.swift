@@ -53,7 +53,8 @@ public struct Ed25519Signature: Hashable, Sendable {
     }
 }
 
-/// An identity's secret key, able to sign registration challenges and nothing else.
+/// An identity's secret key, able to sign registration challenges (legacy raw 64 bytes, or a v2
+/// transcript) and nothing else.
 ///
 /// The key stays in `SecretBytes` (guarded memory) or behind the caller's signing function; this
 /// type has no printable form of it.
@@ -105,6 +106,12 @@ public struct SigningIdentity: Sendable, CustomStringConvertible {
         // A signing function returning anything but 64 bytes is a bug in the adapter given to init.
         precondition(raw.count == Ed25519Signature.length, "signing function returned \(raw.count) bytes")
         return try! Ed25519Signature(raw)
+    }
+
+    /// For the v2 transcript only (its fixed 219-byte layout is built in this file).
+    fileprivate func signRawBytes(_ message: [UInt8]) -> [UInt8] {
+        precondition(message.count == RegistrationTranscript.length, "only registration v2 transcripts are signed here")
+        return signRaw(message)
     }
 
     public var description: String { "SigningIdentity(\(identity.fingerprint))" }
@@ -228,5 +235,56 @@ extension SyrupValue {
         case .set: return "set"
         case .record: return "record"
         }
+    }
+}
+
+// MARK: - Registration v2 (PROTOCOL.md §15)
+
+/// The bytes each side signs in registration v2: a role context, both identity keys and both
+/// challenges. Bound this way, a signature made for one server (or one connection, or the other
+/// role) verifies nowhere else, so a relay gains nothing by forwarding it.
+public enum RegistrationTranscript {
+    /// ASCII `ocapn-uds-reg/2 server-sig` ‖ 00: what the server signs.
+    public static let serverContext: [UInt8] = Array("ocapn-uds-reg/2 server-sig".utf8) + [0]
+    /// ASCII `ocapn-uds-reg/2 client-sig` ‖ 00: what the registering peer signs.
+    public static let clientContext: [UInt8] = Array("ocapn-uds-reg/2 client-sig".utf8) + [0]
+    /// 27 + 32 + 32 + 64 + 64: never 64 (a legacy challenge) nor 61 (a UDS-HS1 input).
+    public static let length = 219
+
+    public enum Role: Sendable { case server, client }
+
+    /// `context(role) ‖ IK_S ‖ IK_C ‖ client-challenge ‖ server-challenge`.
+    public static func bytes(_ role: Role, server: PublicIdentity, client: PublicIdentity,
+                             clientChallenge: Challenge, serverChallenge: Challenge) -> [UInt8] {
+        var out = role == .server ? serverContext : clientContext
+        out.reserveCapacity(length)
+        out += server.publicKey
+        out += client.publicKey
+        out += clientChallenge.bytes
+        out += serverChallenge.bytes
+        return out
+    }
+}
+
+extension SigningIdentity {
+    /// Signs a registration v2 transcript in `role`, with this identity in that role's key slot.
+    public func signRegistration(_ role: RegistrationTranscript.Role, peer: PublicIdentity,
+                                 clientChallenge: Challenge, serverChallenge: Challenge) -> Ed25519Signature {
+        let message = RegistrationTranscript.bytes(
+            role, server: role == .server ? identity : peer, client: role == .client ? identity : peer,
+            clientChallenge: clientChallenge, serverChallenge: serverChallenge)
+        let raw = signRawBytes(message)
+        precondition(raw.count == Ed25519Signature.length, "signing function returned \(raw.count) bytes")
+        return try! Ed25519Signature(raw)
+    }
+}
+
+extension Ed25519Signature {
+    /// Whether this is the `role` side's signature over the v2 transcript of these values.
+    public func isValidRegistration(_ role: RegistrationTranscript.Role, server: PublicIdentity, client: PublicIdentity,
+                                    clientChallenge: Challenge, serverChallenge: Challenge) -> Bool {
+        let signer = role == .server ? server : client
+        return signer.verify(signature: bytes, message: RegistrationTranscript.bytes(
+            role, server: server, client: client, clientChallenge: clientChallenge, serverChallenge: serverChallenge))
     }
 }

@@ -18,8 +18,12 @@ import Syrup
 /// the runtime, which sends the descriptor or closes it, and then reports the outcome with
 /// `forwardSucceeded` or `forwardFailed`.
 ///
-/// Policy choices (docs/INTRO-SERVER.md): a second live registration of a key wins and the older
-/// connection is closed (`replacedByNewer` on the newer `registration.accepted`); any protocol
+/// Policy choices (docs/INTRO-SERVER.md): a live registration is never displaced. When a key
+/// registers while an earlier connection of it is open, the injected probe asks the runtime
+/// whether that connection is still alive (hang-up / end of stream): a dead one is replaced
+/// (`replacedDeadConnection`), a live one is kept and the newcomer refused
+/// (`liveRegistrationKept`), unless `replaceSameUID` lets the same uid take over; both records
+/// carry both connections' credentials. Any protocol
 /// error closes the connection; a well-formed introduction that is refused for a semantic reason
 /// (rate, descriptor kind, self, caps) closes only its descriptor.
 ///
@@ -119,6 +123,11 @@ public final class IntroductionServerCore<Descriptor> {
     private let checkDescriptor: (Descriptor) -> IntroductionServerDescriptorVerdict
     private let describeDescriptor: (Descriptor) -> String
     private let targetHasReadEverything: (ConnectionID) -> Bool
+    private let probeConnection: (ConnectionID) -> IntroductionServerLiveness
+    /// Keys that registered with v2 here: never answered in a legacy form afterwards, so a relay
+    /// holding a legacy signature of such a key cannot register it (bounded, oldest out first).
+    private var v2Keys: Set<PublicIdentity> = []
+    private var v2KeyOrder = DeadlineQueue<PublicIdentity>()
     private let readerLimits: ControlStreamReader<Descriptor>.Limits
     private let registrationTimeout: UInt64
     private let partialTimeout: UInt64
@@ -156,12 +165,16 @@ public final class IntroductionServerCore<Descriptor> {
     ///     closes unused, for its audit record.
     ///   - targetHasReadEverything: whether a connection's peer has read all we sent it,
     ///     descriptors included (the runtime asks the kernel); consulted only at an in-flight cap.
+    ///   - probeConnection: whether a registered connection is still alive (non-blocking poll and
+    ///     `recv(MSG_PEEK)` in the runtime); asked only when its key registers again. The default
+    ///     answers alive, which never displaces anyone.
     public init(
         signer: SigningIdentity, configuration: IntroductionServerConfiguration, attemptIDBase: UInt64,
         makeChallenge: @escaping () -> Challenge,
         checkDescriptor: @escaping (Descriptor) -> IntroductionServerDescriptorVerdict,
         describeDescriptor: @escaping (Descriptor) -> String = { _ in "descriptor" },
-        targetHasReadEverything: @escaping (ConnectionID) -> Bool = { _ in false }
+        targetHasReadEverything: @escaping (ConnectionID) -> Bool = { _ in false },
+        probeConnection: @escaping (ConnectionID) -> IntroductionServerLiveness = { _ in .alive }
     ) {
         precondition(configuration.limits.problems.isEmpty,
                      "invalid limits: \(configuration.limits.problems.joined(separator: "; "))")
@@ -171,6 +184,7 @@ public final class IntroductionServerCore<Descriptor> {
         self.checkDescriptor = checkDescriptor
         self.describeDescriptor = describeDescriptor
         self.targetHasReadEverything = targetHasReadEverything
+        self.probeConnection = probeConnection
         nextAttempt = attemptIDBase
         let limits = configuration.limits
         readerLimits = .init(syrup: limits.syrupLimits, maxQueuedDescriptors: 1,
@@ -244,7 +258,9 @@ public final class IntroductionServerCore<Descriptor> {
         let connection = Connection(
             id: id, credentials: credentials, acceptedAt: now, attempt: takeAttempt(),
             reader: ControlStreamReader(limits: readerLimits),
-            registration: RegistrationServer(signer: signer, challenge: makeChallenge()), deadline: deadline)
+            registration: RegistrationServer(signer: signer, challenge: makeChallenge(),
+                                             accepting: configuration.registrationForms),
+            deadline: deadline)
         connections[id] = connection
         unauthenticatedIDs.insert(id)
         unauthenticatedByUID[credentials.uid, default: 0] += 1
@@ -436,9 +452,24 @@ public final class IntroductionServerCore<Descriptor> {
             drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
             return
         }
-        if case let .register(register) = message, case var .registering(r) = connection.phase {
-            r.claimed = register.locator.identity
-            connection.phase = .registering(r)
+        if case var .registering(r) = connection.phase {
+            switch message {
+            case let .register(register):
+                r.claimed = register.locator.identity
+                connection.phase = .registering(r)
+                if v2Keys.contains(register.locator.identity) {
+                    // Refused before signing: a legacy signature of a v2 peer can only come from
+                    // a relay (or a downgraded peer), never from the peer's own v2 setting.
+                    drop(connection, reason: .registrationFormRefused,
+                         detail: "legacy uds:register of a key that registered with v2 before", now: now, into: &out)
+                    return
+                }
+            case let .registerV2(register):
+                r.claimed = register.locator.identity
+                connection.phase = .registering(r)
+            default:
+                break
+            }
         }
         let actions: [RegistrationServer.Action]
         do { actions = try connection.registration.receive(message) } catch {
@@ -450,7 +481,7 @@ public final class IntroductionServerCore<Descriptor> {
             case let .send(reply):
                 out.append(.send(connection.id, reply.encoded))
             case let .registered(peer):
-                register(connection, as: peer.identity, now: now, into: &out)
+                register(connection, as: peer, now: now, into: &out)
             case .forward:
                 // Only `uds:new-connection` yields a forward, and it never takes this path.
                 preconditionFailure("a forward from a message without a descriptor")
@@ -520,6 +551,11 @@ public final class IntroductionServerCore<Descriptor> {
             return refuse(.selfConnection, "introduction refused: a peer introduced to itself")
         }
         let record = introduction.forward.encoded
+        if record.count > ControlMessageLimit.maxBytes {
+            // The target could not read it and would lose its connection; only the sender pays.
+            return refuse(.messageTooLarge, "introduction refused: the forwarded record exceeds what a peer accepts",
+                          detail: "\(record.count) > \(ControlMessageLimit.maxBytes) bytes")
+        }
         if let target = routes[to] {
             if inFlightBySender[from, default: 0] >= limits.maxInFlightPerSender {
                 // Only at the cap is the kernel asked which of this sender's targets have read.
@@ -585,31 +621,62 @@ public final class IntroductionServerCore<Descriptor> {
 
     // MARK: registration and routing
 
-    private func register(_ connection: Connection, as identity: PublicIdentity, now: UInt64, into out: inout [Action]) {
+    private func register(_ connection: Connection, as peer: RegisteredPeer, now: UInt64, into out: inout [Action]) {
         guard case .registering = connection.phase else { preconditionFailure("registered twice") }
+        let identity = peer.identity
+        var reason: Reason?
+        var incumbent: IntroductionServerCredentials?
+        if let previousID = routes[identity], let previous = connections[previousID] {
+            // A live registration is never displaced by default: a relay that obtained the
+            // key's signature could otherwise take the key's introductions over and over.
+            incumbent = previous.credentials
+            let liveness = probeConnection(previousID)
+            switch liveness {
+            case let .dead(description):
+                reason = .replacedDeadConnection
+                out.append(.log(.init(.notice, "registration replaced an earlier connection of the key that was closed",
+                                      connection: previousID, peer: identity, credentials: previous.credentials,
+                                      reason: .replacedDeadConnection, detail: description)))
+            case .alive where configuration.replaceSameUID && previous.credentials.uid == connection.credentials.uid:
+                reason = .replacedSameUID
+                out.append(.log(.init(.notice, "registration replaced a live connection of the same key and uid",
+                                      connection: previousID, peer: identity, credentials: previous.credentials,
+                                      reason: .replacedSameUID)))
+            case .alive:
+                out.append(.log(.init(.warning, "registration refused: the key is registered on a live connection",
+                                      connection: connection.id, peer: identity, credentials: connection.credentials,
+                                      reason: .liveRegistrationKept, detail: "kept \(previousID) (\(previous.credentials))")))
+                drop(connection, reason: .liveRegistrationKept, detail: "the key's registration on \(previousID) is alive",
+                     now: now, into: &out, claimed: identity, incumbent: previous.credentials, logged: true)
+                return
+            }
+            drop(previous, reason: nil, detail: "replaced by a newer registration", now: now, into: &out)
+        }
         let limits = limits
         connection.phase = .registered(Registered(identity: identity, tokens: Double(limits.introductionBurst),
                                                   refilledAt: now, partialSince: nil))
         forgetUnauthenticated(connection)
-        var reason: Reason?
-        if let previousID = routes[identity], let previous = connections[previousID] {
-            // Newest wins: a restarted peer must not wait for the old connection to time out,
-            // and only one connection per key may receive its introductions.
-            reason = .replacedByNewer
-            out.append(.log(.init(.notice, "registration replaced by a newer connection of the same key",
-                                  connection: previousID, peer: identity, credentials: previous.credentials,
-                                  reason: .replacedByNewer)))
-            drop(previous, reason: nil, detail: "replaced by a newer registration", now: now, into: &out)
-        }
+        if peer.form == .v2 { rememberV2(identity) }
         routes[identity] = connection.id
         locators.pin(identity)
         out.append(.audit(.init(.registrationAccepted, reason: reason, attempt: connection.registrationAttempt,
-                                proved: identity, credentials: connection.credentials,
+                                proved: identity, credentials: connection.credentials, incumbentCredentials: incumbent,
                                 durationNanoseconds: now &- connection.acceptedAt)))
         out.append(.log(.init(.info, "peer registered", connection: connection.id, peer: identity,
-                              credentials: connection.credentials)))
+                              credentials: connection.credentials, detail: "registration \(peer.form)")))
         deliverPending(to: identity, on: connection.id, into: &out)
     }
+
+    private func rememberV2(_ identity: PublicIdentity) {
+        guard configuration.maxRememberedV2Keys > 0, v2Keys.insert(identity).inserted else { return }
+        v2KeyOrder.push(0, identity)
+        while v2Keys.count > configuration.maxRememberedV2Keys, let oldest = v2KeyOrder.popDue(0) {
+            v2Keys.remove(oldest)
+        }
+    }
+
+    /// Whether a legacy registration of `identity` is refused because it registered with v2.
+    public func remembersV2(_ identity: PublicIdentity) -> Bool { v2Keys.contains(identity) }
 
     private func deliverPending(to identity: PublicIdentity, on target: ConnectionID, into out: inout [Action]) {
         guard let attempts = pendingByTarget[identity] else { return }
@@ -667,7 +734,8 @@ public final class IntroductionServerCore<Descriptor> {
     /// protocol error is recorded as a refused introduction (the only thing a registered peer
     /// may send); a plain disconnect, a replacement or a shutdown is only logged.
     private func drop(_ connection: Connection, reason: Reason?, detail: String, now: UInt64, into out: inout [Action],
-                      logReason: Reason? = nil) {
+                      logReason: Reason? = nil, claimed: PublicIdentity? = nil,
+                      incumbent: IntroductionServerCredentials? = nil, logged: Bool = false) {
         let id = connection.id
         guard connections.removeValue(forKey: id) != nil else { return }
         clearInFlight(id)
@@ -677,11 +745,13 @@ public final class IntroductionServerCore<Descriptor> {
             forgetUnauthenticated(connection)
             let why = reason ?? .peerReset
             out.append(.audit(.init(.registrationRefused, reason: why, attempt: connection.registrationAttempt,
-                                    claimed: r.claimed, credentials: connection.credentials,
-                                    durationNanoseconds: now &- connection.acceptedAt)))
-            out.append(.log(.init(why == .peerReset || why == .serverShutdown ? .info : .notice,
-                                  "registration refused, connection closed", connection: id, peer: r.claimed,
-                                  credentials: connection.credentials, reason: why, detail: detail)))
+                                    claimed: claimed ?? r.claimed, credentials: connection.credentials,
+                                    incumbentCredentials: incumbent, durationNanoseconds: now &- connection.acceptedAt)))
+            if !logged {
+                out.append(.log(.init(why == .peerReset || why == .serverShutdown ? .info : .notice,
+                                      "registration refused, connection closed", connection: id, peer: r.claimed,
+                                      credentials: connection.credentials, reason: why, detail: detail)))
+            }
         case let .registered(r):
             if routes[r.identity] == id {
                 routes[r.identity] = nil
@@ -721,6 +791,7 @@ public final class IntroductionServerCore<Descriptor> {
         case .challengeLength: return .challengeLength
         case .badSignature, .challengeMismatch: return .badSignature
         case .spoofedFrom: return .spoofedFrom
+        case .registrationFormRefused: return .registrationFormRefused
         case .limitExceeded: return .messageTooLarge
         case .invalidSyrup, .malformedMessage, .unknownMessage, .unexpectedMessage, .reflectedChallenge,
              .invalidPublicKey, .invalidSecretKey, .wrongTransport, .invalidDesignator, .invalidHint, .invalidURI,

@@ -68,8 +68,18 @@ public enum IntroductionServerReason: String, Sendable, CaseIterable {
     case uidNotAllowed
     /// The peer does not read: its output queue is full.
     case outputOverflow
-    /// A newer registration of the same key took over (on the newer `registration.accepted`).
-    case replacedByNewer
+    /// A registration of a key took over from an earlier connection of that key that the probe
+    /// found closed (on the newer `registration.accepted`, with the incumbent's credentials).
+    case replacedDeadConnection
+    /// A registration of a key took over from a live connection of the same uid
+    /// (`replaceSameUID` option; on the newer `registration.accepted`).
+    case replacedSameUID
+    /// A registration refused because the key's earlier connection is alive: a live registration
+    /// is never displaced by default (on `registration.refused`, with the incumbent's credentials).
+    case liveRegistrationKept
+    /// A registration in a form this server does not accept, or a legacy registration of a key
+    /// that registered with v2 before (refused before anything is signed).
+    case registrationFormRefused
     /// The server is shutting down.
     case serverShutdown
     /// The stream ended inside a message or before a marker.
@@ -124,6 +134,9 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
     public var from: PublicIdentity?
     public var to: PublicIdentity?
     public var credentials: IntroductionServerCredentials?
+    /// Registration of a key that already had a connection: that connection's credentials (the
+    /// one displaced on `registrationAccepted`, the one kept on `registrationRefused`).
+    public var incumbentCredentials: IntroductionServerCredentials?
     /// From accept (registration) or from the request (introduction) to this record.
     public var durationNanoseconds: UInt64?
     /// `extraDescriptorsClosed`: what each closed descriptor was ("tty", "pipe", "/dev/null").
@@ -132,8 +145,8 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
     public init(
         _ kind: Kind, reason: IntroductionServerReason? = nil, attempt: UInt64, claimed: PublicIdentity? = nil,
         proved: PublicIdentity? = nil, from: PublicIdentity? = nil, to: PublicIdentity? = nil,
-        credentials: IntroductionServerCredentials? = nil, durationNanoseconds: UInt64? = nil,
-        descriptorKinds: [String]? = nil
+        credentials: IntroductionServerCredentials? = nil, incumbentCredentials: IntroductionServerCredentials? = nil,
+        durationNanoseconds: UInt64? = nil, descriptorKinds: [String]? = nil
     ) {
         self.kind = kind
         self.reason = reason
@@ -143,6 +156,7 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
         self.from = from
         self.to = to
         self.credentials = credentials
+        self.incumbentCredentials = incumbentCredentials
         self.durationNanoseconds = durationNanoseconds
         self.descriptorKinds = descriptorKinds
     }
@@ -181,6 +195,14 @@ public struct IntroductionServerLogEntry: Equatable, Sendable {
     }
 }
 
+/// What the runtime's probe of a registered connection found (a non-blocking poll and
+/// `recv(MSG_PEEK)`: hang-up, reset or end of stream mean dead).
+public enum IntroductionServerLiveness: Equatable, Sendable {
+    case alive
+    /// `description` names what the probe saw, for the log.
+    case dead(description: String)
+}
+
 /// What the runtime's check of a received descriptor found.
 public enum IntroductionServerDescriptorVerdict: Equatable, Sendable {
     /// A connected, unnamed AF_UNIX stream socket: forwardable.
@@ -206,10 +228,10 @@ public struct IntroductionServerLimits: Sendable, Equatable {
     public var registrationTimeout: Duration = .seconds(5)
     /// After registration: first byte of a message to its last (and its descriptor).
     public var partialMessageTimeout: Duration = .seconds(5)
-    /// Bytes of one Syrup control message.
-    public var maxMessageBytes: Int = 16 * 1024
-    /// Nesting depth of one Syrup control message.
-    public var maxMessageDepth: Int = 16
+    /// Bytes of one Syrup control message (at most `ControlMessageLimit.maxBytes`).
+    public var maxMessageBytes: Int = ControlMessageLimit.maxBytes
+    /// Nesting depth of one Syrup control message (at most `ControlMessageLimit.maxDepth`).
+    public var maxMessageDepth: Int = ControlMessageLimit.maxDepth
     /// Introductions held for one target that has not registered yet.
     public var maxPendingPerTarget: Int = 8
     /// Introductions held for unregistered targets on behalf of one sender.
@@ -242,8 +264,12 @@ public struct IntroductionServerLimits: Sendable, Equatable {
         check(pressureRegistrationTimeout > .zero, "the registration timeout under pressure must be positive")
         check(partialMessageTimeout > .zero, "the partial-message timeout must be positive")
         // A uds:new-connection with a few hints needs ~500 bytes and depth 4.
-        check((1024...(1 << 20)).contains(maxMessageBytes), "max message bytes must be 1024...1048576")
-        check((4...64).contains(maxMessageDepth), "max message depth must be 4...64")
+        // Never above what a peer reads (ControlMessageLimit): a forwarded record a target
+        // cannot read would cost the target its server connection.
+        check((1024...ControlMessageLimit.maxBytes).contains(maxMessageBytes),
+              "max message bytes must be 1024...\(ControlMessageLimit.maxBytes) (the largest control record a peer accepts)")
+        check((4...ControlMessageLimit.maxDepth).contains(maxMessageDepth),
+              "max message depth must be 4...\(ControlMessageLimit.maxDepth) (the deepest control record a peer accepts)")
         check((0...10_000).contains(maxPendingPerTarget), "max pending per target must be 0...10000")
         check((0...10_000).contains(maxPendingPerSender), "max pending per sender must be 0...10000")
         check((0...1_000_000).contains(maxPendingTotal), "max pending in total must be 0...1000000")
@@ -277,13 +303,27 @@ public struct IntroductionServerConfiguration: Sendable {
     /// control message, issue #17): the extra is closed at once and audited. Off: strict, any
     /// second descriptor is `extraFds` and closes the connection.
     public var toleratePaddingDescriptor: Bool = true
+    /// Registration forms answered (PROTOCOL.md §15); both by default so Goblins peers work.
+    public var registrationForms: RegistrationForms
+    /// Let a registration displace a *live* earlier connection of its key when both connections
+    /// have the same uid (SO_PEERCRED). Off: a live registration is never displaced.
+    public var replaceSameUID: Bool
+    /// Keys remembered as having registered with v2 (and therefore refused in a legacy form),
+    /// oldest forgotten first beyond this.
+    public var maxRememberedV2Keys: Int
 
     public init(limits: IntroductionServerLimits = IntroductionServerLimits(), allowedUIDs: Set<UInt32>,
-                debugLogging: Bool = false, designatorCacheSize: Int = 256) {
+                debugLogging: Bool = false, designatorCacheSize: Int = 256, registrationForms: RegistrationForms = .all,
+                replaceSameUID: Bool = false, maxRememberedV2Keys: Int = 65536) {
+        precondition(!registrationForms.isEmpty, "a server must accept at least one registration form")
+        precondition(maxRememberedV2Keys >= 0, "maxRememberedV2Keys must not be negative")
         self.limits = limits
         self.allowedUIDs = allowedUIDs
         self.debugLogging = debugLogging
         self.designatorCacheSize = designatorCacheSize
+        self.registrationForms = registrationForms
+        self.replaceSameUID = replaceSameUID
+        self.maxRememberedV2Keys = maxRememberedV2Keys
     }
 }
 

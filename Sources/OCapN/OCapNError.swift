@@ -42,6 +42,10 @@ public struct OCapNError: Error, Equatable, Sendable, CustomStringConvertible {
         case spoofedFrom
         /// A `uds:new-connection` delivered to a peer that is not its `to`.
         case wrongTarget
+        /// A registration message of a form (v2, or the draft's/Goblins' legacy forms) that this
+        /// side is not configured to speak with the other: never answered, never retried in
+        /// another form (PROTOCOL.md §15).
+        case registrationFormRefused
     }
 
     public let code: Code

@@ -9,18 +9,59 @@ import Syrup
 // descriptor that came with the message). Feeding a failed or unstarted machine is a caller bug
 // and traps.
 
+/// Which registration messages a peer speaks with one server (PROTOCOL.md §15). A setting per
+/// server, never negotiated and never changed after a failure: a relay cannot downgrade two v2
+/// sides, because neither answers a legacy record.
+public enum RegistrationForm: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// Registration v2: each side signs a context, its role, both keys and both challenges.
+    case v2
+    /// Spritely Goblins' forms (`uds:register`; raw 64-byte signature in `uds:signature`).
+    case goblins
+    /// The OCapN draft's forms (`uds:register`; CapTP sig-val list in `uds:signature`).
+    case draft
+
+    /// Goblins' and the draft's forms: each side signs the other's raw challenge, no context.
+    public var isLegacy: Bool { self != .v2 }
+    public var description: String { rawValue }
+}
+
+/// The registration forms a server answers. The legacy forms (Goblins' and the draft's, which a
+/// server reads alike) can be turned off; v2 can be too, for a server that only serves Goblins.
+public struct RegistrationForms: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let v2 = RegistrationForms(rawValue: 1)
+    public static let legacy = RegistrationForms(rawValue: 2)
+    public static let all: RegistrationForms = [.v2, .legacy]
+
+    public var description: String {
+        [contains(.v2) ? "v2" : nil, contains(.legacy) ? "legacy" : nil].compactMap { $0 }.joined(separator: ",")
+    }
+}
+
 /// The server's identity, proven by its signature over our fresh challenge. Only
 /// `RegistrationClient` makes one.
 public struct VerifiedServer: Equatable, Sendable {
     public let identity: PublicIdentity
-    fileprivate init(identity: PublicIdentity) { self.identity = identity }
+    /// `v2`: the signature also covered our key and the server's challenge, so it was made for
+    /// this registration. Legacy: it covered only our challenge (a relay can obtain it).
+    public let form: RegistrationForm
+    fileprivate init(identity: PublicIdentity, form: RegistrationForm) {
+        self.identity = identity
+        self.form = form
+    }
 }
 
 /// A peer that proved it holds the key of the designator it registered. Only
 /// `RegistrationServer` makes one.
 public struct RegisteredPeer: Equatable, Sendable {
     public let identity: PublicIdentity
-    fileprivate init(identity: PublicIdentity) { self.identity = identity }
+    /// The form it registered in (`goblins` or `draft` by its `uds:signature`'s signature form).
+    public let form: RegistrationForm
+    fileprivate init(identity: PublicIdentity, form: RegistrationForm) {
+        self.identity = identity
+        self.form = form
+    }
 
     /// The locator the server routes to (hints `f`).
     public var locator: PeerLocator { PeerLocator(identity: identity) }
@@ -54,9 +95,10 @@ public struct IncomingIntroduction: Equatable, Sendable {
 
 /// The peer's side of one introduction-server connection.
 ///
-/// `start()` gives `uds:register`; `receive` of the `uds:server-response` verifies the server
-/// (optionally pinned) over our challenge and answers `uds:signature`. Registered, it accepts
-/// only `uds:new-connection` addressed to us.
+/// `start()` gives `uds-v2:register` (or `uds:register` in a legacy form); `receive` of the
+/// server's response verifies the server (optionally pinned) and answers with our signature.
+/// A response in the other form is `registrationFormRefused`: never answered, never retried.
+/// Registered, it accepts only `uds:new-connection` addressed to us.
 public struct RegistrationClient: Sendable {
     public enum Action: Equatable, Sendable {
         case send(UDSMessage)
@@ -79,18 +121,23 @@ public struct RegistrationClient: Sendable {
 
     private let signer: SigningIdentity
     private let expectedServer: PublicIdentity?
+    /// Fixed for the connection's life: the driver never switches forms after a failure.
+    public let form: RegistrationForm
     private let limits: OCapNLimits
     private var state: State
 
     /// - Parameters:
-    ///   - signer: our identity key; it signs the server's challenge.
+    ///   - signer: our identity key; it signs the server's challenge (legacy) or the v2
+    ///     transcript.
     ///   - challenge: fresh random bytes for this connection.
     ///   - expectedServer: pin the server's key (`serverKeyMismatch` otherwise); nil trusts any
     ///     key that signs our challenge, as Goblins does.
+    ///   - form: the forms to speak with this server (v2 unless it is configured as legacy).
     public init(signer: SigningIdentity, challenge: Challenge, expectedServer: PublicIdentity? = nil,
-                limits: OCapNLimits = .default) {
+                form: RegistrationForm = .v2, limits: OCapNLimits = .default) {
         self.signer = signer
         self.expectedServer = expectedServer
+        self.form = form
         self.limits = limits
         state = .idle(Idle(challenge: challenge))
     }
@@ -111,6 +158,7 @@ public struct RegistrationClient: Sendable {
             preconditionFailure("RegistrationClient.start() called twice")
         }
         state = .awaitingResponse(AwaitingResponse(challenge: idle.challenge))
+        if form == .v2 { return .registerV2(UDSRegisterV2(locator: locator, challenge: idle.challenge)) }
         return .register(UDSRegister(locator: locator, challenge: idle.challenge))
     }
 
@@ -152,24 +200,19 @@ public struct RegistrationClient: Sendable {
         case .failed:
             preconditionFailure("RegistrationClient used after an error; the connection must be closed")
         case let .awaitingResponse(s):
-            guard case let .serverResponse(response) = message else {
-                throw OCapNError(.unexpectedMessage, "expected uds:server-response, got \(message.name)")
+            switch (form, message) {
+            case let (.v2, .serverResponseV2(response)):
+                return try registerV2(s, response)
+            case let (.goblins, .serverResponse(response)), let (.draft, .serverResponse(response)):
+                return try registerLegacy(s, response)
+            case (.v2, .serverResponse), (.goblins, .serverResponseV2), (.draft, .serverResponseV2):
+                // The one place a relay could try a downgrade (or a misconfiguration shows):
+                // refuse, never answer in the other form.
+                throw OCapNError(.registrationFormRefused,
+                                 "the server answered \(message.name); this server is configured for registration \(form)")
+            default:
+                throw OCapNError(.unexpectedMessage, "expected a server response, got \(message.name)")
             }
-            if let expectedServer, response.serverKey != expectedServer {
-                throw OCapNError(.serverKeyMismatch, "server key \(response.serverKey.fingerprint) is not the pinned \(expectedServer.fingerprint)")
-            }
-            if case let .record(inner) = response.clientChallengeResponse, inner.payload != s.challenge {
-                throw OCapNError(.challengeMismatch, "uds:server-response signs a payload that is not our challenge")
-            }
-            if response.serverChallenge == s.challenge {
-                throw OCapNError(.reflectedChallenge, "the server's challenge is our own challenge")
-            }
-            guard response.clientChallengeResponse.signature.isValid(by: response.serverKey, over: s.challenge) else {
-                throw OCapNError(.badSignature, "server signature over our challenge does not verify")
-            }
-            let server = VerifiedServer(identity: response.serverKey)
-            let reply = UDSSignature(payload: response.serverChallenge, signature: .raw(signer.sign(response.serverChallenge)))
-            return (.registered(Registered(server: server)), [.send(.signature(reply)), .registered(server)])
         case let .registered(s):
             guard case let .newConnection(request) = message else {
                 throw OCapNError(.unexpectedMessage, "expected uds:new-connection, got \(message.name)")
@@ -180,16 +223,54 @@ public struct RegistrationClient: Sendable {
             return (.registered(s), [.incoming(IncomingIntroduction(claimedFrom: request.from, to: request.to))])
         }
     }
+
+    private func checkServer(_ key: PublicIdentity, _ serverChallenge: Challenge, _ s: AwaitingResponse) throws(OCapNError) {
+        if let expectedServer, key != expectedServer {
+            throw OCapNError(.serverKeyMismatch, "server key \(key.fingerprint) is not the pinned \(expectedServer.fingerprint)")
+        }
+        if serverChallenge == s.challenge {
+            throw OCapNError(.reflectedChallenge, "the server's challenge is our own challenge")
+        }
+    }
+
+    private func registerV2(_ s: AwaitingResponse, _ response: UDSServerResponseV2) throws(OCapNError) -> (State, [Action]) {
+        try checkServer(response.serverKey, response.serverChallenge, s)
+        guard response.signature.isValidRegistration(
+            .server, server: response.serverKey, client: signer.identity, clientChallenge: s.challenge,
+            serverChallenge: response.serverChallenge) else {
+            throw OCapNError(.badSignature, "server signature over the v2 transcript does not verify")
+        }
+        let server = VerifiedServer(identity: response.serverKey, form: .v2)
+        let reply = UDSSignatureV2(signature: signer.signRegistration(
+            .client, peer: response.serverKey, clientChallenge: s.challenge, serverChallenge: response.serverChallenge))
+        return (.registered(Registered(server: server)), [.send(.signatureV2(reply)), .registered(server)])
+    }
+
+    private func registerLegacy(_ s: AwaitingResponse, _ response: UDSServerResponse) throws(OCapNError) -> (State, [Action]) {
+        try checkServer(response.serverKey, response.serverChallenge, s)
+        if case let .record(inner) = response.clientChallengeResponse, inner.payload != s.challenge {
+            throw OCapNError(.challengeMismatch, "uds:server-response signs a payload that is not our challenge")
+        }
+        guard response.clientChallengeResponse.signature.isValid(by: response.serverKey, over: s.challenge) else {
+            throw OCapNError(.badSignature, "server signature over our challenge does not verify")
+        }
+        let server = VerifiedServer(identity: response.serverKey, form: form)
+        let signature = signer.sign(response.serverChallenge)
+        let reply = UDSSignature(payload: response.serverChallenge, signature: form == .draft ? .sigVal(signature) : .raw(signature))
+        return (.registered(Registered(server: server)), [.send(.signature(reply)), .registered(server)])
+    }
 }
 
 // MARK: - Server side
 
 /// The introduction server's side of one peer connection.
 ///
-/// Receives `uds:register`, answers `uds:server-response` (its signature over the peer's
-/// challenge, which is exactly 64 bytes by type), verifies the peer's `uds:signature` over its
-/// own challenge with the key of the registered designator. Registered, it accepts only
-/// `uds:new-connection` whose `from` is that peer (`spoofedFrom` otherwise).
+/// Receives `uds-v2:register` (answering with its signature over the v2 transcript, which binds
+/// the claimed peer key and both challenges) or, when legacy forms are accepted, `uds:register`
+/// (answering with its signature over the peer's challenge, exactly 64 bytes by type); then
+/// verifies the peer's signature in the same form with the key of the registered designator.
+/// A form not accepted is `registrationFormRefused` before anything is signed. Registered, it
+/// accepts only `uds:new-connection` whose `from` is that peer (`spoofedFrom` otherwise).
 public struct RegistrationServer: Sendable {
     public enum Action: Equatable, Sendable {
         case send(UDSMessage)
@@ -200,25 +281,37 @@ public struct RegistrationServer: Sendable {
     }
 
     private struct AwaitingRegister: Sendable { let challenge: Challenge }
-    private struct AwaitingSignature: Sendable { let challenge: Challenge; let peer: PublicIdentity }
+    private struct AwaitingLegacySignature: Sendable { let challenge: Challenge; let peer: PublicIdentity }
+    private struct AwaitingV2Signature: Sendable {
+        let challenge: Challenge
+        let clientChallenge: Challenge
+        let peer: PublicIdentity
+    }
     private struct Registered: Sendable { let peer: RegisteredPeer }
 
     private enum State: Sendable {
         case awaitingRegister(AwaitingRegister)
-        case awaitingSignature(AwaitingSignature)
+        case awaitingLegacySignature(AwaitingLegacySignature)
+        case awaitingV2Signature(AwaitingV2Signature)
         case registered(Registered)
         case failed
     }
 
     private let signer: SigningIdentity
+    /// The forms this server answers.
+    public let accepting: RegistrationForms
     private let limits: OCapNLimits
     private var state: State
 
     /// - Parameters:
-    ///   - signer: the server's identity key; it signs each peer's challenge.
+    ///   - signer: the server's identity key; it signs each peer's challenge or v2 transcript.
     ///   - challenge: fresh random bytes for this connection.
-    public init(signer: SigningIdentity, challenge: Challenge, limits: OCapNLimits = .default) {
+    ///   - accepting: the registration forms answered (both by default, so Goblins peers work).
+    public init(signer: SigningIdentity, challenge: Challenge, accepting: RegistrationForms = .all,
+                limits: OCapNLimits = .default) {
+        precondition(!accepting.isEmpty, "a server must accept at least one registration form")
         self.signer = signer
+        self.accepting = accepting
         self.limits = limits
         state = .awaitingRegister(AwaitingRegister(challenge: challenge))
     }
@@ -256,17 +349,32 @@ public struct RegistrationServer: Sendable {
         case .failed:
             preconditionFailure("RegistrationServer used after an error; the connection must be closed")
         case let .awaitingRegister(s):
-            guard case let .register(register) = message else {
-                throw OCapNError(.unexpectedMessage, "expected uds:register, got \(message.name)")
+            switch message {
+            case let .registerV2(register):
+                guard accepting.contains(.v2) else {
+                    throw OCapNError(.registrationFormRefused, "uds-v2:register, and this server does not accept registration v2")
+                }
+                let peer = register.locator.identity
+                let signature = signer.signRegistration(.server, peer: peer, clientChallenge: register.challenge,
+                                                        serverChallenge: s.challenge)
+                let response = UDSServerResponseV2(serverKey: signer.identity, serverChallenge: s.challenge, signature: signature)
+                let next = AwaitingV2Signature(challenge: s.challenge, clientChallenge: register.challenge, peer: peer)
+                return (.awaitingV2Signature(next), [.send(.serverResponseV2(response))])
+            case let .register(register):
+                guard accepting.contains(.legacy) else {
+                    throw OCapNError(.registrationFormRefused, "uds:register, and this server accepts only registration v2")
+                }
+                // Transport and designator were checked by the parser; hints are ignored (routing
+                // ignores them, Goblins sends `f`).
+                let response = UDSServerResponse(
+                    serverKey: signer.identity, serverChallenge: s.challenge,
+                    clientChallengeResponse: .sigVal(signer.sign(register.challenge)))
+                let next = AwaitingLegacySignature(challenge: s.challenge, peer: register.locator.identity)
+                return (.awaitingLegacySignature(next), [.send(.serverResponse(response))])
+            default:
+                throw OCapNError(.unexpectedMessage, "expected uds-v2:register or uds:register, got \(message.name)")
             }
-            // Transport and designator were checked by the parser; hints are ignored (routing
-            // ignores them, Goblins sends `f`).
-            let response = UDSServerResponse(
-                serverKey: signer.identity, serverChallenge: s.challenge,
-                clientChallengeResponse: .sigVal(signer.sign(register.challenge)))
-            let next = AwaitingSignature(challenge: s.challenge, peer: register.locator.identity)
-            return (.awaitingSignature(next), [.send(.serverResponse(response))])
-        case let .awaitingSignature(s):
+        case let .awaitingLegacySignature(s):
             guard case let .signature(signature) = message else {
                 throw OCapNError(.unexpectedMessage, "expected uds:signature, got \(message.name)")
             }
@@ -276,7 +384,20 @@ public struct RegistrationServer: Sendable {
             guard signature.signature.signature.isValid(by: s.peer, over: s.challenge) else {
                 throw OCapNError(.badSignature, "peer signature over our challenge does not verify for \(s.peer.fingerprint)")
             }
-            let peer = RegisteredPeer(identity: s.peer)
+            let form: RegistrationForm
+            if case .sigVal = signature.signature { form = .draft } else { form = .goblins }
+            let peer = RegisteredPeer(identity: s.peer, form: form)
+            return (.registered(Registered(peer: peer)), [.registered(peer)])
+        case let .awaitingV2Signature(s):
+            guard case let .signatureV2(signature) = message else {
+                throw OCapNError(.unexpectedMessage, "expected uds-v2:signature, got \(message.name)")
+            }
+            guard signature.signature.isValidRegistration(
+                .client, server: signer.identity, client: s.peer, clientChallenge: s.clientChallenge,
+                serverChallenge: s.challenge) else {
+                throw OCapNError(.badSignature, "peer signature over the v2 transcript does not verify for \(s.peer.fingerprint)")
+            }
+            let peer = RegisteredPeer(identity: s.peer, form: .v2)
             return (.registered(Registered(peer: peer)), [.registered(peer)])
         case let .registered(s):
             guard case let .newConnection(request) = message else {

@@ -155,12 +155,92 @@ public struct UDSNewConnection: Equatable, Sendable {
     }
 }
 
+// MARK: - Registration v2 (PROTOCOL.md §15)
+//
+// Spoken only between implementations of this project. New labels, so a Goblins server or peer
+// refuses them outright (no silent misreading), and a v2 side never answers a legacy record (no
+// downgrade): which form to speak with a server is a per-server setting, never negotiated.
+
+/// `<uds-v2:register peer-location client-challenge>`: peer → server, opens a v2 registration.
+public struct UDSRegisterV2: Equatable, Sendable {
+    public static let label = "uds-v2:register"
+    /// The peer's locator (hints `f`); its key is the one the peer signs as.
+    public var locator: PeerLocator
+    public var challenge: Challenge
+
+    public init(locator: PeerLocator, challenge: Challenge) {
+        self.locator = locator
+        self.challenge = challenge
+    }
+
+    public var syrupValue: SyrupValue {
+        .record(label: .symbol(Self.label), fields: [locator.syrupValue, .bytes(challenge.bytes)])
+    }
+
+    init(fields: [SyrupValue], limits: OCapNLimits) throws(OCapNError) {
+        guard fields.count == 2 else { throw OCapNError.malformed("uds-v2:register: expected 2 fields, got \(fields.count)") }
+        locator = try PeerLocator(syrup: fields[0], limits: limits)
+        challenge = try Shape.challenge(fields[1], "uds-v2:register client-challenge")
+    }
+}
+
+/// `<uds-v2:server-response server-key server-challenge signature>`: server → peer. The signature
+/// (raw 64 bytes) is the server's over the server-role transcript (`RegistrationTranscript`).
+public struct UDSServerResponseV2: Equatable, Sendable {
+    public static let label = "uds-v2:server-response"
+    public var serverKey: PublicIdentity
+    public var serverChallenge: Challenge
+    public var signature: Ed25519Signature
+
+    public init(serverKey: PublicIdentity, serverChallenge: Challenge, signature: Ed25519Signature) {
+        self.serverKey = serverKey
+        self.serverChallenge = serverChallenge
+        self.signature = signature
+    }
+
+    public var syrupValue: SyrupValue {
+        .record(label: .symbol(Self.label), fields: [serverKey.captpPublicKey, .bytes(serverChallenge.bytes), .bytes(signature.bytes)])
+    }
+
+    init(fields: [SyrupValue]) throws(OCapNError) {
+        guard fields.count == 3 else { throw OCapNError.malformed("uds-v2:server-response: expected 3 fields, got \(fields.count)") }
+        serverKey = try PublicIdentity(captpPublicKey: fields[0])
+        serverChallenge = try Shape.challenge(fields[1], "uds-v2:server-response server-challenge")
+        let raw = try Shape.bytes(fields[2], "uds-v2:server-response signature")
+        do { signature = try Ed25519Signature(raw) } catch {
+            throw OCapNError.malformed("uds-v2:server-response signature: 64 raw bytes, got \(raw.count)")
+        }
+    }
+}
+
+/// `<uds-v2:signature signature>`: peer → server, the peer's signature (raw 64 bytes) over the
+/// client-role transcript.
+public struct UDSSignatureV2: Equatable, Sendable {
+    public static let label = "uds-v2:signature"
+    public var signature: Ed25519Signature
+
+    public init(signature: Ed25519Signature) { self.signature = signature }
+
+    public var syrupValue: SyrupValue { .record(label: .symbol(Self.label), fields: [.bytes(signature.bytes)]) }
+
+    init(fields: [SyrupValue]) throws(OCapNError) {
+        guard fields.count == 1 else { throw OCapNError.malformed("uds-v2:signature: expected 1 field, got \(fields.count)") }
+        let raw = try Shape.bytes(fields[0], "uds-v2:signature signature")
+        do { signature = try Ed25519Signature(raw) } catch {
+            throw OCapNError.malformed("uds-v2:signature signature: 64 raw bytes, got \(raw.count)")
+        }
+    }
+}
+
 /// One control message between a peer and an introduction server.
 public enum UDSMessage: Equatable, Sendable {
     case register(UDSRegister)
     case serverResponse(UDSServerResponse)
     case signature(UDSSignature)
     case newConnection(UDSNewConnection)
+    case registerV2(UDSRegisterV2)
+    case serverResponseV2(UDSServerResponseV2)
+    case signatureV2(UDSSignatureV2)
 
     /// The record label, for logs.
     public var name: String {
@@ -169,6 +249,9 @@ public enum UDSMessage: Equatable, Sendable {
         case .serverResponse: return UDSServerResponse.label
         case .signature: return UDSSignature.label
         case .newConnection: return UDSNewConnection.label
+        case .registerV2: return UDSRegisterV2.label
+        case .serverResponseV2: return UDSServerResponseV2.label
+        case .signatureV2: return UDSSignatureV2.label
         }
     }
 
@@ -178,13 +261,16 @@ public enum UDSMessage: Equatable, Sendable {
         case let .serverResponse(m): return m.syrupValue
         case let .signature(m): return m.syrupValue
         case let .newConnection(m): return m.syrupValue
+        case let .registerV2(m): return m.syrupValue
+        case let .serverResponseV2(m): return m.syrupValue
+        case let .signatureV2(m): return m.syrupValue
         }
     }
 
     /// The canonical Syrup bytes to write (no framing: the record delimits itself).
     public var encoded: [UInt8] { SyrupEncoder.encode(syrupValue) }
 
-    /// Parses a decoded Syrup value strictly: a record whose label is one of the four symbols
+    /// Parses a decoded Syrup value strictly: a record whose label is one of the seven symbols
     /// (`unknownMessage` otherwise), with exactly its fields of exactly their types.
     public init(syrup value: SyrupValue, limits: OCapNLimits = .default) throws(OCapNError) {
         guard case let .record(label, fields) = value else {
@@ -198,6 +284,9 @@ public enum UDSMessage: Equatable, Sendable {
         case UDSServerResponse.label: self = .serverResponse(try UDSServerResponse(fields: fields))
         case UDSSignature.label: self = .signature(try UDSSignature(fields: fields))
         case UDSNewConnection.label: self = .newConnection(try UDSNewConnection(fields: fields, limits: limits))
+        case UDSRegisterV2.label: self = .registerV2(try UDSRegisterV2(fields: fields, limits: limits))
+        case UDSServerResponseV2.label: self = .serverResponseV2(try UDSServerResponseV2(fields: fields))
+        case UDSSignatureV2.label: self = .signatureV2(try UDSSignatureV2(fields: fields))
         default:
             throw OCapNError(.unknownMessage, "control message: unknown record label (\(name.utf8.count) bytes)")
         }

@@ -39,8 +39,11 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
     public let isAuthenticated: Bool
     /// The key the peer proved in the handshake; nil for a legacy channel.
     public let verifiedPeer: VerifiedPeer?
-    /// What the introduction claimed (`from` for a responder, `to` for an initiator).
-    public let expectedPeer: PublicIdentity
+    /// The key the handshake was run against (`to` for an initiator, `from` for a responder)
+    /// and proved; nil for a legacy channel, whose claim is only in `legacyClaim`.
+    public let expectedPeer: PublicIdentity?
+    /// A legacy channel: what the introduction server claimed, never a proved identity.
+    public let legacyClaim: UnverifiedPeerClaim?
     public let role: HandshakeRole
     /// Public session label (both sides compute the same); nil for a legacy channel.
     public let sessionID: SessionID?
@@ -53,7 +56,8 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         self.engine = engine
         isAuthenticated = session != nil
         verifiedPeer = session?.peer
-        expectedPeer = engine.facts.expected
+        expectedPeer = session == nil ? nil : engine.facts.expected
+        legacyClaim = session == nil ? engine.facts.legacyClaim : nil
         role = engine.facts.role
         sessionID = session?.sessionID
         handshakeHash = session?.handshakeHash
@@ -171,6 +175,7 @@ final class ChannelEngine: @unchecked Sendable {
         let limiter: HandshakeLimiter
         let audit: (any AuditSink)?
         let logger: Logger
+        let verifiedPeers: VerifiedPeerMemory
     }
 
     struct Open {
@@ -367,6 +372,7 @@ final class ChannelEngine: @unchecked Sendable {
 
     private func established(_ session: EstablishedSession) {
         self.session = session
+        environment.verifiedPeers.remember(session.peer.publicKey)
         phase = .open(Open(sender: session.sender, receiver: session.receiver))
         leaveHandshake()
         let now = ContinuousClock.now
@@ -386,17 +392,25 @@ final class ChannelEngine: @unchecked Sendable {
     }
 
     private func admitLegacy(_ firstBytes: [UInt8]) {
-        guard configuration.allowLegacyPeers else {
-            logger.info("legacy peer refused (first bytes are a CapTP op:start-session)")
-            environment.audit?.record(facts.event(.legacyPeerRefused, reason: .legacyPeerRefused))
+        let claim = facts.legacyClaim
+        guard configuration.legacyPeers.admits(claim) else {
+            logger.info("legacy peer refused (first bytes are a CapTP op:start-session)", metadata: ["claim": "\(claim)"])
+            environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyPeerRefused))
             finish(error: PeerError(.legacyPeerRefused, "peer speaks CapTP without a handshake"), audited: true)
+            return
+        }
+        guard !environment.verifiedPeers.refusesLegacy(claim) else {
+            // That key runs UDS-HS1 with us: a plaintext channel "from" it is a lie.
+            logger.warning("legacy peer refused: the claimed key completed UDS-HS1 before", metadata: ["claim": "\(claim)"])
+            environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyKeyProvedBefore))
+            finish(error: PeerError(.legacyPeerRefused, "the claimed key completed UDS-HS1 with us before"), audited: true)
             return
         }
         phase = .open(Open(sender: nil, receiver: nil))
         leaveHandshake()
         establishedAt = ContinuousClock.now
-        logger.warning("legacy peer admitted WITHOUT authentication (allowLegacyPeers)")
-        environment.audit?.record(facts.event(.legacyPeerAdmitted))
+        logger.warning("legacy peer admitted WITHOUT authentication (allowLegacyPeers)", metadata: ["claim": "\(claim)"])
+        environment.audit?.record(facts.legacyEvent(.legacyPeerAdmitted))
         let channel = PeerChannel(engine: self, session: nil)
         establishWaiter?.resume(returning: channel)
         establishWaiter = nil
@@ -856,10 +870,11 @@ final class ChannelEngine: @unchecked Sendable {
             let auditReason = clean ? nil : (reason ?? error?.auditReason ?? .localAbort)
             let traffic = AuditTraffic(
                 bytesSent: bytesSent, bytesReceived: bytesReceived, messagesSent: messagesSent, messagesReceived: messagesReceived)
-            environment.audit?.record(facts.event(
+            let closed = facts.event(
                 .channelClosed, reason: auditReason, proved: session?.peer.publicKey, handshakeHash: session?.handshakeHash,
                 session: session?.sessionID, durationMicros: Self.micros((establishedAt ?? started).duration(to: now)),
-                clean: clean, traffic: traffic))
+                clean: clean, traffic: traffic)
+            environment.audit?.record(session == nil ? facts.asLegacy(closed) : closed)
             if clean {
                 logger.info("channel closed cleanly", metadata: ["messagesSent": "\(messagesSent)", "messagesReceived": "\(messagesReceived)"])
             } else {

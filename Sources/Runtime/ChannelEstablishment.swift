@@ -23,9 +23,15 @@ public struct ChannelRuntimeConfiguration: Sendable {
     public var readsPerEvent: Int
     /// How long `close()` waits for the peer's CLOSE after sending ours.
     public var closeTimeout: Duration
-    /// Admit Goblins peers (no handshake; their first bytes are `<16'op:start-session`) as
-    /// unauthenticated channels. Off by default: they are refused with `legacyPeerRefused`.
-    public var allowLegacyPeers: Bool
+    /// Which Goblins peers (no handshake; their first bytes are `<16'op:start-session`) are
+    /// admitted as unauthenticated channels. `.refuse` by default (`legacyPeerRefused`). A key
+    /// that completed UDS-HS1 with us is refused as legacy whatever this says.
+    public var legacyPeers: LegacyPeerPolicy
+    /// `legacyPeers` as a switch: true is `.any`.
+    public var allowLegacyPeers: Bool {
+        get { legacyPeers != .refuse }
+        set { legacyPeers = newValue ? .any : .refuse }
+    }
     /// Asked about an initiator's key after msg1's header checks; false → `peerNotAllowed`.
     public var peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)?
     /// Ephemeral X25519 keys (tests inject fixed ones).
@@ -53,7 +59,7 @@ public struct ChannelRuntimeConfiguration: Sendable {
         self.readChunkSize = readChunkSize
         self.readsPerEvent = readsPerEvent
         self.closeTimeout = closeTimeout
-        self.allowLegacyPeers = allowLegacyPeers
+        legacyPeers = allowLegacyPeers ? .any : .refuse
         self.peerPolicy = peerPolicy
         self.ephemeralKeys = ephemeralKeys
         self.socketSendBufferSize = socketSendBufferSize
@@ -121,8 +127,12 @@ public struct ChannelEstablishment: Sendable {
     public let limiter: HandshakeLimiter
     let handshakeIdentity: HandshakeIdentity
     let keyCache: X25519KeyCache
-    let audit: (any AuditSink)?
+    /// Keys that completed UDS-HS1 here, never admitted as legacy afterwards.
+    public let verifiedPeers: VerifiedPeerMemory
+    private(set) var audit: (any AuditSink)?
     let logger: Logger
+    /// Shared by copies: rate-limits the warning line of resource refusals.
+    let refusals = RefusalReporter()
 
     /// - Parameters:
     ///   - limiter: share one between establishments that must respect one cap (default: a new
@@ -131,7 +141,7 @@ public struct ChannelEstablishment: Sendable {
     public init(
         identity keyPair: IdentityKeyPair, configuration: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(),
         limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = X25519KeyCache(),
-        audit: (any AuditSink)? = nil, logger: Logger
+        verifiedPeers: VerifiedPeerMemory = VerifiedPeerMemory(), audit: (any AuditSink)? = nil, logger: Logger
     ) {
         do {
             handshakeIdentity = try HandshakeIdentity(publicKey: keyPair.publicKey, secretKey: keyPair.handshakeSecretKey())
@@ -143,6 +153,7 @@ public struct ChannelEstablishment: Sendable {
         self.configuration = configuration
         self.limiter = limiter
         self.keyCache = keyCache
+        self.verifiedPeers = verifiedPeers
         self.audit = audit
         self.logger = logger
     }
@@ -216,15 +227,32 @@ public struct ChannelEstablishment: Sendable {
         return try await engine.establish()
     }
 
+    /// The same establishment writing its records to `sink` (which forwards them on).
+    func observed(by sink: any AuditSink) -> ChannelEstablishment {
+        var copy = self
+        copy.audit = sink
+        return copy
+    }
+
     var environment: ChannelEngine.Environment {
-        ChannelEngine.Environment(configuration: configuration, limiter: limiter, audit: audit, logger: logger)
+        ChannelEngine.Environment(configuration: configuration, limiter: limiter, audit: audit, logger: logger,
+                                  verifiedPeers: verifiedPeers)
     }
 
     /// A handshake refused before it started: logged and audited (terminal record only).
     private func refuse(_ error: PeerError, _ facts: ChannelFacts) -> PeerError {
         var log = logger
         facts.annotate(&log)
-        log.info("handshake refused", metadata: ["reason": "\(error.code.rawValue)", "detail": "\(error.detail)"])
+        if error.code == .handshakeLimitExceeded {
+            // A resource refusal: visible at the default level, at most once a second.
+            let (shouldLog, suppressed) = refusals.shouldLog(error.auditReason)
+            if shouldLog {
+                log.warning("handshake refused", metadata: [
+                    "reason": "\(error.code.rawValue)", "detail": "\(error.detail)", "suppressedSinceLast": "\(suppressed)"])
+            }
+        } else {
+            log.info("handshake refused", metadata: ["reason": "\(error.code.rawValue)", "detail": "\(error.detail)"])
+        }
         audit?.record(facts.event(.handshakeFailed, reason: error.auditReason))
         return error
     }
@@ -259,6 +287,26 @@ struct ChannelFacts: Sendable {
             protocolVersion: handshakeHash == nil ? nil : UInt32(UDSHS1.version), durationMicros: durationMicros,
             clean: clean, traffic: traffic)
     }
+
+    /// A legacy channel's record: the claim goes to `claimed_from`, never to `expected` or
+    /// `from`, and the record says `authenticated: false`.
+    func legacyEvent(_ kind: AuditEventKind, reason: AuditReason? = nil) -> AuditEvent {
+        asLegacy(event(kind, reason: reason))
+    }
+
+    /// `event` with the claim moved out of the identity fields.
+    func asLegacy(_ event: AuditEvent) -> AuditEvent {
+        var event = event
+        event.expectedPeer = nil
+        event.from = nil
+        event.provedPeer = nil
+        event.claimedFrom = AuditPeerID(expected)
+        event.authenticated = false
+        return event
+    }
+
+    /// What the introduction claimed about a legacy peer.
+    var legacyClaim: UnverifiedPeerClaim { UnverifiedPeerClaim(claimedKey: expected) }
 
     func annotate(_ logger: inout Logger) {
         logger[metadataKey: "role"] = "\(role.rawValue)"

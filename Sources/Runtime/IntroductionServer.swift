@@ -131,13 +131,15 @@ public final class IntroductionServer: @unchecked Sendable {
         streamConfiguration = stream
         let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
         var drained: ((IntroductionServerConnectionID) -> Bool)?
+        let probe = LivenessProbe()
         core = IntroductionServerCore(
             signer: signer, configuration: configuration.core,
             attemptIDBase: AuditAttemptID.random().rawValue,
             makeChallenge: { Challenge.random() },
             checkDescriptor: Self.checkDescriptor,
             describeDescriptor: { $0.shortKindDescription() },
-            targetHasReadEverything: { id in drained?(id) ?? false })
+            targetHasReadEverything: { id in drained?(id) ?? false },
+            probeConnection: { probe.server?.probeLiveness($0) ?? .alive })
         var listening = Listener.Configuration()
         // One above the core's cap, so a connection over the cap is accepted, refused with an
         // audit record (tooManyClients) and closed, instead of hanging in the backlog.
@@ -147,6 +149,20 @@ public final class IntroductionServer: @unchecked Sendable {
         listener = Listener(socket: socket, queue: queue, configuration: listening) { handler?($0) }
         handler = { [weak self] event in self?.handle(event) }
         drained = { [weak self] id in self?.targetReadSinceLastForward(id) ?? false }
+        probe.server = self
+    }
+
+    /// Lets the core ask about a registered connection (on `queue`, inside a core call).
+    private final class LivenessProbe {
+        weak var server: IntroductionServer?
+    }
+
+    private func probeLiveness(_ id: IntroductionServerConnectionID) -> IntroductionServerLiveness {
+        guard let connection = connections[id] else { return .dead(description: "connection already closed") }
+        switch connection.probeLiveness() {
+        case .alive: return .alive
+        case let .hungUp(what): return .dead(description: what)
+        }
     }
 
     /// Starts accepting. Records `server.started`.
@@ -566,6 +582,7 @@ extension AuditEvent {
             credentials: record.credentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
             durationMicros: record.durationNanoseconds.map { $0 / 1000 },
             descriptorKinds: record.descriptorKinds.flatMap(AuditDescriptorKinds.init))
+        incumbentCredentials = record.incumbentCredentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) }
     }
 }
 

@@ -88,11 +88,23 @@ public final class PeerNetlayer: @unchecked Sendable {
         /// Whose introduction servers `addServer(path:)` accepts, by the listener's uid
         /// (SO_PEERCRED, B2). A pinned key always suffices.
         public var serverUIDPolicy: ServerUIDPolicy = .sameUserOrRoot
+        /// Per-peer and total caps on what introductions to us hold, and the descriptor reserve.
+        public var resources: PeerResourceLimits
+        /// Backoff and contested threshold of `keepServer`.
+        public var reconnect: ReconnectPolicy
+        /// Uniform random numbers in [0, 1) for the backoff's jitter (tests inject their own).
+        public var randomUnit: @Sendable () -> Double
+        /// Registration forms per server socket path (PROTOCOL.md §15): `goblins` or `draft` for
+        /// servers that do not speak v2. Absent paths speak v2. Fixed per server: a failure never
+        /// makes the netlayer retry in another form.
+        public var registrationForms: [String: RegistrationForm] = [:]
 
         public init(
             channel: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(), maxConcurrentHandshakes: Int = HandshakeLimiter.defaultLimit,
             registrationTimeout: Duration = .seconds(5), connectTimeout: Duration = .seconds(2),
-            control: StreamConnection.Configuration = StreamConnection.Configuration(), maxQueuedIncoming: Int = 64
+            control: StreamConnection.Configuration = StreamConnection.Configuration(), maxQueuedIncoming: Int = 64,
+            resources: PeerResourceLimits = PeerResourceLimits(), reconnect: ReconnectPolicy = ReconnectPolicy(),
+            randomUnit: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
         ) {
             precondition(maxConcurrentHandshakes >= 1 && maxQueuedIncoming >= 1, "limits must be positive")
             precondition(registrationTimeout > .zero && connectTimeout > .zero, "timeouts must be positive")
@@ -102,6 +114,9 @@ public final class PeerNetlayer: @unchecked Sendable {
             self.connectTimeout = connectTimeout
             self.control = control
             self.maxQueuedIncoming = maxQueuedIncoming
+            self.resources = resources
+            self.reconnect = reconnect
+            self.randomUnit = randomUnit
         }
     }
 
@@ -122,7 +137,11 @@ public final class PeerNetlayer: @unchecked Sendable {
     /// Servers in the order added (queue-confined).
     private var servers: [ServerConnection] = []
     private var closed = false
+    /// Servers kept registered by `keepServer` (queue-confined).
+    private var keepers: [ServerKeeper] = []
     private let locatorSnapshot: Mutex<PeerLocator>
+    let resources: PeerResourceGovernor
+    private let refusals = RefusalReporter()
 
     public init(
         identity keyPair: IdentityKeyPair, configuration: Configuration = Configuration(),
@@ -141,7 +160,13 @@ public final class PeerNetlayer: @unchecked Sendable {
         (incoming, incomingContinuation) = AsyncStream.makeStream(of: PeerChannel.self, bufferingPolicy: .bufferingOldest(configuration.maxQueuedIncoming))
         (legacyIncoming, legacyContinuation) = AsyncStream.makeStream(of: PeerChannel.self, bufferingPolicy: .bufferingOldest(configuration.maxQueuedIncoming))
         locatorSnapshot = Mutex(PeerLocator(identity: keyPair.publicIdentity))
+        resources = PeerResourceGovernor(limits: configuration.resources)
     }
+
+    /// Handshakes in progress for introductions to us, and channels they opened that are
+    /// still open (the counts `configuration.resources` caps).
+    public var inboundHandshakesInProgress: Int { resources.handshakesInProgress }
+    public var inboundOpenChannels: Int { resources.openChannels }
 
     /// Our locator with one hint per live, registered server (hints `f` when there is none).
     public var locator: PeerLocator { locatorSnapshot.withLock { $0 } }
@@ -159,7 +184,8 @@ public final class PeerNetlayer: @unchecked Sendable {
     /// proving any other key is refused (`registrationFailed`, detail `serverKeyMismatch`).
     /// Throws `serverUnreachable`, `registrationFailed`, `registrationTimeout`,
     /// `serverDisconnected` or `netlayerClosed`.
-    public func addServer(path: String, expectedKey: PublicIdentity? = nil) async throws(PeerError) -> ServerHandle {
+    /// `form` overrides `configuration.registrationForms[path]` (default v2).
+    public func addServer(path: String, expectedKey: PublicIdentity? = nil, form: RegistrationForm? = nil) async throws(PeerError) -> ServerHandle {
         let timeout = configuration.connectTimeout
         let descriptor: FileDescriptor
         do {
@@ -169,6 +195,9 @@ public final class PeerNetlayer: @unchecked Sendable {
             }.value
         } catch let error as TransportError {
             logger.info("introduction server unreachable", metadata: ["path": "\(path)", "detail": "\(error)"])
+            audit?.record(AuditEvent(
+                .registrationRefused, reason: .serverUnreachable, attempt: .random(), role: .client, local: AuditPeerID(identity),
+                introServer: expectedKey.map { AuditPeerID($0) }, path: AuditPath(path)))
             throw PeerError(.serverUnreachable, "\(path): \(error)")
         } catch {
             preconditionFailure("unexpected error type \(type(of: error))")
@@ -187,15 +216,18 @@ public final class PeerNetlayer: @unchecked Sendable {
                 local: AuditPeerID(identity), path: AuditPath(path)))
             throw error
         }
-        return try await register(descriptor, path: path, expectedKey: expectedKey)
+        return try await register(descriptor, path: path, expectedKey: expectedKey,
+                                  form: form ?? configuration.registrationForms[path] ?? .v2)
     }
 
     /// Registers over an already connected control socket (owned from here on).
-    public func addServer(descriptor: FileDescriptor, expectedKey: PublicIdentity? = nil) async throws(PeerError) -> ServerHandle {
-        try await register(descriptor, path: nil, expectedKey: expectedKey)
+    public func addServer(descriptor: FileDescriptor, expectedKey: PublicIdentity? = nil,
+                          form: RegistrationForm = .v2) async throws(PeerError) -> ServerHandle {
+        try await register(descriptor, path: nil, expectedKey: expectedKey, form: form)
     }
 
-    private func register(_ descriptor: FileDescriptor, path: String?, expectedKey: PublicIdentity?) async throws(PeerError) -> ServerHandle {
+    private func register(_ descriptor: FileDescriptor, path: String?, expectedKey: PublicIdentity?,
+                          form: RegistrationForm) async throws(PeerError) -> ServerHandle {
         try await PeerError.catching {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<ServerHandle, Error>) in
                 queue.async {
@@ -204,11 +236,70 @@ public final class PeerNetlayer: @unchecked Sendable {
                         c.resume(throwing: PeerError(.netlayerClosed, "the netlayer was shut down"))
                         return
                     }
-                    let connection = ServerConnection(netlayer: self, path: path, pinned: expectedKey, queue: self.queue)
+                    let connection = ServerConnection(netlayer: self, path: path, pinned: expectedKey, form: form, queue: self.queue)
                     self.servers.append(connection)
                     connection.start(descriptor: descriptor, waiter: c)
                 }
             }
+        }
+    }
+
+    /// Keeps a registration with the server at `path` for the life of the netlayer: registers,
+    /// and after every failure or lost registration tries again after the backoff of
+    /// `configuration.reconnect` (capped exponential, with jitter). A failing server never
+    /// affects the others. Failures are audited (`registration.refused` with the reason) and
+    /// logged; registrations lost or refused `contestedAfter` times in a row are reported as
+    /// contested (warning, audit `serverContested`). `shutdown()` stops every keeper.
+    public func keepServer(path: String, expectedKey: PublicIdentity? = nil) -> ServerKeeper {
+        let keeper = ServerKeeper(path: path, expectedKey: expectedKey)
+        let accepted: Bool = queue.sync {
+            guard !closed else { return false }
+            keepers.append(keeper)
+            return true
+        }
+        guard accepted else {
+            keeper.ended()
+            return keeper
+        }
+        keeper.attach(Task { await self.runKeeper(keeper) })
+        return keeper
+    }
+
+    private func runKeeper(_ keeper: ServerKeeper) async {
+        var retry = ServerRetryState(policy: configuration.reconnect)
+        var log = logger
+        log[metadataKey: "path"] = "\(keeper.path)"
+        defer { keeper.ended() }
+        while !keeper.isStopped && !Task.isCancelled {
+            let error: PeerError
+            let kind: ServerFailureKind
+            var server = keeper.expectedKey
+            do {
+                let handle = try await addServer(path: keeper.path, expectedKey: keeper.expectedKey)
+                retry.registered(at: .now)
+                keeper.registered(handle)
+                error = await handle.disconnected()
+                server = handle.server ?? server
+                kind = .lost
+            } catch let failure {
+                error = failure
+                kind = ServerKeeper.kind(ofAttemptFailure: failure)
+            }
+            if error.code == .netlayerClosed || keeper.isStopped { return }
+            let decision = retry.failed(kind, at: .now, unit: configuration.randomUnit())
+            log.notice("introduction server unavailable; retrying", metadata: [
+                "reason": "\(error.code.rawValue)", "detail": "\(error.detail)", "kind": "\(kind.rawValue)",
+                "failures": "\(decision.consecutiveFailures)", "retryInMs": "\(decision.delayMilliseconds)",
+            ])
+            if decision.becameContested {
+                log.warning("introduction server contested: our registration was lost or refused repeatedly", metadata: [
+                    "losses": "\(decision.consecutiveLosses)", "retryInMs": "\(decision.delayMilliseconds)"])
+                audit?.record(AuditEvent(
+                    .registrationRefused, reason: .serverContested, attempt: .random(), role: .client, local: AuditPeerID(identity),
+                    introServer: server.map { AuditPeerID($0) }, path: AuditPath(keeper.path)))
+            }
+            keeper.failed(error, kind: kind, decision: decision)
+            do { try await Task.sleep(for: decision.delay) } catch { return }
         }
     }
 
@@ -231,6 +322,13 @@ public final class PeerNetlayer: @unchecked Sendable {
         if let key = connection.handle.server { log[metadataKey: "server"] = "\(key.fingerprint)" }
         if wasRegistered {
             log.info("introduction server disconnected", metadata: ["reason": "\(reason.code.rawValue)", "detail": "\(reason.detail)"])
+            if reason.code != .netlayerClosed {
+                // Displaced by another connection for our key, or the server went away: the
+                // peer cannot tell which, the pattern (ServerRetryState) can.
+                audit?.record(AuditEvent(
+                    .registrationRefused, reason: .registrationLost, attempt: .random(), role: .client, local: AuditPeerID(identity),
+                    introServer: connection.handle.server.map { AuditPeerID($0) }, path: connection.path.flatMap { AuditPath($0) }))
+            }
         } else {
             log.info("registration failed", metadata: ["reason": "\(reason.code.rawValue)", "detail": "\(reason.detail)"])
             let auditReason: AuditReason = reason.code == .registrationTimeout ? .registrationTimeout : reason.auditReason
@@ -289,14 +387,22 @@ public final class PeerNetlayer: @unchecked Sendable {
 
     /// An introduction for us arrived with `descriptor`: run the responder, expecting `from`.
     func accept(_ descriptor: FileDescriptor, introduction: IncomingIntroduction, server: PublicIdentity) {
+        let claimed = introduction.claimedFrom.identity
+        if let refusal = resources.admit(from: claimed) {
+            refuseIntroduction(refusal, introduction: introduction, server: server)
+            descriptor.close()
+            return
+        }
         let context = IntroductionContext(from: introduction.claimedFrom, to: introduction.to, server: server)
-        let establishment = self.establishment
+        // The ticket counts the handshake, then its channel until the channel's end.
+        let ticket = AdmissionTicket(inner: audit, governor: resources, key: claimed)
+        let establishment = self.establishment.observed(by: ticket)
         let incoming = incomingContinuation
         let legacy = legacyContinuation
         Task {
-            guard let channel = try? await establishment.respond(
-                over: descriptor, expecting: introduction.claimedFrom.identity, introduction: context)
-            else { return }  // logged and audited by the establishment
+            let outcome = try? await establishment.respond(over: descriptor, expecting: claimed, introduction: context)
+            if outcome == nil { ticket.failed() } else { ticket.opened() }
+            guard let channel = outcome else { return }  // logged and audited by the establishment
             let queue = channel.isAuthenticated ? incoming : legacy
             switch queue.yield(channel) {
             case .enqueued: break
@@ -305,6 +411,34 @@ public final class PeerNetlayer: @unchecked Sendable {
             @unknown default: await channel.abort()
             }
         }
+    }
+
+    /// An introduction refused by a resource cap: the socket is closed without a byte; logged
+    /// at warning (rate-limited per reason) and audited, every one.
+    private func refuseIntroduction(_ refusal: PeerResourceGovernor.Refusal, introduction: IncomingIntroduction, server: PublicIdentity) {
+        let (log, suppressed) = refusals.shouldLog(refusal.reason)
+        if log {
+            var logger = self.logger
+            logger[metadataKey: "server"] = "\(server.fingerprint)"
+            logger.warning("introduction refused", metadata: [
+                "reason": "\(refusal.reason)", "detail": "\(refusal.detail)",
+                "claimedFrom": "\(introduction.claimedFrom.identity.fingerprint)", "suppressedSinceLast": "\(suppressed)",
+            ])
+        }
+        audit?.record(AuditEvent(
+            .handshakeFailed, reason: refusal.reason, attempt: .random(), role: .responder, local: AuditPeerID(identity),
+            expectedPeer: AuditPeerID(introduction.claimedFrom.identity), from: AuditPeerID(introduction.claimedFrom.identity),
+            to: AuditPeerID(introduction.to.identity), introServer: AuditPeerID(server)))
+    }
+
+    /// An introduction whose descriptor the kernel dropped (we were at our descriptor limit):
+    /// the initiator sees its socket end; the server connection stays. Logged and audited.
+    func lostIntroduction(_ introduction: IncomingIntroduction, server: PublicIdentity) {
+        refuseIntroduction(
+            PeerResourceGovernor.Refusal(
+                reason: .passedDescriptorLost,
+                detail: "the kernel could not install the passed descriptor (MSG_CTRUNC: descriptor limit reached)"),
+            introduction: introduction, server: server)
     }
 
     /// An introduction refused before its handshake (wrong target): logged and audited.
@@ -338,6 +472,8 @@ public final class PeerNetlayer: @unchecked Sendable {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             queue.async {
                 self.closed = true
+                for keeper in self.keepers { keeper.stop() }
+                self.keepers = []
                 for server in self.servers { server.disconnect(PeerError(.netlayerClosed, "the netlayer was shut down")) }
                 self.incomingContinuation.finish()
                 self.legacyContinuation.finish()

@@ -111,9 +111,22 @@ extension AuditReason {
     public static let registrationFailed: AuditReason = "registrationFailed"
     public static let serverDisconnected: AuditReason = "serverDisconnected"
     public static let netlayerClosed: AuditReason = "netlayerClosed"
+    /// A server's socket could not be reached (registration.refused, role client).
+    public static let serverUnreachable: AuditReason = "serverUnreachable"
+    /// A registration the server had accepted ended on the server's side: displaced by
+    /// another connection for our key, or the server went away (registration.refused).
+    public static let registrationLost: AuditReason = "registrationLost"
+    /// Registrations lost or refused `ReconnectPolicy.contestedAfter` times in a row
+    /// (registration.refused; the peer keeps retrying with backoff).
+    public static let serverContested: AuditReason = "serverContested"
+
+    /// The server's listener runs as another non-root uid and its key is not pinned.
     public static let serverNotTrusted: AuditReason = "serverNotTrusted"
 
     /// Codes the peer netlayer writes beyond the handshake and channel codes.
-    public static let peerNetlayerCodes: [AuditReason] = [.registrationFailed, .serverDisconnected, .netlayerClosed,
-                                                          .serverNotTrusted]
+    public static let peerNetlayerCodes: [AuditReason] = [
+        .registrationFailed, .serverDisconnected, .netlayerClosed, .serverUnreachable, .registrationLost, .serverContested,
+        .registrationTimeout, .peerHandshakeLimit, .channelLimit, .peerChannelLimit, .descriptorReserve,
+        .passedDescriptorLost, .serverNotTrusted,
+    ]
 }

@@ -22,7 +22,8 @@ final class ServerConnection: @unchecked Sendable {
     let handle: ServerHandle
     private let pinned: PublicIdentity?
     private var stream: StreamConnection?
-    private var reader = ControlStreamReader<FileDescriptor>()
+    /// Reads at most `ControlMessageLimit` per record (the servers' limit never exceeds it).
+    private var reader = ControlStreamReader<PassedDescriptor>(limits: .init(syrup: .controlMessage))
     private var client: RegistrationClient
     private var registrationTimer: DispatchSourceTimer?
     private var registrationWaiter: CheckedContinuation<ServerHandle, Error>?
@@ -30,12 +31,12 @@ final class ServerConnection: @unchecked Sendable {
     private var pendingConnects: [ObjectIdentifier: HandshakeCancellation] = [:]
     private unowned let netlayer: PeerNetlayer
 
-    init(netlayer: PeerNetlayer, path: String?, pinned: PublicIdentity?, queue: DispatchQueue) {
+    init(netlayer: PeerNetlayer, path: String?, pinned: PublicIdentity?, form: RegistrationForm = .v2, queue: DispatchQueue) {
         self.netlayer = netlayer
         self.path = path
         self.pinned = pinned
         self.queue = queue
-        client = RegistrationClient(signer: netlayer.signer, challenge: Challenge.random(), expectedServer: pinned)
+        client = RegistrationClient(signer: netlayer.signer, challenge: Challenge.random(), expectedServer: pinned, form: form)
         handle = ServerHandle(path: path)
     }
 
@@ -49,9 +50,12 @@ final class ServerConnection: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         registrationWaiter = waiter
         let stream: StreamConnection
+        var control = netlayer.configuration.control
+        // A descriptor the kernel could not install costs its introduction, not the server.
+        control.reportsLostDescriptors = true
         do {
             stream = try StreamConnection(
-                descriptor: descriptor, queue: queue, configuration: netlayer.configuration.control
+                descriptor: descriptor, queue: queue, configuration: control
             ) { [weak self] event in self?.handle(event) }
         } catch {
             descriptor.close()
@@ -61,7 +65,10 @@ final class ServerConnection: @unchecked Sendable {
         self.stream = stream
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.setEventHandler { [weak self] in
-            self?.disconnect(PeerError(.registrationTimeout, "no uds:server-response within \(self?.netlayer.configuration.registrationTimeout ?? .zero)"))
+            guard let self else { return }
+            // A Goblins server ignores uds-v2:register without closing; say what would fix it.
+            let hint = self.client.form == .v2 ? " (registration v2; a Goblins or draft server must be marked goblins:PATH or draft:PATH)" : ""
+            self.disconnect(PeerError(.registrationTimeout, "no server response within \(self.netlayer.configuration.registrationTimeout)\(hint)"))
         }
         timer.schedule(deadline: .now() + netlayer.configuration.registrationTimeout.dispatchInterval)
         timer.activate()
@@ -80,12 +87,19 @@ final class ServerConnection: @unchecked Sendable {
     private func handle(_ event: StreamEvent) {
         switch event {
         case .received(let chunk):
-            do throws(ControlStreamReader<FileDescriptor>.ReadError) {
-                let extras = try reader.receive(chunk.bytes, descriptors: chunk.descriptors)
+            do throws(ControlStreamReader<PassedDescriptor>.ReadError) {
+                // MSG_CTRUNC (EMFILE/ENFILE, or a descriptor with no room): the read that
+                // holds the marker's first byte carried it (K5), so a placeholder tagged with
+                // this read stands in for it and the stream stays in step.
+                let passed = chunk.descriptors.map(PassedDescriptor.received) + (chunk.descriptorsLost ? [.lost] : [])
+                let extras = try reader.receive(chunk.bytes, descriptors: passed)
                 if !extras.isEmpty {
                     // Issue #17: a padded control message brings the sender's fd 0 along. The
                     // first descriptor still faces every check; the extras are closed now.
-                    let kinds = extras.map { $0.shortKindDescription() }
+                    let kinds = extras.map { extra -> String in
+                        if case .received(let d) = extra { return d.shortKindDescription() }
+                        return "lost"
+                    }
                     for extra in extras { extra.close() }
                     netlayer.closedExtraDescriptors(kinds: kinds, server: handle.server, path: path)
                 }
@@ -98,7 +112,7 @@ final class ServerConnection: @unchecked Sendable {
                 disconnect(PeerError(.serverDisconnected, "control stream: \(error)"))
             }
         case .endOfStream:
-            do throws(ControlStreamReader<FileDescriptor>.ReadError) {
+            do throws(ControlStreamReader<PassedDescriptor>.ReadError) {
                 try reader.finish()
                 disconnect(PeerError(.serverDisconnected, "the server closed the connection"))
             } catch {
@@ -109,9 +123,9 @@ final class ServerConnection: @unchecked Sendable {
         }
     }
 
-    private func process(_ item: ControlStreamReader<FileDescriptor>.Item) {
+    private func process(_ item: ControlStreamReader<PassedDescriptor>.Item) {
         let value: SyrupValue
-        var passed: FileDescriptor?
+        var passed: PassedDescriptor?
         switch item {
         case .message(let v): value = v
         case .newConnection(let v, let descriptor):
@@ -159,7 +173,10 @@ final class ServerConnection: @unchecked Sendable {
                     preconditionFailure("the reader pairs every uds:new-connection with its descriptor")
                 }
                 passed = nil
-                netlayer.accept(descriptor, introduction: introduction, server: server.identity)
+                switch descriptor {
+                case .received(let socket): netlayer.accept(socket, introduction: introduction, server: server.identity)
+                case .lost: netlayer.lostIntroduction(introduction, server: server.identity)
+                }
             }
         }
         passed?.close()
@@ -219,5 +236,17 @@ final class ServerConnection: @unchecked Sendable {
             waiter.resume(throwing: reason)
         }
         handle.finish(reason)
+    }
+}
+
+/// A descriptor the server passed, or the mark of one the kernel dropped (MSG_CTRUNC: the
+/// process was at its descriptor limit, EMFILE/ENFILE). The mark keeps the control stream's
+/// marker-to-descriptor pairing in step, so only that one introduction is lost.
+enum PassedDescriptor {
+    case received(FileDescriptor)
+    case lost
+
+    func close() {
+        if case .received(let descriptor) = self { descriptor.close() }
     }
 }

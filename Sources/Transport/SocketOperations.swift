@@ -25,6 +25,9 @@ public struct Received: Sendable {
     /// Bytes written into the caller's buffer; 0 means end of stream.
     public let byteCount: Int
     public let descriptors: [FileDescriptor]
+    /// MSG_CTRUNC: descriptors sent with these bytes were dropped by the kernel (only with
+    /// `reportingTruncation`; the bytes themselves are intact).
+    public var descriptorsLost: Bool = false
 
     public var isEndOfStream: Bool { byteCount == 0 }
 }
@@ -147,8 +150,12 @@ extension FileDescriptor {
     /// messages other than SOL_SOCKET/SCM_RIGHTS cannot exist; other control messages (such as
     /// credentials) are ignored. MSG_CTRUNC closes whatever did arrive and throws
     /// `.controlTruncated` (A4): the stream has lost descriptors and cannot be trusted.
+    /// With `reportingTruncation` it returns the bytes and what did arrive instead, with
+    /// `descriptorsLost` set: for a reader that knows where each descriptor belongs and can
+    /// drop just the one that was lost (a descriptor the kernel could not install at
+    /// EMFILE/ENFILE must not cost a peer its server connection).
     public func receive(
-        into buffer: UnsafeMutableRawBufferPointer, descriptorCapacity: Int = 4
+        into buffer: UnsafeMutableRawBufferPointer, descriptorCapacity: Int = 4, reportingTruncation: Bool = false
     ) throws(TransportError) -> IOResult<Received> {
         precondition(buffer.count > 0, "receive needs a non-empty buffer")
         precondition((0...maximumDescriptorsPerMessage).contains(descriptorCapacity), "descriptor capacity out of range")
@@ -185,6 +192,9 @@ extension FileDescriptor {
                 }
                 header = cfd_cmsg_nxthdr(&message, current)
             }
+        }
+        if message.msg_flags & Int32(MSG_CTRUNC) != 0 && reportingTruncation && count > 0 {
+            return .processed(Received(byteCount: count, descriptors: descriptors, descriptorsLost: true))
         }
         if message.msg_flags & Int32(MSG_CTRUNC) != 0 {
             for descriptor in descriptors { descriptor.close() }

@@ -14,11 +14,15 @@ public struct StreamChunk: Sendable {
     public let bytes: [UInt8]
     public let descriptors: [FileDescriptor]
     public let streamOffset: Int
+    /// The kernel dropped descriptors sent with these bytes (MSG_CTRUNC; only with
+    /// `Configuration.reportsLostDescriptors`).
+    public let descriptorsLost: Bool
 
-    public init(bytes: [UInt8], descriptors: [FileDescriptor], streamOffset: Int) {
+    public init(bytes: [UInt8], descriptors: [FileDescriptor], streamOffset: Int, descriptorsLost: Bool = false) {
         self.bytes = bytes
         self.descriptors = descriptors
         self.streamOffset = streamOffset
+        self.descriptorsLost = descriptorsLost
     }
 
     /// Byte range of this read within the inbound stream.
@@ -60,6 +64,9 @@ public final class StreamConnection: @unchecked Sendable {
         public var maximumQueuedBytes: Int = 64 * 1024
         /// Cap on descriptors waiting in the output queue.
         public var maximumQueuedDescriptors: Int = 16
+        /// Deliver a read whose descriptors the kernel dropped (MSG_CTRUNC) with
+        /// `StreamChunk.descriptorsLost` instead of failing the connection.
+        public var reportsLostDescriptors: Bool = false
 
         public init() {}
     }
@@ -133,6 +140,13 @@ public final class StreamConnection: @unchecked Sendable {
             break
         }
         readBuffer.deallocate()
+    }
+
+    /// Whether the peer is still there, without reading (see `FileDescriptor.probeLiveness`).
+    public func probeLiveness() -> SocketLiveness {
+        dispatchPrecondition(condition: .onQueue(queue))
+        if case .closed = state { return .hungUp("connection closed") }
+        return descriptor.probeLiveness()
     }
 
     /// Whether `close()` has run (or a failure closed the connection).
@@ -374,7 +388,9 @@ public final class StreamConnection: @unchecked Sendable {
             guard state == .running, !readPaused, !readFinished else { return }
             let result: IOResult<Received>
             do throws(TransportError) {
-                result = try descriptor.receive(into: readBuffer, descriptorCapacity: configuration.descriptorsPerRead)
+                result = try descriptor.receive(
+                    into: readBuffer, descriptorCapacity: configuration.descriptorsPerRead,
+                    reportingTruncation: configuration.reportsLostDescriptors)
             } catch {
                 shutDown(reporting: error, notifyHandler: true)
                 return
@@ -388,7 +404,8 @@ public final class StreamConnection: @unchecked Sendable {
                 return
             }
             let bytes = Array(UnsafeRawBufferPointer(rebasing: readBuffer[..<received.byteCount]))
-            let chunk = StreamChunk(bytes: bytes, descriptors: received.descriptors, streamOffset: inboundOffset)
+            let chunk = StreamChunk(
+                bytes: bytes, descriptors: received.descriptors, streamOffset: inboundOffset, descriptorsLost: received.descriptorsLost)
             inboundOffset += received.byteCount
             deliver(.received(chunk))
         }

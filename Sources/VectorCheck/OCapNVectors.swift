@@ -146,7 +146,9 @@ public enum OCapNVectors: VectorKind {
     static func register(_ ctx: Context, client seed: String, server serverSeed: String,
                          clientChallenge: String, serverChallenge: String) throws -> Registered {
         let serverSigner = try ctx.signer(serverSeed)
-        var client = RegistrationClient(signer: try ctx.signer(seed), challenge: try Challenge(try ctx.input(clientChallenge)))
+        // The worked examples are Goblins' forms: the legacy setting, exactly as a peer marks a Goblins server.
+        var client = RegistrationClient(signer: try ctx.signer(seed), challenge: try Challenge(try ctx.input(clientChallenge)),
+                                        form: .goblins)
         var server = RegistrationServer(signer: serverSigner, challenge: try Challenge(try ctx.input(serverChallenge)))
         let msg1 = client.start().encoded
         let serverActions = try server.receive(try SyrupDecoder().decode(msg1))
@@ -228,7 +230,8 @@ public enum OCapNVectors: VectorKind {
         case "client-response":
             let pinned = try (r["pinned_server_hex"] as? String).map { _ in try PublicIdentity(publicKey: try r.hex("pinned_server_hex")) }
             var client = RegistrationClient(signer: try ctx.signer("peer_A_seed_hex"),
-                                            challenge: try Challenge(try ctx.input("client_challenge_hex")), expectedServer: pinned)
+                                            challenge: try Challenge(try ctx.input("client_challenge_hex")), expectedServer: pinned,
+                                            form: .goblins)
             _ = client.start()
             let v = try value()
             outcome = attempt { _ = try client.receive(v) }

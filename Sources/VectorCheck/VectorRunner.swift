@@ -59,6 +59,7 @@ public enum VectorRunner {
         WycheproofXDHVectors.self,
         SyrupVectors.self,
         OCapNVectors.self,
+        RegistrationV2Vectors.self,
         HandshakeVectors.self,
         NoiseVectors.self,
     ]

@@ -116,6 +116,14 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: "Bytes per read on a control connection (allocated per connection).")
     var readBufferBytes: Int = 4096
 
+    @Option(help: ArgumentHelp(
+        "Registration forms answered: v2, legacy (Goblins' and the draft's), or v2,legacy. A key that registered with v2 is always refused in a legacy form afterwards.",
+        valueName: "forms"))
+    var registrationForms: String = "v2,legacy"
+
+    @Flag(help: "Let a registration take over a live earlier connection of its key when both have the same uid (SO_PEERCRED). Without it a live registration is never displaced.")
+    var replaceSameUid = false
+
     func validate() throws {
         guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
         if let socket, socket.isEmpty { throw ValidationError("--socket must name a path") }
@@ -129,6 +137,9 @@ struct IntroServerCommand: AsyncParsableCommand {
         for ms in [registrationTimeoutMs, partialMessageTimeoutMs, pendingLifetimeMs] where ms < 0 || ms > 3_600_000 {
             throw ValidationError("timeouts are 0...3600000 milliseconds")
         }
+        guard parsedForms() != nil else {
+            throw ValidationError("--registration-forms must be v2, legacy or v2,legacy")
+        }
         let problems = serverConfiguration(ownUID: 0).problems
         if !problems.isEmpty { throw ValidationError(problems.joined(separator: "; ")) }
     }
@@ -138,6 +149,18 @@ struct IntroServerCommand: AsyncParsableCommand {
         if text.hasPrefix("0o") { text = text.dropFirst(2) }
         guard !text.isEmpty, text.count <= 4, let value = mode_t(text, radix: 8), value & ~0o777 == 0 else { return nil }
         return value
+    }
+
+    private func parsedForms() -> RegistrationForms? {
+        var forms: RegistrationForms = []
+        for part in registrationForms.split(separator: ",", omittingEmptySubsequences: false) {
+            switch part {
+            case "v2": forms.insert(.v2)
+            case "legacy": forms.insert(.legacy)
+            default: return nil
+            }
+        }
+        return forms.isEmpty ? nil : forms
     }
 
     private func serverConfiguration(ownUID: UInt32) -> IntroductionServer.Configuration {
@@ -160,7 +183,8 @@ struct IntroServerCommand: AsyncParsableCommand {
         limits.introductionBurst = introBurst
         let level = Logger.Level(rawValue: logLevel) ?? .info
         var configuration = IntroductionServer.Configuration(core: IntroductionServerConfiguration(
-            limits: limits, allowedUIDs: Set(allowUid + [ownUID]), debugLogging: level <= .debug))
+            limits: limits, allowedUIDs: Set(allowUid + [ownUID]), debugLogging: level <= .debug,
+            registrationForms: parsedForms() ?? .all, replaceSameUID: replaceSameUid))
         configuration.outputQueueBytes = outputQueueBytes
         configuration.onSocketLoss = IntroductionServer.SocketLossPolicy(rawValue: onSocketLoss) ?? .recreate
         configuration.readBufferBytes = readBufferBytes

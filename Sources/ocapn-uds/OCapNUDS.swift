@@ -15,6 +15,6 @@ struct OCapNUDS: ParsableCommand {
               4  verification failed (vectors verify, audit --verify)
             """,
         subcommands: [DemoCommand.self, KeygenCommand.self, IdCommand.self, AuditCommand.self, VectorsCommand.self, BenchCommand.self, IntroServerCommand.self,
-                      PeerCommand.self, ConnectCommand.self]
+                      PeerCommand.self, ConnectCommand.self, CheckCommand.self]
     )
 }

@@ -7,6 +7,7 @@ import Logging
 import OCapN
 import Runtime
 import Synchronization
+import Transport
 
 /// Options shared by `peer` and `connect`: identity, servers, handshake, legacy, audit, logs.
 struct PeerOptions: ParsableArguments {
@@ -17,7 +18,7 @@ struct PeerOptions: ParsableArguments {
     var passphraseFile: String?
 
     @Option(help: ArgumentHelp(
-        "Introduction server socket (repeatable). PATH=DESIGNATOR pins the server's key.", valueName: "path"))
+        "Introduction server socket (repeatable). PATH=DESIGNATOR pins the server's key; goblins:PATH or draft:PATH registers with a server that does not speak registration v2 (never chosen automatically).", valueName: "path"))
     var server: [String] = []
 
     @Option(help: ArgumentHelp(
@@ -30,8 +31,27 @@ struct PeerOptions: ParsableArguments {
     @Option(help: "Deadline for an introduction server's registration reply, in milliseconds.")
     var registrationTimeoutMs: Int = 5_000
 
-    @Flag(help: "Admit Goblins peers (no handshake) as UNAUTHENTICATED channels. Off by default: they are refused.")
-    var allowLegacyPeers = false
+    @Option(help: ArgumentHelp(
+        "Admit Goblins peers (no handshake) as UNAUTHENTICATED channels when the server's unverified `from` claims one of these designators (repeatable or comma-separated), or `any`. Off by default. A key that completed UDS-HS1 with this peer is refused as legacy regardless.",
+        valueName: "designators|any"))
+    var allowLegacyPeers: [String] = []
+
+    /// The legacy allow-list as a policy.
+    func legacyPeerPolicy() throws -> LegacyPeerPolicy {
+        let items = allowLegacyPeers.flatMap { $0.split(separator: ",").map(String.init) }
+        if items.isEmpty { return .refuse }
+        if items.contains("any") {
+            guard items.count == 1 else { throw ValidationError("--allow-legacy-peers: `any` stands alone, without designators") }
+            return .any
+        }
+        var keys: Set<PublicIdentity> = []
+        for item in items {
+            do { keys.insert(try PublicIdentity(designator: item)) } catch {
+                throw ValidationError("--allow-legacy-peers: \(item) is neither `any` nor a designator (\(error.code.rawValue))")
+            }
+        }
+        return .allow(keys)
+    }
 
     @Option(help: ArgumentHelp("Append the tamper-evident audit log to this file (signed checkpoints).", valueName: "file"))
     var auditLog: String?
@@ -39,15 +59,38 @@ struct PeerOptions: ParsableArguments {
     @Option(help: "Log level on stderr: debug, info, notice, warning, error.")
     var logLevel: String = "warning"
 
+    /// The registration form a --server spec names (its `goblins:`/`draft:`/`v2:` mark) and
+    /// the rest of the spec.
+    static func registrationForm(_ spec: String) -> (form: RegistrationForm, rest: String) {
+        for form in RegistrationForm.allCases where spec.hasPrefix("\(form.rawValue):") {
+            return (form, String(spec.dropFirst(form.rawValue.count + 1)))
+        }
+        return (.v2, spec)
+    }
+
+    /// The registration form of each --server path that is not v2.
+    func registrationForms() throws -> [String: RegistrationForm] {
+        var out: [String: RegistrationForm] = [:]
+        for ((path, _), spec) in zip(try servers(), server) {
+            let form = Self.registrationForm(spec).form
+            if let other = out[path], other != form {
+                throw ValidationError("--server \(path) is marked with two registration forms")
+            }
+            if form != .v2 { out[path] = form }
+        }
+        return out
+    }
+
     /// (path, pinned key) per --server, in order.
     func servers() throws -> [(path: String, key: PublicIdentity?)] {
         var out: [(String, PublicIdentity?)] = []
         for (index, spec) in server.enumerated() {
-            var path = spec
+            let body = Self.registrationForm(spec).rest
+            var path = body
             var key: PublicIdentity?
-            if let eq = spec.lastIndex(of: "="), spec[spec.index(after: eq)...].count == PublicIdentity.designatorLength {
-                path = String(spec[..<eq])
-                key = try designator(String(spec[spec.index(after: eq)...]), "--server \(spec)")
+            if let eq = body.lastIndex(of: "="), body[body.index(after: eq)...].count == PublicIdentity.designatorLength {
+                path = String(body[..<eq])
+                key = try designator(String(body[body.index(after: eq)...]), "--server \(spec)")
             }
             if index < serverKey.count {
                 guard key == nil else { throw ValidationError("--server \(spec) is pinned twice (=DESIGNATOR and --server-key)") }
@@ -70,6 +113,8 @@ struct PeerOptions: ParsableArguments {
         guard !server.isEmpty else { throw ValidationError("at least one --server is required") }
         guard serverKey.count <= server.count else { throw ValidationError("more --server-key than --server options") }
         _ = try servers()
+        _ = try registrationForms()
+        _ = try legacyPeerPolicy()
         guard (1...3_600_000).contains(handshakeTimeoutMs), (1...3_600_000).contains(registrationTimeoutMs) else {
             throw ValidationError("timeouts are 1...3600000 milliseconds")
         }
@@ -87,8 +132,9 @@ struct PeerOptions: ParsableArguments {
         }
     }
 
-    /// Loads the key, opens the audit log, builds the netlayer.
-    func makeNetlayer() throws -> PeerRuntime {
+    /// Loads the key, opens the audit log, builds the netlayer (`adjust` sets command-specific
+    /// limits).
+    func makeNetlayer(adjust: (inout PeerNetlayer.Configuration) -> Void = { _ in }) throws -> PeerRuntime {
         let pair = try loadIdentity()
         var logger = Logger(label: "ocapn-uds.peer", factory: { label in StreamLogHandler.standardError(label: label) })
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .warning
@@ -105,7 +151,9 @@ struct PeerOptions: ParsableArguments {
         }
         var configuration = PeerNetlayer.Configuration(registrationTimeout: .milliseconds(registrationTimeoutMs))
         configuration.channel.handshake = HandshakeConfiguration(timeout: .milliseconds(handshakeTimeoutMs))
-        configuration.channel.allowLegacyPeers = allowLegacyPeers
+        configuration.channel.legacyPeers = try legacyPeerPolicy()
+        configuration.registrationForms = try registrationForms()
+        adjust(&configuration)
         let netlayer = PeerNetlayer(identity: pair, configuration: configuration, audit: sink, logger: logger)
         return PeerRuntime(netlayer: netlayer, audit: sink, logger: logger)
     }
@@ -133,7 +181,7 @@ enum PeerOutput {
         if channel.isAuthenticated {
             errorLine("verified-peer: \(channel.peerFingerprint) session: \(channel.sessionID?.description ?? "-")")
         } else {
-            errorLine("UNAUTHENTICATED legacy peer (claimed \(channel.expectedPeer.fingerprint))")
+            errorLine("UNAUTHENTICATED legacy peer (\(channel.legacyClaim?.description ?? "no claim"), nothing proved)")
         }
     }
 
@@ -214,36 +262,102 @@ struct PeerCommand: AsyncParsableCommand {
             Registers with every --server and prints this peer's full locator URI (one hint per \
             registered server) as the first line on stdout. Then it accepts introductions, runs \
             the UDS-HS1 handshake on every passed socket, prints the verified peer fingerprint of \
-            each channel on stderr (`verified-peer: fp1:…`) and echoes every message back. A \
-            server that goes away is dropped from the hints and reconnected with backoff \
-            (100 ms doubling to 5 s); the current locator is printed on stderr on every change.
+            each channel on stderr (`verified-peer: fp1:…`) and echoes every message back.
 
-            Exit status: 0 stopped by SIGINT/SIGTERM; 1 a server could not be reached or \
-            registered at start; 2 usage; 3 identity key file refused or a pinned server key \
-            did not match.
+            Servers are independent: one that is unreachable, refuses us, fails its signature or \
+            its pinned key is reported on stderr (`server PATH failed: …`) and retried with capped \
+            exponential backoff and jitter while the others keep serving; the current locator is \
+            printed on stderr on every change. A server that keeps displacing or refusing our \
+            registration is reported as contested. Introductions over the per-peer and total caps, \
+            or that would eat into the descriptor reserve, are refused and logged.
+
+            Exit status: 0 stopped by SIGINT/SIGTERM; 1 no server registered at start (with \
+            --require-all-servers: any server failed at start); 2 usage; 3 identity key file \
+            refused, or every failure at start was a server refused by our checks (pinned key, \
+            signature).
             """
     )
 
     @OptionGroup var options: PeerOptions
 
-    func validate() throws { try options.validateShared() }
+    @Flag(help: "Exit at start when any --server fails instead of serving through the others.")
+    var requireAllServers = false
+
+    @Option(help: "Handshakes in progress at once, in total.")
+    var maxHandshakes: Int = HandshakeLimiter.defaultLimit
+
+    @Option(help: "Handshakes in progress for one claimed initiator key.")
+    var maxHandshakesPerPeer: Int = PeerResourceLimits().maxHandshakesPerPeer
+
+    @Option(help: "Open channels introduced to this peer, in total.")
+    var maxChannels: Int = PeerResourceLimits().maxChannels
+
+    @Option(help: "Open channels introduced to this peer by one verified key.")
+    var maxChannelsPerPeer: Int = PeerResourceLimits().maxChannelsPerPeer
+
+    @Option(help: "Descriptors kept free below RLIMIT_NOFILE for server connections; introductions are refused first.")
+    var descriptorReserve: Int = PeerResourceLimits().descriptorReserve
+
+    @Option(help: "Longest wait between reconnection attempts to a failed server, in milliseconds.")
+    var reconnectMaxMs: Int = 30_000
+
+    func validate() throws {
+        try options.validateShared()
+        for (name, value) in [("--max-handshakes", maxHandshakes), ("--max-handshakes-per-peer", maxHandshakesPerPeer),
+                              ("--max-channels", maxChannels), ("--max-channels-per-peer", maxChannelsPerPeer)] {
+            guard (1...1_000_000).contains(value) else { throw ValidationError("\(name) must be 1...1000000") }
+        }
+        guard maxHandshakesPerPeer <= maxHandshakes else { throw ValidationError("--max-handshakes-per-peer must not exceed --max-handshakes") }
+        guard maxChannelsPerPeer <= maxChannels else { throw ValidationError("--max-channels-per-peer must not exceed --max-channels") }
+        guard (4...100_000).contains(descriptorReserve) else { throw ValidationError("--descriptor-reserve must be 4...100000") }
+        guard (100...3_600_000).contains(reconnectMaxMs) else { throw ValidationError("--reconnect-max-ms must be 100...3600000") }
+    }
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
         let termination = TerminationSignal()
-        let runtime = try options.makeNetlayer()
+        let runtime = try options.makeNetlayer { configuration in
+            configuration.maxConcurrentHandshakes = maxHandshakes
+            configuration.resources = PeerResourceLimits(
+                maxHandshakesPerPeer: maxHandshakesPerPeer, maxChannels: maxChannels, maxChannelsPerPeer: maxChannelsPerPeer,
+                descriptorReserve: descriptorReserve)
+            configuration.reconnect.maximumDelay = .milliseconds(reconnectMaxMs)
+        }
+        // Room for the caps: every channel and handshake holds one descriptor, plus the reserve
+        // and the process's own (stdio, audit log, libdispatch). Never beyond the hard limit;
+        // below it, the descriptor reserve refuses introductions first.
+        _ = try? OpenFileLimit.raiseSoftLimit(toAtMost: UInt64(maxChannels + maxHandshakes + descriptorReserve + 64))
         let netlayer = runtime.netlayer
         let servers = try options.servers()
-        var handles: [ServerHandle] = []
-        for (path, key) in servers {
-            do {
-                handles.append(try await netlayer.addServer(path: path, expectedKey: key))
-            } catch {
-                await runtime.shutdown()
-                throw PeerOutput.failure("server \(path)", error)
+        let keepers = servers.map { netlayer.keepServer(path: $0.path, expectedKey: $0.key) }
+        var failures: [(path: String, error: PeerError)] = []
+        var registeredAtStart: [Bool] = []
+        for keeper in keepers {
+            let outcome = await keeper.firstOutcome()
+            registeredAtStart.append((try? outcome.get()) != nil)
+            if case .failure(let error) = outcome {
+                if requireAllServers {
+                    await runtime.shutdown()
+                    throw PeerOutput.failure("server \(keeper.path)", error)
+                }
+                failures.append((keeper.path, error))
             }
         }
+        if failures.count == keepers.count {
+            await runtime.shutdown()
+            let refusedOnly = failures.allSatisfy { PeerOutput.exitCode(for: $0.error) == .refused }
+            for failure in failures.dropLast() {
+                PeerOutput.errorLine("ocapn-uds: server \(failure.path): \(failure.error.code.rawValue): \(failure.error.detail)")
+            }
+            let last = failures[failures.count - 1]
+            throw CLIError(
+                refusedOnly ? .refused : .failure,
+                "server \(last.path): \(last.error.code.rawValue): \(last.error.detail) (no server registered)")
+        }
         PeerOutput.line(netlayer.locator.uri)
+        let reporters = zip(keepers, registeredAtStart).map { keeper, registered in
+            Task { await Self.report(keeper, netlayer: netlayer, registeredAtStart: registered) }
+        }
 
         let echo = Task {
             await withDiscardingTaskGroup { group in
@@ -259,13 +373,9 @@ struct PeerCommand: AsyncParsableCommand {
                 }
             }
         }
-        var keepers: [Task<Void, Never>] = []
-        for ((path, key), handle) in zip(servers, handles) {
-            keepers.append(Task { await Self.keep(path: path, key: key, first: handle, netlayer: netlayer, termination: termination) })
-        }
         await termination.wait()
-        for keeper in keepers { keeper.cancel() }
         await runtime.shutdown()
+        for reporter in reporters { reporter.cancel() }
         echo.cancel()
         legacyEcho.cancel()
         termination.cancel()
@@ -285,26 +395,31 @@ struct PeerCommand: AsyncParsableCommand {
         }
     }
 
-    /// Re-registers with one server whenever its connection ends, with backoff.
-    static func keep(path: String, key: PublicIdentity?, first: ServerHandle, netlayer: PeerNetlayer, termination: TerminationSignal) async {
-        var handle: ServerHandle? = first
-        var pause = Duration.milliseconds(100)
-        while !termination.fired && !Task.isCancelled {
-            if let current = handle {
-                let reason = await current.disconnected()
-                if reason.code == .netlayerClosed || termination.fired { return }
-                PeerOutput.errorLine("server \(path) disconnected: \(reason.code.rawValue); locator: \(netlayer.locator.uri)")
-                handle = nil
-                pause = .milliseconds(100)
-            }
-            try? await Task.sleep(for: pause)
-            if termination.fired || Task.isCancelled { return }
-            do {
-                handle = try await netlayer.addServer(path: path, expectedKey: key)
-                PeerOutput.errorLine("server \(path) registered; locator: \(netlayer.locator.uri)")
-            } catch {
-                if error.code == .netlayerClosed { return }
-                pause = min(pause * 2, .seconds(5))
+    /// Prints one line on stderr per change of one server: lost, failed (with the retry
+    /// delay), registered (again), contested. A registration at start is in the stdout locator.
+    static func report(_ keeper: ServerKeeper, netlayer: PeerNetlayer, registeredAtStart: Bool) async {
+        var skipFirstRegistration = registeredAtStart
+        for await event in keeper.events {
+            switch event {
+            case .registered:
+                if !skipFirstRegistration {
+                    PeerOutput.errorLine("server \(keeper.path) registered; locator: \(netlayer.locator.uri)")
+                }
+                skipFirstRegistration = false
+            case .failed(let error, let kind, let decision):
+                if kind == .lost {
+                    PeerOutput.errorLine(
+                        "server \(keeper.path) disconnected: \(error.code.rawValue); locator: \(netlayer.locator.uri); "
+                            + "retry in \(decision.delayMilliseconds) ms")
+                    continue
+                }
+                PeerOutput.errorLine(
+                    "server \(keeper.path) failed: \(error.code.rawValue): \(error.detail); "
+                        + "retry \(decision.consecutiveFailures) in \(decision.delayMilliseconds) ms")
+            case .contested(let losses):
+                PeerOutput.errorLine(
+                    "server \(keeper.path) contested: our registration was lost or refused \(losses) times in a row "
+                        + "(another connection may be registering our key); backing off")
             }
         }
     }

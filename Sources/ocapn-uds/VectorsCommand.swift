@@ -16,7 +16,7 @@ struct VectorsVerifyCommand: ParsableCommand {
         abstract: "Run every vector file in a directory (or the given files).",
         discussion: """
             Recognised files: our own JSON (`"format": "ocapn-uds/<kind>/v1"`: identity, syrup,
-            ocapn, handshake), Wycheproof Ed25519/X25519 JSON, Noise test-vector JSON, and raw
+            ocapn, registration-v2, handshake), Wycheproof Ed25519/X25519 JSON, Noise test-vector JSON, and raw
             Syrup values (`*.bin`, decoded and re-encoded). Markdown and LICENSE files are skipped.
 
             Prints one line per file (`PASS`/`FAIL`, format, counts), the failing cases, and a

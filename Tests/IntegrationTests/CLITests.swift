@@ -21,6 +21,8 @@ import Testing
         let last = r.stdout.split(separator: "\n").last.map(String.init) ?? ""
         #expect(last.hasSuffix("0 failed") || last.contains(" 0 failed,"), "closing line: \(last)\n\(r.stdout)")
         #expect(r.status == 0)
+        #expect(r.stdout.contains("PASS ") && r.stdout.contains("registration-v2.json [registration-v2]"),
+                "the registration v2 vectors run: \(r.stdout)")
     }
 }
 

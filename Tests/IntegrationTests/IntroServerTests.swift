@@ -61,7 +61,7 @@ final class IntroServerProcess {
     }
 
     func start() throws {
-        child = try ChildProcess(arguments, wrapper: wrapper)
+        child = try ChildProcess(arguments, launcher: wrapper.isEmpty ? nil : wrapper)
         guard let line = child.waitForLine(timeout: 20, { $0.hasPrefix("listening: ") }) else {
             throw IntroTestError.unexpected("server did not start: \(child.errorOutput.joined(separator: "\n"))")
         }
@@ -161,12 +161,12 @@ final class TestPeer {
     private var client: RegistrationClient
     private var received: [FileDescriptor] = []
 
-    init(_ server: IntroServerProcess, key: IdentityKeyPair = .generate()) throws {
+    init(_ server: IntroServerProcess, key: IdentityKeyPair = .generate(), form: RegistrationForm = .v2) throws {
         self.key = key
         self.server = server.identity
         control = try FileDescriptor.connect(unixPath: server.socketPath, timeout: .seconds(2))
         let signer = SigningIdentity(identity: key.publicIdentity) { key.sign($0) }
-        client = RegistrationClient(signer: signer, challenge: .random(), expectedServer: server.identity)
+        client = RegistrationClient(signer: signer, challenge: .random(), expectedServer: server.identity, form: form)
     }
 
     deinit { close() }
@@ -393,7 +393,7 @@ func seesEOF(_ descriptor: FileDescriptor, timeout: Double = 6) throws -> Bool {
         try a.register()
     }
 
-    @Test("A peer that disconnects can register again; a second live registration replaces the first")
+    @Test("A peer that disconnects can register again; a live registration is kept against a second one, audited with both credentials")
     func reRegistration() throws {
         let server = try IntroServerProcess()
         defer { server.stop(); server.dir.remove() }
@@ -405,13 +405,43 @@ func seesEOF(_ descriptor: FileDescriptor, timeout: Double = 6) throws -> Bool {
         try b2.register()
         let b3 = try TestPeer(server, key: b.key)
         try b3.register()
-        #expect(b2.seesEndOfStream(), "the older registration is closed")
-        #expect(server.waitForAudit("registration.accepted", reason: "replacedByNewer") != nil)
+        #expect(b3.seesEndOfStream(), "the newer registration is refused")
+        let refused = server.waitForAudit("registration.refused", reason: "liveRegistrationKept")
+        #expect(refused?["incumbent_pid"] as? Int == Int(getpid()) && refused?["pid"] as? Int == Int(getpid()))
+        #expect(server.auditRecords().filter { $0["event"] as? String == "registration.accepted" && $0["reason"] != nil }
+            .allSatisfy { $0["reason"] as? String == "replacedDeadConnection" })
         let mine = try a.introduce(to: b.identity)
         defer { mine.close() }
-        let (_, theirs) = try b3.awaitIntroduction()
+        let (_, theirs) = try b2.awaitIntroduction()
         defer { theirs.close() }
         #expect(try endsAreConnected(mine, theirs))
+    }
+
+    @Test("With --replace-same-uid a live registration is replaced by the same uid, audited with both credentials")
+    func replaceSameUID() throws {
+        let server = try IntroServerProcess(["--replace-same-uid"])
+        defer { server.stop(); server.dir.remove() }
+        let b = try TestPeer(server)
+        try b.register()
+        let b2 = try TestPeer(server, key: b.key)
+        try b2.register()
+        #expect(b.seesEndOfStream(), "the older registration is closed")
+        let record = server.waitForAudit("registration.accepted", reason: "replacedSameUID")
+        #expect(record?["incumbent_uid"] as? Int == Int(getuid()))
+    }
+
+    @Test("--registration-forms v2 refuses a Goblins-form registration before signing; the default serves both")
+    func registrationForms() throws {
+        let strict = try IntroServerProcess(["--registration-forms", "v2"])
+        defer { strict.stop(); strict.dir.remove() }
+        let legacy = try TestPeer(strict, form: .goblins)
+        #expect(throws: (any Error).self) { try legacy.register() }
+        #expect(strict.waitForAudit("registration.refused", reason: "registrationFormRefused") != nil)
+        try TestPeer(strict).register()
+        let open = try IntroServerProcess()
+        defer { open.stop(); open.dir.remove() }
+        try TestPeer(open, form: .goblins).register()
+        try TestPeer(open, form: .draft).register()
     }
 
     @Test("The socket file is created with mode 0600 by default and the requested mode otherwise")

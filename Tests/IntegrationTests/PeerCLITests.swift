@@ -149,6 +149,27 @@ import Transport
         server.stop()
     }
 
+    @Test func serverMarksPickTheRegistrationFormAndTheLegacyAllowListIsChecked() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let (keyA, _) = try Self.keygen(dir, "a.key")
+        let (keyS, _) = try Self.keygen(dir, "s.key")
+        let socket = dir.file("s.sock")
+        let (server, serverID) = try Self.startIntroServer(keyS, socket: socket, extra: ["--registration-forms", "legacy"])
+        defer { server.stop() }
+        // A v2-only peer fails against a legacy-only server; marked goblins: it registers.
+        let (goblins, uri) = try Self.startPeer(keyA, servers: ["goblins:\(socket)=\(serverID.designator)"])
+        defer { goblins.stop() }
+        #expect(uri.contains(serverID.designator))
+        let v2 = try runOCapNUDS(["peer", "--identity", keyA, "--server", socket, "--registration-timeout-ms", "2000"])
+        #expect(v2.status != 0, "a v2 peer must not fall back to the legacy form")
+        for bad in [["--allow-legacy-peers", "nobody"], ["--allow-legacy-peers", "any,\(serverID.designator)"],
+                    ["--server", "goblins:\(socket)", "--server", "draft:\(socket)"]] {
+            let r = try runOCapNUDS(["peer", "--identity", keyA, "--server", socket] + bad)
+            #expect(r.status == 2, "\(bad): \(r.stderr)")
+        }
+    }
+
     @Test func connectFailuresExitNonZeroAndPrintTheirReasonCode() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

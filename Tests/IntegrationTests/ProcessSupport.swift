@@ -54,12 +54,12 @@ final class ChildProcess: @unchecked Sendable {
     private var stdoutClosed = false
     private var stderrClosed = false
 
-    /// Starts `ocapn-uds` with `arguments`, through `wrapper` when given (for example
-    /// `prlimit …` or `setpriv …`, which then exec the binary).
-    init(_ arguments: [String], environment: [String: String]? = nil, wrapper: [String] = []) throws {
-        if let tool = wrapper.first {
-            process.executableURL = URL(fileURLWithPath: tool)
-            process.arguments = Array(wrapper.dropFirst()) + [TestProcesses.binary] + arguments
+    /// Starts `ocapn-uds` with `arguments`; with `launcher`, runs `launcher + [binary] +
+    /// arguments` instead (e.g. a shell that lowers a limit before exec).
+    init(_ arguments: [String], environment: [String: String]? = nil, launcher: [String]? = nil) throws {
+        if let launcher, let first = launcher.first {
+            process.executableURL = URL(fileURLWithPath: first)
+            process.arguments = Array(launcher.dropFirst()) + [TestProcesses.binary] + arguments
         } else {
             process.executableURL = URL(fileURLWithPath: TestProcesses.binary)
             process.arguments = arguments

@@ -28,15 +28,22 @@ final class CoreHarness {
     var invalidDescriptors: Set<Int> = []
     /// Targets the fake kernel reports as having read everything sent to them.
     var drained: Set<ID> = []
+    /// Connections the liveness probe reports as hung up.
+    var deadConnections: Set<ID> = []
+    /// Connections the core probed, in order.
+    private(set) var probed: [ID] = []
     private var nextDescriptor = 100
     private var nextID: UInt64 = 1
     private var challenges: [Challenge]
 
     init(limits: IntroductionServerLimits = IntroductionServerLimits(), allowedUIDs: Set<UInt32> = [1000],
-         challenges: [Challenge] = [], toleratePadding: Bool = true) {
+         challenges: [Challenge] = [], registrationForms: RegistrationForms = .all, replaceSameUID: Bool = false,
+         toleratePadding: Bool = true) {
         self.challenges = challenges
         weak var box: CoreHarness?
-        var configuration = IntroductionServerConfiguration(limits: limits, allowedUIDs: allowedUIDs, debugLogging: true)
+        var configuration = IntroductionServerConfiguration(
+            limits: limits, allowedUIDs: allowedUIDs, debugLogging: true, registrationForms: registrationForms,
+            replaceSameUID: replaceSameUID)
         configuration.toleratePaddingDescriptor = toleratePadding
         var counter: UInt8 = 0
         core = Core(
@@ -50,7 +57,11 @@ final class CoreHarness {
                 box?.invalidDescriptors.contains(fd) == true ? .refused(description: "regular file") : .acceptable
             },
             describeDescriptor: { fd in "fake-\(fd)" },
-            targetHasReadEverything: { id in box?.drained.contains(id) == true })
+            targetHasReadEverything: { id in box?.drained.contains(id) == true },
+            probeConnection: { id in
+                box?.probed.append(id)
+                return box?.deadConnections.contains(id) == true ? .dead(description: "test: hung up") : .alive
+            })
         box = self
     }
 
@@ -121,16 +132,26 @@ final class CoreHarness {
 
     /// Registers `signer` on a new connection through a real `RegistrationClient`.
     @discardableResult
-    func register(_ signer: SigningIdentity, challenge: Challenge? = nil) -> ID {
-        let id = accept()
+    func register(_ signer: SigningIdentity, challenge: Challenge? = nil, form: RegistrationForm = .v2,
+                  uid: UInt32 = 1000) -> ID {
+        let id = attemptRegistration(signer, challenge: challenge, form: form, uid: uid)
+        #expect(core.route(for: signer.identity) == id, "registration of \(signer.identity) failed")
+        return id
+    }
+
+    /// Runs a registration as far as the server lets it; the caller checks the outcome.
+    @discardableResult
+    func attemptRegistration(_ signer: SigningIdentity, challenge: Challenge? = nil, form: RegistrationForm = .v2,
+                             uid: UInt32 = 1000) -> ID {
+        let id = accept(uid: uid)
         var client = RegistrationClient(signer: signer, challenge: challenge ?? Challenge.random(),
-                                        expectedServer: Fixtures.serverS.identity)
+                                        expectedServer: Fixtures.serverS.identity, form: form)
         feed(id, client.start().encoded)
         let response = takeSent(id)
+        guard !closedConnections.contains(id) else { return id }
         let actions = try! client.receive(Fixtures.decode(response))
         guard case let .send(reply) = actions.first else { fatalError("client did not answer") }
         feed(id, reply.encoded)
-        #expect(core.route(for: signer.identity) == id, "registration of \(signer.identity) failed")
         return id
     }
 

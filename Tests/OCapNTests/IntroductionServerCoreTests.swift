@@ -578,18 +578,85 @@ import Testing
 
     // MARK: re-registration and disconnects
 
-    @Test("A second live registration of the same key wins; the older connection is closed")
-    func newestRegistrationWins() {
+    @Test("A registration of a key whose earlier connection is alive is refused; the live one keeps its route")
+    func liveRegistrationIsKept() {
         let h = CoreHarness()
         let old = h.register(Peers.signer(2))
-        let new = h.register(Peers.signer(2))
+        let new = h.attemptRegistration(Peers.signer(2))
+        #expect(h.probed == [old])
+        #expect(h.closedConnections == [new])
+        #expect(h.core.route(for: Peers.signer(2).identity) == old)
+        #expect(h.reasons(.registrationRefused) == [.liveRegistrationKept])
+        let refused = h.audits(.registrationRefused)[0]
+        #expect(refused.claimed == Peers.signer(2).identity && refused.proved == nil)
+        #expect(refused.credentials == h.credentials && refused.incumbentCredentials == h.credentials)
+        let a = h.register(Peers.signer(1))
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.forwards.map(\.target) == [old])
+        h.finish()
+    }
+
+    @Test("A registration replaces an earlier connection of its key that the probe finds hung up")
+    func deadRegistrationIsReplaced() {
+        let h = CoreHarness()
+        let old = h.register(Peers.signer(2))
+        h.deadConnections = [old]
+        let new = h.register(Peers.signer(2), uid: 1000)
         #expect(h.closedConnections == [old])
         #expect(h.core.route(for: Peers.signer(2).identity) == new)
-        #expect(h.reasons(.registrationAccepted) == [nil, .replacedByNewer])
+        #expect(h.reasons(.registrationAccepted) == [nil, .replacedDeadConnection])
+        #expect(h.audits(.registrationAccepted)[1].incumbentCredentials == h.credentials)
         let a = h.register(Peers.signer(1))
         h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
         #expect(h.forwards.map(\.target) == [new])
         h.finish()
+    }
+
+    @Test("With replaceSameUID a live connection is replaced by the same uid only")
+    func sameUIDReplacesLive() {
+        let h = CoreHarness(allowedUIDs: [1000, 1001], replaceSameUID: true)
+        let old = h.register(Peers.signer(2), uid: 1000)
+        let other = h.attemptRegistration(Peers.signer(2), uid: 1001)
+        #expect(h.closedConnections == [other])
+        #expect(h.reasons(.registrationRefused) == [.liveRegistrationKept])
+        #expect(h.audits(.registrationRefused)[0].credentials?.uid == 1001)
+        #expect(h.audits(.registrationRefused)[0].incumbentCredentials?.uid == 1000)
+        let same = h.register(Peers.signer(2), uid: 1000)
+        #expect(h.closedConnections == [other, old])
+        #expect(h.core.route(for: Peers.signer(2).identity) == same)
+        #expect(h.reasons(.registrationAccepted) == [nil, .replacedSameUID])
+        h.finish()
+    }
+
+    @Test("A key that registered with v2 is refused in a legacy form afterwards, before the server signs")
+    func v2KeyRefusedAsLegacy() {
+        let h = CoreHarness()
+        let legacyFirst = h.register(Peers.signer(3), form: .goblins)
+        #expect(!h.core.remembersV2(Peers.signer(3).identity))
+        h.deadConnections = [legacyFirst]
+        let v2 = h.register(Peers.signer(3), form: .v2)
+        #expect(h.core.remembersV2(Peers.signer(3).identity))
+        h.deadConnections = [v2]
+        let id = h.accept()
+        h.feed(id, UDSMessage.register(UDSRegister(locator: PeerLocator(identity: Peers.signer(3).identity),
+                                                   challenge: Challenge.random())).encoded)
+        #expect(h.takeSent(id).isEmpty, "nothing signed for a refused legacy registration")
+        #expect(h.closedConnections.last == id)
+        #expect(h.reasons(.registrationRefused) == [.registrationFormRefused])
+        #expect(h.core.route(for: Peers.signer(3).identity) == v2)
+        h.finish()
+    }
+
+    @Test("A server configured for one form refuses the other before signing")
+    func configuredFormsOnly() {
+        for (forms, refused) in [(RegistrationForms.v2, RegistrationForm.goblins), (.legacy, .v2)] {
+            let h = CoreHarness(registrationForms: forms)
+            let id = h.attemptRegistration(Peers.signer(4), form: refused)
+            #expect(h.closedConnections == [id])
+            #expect(h.reasons(.registrationRefused) == [.registrationFormRefused])
+            h.register(Peers.signer(5), form: refused == .v2 ? .goblins : .v2)
+            h.finish()
+        }
     }
 
     @Test("A peer that disconnects is unrouted, its introductions wait again, and it can register anew")

@@ -142,7 +142,8 @@ enum ControlFuzzOracle {
         }
     }
 
-    /// Shape of the four records, written independently of `UDSMessage` (ocapn-uds-wire.md §5).
+    /// Shape of the seven records, written independently of `UDSMessage` (ocapn-uds-wire.md §5,
+    /// PROTOCOL.md §15).
     enum Schema {
         static func isMessage(_ v: SyrupValue) -> Bool {
             guard case let .record(label, f) = v else { return false }
@@ -152,6 +153,12 @@ enum ControlFuzzOracle {
             }
             if label == .symbol("uds:signature") { return isSignatureRecord(f) }
             if label == .symbol("uds:new-connection") { return f.count == 2 && isLocator(f[0]) && isLocator(f[1]) }
+            // Registration v2 (PROTOCOL.md §15): raw 64-byte signatures only.
+            if label == .symbol("uds-v2:register") { return f.count == 2 && isLocator(f[0]) && isBytes(f[1], 64) }
+            if label == .symbol("uds-v2:server-response") {
+                return f.count == 3 && isPublicKey(f[0]) && isBytes(f[1], 64) && isBytes(f[2], 64)
+            }
+            if label == .symbol("uds-v2:signature") { return f.count == 1 && isBytes(f[0], 64) }
             return false
         }
 

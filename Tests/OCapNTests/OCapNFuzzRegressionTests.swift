@@ -42,6 +42,14 @@ import Testing
         }
     }
 
+    @Test func registrationV2MessagesAreInTheOracleSchemaAndRoundTrip() throws {
+        let run = try RegistrationV2Tests.register()
+        for message in run.messages {
+            let input = Self.input([(message.encoded, 0)])
+            #expect(ControlFuzzOracle.violations(input).isEmpty, "\(message.name)")
+        }
+    }
+
     @Test func anIntroductionWithItsDescriptorOnTheMarkerReadIsAcceptedWhole() {
         let record = Fixtures.bytes("msg4_uds_new_connection_A_to_S")
         let input = Self.input([(record, 0), (UDSNewConnection.fdMarker, 1)])

@@ -7,9 +7,10 @@ import Testing
 /// The two registration machines back to back, in memory.
 @Suite struct RegistrationTests {
     /// Runs A (or `peer`) against S with the fixed challenges; returns both machines and the bytes.
-    static func register(_ peer: SigningIdentity = Fixtures.peerA, pinned: PublicIdentity? = nil)
+    static func register(_ peer: SigningIdentity = Fixtures.peerA, pinned: PublicIdentity? = nil,
+                         form: RegistrationForm = .goblins)
         throws -> (client: RegistrationClient, server: RegistrationServer, messages: [[UInt8]]) {
-        var client = RegistrationClient(signer: peer, challenge: Fixtures.clientChallenge, expectedServer: pinned)
+        var client = RegistrationClient(signer: peer, challenge: Fixtures.clientChallenge, expectedServer: pinned, form: form)
         var server = RegistrationServer(signer: Fixtures.serverS, challenge: Fixtures.serverChallenge)
         let msg1 = client.start().encoded
         let serverActions = try server.receive(Fixtures.decode(msg1))
@@ -112,7 +113,7 @@ import Testing
         }
         raw.clientChallengeResponse = .raw(raw.clientChallengeResponse.signature)
         for response in [spec, UDSMessage.serverResponse(raw).encoded] {
-            var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge)
+            var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge, form: .goblins)
             _ = client.start()
             let actions = try client.receive(Fixtures.decode(response))
             #expect(actions.first == .send(try UDSMessage(bytes: Fixtures.bytes("msg3_uds_signature_A_goblins"))))
@@ -141,7 +142,7 @@ import Testing
 
     @Test("The client refuses to sign a 65-byte server challenge")
     func clientRefusesLongChallenge() {
-        var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge)
+        var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge, form: .goblins)
         _ = client.start()
         let long = Fixtures.hex(Fixtures.reject("server_response_challenge_65_bytes")["hex"] as! String)
         #expect(code { try client.receive(Fixtures.decode(long)) } == .challengeLength)

@@ -24,7 +24,7 @@ import Testing
             actual = code { try Ed25519Signature(captpSigVal: Fixtures.decode(hex!)) }
         case "client-response":
             let pinned = try (r["pinned_server_hex"] as? String).map { try PublicIdentity(publicKey: Fixtures.hex($0)) }
-            var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge, expectedServer: pinned)
+            var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge, expectedServer: pinned, form: .goblins)
             _ = client.start()
             actual = code { try client.receive(Fixtures.decode(hex!)) }
             #expect(client.server == nil)
@@ -92,7 +92,7 @@ import Testing
         let signature = Fixtures.bytes("msg3_uds_signature_A_goblins")
         let intro = Fixtures.bytes("msg5_uds_new_connection_S_to_B")
         for bytes in [register, signature, intro] {
-            var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge)
+            var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge, form: .goblins)
             _ = client.start()
             #expect(code { try client.receive(Fixtures.decode(bytes)) } == .unexpectedMessage)
         }
@@ -119,7 +119,7 @@ import Testing
             var sig = r.clientChallengeResponse.signature.bytes
             sig[byte] ^= UInt8(1 << bit)
             r.clientChallengeResponse = .sigVal(try Ed25519Signature(sig))
-            var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge)
+            var client = RegistrationClient(signer: Fixtures.peerA, challenge: Fixtures.clientChallenge, form: .goblins)
             _ = client.start()
             #expect(code { try client.receive(.serverResponse(r)) } == .badSignature)
         }

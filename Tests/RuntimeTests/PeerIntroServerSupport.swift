@@ -105,9 +105,15 @@ final class TestIntroServer: @unchecked Sendable {
         if let directory { try? FileManager.default.removeItem(atPath: directory) }
     }
 
+    /// Sign registrations with another key than the one announced (a server whose signature
+    /// does not verify).
+    var forgesSignatures = false
+
     private var signer: SigningIdentity {
         let pair = identity
-        return SigningIdentity(identity: pair.publicIdentity, sign: { pair.sign($0) })
+        let other = IdentityKeyPair.generate()
+        let forge = forgesSignatures
+        return SigningIdentity(identity: pair.publicIdentity, sign: { forge ? other.sign($0) : pair.sign($0) })
     }
 
     private func handle(_ event: ListenerEvent) {

@@ -165,11 +165,19 @@ struct TestPeer {
     let netlayer: PeerNetlayer
     let audit: AuditMemorySink
 
-    init(handshakeTimeout: Duration = .seconds(2), registrationTimeout: Duration = .seconds(2), allowLegacy: Bool = false) {
-        pair = IdentityKeyPair.generate()
+    init(
+        pair: IdentityKeyPair = IdentityKeyPair.generate(), handshakeTimeout: Duration = .seconds(2),
+        registrationTimeout: Duration = .seconds(2), allowLegacy: Bool = false,
+        maxHandshakes: Int = HandshakeLimiter.defaultLimit, resources: PeerResourceLimits = PeerResourceLimits(),
+        reconnect: ReconnectPolicy = ReconnectPolicy()
+    ) {
+        self.pair = pair
         audit = AuditMemorySink(writer: pair.publicIdentity)
         var configuration = PeerNetlayer.Configuration(registrationTimeout: registrationTimeout, connectTimeout: .milliseconds(500))
         configuration.channel = PeerTestSupport.fastConfiguration(timeout: handshakeTimeout, allowLegacy: allowLegacy)
+        configuration.maxConcurrentHandshakes = maxHandshakes
+        configuration.resources = resources
+        configuration.reconnect = reconnect
         netlayer = PeerNetlayer(identity: pair, configuration: configuration, audit: audit, logger: PeerTestSupport.quietLogger)
     }
 
