@@ -121,6 +121,9 @@ struct IntroServerCommand: AsyncParsableCommand {
         valueName: "forms"))
     var registrationForms: String = "v2,legacy"
 
+    @Flag(help: "Refuse a marker that carries a second descriptor (extraFds) instead of closing the padding descriptor a Goblins-style 24-byte control message adds (PROTOCOL.md §16).")
+    var strictDescriptorCount = false
+
     @Flag(help: "Let a registration take over a live earlier connection of its key when both have the same uid (SO_PEERCRED). Without it a live registration is never displaced.")
     var replaceSameUid = false
 
@@ -185,6 +188,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         var configuration = IntroductionServer.Configuration(core: IntroductionServerConfiguration(
             limits: limits, allowedUIDs: Set(allowUid + [ownUID]), debugLogging: level <= .debug,
             registrationForms: parsedForms() ?? .all, replaceSameUID: replaceSameUid))
+        configuration.core.toleratePaddingDescriptor = !strictDescriptorCount
         configuration.outputQueueBytes = outputQueueBytes
         configuration.onSocketLoss = IntroductionServer.SocketLossPolicy(rawValue: onSocketLoss) ?? .recreate
         configuration.readBufferBytes = readBufferBytes

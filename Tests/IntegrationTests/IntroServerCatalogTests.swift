@@ -102,6 +102,25 @@ import Transport
         }
     }
 
+    @Test("A3 strict: with --strict-descriptor-count two descriptors on a marker close the connection as extraFds")
+    func strictDescriptorCount() throws {
+        try withCanaries(["--strict-descriptor-count"]) { server, d in
+            let x = try rawConnection(server)
+            try x.register()
+            #expect(server.waitForAudit("registration.accepted", count: 3) != nil)
+            let pairs = [try FileDescriptor.socketPair(), try FileDescriptor.socketPair()]
+            try x.sendIntroduction(to: d.identity, passing: pairs.map(\.1))
+            for (_, theirs) in pairs { theirs.close() }
+            #expect(x.seesEndOfStream())
+            #expect(server.waitForAudit("introduction.refused", reason: "extraFds") != nil)
+            for (mine, _) in pairs {
+                #expect(try seesEOF(mine))
+                mine.close()
+            }
+            x.close()
+        }
+    }
+
     @Test("A8/A9: a regular file, a TCP socket, a listening socket or the sender's own control socket is refused as fdInvalid; the sender stays",
           arguments: ["regular file", "tcp socket", "listening socket", "own control socket"])
     func wrongDescriptorKinds(kind: String) throws {
