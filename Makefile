@@ -1,7 +1,7 @@
 # The two commands of a fresh machine: `make demo` (the main job) and `make test` (the whole suite).
 SWIFT ?= swift
 
-.PHONY: deps build release demo test bench clean
+.PHONY: deps build release demo test examples check-warnings bench clean
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -19,8 +19,22 @@ demo: release
 # deadlines of a few hundred milliseconds; in parallel on 2 cores they interfere. The suite
 # takes about 20 s either way. `swift test` (parallel) works for day-to-day use.
 # A bound on the whole run, so a hang fails in minutes instead of eating CI's time.
-test: deps
-	timeout 1500 $(SWIFT) test --no-parallel
+test: deps examples check-warnings
+	timeout 1500 $(SWIFT) test --no-parallel --disable-xctest
+
+# Examples/: README.md's and docs/PEER.md's code as a package using this checkout; the test
+# suite runs its programs (ExamplesTests), and under `make test` a missing build is a failure.
+examples: deps
+	$(SWIFT) build --package-path Examples
+
+# Zero compiler warnings in Sources/, Tests/ and Examples/, in the test build and in the release
+# build when there is one (scripts/check-warnings.sh reads the compiler's diagnostics files, so
+# an incremental build still reports an earlier warning). `make demo` never fails on a warning.
+check-warnings: deps examples
+	$(SWIFT) build --build-tests
+	@./scripts/check-warnings.sh .build/debug Examples/.build/debug $$(test -d .build/release && echo .build/release)
+
+test: export OCAPN_UDS_EXAMPLES = required
 
 bench: release
 	./.build/release/ocapn-uds bench

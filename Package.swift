@@ -17,7 +17,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "ocapn-uds", targets: ["ocapn-uds"]),
-        .library(name: "OCapNUDS", targets: ["Runtime"]),
+        // Runtime and Audit (an `AuditSink` is part of `PeerNetlayer`'s API).
+        .library(name: "OCapNUDS", targets: ["Runtime", "Audit"]),
         // The sans-IO layers on their own (the fuzz package in Fuzz/ builds against these).
         .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto", "Audit"]),
     ],

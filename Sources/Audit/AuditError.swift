@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Why an audit operation failed: a bad record, a broken file, an I/O error.
 ///
 /// Callers match on `code`; `detail` names the field, length or errno for local diagnostics and
@@ -37,6 +41,18 @@ public struct AuditError: Error, Equatable, Sendable, CustomStringConvertible {
 
     @inline(never)
     static func io(_ call: String, _ path: String, errno: Int32) -> AuditError {
-        AuditError(.ioError, "\(call)(\(path)) failed: errno \(errno)")
+        // The errno in words and what to check: "open(x.jsonl): No such file or directory (errno 2)".
+        let words = strerror(errno).map { String(cString: $0) } ?? "errno \(errno)"
+        var detail = "\(call)(\(path)): \(words) (errno \(errno))"
+        if call == "open", errno == ENOENT {
+            let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+            var info = stat()
+            if !directory.isEmpty, stat(directory, &info) != 0 {
+                detail += " — directory \(directory) does not exist"
+            } else {
+                detail += " — check the path"
+            }
+        }
+        return AuditError(.ioError, detail)
     }
 }

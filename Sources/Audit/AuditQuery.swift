@@ -49,6 +49,8 @@ public struct AuditSummary: Sendable {
     public let maxTrackedAttempts: Int
 
     public private(set) var records = 0
+    /// Every record read, matching or not (log.* bookkeeping included): what `--verify` counts.
+    public private(set) var recordsRead = 0
     public private(set) var byEvent: [AuditEventKind: [AuditOutcome: Int]] = [:]
     public private(set) var failuresByReason: [AuditReason: Int] = [:]
     public private(set) var peerCounts: [AuditPeerID: Int] = [:]
@@ -84,6 +86,9 @@ public struct AuditSummary: Sendable {
         return row.values.reduce(0, +)
     }
 
+    /// Counts a record read from the files, before filtering.
+    public mutating func read() { recordsRead += 1 }
+
     public mutating func add(_ r: AuditLocatedRecord) {
         let e = r.record.event
         records += 1
@@ -118,12 +123,17 @@ public struct AuditSummary: Sendable {
     public func render(topPeerCount: Int = 10) -> String {
         var out: [String] = []
         let range = first.map { "\($0.rfc3339) .. \(last!.rfc3339)" } ?? "-"
-        out.append("records: \(records)   failures: \(failureCount)   time: \(range)")
+        // The same total as --verify, then how many of them are counted below.
+        let read = max(recordsRead, records)
+        let shown = read == records ? "" : " (\(records) shown; the rest are log.* bookkeeping or filtered out)"
+        out.append("records: \(read)\(shown)   failures: \(failureCount)   time: \(range)")
         if unterminatedAttempts > 0 || repeatedTerminals > 0 {
             out.append("attempts without an end: \(unterminatedAttempts)   attempts ended twice: \(repeatedTerminals)")
         }
         out.append("")
-        out.append(pad("event", 24) + pad("success", 9) + pad("failure", 9) + pad("pending", 9) + "info")
+        // Start records (introduction.requested, handshake.started) open an attempt; whether one
+        // is still open is the "attempts without an end" line, so the column is not "pending".
+        out.append(pad("event", 24) + pad("success", 9) + pad("failure", 9) + pad("started", 9) + "info")
         for kind in AuditEventKind.allCases {
             guard let row = byEvent[kind] else { continue }
             out.append(pad(kind.rawValue, 24) + pad("\(row[.success] ?? 0)", 9) + pad("\(row[.failure] ?? 0)", 9)
@@ -157,6 +167,9 @@ public struct AuditSummary: Sendable {
         if let reason = e.reason { parts.append("reason=\(reason)") }
         if let role = e.role { parts.append("role=\(role.rawValue)") }
         if let p = e.remotePeer { parts.append("peer=\(p)") }
+        // An introduction's parties, so a listed failure says whom it was for.
+        if let f = e.from, f != e.remotePeer { parts.append("from=\(f)") }
+        if let t = e.to, t != e.remotePeer { parts.append("to=\(t)") }
         if let s = e.introServer { parts.append("server=\(s)") }
         if let c = e.credentials { parts.append("pid=\(c.pid) uid=\(c.uid)") }
         if let d = e.durationMicros { parts.append("duration_us=\(d)") }

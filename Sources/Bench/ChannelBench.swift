@@ -44,7 +44,7 @@ enum ChannelBench {
             var messages = 0
             while messages < count {
                 var eof = false
-                try receiver.withInputBuffer(minimumCapacity: 256 << 10) { buf in
+                receiver.withInputBuffer(minimumCapacity: 256 << 10) { buf in
                     let n = Glibc.read(rawB, buf.baseAddress, buf.count)
                     if n <= 0 { eof = true; return 0 }
                     return n

@@ -71,7 +71,7 @@ enum IntroductionBench {
         let (aControl, serverFromA) = try FileDescriptor.socketPair()
         let (serverToB, bControl) = try FileDescriptor.socketPair()
         defer { [aControl, serverFromA, serverToB, bControl].forEach { $0.close() } }
-        nonisolated(unsafe) let (inbound, outbound, target) = (serverFromA, serverToB, bControl)
+        let (inbound, outbound, target) = (serverFromA, serverToB, bControl)
         let done = DispatchSemaphore(value: 0)
         let relay = Thread {
             defer { done.signal() }

@@ -57,7 +57,7 @@ final class PeerBench {
         let out = Pipe()
         p.standardOutput = out
         let log = path("pb-\(processes.count).log")
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         p.standardError = FileHandle(forWritingAtPath: log)
         try p.run()
         processes.append(p)

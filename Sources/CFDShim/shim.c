@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdalign.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/un.h>
 #include <linux/sockios.h>
 
@@ -61,3 +62,7 @@ int cfd_socket_unread_output(int fd, int *bytes) {
     assert(bytes != NULL);
     return ioctl(fd, SIOCOUTQ, bytes);
 }
+
+int cfd_set_dumpable(int dumpable) { return prctl(PR_SET_DUMPABLE, (unsigned long)dumpable, 0UL, 0UL, 0UL); }
+
+int cfd_get_dumpable(void) { return prctl(PR_GET_DUMPABLE, 0UL, 0UL, 0UL, 0UL); }

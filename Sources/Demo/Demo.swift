@@ -53,15 +53,56 @@ public final class Demo: @unchecked Sendable {
     }
 
     let options: Options
-    let say: @Sendable (String) -> Void
+    private let progress: @Sendable (String) -> Void
     private let lock = NSLock()
     private var children: [Process] = []
     private var cleanedUp = false
-    private(set) var directory = ""
+    /// Set by `interrupt()`: progress goes quiet and no new connection starts.
+    private var stopping = false
+    /// The client's audit log, sealed by `interrupt()` when the run is cut short.
+    private var clientAudit: AuditFileSink?
+    /// Display names of the run's identities ("peer-1"), for progress lines.
+    private var names: [PublicIdentity: String] = [:]
+    public private(set) var directory = ""
 
     public init(options: Options, progress: @escaping @Sendable (String) -> Void) {
         self.options = options
-        say = progress
+        self.progress = progress
+    }
+
+    /// True once `interrupt()` ran.
+    public var isStopping: Bool { lock.withLock { stopping } }
+
+    /// One progress line, unless the run is being interrupted (then nothing more is said).
+    func say(_ line: String) {
+        // Under the lock: once `interrupt()` has set `stopping`, no line can slip out after it.
+        lock.withLock {
+            guard !stopping else { return }
+            progress(line)
+        }
+    }
+
+    /// `name fp1:…` for an identity of this run.
+    func label(_ identity: PublicIdentity) -> String {
+        let name = lock.withLock { names[identity] }
+        return name.map { "\($0) \(identity.fingerprint)" } ?? identity.fingerprint
+    }
+
+    private func name(_ identity: PublicIdentity, _ name: String) { lock.withLock { names[identity] = name } }
+
+    /// Ctrl-C: stop the loops, the server and the peers (they seal their audit logs on SIGTERM),
+    /// seal the client's audit log, remove keys and sockets. Returns the directory that keeps the
+    /// logs and audit trails; `notice` runs once progress has gone quiet. Safe to call from a
+    /// signal handler's queue.
+    public func interrupt(notice: () -> Void = {}) -> String {
+        let sink = lock.withLock { () -> AuditFileSink? in
+            stopping = true
+            return clientAudit
+        }
+        notice()
+        cleanUp()
+        sink?.close()
+        return directory
     }
 
     // MARK: processes
@@ -73,7 +114,7 @@ public final class Demo: @unchecked Sendable {
         let out = Pipe()
         process.standardOutput = out
         let logPath = file("\(name).log")
-        FileManager.default.createFile(atPath: logPath, contents: nil, attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil, attributes: [.posixPermissions: 0o600])
         process.standardError = FileHandle(forWritingAtPath: logPath)
         process.standardInput = FileHandle.nullDevice
         try lock.withLock {
@@ -147,7 +188,18 @@ public final class Demo: @unchecked Sendable {
             peerKeys.append(k)
         }
         let clientKey = IdentityKeyPair.generate()
-        say("generated \(options.peers + 2) identities: server \(serverKey.publicIdentity.fingerprint), client \(clientKey.publicIdentity.fingerprint)")
+        let impostorKey = IdentityKeyPair.generate()
+        name(serverKey.publicIdentity, "intro-server")
+        for (i, k) in peerKeys.enumerated() { name(k.publicIdentity, "peer-\(i + 1)") }
+        name(clientKey.publicIdentity, "client")
+        name(impostorKey.publicIdentity, "impostor")
+        say("identities (name and fingerprint; the audit summary below names them by fingerprint):")
+        say("  intro-server  \(serverKey.publicIdentity.fingerprint)  the introduction server (a separate process)")
+        for (i, k) in peerKeys.enumerated() {
+            say("  " + "peer-\(i + 1)".padding(toLength: 12, withPad: " ", startingAt: 0) + "  \(k.publicIdentity.fingerprint)  an echo peer (a separate process)")
+        }
+        say("  client        \(clientKey.publicIdentity.fingerprint)  this process, which opens the connections")
+        say("  impostor      \(impostorKey.publicIdentity.fingerprint)  a registered peer that will lie about `from` (attack 1)")
 
         // The introduction server.
         let socketPath = file("intro.sock")
@@ -156,11 +208,13 @@ public final class Demo: @unchecked Sendable {
             "intro-server", "--identity", file("intro-server.key"), "--socket", socketPath,
             "--audit-log", serverAudit, "--log-level", "notice",
         ])
-        let ready = try firstLine(serverOut, of: "intro-server")
-        say("introduction server up: \(ready)")
+        _ = try firstLine(serverOut, of: "intro-server")
+        say("intro-server listening on \(socketPath)")
 
         // A lying introduction server, which the last peer also registers with.
         let liar = try LyingIntroductionServer(path: file("lying.sock"))
+        name(liar.identity, "lying-server")
+        defer { liar.stop() }  // also when a later step throws (an interrupt, a failed start)
         liar.start()
 
         // The echo peers.
@@ -177,7 +231,12 @@ public final class Demo: @unchecked Sendable {
             guard locator.identity == peerKeys[i - 1].publicIdentity else { throw DemoError("peer-\(i) printed another identity") }
             locators.append(locator)
             auditLogs.append(file("peer-\(i).audit.jsonl"))
-            say("peer-\(i) \(locator.identity.fingerprint) registered: \(uri)")
+            if i == options.peers {
+                say("peer-\(i) registered with intro-server and with lying-server \(liar.identity.fingerprint), a lying"
+                    + " introduction server (attack 2); its locator names both servers as hints")
+            } else {
+                say("peer-\(i) registered with intro-server; its locator ocapn://<key>.unix-domain-socket?<server key>=t names it")
+            }
         }
 
         // This process as a client peer.
@@ -185,12 +244,22 @@ public final class Demo: @unchecked Sendable {
         let clientAudit = try AuditFileSink(AuditFileConfiguration(
             path: clientAuditPath, writer: clientKey.publicIdentity,
             signer: AuditSigner(identity: clientKey.publicIdentity, sign: { clientKey.sign($0) })))
+        // Handed to `interrupt()`, which seals it; an interrupt that came first is honoured here.
+        let kept = lock.withLock { () -> Bool in
+            guard !stopping else { return false }
+            self.clientAudit = clientAudit
+            return true
+        }
+        guard kept else {
+            clientAudit.close()
+            throw DemoError("interrupted")
+        }
         auditLogs.append(clientAuditPath)
         var logger = Logger(label: "ocapn-uds.demo")
         logger.logLevel = .error
         let netlayer = PeerNetlayer(identity: clientKey, audit: clientAudit, logger: logger)
         _ = try await netlayer.addServer(path: socketPath, expectedKey: serverKey.publicIdentity)
-        say("client registered: \(netlayer.locator.uri)")
+        say("client registered with intro-server")
 
         // Connections: handshake, echo, close.
         say("opening \(options.connections) connections (\(options.concurrency) at a time), \(options.messages) messages each")
@@ -198,15 +267,21 @@ public final class Demo: @unchecked Sendable {
         await netlayer.shutdown()
         clientAudit.close()
 
+        guard !isStopping else { throw DemoError("interrupted") }
+
         // Attack 1: a registered peer lies about `from`; the server must refuse.
-        say("attack 1: a registered peer claims to be \(locators[0].identity.fingerprint) in an introduction")
-        let spoof = try spoofedFrom(socketPath: socketPath, server: serverKey.publicIdentity, victim: locators[0], target: locators[1 % locators.count])
+        let victim = locators[0], spoofTarget = locators[1 % locators.count]
+        say("attack 1: the impostor asks intro-server to introduce it to \(label(spoofTarget.identity)) as \(label(victim.identity))")
+        let spoof = try spoofedFrom(socketPath: socketPath, server: serverKey.publicIdentity, impostor: impostorKey,
+                                    victim: victim, target: spoofTarget)
         let spoofReason = spoof ? waitForReason(in: serverAudit, event: "introduction.refused") : nil
         say(spoof ? "  refused by the introduction server: \(spoofReason ?? "closed")" : "  NOT refused")
+        say("  with an unauthenticated netlayer (plain Goblins) nothing checks `from`: \(names(spoofTarget)) would have"
+            + " talked CapTP with the impostor as if it were \(names(victim))")
 
         // Attack 2: a lying introduction server hands the last peer a socket it holds itself.
         let target = locators[locators.count - 1]
-        say("attack 2: a lying introduction server tells \(target.identity.fingerprint) that \(locators[0].identity.fingerprint) is calling")
+        say("attack 2: lying-server hands \(label(target.identity)) a socket it holds itself, saying \(label(victim.identity)) is calling")
         let outcome: LyingIntroductionServer.Outcome
         if liar.waitForRegistration(timeout: 10) == nil {
             outcome = .notRegistered
@@ -216,11 +291,13 @@ public final class Demo: @unchecked Sendable {
         liar.stop()
         let liarReason = outcome == .refused ? waitForReason(in: file("peer-\(options.peers).audit.jsonl"), event: "handshake.failed") : nil
         switch outcome {
-        case .refused: say("  refused by the target's handshake: \(liarReason ?? "closed")")
+        case .refused: say("  refused by \(names(target))'s handshake: \(liarReason ?? "closed")")
         case .answered: say("  NOT refused: the target answered the handshake")
         case .notRegistered: say("  could not run: the target never registered with the lying server")
         case let .failed(why): say("  could not run: \(why)")
         }
+        say("  with an unauthenticated netlayer (plain Goblins) \(names(target)) would have taken the socket for"
+            + " \(names(victim))'s, and lying-server would read and write everything on it")
 
         // Stop everything so every audit log is sealed with its signed closing record.
         cleanUp()
@@ -255,30 +332,48 @@ public final class Demo: @unchecked Sendable {
         case failure(String)
     }
 
+    /// Above this many connections, one progress line a second replaces the line per connection.
+    static let perConnectionLinesUpTo = 20
+
     private func connectAll(netlayer: PeerNetlayer, to locators: [PeerLocator]) async -> [ConnectionResult] {
         let total = options.connections, perConnection = options.messages, width = max(1, options.concurrency)
-        let say = self.say
+        let perLine = total <= Self.perConnectionLinesUpTo
+        let say: @Sendable (String) -> Void = { [self] line in if perLine { self.say(line) } }
+        let names: @Sendable (PublicIdentity) -> String = { [self] in label($0) }
+        let started = ContinuousClock.now
         return await withTaskGroup(of: ConnectionResult.self) { group in
             var results: [ConnectionResult] = []
-            var next = 0
+            var next = 0, failed = 0
+            var lastReport = started
             func add() {
                 let index = next
                 next += 1
                 let target = locators[index % locators.count]
                 group.addTask {
-                    await Self.oneConnection(netlayer: netlayer, target: target, index: index, messages: perConnection, say: say)
+                    await Self.oneConnection(netlayer: netlayer, target: target, index: index, messages: perConnection,
+                                             names: names, say: say)
                 }
             }
             for _ in 0..<min(width, total) { add() }
             while let r = await group.next() {
                 results.append(r)
-                if next < total { add() }
+                if case .failure = r { failed += 1 }
+                let now = ContinuousClock.now
+                if !perLine, now - lastReport >= .seconds(1) || results.count == total {
+                    lastReport = now
+                    let seconds = max(0.001, Double((now - started).components.attoseconds) / 1e18 + Double((now - started).components.seconds))
+                    self.say("  \(results.count) of \(total) connections done (\(results.count - failed) verified and echoed,"
+                             + " \(failed) failed), \(Int(Double(results.count) / seconds))/s")
+                }
+                // Ctrl-C: no new connection; the ones in flight end with the server's exit.
+                if next < total, !isStopping { add() }
             }
             return results
         }
     }
 
     private static func oneConnection(netlayer: PeerNetlayer, target: PeerLocator, index: Int, messages: Int,
+                                      names: @Sendable (PublicIdentity) -> String,
                                       say: @Sendable (String) -> Void) async -> ConnectionResult {
         let t0 = ContinuousClock.now
         do throws(PeerError) {
@@ -299,18 +394,19 @@ public final class Demo: @unchecked Sendable {
                 echoed += 1
             }
             let summary = await channel.close()
-            say("  connection \(index + 1): \(channel.peerFingerprint) verified, \(echoed) echoed, \(summary.clean ? "closed cleanly" : "closed: \(summary.reason?.code.rawValue ?? "?")"), first echo after \(Int(latency)) µs")
+            say("  connection \(index + 1): \(names(target.identity)) verified, \(echoed) echoed, \(summary.clean ? "closed cleanly" : "closed: \(summary.reason?.code.rawValue ?? "?")"), first echo after \(Int(latency)) µs")
             return .success(latencyMicros: latency, messages: echoed)
         } catch {
-            say("  connection \(index + 1) to \(target.identity.fingerprint) failed: \(error.code.rawValue)")
+            say("  connection \(index + 1) to \(names(target.identity)) failed: \(error.code.rawValue)")
             return .failure(error.code.rawValue)
         }
     }
 
     /// Registers an impostor and sends an introduction claiming to come from `victim`.
     /// True when the server closed the impostor's connection (the refusal).
-    private func spoofedFrom(socketPath: String, server: PublicIdentity, victim: PeerLocator, target: PeerLocator) throws -> Bool {
-        let impostor = try BlockingIntroductionClient(path: socketPath, server: server)
+    private func spoofedFrom(socketPath: String, server: PublicIdentity, impostor key: IdentityKeyPair,
+                             victim: PeerLocator, target: PeerLocator) throws -> Bool {
+        let impostor = try BlockingIntroductionClient(path: socketPath, server: server, key: key)
         defer { impostor.close() }
         try impostor.register()
         let (mine, theirs) = try FileDescriptor.socketPair()
@@ -324,6 +420,11 @@ public final class Demo: @unchecked Sendable {
         } catch {
             return true  // end of stream or reset: the server closed the impostor
         }
+    }
+
+    /// The short name of a locator's identity ("peer-1").
+    private func names(_ locator: PeerLocator) -> String {
+        lock.withLock { names[locator.identity] } ?? locator.identity.fingerprint
     }
 
     /// The reason of the last `event` record in an audit log, waiting briefly for it.

@@ -16,11 +16,9 @@ public struct PublicIdentity: Hashable, Sendable, CustomStringConvertible {
         guard publicKey.count == Self.keyLength else {
             throw IdentityError(.invalidPublicKey, "an Ed25519 public key is 32 bytes, got \(publicKey.count)")
         }
-        if !ValidatedKeyCache.shared.contains(publicKey) {
-            guard Ed25519.isValidIdentityKey(publicKey) else {
-                throw IdentityError(.invalidPublicKey, "not a valid Ed25519 identity key (small-order, mixed-order or non-canonical point)")
-            }
-            ValidatedKeyCache.shared.insert(publicKey)
+        // The cache keeps the key's X25519 form too, so the handshake does not convert it again.
+        guard IdentityKeyCache.shared.isValidIdentityKey(publicKey) else {
+            throw IdentityError(.invalidPublicKey, "not a valid Ed25519 identity key (small-order, mixed-order or non-canonical point)")
         }
         self.publicKey = publicKey
     }

@@ -332,7 +332,9 @@ public final class IntroductionServerCore<Descriptor> {
             drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
             return out
         }
-        drop(connection, reason: .peerReset, detail: "the peer closed the connection", now: now, into: &out)
+        // An orderly EOF is a peer leaving, not a reset: no reason (a registering peer's audit
+        // record still says peerReset, the refusal's reason code).
+        drop(connection, reason: nil, detail: "the peer closed the connection", now: now, into: &out)
         return out
     }
 

@@ -244,7 +244,9 @@ public struct IntroductionServerLimits: Sendable, Equatable {
     /// Introductions of one sender forwarded and not yet read by their targets.
     public var maxInFlightPerSender: Int = 64
     /// How long an introduction waits for its target to register; zero refuses at once.
-    public var pendingLifetime: Duration = .seconds(10)
+    /// Shorter than the initiator's 10 s handshake deadline, so an initiator whose target never
+    /// registers learns it from the server's drop (EOF: `introductionDropped`), not its timer.
+    public var pendingLifetime: Duration = .seconds(5)
     /// Sustained introductions per second per registered peer; zero means unlimited.
     public var introductionsPerSecond: Int = 200
     /// Token-bucket depth: introductions a peer may send at once after being idle.

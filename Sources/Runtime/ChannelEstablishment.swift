@@ -34,7 +34,7 @@ public struct ChannelRuntimeConfiguration: Sendable {
     }
     /// Asked about an initiator's key after msg1's header checks; false → `peerNotAllowed`.
     public var peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)?
-    /// Ephemeral X25519 keys (tests inject fixed ones).
+    /// Ephemeral X25519 keys: made ahead of time by the process-wide pool (tests inject fixed ones).
     public var ephemeralKeys: EphemeralKeySource
     /// SO_SNDBUF for our end of each channel socket (nil: the kernel default, about 208 KiB);
     /// the kernel caps it at net.core.wmem_max.
@@ -45,7 +45,7 @@ public struct ChannelRuntimeConfiguration: Sendable {
         maxInboundQueuedBytes: Int = 4 << 20, maxInboundQueuedMessages: Int = 1024,
         maxOutboundQueuedBytes: Int = 1 << 20, readChunkSize: Int = 64 << 10, readsPerEvent: Int = 8,
         closeTimeout: Duration = .seconds(2), allowLegacyPeers: Bool = false,
-        peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil, ephemeralKeys: EphemeralKeySource = .system,
+        peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil, ephemeralKeys: EphemeralKeySource = .pooled,
         socketSendBufferSize: Int? = 1 << 20
     ) {
         precondition(maxInboundQueuedBytes >= 1 && maxInboundQueuedMessages >= 1, "inbound queue bounds must be positive")
@@ -127,6 +127,7 @@ public struct ChannelEstablishment: Sendable {
     public let limiter: HandshakeLimiter
     let handshakeIdentity: HandshakeIdentity
     let keyCache: X25519KeyCache
+    let staticSecrets: StaticSecretCache
     /// Keys that completed UDS-HS1 here, never admitted as legacy afterwards.
     public let verifiedPeers: VerifiedPeerMemory
     private(set) var audit: (any AuditSink)?
@@ -137,11 +138,16 @@ public struct ChannelEstablishment: Sendable {
     /// - Parameters:
     ///   - limiter: share one between establishments that must respect one cap (default: a new
     ///     limiter of `HandshakeLimiter.defaultLimit`).
+    ///   - keyCache: peers' keys in X25519 form (default: the process-wide cache that identity
+    ///     validation fills too).
+    ///   - staticSecrets: ss per peer key, for this identity (default: a new cache of
+    ///     `StaticSecretCache.defaultCapacity` pairs, wiped when the establishment goes).
     ///   - audit: where handshake and channel records go (nil: none).
     public init(
         identity keyPair: IdentityKeyPair, configuration: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(),
-        limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = X25519KeyCache(),
-        verifiedPeers: VerifiedPeerMemory = VerifiedPeerMemory(), audit: (any AuditSink)? = nil, logger: Logger
+        limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = .shared,
+        staticSecrets: StaticSecretCache = StaticSecretCache(), verifiedPeers: VerifiedPeerMemory = VerifiedPeerMemory(),
+        audit: (any AuditSink)? = nil, logger: Logger
     ) {
         do {
             handshakeIdentity = try HandshakeIdentity(publicKey: keyPair.publicKey, secretKey: keyPair.handshakeSecretKey())
@@ -153,6 +159,7 @@ public struct ChannelEstablishment: Sendable {
         self.configuration = configuration
         self.limiter = limiter
         self.keyCache = keyCache
+        self.staticSecrets = staticSecrets
         self.verifiedPeers = verifiedPeers
         self.audit = audit
         self.logger = logger
@@ -181,7 +188,7 @@ public struct ChannelEstablishment: Sendable {
         do {
             machine = try HandshakeInitiator(
                 identity: handshakeIdentity, responder: responder.publicKey, configuration: configuration.handshake,
-                keyCache: keyCache, ephemeralKeys: configuration.ephemeralKeys, now: .now)
+                keyCache: keyCache, staticSecrets: staticSecrets, ephemeralKeys: configuration.ephemeralKeys, now: .now)
         } catch {
             limiter.release()
             socket.close()
@@ -220,7 +227,8 @@ public struct ChannelEstablishment: Sendable {
         }
         let machine = HandshakeResponder(
             identity: handshakeIdentity, announcedInitiator: initiator.publicKey, configuration: configuration.handshake,
-            policy: configuration.peerPolicy, keyCache: keyCache, ephemeralKeys: configuration.ephemeralKeys, now: .now)
+            policy: configuration.peerPolicy, keyCache: keyCache, staticSecrets: staticSecrets,
+            ephemeralKeys: configuration.ephemeralKeys, now: .now)
         let engine = ChannelEngine(
             socket: socket, phase: .responding(machine, legacyProbe: []), initialOutput: [],
             deadline: machine.deadline, facts: facts, environment: environment)

@@ -535,7 +535,7 @@ public final class IntroductionServer: @unchecked Sendable {
         case .unexpectedDescriptorKind: return .fdInvalid
         case .connectionReset: return .peerReset
         case .systemCallFailed, .closed, .invalidPath, .alreadyRunning, .addressInUse, .pathOccupied,
-             .connectionRefused, .timedOut, .invalidEnvironment, .limitExceeded:
+             .connectionRefused, .noSuchPath, .permissionDenied, .timedOut, .invalidEnvironment, .limitExceeded:
             return .ioError
         }
     }

@@ -198,7 +198,7 @@ public final class PeerNetlayer: @unchecked Sendable {
             audit?.record(AuditEvent(
                 .registrationRefused, reason: .serverUnreachable, attempt: .random(), role: .client, local: AuditPeerID(identity),
                 introServer: expectedKey.map { AuditPeerID($0) }, path: AuditPath(path)))
-            throw PeerError(.serverUnreachable, "\(path): \(error)")
+            throw PeerError(.serverUnreachable, error.explanation)
         } catch {
             preconditionFailure("unexpected error type \(type(of: error))")
         }
@@ -380,7 +380,11 @@ public final class PeerNetlayer: @unchecked Sendable {
         let (server, ours, cancellation) = try plan.get()
         defer { queue.async { server.untrack(cancellation) } }
         let context = IntroductionContext(from: own, to: target, server: server.server?.identity)
-        return try await establishment.initiate(over: ours, to: target.identity, introduction: context, cancellation: cancellation)
+        do throws(PeerError) {
+            return try await establishment.initiate(over: ours, to: target.identity, introduction: context, cancellation: cancellation)
+        } catch {
+            throw PeerError.initiatorFailure(error, target: target.identity, server: server.server?.identity)
+        }
     }
 
     // MARK: incoming

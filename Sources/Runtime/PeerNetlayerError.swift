@@ -1,4 +1,5 @@
 import Audit
+import Identity
 import OCapN
 import SecureChannel
 import Transport
@@ -60,6 +61,11 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
         case registrationFailed
         /// The introduction server did not finish registration within the deadline.
         case registrationTimeout
+        /// The introduction was dropped: our end of the passed socket reached EOF before any byte
+        /// of the target's reply. The target is not registered with that server (the server
+        /// dropped the introduction when its pending lifetime ran out) or it refused the
+        /// introduction (a refusing peer closes without a byte).
+        case introductionDropped
         /// The locator is not usable for a connection (another transport, our own key).
         case invalidLocator
         /// The netlayer was shut down.
@@ -93,6 +99,20 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(code.rawValue): \(detail)" }
+
+    /// An initiator's `truncated` with no byte of msg2 received is a dropped introduction: the
+    /// responder never answered (PROTOCOL.md §8 keeps `truncated` on the wire-level machine;
+    /// the netlayer, which knows the socket came from an introduction, names it).
+    static func initiatorFailure(_ error: PeerError, target: PublicIdentity, server: PublicIdentity?) -> PeerError {
+        guard error.code == .truncated, error.detail.hasPrefix(Self.noReplyPrefix) else { return error }
+        let via = server.map { " via server \($0.fingerprint)" } ?? ""
+        return PeerError(
+            .introductionDropped,
+            "\(target.fingerprint) never answered the introduction\(via): it is not registered there, or it refused")
+    }
+
+    /// How HandshakeInitiator.receiveEOF words an EOF before any msg2 byte (pinned by a test).
+    static let noReplyPrefix = "EOF after 0 of "
 
     /// Equality is by code; the detail is free text for humans.
     public static func == (lhs: PeerError, rhs: PeerError) -> Bool { lhs.code == rhs.code }

@@ -54,7 +54,7 @@ public enum FrameFormat {
 public final class FrameSender {
     private enum State { case open, closed, failed }
 
-    private let key: SecretBytes
+    let key: SecretBytes
     private var nonce: UInt64
     private var state: State = .open
     public let configuration: ChannelConfiguration
@@ -199,8 +199,10 @@ public final class FrameSender {
     /// Test hook: jump the nonce (Noise §5.1 SetNonce) to reach exhaustion without 2^64 frames.
     func setNonceForTesting(_ n: UInt64) { nonce = n }
 
-    /// Vector hook: the traffic key (K_IR or K_RI) so vectors can publish it.
-    @_spi(TestVectors) public var trafficKeyForVectors: [UInt8] { key.unsafeCopyToArray() }
+    /// Test hook: the traffic key (K_IR or K_RI). Internal on purpose: only `@testable` test
+    /// code reaches it, and no public or SPI path of the library returns a traffic key
+    /// (`vectors verify` checks keys by what they seal instead).
+    var trafficKeyForTesting: [UInt8] { key.unsafeCopyToArray() }
 }
 
 /// What the receiving half produced.
@@ -224,7 +226,7 @@ public enum ChannelRead<R> {
 public final class FrameReceiver {
     private enum State { case open, closed, failed }
 
-    private let key: SecretBytes
+    let key: SecretBytes
     private var nonce: UInt64
     private var state: State = .open
     public let configuration: ChannelConfiguration
@@ -463,5 +465,6 @@ public final class FrameReceiver {
     /// Test hook: jump the nonce to reach exhaustion without 2^64 frames.
     func setNonceForTesting(_ n: UInt64) { nonce = n }
 
-    @_spi(TestVectors) public var trafficKeyForVectors: [UInt8] { key.unsafeCopyToArray() }
+    /// Test hook: the traffic key (internal; see `FrameSender.trafficKeyForTesting`).
+    var trafficKeyForTesting: [UInt8] { key.unsafeCopyToArray() }
 }

@@ -120,6 +120,8 @@ public final class HandshakeInitiator {
         let ephemeralSecret: SecretBytes
         let ephemeralPublic: [UInt8]
         let responderKey: [UInt8]
+        /// ss when it was computed for this handshake (not cached): remembered once msg2 verifies.
+        let newStaticSecret: SecretBytes?
     }
 
     private enum State {
@@ -133,16 +135,21 @@ public final class HandshakeInitiator {
     public let deadline: ContinuousClock.Instant
     private let identity: HandshakeIdentity
     private let configuration: HandshakeConfiguration
+    private let staticSecrets: StaticSecretCache?
     private var state: State
     private var buffer: [UInt8] = []
 
     /// Prepares msg1 for a connection to `responder` (the raw Ed25519 key of the `to` locator).
     ///
     /// Throws `selfConnection` if `responder` is our own key and `invalidIdentityKey` if it is
-    /// not a valid identity key. Costs one ephemeral key and two DH (PROTOCOL.md §5.2).
+    /// not a valid identity key. Costs one ephemeral key and two DH (PROTOCOL.md §5.2); the
+    /// precomputations come in as inputs: the responder's X25519 form from `keyCache`, the
+    /// ephemeral pair from `ephemeralKeys` (a pool makes it ahead of time) and ss from
+    /// `staticSecrets` after the first handshake between the two keys (then one DH).
     public init(
         identity: HandshakeIdentity, responder: [UInt8], configuration: HandshakeConfiguration = HandshakeConfiguration(),
-        keyCache: X25519KeyCache, ephemeralKeys: EphemeralKeySource = .system, now: ContinuousClock.Instant
+        keyCache: X25519KeyCache, staticSecrets: StaticSecretCache? = nil, ephemeralKeys: EphemeralKeySource = .system,
+        now: ContinuousClock.Instant
     ) throws(HandshakeError) {
         guard responder != identity.publicKey else {
             throw HandshakeError.make(.selfConnection, "the responder key is our own key")
@@ -150,19 +157,25 @@ public final class HandshakeInitiator {
         guard let responderX = keyCache.x25519(forIdentity: responder) else {
             throw HandshakeError.make(.invalidIdentityKey, "responder key is not a valid identity key")
         }
-        let e = ephemeralKeys.next()
-        let ephemeralPublic = X25519.publicKey(secret: e)
+        let ephemeral = ephemeralKeys.next()
+        let e = ephemeral.secret, ephemeralPublic = ephemeral.publicKey
         let header = UDSHS1.magic + [UDSHS1.version, UDSHS1.msg1Type, 0, 0] + identity.publicKey + responder
         var s = UDSHS1.initialState(header: header[...], initiatorX: identity.x25519Public, responderX: responderX)
         s.mixHash(ephemeralPublic)
         s.mixKey(try noiseDH(e, responderX, "es"))
-        s.mixKey(try noiseDH(identity.x25519Secret, responderX, "ss"))
+        let cached = staticSecrets?.secret(local: identity.publicKey, peer: responder)
+        let ss: SecretBytes
+        if let cached { ss = cached } else { ss = try noiseDH(identity.x25519Secret, responderX, "ss") }
+        s.mixKey(ss)
         let tag = try s.encryptAndHash([])
         initialMessage = header + ephemeralPublic + tag
         self.identity = identity
         self.configuration = configuration
+        self.staticSecrets = staticSecrets
         deadline = now.advanced(by: configuration.timeout)
-        state = .awaitingResponse(AwaitingResponse(symmetric: s, ephemeralSecret: e, ephemeralPublic: ephemeralPublic, responderKey: responder))
+        state = .awaitingResponse(AwaitingResponse(
+            symmetric: s, ephemeralSecret: e, ephemeralPublic: ephemeralPublic, responderKey: responder,
+            newStaticSecret: cached == nil ? ss : nil))
     }
 
     /// Feeds bytes read from the socket.
@@ -232,6 +245,8 @@ public final class HandshakeInitiator {
         let receiver = FrameReceiver(key: kRI, nonce: 0, configuration: configuration.channel)
         // Anything behind msg2 in this read belongs to the transport; the receiver judges it.
         try receiver.receive(Array(buffer[UDSHS1.msg2Length...]))
+        // The responder proved its key over a transcript that used ss: worth remembering.
+        if let ss = w.newStaticSecret { staticSecrets?.remember(ss, local: identity.publicKey, peer: w.responderKey) }
         let session = EstablishedSession(
             role: .initiator, peer: VerifiedPeer(verifiedPublicKey: w.responderKey), handshakeHash: hh,
             sessionID: SessionID(handshakeHash: hh), sender: sender, receiver: receiver)
@@ -252,6 +267,8 @@ public final class HandshakeResponder {
         let handshakeHash: [UInt8]
         let receiveKey: SecretBytes  // K_IR
         let sendKey: SecretBytes  // K_RI
+        /// ss when it was computed for this handshake: remembered once AUTH verifies.
+        let newStaticSecret: SecretBytes?
     }
 
     private enum State {
@@ -267,6 +284,7 @@ public final class HandshakeResponder {
     private let configuration: HandshakeConfiguration
     private let policy: (@Sendable ([UInt8]) -> Bool)?
     private let keyCache: X25519KeyCache
+    private let staticSecrets: StaticSecretCache?
     private let ephemeralKeys: EphemeralKeySource
     private var state: State = .awaitingHello(AwaitingHello())
     private var buffer: [UInt8] = []
@@ -274,16 +292,19 @@ public final class HandshakeResponder {
     /// - Parameters:
     ///   - announcedInitiator: the raw key of the introduction's `from` (a claim to be checked).
     ///   - policy: asked about the initiator key after the header checks; false → `peerNotAllowed`.
+    ///   - keyCache, staticSecrets, ephemeralKeys: the precomputations, as for the initiator.
     public init(
         identity: HandshakeIdentity, announcedInitiator: [UInt8], configuration: HandshakeConfiguration = HandshakeConfiguration(),
         policy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil,
-        keyCache: X25519KeyCache, ephemeralKeys: EphemeralKeySource = .system, now: ContinuousClock.Instant
+        keyCache: X25519KeyCache, staticSecrets: StaticSecretCache? = nil, ephemeralKeys: EphemeralKeySource = .system,
+        now: ContinuousClock.Instant
     ) {
         self.identity = identity
         self.announcedInitiator = announcedInitiator
         self.configuration = configuration
         self.policy = policy
         self.keyCache = keyCache
+        self.staticSecrets = staticSecrets
         self.ephemeralKeys = ephemeralKeys
         deadline = now.advanced(by: configuration.timeout)
     }
@@ -390,12 +411,15 @@ public final class HandshakeResponder {
         var s = UDSHS1.initialState(header: msg1[0..<UDSHS1.headerLength], initiatorX: initiatorX, responderX: identity.x25519Public)
         s.mixHash(ei)
         s.mixKey(try noiseDH(identity.x25519Secret, ei, "es"))
-        s.mixKey(try noiseDH(identity.x25519Secret, initiatorX, "ss"))
+        let cached = staticSecrets?.secret(local: identity.publicKey, peer: initiatorKey)
+        let ss: SecretBytes
+        if let cached { ss = cached } else { ss = try noiseDH(identity.x25519Secret, initiatorX, "ss") }
+        s.mixKey(ss)
         _ = try s.decryptAndHash(Array(msg1[104..<120]))
 
         // msg1 verified: only now spend an ephemeral key and a signature.
-        let e = ephemeralKeys.next()
-        let er = X25519.publicKey(secret: e)
+        let ephemeral = ephemeralKeys.next()
+        let e = ephemeral.secret, er = ephemeral.publicKey
         guard er != ei else { throw HandshakeError.make(.reflection, "our ephemeral equals the initiator's") }
         s.mixHash(er)
         s.mixKey(try noiseDH(e, ei, "ee"))
@@ -403,7 +427,8 @@ public final class HandshakeResponder {
         let signature = Ed25519.sign(UDSHS1.responderContext + s.h, secretKey: identity.secretKey)
         let sealed = try s.encryptAndHash(signature)
         let (kIR, kRI) = s.split()
-        let next = AwaitingAuth(initiatorKey: initiatorKey, handshakeHash: s.h, receiveKey: kIR, sendKey: kRI)
+        let next = AwaitingAuth(
+            initiatorKey: initiatorKey, handshakeHash: s.h, receiveKey: kIR, sendKey: kRI, newStaticSecret: cached == nil ? ss : nil)
         return (next, [UDSHS1.msg2Type] + er + sealed)
     }
 
@@ -418,6 +443,8 @@ public final class HandshakeResponder {
         }
         let receiver = FrameReceiver(key: w.receiveKey, nonce: 1, configuration: configuration.channel)
         try receiver.receive(Array(buffer[UDSHS1.authFrameLength...]))
+        // The initiator proved its key over a transcript that used ss: worth remembering.
+        if let ss = w.newStaticSecret { staticSecrets?.remember(ss, local: identity.publicKey, peer: w.initiatorKey) }
         let sender = FrameSender(key: w.sendKey, nonce: 0, configuration: configuration.channel)
         return EstablishedSession(
             role: .responder, peer: VerifiedPeer(verifiedPublicKey: w.initiatorKey), handshakeHash: w.handshakeHash,

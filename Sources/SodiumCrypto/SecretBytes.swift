@@ -1,32 +1,63 @@
 internal import CSodium
+import Synchronization
 
 /// Secret key material: zeroed over its whole capacity when dropped, never printed.
 ///
-/// `guarded` storage uses `sodium_malloc` (guard pages, mlock, excluded from core dumps) and
-/// suits long-lived identity keys. Standard storage is plain heap memory wiped with
-/// `sodium_memzero`; it is cheap enough for per-handshake temporaries, where `sodium_malloc`'s
-/// mmap per allocation would dominate the cost of a handshake.
+/// Every secret lives in `sodium_malloc` memory: guard pages on both sides, `mlock`ed (not
+/// swapped) and, on Linux, `madvise(MADV_DONTDUMP)` (libsodium 1.0.18's `sodium_mlock` does
+/// it), so none of it reaches a core dump. `guarded` secrets get an allocation of their own
+/// (identity keys, key files: long-lived, and they may be made read-only). Small secrets of a
+/// session (DH outputs, chaining keys, traffic keys: at most `SecretSlab.slotSize` bytes) take
+/// a slot of a shared guarded slab instead, because `sodium_malloc`'s mmap, mprotect and mlock
+/// per allocation would cost more than the handshake's own cryptography. Larger non-guarded
+/// secrets use plain heap memory wiped with `sodium_memzero`.
 public final class SecretBytes: @unchecked Sendable {
     // Immutable after init (only mutated through `withUnsafeMutableBytes` by the owner that
     // created it, before sharing), hence @unchecked Sendable.
     private let pointer: UnsafeMutableRawPointer
     public let count: Int
-    private let guarded: Bool
+    private let storage: Storage
+
+    enum Storage: Equatable {
+        /// Its own `sodium_malloc` allocation.
+        case guarded
+        /// A slot of a guarded slab.
+        case slot(SecretSlab)
+        /// Heap memory (secrets larger than a slab slot that did not ask for guarded storage).
+        case heap
+
+        static func == (a: Storage, b: Storage) -> Bool {
+            switch (a, b) {
+            case (.guarded, .guarded), (.heap, .heap): return true
+            case (.slot(let x), .slot(let y)): return x === y
+            default: return false
+            }
+        }
+    }
 
     /// Zero-filled secret of `count` bytes.
-    public init(count: Int, guarded: Bool = false) {
+    public convenience init(count: Int, guarded: Bool = false) {
+        self.init(count: count, guarded: guarded, slab: .shared)
+    }
+
+    /// `slab`: where small non-guarded secrets go (tests use a private slab to inspect it).
+    init(count: Int, guarded: Bool, slab: SecretSlab) {
         precondition(count >= 0, "negative secret length")
         Sodium.initialize()
         self.count = count
-        self.guarded = guarded
         let allocation = max(count, 1)
         if guarded {
             guard let p = sodium_malloc(allocation) else {
                 fatalError("sodium_malloc failed: out of memory")
             }
             pointer = p
+            storage = .guarded
+        } else if allocation <= SecretSlab.slotSize {
+            pointer = slab.allocate()
+            storage = .slot(slab)
         } else {
             pointer = UnsafeMutableRawPointer.allocate(byteCount: allocation, alignment: 16)
+            storage = .heap
         }
         sodium_memzero(pointer, allocation)
     }
@@ -57,13 +88,28 @@ public final class SecretBytes: @unchecked Sendable {
     }
 
     deinit {
-        if guarded {
-            sodium_free(pointer)  // wipes before unmapping
-        } else {
+        switch storage {
+        case .guarded:
+            sodium_free(pointer)  // makes the pages writable again, wipes, unlocks, unmaps
+        case .slot(let slab):
+            slab.release(pointer)  // wipes the whole slot
+        case .heap:
             sodium_memzero(pointer, max(count, 1))
             pointer.deallocate()
         }
     }
+
+    /// Makes a `guarded` secret read-only (`sodium_mprotect_readonly`): for keys written once
+    /// and then only read, such as an identity's signing key. A later write faults. No effect
+    /// on other storage (slab slots share pages with other secrets).
+    public func makeReadOnly() {
+        guard storage == .guarded else { return }
+        precondition(sodium_mprotect_readonly(pointer) == 0, "sodium_mprotect_readonly failed")
+    }
+
+    /// Where the bytes live (tests of the storage guarantees).
+    var storageForTesting: Storage { storage }
+    var addressForTesting: UnsafeMutableRawPointer { pointer }
 
     /// Lends the bytes for the duration of `body`; do not let the pointer escape.
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
@@ -121,4 +167,86 @@ public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
 /// Wipes raw memory that held secret or private bytes (`sodium_memzero`, never optimised away).
 public func secureZero(_ buffer: UnsafeMutableRawBufferPointer) {
     if let base = buffer.baseAddress, buffer.count > 0 { sodium_memzero(base, buffer.count) }
+}
+
+/// Fixed-size slots for small secrets, carved from `sodium_malloc`ed chunks (guard pages,
+/// mlock, MADV_DONTDUMP). A released slot is wiped at once and reused; chunks stay mapped for
+/// the life of the slab (the process, for `shared`), so memory is the high-water mark of live
+/// session secrets: one 64-byte slot each, 64 KiB chunks.
+final class SecretSlab: @unchecked Sendable {
+    static let slotSize = 64
+    static let chunkBytes = 64 << 10
+    static let shared = SecretSlab()
+
+    // Addresses as integers: raw pointers are not Sendable, and the mutex's state must be.
+    private struct State {
+        var free: [UInt] = []
+        var chunks: [UInt] = []
+    }
+
+    private let state = Mutex(State())
+
+    init() {}
+
+    deinit {
+        // Only private slabs of tests end; sodium_free wipes every chunk.
+        let chunks = state.withLock { $0.chunks }
+        for c in chunks { sodium_free(UnsafeMutableRawPointer(bitPattern: c)) }
+    }
+
+    func allocate() -> UnsafeMutableRawPointer {
+        let address = state.withLock { s -> UInt in
+            if let p = s.free.popLast() { return p }
+            Sodium.initialize()
+            guard let chunk = sodium_malloc(Self.chunkBytes) else { fatalError("sodium_malloc failed: out of memory") }
+            sodium_memzero(chunk, Self.chunkBytes)
+            let base = UInt(bitPattern: chunk)
+            s.chunks.append(base)
+            let slots = Self.chunkBytes / Self.slotSize
+            s.free.reserveCapacity(s.free.count + slots)
+            // Hand out low addresses first: the stack pops from the end.
+            for i in stride(from: slots - 1, through: 1, by: -1) { s.free.append(base + UInt(i * Self.slotSize)) }
+            return base
+        }
+        return UnsafeMutableRawPointer(bitPattern: address)!
+    }
+
+    func release(_ slot: UnsafeMutableRawPointer) {
+        sodium_memzero(slot, Self.slotSize)
+        let address = UInt(bitPattern: slot)
+        state.withLock { $0.free.append(address) }
+    }
+
+    /// Chunks mapped so far and slots free (tests).
+    var chunkCount: Int { state.withLock { $0.chunks.count } }
+    var freeCount: Int { state.withLock { $0.free.count } }
+}
+
+/// A fixed-size guarded buffer (`sodium_malloc`: guard pages, mlock, MADV_DONTDUMP), wiped when
+/// released: for tables of long-lived secrets. It stays writable: flipping it read-only around
+/// each write (`sodium_mprotect_*`) would cost every cold handshake two `mprotect` calls, each a
+/// TLB shoot-down across the process's CPUs, which on a busy VM took milliseconds. Not
+/// thread-safe: the owner serialises access.
+public final class GuardedBuffer: @unchecked Sendable {
+    public let count: Int
+    private let pointer: UnsafeMutableRawPointer
+
+    public init(count: Int) {
+        precondition(count >= 1, "a guarded buffer holds at least one byte")
+        Sodium.initialize()
+        guard let p = sodium_malloc(count) else { fatalError("sodium_malloc failed: out of memory") }
+        sodium_memzero(p, count)
+        pointer = p
+        self.count = count
+    }
+
+    deinit { sodium_free(pointer) }  // wiped, unlocked, unmapped
+
+    public func withReadable<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+
+    public func withWritable<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeMutableRawBufferPointer(start: pointer, count: count))
+    }
 }

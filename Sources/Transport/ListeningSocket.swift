@@ -106,8 +106,15 @@ public final class ListeningSocket: Sendable {
     // MARK: steps
 
     private static func takeLock(_ lockPath: String) throws(TransportError) -> FileDescriptor {
-        let raw = try systemCallNonBlocking("open(lock)") {
-            open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        let raw: Int32
+        do throws(TransportError) {
+            raw = try systemCallNonBlocking("open(lock)") {
+                open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            }
+        } catch {
+            // Say which path and what is wrong with it ("directory D does not exist").
+            guard let number = error.errno else { throw error }
+            throw TransportError.system("open(lock)", number, TransportError.pathProblem(lockPath, errno: number, socket: false))
         }
         let lock = FileDescriptor(adopting: raw)
         do throws(TransportError) {

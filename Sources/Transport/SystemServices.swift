@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+internal import CFDShim
 
 /// systemd-style socket activation (C5): `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`.
 public enum SocketActivation {
@@ -151,4 +152,39 @@ public enum DescriptorCensus {
 
     /// How many descriptors this process has open.
     public static func openCount() -> Int { openDescriptors().count }
+}
+
+/// Keeps a process holding private keys out of core dumps and away from debuggers of the same
+/// uid (SECURITY.md, "Key hygiene"): `prctl(PR_SET_DUMPABLE, 0)` (no core dump, no ptrace
+/// attach or /proc/PID/mem, environ, maps reads without CAP_SYS_PTRACE; /proc/PID becomes
+/// root-owned) and RLIMIT_CORE 0 (soft and hard), for kernels whose `fs.suid_dumpable` would
+/// still dump a non-dumpable process. Secrets also sit in MADV_DONTDUMP pages, so even a dump
+/// made anyway leaves them out.
+public enum ProcessHardening {
+    /// What the kernel says now.
+    public struct State: Equatable, Sendable {
+        /// PR_GET_DUMPABLE ≠ 0.
+        public let dumpable: Bool
+        /// RLIMIT_CORE (soft, hard) in bytes.
+        public let coreLimit: (soft: UInt64, hard: UInt64)
+
+        public static func == (a: State, b: State) -> Bool {
+            a.dumpable == b.dumpable && a.coreLimit == b.coreLimit
+        }
+    }
+
+    /// Makes this process non-dumpable and sets its core-file limit to 0. Call it before
+    /// loading a key; it cannot be undone (the hard limit is lowered too).
+    public static func disableCoreDumps() throws(TransportError) {
+        _ = try systemCallNonBlocking("prctl") { cfd_set_dumpable(0) }
+        var limit = rlimit(rlim_cur: 0, rlim_max: 0)
+        _ = try systemCallNonBlocking("setrlimit") { setrlimit(Int32(RLIMIT_CORE.rawValue), &limit) }
+    }
+
+    public static func current() throws(TransportError) -> State {
+        let dumpable = try systemCallNonBlocking("prctl") { cfd_get_dumpable() }
+        var limit = rlimit()
+        _ = try systemCallNonBlocking("getrlimit") { getrlimit(Int32(RLIMIT_CORE.rawValue), &limit) }
+        return State(dumpable: dumpable != 0, coreLimit: (UInt64(limit.rlim_cur), UInt64(limit.rlim_max)))
+    }
 }

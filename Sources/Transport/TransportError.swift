@@ -31,8 +31,12 @@ public struct TransportError: Error, Equatable, Sendable, CustomStringConvertibl
         case addressInUse
         /// Something that is not a socket sits at the path; it is never deleted.
         case pathOccupied
-        /// Nothing listens at the path (ENOENT or ECONNREFUSED).
+        /// A socket file exists but nothing listens on it (ECONNREFUSED): a stopped server's leftover.
         case connectionRefused
+        /// Nothing at the path, or a directory on it is missing (ENOENT, ENOTDIR).
+        case noSuchPath
+        /// The path or a directory on it may not be used by this user (EACCES, EPERM).
+        case permissionDenied
         /// A deadline passed (connect).
         case timedOut
         /// Queueing more output would exceed the configured output cap (F4).
@@ -71,7 +75,33 @@ public struct TransportError: Error, Equatable, Sendable, CustomStringConvertibl
         return text
     }
 
-    private static func errnoName(_ value: Int32) -> String {
+    /// For a person: the detail and the errno's text in words, without codes
+    /// ("no socket at /run/x.sock (No such file or directory)").
+    public var explanation: String {
+        guard let errno else { return detail }
+        return "\(detail) (\(Self.errnoName(errno)))"
+    }
+
+    /// What a path-based call's errno means for `path`, naming the path and what is missing
+    /// ("directory /x does not exist", "no socket at /x/s.sock").
+    public static func pathProblem(_ path: String, errno value: Int32, socket: Bool) -> String {
+        switch value {
+        case ENOENT, ENOTDIR:
+            let directory = PathParts(path).directory
+            var info = stat()
+            if !directory.isEmpty, stat(directory, &info) != 0 { return "directory \(directory) does not exist" }
+            if value == ENOTDIR { return "a component of \(path) is not a directory" }
+            return socket ? "no socket at \(path)" : "no file at \(path)"
+        case ECONNREFUSED:
+            return "nothing is listening at \(path) (a socket file left by a stopped server?)"
+        case EACCES, EPERM:
+            return "permission denied on \(path) or its directory"
+        default:
+            return path
+        }
+    }
+
+    static func errnoName(_ value: Int32) -> String {
         guard let message = strerror(value) else { return "" }
         return String(cString: message)
     }
@@ -84,11 +114,23 @@ extension TransportError {
         let code: Code
         switch errnoValue {
         case EPIPE, ECONNRESET: code = .connectionReset
-        case ECONNREFUSED, ENOENT: code = .connectionRefused
+        case ECONNREFUSED: code = .connectionRefused
+        case ENOENT, ENOTDIR: code = .noSuchPath
+        case EACCES, EPERM: code = .permissionDenied
         case ETIMEDOUT: code = .timedOut
         default: code = .systemCallFailed
         }
         return TransportError(
             code, detail.isEmpty ? "\(syscall) failed" : detail, errno: errnoValue, syscall: "\(syscall)")
+    }
+}
+
+/// The directory part of a path, without Foundation.
+private struct PathParts {
+    let path: String
+    init(_ path: String) { self.path = path }
+    var directory: String {
+        guard let slash = path.lastIndex(of: "/") else { return "" }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 }

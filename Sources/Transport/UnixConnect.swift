@@ -7,8 +7,9 @@ extension FileDescriptor {
     /// an abstract name), waiting at most `timeout` (F11). Blocks the calling thread meanwhile.
     ///
     /// A unix `connect` on a full backlog fails with EAGAIN instead of waiting (K14), so it is
-    /// retried with a short, growing pause until the deadline. Throws `.connectionRefused`
-    /// (nobody listens: ENOENT, ECONNREFUSED) or `.timedOut`.
+    /// retried with a short, growing pause until the deadline. Throws `.noSuchPath` (no
+    /// socket there, or its directory is missing), `.connectionRefused` (a socket file nobody
+    /// listens on), `.permissionDenied` or `.timedOut`; the detail names the path.
     public static func connect(
         unixPath path: String, timeout: Duration = .seconds(2)
     ) throws(TransportError) -> FileDescriptor {
@@ -40,11 +41,11 @@ extension FileDescriptor {
                     try socket.waitWritable(until: deadline, what: path)
                     let pending = try socket.socketError()
                     if pending == 0 { return socket }
-                    throw TransportError.system("connect", pending, "connecting to \(path)")
+                    throw TransportError.system("connect", pending, TransportError.pathProblem(path, errno: pending, socket: true))
                 case EBADF, EFAULT:
                     preconditionFailure("connect: descriptor or buffer ownership bug")
                 default:
-                    throw TransportError.system("connect", code, "connecting to \(path)")
+                    throw TransportError.system("connect", code, TransportError.pathProblem(path, errno: code, socket: true))
                 }
             }
         } catch {

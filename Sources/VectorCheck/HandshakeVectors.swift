@@ -1,4 +1,4 @@
-@_spi(TestVectors) import SecureChannel
+import SecureChannel
 import Identity
 import SodiumCrypto
 
@@ -83,11 +83,21 @@ public enum HandshakeVectors: VectorKind {
             ("handshake_hash", s.initiator.handshakeHash, try t.hex("handshake_hash")),
             ("handshake_hash (responder)", s.responder.handshakeHash, try t.hex("handshake_hash")),
             ("session_id", s.initiator.sessionID.bytes, try t.hex("session_id")),
-            ("key_ir", s.initiator.sender.trafficKeyForVectors, try t.hex("key_ir")),
-            ("key_ri", s.responder.sender.trafficKeyForVectors, try t.hex("key_ri")),
         ]
         for (field, got, expected) in checks where got != expected {
             return .failed(name, "\(field): got \(Hex.encode(got)), expected \(Hex.encode(expected))")
+        }
+        // The library never hands out a traffic key, so the keys are checked by what they seal:
+        // a probe frame from each side of a fresh run of the same transcript must equal the frame
+        // the vector's key seals at the same nonce (1 for the initiator, after AUTH; 0 for the
+        // responder).
+        let probe = try run(t)
+        for (field, sender, nonce) in [("key_ir", probe.initiator.sender, UInt64(1)), ("key_ri", probe.responder.sender, UInt64(0))] {
+            let key = try t.hex(field)
+            guard key.count == ChaChaPoly.keyLength else { throw VectorDataError("\(field) is not 32 bytes") }
+            if try sender.seal(Self.keyProbe) != Self.frame(sealing: Self.keyProbe, key: key, nonce: nonce) {
+                return .failed(name, "\(field): the session's key does not seal as the vector's key does")
+            }
         }
         for (index, f) in try t.objects("transport").enumerated() {
             let fromInitiator = try f.string("from") == "initiator"
@@ -112,6 +122,14 @@ public enum HandshakeVectors: VectorKind {
             }
         }
         return .passed(name)
+    }
+
+    static let keyProbe: [UInt8] = Array("key probe".utf8)
+
+    /// One DATA frame (PROTOCOL.md §6.1) sealed with a known key, without the library's sender.
+    static func frame(sealing body: [UInt8], key: [UInt8], nonce: UInt64) -> [UInt8] {
+        let sealed = ChaChaPoly.seal(key: SecretBytes(copying: key), nonce: nonce, ad: [], plaintext: [FrameFormat.FrameType.data.rawValue] + body)
+        return [UInt8(sealed.count >> 8), UInt8(sealed.count & 0xff)] + sealed
     }
 
     static func mutate(_ bytes: [UInt8], _ m: [String: Any]) throws -> [UInt8] {

@@ -112,6 +112,7 @@ struct AuditCommand: ParsableCommand {
         let result: (unreadable: Int, tornTail: AuditLocation?)
         do {
             result = try AuditLog.records(files, maxLineBytes: maxLineBytes) { r in
+                summary.read()
                 guard q.matches(r.record) else { return }
                 if list { print(json ? String(decoding: r.line, as: UTF8.self) : AuditSummary.oneLine(r)) }
                 summary.add(r)

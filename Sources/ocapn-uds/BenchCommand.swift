@@ -7,13 +7,13 @@ struct BenchCommand: AsyncParsableCommand {
         commandName: "bench",
         abstract: "Measure handshakes, introductions, connects, channel throughput and memory against in-run baselines.",
         discussion: """
-            Every figure is printed next to the baseline measured in the same run (the libsodium
-            operations a handshake needs, raw fd passing, a raw socketpair, raw ChaCha20-Poly1305)
-            and the ratio between them; figures with a target say whether it is met. Build in
-            release mode for meaningful numbers (`make bench`). On a shared machine compare ratios,
+            Every figure is printed next to the baseline measured in the same run (the libsodium \
+            operations a handshake needs, raw fd passing, a raw socketpair, raw ChaCha20-Poly1305) \
+            and the ratio between them; figures with a target say whether it is met. Build in \
+            release mode for meaningful numbers (`make bench`). On a shared machine compare ratios, \
             not absolute times.
 
-            Exit status: 0 when every figure was produced (targets missed are reported, not fatal),
+            Exit status: 0 when every figure was produced (targets missed are reported, not fatal), \
             1 when a measurement could not run.
             """
     )

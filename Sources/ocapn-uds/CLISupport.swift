@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Identity
+import Runtime
 
 /// Exit codes shared by every `ocapn-uds` command. Stable: scripts and service managers match on
 /// them.
@@ -12,14 +13,18 @@ import Identity
 /// | 2 | usage: unknown option, missing or invalid argument |
 /// | 3 | refused input or failed security check: malformed, insecure or existing file, wrong or missing passphrase, invalid identity |
 /// | 4 | verification failed: a check ran and found mismatches (e.g. `vectors verify`) |
+/// | 5 | `connect` only: the introduction was dropped (target not registered, or it refused) |
+///
+/// `audit --verify` refines 4–6 its own way (torn tail 5, unsealed 6); see its `--help`.
 enum CLIExitCode: Int32, Sendable {
     case ok = 0
     case failure = 1
     case usage = 2
     case refused = 3
     case verificationFailed = 4
+    case introductionDropped = 5
     /// intro-server: the socket path was deleted or replaced (with --on-socket-loss exit).
-    case socketLost = 5
+    case socketLost = 6
 }
 
 /// A failure a command reports: printed to stderr as `ocapn-uds: <message>`, then exits with `code`.
@@ -51,6 +56,30 @@ struct CLIError: Error, CustomStringConvertible {
 
 enum CLI {
     static let programName = "ocapn-uds"
+
+    /// What to check next for a peer-side failure, appended to its one-line message
+    /// (" — is the intro-server running? see --server"); empty when the code says it all.
+    static func hint(for code: PeerError.Code) -> String {
+        switch code {
+        case .serverUnreachable:
+            return " — is the intro-server running? see --server"
+        case .introductionDropped:
+            return " — is the target's `ocapn-uds peer` running and registered with that server?"
+                + " (the server drops an introduction its target does not pick up within --pending-lifetime-ms)"
+        case .noSharedServer:
+            return " — pass the full URI the target printed (its ?<server>=t hints name its servers), and a --server it uses"
+        case .registrationTimeout:
+            return " — the server accepted the connection but did not answer; is it overloaded? see --registration-timeout-ms"
+        case .registrationFailed:
+            return " — does --server PATH=DESIGNATOR name the key that server prints on its `listening:` line?"
+        case .timeout:
+            return " — the target did not finish the handshake in time; see --handshake-timeout-ms"
+        case .identityMismatch, .wrongResponder:
+            return " — the socket was not answered by the key in the locator: the server or the peer is not who it claims"
+        default:
+            return ""
+        }
+    }
 
     /// Writes one line to stderr.
     static func printError(_ message: String) {

@@ -14,15 +14,22 @@ struct ConnectCommand: AsyncParsableCommand {
             introduce us, and runs the UDS-HS1 handshake. The verified peer fingerprint is \
             printed on stderr (`verified-peer: fp1:…`). With --send, TEXT goes as one message \
             and the reply is printed on stdout; with --stdin, every line read is sent and each \
-            reply printed.
+            reply printed. When the target has not answered after a second, stderr says \
+            `waiting for fp1:… to pick up the introduction`.
 
-            On any failure the reason code is printed on stderr \
-            (`ocapn-uds: connect: <code>: <detail>`), for example noSharedServer, \
-            serverUnreachable, timeout, truncated (the introduction was refused or the peer \
-            closed), wrongResponder, identityMismatch, decryptFailed, channelClosed.
+            On any failure the reason code is printed on stderr with what to check \
+            (`ocapn-uds: connect: <code>: <detail> — <hint>`), for example noSharedServer, \
+            serverUnreachable, introductionDropped, timeout, truncated (the peer closed during \
+            the handshake), wrongResponder, identityMismatch, decryptFailed, channelClosed.
 
-            Exit status: 0 success; 1 unreachable server, no shared server, timeout, channel \
-            closed; 2 usage; 3 identity key refused, or the peer failed a security check.
+            Exit status:
+              0  success
+              1  unreachable server, no shared server, timeout, channel closed, interrupted
+              2  usage
+              3  identity key refused, or the peer failed a security check
+              5  introductionDropped: the target never answered the introduction (it is not
+                 registered with that server, which dropped it after its pending lifetime, or
+                 it refused the introduction)
             """
     )
 
@@ -86,10 +93,27 @@ struct ConnectCommand: AsyncParsableCommand {
 
     /// Registers, connects, sends and prints the replies, closes.
     private func exchange(_ netlayer: PeerNetlayer, _ target: PeerLocator) async throws {
+        guard !target.hintServers.isEmpty else {
+            // Nothing to ask: say what to do instead of "none of the target's 0 hinted servers".
+            throw CLIError(.failure, "connect: \(PeerError.Code.noSharedServer.rawValue): the locator names no introduction server"
+                + " (it has no ?<server>=t hints) — use the full URI the target's `ocapn-uds peer` printed on its first line")
+        }
         for (path, key) in try options.servers() {
             _ = try await netlayer.addServer(path: path, expectedKey: key)
         }
-        let channel = try await netlayer.connect(to: target)
+        // A target that is slow to answer (or not registered) is announced instead of silence.
+        let waiting = Task {
+            try await Task.sleep(for: Self.waitingNoticeAfter)
+            PeerOutput.errorLine("waiting for \(target.identity.fingerprint) to pick up the introduction")
+        }
+        let channel: PeerChannel
+        do {
+            channel = try await netlayer.connect(to: target)
+            waiting.cancel()
+        } catch {
+            waiting.cancel()
+            throw error
+        }
         PeerOutput.announce(channel)
         if let send {
             try await roundTrip(channel, Array(send.utf8))
@@ -104,6 +128,9 @@ struct ConnectCommand: AsyncParsableCommand {
             PeerOutput.errorLine("channel closed without the peer's CLOSE: \(reason.code.rawValue)")
         }
     }
+
+    /// How long `connect` is silent before saying it waits for the target.
+    static let waitingNoticeAfter = Duration.seconds(1)
 
     private func roundTrip(_ channel: PeerChannel, _ message: [UInt8]) async throws {
         try await channel.send(message)

@@ -11,15 +11,17 @@ struct DemoCommand: AsyncParsableCommand {
         commandName: "demo",
         abstract: "Run the whole product once: an introduction server, echo peers, handshakes, and two refused attacks.",
         discussion: """
-            Everything happens in a new temporary directory (mode 0700): fresh identities, an
-            `ocapn-uds intro-server` process, --peers `ocapn-uds peer` processes, and this process
-            as a client peer that opens --connections channels through the server (handshake,
-            --messages echoed messages, authenticated close). Then a registered peer lies about
-            `from` (the server refuses it) and a lying introduction server hands a peer a socket
-            it holds itself (the peer's handshake refuses it). Prints progress, a summary with
-            latencies and reason codes, and the audit summary. Processes, sockets and key files
-            are removed at the end, also on Ctrl-C; the logs and audit trails stay in the
-            directory for `ocapn-uds audit`.
+            Everything happens in a new temporary directory (mode 0700): fresh identities, an \
+            `ocapn-uds intro-server` process, --peers `ocapn-uds peer` processes, and this process \
+            as a client peer that opens --connections channels through the server (handshake, \
+            --messages echoed messages, authenticated close). Then a registered peer lies about \
+            `from` (the server refuses it) and a lying introduction server hands a peer a socket \
+            it holds itself (the peer's handshake refuses it). Prints progress, a summary with \
+            latencies and reason codes, and the audit summary. Processes, sockets and key files \
+            are removed at the end; the logs and audit trails stay in the directory for \
+            `ocapn-uds audit`, and the last line names it. Ctrl-C stops the connections at once, \
+            stops the server and peers, seals every audit log and prints one line naming the \
+            directory (exit 130).
 
             With large --peers/--connections it doubles as a load generator.
 
@@ -57,14 +59,22 @@ struct DemoCommand: AsyncParsableCommand {
         options.messages = messages
         options.concurrency = concurrency
         options.keepKeys = keepKeys
-        let demo = Demo(options: options) { print("demo: \($0)") }
-        // Ctrl-C / SIGTERM: stop the children, remove keys and sockets, exit 130.
+        // Each progress line goes out as it happens, also into a pipe.
+        let demo = Demo(options: options) { print("demo: \($0)"); fflush(nil) }
+        // Ctrl-C / SIGTERM: the notice, then quiet: stop the loops and the children, seal every
+        // audit log, remove keys and sockets, one line naming the logs, exit 130.
         let signals = [SIGINT, SIGTERM].map { (sig: Int32) -> DispatchSourceSignal in
             _ = signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler {
-                print("demo: interrupted; stopping the server and peers")
-                demo.cleanUp()
+                guard !demo.isStopping else { return }
+                let directory = demo.interrupt {
+                    print("demo: interrupted; stopping the connections, the server and the peers")
+                    fflush(nil)
+                }
+                print(directory.isEmpty ? "demo: stopped before creating its directory"
+                      : "demo: stopped; logs and sealed audit trails are in \(directory)")
+                fflush(nil)
                 Glibc.exit(130)
             }
             source.resume()
@@ -75,10 +85,17 @@ struct DemoCommand: AsyncParsableCommand {
         do {
             summary = try await demo.run()
         } catch {
+            if demo.isStopping { await waitForever() }  // the signal handler ends the process
             throw CLIError(.failure, "demo failed: \(error)")
         }
+        if demo.isStopping { await waitForever() }
         report(summary)
         if !summary.succeeded { throw ExitCode(CLIExitCode.failure.rawValue) }
+    }
+
+    /// Parks the main task while the signal handler finishes the interrupted run.
+    private func waitForever() async -> Never {
+        while true { try? await Task.sleep(for: .seconds(3600)) }
     }
 
     private func report(_ s: Demo.Summary) {
@@ -100,13 +117,12 @@ struct DemoCommand: AsyncParsableCommand {
             print("  attack:           \(r.attack): \(r.refused ? "refused" : "NOT REFUSED")\(r.reason.map { " (\($0))" } ?? "")")
         }
         print("  elapsed:          \(String(format: "%.1f", s.elapsedSeconds)) s")
-        print("  directory:        \(s.directory)")
-        print("  audit logs:       \(s.auditLogs.joined(separator: " "))")
         let intact = s.auditVerification.filter { $0.status == "intact" }.count
         print("  audit chains:     \(intact) of \(s.auditVerification.count) intact and sealed (hash chain + signed checkpoints)")
         for v in s.auditVerification where v.status != "intact" { print("                    \(v.path): \(v.status)") }
         print("")
         print("audit summary of the introduction server (ocapn-uds audit \(s.auditLogs[0])):")
+        print("(\"started\" counts attempts begun; names of the fingerprints are at the top)")
         let audit = Process()
         audit.executableURL = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
         audit.arguments = ["audit", s.auditLogs[0]]
@@ -114,7 +130,7 @@ struct DemoCommand: AsyncParsableCommand {
         try? audit.run()
         audit.waitUntilExit()
         print("")
-        print("verify every trail with: ocapn-uds audit --verify FILE   (e.g. \(s.auditLogs[1]))")
-        print(s.succeeded ? "demo: OK" : "demo: FAILED")
+        print("demo: \(s.succeeded ? "OK" : "FAILED"); logs and audit trails are in \(s.directory)"
+              + " (ocapn-uds audit --verify \(s.directory)/*.audit.jsonl)")
     }
 }

@@ -32,7 +32,7 @@ struct IntroServerCommand: AsyncParsableCommand {
                   listening socket failed
               2   usage error (bad option or limit)
               3   identity key file refused (missing, insecure, malformed, wrong passphrase)
-              5   the socket path was deleted or replaced and not re-created (--on-socket-loss exit,
+              6   the socket path was deleted or replaced and not re-created (--on-socket-loss exit,
                   or re-creating failed)
             """
     )
@@ -46,7 +46,7 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Socket path to listen on (optional under socket activation).", valueName: "path"))
     var socket: String?
 
-    @Option(help: ArgumentHelp("When the socket path is deleted or replaced: recreate (default) or exit (status 5).",
+    @Option(help: ArgumentHelp("When the socket path is deleted or replaced: recreate (default) or exit (status 6).",
                                valueName: "policy"))
     var onSocketLoss: String = "recreate"
 
@@ -101,8 +101,8 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: "Introductions held in total.")
     var maxPending: Int = IntroductionServerLimits().maxPendingTotal
 
-    @Option(help: "How long an introduction waits for its target to register, in milliseconds (0: refuse at once).")
-    var pendingLifetimeMs: Int = 10_000
+    @Option(help: "How long an introduction waits for its target to register, in milliseconds (0: refuse at once). Keep it below the peers' --handshake-timeout-ms (10000), so a caller learns of the drop before its own deadline.")
+    var pendingLifetimeMs: Int = Int(IntroductionServerLimits().pendingLifetime.components.seconds * 1000)
 
     @Option(help: "Sustained introductions per second per peer (0: unlimited).")
     var maxIntrosPerSecond: Int = IntroductionServerLimits().introductionsPerSecond
@@ -126,6 +126,8 @@ struct IntroServerCommand: AsyncParsableCommand {
 
     @Flag(help: "Let a registration take over a live earlier connection of its key when both have the same uid (SO_PEERCRED). Without it a live registration is never displaced.")
     var replaceSameUid = false
+
+    @OptionGroup var coreDumps: CoreDumpOption
 
     func validate() throws {
         guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
@@ -206,6 +208,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "ocapn-uds.intro-server")
         logger.logLevel = level
+        try coreDumps.apply(logger: logger)
 
         let keyPair: IdentityKeyPair
         do {
@@ -224,7 +227,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         do {
             listening = try IntroductionServerSetup.openSocket(path: socket, mode: parsedMode() ?? 0o600)
         } catch {
-            throw CLIError(.failure, error.description)
+            throw CLIError(.failure, Self.listenFailure(error, path: socket))
         }
         var auditSink: AuditFileSink?
         if let auditLog {
@@ -268,6 +271,24 @@ struct IntroServerCommand: AsyncParsableCommand {
         auditSink?.close()
         if server.socketLost { throw CLIError(.socketLost, "the socket path was deleted or replaced") }
         if server.listenerFailed { throw CLIError(.failure, "the listening socket failed") }
+    }
+}
+
+extension IntroServerCommand {
+    /// One line for a socket that cannot be opened: the path, the reason in words, what to do.
+    static func listenFailure(_ error: IntroductionServerError, path: String?) -> String {
+        guard error.code == .bind, let transport = error.transport, let path else { return error.description }
+        let hint: String
+        switch transport.code {
+        case .noSuchPath: hint = " — create the directory or choose another --socket"
+        case .permissionDenied: hint = " — check the directory's owner and mode, or choose another --socket"
+        case .alreadyRunning: hint = " — another intro-server runs on this path; stop it or choose another --socket"
+        case .addressInUse: hint = " — a live server answers there; stop it or choose another --socket"
+        case .pathOccupied: hint = " — it is never deleted; choose another --socket"
+        case .invalidPath: hint = " — see --socket"
+        default: hint = ""
+        }
+        return "intro-server: cannot listen at \(path): \(transport.code.rawValue): \(transport.explanation)\(hint)"
     }
 }
 

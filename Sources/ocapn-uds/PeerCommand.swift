@@ -25,7 +25,7 @@ struct PeerOptions: ParsableArguments {
         "Pin the key of the --server at the same position (repeatable, a 52-character designator).", valueName: "designator"))
     var serverKey: [String] = []
 
-    @Option(help: "Handshake deadline, in milliseconds.")
+    @Option(help: "Handshake deadline, in milliseconds. Keep it above the servers' pending lifetime (intro-server --pending-lifetime-ms, 5000), so a dropped introduction is reported as such.")
     var handshakeTimeoutMs: Int = 10_000
 
     @Option(help: "Deadline for an introduction server's registration reply, in milliseconds.")
@@ -199,11 +199,13 @@ enum PeerOutput {
              .messageTooLarge, .ioError, .channelClosed, .noSharedServer, .serverDisconnected, .serverUnreachable,
              .registrationTimeout, .invalidLocator, .netlayerClosed:
             return .failure
+        case .introductionDropped:
+            return .introductionDropped
         }
     }
 
     static func failure(_ what: String, _ error: PeerError) -> CLIError {
-        CLIError(exitCode(for: error), "\(what): \(error.code.rawValue): \(error.detail)")
+        CLIError(exitCode(for: error), "\(what): \(error.code.rawValue): \(error.detail)" + CLI.hint(for: error.code))
     }
 }
 
@@ -262,7 +264,9 @@ struct PeerCommand: AsyncParsableCommand {
             Registers with every --server and prints this peer's full locator URI (one hint per \
             registered server) as the first line on stdout. Then it accepts introductions, runs \
             the UDS-HS1 handshake on every passed socket, prints the verified peer fingerprint of \
-            each channel on stderr (`verified-peer: fp1:…`) and echoes every message back.
+            each channel on stderr (`verified-peer: fp1:…`) and echoes every message back, \
+            showing the first \(echoesShownPerChannel) of each channel on stderr and the count \
+            when it closes.
 
             Servers are independent: one that is unreachable, refuses us, fails its signature or \
             its pinned key is reported on stderr (`server PATH failed: …`) and retried with capped \
@@ -279,6 +283,7 @@ struct PeerCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var options: PeerOptions
+    @OptionGroup var coreDumps: CoreDumpOption
 
     @Flag(help: "Exit at start when any --server fails instead of serving through the others.")
     var requireAllServers = false
@@ -315,6 +320,9 @@ struct PeerCommand: AsyncParsableCommand {
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
+        var hardeningLog = Logger(label: "ocapn-uds.peer", factory: { StreamLogHandler.standardError(label: $0) })
+        hardeningLog.logLevel = Logger.Level(rawValue: options.logLevel) ?? .warning
+        try coreDumps.apply(logger: hardeningLog)
         let termination = TerminationSignal()
         let runtime = try options.makeNetlayer { configuration in
             configuration.maxConcurrentHandshakes = maxHandshakes
@@ -384,15 +392,36 @@ struct PeerCommand: AsyncParsableCommand {
     /// Echoes every message of `channel` back until the peer closes, then closes.
     static func echo(_ channel: PeerChannel) async {
         PeerOutput.announce(channel)
+        var count = 0, bytes = 0
         do {
             for try await message in channel.messages {
                 try await channel.send(message)
+                count += 1
+                bytes += message.count
+                // Briefly: the first messages of a channel, then only the count at its end.
+                if count <= Self.echoesShownPerChannel {
+                    PeerOutput.errorLine("echoed to \(channel.peerFingerprint): \(Self.preview(message))")
+                }
             }
             await channel.close()
+            PeerOutput.errorLine("channel \(channel.peerFingerprint) closed: \(count) message\(count == 1 ? "" : "s") (\(bytes) bytes) echoed")
         } catch {
             PeerOutput.errorLine("channel \(channel.peerFingerprint) ended: \(error.code.rawValue)")
             await channel.abort()
         }
+    }
+
+    /// Messages of one channel shown by `echo` before it only counts them.
+    static let echoesShownPerChannel = 3
+
+    /// A message as a person reads it: at most 60 characters, quoted, non-printables escaped.
+    static func preview(_ message: [UInt8]) -> String {
+        let text = String(decoding: message.prefix(60), as: UTF8.self)
+        var escaped = ""
+        for scalar in text.unicodeScalars {
+            if scalar.value < 0x20 || scalar.value == 0x7f { escaped += scalar.escaped(asASCII: true) } else { escaped.unicodeScalars.append(scalar) }
+        }
+        return "\"\(escaped)\"" + (message.count > 60 ? "… (\(message.count) bytes)" : " (\(message.count) bytes)")
     }
 
     /// Prints one line on stderr per change of one server: lost, failed (with the retry

@@ -15,19 +15,20 @@ struct VectorsVerifyCommand: ParsableCommand {
         commandName: "verify",
         abstract: "Run every vector file in a directory (or the given files).",
         discussion: """
-            Recognised files: our own JSON (`"format": "ocapn-uds/<kind>/v1"`: identity, syrup,
-            ocapn, registration-v2, handshake), Wycheproof Ed25519/X25519 JSON, Noise test-vector JSON, and raw
+            Recognised files: our own JSON (`"format": "ocapn-uds/<kind>/v1"`: identity, syrup, \
+            ocapn, registration-v2, handshake), Wycheproof Ed25519/X25519 JSON, Noise test-vector \
+            JSON, and raw \
             Syrup values (`*.bin`, decoded and re-encoded). Markdown and LICENSE files are skipped.
 
-            Prints one line per file (`PASS`/`FAIL`, format, counts), the failing cases, and a
+            Prints one line per file (`PASS`/`FAIL`, format, counts), the failing cases, and a \
             closing line `N passed, M failed` (with `, K skipped` when cases were skipped).
 
-            Exit status: 0 when every case passed; 4 when any case failed or a file was not
+            Exit status: 0 when every case passed; 4 when any case failed or a file was not \
             recognised; 1 when a path cannot be read.
             """
     )
 
-    @Argument(help: "Vector directories or files (default: Vectors).")
+    @Argument(help: "Vector directories or files.")
     var paths: [String] = ["Vectors"]
 
     @Flag(name: .long, help: "Also list every passing case.")

@@ -45,11 +45,12 @@ import SodiumCrypto
     }
 }
 
-@Suite struct ValidatedKeyCacheTests {
+@Suite struct IdentityKeyCacheTests {
     @Test func theCacheKeepsAtMostItsCapacityAndForgetsTheOldestFirst() {
-        let cache = ValidatedKeyCache(capacity: 3)
-        let keys = (0..<5).map { [UInt8](repeating: UInt8($0), count: 32) }
-        for k in keys { cache.insert(k) }
+        let cache = IdentityKeyCache(capacity: 3)
+        let keys = (0..<5).map { _ in Ed25519.generate().publicKey }
+        for k in keys { #expect(cache.x25519(forIdentity: k) == (try? Ed25519.publicKeyToX25519(k))) }
+        #expect(cache.count == 3)
         #expect(!cache.contains(keys[0]) && !cache.contains(keys[1]))
         #expect(cache.contains(keys[2]) && cache.contains(keys[3]) && cache.contains(keys[4]))
     }
@@ -60,6 +61,18 @@ import SodiumCrypto
         for _ in 0..<2 {
             #expect(throws: IdentityError.self) { try PublicIdentity(publicKey: small) }
         }
-        #expect(!ValidatedKeyCache.shared.contains(small))
+        #expect(!IdentityKeyCache.shared.contains(small))
+        // A non-canonical encoding of a valid point is refused by the cache itself.
+        var nonCanonical = [UInt8](repeating: 0xff, count: 32)
+        nonCanonical[0] = 0xee; nonCanonical[31] = 0x7f
+        #expect(IdentityKeyCache.shared.x25519(forIdentity: nonCanonical) == nil)
+    }
+
+    @Test func aValidatedIdentityIsAlreadyConvertedForTheHandshake() throws {
+        let key = Ed25519.generate().publicKey
+        #expect(!IdentityKeyCache.shared.contains(key))
+        _ = try PublicIdentity(publicKey: key)
+        #expect(IdentityKeyCache.shared.contains(key), "one cache: validation stored the X25519 form")
+        #expect(IdentityKeyCache.shared.x25519(forIdentity: key) == (try Ed25519.publicKeyToX25519(key)))
     }
 }

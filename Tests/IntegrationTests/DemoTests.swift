@@ -29,7 +29,13 @@ import Testing
         let dir = try #require(directory(in: out), "\(out)")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         #expect(status == 0, "\(out.joined(separator: "\n"))\n\(demo.errorOutput.joined(separator: "\n"))")
-        #expect(out.contains("demo: OK"))
+        #expect(out.last == "demo: OK; logs and audit trails are in \(dir) (ocapn-uds audit --verify \(dir)/*.audit.jsonl)",
+                "the last line names where the logs are")
+        // Identities by name and fingerprint at the top, no designators or URIs.
+        #expect(out.contains { $0.hasPrefix("demo:   impostor      fp1:") }, "the attacker is introduced")
+        #expect(!out.contains { $0.contains("ocapn://") && !$0.contains("<key>") }, "no full locator URIs in the progress")
+        // Each refused attack says what it would have achieved against plain Goblins.
+        #expect(out.filter { $0.hasPrefix("demo:   with an unauthenticated netlayer (plain Goblins)") }.count == 2)
         #expect(out.contains { $0.contains("handshakes:") && $0.contains("6 succeeded, 0 failed") })
         #expect(out.contains { $0.contains("messages:") && $0.contains("18 of 18 echoed") })
         #expect(out.contains { $0.contains("registered peer lying about from: refused (spoofedFrom)") })
@@ -69,10 +75,24 @@ import Testing
         let dir = try #require(directory(in: demo.output), "\(demo.output)")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         #expect(opening != nil)
+        // A long run reports progress, not a line per connection.
+        #expect(demo.waitForLine(timeout: 30) { $0.contains(" of 1000000 connections done (") } != nil)
+        #expect(!demo.output.contains { $0.hasPrefix("demo:   connection ") })
         #expect(!processes(mentioning: dir).isEmpty, "the server and peers run while connecting")
         kill(demo.pid, SIGINT)
         let status = demo.waitForExit(timeout: 30)
         #expect(status == 130)
+        // The notice, then at most one line: where the logs are.
+        let out = demo.output
+        let notice = try #require(out.firstIndex(of: "demo: interrupted; stopping the connections, the server and the peers"), "\(out.suffix(5))")
+        #expect(Array(out[(notice + 1)...]) == ["demo: stopped; logs and sealed audit trails are in \(dir)"], "\(out.suffix(5))")
+        // Every audit log it opened is sealed: the server's, each peer's and the client's.
+        let trails = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".audit.jsonl") }
+        #expect(Set(trails) == ["intro-server.audit.jsonl", "peer-1.audit.jsonl", "peer-2.audit.jsonl", "client.audit.jsonl"])
+        for trail in trails {
+            let verify = try runOCapNUDS(["audit", "--verify", (dir as NSString).appendingPathComponent(trail)])
+            #expect(verify.status == 0, "\(trail) sealed: \(verify.stdout) \(verify.stderr)")
+        }
         let deadline = Date().addingTimeInterval(5)
         while !processes(mentioning: dir).isEmpty && Date() < deadline { usleep(50_000) }
         #expect(processes(mentioning: dir).isEmpty, "\(processes(mentioning: dir))")

@@ -438,7 +438,7 @@ import Transport
         }
     }
 
-    @Test("C3: with --on-socket-loss exit a deleted socket path makes the daemon exit with status 5 within 5 s, and a replacement starts at once")
+    @Test("C3: with --on-socket-loss exit a deleted socket path makes the daemon exit with status 6 within 5 s, and a replacement starts at once")
     func socketPathLostExits() throws {
         let server = try IntroServerProcess(["--on-socket-loss", "exit"])
         defer { server.stop(); server.dir.remove() }
@@ -447,7 +447,7 @@ import Transport
         while server.child.process.isRunning && Date().timeIntervalSince(start) < 5 { usleep(20_000) }
         #expect(!server.child.process.isRunning, "exited within 5 s")
         server.child.process.waitUntilExit()
-        #expect(server.child.process.terminationStatus == 5)
+        #expect(server.child.process.terminationStatus == 6)
         #expect(server.child.errorOutput.contains { $0.contains("socket path deleted") })
         // The lock went with the process: a replacement binds the same path.
         let replacement = try IntroServerProcess([], dir: server.dir)

@@ -55,7 +55,9 @@ final class IntroServerProcess {
             try IdentityKeyFile.write(pair, to: keyPath)
             identity = pair.publicIdentity
         }
-        arguments = ["intro-server", "--identity", keyPath, "--socket", socketPath, "--audit-log", auditPath] + extra
+        // --allow-core-dumps: these tests read the server's /proc/PID/fd, which a non-dumpable
+        // process closes to other processes of its uid (KeyHygieneCLITests covers the default).
+        arguments = ["intro-server", "--identity", keyPath, "--socket", socketPath, "--audit-log", auditPath, "--allow-core-dumps"] + extra
         prepare(self)
         try start()
     }

@@ -196,8 +196,8 @@ import Transport
         defer { real.stop() }
         let uri = PeerLocator(identity: idB, introductionServers: [realID]).uri
         let refused = try Self.connect(keyA, server: socket, uri)
-        #expect(refused.status == 1)
-        #expect(refused.stderr.contains("truncated"), "\(refused.stderr)")
+        #expect(refused.status == 5, "a dropped introduction has its own exit status")
+        #expect(refused.stderr.contains("connect: introductionDropped: \(idB.fingerprint) never answered the introduction"), "\(refused.stderr)")
 
         // Timeout: the server keeps the socket and never delivers it.
         let kept = KeptDescriptors()

@@ -54,14 +54,15 @@ final class ChildProcess: @unchecked Sendable {
     private var stdoutClosed = false
     private var stderrClosed = false
 
-    /// Starts `ocapn-uds` with `arguments`; with `launcher`, runs `launcher + [binary] +
-    /// arguments` instead (e.g. a shell that lowers a limit before exec).
-    init(_ arguments: [String], environment: [String: String]? = nil, launcher: [String]? = nil) throws {
+    /// Starts `ocapn-uds` (or `executable`) with `arguments`; with `launcher`, runs
+    /// `launcher + [executable] + arguments` instead (e.g. a shell that lowers a limit before exec).
+    init(_ arguments: [String], environment: [String: String]? = nil, launcher: [String]? = nil,
+         executable: String = TestProcesses.binary) throws {
         if let launcher, let first = launcher.first {
             process.executableURL = URL(fileURLWithPath: first)
-            process.arguments = Array(launcher.dropFirst()) + [TestProcesses.binary] + arguments
+            process.arguments = Array(launcher.dropFirst()) + [executable] + arguments
         } else {
-            process.executableURL = URL(fileURLWithPath: TestProcesses.binary)
+            process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = arguments
         }
         if let environment {

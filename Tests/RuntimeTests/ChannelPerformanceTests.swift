@@ -9,7 +9,8 @@ import Transport
 /// at 64 KiB messages through the runtime against the ceiling, the slower of a raw
 /// socketpair and raw ChaCha20-Poly1305 (seal and open each timed alone), measured in the same
 /// run. Prints the figures and asserts the floor of 0.8×.
-@Suite(.enabled(if: ProcessInfo.processInfo.environment["OCAPN_UDS_BENCH"] == "1"))
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["OCAPN_UDS_BENCH"] == "1",
+                "timing suite: runs with OCAPN_UDS_BENCH=1 (figures come from `ocapn-uds bench`)"))
 struct ChannelPerformanceTests {
     static let messageSize = 64 << 10
     static let count = 4096

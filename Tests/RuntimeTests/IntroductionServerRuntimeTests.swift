@@ -81,10 +81,11 @@ import Transport
         let path = dir + "/s.sock"
         let key = IdentityKeyPair.generate()
         let sink = AuditMemorySink(writer: key.publicIdentity)
-        var core = IntroductionServerConfiguration(allowedUIDs: [getuid()])
+        let core = IntroductionServerConfiguration(allowedUIDs: [getuid()])
         let server = IntroductionServer(
             identity: key, socket: try IntroductionServerSetup.openSocket(path: path, mode: 0o600),
-            configuration: .init(core: core), audit: sink, logger: Logger(label: "test"))
+            configuration: .init(core: core), audit: sink,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         server.start()
         let a = try BlockingPeer(path: path, server: key.publicIdentity)
         defer { a.close() }

@@ -1,8 +1,9 @@
 // The invariants of the FuzzHandshake and FuzzFrameReceiver fuzz targets (docs/FUZZING.md).
 // Compiled here for the regression tests and, through symlinks, into the fuzz package, so
-// fuzzers and tests judge an input by the same code. Public API (plus the TestVectors SPI for
-// the traffic key) of SecureChannel and SodiumCrypto only; no test framework.
-@_spi(TestVectors) import SecureChannel
+// fuzzers and tests judge an input by the same code. Public API of SecureChannel and
+// SodiumCrypto only (the library hands out no traffic key; K_IR is the vector's, checked by
+// what it seals); no test framework.
+import SecureChannel
 import SodiumCrypto
 
 /// Fixed identities and ephemeral keys: those of the `alice-to-bob` transcript of
@@ -60,7 +61,15 @@ enum ChannelFuzzFixture {
               case .established(let session, let auth)? = try? i.receive(msg2, now: start) else {
             preconditionFailure("the fixed handshake does not complete")
         }
-        return Genuine(msg1: i.initialMessage, msg2: msg2, auth: auth, keyIR: session.sender.trafficKeyForVectors)
+        // K_IR of the alice-to-bob transcript (Vectors/handshake.json `key_ir`); the session must
+        // seal exactly as it does, or every frame the oracle builds would be wrong.
+        let keyIR = hex("809c80f68f67cf685d78879242dbf513a5284820851909c3811782a85e4c19b9")
+        let probe: [UInt8] = [0x00, 0x2a]
+        let sealed = ChaChaPoly.seal(key: SecretBytes(copying: keyIR), nonce: 1, ad: [], plaintext: probe)
+        guard (try? session.sender.seal([0x2a])) == [UInt8(sealed.count >> 8), UInt8(sealed.count & 0xff)] + sealed else {
+            preconditionFailure("the fixed handshake's K_IR is not the vector's")
+        }
+        return Genuine(msg1: i.initialMessage, msg2: msg2, auth: auth, keyIR: keyIR)
     }()
 
     /// SplitMix64 seeded from FNV-1a of the input: split points are a function of the input.

@@ -1,5 +1,5 @@
 import Foundation
-@_spi(TestVectors) @testable import SecureChannel
+@testable import SecureChannel
 import SodiumCrypto
 import Testing
 

@@ -1,5 +1,5 @@
 import Foundation
-@_spi(TestVectors) @testable import SecureChannel
+@testable import SecureChannel
 import SodiumCrypto
 import Testing
 
@@ -15,9 +15,9 @@ import Testing
         #expect(t.initiator.handshakeHash == t.responder.handshakeHash)
         #expect(t.initiator.sessionID == t.responder.sessionID)
         #expect(t.initiator.role == .initiator && t.responder.role == .responder)
-        #expect(t.initiator.sender.trafficKeyForVectors == t.responder.receiver.trafficKeyForVectors)
-        #expect(t.responder.sender.trafficKeyForVectors == t.initiator.receiver.trafficKeyForVectors)
-        #expect(t.initiator.sender.trafficKeyForVectors != t.initiator.receiver.trafficKeyForVectors, "each direction has its own key")
+        #expect(t.initiator.sender.trafficKeyForTesting == t.responder.receiver.trafficKeyForTesting)
+        #expect(t.responder.sender.trafficKeyForTesting == t.initiator.receiver.trafficKeyForTesting)
+        #expect(t.initiator.sender.trafficKeyForTesting != t.initiator.receiver.trafficKeyForTesting, "each direction has its own key")
     }
 
     @Test("Messages flow both ways after the handshake and CLOSE ends each direction cleanly")
@@ -39,7 +39,7 @@ import Testing
         let a = try handshake(deterministic: false), b = try handshake(deterministic: false)
         #expect(a.initiator.handshakeHash != b.initiator.handshakeHash)
         #expect(a.initiator.sessionID != b.initiator.sessionID)
-        #expect(a.initiator.sender.trafficKeyForVectors != b.initiator.sender.trafficKeyForVectors)
+        #expect(a.initiator.sender.trafficKeyForTesting != b.initiator.sender.trafficKeyForTesting)
     }
 
     @Test("Data pipelined right behind AUTH reaches the responder's channel")
@@ -474,7 +474,7 @@ enum Forge {
                      signedContext: [UInt8] = UDSHS1.initiatorContext) throws -> [UInt8] {
         let t = try handshake()
         let sig = Ed25519.sign(signedContext + t.initiator.handshakeHash, secretKey: signedBy.secretKey)
-        let sender = FrameSender(key: SecretBytes(copying: t.initiator.sender.trafficKeyForVectors), nonce: 0, configuration: ChannelConfiguration())
+        let sender = FrameSender(key: SecretBytes(copying: t.initiator.sender.trafficKeyForTesting), nonce: 0, configuration: ChannelConfiguration())
         let frame = try sender.sealControl(type: FrameFormat.FrameType(rawValue: type) ?? .data, body: sig)
         return frame
     }

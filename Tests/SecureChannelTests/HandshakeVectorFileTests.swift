@@ -1,5 +1,5 @@
 import Foundation
-@_spi(TestVectors) @testable import SecureChannel
+@testable import SecureChannel
 import SodiumCrypto
 import Testing
 
@@ -138,8 +138,8 @@ enum HandshakeVectorGenerator {
                 ("auth", .hex(run.auth)),
                 ("handshake_hash", .hex(run.i.handshakeHash)),
                 ("session_id", .hex(run.i.sessionID.bytes)),
-                ("key_ir", .hex(run.i.sender.trafficKeyForVectors)),
-                ("key_ri", .hex(run.r.sender.trafficKeyForVectors)),
+                ("key_ir", .hex(run.i.sender.trafficKeyForTesting)),
+                ("key_ri", .hex(run.r.sender.trafficKeyForTesting)),
                 ("transport", .array(frames)),
             ]))
         }
@@ -180,7 +180,7 @@ enum HandshakeVectorGenerator {
         let zeroU = [UInt8](repeating: 0, count: 32)
         let ei = Array(run.msg1[72..<104])
         // Transport streams crafted with the real K_IR at the nonces that follow AUTH.
-        let kIR = SecretBytes(copying: run.i.sender.trafficKeyForVectors)
+        let kIR = SecretBytes(copying: run.i.sender.trafficKeyForTesting)
         func i2r(_ frames: [(FrameFormat.FrameType, [UInt8])]) throws -> [UInt8] {
             let s = FrameSender(key: kIR, nonce: 1, configuration: ChannelConfiguration())
             return try frames.flatMap { try s.sealControl(type: $0.0, body: $0.1) }

@@ -1,5 +1,5 @@
 import Foundation
-@_spi(TestVectors) @testable import SecureChannel
+@testable import SecureChannel
 import SodiumCrypto
 import Testing
 
@@ -40,7 +40,7 @@ import Testing
         #expect(e != HandshakeError(.badSignature, "x"))
         #expect(e.description == "decryptFailed: x")
         // A failing receiver's error text mentions no key bytes.
-        let key = hexEncode(t.responder.receiver.trafficKeyForVectors)
+        let key = hexEncode(t.responder.receiver.trafficKeyForTesting)
         do {
             try t.responder.receiver.receive([0, 17] + [UInt8](repeating: 0, count: 17))
             _ = try t.responder.receiver.next()

@@ -1,11 +1,12 @@
 import Foundation
-@_spi(TestVectors) @testable import SecureChannel
+@testable import SecureChannel
 import SodiumCrypto
 import Testing
 
 /// Performance targets, measured against the libsodium operations in the same run. Timing is
 /// noisy on shared machines, so these run only with OCAPN_UDS_BENCH=1 (preferably `-c release`).
-@Suite(.enabled(if: ProcessInfo.processInfo.environment["OCAPN_UDS_BENCH"] == "1"), .serialized)
+@Suite(.enabled(if: ProcessInfo.processInfo.environment["OCAPN_UDS_BENCH"] == "1",
+                "timing suite: runs with OCAPN_UDS_BENCH=1 (figures come from `ocapn-uds bench`)"), .serialized)
 struct PerformanceTests {
     /// Best (minimum) per-iteration time over `rounds` rounds of `iterations` calls.
     static func measure(rounds: Int = 7, iterations: Int, _ body: () throws -> Void) rethrows -> Double {

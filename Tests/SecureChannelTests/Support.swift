@@ -1,5 +1,5 @@
 import Foundation
-@_spi(TestVectors) @testable import SecureChannel
+@testable import SecureChannel
 import SodiumCrypto
 
 /// Deterministic keys and in-memory plumbing shared by the tests.

@@ -114,12 +114,45 @@ extension TransportTests {
             } throws: { ($0 as? TransportError)?.code == .invalidPath }
         }
 
-        @Test func connectingWhereNobodyListensIsRefused() throws {
+        @Test func connectingWhereNoSocketIsSaysSoAndNamesThePath() throws {
             let directory = try TemporaryDirectory()
             defer { directory.remove() }
-            #expect {
-                try FileDescriptor.connect(unixPath: directory.path + "/none.sock")
-            } throws: { ($0 as? TransportError)?.code == .connectionRefused }
+            let path = directory.path + "/none.sock"
+            let error = try #require(throws: TransportError.self) { try FileDescriptor.connect(unixPath: path) }
+            #expect(error.code == .noSuchPath, "ENOENT is not a refusal")
+            #expect(error.explanation == "no socket at \(path) (No such file or directory)")
+        }
+
+        @Test func connectingIntoAMissingDirectoryNamesTheDirectory() throws {
+            let directory = try TemporaryDirectory()
+            defer { directory.remove() }
+            let error = try #require(throws: TransportError.self) {
+                try FileDescriptor.connect(unixPath: directory.path + "/gone/s.sock")
+            }
+            #expect(error.code == .noSuchPath)
+            #expect(error.detail == "directory \(directory.path)/gone does not exist")
+        }
+
+        @Test func connectingToAStaleSocketFileIsRefused() throws {
+            let directory = try TemporaryDirectory()
+            defer { directory.remove() }
+            let path = directory.path + "/stale.sock"
+            let stale = try ListeningSocket.bind(path: path)
+            stale.descriptor.close()  // the file stays, nobody listens
+            defer { unlink(path); stale.close() }
+            let error = try #require(throws: TransportError.self) { try FileDescriptor.connect(unixPath: path) }
+            #expect(error.code == .connectionRefused)
+            #expect(error.detail.hasPrefix("nothing is listening at \(path)"))
+        }
+
+        @Test func bindingInAMissingDirectoryNamesTheDirectory() throws {
+            let directory = try TemporaryDirectory()
+            defer { directory.remove() }
+            let error = try #require(throws: TransportError.self) {
+                try ListeningSocket.bind(path: directory.path + "/gone/s.sock")
+            }
+            #expect(error.code == .noSuchPath)
+            #expect(error.explanation == "directory \(directory.path)/gone does not exist (No such file or directory)")
         }
 
         @Test func connectGivesUpAtTheDeadlineWhenTheBacklogIsFull() throws {
