@@ -20,6 +20,7 @@ let package = Package(
         .executableTarget(name: "FuzzControlMessages", dependencies: [core]),
         .executableTarget(name: "FuzzHandshake", dependencies: [core]),
         .executableTarget(name: "FuzzFrameReceiver", dependencies: [core]),
+        .executableTarget(name: "FuzzChannelMachines", dependencies: [core]),
         .executableTarget(name: "FuzzServerCore", dependencies: [core]),
         .executableTarget(name: "FuzzLocator", dependencies: [core]),
         .executableTarget(name: "FuzzKeyFile", dependencies: [core]),

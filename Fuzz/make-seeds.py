@@ -123,8 +123,24 @@ def frame_seeds():
     write("FuzzFrameReceiver", "eof-mid-message", frame(4, b"abc") + b"\xc1")
 
 
+def machine_seeds():
+    # Operations of ChannelMachineFuzzOracle: (op | side << 4, argument) pairs.
+    def ops(*pairs):
+        return bytes(b for pair in pairs for b in pair)
+    T = "FuzzChannelMachines"
+    write(T, "handshake-then-close-a-first", ops((14, 0), (0, 3), (1, 0), (14, 0), (2, 0), (14, 0), (3, 0)))
+    write(T, "close-both-at-once", ops((14, 0), (2, 0), (3, 0), (14, 0)))
+    write(T, "byte-by-byte", ops((4, 0), (7, 0), (4, 0), (7, 0), (5, 0), (6, 0), (0, 200), (4, 9), (7, 0), (7, 5)))
+    write(T, "close-crossing-unwritten", ops((14, 0), (3, 0), (5, 0), (2, 0), (6, 0), (14, 0)))
+    write(T, "tamper-in-transit", ops((14, 0), (0, 1), (4, 0), (10 | 16, 5), (14, 0)))
+    write(T, "abort-then-deadline", ops((14, 0), (2, 0), (9, 0), (11, 3), (14, 0)))
+    write(T, "handshake-timeout", ops((4, 0), (12, 11), (14, 0)))
+    write(T, "spurious-eof", ops((14, 0), (0, 4), (15 | 16, 0), (14, 0)))
+
+
 if __name__ == "__main__":
     syrup_seeds()
     control_seeds()
     handshake_seeds()
     frame_seeds()
+    machine_seeds()

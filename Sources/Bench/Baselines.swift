@@ -107,4 +107,59 @@ enum Baselines {
         }
         return runs.median
     }
+
+    /// Raw socketpair ping-pong: one thread writes `messageSize` bytes, an echo thread reads and
+    /// writes them back with blocking calls. Round-trip nanoseconds, one sample per exchange.
+    static func socketpairPingPong(messageSize: Int, count: Int) throws -> Samples {
+        let (a, b) = try FileDescriptor.socketPair()
+        defer { a.close(); b.close() }
+        let rawA = try a.withRawDescriptor { $0 }
+        let rawB = try b.withRawDescriptor { $0 }
+        let rounds = count + 100
+        let echo = Thread {
+            var buf = [UInt8](repeating: 0, count: messageSize)
+            for _ in 0..<rounds {
+                var got = 0
+                while got < messageSize {
+                    let n = buf.withUnsafeMutableBytes { Glibc.read(rawB, $0.baseAddress! + got, messageSize - got) }
+                    if n > 0 { got += n } else if n == 0 || errno != EINTR { return }
+                }
+                _ = buf.withUnsafeBytes { Glibc.write(rawB, $0.baseAddress, messageSize) }
+            }
+        }
+        echo.start()
+        var samples = Samples()
+        var buf = [UInt8](repeating: 7, count: messageSize)
+        for i in 0..<rounds {
+            let t0 = nowNanos()
+            _ = buf.withUnsafeBytes { Glibc.write(rawA, $0.baseAddress, messageSize) }
+            var got = 0
+            while got < messageSize {
+                let n = buf.withUnsafeMutableBytes { Glibc.read(rawA, $0.baseAddress! + got, messageSize - got) }
+                if n > 0 { got += n } else if n == 0 || errno != EINTR { throw BenchError("ping-pong peer ended") }
+            }
+            if i >= 100 { samples.add(Double(nowNanos() - t0)) }
+        }
+        return samples
+    }
+
+    /// Nanoseconds of one seal plus one open of a DATA frame carrying `messageSize` bytes (TYPE
+    /// byte, body, tag), as ChaCha20-Poly1305 does them for a channel message.
+    static func sealAndOpenNanos(messageSize: Int, iterations: Int) -> Double {
+        let key = SecretBytes.random(count: 32)
+        let plain = [UInt8](repeating: 0x42, count: messageSize + 1)
+        var sealed = [UInt8](repeating: 0, count: plain.count + ChaChaPoly.tagLength)
+        var opened = [UInt8](repeating: 0, count: plain.count)
+        let none = UnsafeRawBufferPointer(start: nil, count: 0)
+        var nonce: UInt64 = 0
+        return medianNanosPerCall(iterations: iterations) {
+            nonce &+= 1
+            plain.withUnsafeBytes { p in
+                sealed.withUnsafeMutableBytes { s in ChaChaPoly.seal(key: key, nonce: nonce, ad: none, plaintext: p, into: s) }
+            }
+            sealed.withUnsafeBytes { s in
+                opened.withUnsafeMutableBytes { o in try? ChaChaPoly.open(key: key, nonce: nonce, ad: none, ciphertext: s, into: o) }
+            }
+        }
+    }
 }

@@ -85,8 +85,8 @@ enum RuntimeChannelBench {
         var logger = Logger(label: "ocapn-uds.bench")
         logger.logLevel = .critical
         let alice = IdentityKeyPair.generate(), bob = IdentityKeyPair.generate()
-        let a = ChannelEstablishment(identity: alice, logger: logger)
-        let b = ChannelEstablishment(identity: bob, logger: logger)
+        let a = try ChannelEstablishment(identity: alice, logger: logger)
+        let b = try ChannelEstablishment(identity: bob, logger: logger)
         var runs = Samples()
         for _ in 0..<3 {
             let (sa, sb) = try FileDescriptor.socketPair()

@@ -18,6 +18,7 @@ final class PeerBench {
     let peerKey = IdentityKeyPair.generate()
     private(set) var socketPath = ""
     private(set) var peerPID: Int32 = 0
+    private(set) var serverPID: Int32 = 0
     private(set) var peerLocator: PeerLocator?
 
     init(directory: String, executable: String) {
@@ -35,6 +36,7 @@ final class PeerBench {
         let server = try launch(["intro-server", "--identity", path("pb-server.key"), "--socket", socketPath,
                                  "--log-level", "info", "--max-intros-per-second", "0", "--max-clients", "4096"])
         _ = try firstLine(server)
+        serverPID = processes.last!.processIdentifier
         // The memory figure holds up to 1000 channels from this one process: lift the per-peer cap.
         let peer = try launch([
             "peer", "--identity", path("pb-peer.key"), "--server", socketPath, "--log-level", "error",
@@ -78,7 +80,7 @@ final class PeerBench {
     func client() async throws -> PeerNetlayer {
         var logger = Logger(label: "ocapn-uds.bench")
         logger.logLevel = .critical
-        let netlayer = PeerNetlayer(identity: .generate(), logger: logger)
+        let netlayer = try PeerNetlayer(identity: .generate(), logger: logger)
         _ = try await netlayer.addServer(path: socketPath, expectedKey: serverKey.publicIdentity)
         return netlayer
     }
@@ -98,6 +100,25 @@ final class PeerBench {
             _ = await channel.close()
             if i >= 5 { samples.add(Double(elapsed)) }  // the first few warm caches and queues
         }
+        await netlayer.shutdown()
+        return samples
+    }
+
+    /// 6. Sequential round trips of `size`-byte messages over one open channel to the echo
+    /// peer process (nanoseconds each).
+    func roundTrips(size: Int, count: Int) async throws -> Samples {
+        let netlayer = try await client()
+        guard let target = peerLocator else { throw BenchError("peer not started") }
+        let channel = try await netlayer.connect(to: target)
+        let message = [UInt8](repeating: 0x61, count: size)
+        var samples = Samples()
+        for i in 0..<(count + 100) {
+            let t0 = nowNanos()
+            try await channel.send(message)
+            guard let echoed = try await channel.receive(), echoed.count == size else { throw BenchError("echo mismatch") }
+            if i >= 100 { samples.add(Double(nowNanos() - t0)) }
+        }
+        _ = await channel.close()
         await netlayer.shutdown()
         return samples
     }

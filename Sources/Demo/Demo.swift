@@ -257,7 +257,7 @@ public final class Demo: @unchecked Sendable {
         auditLogs.append(clientAuditPath)
         var logger = Logger(label: "ocapn-uds.demo")
         logger.logLevel = .error
-        let netlayer = PeerNetlayer(identity: clientKey, audit: clientAudit, logger: logger)
+        let netlayer = try PeerNetlayer(identity: clientKey, audit: clientAudit, logger: logger)
         _ = try await netlayer.addServer(path: socketPath, expectedKey: serverKey.publicIdentity)
         say("client registered with intro-server")
 

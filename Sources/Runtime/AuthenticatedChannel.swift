@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Audit
 import Dispatch
 import Identity
@@ -127,7 +124,7 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
     public func abort() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             engine.queue.async {
-                self.engine.finish(error: PeerError(.channelClosed, "aborted locally"), reason: .localAbort)
+                self.engine.abort()
                 c.resume()
             }
         }
@@ -163,12 +160,15 @@ extension PeerError {
     }
 }
 
-/// The I/O engine under one socket: drives the handshake machine, then the framed channel, on
-/// one serial queue with one read and one write dispatch source (no thread per connection).
+/// The I/O engine under one socket: feeds socket readiness, timers and application calls to
+/// the channel's sans-IO `ChannelMachine` and carries out its actions, on one serial queue with
+/// one `ChannelSocket` (no thread per connection). The handshake, the framed channel and every
+/// closing state are the machine's; the engine holds only what is about I/O and the
+/// application: read back-pressure, the inbound queue, the waiters, logs and audit records.
 ///
 /// Every mutable field is touched only on `queue` (`@unchecked Sendable` rests on that).
-/// The sources hold the engine strongly until `finish` cancels them, so a socket is never
-/// silently dropped; the socket is closed once both sources have finished cancelling.
+/// The socket's sources hold the engine strongly until the machine's `.closeDescriptor`, so a
+/// socket is never silently dropped.
 final class ChannelEngine: @unchecked Sendable {
     struct Environment: Sendable {
         let configuration: ChannelRuntimeConfiguration
@@ -178,47 +178,30 @@ final class ChannelEngine: @unchecked Sendable {
         let verifiedPeers: VerifiedPeerMemory
     }
 
-    struct Open {
-        /// nil for a legacy channel (raw bytes, no framing).
-        let sender: FrameSender?
-        let receiver: FrameReceiver?
-    }
-
-    enum Phase {
-        case initiating(HandshakeInitiator)
-        /// `legacyProbe` collects the first bytes until they tell a Goblins peer from UDS-HS1;
-        /// nil once decided.
-        case responding(HandshakeResponder, legacyProbe: [UInt8]?)
-        case open(Open)
-        case finished
-    }
-
-    /// What a Goblins peer sends first: the start of its `op:start-session` record.
-    static let legacyMarker: [UInt8] = Array("<16'op:start-session".utf8)
-
     let queue: DispatchQueue
     let facts: ChannelFacts
-    private let socket: FileDescriptor
+    /// nil only when the descriptor was already closed when the engine was made.
+    private let socket: ChannelSocket?
+    private var machine: ChannelMachine
+    /// Actions of the event being handled, reused across events.
+    private var actions: [ChannelMachine.Action] = []
+    private var processing = false
     private let environment: Environment
     private var configuration: ChannelRuntimeConfiguration { environment.configuration }
     private var logger: Logger
-    private var phase: Phase
-    private let deadline: ContinuousClock.Instant
     private let started = ContinuousClock.now
     private var establishedAt: ContinuousClock.Instant?
 
-    /// The socket's number, lent to the dispatch sources while the socket is open.
-    private var raw: Int32 = -1
-    private var readSource: DispatchSourceRead?
-    private var writeSource: DispatchSourceWrite?
-    /// Sources created and not yet cancelled-and-finished: the socket closes only at zero, so
-    /// libdispatch never watches a number that was closed and reused.
-    private var liveSources = 0
     private var timer: DispatchSourceTimer?
-    private var readPaused = false
+    private var timerDeadline: ContinuousClock.Instant?
     private var holdsHandshakeSlot = true
+    /// Reading stopped because the inbound queue is full (back-pressure).
+    private var readPaused = false
+    /// The socket reported end of stream: level-triggered readiness would fire forever.
+    private var endOfStream = false
+    /// Bytes per read: starts small and doubles while reads fill it (memory follows use).
+    private var readChunk: Int
 
-    private let output = OutputBuffer()
     private var inbound: [[UInt8]] = []
     private var inboundHead = 0
     private var inboundBytes = 0
@@ -229,31 +212,25 @@ final class ChannelEngine: @unchecked Sendable {
     private var closeWaiters: [CheckedContinuation<ChannelCloseSummary, Never>] = []
 
     private var session: EstablishedSession?
-    private var closeSent = false
-    private var writeShutDown = false
-    private var peerClosed = false
-    private var endOfStream = false
+    /// What a local abort or cancellation reports (the machine only knows it was aborted).
+    private var localEnd: (error: PeerError, reason: AuditReason)?
     private var failure: PeerError?
     private var summary: ChannelCloseSummary?
-    private var bytesSent: UInt64 = 0
-    private var bytesReceived: UInt64 = 0
-    private var messagesSent: UInt64 = 0
-    private var messagesReceived: UInt64 = 0
 
-    init(
-        socket: FileDescriptor, phase: Phase, initialOutput: [UInt8], deadline: ContinuousClock.Instant,
-        facts: ChannelFacts, environment: Environment
-    ) {
-        self.socket = socket
-        self.phase = phase
-        self.deadline = deadline
+    /// Smallest read: a handshake message or a few small frames.
+    static let initialReadChunk = 1024
+
+    init(socket: FileDescriptor, machine: ChannelMachine, facts: ChannelFacts, environment: Environment) {
+        let queue = DispatchQueue(label: "ocapn-uds.channel", target: .global(qos: .userInitiated))
+        self.queue = queue
+        self.socket = try? ChannelSocket(descriptor: socket, queue: queue)
+        self.machine = machine
         self.facts = facts
         self.environment = environment
-        output.append(initialOutput)
+        readChunk = min(Self.initialReadChunk, environment.configuration.readChunkSize)
         var log = environment.logger
         facts.annotate(&log)
         logger = log
-        queue = DispatchQueue(label: "ocapn-uds.channel", target: .global(qos: .userInitiated))
     }
 
     // MARK: establishment
@@ -271,109 +248,101 @@ final class ChannelEngine: @unchecked Sendable {
         establishWaiter = waiter
         environment.audit?.record(facts.event(.handshakeStarted))
         logger.debug("handshake started")
-        do {
-            raw = try socket.withRawDescriptor { $0 }
-        } catch {
-            finish(error: PeerError(.ioError, "socket closed before the handshake"), reason: .ioError)
+        guard let socket else {
+            localEnd = (PeerError(.ioError, "socket closed before the handshake"), .ioError)
+            step(.abort)
             return
         }
         if let size = configuration.socketSendBufferSize {
             // A deeper kernel buffer lets the sender seal ahead while the receiver opens, with
             // fewer wake-ups per message. It is a property of our own end only.
-            var value = Int32(clamping: size)
-            _ = setsockopt(raw, SOL_SOCKET, SO_SNDBUF, &value, socklen_t(MemoryLayout<Int32>.size))
+            try? socket.setSendBufferSize(size)
         }
-        watchReadable(true)
-        let timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.setEventHandler { self.deadlinePassed() }
-        timer.schedule(deadline: .now() + ContinuousClock.now.duration(to: deadline).dispatchInterval)
-        timer.activate()
-        self.timer = timer
-        flush()
+        // The initiator's msg1 is already queued in the machine.
+        actions.append(.write)
+        process()
     }
 
-    private func deadlinePassed() {
-        let now = ContinuousClock.now
-        do throws(HandshakeError) {
-            switch phase {
-            case .initiating(let machine): try machine.checkDeadline(now: now)
-            case .responding(let machine, _): try machine.checkDeadline(now: now)
-            case .open, .finished: return
-            }
-            // A timer that fired a hair early: wait for the rest.
-            timer?.schedule(deadline: .now() + now.duration(to: deadline).dispatchInterval)
-        } catch {
-            finish(error: PeerError(error))
+    // MARK: the machine
+
+    private func step(_ event: ChannelMachine.Event) {
+        machine.handle(event, into: &actions)
+        process()
+    }
+
+    /// Carries out the queued actions (including those they cause), then brings the socket's
+    /// watches and the timer in line with the machine.
+    private func process() {
+        guard !processing else { return }
+        processing = true
+        var i = 0
+        while i < actions.count {
+            let action = actions[i]
+            i += 1
+            perform(action)
         }
+        actions.removeAll(keepingCapacity: actions.capacity <= 16)
+        processing = false
+        updateWatches()
+        updateTimer()
     }
 
-    /// Feeds bytes read during the handshake to the machine.
-    private func feedHandshake(_ bytes: [UInt8]) {
-        do throws(HandshakeError) {
-            switch phase {
-            case .initiating(let machine):
-                try apply(machine.receive(bytes, now: .now))
-            case .responding(let machine, let probe?):
-                let collected = probe + bytes
-                switch Self.classify(collected) {
-                case .undecided:
-                    phase = .responding(machine, legacyProbe: collected)
-                case .legacy:
-                    admitLegacy(collected)
-                case .handshake:
-                    phase = .responding(machine, legacyProbe: nil)
-                    try apply(machine.receive(collected, now: .now))
-                }
-            case .responding(let machine, nil):
-                try apply(machine.receive(bytes, now: .now))
-            case .open, .finished:
-                preconditionFailure("handshake bytes after the handshake ended")
-            }
-        } catch {
-            finish(error: PeerError(error))
-        }
-    }
-
-    private func handshakeEnded() {
-        do throws(HandshakeError) {
-            switch phase {
-            case .initiating(let machine): try machine.receiveEOF()
-            case .responding(let machine, _): try machine.receiveEOF()
-            case .open, .finished: preconditionFailure("handshake EOF after the handshake ended")
-            }
-        } catch {
-            finish(error: PeerError(error))
-        }
-    }
-
-    enum ProbeResult { case undecided, legacy, handshake }
-
-    /// UDS-HS1 starts with `o` (MAGIC), a Goblins peer with `<`: the first byte decides, and
-    /// the whole 20-byte marker confirms a legacy peer.
-    static func classify(_ bytes: [UInt8]) -> ProbeResult {
-        guard let first = bytes.first, first == legacyMarker[0] else { return bytes.isEmpty ? .undecided : .handshake }
-        let n = min(bytes.count, legacyMarker.count)
-        guard bytes[0..<n].elementsEqual(legacyMarker[0..<n]) else { return .handshake }
-        return n == legacyMarker.count ? .legacy : .undecided
-    }
-
-    private func apply(_ step: HandshakeStep) {
-        switch step {
-        case .needMoreBytes:
-            return
-        case .send(let bytes):
-            output.append(bytes)
+    private func perform(_ action: ChannelMachine.Action) {
+        switch action {
+        case .write:
             flush()
-        case .established(let session, let send):
-            output.append(send)
+        case .shutDownWrite:
+            try? socket?.shutDownWrite()
+        case .deliver(let message):
+            enqueueInbound(message)
+        case .fact(.established(let session)):
             established(session)
+        case .fact(.legacyAdmitted):
+            legacyAdmitted()
+        case .fact(.peerClosed):
+            logger.debug("peer sent CLOSE")
+            wakeReceivers()
+        case .fact(.ended(let end, let wasOpen)):
+            ended(end, wasOpen: wasOpen)
+        case .closeDescriptor:
+            socket?.close()
+        }
+    }
+
+    private func updateWatches() {
+        guard let socket, !socket.isClosed else { return }
+        if machine.wantsToRead && !readPaused && !endOfStream {
+            // The source holds the engine until the machine closes the descriptor, so a
+            // handshake in progress (which nothing else holds) is never dropped.
+            socket.watchReadable { self.handleReadable() }
+        } else {
+            socket.watchReadable(nil)
+        }
+    }
+
+    private func updateTimer() {
+        let wanted = machine.deadline
+        guard wanted != timerDeadline else { return }
+        timerDeadline = wanted
+        guard let wanted else {
+            timer?.cancel()
+            timer = nil
+            return
+        }
+        if timer == nil {
+            let timer = DispatchSource.makeTimerSource(queue: queue)
+            timer.setEventHandler { self.step(.deadline(.now)) }
+            timer.schedule(deadline: .now() + ContinuousClock.now.duration(to: wanted).dispatchInterval)
+            timer.activate()
+            self.timer = timer
+        } else {
+            timer?.schedule(deadline: .now() + ContinuousClock.now.duration(to: wanted).dispatchInterval)
         }
     }
 
     private func established(_ session: EstablishedSession) {
         self.session = session
         environment.verifiedPeers.remember(session.peer.publicKey)
-        phase = .open(Open(sender: session.sender, receiver: session.receiver))
         leaveHandshake()
         let now = ContinuousClock.now
         establishedAt = now
@@ -386,27 +355,10 @@ final class ChannelEngine: @unchecked Sendable {
         let channel = PeerChannel(engine: self, session: session)
         establishWaiter?.resume(returning: channel)
         establishWaiter = nil
-        flush()
-        // Bytes that arrived behind the handshake are already in the receiver.
-        drainReceiver()
     }
 
-    private func admitLegacy(_ firstBytes: [UInt8]) {
+    private func legacyAdmitted() {
         let claim = facts.legacyClaim
-        guard configuration.legacyPeers.admits(claim) else {
-            logger.info("legacy peer refused (first bytes are a CapTP op:start-session)", metadata: ["claim": "\(claim)"])
-            environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyPeerRefused))
-            finish(error: PeerError(.legacyPeerRefused, "peer speaks CapTP without a handshake"), audited: true)
-            return
-        }
-        guard !environment.verifiedPeers.refusesLegacy(claim) else {
-            // That key runs UDS-HS1 with us: a plaintext channel "from" it is a lie.
-            logger.warning("legacy peer refused: the claimed key completed UDS-HS1 before", metadata: ["claim": "\(claim)"])
-            environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyKeyProvedBefore))
-            finish(error: PeerError(.legacyPeerRefused, "the claimed key completed UDS-HS1 with us before"), audited: true)
-            return
-        }
-        phase = .open(Open(sender: nil, receiver: nil))
         leaveHandshake()
         establishedAt = ContinuousClock.now
         logger.warning("legacy peer admitted WITHOUT authentication (allowLegacyPeers)", metadata: ["claim": "\(claim)"])
@@ -414,12 +366,9 @@ final class ChannelEngine: @unchecked Sendable {
         let channel = PeerChannel(engine: self, session: nil)
         establishWaiter?.resume(returning: channel)
         establishWaiter = nil
-        enqueueInbound(firstBytes)
     }
 
     private func leaveHandshake() {
-        timer?.cancel()
-        timer = nil
         if holdsHandshakeSlot {
             holdsHandshakeSlot = false
             environment.limiter.release()
@@ -428,146 +377,35 @@ final class ChannelEngine: @unchecked Sendable {
 
     // MARK: reading
 
-    private enum ReadOutcome {
-        case bytes(Int)
-        case wouldBlock
-        case endOfStream
-        case failed(TransportError)
-    }
-
     private func handleReadable() {
+        guard let socket else { return }
         for _ in 0..<configuration.readsPerEvent {
-            guard !readPaused, !endOfStream else { return }
-            switch phase {
-            case .finished:
-                return
-            case .open(let open) where open.receiver != nil && !peerClosed:
-                let receiver = open.receiver!
-                var outcome = ReadOutcome.wouldBlock
-                receiver.withInputBuffer(minimumCapacity: configuration.readChunkSize) { buffer in
-                    outcome = Self.read(socket, into: buffer)
-                    if case .bytes(let n) = outcome { return n }
-                    return 0
-                }
-                guard continueAfter(outcome) else { return }
-                drainReceiver()
-            case .initiating, .responding, .open:
-                var scratch = [UInt8](repeating: 0, count: configuration.readChunkSize)
-                let outcome = scratch.withUnsafeMutableBytes { Self.read(socket, into: $0) }
-                guard continueAfter(outcome) else { return }
-                guard case .bytes(let n) = outcome else { return }
-                scratch.removeSubrange(n...)
-                switch phase {
-                case .initiating, .responding:
-                    feedHandshake(scratch)
-                case .open(let open):
-                    if let receiver = open.receiver {
-                        // Only after the peer's CLOSE: any byte now is `dataAfterClose`.
-                        do throws(HandshakeError) {
-                            try receiver.receive(scratch)
-                        } catch {
-                            finish(error: PeerError(error))
-                            return
-                        }
-                    } else {
-                        bytesReceived += UInt64(n)
-                        messagesReceived += 1
-                        enqueueInbound(scratch)
+            guard machine.wantsToRead, !readPaused, !endOfStream else { return }
+            let chunk = readChunk
+            let result = machine.read(chunk: chunk, into: &actions) { buffer in
+                do throws(TransportError) {
+                    switch try socket.receive(into: buffer) {
+                    case .wouldBlock: return .wouldBlock
+                    case .processed(0): return .endOfStream
+                    case .processed(let n): return .bytes(n)
                     }
-                case .finished:
-                    return
-                }
-            }
-        }
-    }
-
-    private static func read(_ socket: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) -> ReadOutcome {
-        do throws(TransportError) {
-            switch try socket.receive(into: buffer, descriptorCapacity: 0) {
-            case .wouldBlock: return .wouldBlock
-            case .processed(let received): return received.isEndOfStream ? .endOfStream : .bytes(received.byteCount)
-            }
-        } catch {
-            return .failed(error)
-        }
-    }
-
-    /// Handles what a read returned; false when the read loop must stop.
-    private func continueAfter(_ outcome: ReadOutcome) -> Bool {
-        switch outcome {
-        case .bytes:
-            return true
-        case .wouldBlock:
-            return false
-        case .failed(let error) where error.code == .connectionReset:
-            // A reset is an end of stream without CLOSE, like EOF: `truncated` unless the
-            // peer's CLOSE already arrived.
-            return continueAfter(.endOfStream)
-        case .failed(let error):
-            finish(error: PeerError.transport(error, "read"))
-            return false
-        case .endOfStream:
-            endOfStream = true
-            // Level-triggered: a source at EOF would fire forever.
-            watchReadable(false)
-            streamEnded()
-            return false
-        }
-    }
-
-    private func streamEnded() {
-        switch phase {
-        case .initiating, .responding:
-            handshakeEnded()
-        case .open(let open):
-            if let receiver = open.receiver {
-                do throws(HandshakeError) {
-                    try receiver.receiveEOF()
+                } catch where error.code == .connectionReset {
+                    // A reset is an end of stream without CLOSE, like EOF: `truncated` unless
+                    // the peer's CLOSE already arrived.
+                    return .endOfStream
                 } catch {
-                    finish(error: PeerError(error))
-                    return
+                    return .failed(PeerError.transport(error, "read").detail)
                 }
-                finishIfClosedBothWays()
-            } else {
-                // A legacy stream has no authenticated end: EOF is all there is.
-                peerClosed = true
-                wakeReceivers()
-                if closeSent { finish(error: nil, reason: .peerReset) }
             }
-        case .finished:
-            return
-        }
-    }
-
-    /// Opens every complete frame the receiver holds.
-    private func drainReceiver() {
-        guard case .open(let open) = phase, let receiver = open.receiver, !peerClosed else { return }
-        while true {
-            let event: ChannelRead<[UInt8]>
-            do throws(HandshakeError) {
-                event = try receiver.nextMessage { body in
-                    [UInt8](unsafeUninitializedCapacity: body.count) { buffer, count in
-                        UnsafeMutableRawBufferPointer(buffer).copyMemory(from: body)
-                        count = body.count
-                    }
-                }
-            } catch {
-                finish(error: PeerError(error))
+            if case .endOfStream = result { endOfStream = true }
+            process()
+            guard case .bytes(let n) = result else {
+                // Nothing more to read now: reads shrink back toward their start as traffic does.
+                if readChunk > Self.initialReadChunk { readChunk = max(Self.initialReadChunk, readChunk / 2) }
                 return
             }
-            switch event {
-            case .message(let message):
-                bytesReceived += UInt64(message.count)
-                messagesReceived += 1
-                enqueueInbound(message)
-            case .closed:
-                peerClosed = true
-                logger.debug("peer sent CLOSE")
-                wakeReceivers()
-                finishIfClosedBothWays()
-                return
-            case .needMoreBytes:
-                return
+            if n == chunk, chunk < configuration.readChunkSize {
+                readChunk = min(chunk * 2, configuration.readChunkSize)
             }
         }
     }
@@ -581,59 +419,8 @@ final class ChannelEngine: @unchecked Sendable {
         inbound.append(message)
         inboundBytes += message.count
         if inboundBytes >= configuration.maxInboundQueuedBytes || inbound.count - inboundHead >= configuration.maxInboundQueuedMessages {
-            setReading(paused: true)
+            readPaused = true
         }
-    }
-
-    private func setReading(paused: Bool) {
-        guard paused != readPaused else { return }
-        readPaused = paused
-        guard !endOfStream else { return }
-        watchReadable(!paused)
-    }
-
-    // Sources are created when needed and cancelled when not, never suspended: a suspended
-    // source that libdispatch disarms can lose the other direction's events on a shared
-    // descriptor (seen under load on Linux), and cancel-then-recreate costs little.
-
-    private func watchReadable(_ wanted: Bool) {
-        if wanted {
-            guard readSource == nil else { return }
-            let source = DispatchSource.makeReadSource(fileDescriptor: raw, queue: queue)
-            source.setEventHandler { self.handleReadable() }
-            source.setCancelHandler { self.sourceFinished() }
-            liveSources += 1
-            readSource = source
-            source.activate()
-        } else if let source = readSource {
-            readSource = nil
-            source.cancel()
-        }
-    }
-
-    private func armWrite(_ wanted: Bool) {
-        if wanted {
-            guard writeSource == nil else { return }
-            let source = DispatchSource.makeWriteSource(fileDescriptor: raw, queue: queue)
-            source.setEventHandler { self.flush() }
-            source.setCancelHandler { self.sourceFinished() }
-            liveSources += 1
-            writeSource = source
-            source.activate()
-        } else if let source = writeSource {
-            writeSource = nil
-            source.cancel()
-        }
-    }
-
-    private func sourceFinished() {
-        liveSources -= 1
-        closeSocketIfUnwatched()
-    }
-
-    private func closeSocketIfUnwatched() {
-        guard case .finished = phase, liveSources == 0 else { return }
-        socket.close()
     }
 
     /// Receivers waiting with nothing queued learn that the stream ended.
@@ -646,26 +433,43 @@ final class ChannelEngine: @unchecked Sendable {
         }
     }
 
-    /// Takes a queued message, or reports the end, without waiting.
+    /// Whether a dispatch source watches the socket now (tests: a finished channel never does).
+    var isWatchingDescriptor: Bool { socket?.isWatching ?? false }
+
+    /// Whether reading is paused because the inbound queue is full (tests).
+    var isReadingPaused: Bool { readPaused }
+
+    /// Takes a queued message, or reports the end, without waiting. With nothing queued it
+    /// reads the socket once on the caller's thread first, so a message already in the kernel
+    /// reaches the application without waiting for a readiness event and a thread hop.
     func tryReceive() -> Attempt<[UInt8]?> {
-        if inboundHead < inbound.count {
-            let message = inbound[inboundHead]
-            inbound[inboundHead] = []
-            inboundHead += 1
-            inboundBytes -= message.count
-            if inboundHead == inbound.count {
-                inbound.removeAll(keepingCapacity: inbound.capacity <= 4096)
-                inboundHead = 0
-            }
-            if readPaused, inboundBytes < configuration.maxInboundQueuedBytes,
-               inbound.count - inboundHead < configuration.maxInboundQueuedMessages {
-                setReading(paused: false)
-            }
-            return .done(message)
+        if let message = takeQueued() { return .done(message) }
+        if receiveWaiters.isEmpty, machine.isEstablished, machine.wantsToRead, !readPaused, !endOfStream {
+            handleReadable()
+            if let message = takeQueued() { return .done(message) }
         }
         if let failure { return .failed(failure) }
-        if peerClosed || summary != nil { return .done(nil) }
+        if machine.peerFinished || summary != nil { return .done(nil) }
         return .wait
+    }
+
+    private func takeQueued() -> [UInt8]? {
+        guard inboundHead < inbound.count else { return nil }
+        let message = inbound[inboundHead]
+        inbound[inboundHead] = []
+        inboundHead += 1
+        inboundBytes -= message.count
+        if inboundHead == inbound.count {
+            inbound.removeAll(keepingCapacity: inbound.capacity <= 64)
+            inboundHead = 0
+        }
+        if readPaused, inboundBytes < configuration.maxInboundQueuedBytes,
+           inbound.count - inboundHead < configuration.maxInboundQueuedMessages {
+            readPaused = false
+            // Only watches again while the machine still wants bytes: never once it ended.
+            updateWatches()
+        }
+        return message
     }
 
     func receive(completion: CheckedContinuation<[UInt8]?, Error>) {
@@ -689,48 +493,27 @@ final class ChannelEngine: @unchecked Sendable {
     /// Seals and writes `message` at once; `.wait` when the outbound queue is now over its bound
     /// (the message is queued; the caller waits for space).
     func trySend(_ message: [UInt8]) -> Attempt<Void> {
-        guard case .open(let open) = phase, !closeSent else {
+        let outcome = message.withUnsafeBytes { machine.send($0, into: &actions) }
+        switch outcome {
+        case .queued:
+            process()
+        case .tooLarge(let limit):
+            return .failed(PeerError(.messageTooLarge, "message of \(message.count) bytes exceeds maxMessageSize \(limit)"))
+        case .notOpen:
+            process()
             return .failed(failure ?? PeerError(.channelClosed, "send after close"))
         }
-        if let sender = open.sender {
-            guard message.count <= sender.configuration.maxMessageSize else {
-                return .failed(PeerError(.messageTooLarge, "message of \(message.count) bytes exceeds maxMessageSize \(sender.configuration.maxMessageSize)"))
-            }
-            // Sealed straight into the output buffer: one copy of the body, no allocation
-            // once the buffer has grown to the working size.
-            let region = output.reserve(sender.sealedLength(messageLength: message.count))
-            let sealed: Result<Int, HandshakeError> = message.withUnsafeBytes { body in
-                do throws(HandshakeError) {
-                    return .success(try sender.seal(body, into: region))
-                } catch {
-                    return .failure(error)
-                }
-            }
-            switch sealed {
-            case .success(let written):
-                output.commit(written)
-            case .failure(let error):
-                let failure = PeerError(error)
-                finish(error: failure)
-                return .failed(failure)
-            }
-        } else {
-            output.append(message)
-        }
-        bytesSent += UInt64(message.count)
-        messagesSent += 1
-        flush()
-        if case .finished = phase {
+        if summary != nil {
             return .failed(failure ?? PeerError(.channelClosed, "channel ended during send"))
         }
-        return output.count > configuration.maxOutboundQueuedBytes ? .wait : .done(())
+        return machine.pendingOutputCount > configuration.maxOutboundQueuedBytes ? .wait : .done(())
     }
 
     /// Resumes `completion` once the outbound queue is back within its bound.
     func awaitOutboundSpace(_ completion: CheckedContinuation<Void, Error>) {
-        if case .finished = phase {
+        if summary != nil {
             completion.resume(throwing: failure ?? PeerError(.channelClosed, "channel closed"))
-        } else if output.count > configuration.maxOutboundQueuedBytes {
+        } else if machine.pendingOutputCount > configuration.maxOutboundQueuedBytes {
             sendWaiters.append(completion)
         } else {
             completion.resume()
@@ -739,44 +522,35 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Writes as much queued output as the socket takes, in one `sendmsg` per call.
     private func flush() {
-        switch phase {
-        case .finished: return
-        case .initiating, .responding, .open: break
-        }
-        while output.count > 0 {
+        guard let socket, !socket.isClosed else { return }
+        while machine.pendingOutputCount > 0 {
             let result: IOResult<Int>
             do throws(TransportError) {
                 // Everything queued goes in one sendmsg: frames coalesce.
-                result = try socket.send(output.readable)
+                result = try socket.send(machine.pendingOutput)
             } catch {
                 if error.code == .connectionReset, !endOfStream {
-                    // The peer is gone (EPIPE): judge it like an end of stream.
+                    // The peer is gone (EPIPE): judge it like an end of stream first.
                     endOfStream = true
-                    watchReadable(false)
-                    streamEnded()
-                    if case .finished = phase { return }
+                    machine.handle(.endOfStream, into: &actions)
                 }
-                finish(error: PeerError.transport(error, "write"))
+                machine.handle(.transportFailed(PeerError.transport(error, "write").detail), into: &actions)
                 return
             }
             guard case .processed(let written) = result else {
-                armWrite(true)
+                socket.watchWritable {
+                    self.actions.append(.write)
+                    self.process()
+                }
                 return
             }
-            output.consume(written)
+            machine.handle(.wrote(written), into: &actions)
         }
-        output.releaseIfLarge()
-        armWrite(false)
+        socket.watchWritable(nil)
         let waiters = sendWaiters
         sendWaiters = []
         for waiter in waiters { waiter.resume() }
-        if closeSent && !writeShutDown {
-            writeShutDown = true
-            _ = try? socket.withRawDescriptor { Glibc.shutdown($0, Int32(SHUT_WR)) }
-            closedOurSide()
-        }
     }
-
 
     // MARK: closing
 
@@ -785,111 +559,95 @@ final class ChannelEngine: @unchecked Sendable {
             completion.resume(returning: summary)
             return
         }
-        guard case .open(let open) = phase else {
-            preconditionFailure("close() before the channel existed")
-        }
+        precondition(machine.isEstablished, "close() before the channel existed")
         closeWaiters.append(completion)
-        guard !closeSent else { return }
-        closeSent = true
-        if let sender = open.sender {
-            do throws(HandshakeError) {
-                output.append(try sender.close())
-            } catch {
-                finish(error: PeerError(error))
-                return
-            }
-        }
-        let timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.setEventHandler {
-            self.finish(error: PeerError(.timeout, "peer did not answer CLOSE within \(self.configuration.closeTimeout)"))
-        }
-        timer.schedule(deadline: .now() + configuration.closeTimeout.dispatchInterval)
-        timer.activate()
-        self.timer = timer
-        flush()
+        step(.close(now: .now))
     }
 
-    /// Our side is flushed and shut down.
-    private func closedOurSide() {
-        guard case .open(let open) = phase else { return }
-        if open.sender == nil {
-            // Legacy: there is no CLOSE to wait for.
-            finish(error: nil, reason: peerClosed ? .peerReset : .localAbort)
-        } else {
-            finishIfClosedBothWays()
-        }
-    }
-
-    private func finishIfClosedBothWays() {
-        guard session != nil, closeSent, writeShutDown, peerClosed else { return }
-        finish(error: nil)
+    /// Ends the channel at once without CLOSE (the peer sees `truncated`).
+    func abort(_ error: PeerError = PeerError(.channelClosed, "aborted locally"), reason: AuditReason = .localAbort) {
+        guard summary == nil else { return }
+        localEnd = (error, reason)
+        step(.abort)
     }
 
     /// Fails the handshake if it is still running (the channel, once open, is unaffected).
     func cancelHandshake(_ error: PeerError) {
-        switch phase {
-        case .initiating, .responding: finish(error: error)
-        case .open, .finished: return
-        }
+        guard !machine.isEstablished, summary == nil else { return }
+        abort(error, reason: error.auditReason)
     }
 
     /// Called when the owning `PeerChannel` is released: an unclosed channel is aborted.
     func abandon() {
         queue.async {
-            if case .finished = self.phase { return }
-            self.finish(error: PeerError(.channelClosed, "channel released without close()"), reason: .localAbort)
+            self.abort(PeerError(.channelClosed, "channel released without close()"))
         }
     }
 
-    /// Ends the handshake or channel: cancels the sources (the socket closes after them), answers
-    /// every waiter, writes the terminal log line and audit record. `error` nil means clean
-    /// (only with both CLOSEs) or, with `reason`, a legacy end.
-    func finish(error: PeerError?, reason: AuditReason? = nil, audited: Bool = false) {
-        let wasOpen: Bool
-        switch phase {
-        case .finished: return
-        case .open: wasOpen = true
-        case .initiating, .responding: wasOpen = false
-        }
-        phase = .finished
-        failure = error
+    /// The machine ended: answers every waiter, writes the terminal log line and audit record.
+    private func ended(_ end: ChannelEnd, wasOpen: Bool) {
         timer?.cancel()
         timer = nil
-        if holdsHandshakeSlot {
-            holdsHandshakeSlot = false
-            environment.limiter.release()
+        timerDeadline = nil
+        leaveHandshake()
+        let error: PeerError?
+        var reason: AuditReason?
+        switch end {
+        case .clean:
+            error = nil
+        case .protocolError(let e):
+            error = PeerError(e)
+        case .transportFailed(let detail):
+            error = PeerError(.ioError, detail)
+        case .aborted:
+            error = localEnd?.error ?? PeerError(.channelClosed, "aborted locally")
+            reason = localEnd?.reason ?? .localAbort
+        case .legacyEnded(let byPeer):
+            error = nil
+            reason = byPeer ? .peerReset : .localAbort
+        case .legacyRefused:
+            let claim = facts.legacyClaim
+            if configuration.legacyPeers.admits(claim) {
+                // The policy admits the claim, so the machine's check refused it: that key runs
+                // UDS-HS1 with us, and a plaintext channel "from" it is a lie.
+                error = PeerError(.legacyPeerRefused, "the claimed key completed UDS-HS1 with us before")
+                logger.warning("legacy peer refused: the claimed key completed UDS-HS1 before", metadata: ["claim": "\(claim)"])
+                environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyKeyProvedBefore))
+            } else {
+                error = PeerError(.legacyPeerRefused, "peer speaks CapTP without a handshake")
+                logger.info("legacy peer refused (first bytes are a CapTP op:start-session)", metadata: ["claim": "\(claim)"])
+                environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyPeerRefused))
+            }
         }
-        watchReadable(false)
-        armWrite(false)
-        closeSocketIfUnwatched()
-        output.clear()
-
+        failure = error
+        let traffic = machine.traffic
         let now = ContinuousClock.now
-        let clean = error == nil && session != nil
+        let clean = end == .clean
         if wasOpen {
             let auditReason = clean ? nil : (reason ?? error?.auditReason ?? .localAbort)
-            let traffic = AuditTraffic(
-                bytesSent: bytesSent, bytesReceived: bytesReceived, messagesSent: messagesSent, messagesReceived: messagesReceived)
             let closed = facts.event(
                 .channelClosed, reason: auditReason, proved: session?.peer.publicKey, handshakeHash: session?.handshakeHash,
                 session: session?.sessionID, durationMicros: Self.micros((establishedAt ?? started).duration(to: now)),
-                clean: clean, traffic: traffic)
+                clean: clean, traffic: AuditTraffic(
+                    bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
+                    messagesSent: traffic.messagesSent, messagesReceived: traffic.messagesReceived))
             environment.audit?.record(session == nil ? facts.asLegacy(closed) : closed)
             if clean {
-                logger.info("channel closed cleanly", metadata: ["messagesSent": "\(messagesSent)", "messagesReceived": "\(messagesReceived)"])
+                logger.info("channel closed cleanly", metadata: ["messagesSent": "\(traffic.messagesSent)", "messagesReceived": "\(traffic.messagesReceived)"])
             } else {
                 logger.info("channel ended", metadata: ["reason": "\(auditReason!.rawValue)", "detail": "\(error?.detail ?? "")"])
             }
         } else if let error {
-            if !audited {
+            if end != .legacyRefused {
                 environment.audit?.record(facts.event(
-                    .handshakeFailed, reason: error.auditReason, durationMicros: Self.micros(started.duration(to: now))))
+                    .handshakeFailed, reason: reason ?? error.auditReason, durationMicros: Self.micros(started.duration(to: now))))
             }
             logger.info("handshake failed", metadata: ["reason": "\(error.code.rawValue)", "detail": "\(error.detail)"])
         }
         let summary = ChannelCloseSummary(
             clean: clean, reason: clean ? nil : (error ?? PeerError(.channelClosed, "legacy channel ended")),
-            bytesSent: bytesSent, bytesReceived: bytesReceived, messagesSent: messagesSent, messagesReceived: messagesReceived)
+            bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
+            messagesSent: traffic.messagesSent, messagesReceived: traffic.messagesReceived)
         self.summary = summary
 
         if let waiter = establishWaiter {
@@ -920,85 +678,5 @@ extension Duration {
         let nanos = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         guard !nanos.overflow, nanos.partialValue <= Int64(Int.max) - 1_000_000_000 else { return .never }
         return .nanoseconds(Int(nanos.partialValue + attoseconds / 1_000_000_000))
-    }
-}
-
-
-/// The sealed bytes waiting for the socket: one contiguous buffer reused across messages, so
-/// frames are sealed in place and leave together in one `sendmsg`.
-final class OutputBuffer {
-    private var storage: UnsafeMutableRawPointer
-    private var capacity: Int
-    private var head = 0
-    private var tail = 0
-    private static let initialCapacity = 64 << 10
-    /// Capacity above this is given back once the buffer drains.
-    private static let retainedCapacity = 4 << 20
-
-    init() {
-        capacity = Self.initialCapacity
-        storage = .allocate(byteCount: capacity, alignment: 16)
-    }
-
-    deinit { storage.deallocate() }
-
-    /// Queued bytes.
-    var count: Int { tail - head }
-
-    var readable: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: storage + head, count: tail - head) }
-
-    /// Free space of at least `n` bytes after the queued ones (compacting or growing).
-    func reserve(_ n: Int) -> UnsafeMutableRawBufferPointer {
-        if capacity - tail < n {
-            let live = tail - head
-            if head > 0 && capacity - live >= n {
-                if live > 0 { storage.copyMemory(from: storage + head, byteCount: live) }
-            } else {
-                var grown = capacity
-                while grown - live < n { grown *= 2 }
-                let fresh = UnsafeMutableRawPointer.allocate(byteCount: grown, alignment: 16)
-                if live > 0 { fresh.copyMemory(from: storage + head, byteCount: live) }
-                storage.deallocate()
-                storage = fresh
-                capacity = grown
-            }
-            head = 0
-            tail = live
-        }
-        return UnsafeMutableRawBufferPointer(start: storage + tail, count: n)
-    }
-
-    func commit(_ n: Int) {
-        precondition(n >= 0 && tail + n <= capacity, "committed more than reserved")
-        tail += n
-    }
-
-    func append(_ bytes: [UInt8]) {
-        guard !bytes.isEmpty else { return }
-        let region = reserve(bytes.count)
-        bytes.withUnsafeBytes { region.copyMemory(from: $0) }
-        commit(bytes.count)
-    }
-
-    func consume(_ n: Int) {
-        precondition(n >= 0 && n <= count, "consumed more than queued")
-        head += n
-        if head == tail {
-            head = 0
-            tail = 0
-        }
-    }
-
-    /// Gives back memory a burst grew, once empty.
-    func releaseIfLarge() {
-        guard count == 0, capacity > Self.retainedCapacity else { return }
-        storage.deallocate()
-        capacity = Self.initialCapacity
-        storage = .allocate(byteCount: capacity, alignment: 16)
-    }
-
-    func clear() {
-        head = 0
-        tail = 0
     }
 }

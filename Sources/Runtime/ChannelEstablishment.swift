@@ -64,6 +64,22 @@ public struct ChannelRuntimeConfiguration: Sendable {
         self.ephemeralKeys = ephemeralKeys
         self.socketSendBufferSize = socketSendBufferSize
     }
+
+    /// Checks the settings that only work together. `ChannelEstablishment` (and so
+    /// `PeerNetlayer`) refuses a configuration that fails with `invalidConfiguration` when it
+    /// is built, so no combination traps later on a live channel.
+    public func validate() throws(PeerError) {
+        let buffered = handshake.channel.maxBufferedInput
+        // A read lands behind the unfinished frame the receiver may hold (up to one frame less
+        // a byte), and the receiver never buffers more than maxBufferedInput.
+        let needed = readChunkSize + FrameFormat.maxFrameLength - 1
+        guard needed <= buffered else {
+            throw PeerError(
+                .invalidConfiguration,
+                "readChunkSize \(readChunkSize) plus one unfinished frame (\(FrameFormat.maxFrameLength - 1) bytes) " +
+                "exceeds maxBufferedInput \(buffered)")
+        }
+    }
 }
 
 /// Caps the handshakes in progress at once, across every socket that shares it (both roles).
@@ -135,6 +151,8 @@ public struct ChannelEstablishment: Sendable {
     /// Shared by copies: rate-limits the warning line of resource refusals.
     let refusals = RefusalReporter()
 
+    /// Throws `invalidConfiguration` when `configuration.validate()` fails.
+    ///
     /// - Parameters:
     ///   - limiter: share one between establishments that must respect one cap (default: a new
     ///     limiter of `HandshakeLimiter.defaultLimit`).
@@ -148,7 +166,8 @@ public struct ChannelEstablishment: Sendable {
         limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = .shared,
         staticSecrets: StaticSecretCache = StaticSecretCache(), verifiedPeers: VerifiedPeerMemory = VerifiedPeerMemory(),
         audit: (any AuditSink)? = nil, logger: Logger
-    ) {
+    ) throws(PeerError) {
+        try configuration.validate()
         do {
             handshakeIdentity = try HandshakeIdentity(publicKey: keyPair.publicKey, secretKey: keyPair.handshakeSecretKey())
         } catch {
@@ -195,8 +214,8 @@ public struct ChannelEstablishment: Sendable {
             throw refuse(PeerError(error), facts)
         }
         let engine = ChannelEngine(
-            socket: socket, phase: .initiating(machine), initialOutput: machine.initialMessage,
-            deadline: machine.deadline, facts: facts, environment: environment)
+            socket: socket, machine: ChannelMachine(initiator: machine, configuration: machineConfiguration(facts)),
+            facts: facts, environment: environment)
         cancellation?.attach(engine)
         return try await engine.establish()
     }
@@ -230,9 +249,19 @@ public struct ChannelEstablishment: Sendable {
             policy: configuration.peerPolicy, keyCache: keyCache, staticSecrets: staticSecrets,
             ephemeralKeys: configuration.ephemeralKeys, now: .now)
         let engine = ChannelEngine(
-            socket: socket, phase: .responding(machine, legacyProbe: []), initialOutput: [],
-            deadline: machine.deadline, facts: facts, environment: environment)
+            socket: socket, machine: ChannelMachine(responder: machine, configuration: machineConfiguration(facts)),
+            facts: facts, environment: environment)
         return try await engine.establish()
+    }
+
+    /// The machine's settings for one socket: a legacy peer is admitted only when the policy
+    /// admits its claim and, when it shows up, the claimed key has not completed UDS-HS1 here.
+    func machineConfiguration(_ facts: ChannelFacts) -> ChannelMachine.Configuration {
+        let claim = facts.legacyClaim
+        let verifiedPeers = verifiedPeers
+        return ChannelMachine.Configuration(
+            closeTimeout: configuration.closeTimeout, allowLegacyPeers: configuration.legacyPeers.admits(claim),
+            legacyCheck: { !verifiedPeers.refusesLegacy(claim) })
     }
 
     /// The same establishment writing its records to `sink` (which forwards them on).

@@ -143,10 +143,11 @@ public final class PeerNetlayer: @unchecked Sendable {
     let resources: PeerResourceGovernor
     private let refusals = RefusalReporter()
 
+    /// Throws `invalidConfiguration` when the channel settings do not work together.
     public init(
         identity keyPair: IdentityKeyPair, configuration: Configuration = Configuration(),
         audit: (any AuditSink)? = nil, logger: Logger
-    ) {
+    ) throws(PeerError) {
         identity = keyPair.publicIdentity
         self.configuration = configuration
         self.audit = audit
@@ -154,7 +155,7 @@ public final class PeerNetlayer: @unchecked Sendable {
         log[metadataKey: "local"] = "\(keyPair.publicIdentity.fingerprint)"
         self.logger = log
         signer = SigningIdentity(identity: keyPair.publicIdentity, sign: { keyPair.sign($0) })
-        establishment = ChannelEstablishment(
+        establishment = try ChannelEstablishment(
             identity: keyPair, configuration: configuration.channel,
             limiter: HandshakeLimiter(limit: configuration.maxConcurrentHandshakes), audit: audit, logger: log)
         (incoming, incomingContinuation) = AsyncStream.makeStream(of: PeerChannel.self, bufferingPolicy: .bufferingOldest(configuration.maxQueuedIncoming))

@@ -46,6 +46,8 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
         case ioError
         /// The channel was closed or aborted locally; nothing more can be sent or received.
         case channelClosed
+        /// A configuration whose settings do not work together, refused when it is built.
+        case invalidConfiguration
         // Netlayer: introduction servers.
         /// No live, registered introduction server appears in the target's hints.
         case noSharedServer

@@ -245,8 +245,11 @@ public final class FrameReceiver {
     private var messageLength = 0
     private var messageReady = false
 
-    private static let initialInput = 4096
-    private static let initialMessage = 4096
+    // Small to start: an idle channel holds little; both grow with traffic.
+    private static let initialInput = 1024
+    private static let initialMessage = 256
+    /// Input capacity above this is given back by `releaseIdleMemory()`.
+    private static let retainedInputCapacity = 16 << 10
     /// Reassembly memory above this is released after each message.
     private static let retainedMessageCapacity = 256 << 10
 
@@ -461,6 +464,27 @@ public final class FrameReceiver {
         message = grown
         messageCapacity = capacity
     }
+
+    /// Gives back input memory a burst grew, when nothing is buffered (the runtime calls it
+    /// once the socket has no more to read), so an idle channel shrinks to its starting size.
+    public func releaseIdleMemory() {
+        if inputEnd == inputStart, inputCapacity > Self.retainedInputCapacity {
+            secureZero(UnsafeMutableRawBufferPointer(start: input, count: inputCapacity))
+            input.deallocate()
+            inputCapacity = Self.initialInput
+            input = UnsafeMutableRawPointer.allocate(byteCount: inputCapacity, alignment: 16)
+            inputStart = 0
+            inputEnd = 0
+        }
+        if messageLength == 0, !messageReady, messageCapacity > Self.retainedInputCapacity {
+            message.deallocate()
+            messageCapacity = Self.initialMessage
+            message = UnsafeMutableRawPointer.allocate(byteCount: messageCapacity, alignment: 16)
+        }
+    }
+
+    /// Bytes of memory this receiver holds (tests: memory follows use).
+    public var heldBytes: Int { inputCapacity + messageCapacity }
 
     /// Test hook: jump the nonce to reach exhaustion without 2^64 frames.
     func setNonceForTesting(_ n: UInt64) { nonce = n }

@@ -210,6 +210,27 @@ extension FileDescriptor {
         return .processed(Received(byteCount: count, descriptors: descriptors))
     }
 
+    /// One `recvmsg(MSG_DONTWAIT)` into `buffer` with no room for descriptors, for sockets
+    /// that must never carry one (a channel): no control buffer is allocated. A descriptor
+    /// sent anyway is discarded by the kernel (MSG_CTRUNC) and reported as `.controlTruncated`.
+    /// `.processed(0)` is end of stream.
+    public func receiveBytes(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> IOResult<Int> {
+        precondition(buffer.count > 0, "receive needs a non-empty buffer")
+        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        var message = msghdr()
+        let result = try with { (fd) throws(TransportError) -> IOResult<Int> in
+            try withUnsafeMutablePointer(to: &iov) { (iovPointer) throws(TransportError) -> IOResult<Int> in
+                message.msg_iov = iovPointer
+                message.msg_iovlen = 1
+                return try systemCall("recvmsg") { recvmsg(fd, &message, Int32(MSG_CMSG_CLOEXEC) | Int32(MSG_DONTWAIT)) }
+            }
+        }
+        if case .processed(let count) = result, message.msg_flags & Int32(MSG_CTRUNC) != 0 {
+            throw TransportError(.controlTruncated, "a descriptor arrived after \(count) bytes and was discarded", syscall: "recvmsg")
+        }
+        return result
+    }
+
     // MARK: inspection
 
     /// SO_PEERCRED of a unix socket: the peer's pid, uid and gid as of connect/socketpair (K9).

@@ -27,7 +27,11 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, parsing: .upToNextOption, help: "Only these figure groups: \(BenchSuite.groups.joined(separator: ", ")).")
     var only: [String] = []
 
+    @Option(help: "Run the soak instead: channels and registrations at rate for SECONDS, descriptors and RSS sampled.")
+    var soak: Int?
+
     func validate() throws {
+        if let soak, !(10...86_400).contains(soak) { throw ValidationError("--soak takes 10...86400 seconds") }
         for g in only where !BenchSuite.groups.contains(g) {
             throw ValidationError("unknown figure group '\(g)'; groups are: \(BenchSuite.groups.joined(separator: ", "))")
         }
@@ -39,7 +43,11 @@ struct BenchCommand: AsyncParsableCommand {
         }))
         let figures: [BenchFigure]
         do {
-            figures = try await suite.run()
+            if let soak {
+                figures = try await suite.soak(seconds: soak)
+            } else {
+                figures = try await suite.run()
+            }
         } catch {
             throw CLIError(.failure, "benchmark failed: \(error)")
         }

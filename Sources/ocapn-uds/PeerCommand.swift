@@ -154,7 +154,12 @@ struct PeerOptions: ParsableArguments {
         configuration.channel.legacyPeers = try legacyPeerPolicy()
         configuration.registrationForms = try registrationForms()
         adjust(&configuration)
-        let netlayer = PeerNetlayer(identity: pair, configuration: configuration, audit: sink, logger: logger)
+        let netlayer: PeerNetlayer
+        do throws(PeerError) {
+            netlayer = try PeerNetlayer(identity: pair, configuration: configuration, audit: sink, logger: logger)
+        } catch {
+            throw PeerOutput.failure("configuration", error)
+        }
         return PeerRuntime(netlayer: netlayer, audit: sink, logger: logger)
     }
 }
@@ -197,7 +202,7 @@ enum PeerOutput {
             return .refused
         case .passedSocketInvalid, .notAddressedToUs, .handshakeLimitExceeded, .timeout, .truncated, .nonceExhausted,
              .messageTooLarge, .ioError, .channelClosed, .noSharedServer, .serverDisconnected, .serverUnreachable,
-             .registrationTimeout, .invalidLocator, .netlayerClosed:
+             .registrationTimeout, .invalidLocator, .netlayerClosed, .invalidConfiguration:
             return .failure
         case .introductionDropped:
             return .introductionDropped

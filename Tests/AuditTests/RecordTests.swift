@@ -1,3 +1,4 @@
+import Foundation
 import Identity
 import Testing
 @testable import Audit
@@ -72,7 +73,23 @@ import Testing
         #expect(AuditReason(rawValue: String(repeating: "a", count: 65)) == nil)
         #expect(AuditReason.documented.contains(.nonceExhausted))
         #expect(AuditReason.documented.contains(.targetUnknownExpired))
-        #expect(Set(AuditReason.documented).count == AuditReason.documented.count)
+    }
+
+    @Test("Each layer lists a reason code once, documented is their sorted union, and docs/AUDIT.md names every code")
+    func reasonListsHaveNoRepeatsAndEveryCodeIsInTheAuditDocument() throws {
+        let layers = [("handshake", AuditReason.handshakeCodes), ("intro-server", AuditReason.introServerCodes),
+                      ("channel", AuditReason.channelCodes)]
+        for (layer, codes) in layers {
+            var seen = Set<AuditReason>()
+            for code in codes { #expect(seen.insert(code).inserted, "\(code.rawValue) listed twice in \(layer)Codes") }
+        }
+        let union = Set(layers.flatMap { $0.1 })
+        #expect(AuditReason.documented == union.sorted())
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let document = String(decoding: try Data(contentsOf: root.appendingPathComponent("docs/AUDIT.md")), as: UTF8.self)
+        for code in AuditReason.documented {
+            #expect(document.contains("`\(code.rawValue)`"), "\(code.rawValue) is not named in docs/AUDIT.md")
+        }
     }
 
     @Test func outcomesFollowFromTheEventKind() {

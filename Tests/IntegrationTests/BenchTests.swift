@@ -21,13 +21,17 @@ import Testing
             ("handshake", "rate, peer receiving many, 1 core"), ("handshake", "host parallelism now"),
             ("introductions", "rate through one server"), ("connect", "connect to first echo p50"),
             ("channel", "throughput 1 KiB"), ("channel", "throughput 16 KiB"), ("channel", "throughput 64 KiB"),
-            ("memory", "server bytes per peer"), ("memory", "peer peak RSS"),
+            ("roundtrip", "64-byte round trip p50"), ("roundtrip", "raw socketpair ping-pong p50"),
+            ("memory", "server bytes per peer"), ("memory", "peer peak RSS"), ("memory", "peer bytes per open channel"),
         ] {
             let f = try #require(figure(group, name), "missing \(group): \(name)")
             #expect((f["value"] as? Double).map { $0 > 0 } == true, "\(group): \(name)")
         }
-        for (group, name) in [("handshake", "latency p50 warm"), ("handshake", "latency p50 cold"),
-                              ("introductions", "rate"), ("channel", "throughput 64 KiB")] {
+        for (group, name) in [
+            ("handshake", "latency p50 warm"), ("handshake", "latency p50 cold"), ("introductions", "rate"),
+            ("connect", "connect to first echo p50"), ("channel", "throughput 64 KiB"), ("channel", "throughput 1 KiB"),
+            ("roundtrip", "64-byte round trip p50"),
+        ] {
             let f = try #require(figure(group, name))
             #expect(f["baseline"] is Double && f["ratio"] is Double && f["target"] is Double && f["meets_target"] is Bool,
                     "\(group): \(name) lacks its baseline, ratio or target")

@@ -131,7 +131,7 @@ import Transport
         // One greedy peer opens channels until the victim refuses them.
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        let greedy = PeerNetlayer(identity: .generate(), logger: logger)
+        let greedy = try PeerNetlayer(identity: .generate(), logger: logger)
         _ = try await greedy.addServer(path: socket)
         var held: [PeerChannel] = []
         var refused = 0

@@ -114,7 +114,7 @@ import Transport
         let sink = AuditMemorySink(writer: bob.publicIdentity)
         var configuration = PeerTestSupport.fastConfiguration(timeout: .seconds(3))
         configuration.legacyPeers = .any
-        let b = ChannelEstablishment(identity: bob, configuration: configuration, verifiedPeers: VerifiedPeerMemory(capacity: 1),
+        let b = try ChannelEstablishment(identity: bob, configuration: configuration, verifiedPeers: VerifiedPeerMemory(capacity: 1),
                                      audit: sink, logger: PeerTestSupport.quietLogger)
         let a = PeerTestSupport.establishment(alice, PeerTestSupport.fastConfiguration(timeout: .seconds(3)))
         let (ca, cb) = try await PeerTestSupport.connectedPair(a, b)

@@ -289,7 +289,7 @@ import Transport
         // No room for a descriptor in any read: the kernel drops every passed one with
         // MSG_CTRUNC, exactly as when the process is at its descriptor limit (EMFILE).
         configuration.control.descriptorsPerRead = 0
-        let target = PeerNetlayer(identity: pair, configuration: configuration, audit: audit, logger: PeerTestSupport.quietLogger)
+        let target = try! PeerNetlayer(identity: pair, configuration: configuration, audit: audit, logger: PeerTestSupport.quietLogger)
         let handle = try await target.addServer(path: server.path)
         let initiator = TestPeer()
         _ = try await initiator.netlayer.addServer(path: server.path)

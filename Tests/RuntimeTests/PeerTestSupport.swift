@@ -21,7 +21,8 @@ enum PeerTestSupport {
         _ pair: IdentityKeyPair, _ configuration: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(),
         limiter: HandshakeLimiter = HandshakeLimiter(), audit: AuditMemorySink? = nil
     ) -> ChannelEstablishment {
-        ChannelEstablishment(identity: pair, configuration: configuration, limiter: limiter, audit: audit, logger: quietLogger)
+        // The tests' configurations are valid; a refused one is a bug in the test.
+        try! ChannelEstablishment(identity: pair, configuration: configuration, limiter: limiter, audit: audit, logger: quietLogger)
     }
 
     /// Short deadlines so failing paths finish fast.
@@ -178,7 +179,7 @@ struct TestPeer {
         configuration.maxConcurrentHandshakes = maxHandshakes
         configuration.resources = resources
         configuration.reconnect = reconnect
-        netlayer = PeerNetlayer(identity: pair, configuration: configuration, audit: audit, logger: PeerTestSupport.quietLogger)
+        netlayer = try! PeerNetlayer(identity: pair, configuration: configuration, audit: audit, logger: PeerTestSupport.quietLogger)
     }
 
     var identity: PublicIdentity { pair.publicIdentity }

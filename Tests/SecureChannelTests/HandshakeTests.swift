@@ -78,13 +78,29 @@ import Testing
         #expect(done)
     }
 
-    @Test("The responder sends nothing before msg1 verifies and releases no session before AUTH")
+    @Test("The responder sends nothing before msg1 verifies and releases no session before AUTH verifies")
     func responderReleasesNothingEarly() throws {
         let i = try initiator(), r = responder()
         guard case .needMoreBytes = try r.receive(Array(i.initialMessage[..<119]), now: Fixture.now) else {
             Issue.record("responder answered a partial msg1"); return
         }
-        guard case .send = try r.receive([i.initialMessage[119]], now: Fixture.now) else { Issue.record("no msg2"); return }
+        guard case .send(let msg2) = try r.receive([i.initialMessage[119]], now: Fixture.now) else { Issue.record("no msg2"); return }
+        guard case .established(_, let auth) = try i.receive(msg2, now: Fixture.now) else { Issue.record("initiator not established"); return }
+        // All of AUTH but its last byte: still nothing for the application.
+        guard case .needMoreBytes = try r.receive(Array(auth.dropLast()), now: Fixture.now) else {
+            Issue.record("responder released something before AUTH was complete"); return
+        }
+        // The last byte forged: refused, no session ever released.
+        #expect(code { _ = try r.receive([auth[82] ^ 1], now: Fixture.now) } == .decryptFailed)
+        // The same bytes with the genuine last byte (a fresh, identical responder) do establish it,
+        // so the refusal above is about the forgery, not about the byte split.
+        let r2 = responder()
+        guard case .send = try r2.receive(i.initialMessage, now: Fixture.now),
+              case .needMoreBytes = try r2.receive(Array(auth.dropLast()), now: Fixture.now) else { Issue.record("no progress"); return }
+        guard case .established(let session, _) = try r2.receive([auth[82]], now: Fixture.now) else {
+            Issue.record("genuine AUTH not accepted"); return
+        }
+        #expect(session.peer.publicKey == Fixture.alice.publicKey)
     }
 
     // MARK: Signing contexts
@@ -92,8 +108,8 @@ import Testing
     @Test("No signed handshake input is 64 bytes, so a raw 64-byte challenge signer cannot produce one")
     func signedInputsAreNever64Bytes() throws {
         for context in UDSHS1.signatureContexts {
+            // 61 is what PROTOCOL.md §10 promises; a legacy registration challenge is 64 bytes.
             #expect(context.count + SHA256.outputLength == 61)
-            #expect(context.count + SHA256.outputLength != 64)
             #expect(context.last == 0 && !context.dropLast().contains(0))
         }
         #expect(UDSHS1.responderContext != UDSHS1.initiatorContext)

@@ -1,0 +1,1 @@
+../../../Tests/SecureChannelTests/ChannelFuzzOracle.swift

@@ -1,0 +1,96 @@
+import Dispatch
+import Foundation
+import Glibc
+import Testing
+import Transport
+
+extension TransportTests {
+    @Suite struct ChannelSockets {
+        @Test func readinessIsReportedAndAClosedSocketIsNeverWatchedAgain() async throws {
+            let oracle = await LeakOracle.make()
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            oracle.track(mine)
+            oracle.track(theirs)
+            let queue = DispatchQueue(label: "test.channel-socket")
+            let socket = try ChannelSocket(descriptor: mine, queue: queue)
+            let log = EventLog<String>()
+            try await onQueue(queue) {
+                socket.watchReadable { log.append("readable") ; socket.watchReadable(nil) }
+            }
+            try sendAll(theirs, [1, 2, 3])
+            #expect(log.wait { $0.contains("readable") })
+            let got = try await onQueue(queue) { () -> [UInt8] in
+                var buffer = [UInt8](repeating: 0, count: 16)
+                let n = try buffer.withUnsafeMutableBytes { b -> Int in
+                    guard case .processed(let n) = try socket.receive(into: b) else { return -1 }
+                    return n
+                }
+                return Array(buffer.prefix(max(n, 0)))
+            }
+            #expect(got == [1, 2, 3])
+            try await onQueue(queue) {
+                socket.close()
+                // After close, asking to watch changes nothing: the number may be reused.
+                socket.watchReadable { log.append("late") }
+                socket.watchWritable { log.append("late") }
+            }
+            #expect(try await onQueue(queue) { socket.isWatching } == false)
+            #expect(await waitClosed(mine))
+            #expect(!log.events.contains("late"))
+            theirs.close()
+            await oracle.expectNoLeaks()
+        }
+
+        @Test func shuttingDownTheWriteSideGivesThePeerEndOfStreamAfterTheLastByte() async throws {
+            let oracle = await LeakOracle.make()
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            oracle.track(mine)
+            oracle.track(theirs)
+            let queue = DispatchQueue(label: "test.channel-socket")
+            let socket = try ChannelSocket(descriptor: mine, queue: queue)
+            try await onQueue(queue) {
+                try socket.setSendBufferSize(1 << 20)
+                _ = try ([9, 8] as [UInt8]).withUnsafeBytes { try socket.send($0) }
+                try socket.shutDownWrite()
+            }
+            #expect(try receiveChunk(theirs)?.0 == [9, 8])
+            #expect(try receiveChunk(theirs) == nil)
+            try await onQueue(queue) { socket.close() }
+            #expect(await waitClosed(mine))
+            theirs.close()
+            await oracle.expectNoLeaks()
+        }
+
+        @Test func aDescriptorSentOnAChannelSocketIsDiscardedAndReported() async throws {
+            let oracle = await LeakOracle.make()
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            let (extraA, extraB) = try FileDescriptor.socketPair()
+            oracle.track([mine, theirs, extraA, extraB])
+            let queue = DispatchQueue(label: "test.channel-socket")
+            let socket = try ChannelSocket(descriptor: mine, queue: queue)
+            _ = try theirs.send([7], passing: [extraA])
+            extraA.close()
+            let code = try await onQueue(queue) { () -> TransportError.Code? in
+                var buffer = [UInt8](repeating: 0, count: 16)
+                do {
+                    _ = try buffer.withUnsafeMutableBytes { try socket.receive(into: $0) }
+                    return nil
+                } catch let error as TransportError {
+                    return error.code
+                }
+            }
+            #expect(code == .controlTruncated)
+            try await onQueue(queue) { socket.close() }
+            #expect(await waitClosed(mine))
+            theirs.close()
+            extraB.close()
+            await oracle.expectNoLeaks()
+        }
+
+        /// The descriptor closes once the sources finished cancelling (asynchronously).
+        func waitClosed(_ descriptor: FileDescriptor) async -> Bool {
+            for _ in 0..<200 where descriptor.isOpen { try? await Task.sleep(for: .milliseconds(5)) }
+            return !descriptor.isOpen
+        }
+    }
+}
