@@ -21,7 +21,7 @@ var logger = Logger(label: "client")
 logger.logLevel = .warning
 let me = try IdentityKeyFile.load(path: keyPath)
 let serverKey = try PublicIdentity(designator: serverDesignator)  // from the server's `listening:` line
-let netlayer = PeerNetlayer(identity: me, logger: logger)
+let netlayer = try PeerNetlayer(identity: me, logger: logger)
 _ = try await netlayer.addServer(path: socketPath, expectedKey: serverKey)
 print(netlayer.locator.uri)   // our own locator: one ?<server>=t hint per registered server
 

@@ -25,7 +25,7 @@ let me = try IdentityKeyFile.load(path: keyPath)
 let auditSink = try AuditFileSink(AuditFileConfiguration(
     path: auditPath, writer: me.publicIdentity,
     signer: AuditSigner(identity: me.publicIdentity, sign: { me.sign($0) })))
-let netlayer = PeerNetlayer(identity: me, audit: auditSink, logger: logger)
+let netlayer = try PeerNetlayer(identity: me, audit: auditSink, logger: logger)
 
 // Register with one or more introduction servers (optionally pinning a server's key).
 let pinnedKey = try PublicIdentity(designator: serverDesignator)

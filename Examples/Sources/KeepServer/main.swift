@@ -14,7 +14,7 @@ guard arguments.count == 3 else {
     exit(2)
 }
 let (keyPath, socketPath) = (arguments[1], arguments[2])
-let netlayer = PeerNetlayer(identity: try IdentityKeyFile.load(path: keyPath), logger: Logger(label: "keep-server"))
+let netlayer = try PeerNetlayer(identity: IdentityKeyFile.load(path: keyPath), logger: Logger(label: "keep-server"))
 
 // docs/PEER.md, "Library":
 let kept = netlayer.keepServer(path: socketPath)
