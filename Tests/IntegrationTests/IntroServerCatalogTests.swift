@@ -419,7 +419,7 @@ import Transport
                 unlink(server.socketPath)
             } else {
                 unlink(server.socketPath)
-                FileManager.default.createFile(atPath: server.socketPath, contents: Data("not a socket".utf8))
+                _ = FileManager.default.createFile(atPath: server.socketPath, contents: Data("not a socket".utf8))
             }
             let start = Date()
             var back = false
