@@ -24,7 +24,13 @@ test: deps examples check-warnings
 
 # Examples/: README.md's and docs/PEER.md's code as a package using this checkout; the test
 # suite runs its programs (ExamplesTests), and under `make test` a missing build is a failure.
+# SwiftPM does not re-plan a path dependency whose files were added or removed, so the
+# examples' build folder is dropped whenever the list of files under Sources/ changes.
 examples: deps
+	@sig=$$(find Sources -type f | LC_ALL=C sort | sha256sum | cut -c1-16); \
+	if [ "$$(cat Examples/.build/.sources-list 2>/dev/null)" != "$$sig" ]; then \
+		rm -rf Examples/.build; mkdir -p Examples/.build; echo "$$sig" > Examples/.build/.sources-list; \
+	fi
 	$(SWIFT) build --package-path Examples
 
 # Zero compiler warnings in Sources/, Tests/ and Examples/, in the test build and in the release

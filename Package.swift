@@ -20,7 +20,7 @@ let package = Package(
         // Runtime and Audit (an `AuditSink` is part of `PeerNetlayer`'s API).
         .library(name: "OCapNUDS", targets: ["Runtime", "Audit"]),
         // The sans-IO layers on their own (the fuzz package in Fuzz/ builds against these).
-        .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto"]),
+        .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto", "Audit"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -68,6 +68,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Test-only C: a sender whose SCM_RIGHTS control message is padded like Goblins' (issue #17).
+        .target(name: "CPaddedSender", path: "Tests/CPaddedSender"),
         .testTarget(name: "SyrupTests", dependencies: ["Syrup"]),
         .testTarget(name: "IdentityTests", dependencies: ["Identity", "SodiumCrypto"]),
         .testTarget(name: "OCapNTests", dependencies: ["OCapN", "Syrup", "Identity", "SodiumCrypto"]),
@@ -78,7 +80,7 @@ let package = Package(
             name: "RuntimeTests",
             dependencies: [
                 "Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "SecureChannel",
-                .product(name: "Logging", package: "swift-log"),
+                "CPaddedSender", .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
@@ -89,7 +91,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             // Depending on the executable makes `swift test` build it; the tests spawn it.
-            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "VectorCheck", "ocapn-uds"]
+            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "VectorCheck", "CPaddedSender", "ocapn-uds"]
         ),
     ]
 )

@@ -21,5 +21,9 @@ let package = Package(
         .executableTarget(name: "FuzzHandshake", dependencies: [core]),
         .executableTarget(name: "FuzzFrameReceiver", dependencies: [core]),
         .executableTarget(name: "FuzzChannelMachines", dependencies: [core]),
+        .executableTarget(name: "FuzzServerCore", dependencies: [core]),
+        .executableTarget(name: "FuzzLocator", dependencies: [core]),
+        .executableTarget(name: "FuzzKeyFile", dependencies: [core]),
+        .executableTarget(name: "FuzzAuditRecord", dependencies: [core]),
     ]
 )

@@ -16,7 +16,14 @@ found=0
 for dir in "$@"; do
     [ -d "$dir" ] || { echo "check-warnings: no build at $dir" >&2; exit 2; }
     while IFS= read -r -d '' dia; do
-        if grep -aqE "$ours" "$dia"; then
+        # In batch mode a .dia can hold diagnostics about another file of its batch; when that
+        # file has changed since, it was compiled again and its current diagnostics are in a
+        # newer .dia, so a source newer than this .dia makes the record stale.
+        current=0
+        while IFS= read -r source; do
+            [ "$source" -nt "$dia" ] || current=1
+        done < <(grep -aoE "$ours" "$dia" | sort -u)
+        if [ "$current" -eq 1 ]; then
             if [ "$found" -eq 0 ]; then echo "compiler warnings in our code (the build must stay warning-free):" >&2; fi
             found=1
             # The printable strings of the record: file paths and messages.

@@ -20,6 +20,8 @@ public enum AuditEventKind: String, Sendable, CaseIterable, Hashable {
     case channelClosed = "channel.closed"
     case legacyPeerRefused = "legacy.refused"
     case legacyPeerAdmitted = "legacy.admitted"
+    /// Descriptors beyond a marker's one, closed unused (reason `extraDescriptorsClosed`).
+    case descriptorsClosed = "descriptors.closed"
     // Chain bookkeeping, written only by the log writer itself.
     case logOpened = "log.opened"
     case logCheckpoint = "log.checkpoint"
@@ -32,7 +34,7 @@ public enum AuditEventKind: String, Sendable, CaseIterable, Hashable {
         case .identityLoaded, .serverStarted, .serverStopped, .registrationAccepted, .registrationRefused,
              .introductionRequested, .introductionForwarded, .introductionQueued, .introductionExpired,
              .introductionRefused, .handshakeStarted, .handshakeSucceeded, .handshakeFailed, .channelClosed,
-             .legacyPeerRefused, .legacyPeerAdmitted:
+             .legacyPeerRefused, .legacyPeerAdmitted, .descriptorsClosed:
             return false
         }
     }
@@ -44,7 +46,7 @@ public enum AuditEventKind: String, Sendable, CaseIterable, Hashable {
              .introductionRefused, .handshakeSucceeded, .handshakeFailed, .legacyPeerRefused, .legacyPeerAdmitted:
             return true
         case .identityLoaded, .serverStarted, .serverStopped, .introductionRequested, .introductionQueued,
-             .handshakeStarted, .channelClosed, .logOpened, .logCheckpoint, .logClosed:
+             .handshakeStarted, .channelClosed, .logOpened, .logCheckpoint, .logClosed, .descriptorsClosed:
             return false
         }
     }
@@ -55,7 +57,7 @@ public enum AuditOutcome: String, Sendable, CaseIterable, Hashable {
     case success, failure
     /// An attempt in progress (started, requested, queued); a terminal record follows.
     case pending
-    /// Log bookkeeping.
+    /// Log bookkeeping, and notices that end nothing (descriptors.closed).
     case info
 }
 
@@ -163,6 +165,26 @@ public struct AuditPath: Hashable, Sendable, CustomStringConvertible {
     public var description: String { value }
 }
 
+/// What descriptors closed unused were ("tty", "pipe", "/dev/null"), in arrival order.
+/// Bounded; a name holds no comma or control character, so the list is one field.
+public struct AuditDescriptorKinds: Hashable, Sendable, CustomStringConvertible {
+    public static let maxCount = 253
+    public static let maxNameLength = 64
+    public let names: [String]
+    public init?(_ names: [String]) {
+        guard (1...Self.maxCount).contains(names.count), names.allSatisfy({ name in
+            !name.isEmpty && name.utf8.count <= Self.maxNameLength
+                && !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f || $0 == "," })
+        }) else { return nil }
+        self.names = names
+    }
+    /// The field's text: names joined by commas.
+    public var description: String { names.joined(separator: ",") }
+    public init?(field: String) {
+        self.init(field.split(separator: ",", omittingEmptySubsequences: false).map(String.init))
+    }
+}
+
 /// One event as a caller records it. Every field is a public fact (fingerprints, counts,
 /// digests, codes): there is no field that can hold a `SecretBytes` or a payload.
 public struct AuditEvent: Hashable, Sendable {
@@ -201,6 +223,8 @@ public struct AuditEvent: Hashable, Sendable {
     /// channel.closed: byte and message counts.
     public var traffic: AuditTraffic?
     public var path: AuditPath?
+    /// descriptors.closed: what the closed descriptors were.
+    public var descriptorKinds: AuditDescriptorKinds?
 
     public init(
         _ kind: AuditEventKind, reason: AuditReason? = nil, attempt: AuditAttemptID? = nil, role: AuditRole? = nil,
@@ -208,7 +232,7 @@ public struct AuditEvent: Hashable, Sendable {
         from: AuditPeerID? = nil, to: AuditPeerID? = nil, introServer: AuditPeerID? = nil,
         credentials: AuditPeerCredentials? = nil, transcriptHash: AuditDigest? = nil, sessionID: AuditDigest? = nil,
         protocolVersion: UInt32? = nil, durationMicros: UInt64? = nil, clean: Bool? = nil,
-        traffic: AuditTraffic? = nil, path: AuditPath? = nil
+        traffic: AuditTraffic? = nil, path: AuditPath? = nil, descriptorKinds: AuditDescriptorKinds? = nil
     ) {
         self.kind = kind
         self.reason = reason
@@ -228,6 +252,7 @@ public struct AuditEvent: Hashable, Sendable {
         self.clean = clean
         self.traffic = traffic
         self.path = path
+        self.descriptorKinds = descriptorKinds
     }
 
     public var outcome: AuditOutcome {
@@ -241,7 +266,7 @@ public struct AuditEvent: Hashable, Sendable {
             return .pending
         case .channelClosed:
             return clean == true ? .success : .failure
-        case .logOpened, .logCheckpoint, .logClosed:
+        case .logOpened, .logCheckpoint, .logClosed, .descriptorsClosed:
             return .info
         }
     }

@@ -85,6 +85,10 @@ extension AuditReason {
     public static let registrationTimeout: AuditReason = "registrationTimeout"
     public static let tooManyClients: AuditReason = "tooManyClients"
     public static let tooManyUnauthenticated: AuditReason = "tooManyUnauthenticated"
+    public static let unauthenticatedEvicted: AuditReason = "unauthenticatedEvicted"
+    public static let abandoned: AuditReason = "abandoned"
+    public static let targetNotReading: AuditReason = "targetNotReading"
+    public static let inFlightLimit: AuditReason = "inFlightLimit"
     public static let pendingLimit: AuditReason = "pendingLimit"
     public static let rateLimited: AuditReason = "rateLimited"
     public static let targetUnknownExpired: AuditReason = "targetUnknownExpired"
@@ -96,14 +100,17 @@ extension AuditReason {
     public static let registrationFormRefused: AuditReason = "registrationFormRefused"
     public static let serverShutdown: AuditReason = "serverShutdown"
     public static let legacyPeerRefused: AuditReason = "legacyPeerRefused"
+    /// Not a failure: descriptors beyond a marker's one were closed (descriptors.closed).
+    public static let extraDescriptorsClosed: AuditReason = "extraDescriptorsClosed"
 
     /// Codes the introduction server reports.
     public static let introServerCodes: [AuditReason] = [
         .badSignature, .challengeLength, .malformedMessage, .messageTooLarge, .spoofedFrom, .fdMissing,
-        .fdInvalid, .extraFds, .registrationTimeout, .tooManyClients, .tooManyUnauthenticated,
-        .pendingLimit, .rateLimited, .targetUnknownExpired, .uidNotAllowed, .outputOverflow,
+        .fdInvalid, .extraFds, .registrationTimeout, .tooManyClients, .tooManyUnauthenticated, .unauthenticatedEvicted,
+        .pendingLimit, .rateLimited, .targetUnknownExpired, .abandoned, .targetNotReading, .inFlightLimit,
+        .uidNotAllowed, .outputOverflow,
         .replacedDeadConnection, .replacedSameUID, .liveRegistrationKept, .registrationFormRefused,
-        .serverShutdown, .legacyPeerRefused,
+        .serverShutdown, .legacyPeerRefused, .extraDescriptorsClosed,
     ]
 }
 

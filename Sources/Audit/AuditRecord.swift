@@ -118,6 +118,7 @@ public struct AuditRecord: Hashable, Sendable {
         w.uint("messages_sent", event.traffic?.messagesSent)
         w.uint("messages_received", event.traffic?.messagesReceived)
         w.string("path", event.path?.value)
+        w.string("descriptors", event.descriptorKinds?.description)
         if let log {
             w.string("writer", log.writer?.fingerprint)
             w.string("writer_key", log.writer?.designator)
@@ -226,6 +227,10 @@ public struct AuditRecord: Hashable, Sendable {
             guard let path = AuditPath(p) else { throw .malformed("bad path") }
             e.path = path
         }
+        if let k = try d.string("descriptors") {
+            guard let kinds = AuditDescriptorKinds(field: k) else { throw .malformed("bad descriptors") }
+            e.descriptorKinds = kinds
+        }
         var meta: AuditLogMeta?
         if kind.isLogBookkeeping {
             var m = AuditLogMeta()
@@ -295,7 +300,7 @@ public struct AuditRecord: Hashable, Sendable {
         case .identityLoaded, .serverStarted, .serverStopped, .registrationAccepted, .registrationRefused,
              .introductionRequested, .introductionForwarded, .introductionQueued, .introductionExpired,
              .introductionRefused, .handshakeStarted, .handshakeSucceeded, .handshakeFailed, .channelClosed,
-             .legacyPeerRefused, .legacyPeerAdmitted:
+             .legacyPeerRefused, .legacyPeerAdmitted, .descriptorsClosed:
             preconditionFailure("only log.* records carry log metadata")
         }
     }

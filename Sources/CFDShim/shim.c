@@ -5,8 +5,10 @@
 #include <assert.h>
 #include <errno.h>
 #include <stdalign.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/un.h>
+#include <linux/sockios.h>
 
 // The Swift side sizes buffers with these helpers; the asserts catch an ABI we never checked.
 _Static_assert(sizeof(int) == 4, "fds in SCM_RIGHTS are 4-byte ints");
@@ -55,6 +57,11 @@ int cfd_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
 size_t cfd_sockaddr_un_size(void) { return sizeof(struct sockaddr_un); }
 
 size_t cfd_sockaddr_un_path_offset(void) { return offsetof(struct sockaddr_un, sun_path); }
+
+int cfd_socket_unread_output(int fd, int *bytes) {
+    assert(bytes != NULL);
+    return ioctl(fd, SIOCOUTQ, bytes);
+}
 
 int cfd_set_dumpable(int dumpable) { return prctl(PR_SET_DUMPABLE, (unsigned long)dumpable, 0UL, 0UL, 0UL); }
 

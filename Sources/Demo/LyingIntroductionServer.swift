@@ -66,7 +66,7 @@ final class LyingIntroductionServer: @unchecked Sendable {
                 guard case let .processed(r) = try buffer.withUnsafeMutableBytes({ try control.receive(into: $0, descriptorCapacity: 1) }),
                       !r.isEndOfStream else { throw BlockingIOError("peer left") }
                 r.descriptors.forEach { $0.close() }
-                try reader.receive(Array(buffer[..<r.byteCount]), descriptors: [])
+                _ = try reader.receive(Array(buffer[..<r.byteCount]), descriptors: [])
             }
         } catch {
             control.close()

@@ -11,16 +11,28 @@ import Syrup
 /// `uds:new-connection` claims the descriptor whose range holds the marker's first byte. A
 /// descriptor that no marker claims, a marker without one, or a second descriptor in flight is a
 /// protocol error. Generic over the descriptor type so it runs without sockets (tests, fuzzers).
+///
+/// Padding tolerance (issue #17, PROTOCOL.md "Compatibility"): a sender that sizes its control
+/// message as a padded C struct (24 bytes, not CMSG_LEN(4) = 20) makes the kernel pass a second
+/// descriptor, whatever int sits in the padding (zero: the sender's stdin). A read with up to
+/// `maxDescriptorsPerRead` descriptors keeps the first and hands the rest back from `receive`
+/// to be closed at once; more than that is `extraFDs`.
 public struct ControlStreamReader<Descriptor> {
     public struct Limits: Sendable, Equatable {
         /// Syrup limits for one control message.
         public var syrup: SyrupLimits
         /// Unclaimed descriptors held at once (the protocol needs one).
         public var maxQueuedDescriptors: Int
+        /// Descriptors one read may carry: the first is kept, the others are handed back to be
+        /// closed. 2 tolerates one padding descriptor (a Goblins-style 24-byte control message);
+        /// 1 is strict. More than this is `extraFDs`.
+        public var maxDescriptorsPerRead: Int
 
-        public init(syrup: SyrupLimits = .controlMessage, maxQueuedDescriptors: Int = 1) {
+        public init(syrup: SyrupLimits = .controlMessage, maxQueuedDescriptors: Int = 1, maxDescriptorsPerRead: Int = 2) {
+            precondition(maxDescriptorsPerRead >= 1, "a read must be allowed its one descriptor")
             self.syrup = syrup
             self.maxQueuedDescriptors = maxQueuedDescriptors
+            self.maxDescriptorsPerRead = maxDescriptorsPerRead
         }
     }
 
@@ -86,28 +98,42 @@ public struct ControlStreamReader<Descriptor> {
     /// Feeds the result of one `recvmsg`: its bytes and the descriptors it delivered.
     /// Descriptors are owned by the reader from here on; on a thrown error they are in
     /// `drainDescriptors()`.
-    public mutating func receive(_ bytes: [UInt8], descriptors: [Descriptor]) throws(ReadError) {
+    ///
+    /// Returns the extra descriptors of a read that carried more than one but no more than
+    /// `limits.maxDescriptorsPerRead`: the caller owns them and closes them at once (and
+    /// records that it did). The first one stays queued for its marker as usual.
+    public mutating func receive(_ bytes: [UInt8], descriptors: [Descriptor]) throws(ReadError) -> [Descriptor] {
         precondition(!failed, "ControlStreamReader used after an error")
         let start = decoder.streamOffset + decoder.bufferedCount
+        var extras: [Descriptor] = []
         if !descriptors.isEmpty {
             let range = start..<(start + bytes.count)
-            for d in descriptors { queued.append((range, d)) }
-            if descriptors.count > 1 {
-                throw fail(.extraFDs, "\(descriptors.count) descriptors arrived in one read; the protocol passes exactly one")
+            // On any error every descriptor of the read stays queued, so `drainDescriptors()`
+            // hands all of them back.
+            if descriptors.count > limits.maxDescriptorsPerRead {
+                for d in descriptors { queued.append((range, d)) }
+                throw fail(.extraFDs, "\(descriptors.count) descriptors arrived in one read; "
+                    + "at most \(limits.maxDescriptorsPerRead) are accepted (one, plus padding)")
             }
-            if queued.count > limits.maxQueuedDescriptors {
-                throw fail(.extraFDs, "\(queued.count) unclaimed descriptors queued (limit \(limits.maxQueuedDescriptors))")
+            if queued.count + 1 > limits.maxQueuedDescriptors {
+                let unclaimed = queued.count
+                for d in descriptors { queued.append((range, d)) }
+                throw fail(.extraFDs, "a descriptor arrived with \(unclaimed) still unclaimed (limit \(limits.maxQueuedDescriptors))")
             }
             if bytes.isEmpty {
+                for d in descriptors { queued.append((range, d)) }
                 throw fail(.unexpectedFD, "a descriptor arrived without any data byte")
             }
+            queued.append((range, descriptors[0]))
+            extras = Array(descriptors.dropFirst())
         }
         // Callers drain `next()` after every read, so at most one partial value plus one read is
         // buffered; `next()` enforces the size limit on the partial value.
         decoder.append(bytes)
+        return extras
     }
 
-    public mutating func receive(_ bytes: UnsafeRawBufferPointer, descriptors: [Descriptor]) throws(ReadError) {
+    public mutating func receive(_ bytes: UnsafeRawBufferPointer, descriptors: [Descriptor]) throws(ReadError) -> [Descriptor] {
         try receive([UInt8](bytes), descriptors: descriptors)
     }
 

@@ -121,6 +121,8 @@ public final class IntroductionServerCore<Descriptor> {
     private let signer: SigningIdentity
     private let makeChallenge: () -> Challenge
     private let checkDescriptor: (Descriptor) -> IntroductionServerDescriptorVerdict
+    private let describeDescriptor: (Descriptor) -> String
+    private let targetHasReadEverything: (ConnectionID) -> Bool
     private let probeConnection: (ConnectionID) -> IntroductionServerLiveness
     /// Keys that registered with v2 here: never answered in a legacy form afterwards, so a relay
     /// holding a legacy signature of such a key cannot register it (bounded, oldest out first).
@@ -133,11 +135,18 @@ public final class IntroductionServerCore<Descriptor> {
 
     private var connections: [ConnectionID: Connection] = [:]
     private var routes: [PublicIdentity: ConnectionID] = [:]
-    private var unauthenticated = 0
+    /// Connections still registering, and how many per uid (F2: eviction and the per-uid cap).
+    private var unauthenticatedIDs = Set<ConnectionID>()
+    private var unauthenticatedByUID: [UInt32: Int] = [:]
+    private let pressureRegistrationTimeout: UInt64
     private var locators: IntroductionServerLocatorParser
     private var nextAttempt: UInt64
 
     private var pending: [UInt64: Pending] = [:]
+    /// Descriptors forwarded to each registered target and not known to be taken yet, by
+    /// sender (A12: the in-flight budget; cleared by `targetDrained`).
+    private var inFlight: [ConnectionID: [PublicIdentity]] = [:]
+    private var inFlightBySender: [PublicIdentity: Int] = [:]
     private var pendingByTarget: [PublicIdentity: [UInt64]] = [:]
     private var pendingBySender: [PublicIdentity: Int] = [:]
 
@@ -152,6 +161,10 @@ public final class IntroductionServerCore<Descriptor> {
     ///   - attemptIDBase: random start of this run's audit attempt ids (ids are base + counter).
     ///   - makeChallenge: a fresh 64-byte challenge per connection (`Challenge.random` in production).
     ///   - checkDescriptor: the kind check for a passed descriptor (fstat/getsockopt only).
+    ///   - describeDescriptor: a short name ("tty", "pipe") for an extra descriptor the core
+    ///     closes unused, for its audit record.
+    ///   - targetHasReadEverything: whether a connection's peer has read all we sent it,
+    ///     descriptors included (the runtime asks the kernel); consulted only at an in-flight cap.
     ///   - probeConnection: whether a registered connection is still alive (non-blocking poll and
     ///     `recv(MSG_PEEK)` in the runtime); asked only when its key registers again. The default
     ///     answers alive, which never displaces anyone.
@@ -159,6 +172,8 @@ public final class IntroductionServerCore<Descriptor> {
         signer: SigningIdentity, configuration: IntroductionServerConfiguration, attemptIDBase: UInt64,
         makeChallenge: @escaping () -> Challenge,
         checkDescriptor: @escaping (Descriptor) -> IntroductionServerDescriptorVerdict,
+        describeDescriptor: @escaping (Descriptor) -> String = { _ in "descriptor" },
+        targetHasReadEverything: @escaping (ConnectionID) -> Bool = { _ in false },
         probeConnection: @escaping (ConnectionID) -> IntroductionServerLiveness = { _ in .alive }
     ) {
         precondition(configuration.limits.problems.isEmpty,
@@ -167,11 +182,15 @@ public final class IntroductionServerCore<Descriptor> {
         self.configuration = configuration
         self.makeChallenge = makeChallenge
         self.checkDescriptor = checkDescriptor
+        self.describeDescriptor = describeDescriptor
+        self.targetHasReadEverything = targetHasReadEverything
         self.probeConnection = probeConnection
         nextAttempt = attemptIDBase
         let limits = configuration.limits
-        readerLimits = .init(syrup: limits.syrupLimits, maxQueuedDescriptors: 1)
+        readerLimits = .init(syrup: limits.syrupLimits, maxQueuedDescriptors: 1,
+                             maxDescriptorsPerRead: configuration.toleratePaddingDescriptor ? 2 : 1)
         registrationTimeout = limits.registrationTimeout.nanoseconds
+        pressureRegistrationTimeout = min(limits.pressureRegistrationTimeout, limits.registrationTimeout).nanoseconds
         partialTimeout = limits.partialMessageTimeout.nanoseconds
         pendingLifetime = limits.pendingLifetime.nanoseconds
         locators = IntroductionServerLocatorParser(recentCapacity: configuration.designatorCacheSize)
@@ -181,7 +200,7 @@ public final class IntroductionServerCore<Descriptor> {
 
     public var connectionCount: Int { connections.count }
     public var registeredCount: Int { routes.count }
-    public var unauthenticatedCount: Int { unauthenticated }
+    public var unauthenticatedCount: Int { unauthenticatedIDs.count }
     public var pendingCount: Int { pending.count }
     /// The connection a key is routed to, if registered.
     public func route(for identity: PublicIdentity) -> ConnectionID? { routes[identity] }
@@ -201,10 +220,9 @@ public final class IntroductionServerCore<Descriptor> {
         let refusal: Reason?
         if !configuration.allowedUIDs.contains(credentials.uid) {
             refusal = .uidNotAllowed
-        } else if connections.count >= limits.maxClients {
+        } else if connections.count >= limits.maxClients && unauthenticatedIDs.isEmpty {
+            // Every slot is a registered peer: those are never evicted for a newcomer.
             refusal = .tooManyClients
-        } else if unauthenticated >= limits.maxUnauthenticated {
-            refusal = .tooManyUnauthenticated
         } else {
             refusal = nil
         }
@@ -216,7 +234,27 @@ public final class IntroductionServerCore<Descriptor> {
             out.append(.close(id))
             return out
         }
-        let deadline = now.addingSaturated(registrationTimeout)
+        // F2, in the spirit of OpenSSH's MaxStartups: when the unauthenticated slots (of this
+        // uid, or in all) are full, the oldest unauthenticated connection makes room. A silent
+        // flood then cannot keep a real peer out: the real peer registers in one round trip and
+        // is no longer a candidate, while the flood's sockets are the old ones. Registered peers
+        // are never candidates.
+        if unauthenticatedByUID[credentials.uid, default: 0] >= limits.maxUnauthenticatedPerUID,
+           let oldest = unauthenticatedIDs.filter({ connections[$0]?.credentials.uid == credentials.uid }).min(),
+           let victim = connections[oldest] {
+            drop(victim, reason: .unauthenticatedEvicted,
+                 detail: "the oldest unauthenticated connection of uid \(credentials.uid) made room for a new one",
+                 now: now, into: &out)
+        }
+        if unauthenticatedIDs.count >= limits.maxUnauthenticated || connections.count >= limits.maxClients,
+           let oldest = unauthenticatedIDs.min(),
+           let victim = connections[oldest] {
+            drop(victim, reason: .unauthenticatedEvicted,
+                 detail: "the oldest unauthenticated connection made room for a new one", now: now, into: &out)
+        }
+        // Under pressure (half the slots taken) a new connection gets the short deadline.
+        let pressured = unauthenticatedIDs.count * 2 >= limits.maxUnauthenticated
+        let deadline = now.addingSaturated(pressured ? pressureRegistrationTimeout : registrationTimeout)
         let connection = Connection(
             id: id, credentials: credentials, acceptedAt: now, attempt: takeAttempt(),
             reader: ControlStreamReader(limits: readerLimits),
@@ -224,7 +262,8 @@ public final class IntroductionServerCore<Descriptor> {
                                              accepting: configuration.registrationForms),
             deadline: deadline)
         connections[id] = connection
-        unauthenticated += 1
+        unauthenticatedIDs.insert(id)
+        unauthenticatedByUID[credentials.uid, default: 0] += 1
         registrationDeadlines.push(deadline, id)
         if configuration.debugLogging {
             out.append(.log(.init(.debug, "connection accepted", connection: id, credentials: credentials)))
@@ -239,8 +278,10 @@ public final class IntroductionServerCore<Descriptor> {
             preconditionFailure("received for unknown connection \(id)")
         }
         var out: [Action] = []
+        var extraKinds: [String] = []
         do throws(ControlStreamReader<Descriptor>.ReadError) {
-            try connection.reader.receive(bytes, descriptors: descriptors)
+            let extras = try connection.reader.receive(bytes, descriptors: descriptors)
+            extraKinds = closeExtras(extras, into: &out)
         } catch {
             drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
             return out
@@ -251,7 +292,7 @@ public final class IntroductionServerCore<Descriptor> {
                 item = try connection.reader.next()
             } catch {
                 drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
-                return out
+                break
             }
             guard let item else { break }
             switch item {
@@ -275,6 +316,9 @@ public final class IntroductionServerCore<Descriptor> {
                 connection.phase = .registered(r)
             }
         }
+        // Recorded once this read's messages are handled: a sender that registers and
+        // introduces in one burst is then named by the key it just proved.
+        if !extraKinds.isEmpty { auditExtras(extraKinds, on: connection, into: &out) }
         return out
     }
 
@@ -302,7 +346,17 @@ public final class IntroductionServerCore<Descriptor> {
         return out
     }
 
-    /// The runtime queued a `.forward` on the target's connection.
+    /// The runtime saw `target` read something since the previous forward to it (its unread
+    /// output did not grow by what we just sent): it reads, so its in-flight count starts over.
+    /// Only a target that reads nothing across `maxInFlightPerTarget` forwards reaches the cap.
+    public func targetRead(_ target: ConnectionID) {
+        clearInFlight(target)
+    }
+
+    /// Introductions forwarded to `target` and not known to be taken (for tests and health).
+    public func inFlightCount(_ target: ConnectionID) -> Int { inFlight[target]?.count ?? 0 }
+
+    /// The runtime handed a `.forward`'s record and descriptor to the kernel: the send completed.
     public func forwardSucceeded(_ forward: Forward, now: UInt64) -> [Action] {
         var out: [Action] = [.audit(.init(.introductionForwarded, attempt: forward.attempt, from: forward.from,
                                           to: forward.to, durationNanoseconds: now &- forward.requestedAt))]
@@ -347,6 +401,27 @@ public final class IntroductionServerCore<Descriptor> {
                                     from: p.from, to: p.to, durationNanoseconds: now &- p.requestedAt)))
             out.append(.log(.init(.info, "introduction expired: target never registered", peer: p.from, target: p.to,
                                   reason: .targetUnknownExpired)))
+        }
+        return out
+    }
+
+    /// The descriptors held for unregistered targets, by attempt, for the runtime's hang-up
+    /// check (F6).
+    public var pendingDescriptors: [(attempt: UInt64, descriptor: Descriptor)] {
+        pending.values.map { ($0.attempt, $0.descriptor) }
+    }
+
+    /// The runtime saw these held descriptors report hang-up (the sender's end is closed, so
+    /// nobody will ever use the introduction): close them and end their attempts as abandoned.
+    public func pendingHungUp(_ attempts: [UInt64], now: UInt64) -> [Action] {
+        var out: [Action] = []
+        for attempt in attempts {
+            guard let p = removePending(attempt) else { continue }
+            out.append(.closeDescriptor(p.descriptor))
+            out.append(.audit(.init(.introductionExpired, reason: .abandoned, attempt: p.attempt, from: p.from, to: p.to,
+                                    durationNanoseconds: now &- p.requestedAt)))
+            out.append(.log(.init(.info, "introduction abandoned: its sender hung up before the target registered",
+                                  peer: p.from, target: p.to, reason: .abandoned)))
         }
         return out
     }
@@ -484,8 +559,28 @@ public final class IntroductionServerCore<Descriptor> {
                           detail: "\(record.count) > \(ControlMessageLimit.maxBytes) bytes")
         }
         if let target = routes[to] {
-            out.append(.forward(Forward(target: target, record: record, descriptor: descriptor, attempt: attempt,
-                                        from: from, to: to, requestedAt: now)))
+            if inFlightBySender[from, default: 0] >= limits.maxInFlightPerSender {
+                // Only at the cap is the kernel asked which of this sender's targets have read.
+                for (id, senders) in inFlight where senders.contains(from) && targetHasReadEverything(id) {
+                    clearInFlight(id)
+                }
+                if inFlightBySender[from, default: 0] >= limits.maxInFlightPerSender {
+                    return refuse(.inFlightLimit, "introduction refused: the sender's introductions in flight reached the cap")
+                }
+            }
+            if inFlight[target, default: []].count >= limits.maxInFlightPerTarget && targetHasReadEverything(target) {
+                clearInFlight(target)
+            }
+            if inFlight[target, default: []].count >= limits.maxInFlightPerTarget, let stalled = connections[target] {
+                // A12: the target holds the cap of descriptors unread; it is the one that does
+                // not read, so it is dropped (releasing what it holds), never an innocent one.
+                refuse(.targetNotReading, "introduction refused: the target does not take its introductions")
+                drop(stalled, reason: .targetNotReading,
+                     detail: "\(limits.maxInFlightPerTarget) introductions forwarded and not read", now: now, into: &out)
+                return
+            }
+            sendForward(Forward(target: target, record: record, descriptor: descriptor, attempt: attempt,
+                                from: from, to: to, requestedAt: now), into: &out)
             return
         }
         guard pendingLifetime > 0 else {
@@ -505,6 +600,25 @@ public final class IntroductionServerCore<Descriptor> {
             out.append(.log(.init(.debug, "introduction queued until the target registers", connection: connection.id,
                                   peer: from, target: to)))
         }
+    }
+
+    /// A padded control message (issue #17) brought descriptors beyond the marker's one: close
+    /// them before anything else and return what they were. The first descriptor goes on to its
+    /// marker and the kind check like any other; the connection stays.
+    private func closeExtras(_ extras: [Descriptor], into out: inout [Action]) -> [String] {
+        let kinds = extras.map(describeDescriptor)
+        for extra in extras { out.append(.closeDescriptor(extra)) }
+        return kinds
+    }
+
+    private func auditExtras(_ kinds: [String], on connection: Connection, into out: inout [Action]) {
+        var sender = connection.identity
+        if sender == nil, case let .registering(r) = connection.phase { sender = r.claimed }
+        out.append(.audit(.init(.extraDescriptorsClosed, reason: .extraDescriptorsClosed, attempt: takeAttempt(),
+                                from: sender, credentials: connection.credentials, descriptorKinds: kinds)))
+        out.append(.log(.init(.notice, "extra descriptors closed: the sender's control message carried more than one",
+                              connection: connection.id, peer: sender, credentials: connection.credentials,
+                              reason: .extraDescriptorsClosed, detail: kinds.joined(separator: ", "))))
     }
 
     // MARK: registration and routing
@@ -543,7 +657,7 @@ public final class IntroductionServerCore<Descriptor> {
         let limits = limits
         connection.phase = .registered(Registered(identity: identity, tokens: Double(limits.introductionBurst),
                                                   refilledAt: now, partialSince: nil))
-        unauthenticated -= 1
+        forgetUnauthenticated(connection)
         if peer.form == .v2 { rememberV2(identity) }
         routes[identity] = connection.id
         locators.pin(identity)
@@ -570,8 +684,23 @@ public final class IntroductionServerCore<Descriptor> {
         guard let attempts = pendingByTarget[identity] else { return }
         for attempt in attempts {
             guard let p = removePending(attempt) else { continue }
-            out.append(.forward(Forward(target: target, record: p.record, descriptor: p.descriptor, attempt: p.attempt,
-                                        from: p.from, to: p.to, requestedAt: p.requestedAt)))
+            sendForward(Forward(target: target, record: p.record, descriptor: p.descriptor, attempt: p.attempt,
+                                from: p.from, to: p.to, requestedAt: p.requestedAt), into: &out)
+        }
+    }
+
+    private func sendForward(_ forward: Forward, into out: inout [Action]) {
+        inFlight[forward.target, default: []].append(forward.from)
+        inFlightBySender[forward.from, default: 0] += 1
+        out.append(.forward(forward))
+    }
+
+    /// Forgets the in-flight accounting of `target` (it drained, or it is gone).
+    private func clearInFlight(_ target: ConnectionID) {
+        guard let senders = inFlight.removeValue(forKey: target) else { return }
+        for sender in senders {
+            let left = inFlightBySender[sender, default: 1] - 1
+            inFlightBySender[sender] = left > 0 ? left : nil
         }
     }
 
@@ -611,10 +740,11 @@ public final class IntroductionServerCore<Descriptor> {
                       incumbent: IntroductionServerCredentials? = nil, logged: Bool = false) {
         let id = connection.id
         guard connections.removeValue(forKey: id) != nil else { return }
+        clearInFlight(id)
         for descriptor in connection.reader.drainDescriptors() { out.append(.closeDescriptor(descriptor)) }
         switch connection.phase {
         case let .registering(r):
-            unauthenticated -= 1
+            forgetUnauthenticated(connection)
             let why = reason ?? .peerReset
             out.append(.audit(.init(.registrationRefused, reason: why, attempt: connection.registrationAttempt,
                                     claimed: claimed ?? r.claimed, credentials: connection.credentials,
@@ -643,6 +773,12 @@ public final class IntroductionServerCore<Descriptor> {
             }
         }
         out.append(.close(id))
+    }
+
+    private func forgetUnauthenticated(_ connection: Connection) {
+        unauthenticatedIDs.remove(connection.id)
+        let left = unauthenticatedByUID[connection.credentials.uid, default: 1] - 1
+        unauthenticatedByUID[connection.credentials.uid] = left > 0 ? left : nil
     }
 
     private func takeAttempt() -> UInt64 {

@@ -49,12 +49,21 @@ public enum IntroductionServerReason: String, Sendable, CaseIterable {
     case tooManyClients
     /// The cap on connections that have not registered yet was reached.
     case tooManyUnauthenticated
+    /// An unauthenticated connection, the oldest, was closed to make room for a new one when
+    /// the unauthenticated slots (of its uid, or in all) were full.
+    case unauthenticatedEvicted
     /// A pending-introduction cap (per target, per sender, in total) was reached.
     case pendingLimit
     /// The sender exceeded its introductions-per-second budget.
     case rateLimited
     /// The target did not register within the pending lifetime.
     case targetUnknownExpired
+    /// The sender's end of a held introduction hung up before the target registered.
+    case abandoned
+    /// The target left `maxInFlightPerTarget` forwarded descriptors unread: it is dropped.
+    case targetNotReading
+    /// The sender has `maxInFlightPerSender` introductions forwarded and not yet read.
+    case inFlightLimit
     /// The connecting uid is not allowed.
     case uidNotAllowed
     /// The peer does not read: its output queue is full.
@@ -83,6 +92,9 @@ public enum IntroductionServerReason: String, Sendable, CaseIterable {
     case ioError
     /// An introduction of a peer to itself.
     case selfConnection
+    /// A padded control message brought descriptors beyond the marker's one; they were closed
+    /// unused and the introduction went on (issue #17).
+    case extraDescriptorsClosed
 }
 
 /// One audit fact from the core; the runtime turns it into an `AuditEvent` of the same kind.
@@ -96,6 +108,8 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
         case registrationAccepted, registrationRefused
         case introductionRequested, introductionQueued
         case introductionForwarded, introductionExpired, introductionRefused
+        /// Descriptors beyond the marker's one were closed at once (`descriptorKinds` names them).
+        case extraDescriptorsClosed
 
         /// Whether a record of this kind ends its attempt.
         public var isTerminal: Bool {
@@ -103,7 +117,7 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
             case .registrationAccepted, .registrationRefused, .introductionForwarded, .introductionExpired,
                  .introductionRefused:
                 return true
-            case .introductionRequested, .introductionQueued:
+            case .introductionRequested, .introductionQueued, .extraDescriptorsClosed:
                 return false
             }
         }
@@ -125,12 +139,14 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
     public var incumbentCredentials: IntroductionServerCredentials?
     /// From accept (registration) or from the request (introduction) to this record.
     public var durationNanoseconds: UInt64?
+    /// `extraDescriptorsClosed`: what each closed descriptor was ("tty", "pipe", "/dev/null").
+    public var descriptorKinds: [String]?
 
     public init(
         _ kind: Kind, reason: IntroductionServerReason? = nil, attempt: UInt64, claimed: PublicIdentity? = nil,
         proved: PublicIdentity? = nil, from: PublicIdentity? = nil, to: PublicIdentity? = nil,
         credentials: IntroductionServerCredentials? = nil, incumbentCredentials: IntroductionServerCredentials? = nil,
-        durationNanoseconds: UInt64? = nil
+        durationNanoseconds: UInt64? = nil, descriptorKinds: [String]? = nil
     ) {
         self.kind = kind
         self.reason = reason
@@ -142,6 +158,7 @@ public struct IntroductionServerAuditRecord: Equatable, Sendable {
         self.credentials = credentials
         self.incumbentCredentials = incumbentCredentials
         self.durationNanoseconds = durationNanoseconds
+        self.descriptorKinds = descriptorKinds
     }
 }
 
@@ -199,8 +216,14 @@ public enum IntroductionServerDescriptorVerdict: Equatable, Sendable {
 public struct IntroductionServerLimits: Sendable, Equatable {
     /// Connections in any state, registered or not.
     public var maxClients: Int = 1024
-    /// Connections that have not completed registration.
+    /// Connections that have not completed registration. When full, the oldest of them is
+    /// closed for a newcomer (`unauthenticatedEvicted`); registered peers never are.
     public var maxUnauthenticated: Int = 64
+    /// Connections of one uid that have not completed registration (oldest evicted likewise).
+    public var maxUnauthenticatedPerUID: Int = 32
+    /// Registration deadline for a connection accepted while half the unauthenticated slots
+    /// are taken (a silent flood then turns over fast).
+    public var pressureRegistrationTimeout: Duration = .seconds(1)
     /// Absolute deadline from accept to a verified `uds:signature`, whatever the activity.
     public var registrationTimeout: Duration = .seconds(5)
     /// After registration: first byte of a message to its last (and its descriptor).
@@ -215,6 +238,11 @@ public struct IntroductionServerLimits: Sendable, Equatable {
     public var maxPendingPerSender: Int = 8
     /// Introductions held in total (each holds one descriptor).
     public var maxPendingTotal: Int = 256
+    /// Descriptors forwarded to one registered target and not yet read by it (A12). Reaching
+    /// it drops that target (`targetNotReading`): it is the one that does not read.
+    public var maxInFlightPerTarget: Int = 32
+    /// Introductions of one sender forwarded and not yet read by their targets.
+    public var maxInFlightPerSender: Int = 64
     /// How long an introduction waits for its target to register; zero refuses at once.
     /// Shorter than the initiator's 10 s handshake deadline, so an initiator whose target never
     /// registers learns it from the server's drop (EOF: `introductionDropped`), not its timer.
@@ -233,6 +261,9 @@ public struct IntroductionServerLimits: Sendable, Equatable {
         check((1...1_000_000).contains(maxClients), "max clients must be 1...1000000")
         check(maxUnauthenticated >= 1 && maxUnauthenticated <= maxClients, "max unauthenticated must be 1...max clients")
         check(registrationTimeout > .zero, "the registration timeout must be positive")
+        // Above max unauthenticated it simply never binds.
+        check(maxUnauthenticatedPerUID >= 1, "max unauthenticated per uid must be at least 1")
+        check(pressureRegistrationTimeout > .zero, "the registration timeout under pressure must be positive")
         check(partialMessageTimeout > .zero, "the partial-message timeout must be positive")
         // A uds:new-connection with a few hints needs ~500 bytes and depth 4.
         // Never above what a peer reads (ControlMessageLimit): a forwarded record a target
@@ -244,6 +275,8 @@ public struct IntroductionServerLimits: Sendable, Equatable {
         check((0...10_000).contains(maxPendingPerTarget), "max pending per target must be 0...10000")
         check((0...10_000).contains(maxPendingPerSender), "max pending per sender must be 0...10000")
         check((0...1_000_000).contains(maxPendingTotal), "max pending in total must be 0...1000000")
+        check((1...10_000).contains(maxInFlightPerTarget), "max in flight per target must be 1...10000")
+        check((1...100_000).contains(maxInFlightPerSender), "max in flight per sender must be 1...100000")
         check(pendingLifetime >= .zero && pendingLifetime <= .seconds(3600), "the pending lifetime must be 0...3600 s")
         check((0...1_000_000).contains(introductionsPerSecond), "introductions per second must be 0...1000000")
         check((1...10_000_000).contains(introductionBurst), "the introduction burst must be 1...10000000")
@@ -268,6 +301,10 @@ public struct IntroductionServerConfiguration: Sendable {
     public var debugLogging: Bool
     /// Designators other than registered peers' kept validated (hint keys, awaited targets).
     public var designatorCacheSize: Int
+    /// Accept a marker whose read carries one extra descriptor (a sender's padded 24-byte
+    /// control message, issue #17): the extra is closed at once and audited. Off: strict, any
+    /// second descriptor is `extraFds` and closes the connection.
+    public var toleratePaddingDescriptor: Bool = true
     /// Registration forms answered (PROTOCOL.md §15); both by default so Goblins peers work.
     public var registrationForms: RegistrationForms
     /// Let a registration displace a *live* earlier connection of its key when both connections

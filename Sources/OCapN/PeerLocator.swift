@@ -149,6 +149,8 @@ public struct PeerLocator: Equatable, Sendable, CustomStringConvertible {
             guard s.utf8.count <= limits.maxHintValueLength else {
                 throw OCapNError(.limitExceeded, "hint value of \(s.utf8.count) bytes (limit \(limits.maxHintValueLength))")
             }
+            // D5: a NUL would cut the value short wherever it meets C (paths, logs).
+            guard !s.utf8.contains(0) else { throw OCapNError(.invalidHint, "a hint value contains NUL") }
             return .string(s)
         case let .bool(b): return .bool(b)
         case let .integer(i): return .integer(i)

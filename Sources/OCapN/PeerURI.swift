@@ -89,6 +89,7 @@ extension PeerLocator {
             let key = try Self.parseDesignator(keyText, .invalidHint, "URI hint key")
             guard h[key] == nil else { throw OCapNError(.invalidURI, "URI repeats hint key \(keyText)") }
             let value = try Self.percentDecode(pair[(eq + 1)...], limits: limits)
+            guard !value.utf8.contains(0) else { throw OCapNError(.invalidHint, "URI hint value contains NUL (%00)") }
             h[key] = .string(value)
         }
         hints = h

@@ -82,7 +82,8 @@ public final class BlockingIntroductionClient {
             switch result {
             case let .processed(r):
                 if r.isEndOfStream { throw BlockingIOError("server closed the control connection") }
-                try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
+                // A padded control message's extra descriptor (issue #17) is closed at once.
+                for extra in try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors) { extra.close() }
             case .wouldBlock:
                 try BlockingIO.waitFor(control, events: Int16(POLLIN), seconds: timeout)
             }

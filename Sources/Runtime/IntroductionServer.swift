@@ -34,6 +34,12 @@ public final class IntroductionServer: @unchecked Sendable {
         public var auditCheckpointInterval: Duration = .seconds(10)
         /// Pause after EMFILE/ENFILE on accept.
         public var acceptBackoff: Duration = .seconds(1)
+        /// How often descriptors held for unregistered targets are polled for hang-up (F6).
+        public var hangUpCheckInterval: Duration = .milliseconds(250)
+        /// How often the socket path is checked for deletion or replacement (C3).
+        public var socketWatchInterval: Duration = .milliseconds(500)
+        /// What to do when the socket path is deleted or replaced (C3).
+        public var onSocketLoss: SocketLossPolicy = .recreate
 
         public init(core: IntroductionServerConfiguration) { self.core = core }
 
@@ -55,6 +61,14 @@ public final class IntroductionServer: @unchecked Sendable {
         }
     }
 
+    /// C3: an outage no supervisor sees is the failure to avoid.
+    public enum SocketLossPolicy: String, Sendable {
+        /// Log at error level and re-create the socket at the same path atomically.
+        case recreate
+        /// Log at error level and stop; `socketLost` tells the caller to exit with its status.
+        case exit
+    }
+
     private enum State { case idle, running, stopping, stopped }
 
     public let identity: PublicIdentity
@@ -64,7 +78,13 @@ public final class IntroductionServer: @unchecked Sendable {
     public let socketPath: String?
 
     private let core: IntroductionServerCore<FileDescriptor>
-    private let listener: Listener
+    private var listener: Listener
+    /// The listener each open connection was accepted by (its count is released there, also
+    /// after the socket was re-created).
+    private var acceptedBy: [IntroductionServerConnectionID: Listener] = [:]
+    private var socketWatchTimer: DispatchSourceTimer?
+    private var socketMode: mode_t?
+    private var lostSocket = false
     private let audit: (any AuditSink)?
     private let logger: Logger
     private let streamConfiguration: StreamConnection.Configuration
@@ -74,6 +94,11 @@ public final class IntroductionServer: @unchecked Sendable {
     private var deadlineTimer: DispatchSourceTimer?
     private var timerDeadline: UInt64?
     private var checkpointTimer: DispatchSourceTimer?
+    private var hangUpTimer: DispatchSourceTimer?
+    /// When forwarding met ETOOMANYREFS, until a forward completes again.
+    private var backPressureSince: UInt64?
+    /// Each target's unread output after the last forward to it (A12 progress).
+    private var lastUnread: [IntroductionServerConnectionID: Int] = [:]
     private var stopWaiters: [@Sendable () -> Void] = []
     private var failed = false
 
@@ -105,12 +130,15 @@ public final class IntroductionServer: @unchecked Sendable {
         stream.readsPerEvent = max(64, (1 << 20) / configuration.readBufferBytes)
         streamConfiguration = stream
         let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
+        var drained: ((IntroductionServerConnectionID) -> Bool)?
         let probe = LivenessProbe()
         core = IntroductionServerCore(
             signer: signer, configuration: configuration.core,
             attemptIDBase: AuditAttemptID.random().rawValue,
             makeChallenge: { Challenge.random() },
             checkDescriptor: Self.checkDescriptor,
+            describeDescriptor: { $0.shortKindDescription() },
+            targetHasReadEverything: { id in drained?(id) ?? false },
             probeConnection: { probe.server?.probeLiveness($0) ?? .alive })
         var listening = Listener.Configuration()
         // One above the core's cap, so a connection over the cap is accepted, refused with an
@@ -120,6 +148,7 @@ public final class IntroductionServer: @unchecked Sendable {
         var handler: ((ListenerEvent) -> Void)?
         listener = Listener(socket: socket, queue: queue, configuration: listening) { handler?($0) }
         handler = { [weak self] event in self?.handle(event) }
+        drained = { [weak self] id in self?.targetReadSinceLastForward(id) ?? false }
         probe.server = self
     }
 
@@ -154,6 +183,21 @@ public final class IntroductionServer: @unchecked Sendable {
                 checkpoint.activate()
                 checkpointTimer = checkpoint
             }
+            let hangUps = DispatchSource.makeTimerSource(queue: queue)
+            let every = Self.dispatchInterval(configuration.hangUpCheckInterval)
+            hangUps.schedule(deadline: .now() + every, repeating: every, leeway: .milliseconds(20))
+            hangUps.setEventHandler { [weak self] in self?.checkHangUps() }
+            hangUps.activate()
+            hangUpTimer = hangUps
+            if listener.socket.path != nil {
+                socketMode = listener.socket.pathMode()
+                let watch = DispatchSource.makeTimerSource(queue: queue)
+                let period = Self.dispatchInterval(configuration.socketWatchInterval)
+                watch.schedule(deadline: .now() + period, repeating: period, leeway: .milliseconds(50))
+                watch.setEventHandler { [weak self] in self?.checkSocketPath() }
+                watch.activate()
+                socketWatchTimer = watch
+            }
             audit?.record(AuditEvent(.serverStarted, role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
             logger.info("introduction server listening", metadata: [
@@ -186,6 +230,10 @@ public final class IntroductionServer: @unchecked Sendable {
             deadlineTimer = nil
             checkpointTimer?.cancel()
             checkpointTimer = nil
+            hangUpTimer?.cancel()
+            hangUpTimer = nil
+            socketWatchTimer?.cancel()
+            socketWatchTimer = nil
             audit?.record(AuditEvent(.serverStopped, reason: .serverShutdown, role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
             logger.info("introduction server stopped", metadata: ["server": "\(identity.fingerprint)"])
@@ -203,6 +251,10 @@ public final class IntroductionServer: @unchecked Sendable {
 
     /// Whether the listening socket failed (the server then stops by itself).
     public var listenerFailed: Bool { queue.sync { failed } }
+
+    /// Whether the server stopped because its socket path was deleted or replaced and could
+    /// not be (or, by policy, was not) re-created.
+    public var socketLost: Bool { queue.sync { lostSocket } }
 
     /// Counts for health checks and tests (on any thread).
     public func statistics() -> (connections: Int, registered: Int, unauthenticated: Int, pending: Int) {
@@ -262,7 +314,9 @@ public final class IntroductionServer: @unchecked Sendable {
             logger.warning("accepted connection unusable", metadata: ["error": "\(error)", "pid": "\(credentials.pid)"])
             return
         }
+        connection.onDescriptorBackPressure = { [weak self] in self?.descriptorBackPressure() }
         connections[id] = connection
+        acceptedBy[id] = listener
         perform(core.connectionAccepted(
             id, credentials: IntroductionServerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid),
             now: Self.now()))
@@ -295,6 +349,47 @@ public final class IntroductionServer: @unchecked Sendable {
         armTimer()
     }
 
+    /// C3: the socket file deleted (an over-eager cleanup) or replaced leaves a daemon alive
+    /// and unreachable. Say so at error level, then re-create it atomically or stop.
+    private func checkSocketPath() {
+        guard state == .running, let path = listener.socket.path, let found = listener.socket.pathState(),
+              found != .ours else { return }
+        let what = found == .missing ? "deleted" : "replaced by another file"
+        logger.error("socket path \(what)", metadata: ["path": "\(path)", "policy": "\(configuration.onSocketLoss.rawValue)"])
+        guard configuration.onSocketLoss == .recreate else {
+            lostSocket = true
+            stop()
+            return
+        }
+        let fresh: ListeningSocket
+        do {
+            fresh = try listener.socket.rebound(mode: socketMode ?? 0o600)
+        } catch {
+            logger.error("socket path could not be re-created; stopping", metadata: ["path": "\(path)", "error": "\(error)"])
+            lostSocket = true
+            stop()
+            return
+        }
+        let old = listener
+        var handler: ((ListenerEvent) -> Void)?
+        listener = Listener(socket: fresh, queue: queue, configuration: old.configuration) { handler?($0) }
+        handler = { [weak self] event in self?.handle(event) }
+        listener.start()
+        old.close()
+        logger.error("socket path re-created", metadata: ["path": "\(path)"])
+    }
+
+    /// F6: a held introduction whose sender's end hung up can never be used; release it now
+    /// rather than at the end of the pending lifetime.
+    private func checkHangUps() {
+        guard state == .running else { return }
+        let held = core.pendingDescriptors
+        guard !held.isEmpty else { return }
+        let flags = FileDescriptor.hungUp(held.map(\.descriptor))
+        let gone = zip(held, flags).filter(\.1).map(\.0.attempt)
+        if !gone.isEmpty { perform(core.pendingHungUp(gone, now: Self.now())) }
+    }
+
     /// Arms the timer for the core's next deadline, unless it already fires earlier (an early
     /// fire just finds less to do and re-arms), so the hot path rarely touches the timer.
     private func armTimer() {
@@ -320,9 +415,10 @@ public final class IntroductionServer: @unchecked Sendable {
             case let .closeDescriptor(descriptor):
                 descriptor.close()
             case let .close(id):
+                lastUnread[id] = nil
                 guard let connection = connections.removeValue(forKey: id) else { continue }
                 connection.close()
-                listener.connectionClosed()
+                (acceptedBy.removeValue(forKey: id) ?? listener).connectionClosed()
             case let .audit(record):
                 audit?.record(AuditEvent(record, server: identity))
             case let .log(entry):
@@ -349,7 +445,54 @@ public final class IntroductionServer: @unchecked Sendable {
                                        now: Self.now()))
             return
         }
-        perform(core.forwardSucceeded(forward, now: Self.now()))
+        noteProgress(of: forward.target, on: connection)
+        // A12: `introduction.forwarded` only once the kernel has the descriptor; a send that
+        // fails later (the target reset, ETOOMANYREFS that never clears before a close) is
+        // audited as refused with its reason.
+        connection.whenFlushed { [weak self] error in
+            guard let self else { return }
+            if backPressureSince != nil {
+                logger.notice("forwarding resumed", metadata: ["paused_ms": "\((Self.now() &- backPressureSince!) / 1_000_000)"])
+                backPressureSince = nil
+            }
+            if let error {
+                perform(core.forwardFailed(forward, reason: Self.reason(for: error), detail: error.description, now: Self.now()))
+            } else {
+                perform(core.forwardSucceeded(forward, now: Self.now()))
+            }
+            armTimer()
+        }
+    }
+
+    /// A12: each forward adds to the target's unread output (SIOCOUTQ), so if it did not grow
+    /// since the previous forward, the target read in between. Measured only when nothing waits
+    /// in our own queue (then the kernel has everything we sent).
+    private func noteProgress(of target: IntroductionServerConnectionID, on connection: StreamConnection) {
+        guard connection.pendingOutputBytes == 0, let unread = connection.peerUnreadBytes else {
+            lastUnread[target] = nil
+            return
+        }
+        if unread == 0 || lastUnread[target].map({ unread <= $0 }) == true { core.targetRead(target) }
+        lastUnread[target] = unread
+    }
+
+    /// Asked by the core at a target's in-flight cap: has it read everything, or anything since
+    /// our last forward to it?
+    private func targetReadSinceLastForward(_ target: IntroductionServerConnectionID) -> Bool {
+        guard let connection = connections[target] else { return false }
+        if connection.peerHasReadEverything { return true }
+        guard connection.pendingOutputBytes == 0, let unread = connection.peerUnreadBytes,
+              let last = lastUnread[target] else { return false }
+        return unread < last
+    }
+
+    /// K7: ETOOMANYREFS means this uid's descriptors in flight exceed RLIMIT_NOFILE. It is the
+    /// whole daemon's back-pressure, not the target's fault: the send waits and retries (in
+    /// StreamConnection), and this logs the pause once.
+    private func descriptorBackPressure() {
+        guard backPressureSince == nil else { return }
+        backPressureSince = Self.now()
+        logger.warning("forwarding paused: descriptors in flight exceed RLIMIT_NOFILE (ETOOMANYREFS); retrying as targets read")
     }
 
     private func log(_ entry: IntroductionServerLogEntry) {
@@ -429,6 +572,7 @@ extension AuditEvent {
         case .introductionForwarded: kind = .introductionForwarded
         case .introductionExpired: kind = .introductionExpired
         case .introductionRefused: kind = .introductionRefused
+        case .extraDescriptorsClosed: kind = .descriptorsClosed
         }
         self.init(
             kind, reason: record.reason.map(AuditReason.init(introductionServer:)),
@@ -436,7 +580,8 @@ extension AuditEvent {
             expectedPeer: record.claimed.map(AuditPeerID.init), provedPeer: record.proved.map(AuditPeerID.init),
             from: record.from.map(AuditPeerID.init), to: record.to.map(AuditPeerID.init),
             credentials: record.credentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
-            durationMicros: record.durationNanoseconds.map { $0 / 1000 })
+            durationMicros: record.durationNanoseconds.map { $0 / 1000 },
+            descriptorKinds: record.descriptorKinds.flatMap(AuditDescriptorKinds.init))
         incumbentCredentials = record.incumbentCredentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) }
     }
 }

@@ -90,6 +90,13 @@ public enum IntroductionServerSetup {
         guard let path else {
             throw IntroductionServerError(.invalidConfiguration, "no --socket path and no socket-activation descriptor")
         }
+        // B3: an abstract name has no file permissions and can be squatted by anyone (K15);
+        // refused rather than silently bound as a relative file named "@name".
+        if path.hasPrefix("@") {
+            throw IntroductionServerError(.invalidConfiguration, "\(path): abstract socket names (@name) are not supported "
+                + "for the introduction server (any process could bind the name first); use a path in a 0700 directory, "
+                + "or ./\(path) for a file of that name")
+        }
         do throws(TransportError) {
             return try ListeningSocket.bind(path: path, mode: mode, backlog: backlog)
         } catch {

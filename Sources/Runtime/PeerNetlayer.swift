@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Audit
 import Dispatch
 import Identity
@@ -82,6 +85,9 @@ public final class PeerNetlayer: @unchecked Sendable {
         public var control: StreamConnection.Configuration
         /// Incoming channels held until the application takes them; more are aborted.
         public var maxQueuedIncoming: Int
+        /// Whose introduction servers `addServer(path:)` accepts, by the listener's uid
+        /// (SO_PEERCRED, B2). A pinned key always suffices.
+        public var serverUIDPolicy: ServerUIDPolicy = .sameUserOrRoot
         /// Per-peer and total caps on what introductions to us hold, and the descriptor reserve.
         public var resources: PeerResourceLimits
         /// Backoff and contested threshold of `keepServer`.
@@ -196,6 +202,20 @@ public final class PeerNetlayer: @unchecked Sendable {
             throw PeerError(.serverUnreachable, error.explanation)
         } catch {
             preconditionFailure("unexpected error type \(type(of: error))")
+        }
+        // B2: anyone may bind a socket where we look (an abstract @name, a path in a shared
+        // directory); the listener's uid says who did. Checked before a byte is sent.
+        let listenerUID: UInt32?
+        do throws(TransportError) { listenerUID = try descriptor.peerCredentials().uid } catch { listenerUID = nil }
+        if let refusal = configuration.serverUIDPolicy.refusal(listenerUID: listenerUID, ownUID: getuid(),
+                                                             pinned: expectedKey != nil) {
+            descriptor.close()
+            let error = PeerError(.serverNotTrusted, "\(path): \(refusal)")
+            logger.warning("introduction server refused", metadata: ["path": "\(path)", "detail": "\(refusal)"])
+            audit?.record(AuditEvent(
+                .registrationRefused, reason: .serverNotTrusted, attempt: .random(), role: .client,
+                local: AuditPeerID(identity), path: AuditPath(path)))
+            throw error
         }
         return try await register(descriptor, path: path, expectedKey: expectedKey,
                                   form: form ?? configuration.registrationForms[path] ?? .v2)
@@ -437,6 +457,19 @@ public final class PeerNetlayer: @unchecked Sendable {
             introServer: AuditPeerID(server)))
     }
 
+    /// A server's marker came with extra descriptors (a padded control message, issue #17),
+    /// already closed by the connection: logged and audited with what they were.
+    func closedExtraDescriptors(kinds: [String], server: PublicIdentity?, path: String?) {
+        var log = logger
+        if let server { log[metadataKey: "server"] = "\(server.fingerprint)" }
+        log.notice("extra descriptors closed: the server's control message carried more than one",
+                   metadata: ["descriptors": "\(kinds.joined(separator: ", "))", "path": "\(path ?? "(descriptor)")"])
+        audit?.record(AuditEvent(
+            .descriptorsClosed, reason: .extraDescriptorsClosed, role: .client, local: AuditPeerID(identity),
+            introServer: server.map { AuditPeerID($0) }, path: path.flatMap { AuditPath($0) },
+            descriptorKinds: AuditDescriptorKinds(kinds)))
+    }
+
     // MARK: shutdown
 
     /// Disconnects every server and ends `incoming`. Open channels are not affected.
@@ -452,5 +485,33 @@ public final class PeerNetlayer: @unchecked Sendable {
                 c.resume()
             }
         }
+    }
+}
+
+/// Which uids may run an introduction server this peer registers with (checked with SO_PEERCRED
+/// on the connected control socket; reliability catalog B2). A pinned server key always passes:
+/// the registration then proves the key whoever runs it.
+public enum ServerUIDPolicy: Sendable, Equatable {
+    /// Our own uid or root (the default): another user's server could watch whom we meet.
+    case sameUserOrRoot
+    /// These uids, plus our own and root.
+    case allowed(Set<UInt32>)
+    /// No uid check (the key, pinned or not, is the only check).
+    case anyUID
+
+    /// Why a listener run by `listenerUID` is refused, or nil. An unknown uid (SO_PEERCRED
+    /// failed) is refused unless pinned or `anyUID`.
+    public func refusal(listenerUID: UInt32?, ownUID: UInt32, pinned: Bool) -> String? {
+        if pinned { return nil }
+        let extra: Set<UInt32>
+        switch self {
+        case .anyUID: return nil
+        case .sameUserOrRoot: extra = []
+        case .allowed(let uids): extra = uids
+        }
+        guard let uid = listenerUID else { return "the listener's uid is unknown (SO_PEERCRED failed) and no key is pinned" }
+        if uid == ownUID || uid == 0 || extra.contains(uid) { return nil }
+        return "the server runs as uid \(uid), not ours (\(ownUID)) nor root, and its key is not pinned "
+            + "(pin it with PATH=DESIGNATOR, or allow the uid)"
     }
 }

@@ -55,6 +55,9 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
         case serverDisconnected
         /// The introduction server could not be reached (nothing listening, connect timeout).
         case serverUnreachable
+        /// The socket's listener runs as another non-root uid (SO_PEERCRED) and the server's key
+        /// is not pinned (`PeerNetlayer.Configuration.serverUIDPolicy`).
+        case serverNotTrusted
         /// Registration with the introduction server failed (bad signature, pinned key mismatch,
         /// malformed reply, deadline); `detail` names the OCapN reason.
         case registrationFailed
@@ -139,10 +142,13 @@ extension AuditReason {
     /// (registration.refused; the peer keeps retrying with backoff).
     public static let serverContested: AuditReason = "serverContested"
 
+    /// The server's listener runs as another non-root uid and its key is not pinned.
+    public static let serverNotTrusted: AuditReason = "serverNotTrusted"
+
     /// Codes the peer netlayer writes beyond the handshake and channel codes.
     public static let peerNetlayerCodes: [AuditReason] = [
         .registrationFailed, .serverDisconnected, .netlayerClosed, .serverUnreachable, .registrationLost, .serverContested,
         .registrationTimeout, .peerHandshakeLimit, .channelLimit, .peerChannelLimit, .descriptorReserve,
-        .passedDescriptorLost,
+        .passedDescriptorLost, .serverNotTrusted,
     ]
 }

@@ -92,7 +92,17 @@ final class ServerConnection: @unchecked Sendable {
                 // holds the marker's first byte carried it (K5), so a placeholder tagged with
                 // this read stands in for it and the stream stays in step.
                 let passed = chunk.descriptors.map(PassedDescriptor.received) + (chunk.descriptorsLost ? [.lost] : [])
-                try reader.receive(chunk.bytes, descriptors: passed)
+                let extras = try reader.receive(chunk.bytes, descriptors: passed)
+                if !extras.isEmpty {
+                    // Issue #17: a padded control message brings the sender's fd 0 along. The
+                    // first descriptor still faces every check; the extras are closed now.
+                    let kinds = extras.map { extra -> String in
+                        if case .received(let d) = extra { return d.shortKindDescription() }
+                        return "lost"
+                    }
+                    for extra in extras { extra.close() }
+                    netlayer.closedExtraDescriptors(kinds: kinds, server: handle.server, path: path)
+                }
                 while true {
                     if case .closed = state { return }
                     guard let item = try reader.next() else { break }

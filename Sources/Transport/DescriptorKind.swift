@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What a descriptor turned out to be, for validation errors and logs (K10).
 public enum DescriptorKind: Equatable, Sendable, CustomStringConvertible {
     case regularFile
@@ -62,4 +66,26 @@ public struct PeerCredentials: Equatable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "pid=\(pid) uid=\(uid) gid=\(gid)" }
+}
+
+extension FileDescriptor {
+    /// A short name for what this descriptor is, for audit records about descriptors we close
+    /// unused: "tty", "/dev/null", "pipe", "regular file", "unix stream socket pair end", …
+    /// Uses `fstat`, `isatty` and `getsockopt` only; never changes the descriptor (A8). A passed
+    /// stdin is the usual case (issue #17: a sender's padded control message carries its fd 0).
+    public func shortKindDescription() -> String {
+        var info = stat()
+        let statted = (try? withRawDescriptor { fstat($0, &info) }) ?? -1
+        guard statted == 0 else { return "unknown" }
+        if info.st_mode & S_IFMT == S_IFCHR {
+            if (try? withRawDescriptor { isatty($0) }) == 1 { return "tty" }
+            var null = stat()
+            if stat("/dev/null", &null) == 0 && null.st_mode & S_IFMT == S_IFCHR && null.st_rdev == info.st_rdev {
+                return "/dev/null"
+            }
+            return "character device"
+        }
+        if info.st_mode & S_IFMT == S_IFIFO { return "pipe" }
+        return (try? kind().description) ?? "unknown"
+    }
 }

@@ -189,4 +189,59 @@ public final class ListeningSocket: Sendable {
             mode: info.st_mode, isSocket: info.st_mode & S_IFMT == S_IFSOCK,
             identity: FileIdentity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino)))
     }
+
+    // MARK: watching the path (C3)
+
+    /// What is at `path` now, compared with the socket file we bound.
+    public enum PathState: Sendable, Equatable {
+        case ours
+        case missing
+        /// Another file, or another socket, sits at the path.
+        case replaced
+    }
+
+    /// nil for an inherited socket (no path of ours to watch).
+    public func pathState() -> PathState? {
+        guard let path, let fileIdentity else { return nil }
+        guard let info = try? Self.lstatPath(path) else { return .missing }
+        return info.isSocket && info.identity == fileIdentity ? .ours : .replaced
+    }
+
+    /// Permission bits of the socket file as bound (for `rebound`), nil when gone or inherited.
+    public func pathMode() -> mode_t? {
+        guard let path, pathState() == .ours, let info = try? Self.lstatPath(path) else { return nil }
+        return info.mode & 0o777
+    }
+
+    /// A fresh listening socket at the same path, bound at `PATH.new` and renamed over `PATH`
+    /// in one step (clients see the old file, nothing, or the new socket; never a half-made
+    /// one). The lock carries over (a duplicate of the same locked open file), so releasing
+    /// this socket afterwards neither unlinks the new file nor frees the lock.
+    public func rebound(mode: mode_t, backlog: Int32 = 128) throws(TransportError) -> ListeningSocket {
+        guard let path, let lock else { throw TransportError(.invalidPath, "an inherited socket has no path to re-create") }
+        let temporary = path + ".new"
+        try UnixAddress.withAddress(temporary, allowAbstract: false) { _, _ throws(TransportError) in }
+        if let stale = try Self.lstatPath(temporary), stale.isSocket { unlink(temporary) }
+        let socket = try FileDescriptor.makeSocket(family: AF_UNIX, type: SocketType.stream, nonBlocking: true)
+        do throws(TransportError) {
+            let identity = try socket.with { (fd) throws(TransportError) -> FileIdentity in
+                _ = try systemCallNonBlocking("fchmod") { fchmod(fd, mode) }
+                try UnixAddress.withAddress(temporary, allowAbstract: false) { (address, length) throws(TransportError) in
+                    _ = try systemCallNonBlocking("bind") { Glibc.bind(fd, address, length) }
+                }
+                let identity = try Self.fixMode(path: temporary, mode: mode)
+                _ = try systemCallNonBlocking("listen") { listen(fd, backlog) }
+                _ = try systemCallNonBlocking("rename") { rename(temporary, path) }
+                return identity
+            }
+            let copy = try lock.with { (fd) throws(TransportError) -> Int32 in
+                try systemCallNonBlocking("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
+            }
+            return ListeningSocket(path: path, descriptor: socket, lock: FileDescriptor(adopting: copy), fileIdentity: identity)
+        } catch {
+            if let info = try? Self.lstatPath(temporary), info.isSocket { unlink(temporary) }
+            socket.close()
+            throw error
+        }
+    }
 }

@@ -155,6 +155,26 @@ public final class StreamConnection: @unchecked Sendable {
         return state == .closed
     }
 
+    /// Called on the queue each time a descriptor-carrying send meets ETOOMANYREFS (K7); the
+    /// send is retried shortly, the connection stays.
+    public var onDescriptorBackPressure: (() -> Void)?
+
+    /// Whether everything sent so far, descriptors included, has been read by the peer: no
+    /// output queued here and none unread in the kernel (SIOCOUTQ 0).
+    public var peerHasReadEverything: Bool {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard state != .closed, outputHead == output.count else { return false }
+        return (try? descriptor.unreadOutput()) == 0
+    }
+
+    /// What the kernel holds of our output that the peer has not read (SIOCOUTQ; skb memory,
+    /// so only comparable with itself); nil once closed.
+    public var peerUnreadBytes: Int? {
+        dispatchPrecondition(condition: .onQueue(queue))
+        guard state != .closed else { return nil }
+        return try? descriptor.unreadOutput()
+    }
+
     /// Unsent output bytes.
     public var pendingOutputBytes: Int {
         dispatchPrecondition(condition: .onQueue(queue))
@@ -252,6 +272,17 @@ public final class StreamConnection: @unchecked Sendable {
                     result = try send(bytes, from: offset, passing: passed)
                 }
             } catch {
+                if error.errno == ETOOMANYREFS, case .descriptor(_, 0, _?) = segment {
+                    // K7: the uid's descriptors in flight exceed its RLIMIT_NOFILE. Nothing was
+                    // sent; it is the whole process's back-pressure, not this peer's fault, so
+                    // keep the segment and retry once receivers have drained some.
+                    onDescriptorBackPressure?()
+                    queue.asyncAfter(deadline: .now() + .milliseconds(20)) { [weak self] in
+                        guard let self, self.state == .running, !self.writeArmed else { return }
+                        self.flush()
+                    }
+                    return
+                }
                 shutDown(reporting: error, notifyHandler: true)
                 return
             }

@@ -23,6 +23,8 @@ enum CLIExitCode: Int32, Sendable {
     case refused = 3
     case verificationFailed = 4
     case introductionDropped = 5
+    /// intro-server: the socket path was deleted or replaced (with --on-socket-loss exit).
+    case socketLost = 6
 }
 
 /// A failure a command reports: printed to stderr as `ocapn-uds: <message>`, then exits with `code`.

@@ -32,6 +32,8 @@ struct IntroServerCommand: AsyncParsableCommand {
                   listening socket failed
               2   usage error (bad option or limit)
               3   identity key file refused (missing, insecure, malformed, wrong passphrase)
+              6   the socket path was deleted or replaced and not re-created (--on-socket-loss exit,
+                  or re-creating failed)
             """
     )
 
@@ -43,6 +45,10 @@ struct IntroServerCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("Socket path to listen on (optional under socket activation).", valueName: "path"))
     var socket: String?
+
+    @Option(help: ArgumentHelp("When the socket path is deleted or replaced: recreate (default) or exit (status 6).",
+                               valueName: "policy"))
+    var onSocketLoss: String = "recreate"
 
     @Option(help: ArgumentHelp("Permission bits of the socket file, octal.", valueName: "mode"))
     var socketMode: String = "0600"
@@ -64,8 +70,20 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: "Connections that have not completed registration.")
     var maxUnauthenticated: Int = IntroductionServerLimits().maxUnauthenticated
 
+    @Option(help: "Connections of one uid that have not completed registration.")
+    var maxUnauthenticatedPerUid: Int = IntroductionServerLimits().maxUnauthenticatedPerUID
+
+    @Option(help: "Descriptors forwarded to one target and not yet read; reaching it drops that target.")
+    var maxInFlightPerTarget: Int = IntroductionServerLimits().maxInFlightPerTarget
+
+    @Option(help: "Introductions of one sender forwarded and not yet read by their targets.")
+    var maxInFlightPerSender: Int = IntroductionServerLimits().maxInFlightPerSender
+
     @Option(help: "Absolute deadline from accept to a verified registration, in milliseconds.")
     var registrationTimeoutMs: Int = 5000
+
+    @Option(help: "Registration deadline while half the unauthenticated slots are taken, in milliseconds.")
+    var pressureRegistrationTimeoutMs: Int = 1000
 
     @Option(help: "Deadline for a registered peer to finish a message it started, in milliseconds.")
     var partialMessageTimeoutMs: Int = 5000
@@ -105,6 +123,9 @@ struct IntroServerCommand: AsyncParsableCommand {
         valueName: "forms"))
     var registrationForms: String = "v2,legacy"
 
+    @Flag(help: "Refuse a marker that carries a second descriptor (extraFds) instead of closing the padding descriptor a Goblins-style 24-byte control message adds (PROTOCOL.md §16).")
+    var strictDescriptorCount = false
+
     @Flag(help: "Let a registration take over a live earlier connection of its key when both have the same uid (SO_PEERCRED). Without it a live registration is never displaced.")
     var replaceSameUid = false
 
@@ -114,6 +135,9 @@ struct IntroServerCommand: AsyncParsableCommand {
         guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
         try auditWriter.validate(auditLog: auditLog)
         if let socket, socket.isEmpty { throw ValidationError("--socket must name a path") }
+        guard IntroductionServer.SocketLossPolicy(rawValue: onSocketLoss) != nil else {
+            throw ValidationError("--on-socket-loss must be recreate or exit")
+        }
         guard parsedMode() != nil else { throw ValidationError("--socket-mode must be octal permission bits, e.g. 0600 or 0660") }
         guard Logger.Level(rawValue: logLevel) != nil, logLevel != "trace", logLevel != "critical" else {
             throw ValidationError("--log-level must be debug, info, notice, warning or error")
@@ -151,6 +175,10 @@ struct IntroServerCommand: AsyncParsableCommand {
         var limits = IntroductionServerLimits()
         limits.maxClients = maxClients
         limits.maxUnauthenticated = maxUnauthenticated
+        limits.maxUnauthenticatedPerUID = maxUnauthenticatedPerUid
+        limits.maxInFlightPerTarget = maxInFlightPerTarget
+        limits.maxInFlightPerSender = maxInFlightPerSender
+        limits.pressureRegistrationTimeout = .milliseconds(pressureRegistrationTimeoutMs)
         limits.registrationTimeout = .milliseconds(registrationTimeoutMs)
         limits.partialMessageTimeout = .milliseconds(partialMessageTimeoutMs)
         limits.maxMessageBytes = maxMessageBytes
@@ -165,7 +193,9 @@ struct IntroServerCommand: AsyncParsableCommand {
         var configuration = IntroductionServer.Configuration(core: IntroductionServerConfiguration(
             limits: limits, allowedUIDs: Set(allowUid + [ownUID]), debugLogging: level <= .debug,
             registrationForms: parsedForms() ?? .all, replaceSameUID: replaceSameUid))
+        configuration.core.toleratePaddingDescriptor = !strictDescriptorCount
         configuration.outputQueueBytes = outputQueueBytes
+        configuration.onSocketLoss = IntroductionServer.SocketLossPolicy(rawValue: onSocketLoss) ?? .recreate
         configuration.readBufferBytes = readBufferBytes
         return configuration
     }
@@ -241,6 +271,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         await stopped.wait()
         for source in sources { source.cancel() }
         auditSink?.close()
+        if server.socketLost { throw CLIError(.socketLost, "the socket path was deleted or replaced") }
         if server.listenerFailed { throw CLIError(.failure, "the listening socket failed") }
     }
 }

@@ -198,7 +198,8 @@ enum PeerOutput {
         case .badMagic, .unsupportedVersion, .unexpectedMessageType, .reservedFlagsSet, .wrongResponder,
              .identityMismatch, .selfConnection, .invalidIdentityKey, .peerNotAllowed, .nonCanonicalPoint,
              .lowOrderPoint, .reflection, .decryptFailed, .badSignature, .badFrameLength, .unknownFrameType,
-             .unexpectedAuthFrame, .emptyDataFrame, .dataAfterClose, .legacyPeerRefused, .registrationFailed:
+             .unexpectedAuthFrame, .emptyDataFrame, .dataAfterClose, .legacyPeerRefused, .registrationFailed,
+             .serverNotTrusted:
             return .refused
         case .passedSocketInvalid, .notAddressedToUs, .handshakeLimitExceeded, .timeout, .truncated, .nonceExhausted,
              .messageTooLarge, .ioError, .channelClosed, .noSharedServer, .serverDisconnected, .serverUnreachable,

@@ -9,7 +9,8 @@ import Transport
 /// The reliability-catalog rows that concern the introduction server, each against the real
 /// process: the defined reason in the audit log (I4), no descriptor leaked by the server (I2,
 /// from /proc/PID/fd), the server alive and a canary pair registered before the fault still
-/// completing an introduction afterwards (I1, I3).
+/// completing an introduction afterwards (I1, I3), every descriptor close-on-exec (I5, from
+/// /proc/PID/fdinfo).
 @Suite(.serialized) struct IntroServerCatalogTests {
     /// Starts a server with `arguments`, registers the canary pair C and D, runs `fault`, then
     /// checks the descriptor count returns to what it was with only the canaries, and that C can
@@ -35,6 +36,8 @@ import Transport
         defer { theirs.close() }
         #expect(try endsAreConnected(mine, theirs), "the canary pair still works")
         #expect(server.child.process.isRunning)
+        let leaky = server.descriptorsWithoutCloseOnExec
+        #expect(leaky.isEmpty, "I5: \(server.descriptorTargets.filter { t in leaky.contains { t.hasPrefix("\($0)->") } })")
     }
 
     /// A raw connection that has not registered.
@@ -76,8 +79,8 @@ import Transport
         }
     }
 
-    @Test("A2/A3/A4: a marker without a descriptor, with two, or with five (MSG_CTRUNC) closes the connection",
-          arguments: [(0, "fdMissing"), (2, "extraFds"), (5, "extraFds")])
+    @Test("A2/A3/A4: a marker without a descriptor, with three, or with five (MSG_CTRUNC) closes the connection",
+          arguments: [(0, "fdMissing"), (3, "extraFds"), (5, "extraFds")])
     func descriptorCounts(count: Int, reason: String) throws {
         try withCanaries { server, d in
             let x = try rawConnection(server)
@@ -93,6 +96,25 @@ import Transport
                     "\(server.auditRecords().map { "\($0["event"]!) \($0["reason"] ?? "-")" })")
             for (mine, _) in pairs {
                 #expect(try seesEOF(mine), "every passed descriptor was closed by the server")
+                mine.close()
+            }
+            x.close()
+        }
+    }
+
+    @Test("A3 strict: with --strict-descriptor-count two descriptors on a marker close the connection as extraFds")
+    func strictDescriptorCount() throws {
+        try withCanaries(["--strict-descriptor-count"]) { server, d in
+            let x = try rawConnection(server)
+            try x.register()
+            #expect(server.waitForAudit("registration.accepted", count: 3) != nil)
+            let pairs = [try FileDescriptor.socketPair(), try FileDescriptor.socketPair()]
+            try x.sendIntroduction(to: d.identity, passing: pairs.map(\.1))
+            for (_, theirs) in pairs { theirs.close() }
+            #expect(x.seesEndOfStream())
+            #expect(server.waitForAudit("introduction.refused", reason: "extraFds") != nil)
+            for (mine, _) in pairs {
+                #expect(try seesEOF(mine))
                 mine.close()
             }
             x.close()
@@ -198,13 +220,27 @@ import Transport
         }
     }
 
-    @Test("F2: connections beyond the unauthenticated cap are refused while registered peers keep working")
+    @Test("F2: while the maximum of silent connections is held, a new peer registers and is introduced within 1 s; the oldest silent one is evicted")
     func unauthenticatedFlood() throws {
-        try withCanaries(["--max-unauthenticated", "4"]) { server, _ in
+        try withCanaries { server, d in
+            // The default cap (64), every slot held by a silent connection of our uid.
             var flood: [TestPeer] = []
-            for _ in 0..<10 { flood.append(try rawConnection(server)) }
-            #expect(server.waitForAudit("registration.refused", reason: "tooManyUnauthenticated", count: 6) != nil)
-            for peer in flood { peer.close() }
+            defer { for peer in flood { peer.close() } }
+            for _ in 0..<64 { flood.append(try rawConnection(server)) }
+            Thread.sleep(forTimeInterval: 0.2)  // let the server accept them all
+            let start = Date()
+            let x = try rawConnection(server)
+            defer { x.close() }
+            try x.register()
+            let mine = try x.introduce(to: d.identity)
+            defer { mine.close() }
+            let (_, theirs) = try d.awaitIntroduction(timeout: 1)
+            defer { theirs.close() }
+            let elapsed = Date().timeIntervalSince(start)
+            #expect(elapsed < 1, "registered and introduced in \(elapsed) s")
+            #expect(try endsAreConnected(mine, theirs))
+            #expect(server.waitForAudit("registration.refused", reason: "unauthenticatedEvicted") != nil)
+            // Registered peers were never the ones evicted: the canaries are checked after this.
         }
     }
 
@@ -253,10 +289,46 @@ import Transport
         }
     }
 
-    @Test("F4: a target that never reads is dropped at its output cap and the introduction refused as outputOverflow")
+    @Test("F6: a held introduction whose sender hangs up is released at once and audited as abandoned, not kept for its lifetime")
+    func heldIntroductionSenderHangsUp() throws {
+        try withCanaries(["--pending-lifetime-ms", "60000"]) { server, _ in
+            let x = try rawConnection(server)
+            try x.register()
+            let before = server.descriptorCount
+            let held = try x.introduce(to: IdentityKeyPair.generate().publicIdentity)
+            #expect(server.waitForAudit("introduction.queued") != nil)
+            #expect(server.waitForDescriptors(before + 1), "the server holds the passed end")
+            let start = Date()
+            held.close()  // the sender's end: the held socket now reports hang-up
+            #expect(server.waitForAudit("introduction.expired", reason: "abandoned") != nil)
+            #expect(Date().timeIntervalSince(start) < 5, "released long before the 60 s lifetime")
+            #expect(server.waitForDescriptors(before), "the held descriptor was closed")
+            x.close()
+        }
+    }
+
+    @Test("A12: a target that never reads is dropped at its in-flight cap (targetNotReading); the sender and the canaries stay")
+    func targetNeverReadsInFlightCap() throws {
+        try withCanaries(["--max-intros-per-second", "0", "--max-in-flight-per-target", "8", "--pending-lifetime-ms", "0"]) { server, _ in
+            let x = try rawConnection(server), y = try rawConnection(server)
+            try x.register()
+            try y.register()
+            for _ in 1...9 { try x.introduce(to: y.identity).close() }
+            #expect(server.waitForAudit("introduction.refused", reason: "targetNotReading", count: 1) != nil)
+            #expect(y.seesEndOfStream(timeout: 6), "the non-reader is dropped")
+            #expect(server.waitForAudit("introduction.forwarded", count: 8) != nil, "8 forwards completed before the cap")
+            // The sender stays: it can still introduce itself to the canary target later.
+            #expect(!x.seesEndOfStream(timeout: 0.2))
+            x.close()
+            y.close()
+        }
+    }
+
+    @Test("F4: with a high in-flight cap, a target that never reads is dropped at its output cap as outputOverflow")
     func targetNeverReads() throws {
         // No waiting: introductions sent after the target was dropped are refused, not held.
-        try withCanaries(["--max-intros-per-second", "0", "--output-queue-bytes", "4096", "--pending-lifetime-ms", "0"]) { server, _ in
+        try withCanaries(["--max-intros-per-second", "0", "--output-queue-bytes", "4096", "--pending-lifetime-ms", "0",
+                          "--max-in-flight-per-target", "10000", "--max-in-flight-per-sender", "100000"]) { server, _ in
             let x = try rawConnection(server), y = try rawConnection(server)
             try x.register()
             try y.register()
@@ -274,6 +346,115 @@ import Transport
             x.close()
             y.close()
         }
+    }
+
+    @Test("A12/K7: ETOOMANYREFS is the daemon's back-pressure: forwarding pauses with a log line, no innocent target is dropped, and the non-reader is the one dropped")
+    func tooManyReferences() throws {
+        // The server must run as a non-root uid (root is exempt, K7) with a low RLIMIT_NOFILE set
+        // before exec. As root: setpriv to uid 65534. Not root: the suite's own uid already is.
+        let root = getuid() == 0
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit"),
+              !root || FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
+            print("skipped: prlimit (and, as root, setpriv) are needed to run the server as a non-root uid with a low descriptor limit")
+            return
+        }
+        let dir = try TemporaryDirectory("etmr")
+        defer { dir.remove() }
+        var wrapper = ["/usr/bin/prlimit", "--nofile=64:64"]
+        var extra = ["--max-clients", "16", "--max-unauthenticated", "8", "--max-pending", "4", "--max-in-flight-per-target", "30",
+                     "--max-in-flight-per-sender", "1000", "--max-intros-per-second", "0", "--pending-lifetime-ms", "0",
+                     "--socket-mode", "0666"]
+        if root {
+            wrapper += ["/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+            extra += ["--allow-uid", "0"]
+        }
+        let server = try IntroServerProcess(extra, dir: dir, wrapper: wrapper) { server in
+            guard root else { return }
+            chown(server.dir.path, 65534, 65534)
+            chown(server.keyPath, 65534, 65534)
+        }
+        defer { server.stop() }
+        let c = try TestPeer(server), d = try TestPeer(server)
+        try c.register()
+        try d.register()
+        let baseline = server.descriptorCount
+        let x = try TestPeer(server), s1 = try TestPeer(server), s2 = try TestPeer(server), s3 = try TestPeer(server)
+        for p in [x, s1, s2, s3] { try p.register() }
+        var ends: [FileDescriptor] = []
+        defer { for e in ends { e.close() } }
+        // 30 + 30 unread at s1 and s2, then more at s3: the uid's 65th descriptor in flight fails.
+        for _ in 0..<30 { ends.append(try x.introduce(to: s1.identity)) }
+        for _ in 0..<30 { ends.append(try x.introduce(to: s2.identity)) }
+        for _ in 0..<8 { ends.append(try x.introduce(to: s3.identity)) }
+        let paused = server.child.waitForLine(onStderr: true, timeout: 10) { $0.contains("forwarding paused") }
+        #expect(paused != nil, "a log line says forwarding paused: \(server.child.errorOutput.suffix(5))")
+        // A reading target is not blamed: its introduction waits instead of failing.
+        let mine = try c.introduce(to: d.identity)
+        defer { mine.close() }
+        // The non-reader at its cap is dropped; what it held is released and forwarding resumes.
+        ends.append(try x.introduce(to: s1.identity))
+        #expect(server.waitForAudit("introduction.refused", reason: "targetNotReading") != nil)
+        #expect(s1.seesEndOfStream(timeout: 6))
+        let (_, theirs) = try d.awaitIntroduction(timeout: 10)
+        defer { theirs.close() }
+        #expect(try endsAreConnected(mine, theirs), "the canary introduction completed once forwarding resumed")
+        #expect(server.child.waitForLine(onStderr: true, timeout: 10) { $0.contains("forwarding resumed") } != nil)
+        // No innocent target was dropped, and no forward was audited before its send completed.
+        let dropped = server.auditRecords().filter { ($0["event"] as? String) == "introduction.refused" }
+        #expect(dropped.allSatisfy { ($0["reason"] as? String) == "targetNotReading" }, "\(dropped)")
+        #expect(!s2.seesEndOfStream(timeout: 0.2) && !s3.seesEndOfStream(timeout: 0.2) && !d.seesEndOfStream(timeout: 0.2))
+        #expect(server.child.process.isRunning)
+        for p in [x, s1, s2, s3] { p.close() }
+        for e in ends { e.close() }
+        #expect(server.waitForDescriptors(baseline), "I2: back to the canaries' descriptors: \(server.descriptorTargets)")
+        c.close()
+        d.close()
+    }
+
+    @Test("C3: a deleted or replaced socket path is logged at error level and re-created atomically within 5 s; registered peers are unaffected",
+          arguments: ["deleted", "replaced"])
+    func socketPathRecreated(how: String) throws {
+        try withCanaries { server, _ in
+            if how == "deleted" {
+                unlink(server.socketPath)
+            } else {
+                unlink(server.socketPath)
+                _ = FileManager.default.createFile(atPath: server.socketPath, contents: Data("not a socket".utf8))
+            }
+            let start = Date()
+            var back = false
+            while Date().timeIntervalSince(start) < 5 {
+                if let peer = try? TestPeer(server) {
+                    defer { peer.close() }
+                    if (try? peer.register()) != nil { back = true; break }
+                }
+                usleep(50_000)
+            }
+            #expect(back, "a new peer registers within 5 s")
+            let phrase = how == "deleted" ? "socket path deleted" : "socket path replaced"
+            #expect(server.child.errorOutput.contains { $0.contains(phrase) }, "\(server.child.errorOutput.suffix(5))")
+            #expect(server.child.errorOutput.contains { $0.contains("socket path re-created") })
+            #expect(!FileManager.default.fileExists(atPath: server.socketPath + ".new"))
+        }
+    }
+
+    @Test("C3: with --on-socket-loss exit a deleted socket path makes the daemon exit with status 6 within 5 s, and a replacement starts at once")
+    func socketPathLostExits() throws {
+        let server = try IntroServerProcess(["--on-socket-loss", "exit"])
+        defer { server.stop(); server.dir.remove() }
+        unlink(server.socketPath)
+        let start = Date()
+        while server.child.process.isRunning && Date().timeIntervalSince(start) < 5 { usleep(20_000) }
+        #expect(!server.child.process.isRunning, "exited within 5 s")
+        server.child.process.waitUntilExit()
+        #expect(server.child.process.terminationStatus == 6)
+        #expect(server.child.errorOutput.contains { $0.contains("socket path deleted") })
+        // The lock went with the process: a replacement binds the same path.
+        let replacement = try IntroServerProcess([], dir: server.dir)
+        defer { replacement.stop() }
+        let peer = try TestPeer(replacement)
+        defer { peer.close() }
+        try peer.register()
     }
 
     @Test("F7/F8: a peer that dies mid-record or after the marker's bytes leaves no descriptor behind")

@@ -37,7 +37,13 @@ final class IntroServerProcess {
     private(set) var child: ChildProcess!
     let arguments: [String]
 
-    init(_ extra: [String] = [], dir: TemporaryDirectory? = nil) throws {
+    let wrapper: [String]
+
+    /// `prepare` runs after the key is written and before the server starts (e.g. chown for a
+    /// server started as another uid through `wrapper`).
+    init(_ extra: [String] = [], dir: TemporaryDirectory? = nil, wrapper: [String] = [],
+         prepare: (IntroServerProcess) -> Void = { _ in }) throws {
+        self.wrapper = wrapper
         self.dir = try dir ?? TemporaryDirectory("intro")
         keyPath = self.dir.file("server.key")
         socketPath = self.dir.file("s.sock")
@@ -52,17 +58,19 @@ final class IntroServerProcess {
         // --allow-core-dumps: these tests read the server's /proc/PID/fd, which a non-dumpable
         // process closes to other processes of its uid (KeyHygieneCLITests covers the default).
         arguments = ["intro-server", "--identity", keyPath, "--socket", socketPath, "--audit-log", auditPath, "--allow-core-dumps"] + extra
+        prepare(self)
         try start()
     }
 
     func start() throws {
-        child = try ChildProcess(arguments)
+        child = try ChildProcess(arguments, launcher: wrapper.isEmpty ? nil : wrapper)
         guard let line = child.waitForLine(timeout: 20, { $0.hasPrefix("listening: ") }) else {
             throw IntroTestError.unexpected("server did not start: \(child.errorOutput.joined(separator: "\n"))")
         }
         guard line == "listening: \(socketPath) designator: \(identity.designator) fingerprint: \(identity.fingerprint)" else {
             throw IntroTestError.unexpected("ready line: \(line)")
         }
+        inheritedWithoutCloseOnExec = Set(Self.withoutCloseOnExec(pid: "\(pid)").map(linkTarget))
     }
 
     var pid: Int32 { child.pid }
@@ -78,6 +86,33 @@ final class IntroServerProcess {
     /// Sockets, pipes and files the server holds. libdispatch's own epoll, eventfd and timerfd
     /// descriptors (anon_inode) are created lazily on first use and would make an early
     /// baseline look like a leak later, so they are not counted.
+    /// The server's descriptors without FD_CLOEXEC when it printed its ready line: what it
+    /// inherited (Foundation's Process passes on whatever the test runner has open, including
+    /// a socket it makes for the spawn itself). Everything the server opens at start-up is
+    /// close-on-exec (checked by hand with /proc/PID/fdinfo); I5 then covers what it opens later.
+    private(set) var inheritedWithoutCloseOnExec: Set<String> = []
+
+    /// I5: the descriptors (beyond stdio and what it inherited) the server holds that lack
+    /// FD_CLOEXEC, from the `flags` line of /proc/PID/fdinfo (O_CLOEXEC is 02000000 octal).
+    var descriptorsWithoutCloseOnExec: [String] {
+        Self.withoutCloseOnExec(pid: "\(pid)").filter { !inheritedWithoutCloseOnExec.contains(linkTarget($0)) }
+    }
+
+    private func linkTarget(_ name: String) -> String {
+        "\(name)->" + ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(name)")) ?? "?")
+    }
+
+    static func withoutCloseOnExec(pid: String) -> [String] {
+        let dir = "/proc/\(pid)/fdinfo"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.filter { (Int($0) ?? 0) > 2 }.filter { name in
+            guard let text = try? String(contentsOfFile: "\(dir)/\(name)", encoding: .utf8),
+                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
+                  let flags = Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8) else { return false }
+            return flags & 0o2000000 == 0
+        }
+    }
+
     var descriptorCount: Int { descriptorTargets.filter { !$0.contains("->anon_inode:") }.count }
 
     /// Waits until the server holds at most `count` descriptors (closes happen asynchronously).
@@ -124,7 +159,7 @@ final class TestPeer {
     let key: IdentityKeyPair
     let control: FileDescriptor
     let server: PublicIdentity
-    private var reader = ControlStreamReader<FileDescriptor>()
+    private var reader = ControlStreamReader<FileDescriptor>(limits: .init(maxDescriptorsPerRead: 1))  // strict: what we send carries one
     private var client: RegistrationClient
     private var received: [FileDescriptor] = []
 
@@ -178,7 +213,7 @@ final class TestPeer {
                     try reader.finish()
                     return nil
                 }
-                try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
+                _ = try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
             }
         }
     }

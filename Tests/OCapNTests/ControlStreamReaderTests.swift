@@ -13,10 +13,10 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
     @Test func aMessageSplitAcrossReadsIsReturnedOnceComplete() throws {
         var r = Reader()
         for b in register.dropLast() {
-            try r.receive([b], descriptors: [])
+            _ = try r.receive([b], descriptors: [])
             #expect(try r.next() == nil)
         }
-        try r.receive([register.last!], descriptors: [])
+        _ = try r.receive([register.last!], descriptors: [])
         guard case let .message(v)? = try r.next() else { Issue.record("no message"); return }
         #expect(SyrupEncoder.encode(v) == register)
         try r.finish()
@@ -24,7 +24,7 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
 
     @Test func backToBackMessagesInOneReadAreAllReturned() throws {
         var r = Reader()
-        try r.receive(register + register + register, descriptors: [])
+        _ = try r.receive(register + register + register, descriptors: [])
         var n = 0
         while let item = try r.next() {
             if case .message = item { n += 1 }
@@ -34,9 +34,9 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
 
     @Test func theMarkerClaimsTheDescriptorDeliveredWithIt() throws {
         var r = Reader()
-        try r.receive(newConnection, descriptors: [])
+        _ = try r.receive(newConnection, descriptors: [])
         #expect(try r.next() == nil)
-        try r.receive(marker, descriptors: [7])
+        _ = try r.receive(marker, descriptors: [7])
         guard case let .newConnection(v, fd)? = try r.next() else { Issue.record("no intro"); return }
         #expect(fd == 7)
         #expect(SyrupEncoder.encode(v) == newConnection)
@@ -46,14 +46,14 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
     @Test func recordBytesMergedIntoTheDescriptorReadStillPair() throws {
         // K5: earlier plain bytes may share the read that carries the descriptor.
         var r = Reader()
-        try r.receive(newConnection + marker, descriptors: [3])
+        _ = try r.receive(newConnection + marker, descriptors: [3])
         guard case let .newConnection(_, fd)? = try r.next() else { Issue.record("no intro"); return }
         #expect(fd == 3)
     }
 
     @Test func aMarkerWithoutADescriptorIsFdMissing() throws {
         var r = Reader()
-        try r.receive(newConnection + marker, descriptors: [])
+        _ = try r.receive(newConnection + marker, descriptors: [])
         let e = #expect(throws: Reader.ReadError.self) { try r.next() }
         #expect(e?.code == .fdMissing)
         #expect(r.drainDescriptors().isEmpty)
@@ -61,22 +61,46 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
 
     @Test func aDescriptorWithAnOrdinaryMessageIsUnexpected() throws {
         var r = Reader()
-        try r.receive(register, descriptors: [9])
+        _ = try r.receive(register, descriptors: [9])
         let e = #expect(throws: Reader.ReadError.self) { try r.next() }
         #expect(e?.code == .unexpectedFD)
         #expect(r.drainDescriptors() == [9])
     }
 
-    @Test func twoDescriptorsInOneReadAreExtra() throws {
+    @Test func aPaddingDescriptorIsHandedBackAndTheFirstGoesToTheMarker() throws {
         var r = Reader()
+        let extras = try r.receive(newConnection + marker, descriptors: [4, 5])
+        #expect(extras == [5])
+        guard case .newConnection(_, let fd)? = try r.next() else { Issue.record("no introduction"); return }
+        #expect(fd == 4)
+        #expect(r.drainDescriptors().isEmpty)
+    }
+
+    @Test func threeDescriptorsInOneReadAreExtra() throws {
+        var r = Reader()
+        let e = #expect(throws: Reader.ReadError.self) { try r.receive(newConnection + marker, descriptors: [4, 5, 6]) }
+        #expect(e?.code == .extraFDs)
+        #expect(r.drainDescriptors() == [4, 5, 6])
+    }
+
+    @Test func strictLimitsRefuseASecondDescriptor() throws {
+        var r = Reader(limits: .init(maxDescriptorsPerRead: 1))
         let e = #expect(throws: Reader.ReadError.self) { try r.receive(newConnection + marker, descriptors: [4, 5]) }
         #expect(e?.code == .extraFDs)
         #expect(r.drainDescriptors() == [4, 5])
     }
 
+    @Test func aPaddedDescriptorPairOnARecordStillFailsAndReturnsBoth() throws {
+        var r = Reader()
+        let extras = try r.receive(register, descriptors: [8, 9])
+        let e = #expect(throws: Reader.ReadError.self) { try r.next() }
+        #expect(e?.code == .unexpectedFD)
+        #expect(extras + r.drainDescriptors() == [9, 8])
+    }
+
     @Test func eofInsideAMessageIsTruncated() throws {
         var r = Reader()
-        try r.receive(Array(register.prefix(5)), descriptors: [])
+        _ = try r.receive(Array(register.prefix(5)), descriptors: [])
         #expect(try r.next() == nil)
         let e = #expect(throws: Reader.ReadError.self) { try r.finish() }
         #expect(e?.code == .truncated)
@@ -84,7 +108,7 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
 
     @Test func eofBeforeTheMarkerIsTruncated() throws {
         var r = Reader()
-        try r.receive(newConnection, descriptors: [])
+        _ = try r.receive(newConnection, descriptors: [])
         #expect(try r.next() == nil)
         let e = #expect(throws: Reader.ReadError.self) { try r.finish() }
         #expect(e?.code == .truncated)
@@ -92,14 +116,14 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
 
     @Test func garbageIsAMalformedMessage() throws {
         var r = Reader()
-        try r.receive(Array("zzz".utf8), descriptors: [])
+        _ = try r.receive(Array("zzz".utf8), descriptors: [])
         let e = #expect(throws: Reader.ReadError.self) { try r.next() }
         #expect(e?.code == .malformedMessage)
     }
 
     @Test func aHugeLengthPrefixIsRefusedWithoutWaiting() throws {
         var r = Reader()
-        try r.receive(Array("99999999999999999999:".utf8), descriptors: [])
+        _ = try r.receive(Array("99999999999999999999:".utf8), descriptors: [])
         let e = #expect(throws: Reader.ReadError.self) { try r.next() }
         #expect(e?.code == .messageTooLarge || e?.code == .malformedMessage)
     }
@@ -107,10 +131,10 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
     @Test func anOversizedMessageIsRefused() throws {
         var r = Reader(limits: .init(syrup: .controlMessage))
         let big = Array("<3'foo\(SyrupLimits.controlMessage.maxTotalBytes + 10):".utf8)
-        try r.receive(big, descriptors: [])
+        _ = try r.receive(big, descriptors: [])
         let e = #expect(throws: Reader.ReadError.self) {
             _ = try r.next()
-            try r.receive([UInt8](repeating: 0x41, count: SyrupLimits.controlMessage.maxTotalBytes + 10), descriptors: [])
+            _ = try r.receive([UInt8](repeating: 0x41, count: SyrupLimits.controlMessage.maxTotalBytes + 10), descriptors: [])
             _ = try r.next()
         }
         #expect(e?.code == .messageTooLarge)

@@ -26,6 +26,8 @@ final class CoreHarness {
     var notReading: Set<ID> = []
     /// Descriptors the check reports as something other than a socketpair end.
     var invalidDescriptors: Set<Int> = []
+    /// Targets the fake kernel reports as having read everything sent to them.
+    var drained: Set<ID> = []
     /// Connections the liveness probe reports as hung up.
     var deadConnections: Set<ID> = []
     /// Connections the core probed, in order.
@@ -35,12 +37,14 @@ final class CoreHarness {
     private var challenges: [Challenge]
 
     init(limits: IntroductionServerLimits = IntroductionServerLimits(), allowedUIDs: Set<UInt32> = [1000],
-         challenges: [Challenge] = [], registrationForms: RegistrationForms = .all, replaceSameUID: Bool = false) {
+         challenges: [Challenge] = [], registrationForms: RegistrationForms = .all, replaceSameUID: Bool = false,
+         toleratePadding: Bool = true) {
         self.challenges = challenges
         weak var box: CoreHarness?
-        let configuration = IntroductionServerConfiguration(
+        var configuration = IntroductionServerConfiguration(
             limits: limits, allowedUIDs: allowedUIDs, debugLogging: true, registrationForms: registrationForms,
             replaceSameUID: replaceSameUID)
+        configuration.toleratePaddingDescriptor = toleratePadding
         var counter: UInt8 = 0
         core = Core(
             signer: Fixtures.serverS, configuration: configuration, attemptIDBase: 1 << 40,
@@ -52,6 +56,8 @@ final class CoreHarness {
             checkDescriptor: { fd in
                 box?.invalidDescriptors.contains(fd) == true ? .refused(description: "regular file") : .acceptable
             },
+            describeDescriptor: { fd in "fake-\(fd)" },
+            targetHasReadEverything: { id in box?.drained.contains(id) == true },
             probeConnection: { id in
                 box?.probed.append(id)
                 return box?.deadConnections.contains(id) == true ? .dead(description: "test: hung up") : .alive
@@ -184,7 +190,8 @@ final class CoreHarness {
         var ends: [UInt64: Int] = [:]
         var starts: Set<UInt64> = []
         for a in audits {
-            if a.kind.isTerminal { ends[a.attempt, default: 0] += 1 } else { starts.insert(a.attempt) }
+            // extraDescriptorsClosed is a notice of its own, not the start of an attempt.
+            if a.kind.isTerminal { ends[a.attempt, default: 0] += 1 } else if a.kind != .extraDescriptorsClosed { starts.insert(a.attempt) }
             if a.kind == .registrationRefused || a.kind == .introductionRefused || a.kind == .introductionExpired {
                 #expect(a.reason != nil, "failure without a reason", sourceLocation: sourceLocation)
             }

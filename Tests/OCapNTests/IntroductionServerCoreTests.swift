@@ -252,7 +252,19 @@ import Testing
             h.finish()
         }
         do {
+            // Three descriptors on one marker: more than padding explains.
             let h = CoreHarness()
+            let a = h.register(Peers.signer(1))
+            h.feed(a, record)
+            h.feed(a, UDSNewConnection.fdMarker, descriptors: [h.descriptor(), h.descriptor(), h.descriptor()])
+            #expect(h.reasons(.introductionRefused) == [.extraFds])
+            #expect(h.closedDescriptors.count == 3)
+            #expect(h.closedConnections == [a])
+            h.finish()
+        }
+        do {
+            // Strict configuration: a second descriptor is already too many.
+            let h = CoreHarness(toleratePadding: false)
             let a = h.register(Peers.signer(1))
             h.feed(a, record)
             h.feed(a, UDSNewConnection.fdMarker, descriptors: [h.descriptor(), h.descriptor()])
@@ -271,6 +283,99 @@ import Testing
             #expect(h.closedDescriptors == [stray])
             h.finish()
         }
+    }
+
+    @Test("Issue #17: a marker with the padding descriptor forwards the first, closes the extra first and audits its kind; the sender stays")
+    func paddedMarkerForwardsTheFirst() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let b = h.register(Peers.signer(2))
+        let record = UDSMessage.newConnection(UDSNewConnection(
+            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded
+        let socket = h.descriptor(), stdin = h.descriptor()
+        h.feed(a, record)
+        h.feed(a, UDSNewConnection.fdMarker, descriptors: [socket, stdin])
+        #expect(h.closedDescriptors == [stdin])
+        #expect(h.forwards.map(\.descriptor) == [socket])
+        #expect(h.forwards.first?.target == b)
+        let notice = h.audits(.extraDescriptorsClosed)
+        #expect(notice.count == 1)
+        #expect(notice.first?.reason == .extraDescriptorsClosed)
+        #expect(notice.first?.descriptorKinds == ["fake-\(stdin)"])
+        #expect(notice.first?.from == Peers.signer(1).identity)
+        #expect(h.closedConnections.isEmpty)
+        // A non-socket in first place stays refused (fdInvalid), its extra closed all the same.
+        let file = h.descriptor(), stdin2 = h.descriptor()
+        h.invalidDescriptors.insert(file)
+        h.feed(a, record)
+        h.feed(a, UDSNewConnection.fdMarker, descriptors: [file, stdin2])
+        #expect(h.reasons(.introductionRefused) == [.fdInvalid])
+        #expect(h.closedDescriptors == [stdin, stdin2, file])
+        #expect(h.closedConnections.isEmpty)
+        h.finish()
+    }
+
+    @Test("F6: a held introduction reported hung up is closed and ends as expired/abandoned; the others stay held")
+    func pendingHangUp() {
+        let h = CoreHarness()
+        let a = h.register(Peers.signer(1))
+        let gone = h.descriptor(), kept = h.descriptor()
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: gone)
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(3).identity, fd: kept)
+        #expect(h.core.pendingCount == 2)
+        let attempt = h.core.pendingDescriptors.first { $0.descriptor == gone }!.attempt
+        h.apply(h.core.pendingHungUp([attempt, attempt &+ 999], now: h.now))
+        #expect(h.closedDescriptors == [gone])
+        #expect(h.reasons(.introductionExpired) == [.abandoned])
+        #expect(h.core.pendingCount == 1)
+        h.finish()
+    }
+
+    @Test("A12: the target that leaves its in-flight cap unread is dropped (targetNotReading), not the sender nor other targets; a target that reads is never dropped")
+    func inFlightBudgetDropsTheNonReader() {
+        var limits = IntroductionServerLimits()
+        limits.maxInFlightPerTarget = 3
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        let stalled = h.register(Peers.signer(2))
+        let reader = h.register(Peers.signer(3))
+        h.drained = [reader]
+        for _ in 0..<3 { h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor()) }
+        for _ in 0..<10 { h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(3).identity, fd: h.descriptor()) }
+        #expect(h.core.inFlightCount(stalled) == 3)
+        #expect(h.core.inFlightCount(reader) <= 3, "reset whenever the kernel says it read everything")
+        #expect(h.closedConnections.isEmpty)
+        let fourth = h.descriptor()
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: fourth)
+        #expect(h.closedConnections == [stalled])
+        #expect(h.reasons(.introductionRefused).filter { $0 == .targetNotReading }.count >= 1)
+        #expect(h.closedDescriptors.contains(fourth))
+        #expect(h.core.route(for: Peers.signer(1).identity) == a, "the sender stays")
+        #expect(h.core.route(for: Peers.signer(3).identity) == reader, "the reading target stays")
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(3).identity, fd: h.descriptor())
+        #expect(h.forwards.last?.target == reader)
+        h.finish()
+    }
+
+    @Test("Item 3: a sender's introductions in flight to registered targets are capped (inFlightLimit); the sender stays")
+    func inFlightPerSender() {
+        var limits = IntroductionServerLimits()
+        limits.maxInFlightPerSender = 4
+        limits.maxInFlightPerTarget = 100
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        let targets = (2...4).map { h.register(Peers.signer(UInt8($0))) }
+        for i in 0..<4 {
+            h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(UInt8(2 + i % 3)).identity, fd: h.descriptor())
+        }
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.reasons(.introductionRefused) == [.inFlightLimit])
+        #expect(h.closedConnections.isEmpty)
+        // Once the targets have read, the sender may go on.
+        h.drained = Set(targets)
+        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.forwards.count == 5)
+        h.finish()
     }
 
     @Test("End of stream inside a message or before the marker is truncated; a clean end unregisters quietly")
@@ -581,7 +686,7 @@ import Testing
         h.finish()
     }
 
-    @Test("Connection caps refuse with tooManyUnauthenticated and tooManyClients; registered peers keep working")
+    @Test("F2: full unauthenticated slots evict the oldest unauthenticated connection; registered peers are never evicted and fill the cap to tooManyClients")
     func connectionCaps() {
         var limits = IntroductionServerLimits()
         limits.maxClients = 4
@@ -589,22 +694,56 @@ import Testing
         let h = CoreHarness(limits: limits)
         let a = h.register(Peers.signer(1))
         let b = h.register(Peers.signer(2))
-        h.accept()
-        h.accept()
+        let first = h.accept()
+        let second = h.accept()
         let third = h.accept()
-        #expect(h.reasons(.registrationRefused) == [.tooManyClients])
-        #expect(h.closedConnections == [third])
-        _ = a
-        _ = b
-        let h2 = CoreHarness(limits: limits)
-        h2.accept()
-        h2.accept()
-        h2.accept()
-        #expect(h2.reasons(.registrationRefused) == [.tooManyUnauthenticated])
+        // The client cap is full, but an unauthenticated connection makes room, never a registered one.
+        #expect(h.reasons(.registrationRefused) == [.unauthenticatedEvicted])
+        #expect(h.closedConnections == [first])
+        #expect(h.core.registeredCount == 2 && h.core.unauthenticatedCount == 2)
         h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
         #expect(h.forwards.map(\.target) == [b])
+        _ = (second, third)
         h.finish()
+
+        // Every slot registered: a newcomer is refused, nobody is evicted.
+        var small = IntroductionServerLimits()
+        small.maxClients = 2
+        small.maxUnauthenticated = 2
+        let h2 = CoreHarness(limits: small)
+        _ = h2.register(Peers.signer(1))
+        _ = h2.register(Peers.signer(2))
+        let late = h2.accept()
+        #expect(h2.reasons(.registrationRefused) == [.tooManyClients])
+        #expect(h2.closedConnections == [late])
+        #expect(h2.core.registeredCount == 2)
         h2.finish()
+    }
+
+    @Test("F2: the per-uid cap evicts that uid's oldest; under pressure the registration deadline is the short one")
+    func perUIDCapAndPressureDeadline() {
+        var limits = IntroductionServerLimits()
+        limits.maxUnauthenticated = 6
+        limits.maxUnauthenticatedPerUID = 2
+        limits.registrationTimeout = .seconds(5)
+        limits.pressureRegistrationTimeout = .milliseconds(300)
+        let h = CoreHarness(limits: limits, allowedUIDs: [1000, 2000])
+        let other = h.accept(uid: 2000)
+        let x1 = h.accept()
+        _ = h.accept()
+        _ = h.accept()  // uid 1000 over its 2: its oldest goes, uid 2000's stays
+        #expect(h.closedConnections == [x1])
+        #expect(h.reasons(.registrationRefused) == [.unauthenticatedEvicted])
+        #expect(h.core.unauthenticatedCount == 3)
+        // Three unauthenticated of six: pressure; the next one gets 300 ms, not 5 s.
+        let pressured = h.accept(uid: 2000)
+        h.advance(.milliseconds(400))
+        #expect(h.closedConnections.contains(pressured))
+        #expect(!h.closedConnections.contains(other), "accepted before the pressure: 5 s")
+        // A real peer still registers at once.
+        let peer = h.register(Peers.signer(3))
+        #expect(h.core.route(for: Peers.signer(3).identity) == peer)
+        h.finish()
     }
 
     @Test("Shutdown closes every connection and held descriptor and ends every open attempt")

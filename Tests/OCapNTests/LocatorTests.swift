@@ -102,3 +102,21 @@ func code(_ body: () throws -> Any) -> OCapNError.Code? {
         return nil
     }
 }
+
+@Suite struct HintNULTests {
+    @Test("D5: a NUL inside a hint value is refused as invalidHint, in Syrup and in a URI (%00)")
+    func nulInHintValues() throws {
+        let a = Peers.signer(1).identity, s = Peers.signer(2).identity
+        let record = SyrupValue.record(label: .symbol("ocapn-peer"), fields: [
+            .symbol("unix-domain-socket"), .string(a.designator),
+            .dictionary([.string(s.designator): .string("t\u{0}x")]),
+        ])
+        let e = #expect(throws: OCapNError.self) { try PeerLocator(syrup: record) }
+        #expect(e?.code == .invalidHint)
+        let uri = "ocapn://\(a.designator).unix-domain-socket?\(s.designator)=t%00x"
+        let u = #expect(throws: OCapNError.self) { try PeerLocator(uri: uri) }
+        #expect(u?.code == .invalidHint)
+        // Without the NUL both parse.
+        #expect((try? PeerLocator(uri: "ocapn://\(a.designator).unix-domain-socket?\(s.designator)=t%01x")) != nil)
+    }
+}

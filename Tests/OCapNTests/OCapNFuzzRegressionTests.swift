@@ -88,3 +88,20 @@ import Testing
         }
     }
 }
+
+/// Inputs kept by the FuzzServerCore fuzzer, replayed through its oracle.
+@Suite struct ServerCoreFuzzRegressionTests {
+    @Test func everySeedAndCrasherSatisfiesTheOracle() throws {
+        var files: [URL] = []
+        for kind in ["corpus", "crashers"] {
+            let dir = OCapNFuzzRegressionTests.root.appendingPathComponent("Fuzz/\(kind)/FuzzServerCore")
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
+            files += names.filter { !$0.hasPrefix(".") }.sorted().map { dir.appendingPathComponent($0) }
+        }
+        #expect(files.count >= 10, "the seed corpus is missing")
+        for file in files {
+            let problems = ServerCoreFuzzOracle.violations([UInt8](try Data(contentsOf: file)))
+            #expect(problems.isEmpty, "\(file.lastPathComponent): \(problems)")
+        }
+    }
+}

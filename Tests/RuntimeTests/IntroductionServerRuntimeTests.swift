@@ -28,7 +28,7 @@ import Transport
             .registrationAccepted: .registrationAccepted, .registrationRefused: .registrationRefused,
             .introductionRequested: .introductionRequested, .introductionQueued: .introductionQueued,
             .introductionForwarded: .introductionForwarded, .introductionExpired: .introductionExpired,
-            .introductionRefused: .introductionRefused,
+            .introductionRefused: .introductionRefused, .extraDescriptorsClosed: .descriptorsClosed,
         ]
         for kind in IntroductionServerAuditRecord.Kind.allCases {
             let record = IntroductionServerAuditRecord(
@@ -133,7 +133,7 @@ final class BlockingPeer {
     let key = IdentityKeyPair.generate()
     let control: FileDescriptor
     private var client: RegistrationClient
-    private var reader = ControlStreamReader<FileDescriptor>()
+    private var reader = ControlStreamReader<FileDescriptor>(limits: .init(maxDescriptorsPerRead: 1))  // strict: what we send carries one
 
     init(path: String, server: PublicIdentity) throws {
         control = try FileDescriptor.connect(unixPath: path, timeout: .seconds(2))
@@ -163,7 +163,7 @@ final class BlockingPeer {
             let result = try buffer.withUnsafeMutableBytes { try control.receive(into: $0, descriptorCapacity: 4) }
             guard case let .processed(r) = result else { continue }
             if r.isEndOfStream { throw TransportError(.closed, "the server closed the connection") }
-            try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
+            _ = try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
         }
     }
 

@@ -1,3 +1,4 @@
+import CPaddedSender
 import Dispatch
 import Foundation
 import Identity
@@ -34,12 +35,17 @@ final class TestIntroServer: @unchecked Sendable {
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var registered: [PublicIdentity: Connection] = [:]
     private let hook: Hook?
+    /// When set, markers go out with a Goblins-style padded control message whose padding int
+    /// is this descriptor (issue #17); the test owns it.
+    private let padding: FileDescriptor?
     private let lock = NSLock()
     private var _introductions = 0
 
     final class Connection {
         var stream: StreamConnection?
-        var reader = ControlStreamReader<FileDescriptor>()
+        /// A duplicate of the connection's socket, for padded markers only.
+        var raw: FileDescriptor?
+        var reader = ControlStreamReader<FileDescriptor>(limits: .init(maxDescriptorsPerRead: 1))  // strict: what we send carries one
         var machine: RegistrationServer
         var peer: PublicIdentity?
         init(machine: RegistrationServer) { self.machine = machine }
@@ -48,8 +54,10 @@ final class TestIntroServer: @unchecked Sendable {
     /// Binds at `path`, or in a fresh private directory (removed by `stop()`).
     init(
         identity: IdentityKeyPair = IdentityKeyPair.generate(), path: String? = nil,
-        holdUnregistered: Duration = .seconds(5), onIntroduction hook: Hook? = nil
+        holdUnregistered: Duration = .seconds(5), padMarkersWith padding: FileDescriptor? = nil,
+        onIntroduction hook: Hook? = nil
     ) throws {
+        self.padding = padding
         if let path {
             directory = nil
             self.path = path
@@ -86,6 +94,7 @@ final class TestIntroServer: @unchecked Sendable {
             listener = nil
             for c in connections.values {
                 c.stream?.close()
+                c.raw?.close()
                 for d in c.reader.drainDescriptors() { d.close() }
             }
             connections = [:]
@@ -111,6 +120,9 @@ final class TestIntroServer: @unchecked Sendable {
         guard case .accepted(let descriptor, _) = event else { return }
         let connection = Connection(machine: RegistrationServer(signer: signer, challenge: Challenge.random()))
         let id = ObjectIdentifier(connection)
+        if padding != nil, let copy = try? descriptor.withRawDescriptor({ fcntl($0, F_DUPFD_CLOEXEC, 0) }), copy >= 0 {
+            connection.raw = FileDescriptor(adopting: copy)
+        }
         do {
             connection.stream = try StreamConnection(descriptor: descriptor, queue: queue) { [unowned self] event in
                 self.handle(event, on: connection)
@@ -128,7 +140,7 @@ final class TestIntroServer: @unchecked Sendable {
         switch event {
         case .received(let chunk):
             do {
-                try connection.reader.receive(chunk.bytes, descriptors: chunk.descriptors)
+                _ = try connection.reader.receive(chunk.bytes, descriptors: chunk.descriptors)
                 while connection.stream != nil, let item = try connection.reader.next() {
                     try process(item, on: connection)
                 }
@@ -193,8 +205,24 @@ final class TestIntroServer: @unchecked Sendable {
             }
             do {
                 try stream.send(UDSMessage.newConnection(request).encoded)
-                try stream.send(UDSNewConnection.fdMarker, passing: descriptor)
+                if let padding, let raw = connection.raw {
+                    // The record is small and the queue empty, so it is already in the socket.
+                    let sent = try raw.withRawDescriptor { socket in
+                        try descriptor.withRawDescriptor { fd in
+                            try padding.withRawDescriptor { pad in
+                                UDSNewConnection.fdMarker.withUnsafeBytes {
+                                    cps_send_padded(socket, $0.baseAddress!, $0.count, fd, pad)
+                                }
+                            }
+                        }
+                    }
+                    descriptor.close()
+                    if sent != UDSNewConnection.fdMarker.count { drop(connection) }
+                } else {
+                    try stream.send(UDSNewConnection.fdMarker, passing: descriptor)
+                }
             } catch {
+                descriptor.close()  // idempotent
                 drop(connection)
             }
         }
@@ -207,6 +235,7 @@ final class TestIntroServer: @unchecked Sendable {
         guard let stream = connection.stream else { return }
         connection.stream = nil
         stream.close()
+        connection.raw?.close()
         for d in connection.reader.drainDescriptors() { d.close() }
         connections[ObjectIdentifier(connection)] = nil
         if let peer = connection.peer, registered[peer] === connection { registered[peer] = nil }

@@ -77,7 +77,7 @@ import Transport
                     ended = true
                     return nil
                 }
-                try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
+                for extra in try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors) { extra.close() }
             }
         }
 

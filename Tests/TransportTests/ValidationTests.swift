@@ -100,3 +100,27 @@ extension TransportTests {
         }
     }
 }
+
+@Suite struct ShortKindDescriptionTests {
+    @Test("Extra descriptors are named for the audit: pipe, /dev/null, tty, socketpair end, regular file")
+    func names() throws {
+        let (r, w) = try makePipe()
+        defer { r.close(); w.close() }
+        #expect(r.shortKindDescription() == "pipe")
+        let null = FileDescriptor(adopting: open("/dev/null", O_RDONLY | O_CLOEXEC))
+        defer { null.close() }
+        #expect(null.shortKindDescription() == "/dev/null")
+        let master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC)
+        if master >= 0 {
+            let tty = FileDescriptor(adopting: master)
+            defer { tty.close() }
+            #expect(tty.shortKindDescription() == "tty")
+        }
+        let (a, b) = try FileDescriptor.socketPair()
+        defer { a.close(); b.close() }
+        #expect(a.shortKindDescription() == "unix stream socket pair end")
+        let file = FileDescriptor(adopting: open("/proc/self/status", O_RDONLY | O_CLOEXEC))
+        defer { file.close() }
+        #expect(file.shortKindDescription() == "regular file")
+    }
+}

@@ -33,6 +33,10 @@ int cfd_accept4(int fd, int flags);
 size_t cfd_sockaddr_un_size(void);
 size_t cfd_sockaddr_un_path_offset(void);
 
+/// ioctl(fd, SIOCOUTQ, &bytes): what this socket sent that its peer has not consumed yet
+/// (for AF_UNIX, queued skb memory; 0 means the peer took everything). ioctl is variadic, so
+/// Swift cannot call it. Returns ioctl's result (0 or -1 with errno set).
+int cfd_socket_unread_output(int fd, int *_Nonnull bytes);
 /// prctl(PR_SET_DUMPABLE, dumpable): prctl is variadic, which Swift cannot call.
 int cfd_set_dumpable(int dumpable);
 /// prctl(PR_GET_DUMPABLE): 0 (not dumpable), 1 or 2, or -1 with errno set.

@@ -1,0 +1,1 @@
+../../../Tests/IdentityTests/KeyFileFuzzOracle.swift

@@ -1,0 +1,10 @@
+// libFuzzer entry point for LocatorFuzzOracle (the oracle file is a symlink into Tests/). Built with
+// `--sanitize fuzzer` (docs/FUZZING.md); any oracle violation traps so libFuzzer keeps the input.
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let input = size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size))
+    let problems = LocatorFuzzOracle.violations(input)
+    precondition(problems.isEmpty, "FuzzLocator oracle: " + problems.joined(separator: "; "))
+    return 0
+}

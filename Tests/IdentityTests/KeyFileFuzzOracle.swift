@@ -1,0 +1,28 @@
+import Identity
+import SodiumCrypto
+
+/// Key files (issue #12 item 7). Shared by `FuzzKeyFile` (symlink) and the regression tests.
+/// No passphrase is given, so an encrypted file stops at `passphraseRequired` before any KDF
+/// (the fuzzer must not choose Argon2 costs). Oracle: never a crash; the three readers agree
+/// (a file `decode` accepts is one `holdsSecret` says holds a secret and whose public key
+/// `decodePublic` reads the same); an accepted file encodes back to a file that decodes to
+/// the same key.
+enum KeyFileFuzzOracle {
+    static func violations(_ input: [UInt8]) -> [String] {
+        var out: [String] = []
+        let decoded = try? IdentityKeyFile.decode(input, passphrase: nil)
+        let holds = try? IdentityKeyFile.holdsSecret(input)
+        let publicOnly = try? IdentityKeyFile.decodePublic(input)
+        if let pair = decoded {
+            if holds != true { out.append("decode accepted a file holdsSecret does not call secret") }
+            if publicOnly != pair.publicIdentity { out.append("decodePublic disagrees with decode") }
+            if let again = try? IdentityKeyFile.encode(pair, protection: .none),
+               let back = again.withUnsafeBytes({ try? IdentityKeyFile.decode(Array($0), passphrase: nil) }) {
+                if back.publicIdentity != pair.publicIdentity { out.append("re-encoded file decodes to another key") }
+            } else {
+                out.append("an accepted key does not encode back")
+            }
+        }
+        return out
+    }
+}
