@@ -292,15 +292,23 @@ public struct AuditEvent: Hashable, Sendable {
 /// Fingerprints of recently seen identities: a server names the same few keys in every record,
 /// and each fingerprint costs a BLAKE2b and a base32 encoding. Bounded: cleared when full.
 enum FingerprintCache {
-    private static let cache = Mutex<[PublicIdentity: String]>([:])
+    private static let cache = Mutex<[Key: String]>([:])
     static let capacity = 4096
 
+    /// The key bytes, hashed as one buffer: `[UInt8]`'s own `hash(into:)` feeds the hasher a
+    /// byte at a time, and this lookup runs for every key of every record.
+    private struct Key: Hashable {
+        let bytes: [UInt8]
+        func hash(into h: inout Hasher) { bytes.withUnsafeBytes { h.combine(bytes: $0) } }
+    }
+
     static func fingerprint(of identity: PublicIdentity) -> String {
-        if let hit = cache.withLock({ $0[identity] }) { return hit }
+        let key = Key(bytes: identity.publicKey)
+        if let hit = cache.withLock({ $0[key] }) { return hit }
         let fp = identity.fingerprint
         cache.withLock { c in
             if c.count >= capacity { c.removeAll(keepingCapacity: true) }
-            c[identity] = fp
+            c[key] = fp
         }
         return fp
     }

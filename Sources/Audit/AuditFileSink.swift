@@ -217,7 +217,7 @@ public final class AuditFileSink: AuditSink {
                 try Self.advanceEpoch(c, &st, at: now)
             }
             let line = st.chain.opened(cause: cause, at: now, torn: torn.map { (bytes: $0.0, hash: $0.1) }, tampered: tamper)
-            try Self.append(line + [0x0a], to: &st, path: path)
+            try Self.append(line, to: &st, path: path)
             if c.fsync != .never || tamper != nil { try FileIO.sync(st.fd, path: path) }
             st.status.recordsWritten += 1
             reopenFailure = tamper
@@ -426,7 +426,7 @@ public final class AuditFileSink: AuditSink {
                 return
             }
             do throws(AuditError) {
-                try Self.append(line + [0x0a], to: &s, path: configuration.path)
+                try Self.append(line, to: &s, path: configuration.path)
                 s.chain = next
                 s.status.recordsWritten += 1
                 if configuration.fsync == .everyRecord {
@@ -479,7 +479,7 @@ public final class AuditFileSink: AuditSink {
                 }
                 var chain = s.chain
                 let line = chain.closed(cause: next == nil ? .shutdown : .handover, at: now, nextWriter: next)
-                try Self.append(line + [0x0a], to: &s, path: configuration.path)
+                try Self.append(line, to: &s, path: configuration.path)
                 s.chain = chain
                 s.status.recordsWritten += 1
                 try Self.afterCheckpoint(configuration, &s, line: line, at: now)
@@ -513,7 +513,7 @@ public final class AuditFileSink: AuditSink {
         guard s.chain.signer != nil else { return }
         var next = s.chain
         let line = next.checkpoint(at: now)
-        try append(line + [0x0a], to: &s, path: c.path)
+        try append(line, to: &s, path: c.path)
         s.chain = next
         s.status.recordsWritten += 1
         try afterCheckpoint(c, &s, line: line, at: now)
@@ -590,7 +590,7 @@ public final class AuditFileSink: AuditSink {
         defer { s.batching = wasBatching }
         var next = s.chain
         let closing = next.closed(cause: .rotation, at: now)
-        try Self.append(closing + [0x0a], to: &s, path: c.path)
+        try Self.append(closing, to: &s, path: c.path)
         s.chain = next
         s.status.recordsWritten += 1
         try Self.afterCheckpoint(c, &s, line: closing, at: now)
@@ -603,7 +603,7 @@ public final class AuditFileSink: AuditSink {
             // a log.opened, and the next record retries the rotation.
             var reopened = s.chain
             let line = reopened.opened(cause: .recovery, at: now)
-            if (try? Self.append(line + [0x0a], to: &s, path: c.path)) != nil {
+            if (try? Self.append(line, to: &s, path: c.path)) != nil {
                 s.chain = reopened
                 s.status.recordsWritten += 1
             }
@@ -615,7 +615,7 @@ public final class AuditFileSink: AuditSink {
         try FileIO.lockExclusive(fd, path: c.path)
         var opened = s.chain
         let line = opened.opened(cause: .rotation, at: now)
-        try Self.append(line + [0x0a], to: &s, path: c.path)
+        try Self.append(line, to: &s, path: c.path)
         s.chain = opened
         s.status.recordsWritten += 1
         if c.fsync != .never {
@@ -635,17 +635,19 @@ public final class AuditFileSink: AuditSink {
         try FileIO.rename(c.path, c.rotatedPath(1))
     }
 
-    /// Appends one line with a single write(2). A short write (disk full) is cut off again so
-    /// the file never holds half a record in the middle of the chain.
-    private static func append(_ bytes: [UInt8], to s: inout State, path: String) throws(AuditError) {
+    /// Appends one line and its newline with a single write(2) (or to the pending batch). A
+    /// short write (disk full) is cut off again so the file never holds half a record in the
+    /// middle of the chain.
+    private static func append(_ line: [UInt8], to s: inout State, path: String) throws(AuditError) {
         if s.batching {
             if s.beforePending == nil { s.beforePending = (s.chain, s.size, s.status.recordsWritten) }
-            s.pending += bytes
+            s.pending.append(contentsOf: line)
+            s.pending.append(0x0a)
             s.pendingRecords += 1
-            s.size += Int64(bytes.count)
+            s.size += Int64(line.count + 1)
             return
         }
-        try writeNow(bytes, to: &s, path: path)
+        try writeNow(line + [0x0a], to: &s, path: path)
     }
 
     /// Writes a batch: one write(2). On failure the file is cut back and the chain, size and

@@ -28,22 +28,62 @@ struct JSONLineWriter {
         if let v { string(k, v) }
     }
 
+    /// A string field of lowercase hex, encoded from the bytes in place (the same bytes as
+    /// `string(k, Hex.encode(v))` without building the String).
+    mutating func hex(_ k: StaticString, _ v: [UInt8]?) {
+        guard let v else { return }
+        key(k)
+        bytes.append(0x22)
+        for b in v {
+            bytes.append(Self.hexDigits[Int(b >> 4)])
+            bytes.append(Self.hexDigits[Int(b & 0x0f)])
+        }
+        bytes.append(0x22)
+    }
+
+    /// A string field of 16 lowercase hex digits, big-endian (`AuditAttemptID.hex`).
+    mutating func hex64(_ k: StaticString, _ v: UInt64?) {
+        guard let v else { return }
+        key(k)
+        bytes.append(0x22)
+        var shift: UInt64 = 60
+        while true {
+            bytes.append(Self.hexDigits[Int((v >> shift) & 0x0f)])
+            if shift == 0 { break }
+            shift -= 4
+        }
+        bytes.append(0x22)
+    }
+
+    /// A string field holding `AuditTimestamp.rfc3339`.
+    mutating func timestamp(_ k: StaticString, _ v: AuditTimestamp) {
+        key(k)
+        bytes.append(0x22)
+        v.appendRFC3339(to: &bytes)
+        bytes.append(0x22)
+    }
+
     mutating func uint(_ k: StaticString, _ v: UInt64?) {
         guard let v else { return }
         key(k)
-        bytes.append(contentsOf: String(v).utf8)
+        Self.appendDecimal(v, to: &bytes)
     }
 
     mutating func int(_ k: StaticString, _ v: Int64?) {
         guard let v else { return }
         key(k)
-        bytes.append(contentsOf: String(v).utf8)
+        if v < 0 { bytes.append(0x2d) }
+        Self.appendDecimal(v.magnitude, to: &bytes)
     }
 
     mutating func bool(_ k: StaticString, _ v: Bool?) {
         guard let v else { return }
         key(k)
-        bytes.append(contentsOf: (v ? "true" : "false").utf8)
+        if v {
+            bytes.append(contentsOf: [0x74, 0x72, 0x75, 0x65] as [UInt8])
+        } else {
+            bytes.append(contentsOf: [0x66, 0x61, 0x6c, 0x73, 0x65] as [UInt8])
+        }
     }
 
     mutating func finish() -> [UInt8] {
@@ -51,24 +91,56 @@ struct JSONLineWriter {
         return bytes
     }
 
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// The shortest decimal spelling (what `String(v)` gives), written in place.
+    static func appendDecimal(_ v: UInt64, to out: inout [UInt8]) {
+        if v < 10 {
+            out.append(0x30 + UInt8(v))
+            return
+        }
+        var digits = 0
+        var x = v
+        while x > 0 { digits += 1; x /= 10 }
+        let start = out.count
+        for _ in 0..<digits { out.append(0x30) }
+        x = v
+        var i = start + digits - 1
+        while x > 0 {
+            out[i] = 0x30 + UInt8(x % 10)
+            x /= 10
+            i -= 1
+        }
+    }
+
     /// JSON string escaping: quote, backslash and every control character (so a value can
     /// never break the one-record-per-line framing); everything else as UTF-8.
     static func appendQuoted(_ s: String, to out: inout [UInt8]) {
         out.append(0x22)
-        for c in s.utf8 {
-            switch c {
-            case 0x22: out += [0x5c, 0x22]
-            case 0x5c: out += [0x5c, 0x5c]
-            case 0x0a: out += [0x5c, 0x6e]
-            case 0x0d: out += [0x5c, 0x72]
-            case 0x09: out += [0x5c, 0x74]
-            case 0x00..<0x20, 0x7f:
-                let hex = Array("0123456789abcdef".utf8)
-                out += [0x5c, 0x75, 0x30, 0x30, hex[Int(c >> 4)], hex[Int(c & 0xf)]]
-            default: out.append(c)
-            }
+        // Fast path: record values (fingerprints, codes, paths) rarely need escaping, so copy the
+        // contiguous UTF-8 in one go when no byte needs it.
+        let copied: Bool? = s.utf8.withContiguousStorageIfAvailable { u in
+            for c in u where c < 0x20 || c == 0x22 || c == 0x5c || c == 0x7f { return false }
+            out.append(contentsOf: u)
+            return true
+        }
+        if copied != true {
+            for c in s.utf8 { appendEscaped(c, to: &out) }
         }
         out.append(0x22)
+    }
+
+    private static func appendEscaped(_ c: UInt8, to out: inout [UInt8]) {
+        switch c {
+        case 0x22: out += [0x5c, 0x22]
+        case 0x5c: out += [0x5c, 0x5c]
+        case 0x0a: out += [0x5c, 0x6e]
+        case 0x0d: out += [0x5c, 0x72]
+        case 0x09: out += [0x5c, 0x74]
+        case 0x00..<0x20, 0x7f:
+            out += [0x5c, 0x75, 0x30, 0x30, hexDigits[Int(c >> 4)], hexDigits[Int(c & 0xf)]]
+        default: out.append(c)
+        }
     }
 }
 

@@ -33,25 +33,33 @@ public struct AuditTimestamp: Hashable, Sendable, Comparable, CustomStringConver
 
     /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, always 27 characters.
     public var rfc3339: String {
+        var out = [UInt8]()
+        out.reserveCapacity(27)
+        appendRFC3339(to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends `rfc3339`'s bytes: records are encoded straight into their line buffer.
+    func appendRFC3339(to out: inout [UInt8]) {
         let (days, micros) = floorDivMod(microsSinceEpoch, 86_400_000_000)
         let (y, m, d) = Self.civil(fromDays: days)
         let secs = micros / 1_000_000
         let frac = micros % 1_000_000
-        var out = [UInt8]()
-        out.reserveCapacity(27)
+        // Fixed-width fields written in place (the year is 1...9999, every field non-negative).
         func put(_ v: Int64, _ width: Int) {
-            var digits = [UInt8](repeating: 0x30, count: width)
+            let start = out.count
+            for _ in 0..<width { out.append(0x30) }
             var x = v
-            for i in stride(from: width - 1, through: 0, by: -1) {
-                digits[i] = 0x30 + UInt8(x % 10)
+            var i = start + width - 1
+            while i >= start {
+                out[i] = 0x30 + UInt8(x % 10)
                 x /= 10
+                i -= 1
             }
-            out += digits
         }
         put(y, 4); out.append(0x2d); put(m, 2); out.append(0x2d); put(d, 2); out.append(0x54)
         put(secs / 3600, 2); out.append(0x3a); put(secs / 60 % 60, 2); out.append(0x3a); put(secs % 60, 2)
         out.append(0x2e); put(frac, 6); out.append(0x5a)
-        return String(decoding: out, as: UTF8.self)
     }
 
     /// Parses the strict form written in records (exactly `YYYY-MM-DDTHH:MM:SS.ffffffZ`).

@@ -66,6 +66,36 @@ import Testing
         #expect(try AuditRecord.decode(line[...]).event.path?.value == "/tmp/\"q\"\\x")
     }
 
+    /// The line writer encodes digests, ids, times and integers in place; its bytes must be the
+    /// String spellings the record format was defined with, or every chain hash would change.
+    @Test func theInPlaceLineEncoderWritesTheSameBytesAsTheStringSpellings() {
+        func line(_ fill: (inout JSONLineWriter) -> Void) -> String {
+            var w = JSONLineWriter()
+            fill(&w)
+            return String(decoding: w.finish(), as: UTF8.self)
+        }
+        for v: UInt64 in [0, 7, 9, 10, 99, 100, 1_000_000, UInt64(Int64.max), .max] {
+            #expect(line { $0.uint("n", v) } == "{\"n\":\(v)}")
+        }
+        for v: Int64 in [0, -1, -10, 42, .max, .min] {
+            #expect(line { $0.int("n", v) } == "{\"n\":\(v)}")
+        }
+        for bytes in [[UInt8](repeating: 0, count: 8), (0..<32).map { UInt8($0 * 8) }, [UInt8](repeating: 0xff, count: 64)] {
+            #expect(line { $0.hex("h", bytes) } == "{\"h\":\"\(Hex.encode(bytes))\"}")
+        }
+        for raw: UInt64 in [0, 1, 0x0123_4567_89ab_cdef, .max] {
+            #expect(line { $0.hex64("a", raw) } == "{\"a\":\"\(AuditAttemptID(rawValue: raw).hex)\"}")
+        }
+        for micros: Int64 in [0, -1, 951_782_400_000_001, AuditTimestamp.minMicros, AuditTimestamp.maxMicros] {
+            let t = AuditTimestamp(microsSinceEpoch: micros)
+            #expect(line { $0.timestamp("ts", t) } == "{\"ts\":\"\(t.rfc3339)\"}")
+        }
+        #expect(line { $0.bool("a", true); $0.bool("b", false); $0.uint("c", nil); $0.hex("d", nil) } == #"{"a":true,"b":false}"#)
+        // The copy-through fast path and the escaping path give the spellings of `appendQuoted`.
+        #expect(line { $0.string("s", "fp1:abc/é✓") } == "{\"s\":\"fp1:abc/é✓\"}")
+        #expect(line { $0.string("s", "a\"b\\c\nd\u{7f}\u{1}é") } == #"{"s":"a\"b\\c\nd\u007f\u0001é"}"#)
+    }
+
     @Test func reasonCodesAreStringBackedAndRestrictedToACodeAlphabet() {
         #expect(AuditReason(rawValue: "customLayerCode") != nil)
         #expect(AuditReason(rawValue: "has space") == nil)
