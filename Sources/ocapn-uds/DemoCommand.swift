@@ -131,6 +131,6 @@ struct DemoCommand: AsyncParsableCommand {
         audit.waitUntilExit()
         print("")
         print("demo: \(s.succeeded ? "OK" : "FAILED"); logs and audit trails are in \(s.directory)"
-              + " (ocapn-uds audit --verify \(s.directory)/*.audit.jsonl)")
+              + " (each log is a chain of its own: ocapn-uds audit --verify \(s.auditLogs[0]))")
     }
 }

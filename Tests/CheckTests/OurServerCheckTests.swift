@@ -42,10 +42,8 @@ extension CheckSuites {
         let report = try ServerChecker(path: server.socketPath, options: testOptions()).run()
         #expect(report.rows.count == ServerChecker.checks.count)
         for row in report.rows {
-            // E2.registration-relay WARNs while a newer registration displaces a live one; issue
-            // #11 item 2 (live registrations kept) turns it into a PASS.
-            let acceptable = row.status == .pass || (row.id == "E2.registration-relay" && row.status == .warn)
-            #expect(acceptable, "\(row.id) \(row.status.rawValue): \(row.evidence)")
+            // E2.registration-relay included: the server keeps a live registration (issue #11).
+            #expect(row.status == .pass, "\(row.id) \(row.status.rawValue): \(row.evidence)")
         }
         #expect(report.summary.fail == 0)
         // Held introductions expire after 1 s; everything the probes opened is gone by then (I2).

@@ -29,8 +29,10 @@ import Testing
         let dir = try #require(directory(in: out), "\(out)")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         #expect(status == 0, "\(out.joined(separator: "\n"))\n\(demo.errorOutput.joined(separator: "\n"))")
-        #expect(out.last == "demo: OK; logs and audit trails are in \(dir) (ocapn-uds audit --verify \(dir)/*.audit.jsonl)",
+        #expect(out.last == "demo: OK; logs and audit trails are in \(dir) (each log is a chain of its own: ocapn-uds audit --verify \(dir)/intro-server.audit.jsonl)",
                 "the last line names where the logs are")
+        let suggested = try ChildProcess(["audit", "--verify", "\(dir)/intro-server.audit.jsonl"])
+        #expect(suggested.waitForExit(timeout: 60) == 0, "the command the last line suggests succeeds")
         // Identities by name and fingerprint at the top, no designators or URIs.
         #expect(out.contains { $0.hasPrefix("demo:   impostor      fp1:") }, "the attacker is introduced")
         #expect(!out.contains { $0.contains("ocapn://") && !$0.contains("<key>") }, "no full locator URIs in the progress")
