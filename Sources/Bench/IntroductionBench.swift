@@ -26,6 +26,10 @@ enum IntroductionBench {
         limits.maxPendingPerSender = max(window * 2, 8)
         limits.maxPendingPerTarget = max(window * 2, 8)
         limits.maxPendingTotal = max(window * 4, 64)
+        // B reads every descriptor, but on a loaded machine it may lag a whole window behind;
+        // the in-flight caps (issue #12) would then drop it as a target that does not read.
+        limits.maxInFlightPerTarget = max(window * 4, 64)
+        limits.maxInFlightPerSender = max(window * 4, 64)
         let core = IntroductionServerConfiguration(limits: limits, allowedUIDs: [getuid()])
         let path = (directory as NSString).appendingPathComponent("bench-intro.sock")
         let socket = try IntroductionServerSetup.openSocket(path: path, mode: 0o600)
