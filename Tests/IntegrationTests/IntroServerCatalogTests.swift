@@ -311,8 +311,12 @@ import Transport
     func targetNeverReadsInFlightCap() throws {
         try withCanaries(["--max-intros-per-second", "0", "--max-in-flight-per-target", "8", "--pending-lifetime-ms", "0"]) { server, _ in
             let x = try rawConnection(server), y = try rawConnection(server)
+            let accepted = server.auditRecords().filter { ($0["event"] as? String) == "registration.accepted" }.count
             try x.register()
             try y.register()
+            // The server answers nothing to the last registration record: wait until it took both,
+            // or an introduction on x's connection may overtake y's signature on its own.
+            #expect(server.waitForAudit("registration.accepted", count: accepted + 2) != nil)
             for _ in 1...9 { try x.introduce(to: y.identity).close() }
             #expect(server.waitForAudit("introduction.refused", reason: "targetNotReading", count: 1) != nil)
             #expect(y.seesEndOfStream(timeout: 6), "the non-reader is dropped")
@@ -380,6 +384,9 @@ import Transport
         let baseline = server.descriptorCount
         let x = try TestPeer(server), s1 = try TestPeer(server), s2 = try TestPeer(server), s3 = try TestPeer(server)
         for p in [x, s1, s2, s3] { try p.register() }
+        // Registration ends with our signature and no answer: wait until the server took all six,
+        // or an introduction on x's connection may overtake a target's signature on its own.
+        #expect(server.waitForAudit("registration.accepted", count: 6) != nil)
         var ends: [FileDescriptor] = []
         defer { for e in ends { e.close() } }
         // 30 + 30 unread at s1 and s2, then more at s3: the uid's 65th descriptor in flight fails.
