@@ -31,79 +31,10 @@ enum AuditBench {
                            baselineName: "audit trail off", baseline: off.max()!, direction: .higherIsBetter, target: 0.95)
     }
 
+    /// The introductions bench's server (same workload), with the audit trail on or off.
     static func rate(count: Int, window: Int, directory: String, audit: Bool) throws -> Double {
-        let serverKey = IdentityKeyPair.generate()
-        var limits = IntroductionServerLimits()
-        limits.introductionsPerSecond = 0
-        limits.maxPendingPerSender = max(window * 2, 8)
-        limits.maxPendingPerTarget = max(window * 2, 8)
-        limits.maxPendingTotal = max(window * 4, 64)
-        // The target reads every descriptor, but on a loaded machine it may lag a whole window
-        // behind: the in-flight caps (which drop a target that stops reading) need headroom.
-        limits.maxInFlightPerTarget = max(window * 4, 64)
-        limits.maxInFlightPerSender = max(window * 4, 64)
-        let core = IntroductionServerConfiguration(limits: limits, allowedUIDs: [getuid()])
-        let path = (directory as NSString).appendingPathComponent("bench-audit.sock")
         let logPath = (directory as NSString).appendingPathComponent("bench-audit.jsonl")
         for p in [logPath, (directory as NSString).appendingPathComponent(".bench-audit.jsonl.state")] { unlink(p) }
-        let socket = try IntroductionServerSetup.openSocket(path: path, mode: 0o600)
-        var logger = Logger(label: "ocapn-uds.bench")
-        logger.logLevel = .critical
-        let sink = audit
-            ? try AuditFileSink(AuditFileConfiguration(
-                path: logPath, writer: serverKey.publicIdentity,
-                signer: AuditSigner(identity: serverKey.publicIdentity, sign: { serverKey.sign($0) }), tick: .seconds(1), asynchronous: true))
-            : nil
-        let server = IntroductionServer(identity: serverKey, socket: socket, configuration: .init(core: core), audit: sink, logger: logger)
-        server.start()
-        defer {
-            let stopped = DispatchSemaphore(value: 0)
-            server.stop { stopped.signal() }
-            stopped.wait()
-            sink?.close()
-            if let sink, sink.status.failures > 0 { FileHandle.standardError.write(Data("audit bench: \(sink.status.failures) audit failures\n".utf8)) }
-        }
-        let a = try BlockingIntroductionClient(path: path, server: serverKey.publicIdentity)
-        let b = try BlockingIntroductionClient(path: path, server: serverKey.publicIdentity)
-        defer { a.close(); b.close() }
-        try a.register()
-        try b.register()
-        let record = UDSMessage.newConnection(UDSNewConnection(
-            from: PeerLocator(identity: a.identity, introductionServers: [serverKey.publicIdentity]),
-            to: PeerLocator(identity: b.identity, introductionServers: [serverKey.publicIdentity]))).encoded
-        nonisolated(unsafe) let target = b
-        let targetDone = DispatchSemaphore(value: 0)
-        let targetThread = Thread {
-            defer { targetDone.signal() }
-            for _ in 0..<count {
-                guard let fd = try? target.receiveDescriptor() else { return }
-                _ = try? fd.send([0x31])
-                fd.close()
-            }
-        }
-        targetThread.start()
-        let t0 = nowNanos()
-        var inFlight: [FileDescriptor] = []
-        var head = 0
-        for _ in 0..<count {
-            let (aEnd, bEnd) = try FileDescriptor.socketPair()
-            defer { bEnd.close() }
-            try a.sendAll(record)
-            try a.sendAll(UDSNewConnection.fdMarker, passing: [bEnd])
-            inFlight.append(aEnd)
-            if inFlight.count - head >= window {
-                try IntroductionBench.readOneByte(inFlight[head])
-                inFlight[head].close()
-                head += 1
-            }
-        }
-        while head < inFlight.count {
-            try IntroductionBench.readOneByte(inFlight[head])
-            inFlight[head].close()
-            head += 1
-        }
-        let elapsed = nowNanos() - t0
-        targetDone.wait()
-        return Double(count) / Double(elapsed) * 1e9
+        return try IntroductionBench.ours(count: count, window: window, directory: directory, auditLog: audit ? logPath : nil)
     }
 }

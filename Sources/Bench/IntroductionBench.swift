@@ -1,3 +1,4 @@
+import Audit
 import Dispatch
 import Foundation
 import Identity
@@ -19,7 +20,9 @@ import Glibc
 /// validation) on its own queue; "raw" is a thread that only relays marker + descriptor with
 /// `recvmsg`/`sendmsg`: the same syscalls with no crypto and no Syrup.
 enum IntroductionBench {
-    static func ours(count: Int, window: Int, directory: String) throws -> Double {
+    /// `auditLog`: where the server writes its audit trail with the CLI's writer settings
+    /// (asynchronous, signed checkpoints); nil runs it without one.
+    static func ours(count: Int, window: Int, directory: String, auditLog: String? = nil) throws -> Double {
         let serverKey = IdentityKeyPair.generate()
         var limits = IntroductionServerLimits()
         limits.introductionsPerSecond = 0
@@ -35,12 +38,19 @@ enum IntroductionBench {
         let socket = try IntroductionServerSetup.openSocket(path: path, mode: 0o600)
         var logger = Logger(label: "ocapn-uds.bench")
         logger.logLevel = .critical
-        let server = IntroductionServer(identity: serverKey, socket: socket, configuration: .init(core: core), audit: nil, logger: logger)
+        let sink = try auditLog.map { logPath in
+            try AuditFileSink(AuditFileConfiguration(
+                path: logPath, writer: serverKey.publicIdentity,
+                signer: AuditSigner(identity: serverKey.publicIdentity, sign: { serverKey.sign($0) }), tick: .seconds(1), asynchronous: true))
+        }
+        let server = IntroductionServer(identity: serverKey, socket: socket, configuration: .init(core: core), audit: sink, logger: logger)
         server.start()
         defer {
             let stopped = DispatchSemaphore(value: 0)
             server.stop { stopped.signal() }
             stopped.wait()
+            sink?.close()
+            if let sink, sink.status.failures > 0 { FileHandle.standardError.write(Data("bench: \(sink.status.failures) audit failures\n".utf8)) }
         }
         let a = try BlockingIntroductionClient(path: path, server: serverKey.publicIdentity)
         let b = try BlockingIntroductionClient(path: path, server: serverKey.publicIdentity)
