@@ -213,7 +213,7 @@ final class TestPeer {
                     try reader.finish()
                     return nil
                 }
-                _ = try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
+                for extra in try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors) { extra.close() }
             }
         }
     }

@@ -163,7 +163,7 @@ final class BlockingPeer {
             let result = try buffer.withUnsafeMutableBytes { try control.receive(into: $0, descriptorCapacity: 4) }
             guard case let .processed(r) = result else { continue }
             if r.isEndOfStream { throw TransportError(.closed, "the server closed the connection") }
-            _ = try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors)
+            for extra in try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors) { extra.close() }
         }
     }
 
