@@ -3,9 +3,7 @@ import Check
 import Foundation
 import Identity
 import OCapN
-#if canImport(Glibc)
-import Glibc
-#endif
+import Transport
 
 /// `ocapn-uds check`: conformance and attack checks against any OCapN unix-socket introduction
 /// server or peer (docs/CHECK.md).
@@ -104,7 +102,7 @@ struct CheckServerCommand: ParsableCommand {
     }
 
     func run() throws {
-        signal(SIGPIPE, SIG_IGN)
+        ProcessSignals.ignoreBrokenPipe()
         var options = ServerCheckOptions()
         options.timeout = .milliseconds(output.timeoutMs)
         options.deadlineWait = .milliseconds(deadlineWaitMs)
@@ -167,7 +165,7 @@ struct CheckPeerCommand: ParsableCommand {
     }
 
     func run() throws {
-        signal(SIGPIPE, SIG_IGN)
+        ProcessSignals.ignoreBrokenPipe()
         var options = PeerCheckOptions()
         options.timeout = .milliseconds(output.timeoutMs)
         options.deadlineWait = .milliseconds(deadlineWaitMs)

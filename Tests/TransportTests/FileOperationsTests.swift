@@ -109,3 +109,23 @@ extension TransportTests {
         }
     }
 }
+
+extension TransportTests {
+    @Suite struct Signals {
+        @Test func oneShotResumesEveryWaiterOnceAndLateWaitersAtOnce() async {
+            let event = OneShot()
+            #expect(!event.fired)
+            async let first: Void = event.wait()
+            async let second: Void = event.wait()
+            event.fire()
+            event.fire()
+            _ = await (first, second)
+            #expect(event.fired)
+            await event.wait()  // already fired: returns at once
+        }
+
+        // TerminationSignals themselves are exercised by the CLI tests that stop intro-server,
+        // peer and demo processes with SIGTERM/SIGINT (a test process's other threads would
+        // swallow a signal raised here).
+    }
+}
