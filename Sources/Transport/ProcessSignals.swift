@@ -36,8 +36,27 @@ public final class OneShot: Sendable {
     }
 }
 
-/// Signal dispositions of the process.
+/// Signal dispositions of the process, and signals to other processes.
 public enum ProcessSignals {
+    /// The signals this package sends to the processes it starts.
+    public enum Signal: Sendable {
+        case interrupt, terminate, kill
+
+        var number: Int32 {
+            switch self {
+            case .interrupt: SIGINT
+            case .terminate: SIGTERM
+            case .kill: SIGKILL
+            }
+        }
+    }
+
+    /// `kill(2)`: sends `signal` to process `pid` (ESRCH, the process already gone, is an error
+    /// the caller may ignore).
+    public static func send(_ signal: Signal, to pid: Int32) throws(TransportError) {
+        _ = try systemCallNonBlocking("kill") { Glibc.kill(pid, signal.number) }
+    }
+
     /// A peer closing its end must never kill the process: writes then fail with EPIPE instead
     /// of raising SIGPIPE (sends on sockets use MSG_NOSIGNAL as well).
     public static func ignoreBrokenPipe() {
