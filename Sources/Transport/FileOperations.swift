@@ -266,6 +266,9 @@ public enum ProcessIdentity {
 
 /// Writes to the process's standard streams without taking ownership of them.
 public enum StandardStreams {
+    /// Whether standard output is a terminal (colour and other decoration only then).
+    public static var outputIsTerminal: Bool { isatty(STDOUT_FILENO) == 1 }
+
     /// Writes all of `bytes` to standard error (descriptor 2), retrying EINTR and short writes.
     public static func writeError(_ bytes: [UInt8]) throws(TransportError) {
         var done = 0
