@@ -167,9 +167,9 @@ public final class Demo: @unchecked Sendable {
 
     public func run() async throws -> Summary {
         let started = Date()
-        var template = Array("/tmp/ocapn-demo-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw DemoError("cannot create a temporary directory") }
-        directory = String(cString: made)
+        do { directory = try FileSystem.makeTemporaryDirectory(prefix: "/tmp/ocapn-demo-") } catch {
+            throw DemoError("cannot create a temporary directory: \(error.explanation)")
+        }
         say("working directory \(directory) (mode 0700)")
         defer { cleanUp() }
 

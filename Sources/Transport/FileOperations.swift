@@ -250,6 +250,14 @@ public enum FileSystem {
         } catch where error.errno == EINVAL {}
     }
 
+    /// `mkdtemp(3)`: a new directory, mode 0700, named `prefix` and six random characters.
+    public static func makeTemporaryDirectory(prefix: String) throws(TransportError) -> String {
+        var template = Array((prefix + "XXXXXX").utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        guard made != nil else { throw TransportError.system("mkdtemp", errno, "cannot create a directory \(prefix)XXXXXX") }
+        return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// The directory part of `path` ("." for a bare name, "/" for a name at the root).
     public static func directory(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }

@@ -80,6 +80,10 @@ extension TransportTests {
             #expect(FileSystem.directory(of: dir.path + "/b") == dir.path)
             #expect(FileSystem.directory(of: "b") == ".")
             #expect(FileSystem.directory(of: "/b") == "/")
+            let made = try FileSystem.makeTemporaryDirectory(prefix: dir.path + "/t-")
+            #expect(made.hasPrefix(dir.path + "/t-") && made.count == dir.path.count + 9)
+            let status = try #require(try FileSystem.status(ofPath: made))
+            #expect(status.kind == .directory && status.permissions == 0o700)
         }
 
         @Test func exclusiveLockIsRefusedToASecondOpenFileAndDuplicatesShareIt() throws {
