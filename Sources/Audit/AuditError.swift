@@ -3,12 +3,6 @@ import Glibc
 #endif
 import Errors
 
-/// Why an audit operation failed: a bad record, a broken file, an I/O error.
-///
-/// Callers match on `code`; `detail` names the field, length or errno for local diagnostics and
-/// never carries key material or record payloads beyond field names.
-public typealias AuditError = CodedError<AuditErrorCode>
-
 /// The stable codes of `AuditError`.
 public enum AuditErrorCode: String, ErrorCode {
     /// A line is not a well-formed schema-v1 record (bad JSON, unknown or duplicate field,
@@ -27,6 +21,12 @@ public enum AuditErrorCode: String, ErrorCode {
     /// A command-line argument (time, duration, fingerprint) is not valid.
     case invalidArgument
 }
+
+/// Why an audit operation failed: a bad record, a broken file, an I/O error.
+///
+/// Callers match on `code`; `detail` names the field, length or errno for local diagnostics and
+/// never carries key material or record payloads beyond field names.
+public typealias AuditError = CodedError<AuditErrorCode>
 
 extension AuditError {
     @inline(never)

@@ -1,11 +1,5 @@
 import Errors
 
-/// Why an identity, key file or passphrase was refused.
-///
-/// Callers match on `code`; `detail` names the file, line or field and says what to do, for the
-/// local operator only. Neither ever contains key material or passphrases.
-public typealias IdentityError = CodedError<IdentityErrorCode>
-
 /// The stable codes of `IdentityError`.
 public enum IdentityErrorCode: String, ErrorCode {
     /// A designator is not the canonical form of some key (case, padding, length, bits).
@@ -40,3 +34,9 @@ public enum IdentityErrorCode: String, ErrorCode {
     /// A system call failed (names the call, the path and errno's text).
     case ioError
 }
+
+/// Why an identity, key file or passphrase was refused.
+///
+/// Callers match on `code`; `detail` names the file, line or field and says what to do, for the
+/// local operator only. Neither ever contains key material or passphrases.
+public typealias IdentityError = CodedError<IdentityErrorCode>

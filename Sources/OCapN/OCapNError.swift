@@ -1,14 +1,5 @@
 import Errors
 
-/// Why an OCapN value, locator, URI, control message or control stream was refused.
-///
-/// Callers match on `code`; `detail` names the field and sizes for local logs only and never
-/// holds key material or peer-controlled text beyond short public values such as designators.
-/// A peer should learn at most the code (better: only that the connection was closed). The
-/// control-stream reader throws it too: one vocabulary for the whole module, which
-/// `IntroductionServerCore` maps to its `IntroductionServerReason` in one place.
-public typealias OCapNError = CodedError<OCapNErrorCode>
-
 /// The stable codes of `OCapNError`.
 public enum OCapNErrorCode: String, ErrorCode {
     /// The bytes are not one canonical Syrup value within the limits.
@@ -66,6 +57,15 @@ public enum OCapNErrorCode: String, ErrorCode {
     /// The peer closed the stream inside a message or before a marker.
     case truncated
 }
+
+/// Why an OCapN value, locator, URI, control message or control stream was refused.
+///
+/// Callers match on `code`; `detail` names the field and sizes for local logs only and never
+/// holds key material or peer-controlled text beyond short public values such as designators.
+/// A peer should learn at most the code (better: only that the connection was closed). The
+/// control-stream reader throws it too: one vocabulary for the whole module, which
+/// `IntroductionServerCore` maps to its `IntroductionServerReason` in one place.
+public typealias OCapNError = CodedError<OCapNErrorCode>
 
 /// Bounds on what the OCapN layer accepts, beyond the Syrup decoder's own limits.
 public struct OCapNLimits: Sendable, Equatable {

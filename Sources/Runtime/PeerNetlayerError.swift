@@ -5,15 +5,6 @@ import OCapN
 import SecureChannel
 import Transport
 
-/// Why a channel, a handshake or a peer-netlayer operation failed.
-///
-/// One error type for the peer side of the runtime. Callers and the CLI match on `code`, whose
-/// raw values are stable: a handshake or channel failure *contains* its `HandshakeError.Code`
-/// (PROTOCOL.md §8, `.handshake(_)`), the rest belong to the netlayer
-/// (`.netlayer(_)`). `detail` is for local logs (which field, which errno); it never holds keys
-/// or payload bytes.
-public typealias PeerError = CodedError<PeerErrorCode>
-
 /// The code of a `PeerError`: a handshake code, or one of the netlayer's own. Its raw value is
 /// the inner code's spelling, which is also its audit reason.
 public enum PeerErrorCode: ErrorCode {
@@ -80,6 +71,15 @@ public enum PeerErrorCode: ErrorCode {
         HandshakeError.Code.allCases.map(Self.handshake) + Netlayer.allCases.map(Self.netlayer)
     }
 }
+
+/// Why a channel, a handshake or a peer-netlayer operation failed.
+///
+/// One error type for the peer side of the runtime. Callers and the CLI match on `code`, whose
+/// raw values are stable: a handshake or channel failure *contains* its `HandshakeError.Code`
+/// (PROTOCOL.md §8, `.handshake(_)`), the rest belong to the netlayer
+/// (`.netlayer(_)`). `detail` is for local logs (which field, which errno); it never holds keys
+/// or payload bytes.
+public typealias PeerError = CodedError<PeerErrorCode>
 
 extension PeerError {
     /// A netlayer failure (`PeerError(.ioError, "…")`).

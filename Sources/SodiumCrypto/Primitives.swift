@@ -18,9 +18,6 @@ public enum Sodium {
     }
 }
 
-/// Error from a cryptographic primitive. Carries no key material.
-public typealias CryptoError = CodedError<CryptoErrorCode>
-
 /// The stable codes of `CryptoError`.
 public enum CryptoErrorCode: String, ErrorCode {
     case invalidLength
@@ -29,6 +26,9 @@ public enum CryptoErrorCode: String, ErrorCode {
     case decryptFailed
     case keyDerivationFailed
 }
+
+/// Error from a cryptographic primitive. Carries no key material.
+public typealias CryptoError = CodedError<CryptoErrorCode>
 
 /// Random bytes from libsodium's CSPRNG.
 public enum RandomBytes {
