@@ -160,12 +160,15 @@ public final class ChannelSocket: @unchecked Sendable {
     /// On the loop thread.
     private func ready(_ readiness: Readiness) {
         if onLoopThread.load(ordering: .acquiring) {
+            // Taken first: a handler that ends the channel closes the socket, which clears it,
+            // and what that end produced must still be delivered.
+            let after = afterReadiness.withLock { $0 }
             queue.sync {
                 isHandlingOnLoopThread = true
                 dispatch(readiness)
                 isHandlingOnLoopThread = false
             }
-            if let after = afterReadiness.withLock({ $0 }) { after() }
+            after?()
         } else {
             // Disarmed until the handler ran: level-triggered readiness would repeat meanwhile.
             registration.withLock { try? $0?.setInterest([]) }
