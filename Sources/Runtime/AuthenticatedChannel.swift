@@ -500,6 +500,9 @@ final class ChannelEngine: @unchecked Sendable {
     /// Whether reading is paused because a handler's answers are over the outbound bound (tests).
     var isReadingPausedForOutput: Bool { outputPaused }
 
+    /// Whether the caller runs on the thread of the channel's event loop (tests).
+    var callerIsOnLoopThread: Bool { socket?.loop.inLoopThread ?? false }
+
     /// Bytes sealed and not yet written (tests).
     var pendingOutputBytes: Int { machine.pendingOutputCount }
 

@@ -34,7 +34,14 @@ public final class ChannelSocket: @unchecked Sendable {
     /// Set once in `init`, read on the loop thread (to disarm) and on the queue.
     private let registration = Mutex<EventRegistration?>(nil)
     private let onLoopThread = Atomic<Bool>(false)
-    private let afterReadiness = Mutex<(@Sendable () -> Void)?>(nil)
+    /// In a class box: a function value as a Mutex's value would be re-wrapped in a
+    /// reabstraction thunk on every inout access, a chain that grows with every event.
+    private final class Callback: Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+
+    private let afterReadiness = Mutex<Callback?>(nil)
     /// True while a readiness event is being handled on the loop thread (queue-confined).
     public private(set) var isHandlingOnLoopThread = false
 
@@ -88,7 +95,8 @@ public final class ChannelSocket: @unchecked Sendable {
     /// Called on the loop thread after each readiness event handled there, outside the queue
     /// (an owner delivers what the handlers collected to code that may call back into it).
     public func setAfterReadiness(_ body: (@Sendable () -> Void)?) {
-        afterReadiness.withLock { $0 = body }
+        let callback = body.map(Callback.init)
+        afterReadiness.withLock { $0 = callback }
     }
 
     // MARK: options
@@ -126,18 +134,20 @@ public final class ChannelSocket: @unchecked Sendable {
     // MARK: watching
 
     /// Calls `handler` on the queue whenever the socket is readable (level-triggered: read
-    /// until would-block, or stop watching at end of stream). nil stops watching.
+    /// until would-block, or stop watching at end of stream). nil stops watching. While a
+    /// handler watches, asking again keeps the first one (owners call this after every event).
     public func watchReadable(_ handler: (() -> Void)?) {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard !isClosed else { return }
+        guard !isClosed, (handler == nil) != (readHandler == nil) else { return }
         readHandler = handler
         applyInterest()
     }
 
     /// Calls `handler` on the queue whenever the socket is writable. nil stops watching.
+    /// While a handler watches, asking again keeps the first one.
     public func watchWritable(_ handler: (() -> Void)?) {
         dispatchPrecondition(condition: .onQueue(queue))
-        guard !isClosed else { return }
+        guard !isClosed, (handler == nil) != (writeHandler == nil) else { return }
         writeHandler = handler
         applyInterest()
     }
@@ -168,7 +178,7 @@ public final class ChannelSocket: @unchecked Sendable {
                 dispatch(readiness)
                 isHandlingOnLoopThread = false
             }
-            after?()
+            after?.body()
         } else {
             // Disarmed until the handler ran: level-triggered readiness would repeat meanwhile.
             registration.withLock { try? $0?.setInterest([]) }

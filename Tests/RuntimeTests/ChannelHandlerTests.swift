@@ -47,7 +47,10 @@ import Transport
     @Test func aHandlerThatAnswersWithSendNowEchoesEveryMessageAtOnce() async throws {
         let (ca, cb) = try await PeerTestSupport.connectedPair(
             PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        let offLoop = Mutex(0)
+        let engine = cb.engine
         cb.deliver { delivery in
+            if !engine.callerIsOnLoopThread { offLoop.withLock { $0 += 1 } }
             if case .message(let m) = delivery { _ = try? cb.sendNow(m.reversed()) }
         }
         for i in 0..<50 {
@@ -55,6 +58,7 @@ import Transport
             try await ca.send(message)
             #expect(try await ca.receive() == message.reversed())
         }
+        #expect(offLoop.withLock { $0 } == 0)
         #expect(await PeerTestSupport.closeBoth(ca, cb))
     }
 
