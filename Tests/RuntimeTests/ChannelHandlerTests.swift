@@ -71,7 +71,7 @@ import Transport
         await ca.abort()
         #expect(await PeerTestSupport.eventually { got.endCount == 1 })
         #expect(got.messages == [[1]])
-        #expect(got.ends.first??.code == .truncated)
+        #expect(got.ends.first??.code == .handshake(.truncated))
     }
 
     @Test func aPeerThatNeverReadsTheAnswersPausesReadingInsteadOfGrowingTheOutboundQueue() async throws {
