@@ -20,8 +20,9 @@ public final class IntroductionServer: @unchecked Sendable {
     public struct Configuration: Sendable {
         /// The core's limits and uid policy.
         public var core: IntroductionServerConfiguration
-        /// Bytes per `recvmsg` on a control connection. Allocated per connection, so small: a
-        /// control message is a few hundred bytes and a read can be continued.
+        /// Bytes per `recvmsg` on a control connection: one buffer shared by every connection
+        /// (they all run on `queue`); a control message is a few hundred bytes and a read can be
+        /// continued.
         public var readBufferBytes: Int = 4096
         /// Unsent bytes per connection before the peer is dropped as not reading.
         public var outputQueueBytes: Int = 64 * 1024
@@ -88,6 +89,9 @@ public final class IntroductionServer: @unchecked Sendable {
     private let audit: (any AuditSink)?
     private let logger: Logger
     private let streamConfiguration: StreamConnection.Configuration
+    /// Every connection reads into this one buffer (they share `queue`), so an idle peer costs
+    /// no read buffer of its own.
+    private let readBuffer: StreamConnection.ReadBuffer
     private var connections: [IntroductionServerConnectionID: StreamConnection] = [:]
     private var nextConnection: UInt64 = 1
     private var state = State.idle
@@ -129,6 +133,7 @@ public final class IntroductionServer: @unchecked Sendable {
         // fired again, so a connection whose sender then goes quiet stalls with unread data.
         stream.readsPerEvent = max(64, (1 << 20) / configuration.readBufferBytes)
         streamConfiguration = stream
+        readBuffer = StreamConnection.ReadBuffer(byteCount: configuration.readBufferBytes)
         let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
         var drained: ((IntroductionServerConnectionID) -> Bool)?
         let probe = LivenessProbe()
@@ -304,8 +309,9 @@ public final class IntroductionServer: @unchecked Sendable {
         nextConnection += 1
         let connection: StreamConnection
         do {
-            connection = try StreamConnection(descriptor: descriptor, queue: queue, configuration: streamConfiguration) {
-                [weak self] event in self?.handle(event, on: id)
+            connection = try StreamConnection(
+                descriptor: descriptor, queue: queue, configuration: streamConfiguration, readBuffer: readBuffer
+            ) { [weak self] event in self?.handle(event, on: id)
             }
         } catch {
             // Only setNonBlocking can fail here; the client is gone or the descriptor is odd.

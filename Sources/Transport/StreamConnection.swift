@@ -53,7 +53,8 @@ public enum StreamEvent: Sendable {
 /// descriptor (K6), and our copy is closed as soon as the kernel has it (A10).
 public final class StreamConnection: @unchecked Sendable {
     public struct Configuration: Sendable {
-        /// Bytes per `recvmsg`.
+        /// Bytes per `recvmsg` (the buffer's size when the connection has one of its own; a
+        /// shared `ReadBuffer` brings its own size).
         public var readBufferSize: Int = 64 * 1024
         /// Descriptors one `recvmsg` can take before MSG_CTRUNC; more than the protocol's one, so
         /// extras are seen and closed rather than silently dropped (§3.1).
@@ -107,13 +108,33 @@ public final class StreamConnection: @unchecked Sendable {
     private var queuedDescriptors = 0
     private var inboundOffset = 0
     private var drainWaiters: [(TransportError?) -> Void] = []
-    private let readBuffer: UnsafeMutableRawBufferPointer
+    private let readBuffer: ReadBuffer
+
+    /// One `recvmsg` buffer that every connection confined to the same queue may share: a
+    /// read is copied into its `StreamChunk` before the handler runs, so no two reads ever
+    /// overlap in it. A server with thousands of mostly idle connections then pays for one
+    /// buffer instead of one per connection.
+    public final class ReadBuffer: @unchecked Sendable {
+        // @unchecked: only used on the one queue its connections share (see above).
+        let storage: UnsafeMutableRawBufferPointer
+
+        public init(byteCount: Int) {
+            precondition(byteCount > 0, "a read buffer needs room for a byte")
+            storage = .allocate(byteCount: byteCount, alignment: 16)
+        }
+
+        public var byteCount: Int { storage.count }
+
+        deinit { storage.deallocate() }
+    }
 
     /// Takes ownership of `descriptor` (a connected stream socket; it is made non-blocking).
-    /// Nothing happens until `start()`.
+    /// Reads go into `readBuffer` when given (shared by connections on the same `queue`),
+    /// else into a buffer of `configuration.readBufferSize` of the connection's own. Nothing
+    /// happens until `start()`.
     public init(
         descriptor: FileDescriptor, queue: DispatchQueue, configuration: Configuration = Configuration(),
-        handler: @escaping (StreamEvent) -> Void
+        readBuffer: ReadBuffer? = nil, handler: @escaping (StreamEvent) -> Void
     ) throws(TransportError) {
         precondition(configuration.readBufferSize > 0 && configuration.readsPerEvent > 0, "bad configuration")
         precondition((0...maximumDescriptorsPerMessage).contains(configuration.descriptorsPerRead), "bad configuration")
@@ -122,7 +143,7 @@ public final class StreamConnection: @unchecked Sendable {
         self.queue = queue
         self.configuration = configuration
         self.handler = handler
-        readBuffer = .allocate(byteCount: configuration.readBufferSize, alignment: 16)
+        self.readBuffer = readBuffer ?? ReadBuffer(byteCount: configuration.readBufferSize)
     }
 
     deinit {
@@ -139,7 +160,6 @@ public final class StreamConnection: @unchecked Sendable {
         case .closed:
             break
         }
-        readBuffer.deallocate()
     }
 
     /// Whether the peer is still there, without reading (see `FileDescriptor.probeLiveness`).
@@ -389,7 +409,7 @@ public final class StreamConnection: @unchecked Sendable {
             let result: IOResult<Received>
             do throws(TransportError) {
                 result = try descriptor.receive(
-                    into: readBuffer, descriptorCapacity: configuration.descriptorsPerRead,
+                    into: readBuffer.storage, descriptorCapacity: configuration.descriptorsPerRead,
                     reportingTruncation: configuration.reportsLostDescriptors)
             } catch {
                 shutDown(reporting: error, notifyHandler: true)
@@ -403,7 +423,7 @@ public final class StreamConnection: @unchecked Sendable {
                 deliver(.endOfStream)
                 return
             }
-            let bytes = Array(UnsafeRawBufferPointer(rebasing: readBuffer[..<received.byteCount]))
+            let bytes = Array(UnsafeRawBufferPointer(rebasing: readBuffer.storage[..<received.byteCount]))
             let chunk = StreamChunk(
                 bytes: bytes, descriptors: received.descriptors, streamOffset: inboundOffset, descriptorsLost: received.descriptorsLost)
             inboundOffset += received.byteCount
