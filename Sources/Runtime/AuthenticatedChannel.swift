@@ -162,12 +162,14 @@ extension PeerError {
 
 /// The I/O engine under one socket: feeds socket readiness, timers and application calls to
 /// the channel's sans-IO `ChannelMachine` and carries out its actions, on one serial queue with
-/// one `ChannelSocket` (no thread per connection). The handshake, the framed channel and every
+/// one `ChannelSocket` registered with one of the process's event loops (no thread per
+/// connection). During the handshake readiness is handed to the queue (a worker), so its
+/// crypto never stalls the loop; once open, it is handled on the loop thread under the queue. The handshake, the framed channel and every
 /// closing state are the machine's; the engine holds only what is about I/O and the
 /// application: read back-pressure, the inbound queue, the waiters, logs and audit records.
 ///
 /// Every mutable field is touched only on `queue` (`@unchecked Sendable` rests on that).
-/// The socket's sources hold the engine strongly until the machine's `.closeDescriptor`, so a
+/// The socket's handlers hold the engine strongly until the machine's `.closeDescriptor`, so a
 /// socket is never silently dropped.
 final class ChannelEngine: @unchecked Sendable {
     struct Environment: Sendable {
@@ -312,7 +314,7 @@ final class ChannelEngine: @unchecked Sendable {
     private func updateWatches() {
         guard let socket, !socket.isClosed else { return }
         if machine.wantsToRead && !readPaused && !endOfStream {
-            // The source holds the engine until the machine closes the descriptor, so a
+            // The handler holds the engine until the machine closes the descriptor, so a
             // handshake in progress (which nothing else holds) is never dropped.
             socket.watchReadable { self.handleReadable() }
         } else {
@@ -342,6 +344,8 @@ final class ChannelEngine: @unchecked Sendable {
 
     private func established(_ session: EstablishedSession) {
         self.session = session
+        // The crypto-heavy part is over: from now on readiness is handled on the loop thread.
+        socket?.handleReadinessOnLoopThread(true)
         environment.verifiedPeers.remember(session.peer.publicKey)
         leaveHandshake()
         let now = ContinuousClock.now
@@ -360,6 +364,7 @@ final class ChannelEngine: @unchecked Sendable {
     private func legacyAdmitted() {
         let claim = facts.legacyClaim
         leaveHandshake()
+        socket?.handleReadinessOnLoopThread(true)
         establishedAt = ContinuousClock.now
         logger.warning("legacy peer admitted WITHOUT authentication (allowLegacyPeers)", metadata: ["claim": "\(claim)"])
         environment.audit?.record(facts.legacyEvent(.legacyPeerAdmitted))
@@ -433,7 +438,7 @@ final class ChannelEngine: @unchecked Sendable {
         }
     }
 
-    /// Whether a dispatch source watches the socket now (tests: a finished channel never does).
+    /// Whether the event loop watches the socket for us now (tests: a finished channel never does).
     var isWatchingDescriptor: Bool { socket?.isWatching ?? false }
 
     /// Whether reading is paused because the inbound queue is full (tests).
