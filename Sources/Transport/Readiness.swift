@@ -3,13 +3,14 @@ import Glibc
 #endif
 internal import CFDShim
 
-/// What `wait(for:timeout:)` waits for.
-public struct Readiness: OptionSet, Sendable {
-    public let rawValue: Int16
-    public init(rawValue: Int16) { self.rawValue = rawValue }
-
-    public static let readable = Readiness(rawValue: Int16(POLLIN))
-    public static let writable = Readiness(rawValue: Int16(POLLOUT))
+extension Readiness {
+    /// The `poll(2)` events of `.readable` and `.writable` (the others are always reported).
+    var pollEvents: Int16 {
+        var events: Int16 = 0
+        if contains(.readable) { events |= Int16(POLLIN) }
+        if contains(.writable) { events |= Int16(POLLOUT) }
+        return events
+    }
 }
 
 extension FileDescriptor {
@@ -31,7 +32,7 @@ extension FileDescriptor {
     }
 
     static func waitReady(_ fd: Int32, _ events: Readiness, _ timeout: Duration) throws(TransportError) -> Bool {
-        var entry = pollfd(fd: fd, events: events.rawValue, revents: 0)
+        var entry = pollfd(fd: fd, events: events.pollEvents, revents: 0)
         let (seconds, attoseconds) = timeout.components
         let milliseconds = Int32(clamping: max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
         let ready = try systemCallNonBlocking("poll") { Glibc.poll(&entry, 1, milliseconds) }
