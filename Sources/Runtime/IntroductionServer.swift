@@ -129,7 +129,7 @@ public final class IntroductionServer: @unchecked Sendable {
         // fired again, so a connection whose sender then goes quiet stalls with unread data.
         stream.readsPerEvent = max(64, (1 << 20) / configuration.readBufferBytes)
         streamConfiguration = stream
-        let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
+        let signer = keyPair
         var drained: ((IntroductionServerConnectionID) -> Bool)?
         let probe = LivenessProbe()
         core = IntroductionServerCore(

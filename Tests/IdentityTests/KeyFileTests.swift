@@ -18,8 +18,9 @@ private let fastKDF = KDFParameters(opsLimit: 1, memLimit: 64 << 10)
             #expect(loaded.hasSameSecret(as: pair))
             #expect(loaded.publicIdentity == pair.publicIdentity)
             #expect(try !IdentityKeyFile.isEncrypted(path: path))
-            let message = Array("hello".utf8)
-            #expect(pair.publicIdentity.verify(signature: loaded.sign(message), message: message))
+            let hash = [UInt8](repeating: 7, count: 32)
+            #expect(pair.publicIdentity.verify(signature: loaded.signHandshakeTranscript(.initiator, hash: hash),
+                                               message: SignedMessage.handshakeTranscript(.initiator, hash: hash)))
         }
     }
 
