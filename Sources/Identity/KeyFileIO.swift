@@ -17,7 +17,7 @@ extension IdentityKeyFile {
     /// file is never replaced (checked atomically: the temporary file is hard-linked into place).
     /// With a passphrase the seed is encrypted (Argon2id with `kdf`, XChaCha20-Poly1305).
     package static func write(
-        _ keyPair: IdentityKeyPair, to path: String, passphrase: SecretBytes? = nil,
+        _ keyPair: IdentityKeyPair, to path: String, passphrase: SecretBytes?,
         force: Bool = false, kdf: KDFParameters = .moderate
     ) throws(IdentityError) {
         // Refuse early, before spending a second on Argon2id; the link below re-checks atomically.
@@ -42,7 +42,7 @@ extension IdentityKeyFile {
     /// group- or world-accessible or owned by another user (like OpenSSH), and any malformed,
     /// inconsistent or undecryptable file.
     package static func load(
-        path: String, passphrase: SecretBytes? = nil, limits: IdentityFileLimits = .default
+        path: String, passphrase: SecretBytes?, limits: IdentityFileLimits = .default
     ) throws(IdentityError) -> IdentityKeyPair {
         var contents = try SecureFile.read(path: path, limit: limits.maxFileBytes, requirePrivate: true)
         defer { secureZero(&contents) }

@@ -24,6 +24,23 @@ private let fastKDF = KDFParameters(opsLimit: 1, memLimit: 64 << 10)
         }
     }
 
+    @Test func aLibraryUserWritesAndLoadsAnEncryptedFileThroughPassphraseFiles() throws {
+        try withTemporaryDirectory { dir in
+            let path = dir + "/id.key", good = dir + "/pass", bad = dir + "/wrong"
+            for (file, text) in [(good, "hunter2 but longer\n"), (bad, "hunter3 but longer\n")] {
+                #expect(FileManager.default.createFile(atPath: file, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]))
+            }
+            let pair = IdentityKeyPair.generate()
+            try IdentityKeyFile.write(pair, to: path, passphraseFile: good, kdf: fastKDF)
+            #expect(try IdentityKeyFile.isEncrypted(path: path))
+            #expect(try IdentityKeyFile.load(path: path, passphraseFile: good).hasSameSecret(as: pair))
+            let wrong = #expect(throws: IdentityError.self) { try IdentityKeyFile.load(path: path, passphraseFile: bad) }
+            #expect(wrong?.code == .wrongPassphrase)
+            let missing = #expect(throws: IdentityError.self) { try IdentityKeyFile.load(path: path) }
+            #expect(missing?.code == .passphraseRequired)
+        }
+    }
+
     @Test func aPassphraseProtectedFileLoadsOnlyWithItsPassphrase() throws {
         try withTemporaryDirectory { dir in
             let path = dir + "/id.key"

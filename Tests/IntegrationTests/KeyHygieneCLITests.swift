@@ -126,6 +126,10 @@ import Testing
             func f(_ k: IdentityKeyPair, _ c: Challenge, _ p: PublicIdentity) -> [Ed25519Signature] {
                 [k.sign(c), k.signRegistration(.client, peer: p, clientChallenge: c, serverChallenge: c)]
             }
+            func g() throws -> [IdentityKeyPair] {
+                try IdentityKeyFile.write(.generate(), to: "/k", passphraseFile: "/p")
+                return [try IdentityKeyFile.load(path: "/k"), try IdentityKeyFile.load(path: "/k", passphraseFile: "/p")]
+            }
             """)
         #expect(control.ok, "the probe set-up is broken: \(control.errors)")
         let probes = [
