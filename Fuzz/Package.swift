@@ -25,5 +25,6 @@ let package = Package(
         .executableTarget(name: "FuzzLocator", dependencies: [core]),
         .executableTarget(name: "FuzzKeyFile", dependencies: [core]),
         .executableTarget(name: "FuzzAuditRecord", dependencies: [core]),
+        .executableTarget(name: "FuzzAuditVerifier", dependencies: [core]),
     ]
 )

@@ -39,7 +39,7 @@ import Transport
         #expect(a.events(.registrationAccepted).count == 1)
         await a.netlayer.shutdown()
         await b.netlayer.shutdown()
-        #expect(await handleA.disconnected().code == .netlayerClosed)
+        #expect(await handleA.disconnected().code == .netlayer(.netlayerClosed))
     }
 
     @Test func hintsFollowTheLiveServersAndOneServersEndAffectsOnlyItself() async throws {
@@ -55,7 +55,7 @@ import Transport
         #expect(Set(a.netlayer.locator.hintServers) == [first.publicIdentity, second.publicIdentity])
 
         first.stop()
-        #expect(await handle1.disconnected().code == .serverDisconnected)
+        #expect(await handle1.disconnected().code == .netlayer(.serverDisconnected))
         #expect(await PeerTestSupport.eventually { a.netlayer.locator.hintServers == [second.publicIdentity] })
         #expect(await PeerTestSupport.eventually { b.netlayer.locator.hintServers == [second.publicIdentity] })
 
@@ -77,9 +77,9 @@ import Transport
         let b = TestPeer()
         _ = try await a.netlayer.addServer(path: first.path)
         _ = try await b.netlayer.addServer(path: second.path)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .noSharedServer)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: PeerLocator(identity: b.identity)) } == .noSharedServer)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: a.netlayer.locator) } == .selfConnection)
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .netlayer(.noSharedServer))
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: PeerLocator(identity: b.identity)) } == .netlayer(.noSharedServer))
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: a.netlayer.locator) } == .handshake(.selfConnection))
         await a.netlayer.shutdown()
         await b.netlayer.shutdown()
     }
@@ -90,7 +90,7 @@ import Transport
         let a = TestPeer()
         let wrong = IdentityKeyPair.generate().publicIdentity
         let error = await PeerTestSupport.code { try await a.netlayer.addServer(path: server.path, expectedKey: wrong) }
-        #expect(error == .registrationFailed)
+        #expect(error == .netlayer(.registrationFailed))
         #expect(a.netlayer.locator.hints == nil)
         #expect(a.events(.registrationRefused).count == 1)
         await a.netlayer.shutdown()
@@ -98,13 +98,13 @@ import Transport
 
     @Test func anUnreachableOrSilentServerFailsWithinItsDeadline() async throws {
         let a = TestPeer(registrationTimeout: .milliseconds(200))
-        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: "/nonexistent/ocapn-uds-test.sock") } == .serverUnreachable)
+        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: "/nonexistent/ocapn-uds-test.sock") } == .netlayer(.serverUnreachable))
         let dir = try TemporaryTestDirectory()
         defer { dir.remove() }
         let silent = try ListeningSocket.bind(path: dir.path + "/silent")  // accepts nothing, answers nothing
         defer { silent.close() }
         let started = ContinuousClock.now
-        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: dir.path + "/silent") } == .registrationTimeout)
+        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: dir.path + "/silent") } == .netlayer(.registrationTimeout))
         #expect(started.duration(to: .now) < .seconds(2))
         await a.netlayer.shutdown()
     }
@@ -122,9 +122,9 @@ import Transport
         _ = try await b.netlayer.addServer(path: server.path)
         let handleC = try await c.netlayer.addServer(path: server.path)
         // C closes the socket without a byte: for A the introduction was dropped.
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .introductionDropped)
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .netlayer(.introductionDropped))
         // C may close the socket before its audit record is written: A can see the EOF first.
-        #expect(await PeerTestSupport.eventually { c.events(.handshakeFailed).first?.reason == .notAddressedToUs })
+        #expect(await PeerTestSupport.eventually { c.events(.handshakeFailed).first?.reason == .handshake(.notAddressedToUs) })
         #expect(!handleC.isDisconnected)
         await a.netlayer.shutdown()
         await b.netlayer.shutdown()

@@ -1,0 +1,1 @@
+../../../Tests/AuditTests/AuditVerifierFuzzOracle.swift
