@@ -138,7 +138,7 @@ public final class IntroductionServer: @unchecked Sendable {
         stream.readsPerEvent = 16
         streamConfiguration = stream
         readBuffer = StreamConnection.ReadBuffer(byteCount: configuration.readBufferBytes)
-        let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
+        let signer = keyPair
         var drained: ((IntroductionServerConnectionID) -> Bool)?
         let probe = LivenessProbe()
         core = IntroductionServerCore(

@@ -50,8 +50,8 @@ public enum OCapNVectors: FormatVectorKind {
 
         func input(_ name: String) throws -> [UInt8] { try inputs.hex(name) }
 
-        func signer(_ seedInput: String) throws -> SigningIdentity {
-            try SigningIdentity(seed: SecretBytes(copying: try input(seedInput)))
+        func signer(_ seedInput: String) throws -> IdentityKeyPair {
+            try IdentityKeyPair(seed: SecretBytes(copying: try input(seedInput)))
         }
 
         func exampleHex(_ name: String) throws -> [UInt8] {
@@ -66,7 +66,7 @@ public enum OCapNVectors: FormatVectorKind {
         let hexField = { () throws -> [UInt8] in try e.hex("hex") }
         switch try e.string("type") {
         case "public-key":
-            try require(try ctx.signer(try e.string("seed")).identity.publicKey == hexField(), "public key from seed")
+            try require(try ctx.signer(try e.string("seed")).publicIdentity.publicKey == hexField(), "public key from seed")
         case "designator":
             let key = try PublicIdentity(publicKey: try e.hex("public_key_hex"))
             try require(key.designator == (try e.string("value")), "designator of the key")
@@ -154,7 +154,7 @@ public enum OCapNVectors: FormatVectorKind {
         let msg2 = response.encoded
         let clientActions = try client.receive(try SyrupDecoder().decode(msg2))
         guard clientActions.count == 2, case let .send(signature) = clientActions[0],
-              case let .registered(verified) = clientActions[1], verified.identity == serverSigner.identity else {
+              case let .registered(verified) = clientActions[1], verified.identity == serverSigner.publicIdentity else {
             throw VectorDataError("client did not register with the server: \(clientActions)")
         }
         let msg3 = signature.encoded

@@ -1,5 +1,4 @@
-import Identity
-import SodiumCrypto
+@_spi(TestVectors) import Identity
 import OCapN
 import Syrup
 
@@ -20,10 +19,10 @@ enum ServerCoreFuzzOracle {
     typealias Core = IntroductionServerCore<Int>
     typealias ID = IntroductionServerConnectionID
 
-    static let signers: [SigningIdentity] = (1...4).map {
-        try! SigningIdentity(seed: SecretBytes(copying: [UInt8](repeating: UInt8($0) &* 37, count: 32)))
+    static let signers: [IdentityKeyPair] = (1...4).map {
+        try! IdentityKeyPair(vectorSeed: [UInt8](repeating: UInt8($0) &* 37, count: 32))
     }
-    static let server = try! SigningIdentity(seed: SecretBytes(copying: [UInt8](repeating: 0x5a, count: 32)))
+    static let server = try! IdentityKeyPair(vectorSeed: [UInt8](repeating: 0x5a, count: 32))
 
     static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
@@ -129,7 +128,7 @@ enum ServerCoreFuzzOracle {
             case 5:
                 guard let id = open[slot] else { continue }
                 var client = RegistrationClient(signer: signers[slot], challenge: try! Challenge([UInt8](repeating: 0xc0 &+ UInt8(slot), count: 64)),
-                                                expectedServer: server.identity)
+                                                expectedServer: server.publicIdentity)
                 sent[id] = []
                 apply(core.received(id, bytes: client.start().encoded, descriptors: [], now: now))
                 guard open[slot] == id, let response = sent[id], !response.isEmpty,
@@ -141,8 +140,8 @@ enum ServerCoreFuzzOracle {
                 guard let id = open[slot] else { continue }
                 let arg = byte() ?? 0
                 let record = UDSMessage.newConnection(UDSNewConnection(
-                    from: PeerLocator(identity: signers[slot].identity),
-                    to: PeerLocator(identity: signers[Int(arg & 3)].identity))).encoded
+                    from: PeerLocator(identity: signers[slot].publicIdentity),
+                    to: PeerLocator(identity: signers[Int(arg & 3)].publicIdentity))).encoded
                 let count = Int((arg >> 2) & 3)
                 if arg & 0x10 != 0 {
                     apply(core.received(id, bytes: record, descriptors: [], now: now))
