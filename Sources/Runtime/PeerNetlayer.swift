@@ -4,7 +4,9 @@ import Glibc
 import Audit
 import Dispatch
 import Identity
+import Logging
 import OCapN
+import SecureChannel
 import Synchronization
 import Transport
 

@@ -1,6 +1,7 @@
 import Check
 import Foundation
 import Glibc
+import RuntimeTestSupport
 import Testing
 
 /// Short bounds: the servers under test run with 300 ms registration deadlines and 1 s pending

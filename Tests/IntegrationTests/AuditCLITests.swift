@@ -2,6 +2,7 @@ import Audit
 import Foundation
 import Glibc
 import Identity
+import RuntimeTestSupport
 import SodiumCrypto
 import Testing
 

@@ -1,4 +1,5 @@
 import Foundation
+import RuntimeTestSupport
 import Testing
 
 /// The benchmark's numbers are not judged here (a shared machine makes timed tests meaningless);

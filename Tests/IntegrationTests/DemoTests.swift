@@ -2,7 +2,9 @@ import Audit
 import Foundation
 import Glibc
 import Identity
+import RuntimeTestSupport
 import SodiumCrypto
+import TestSupport
 import Testing
 
 @Suite(.serialized) struct DemoTests {

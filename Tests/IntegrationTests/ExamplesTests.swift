@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Identity
 import OCapN
+import RuntimeTestSupport
 import Testing
 
 /// The README's and docs/PEER.md's code is the Examples/ package: the snippets are its code,

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Identity
 import OCapN
+import RuntimeTestSupport
 import Testing
 
 /// What a new user sees when something is wrong: each error names the path or the party, the

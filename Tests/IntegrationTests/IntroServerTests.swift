@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Identity
 import OCapN
+import RuntimeTestSupport
 import Syrup
 import Testing
 import Transport

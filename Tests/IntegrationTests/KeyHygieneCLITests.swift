@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import RuntimeTestSupport
 import Testing
 
 /// Issue #11 item 5, seen from outside the process: `intro-server` and `peer` make themselves

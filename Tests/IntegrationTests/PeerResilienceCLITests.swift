@@ -4,6 +4,7 @@ import Identity
 import Logging
 import OCapN
 import Runtime
+import RuntimeTestSupport
 import Testing
 import Transport
 

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import RuntimeTestSupport
 import Testing
 
 /// UDS-HS1 checked by a second implementation written from PROTOCOL.md alone

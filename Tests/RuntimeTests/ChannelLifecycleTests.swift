@@ -1,6 +1,7 @@
 import Identity
 import Logging
 @testable import Runtime
+import RuntimeTestSupport
 import SecureChannel
 import Testing
 import Transport

@@ -3,6 +3,9 @@ import Foundation
 import Identity
 import OCapN
 import Runtime
+import RuntimeTestSupport
+import SecureChannel
+import TestSupport
 import Testing
 import Transport
 

@@ -4,6 +4,9 @@ import Identity
 import Logging
 import OCapN
 import Runtime
+import RuntimeTestSupport
+import SecureChannel
+import TestSupport
 import Testing
 import Transport
 

@@ -4,6 +4,7 @@ import Glibc
 import Identity
 import OCapN
 import Runtime
+import RuntimeTestSupport
 import Testing
 import Transport
 

@@ -3,6 +3,7 @@ import Foundation
 import Identity
 import OCapN
 import Runtime
+import RuntimeTestSupport
 import Testing
 import Transport
 

@@ -5,7 +5,10 @@ import Identity
 import Logging
 import OCapN
 @testable import Runtime
+import RuntimeTestSupport
+import SecureChannel
 import Syrup
+import TestSupport
 import Testing
 import Transport
 

@@ -1,5 +1,6 @@
 import Identity
 @testable import Runtime
+import RuntimeTestSupport
 import SecureChannel
 import Testing
 import Transport

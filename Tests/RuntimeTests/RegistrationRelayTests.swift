@@ -6,6 +6,8 @@ import Identity
 import Logging
 import OCapN
 @testable import Runtime
+import RuntimeTestSupport
+import TestSupport
 import Testing
 import Transport
 

@@ -5,8 +5,8 @@ import Syrup
 /// the regression tests. Oracle: never a crash; an accepted URI re-prints to a URI that parses
 /// to the same locator; an accepted Syrup locator re-encodes to exactly its bytes; no accepted
 /// hint value holds NUL (catalog D5).
-enum LocatorFuzzOracle {
-    static func violations(_ input: [UInt8]) -> [String] {
+public enum LocatorFuzzOracle {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         let text = String(decoding: input, as: UTF8.self)
         if let locator = try? PeerLocator(uri: text) {

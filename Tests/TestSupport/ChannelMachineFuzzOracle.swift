@@ -4,7 +4,7 @@
 // for the fixed identities). Public API of SecureChannel only; no test framework.
 import SecureChannel
 
-enum ChannelMachineFuzzOracle {
+public enum ChannelMachineFuzzOracle {
     /// One side of the pair, as the runtime would see it.
     struct Side {
         var machine: ChannelMachine
@@ -27,7 +27,7 @@ enum ChannelMachineFuzzOracle {
     /// argument), 6/7 read some, 8/9 abort, 10 flip a bit in transit, 11/12 deadline after the
     /// argument's seconds, 13 transport failure, 14 pump everything, 15 spurious end of stream.
     /// After the operations, everything is pumped and both sides close.
-    static func violations(_ input: [UInt8]) -> [String] {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var problems: [String] = []
         let config = ChannelMachine.Configuration(closeTimeout: .seconds(2), now: { ChannelFuzzFixture.start })
         var sides = [

@@ -16,7 +16,7 @@ import Syrup
 /// Oracle: never a crash; every descriptor handed in ends exactly once (closed or forwarded)
 /// by the end of `shutdown`; a connection is closed at most once and never gets events after;
 /// every attempt that started ends exactly once; the counts are back to zero after shutdown.
-enum ServerCoreFuzzOracle {
+public enum ServerCoreFuzzOracle {
     typealias Core = IntroductionServerCore<Int>
     typealias ID = IntroductionServerConnectionID
 
@@ -25,7 +25,7 @@ enum ServerCoreFuzzOracle {
     }
     static let server = try! SigningIdentity(seed: SecretBytes(copying: [UInt8](repeating: 0x5a, count: 32)))
 
-    static func violations(_ input: [UInt8]) -> [String] {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         var limits = IntroductionServerLimits()
         limits.maxUnauthenticated = 3

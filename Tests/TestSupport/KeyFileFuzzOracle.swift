@@ -7,8 +7,8 @@ import SodiumCrypto
 /// (a file `decode` accepts is one `holdsSecret` says holds a secret and whose public key
 /// `decodePublic` reads the same); an accepted file encodes back to a file that decodes to
 /// the same key.
-enum KeyFileFuzzOracle {
-    static func violations(_ input: [UInt8]) -> [String] {
+public enum KeyFileFuzzOracle {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         let decoded = try? IdentityKeyFile.decode(input, passphrase: nil)
         let holds = try? IdentityKeyFile.holdsSecret(input)
