@@ -96,7 +96,7 @@ let package = Package(
         .testTarget(name: "IdentityTests", dependencies: ["Identity", "SodiumCrypto", "TestSupport"]),
         .testTarget(name: "OCapNTests", dependencies: ["OCapN", "Syrup", "Identity", "SodiumCrypto", "TestSupport"]),
         .testTarget(name: "SecureChannelTests", dependencies: ["SecureChannel", "Identity", "SodiumCrypto", "TestSupport"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "RuntimeTestSupport"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Identity", "SodiumCrypto", "TestSupport"]),
         .testTarget(
             name: "RuntimeTests",

@@ -295,7 +295,7 @@ func seesEOF(_ descriptor: FileDescriptor, timeout: Double = 6) throws -> Bool {
 
 // MARK: - Lifecycle tests
 
-@Suite(.serialized) struct IntroServerTests {
+@Suite(.serialized, .ownThread) struct IntroServerTests {
     @Test("Two peers register and an introduction hands the target a working end of the initiator's socketpair")
     func introductionPassesAWorkingSocket() throws {
         let server = try IntroServerProcess()

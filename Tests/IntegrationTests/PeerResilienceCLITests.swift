@@ -10,7 +10,7 @@ import Transport
 
 /// Issue #9 items 4 and 5 with real processes: `peer` serves through the servers that work,
 /// and keeps its registration at its descriptor limit.
-@Suite struct PeerResilienceCLITests {
+@Suite(.ownThread) struct PeerResilienceCLITests {
     @Test func aPeerServesThroughTheGoodServerWhileBadOnesAreReportedAuditedAndRetried() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -8,7 +8,7 @@ import Transport
 
 /// The channel runtime's own bookkeeping after a channel ends: what it still watches, which
 /// configurations it accepts.
-@Suite struct ChannelLifecycleTests {
+@Suite(.ownThread) struct ChannelLifecycleTests {
     let alice = IdentityKeyPair.generate()
     let bob = IdentityKeyPair.generate()
 

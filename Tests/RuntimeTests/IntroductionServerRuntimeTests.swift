@@ -12,7 +12,7 @@ import Testing
 import Transport
 
 /// The introduction server runtime in this process: real sockets, a memory audit sink.
-@Suite(.serialized) struct IntroductionServerRuntimeTests {
+@Suite(.serialized, .ownThread) struct IntroductionServerRuntimeTests {
     @Test("Every core reason is a documented audit reason code of the same spelling")
     func reasonsAreDocumented() {
         for reason in IntroductionServerReason.allCases {

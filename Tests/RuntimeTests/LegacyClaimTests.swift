@@ -13,7 +13,7 @@ import Transport
 /// Legacy (Goblins) channels claim nothing (issue 11 item 4): the server's `from` is an
 /// `UnverifiedPeerClaim`, audited as `claimed_from` with `authenticated: false`; the allow-list
 /// decides which claims are admitted; a key seen completing UDS-HS1 is never admitted as legacy.
-@Suite struct LegacyClaimTests {
+@Suite(.ownThread) struct LegacyClaimTests {
     let alice = IdentityKeyPair.generate()
     let bob = IdentityKeyPair.generate()
     let carol = IdentityKeyPair.generate()
