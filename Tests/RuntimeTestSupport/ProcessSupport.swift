@@ -129,6 +129,7 @@ public final class ChildProcess: @unchecked Sendable {
         while process.isRunning && Date() < deadline { usleep(10_000) }
         if process.isRunning { kill(pid, SIGKILL) }
         process.waitUntilExit()
+        waitForOutputToEnd(timeout: 2)
         return process.terminationStatus
     }
 
@@ -139,9 +140,18 @@ public final class ChildProcess: @unchecked Sendable {
         while process.isRunning && Date() < deadline { usleep(10_000) }
         if process.isRunning { kill(pid, SIGKILL) }
         process.waitUntilExit()
-        // Let the pipe handlers drain what the process wrote last.
-        _ = waitForLine(timeout: 0.5) { _ in false }
+        waitForOutputToEnd()
         return process.terminationStatus
+    }
+
+    /// Waits until the pipe handlers read both outputs to their end, so `output` and
+    /// `errorOutput` hold everything the process wrote (on a loaded machine the handlers can run
+    /// well after the exit).
+    public func waitForOutputToEnd(timeout: Double = 10) {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        while !(stdoutClosed && stderrClosed) && lock.wait(until: deadline) {}
     }
 
     /// Number of open descriptors of the child (from /proc), for leak checks.
