@@ -24,5 +24,6 @@ let package = Package(
         .executableTarget(name: "FuzzLocator", dependencies: [oracles]),
         .executableTarget(name: "FuzzKeyFile", dependencies: [oracles]),
         .executableTarget(name: "FuzzAuditRecord", dependencies: [oracles]),
+        .executableTarget(name: "FuzzAuditVerifier", dependencies: [oracles]),
     ]
 )

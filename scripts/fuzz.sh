@@ -23,7 +23,7 @@ swift build -c debug --product "$target" --sanitize fuzzer -Xswiftc -sanitize=fu
 case $target in
     FuzzHandshake) maxlen=1024 ;;
     FuzzFrameReceiver) maxlen=8192 ;;
-    FuzzSyrupDecode) maxlen=16384 ;;
+    FuzzSyrupDecode|FuzzAuditVerifier) maxlen=16384 ;;
     *) maxlen=4096 ;;
 esac
 scratch=/tmp/ocapn-fuzz/$target

@@ -1,0 +1,44 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Inputs kept by the FuzzAuditVerifier fuzzer (Fuzz/corpus, Fuzz/crashers) replayed through its
+/// oracle, so machines without the fuzzing toolchain still cover them.
+@Suite struct FuzzAuditVerifierRegressionTests {
+    static let root = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    @Test func everySeedAndCrasherSatisfiesTheOracle() throws {
+        var files: [URL] = []
+        for kind in ["corpus", "crashers"] {
+            let dir = Self.root.appendingPathComponent("Fuzz/\(kind)/FuzzAuditVerifier")
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
+            files += names.filter { !$0.hasPrefix(".") }.sorted().map { dir.appendingPathComponent($0) }
+        }
+        #expect(files.count >= 8, "the seed corpus is missing")
+        for file in files {
+            let problems = AuditVerifierFuzzOracle.violations([UInt8](try Data(contentsOf: file)))
+            #expect(problems.isEmpty, "\(file.lastPathComponent): \(problems)")
+        }
+    }
+
+    /// The whole-file seed is the genuine log byte for byte: the oracle's log (fixed key, fixed
+    /// clock) is stable, so a change in record encoding or checkpoint signing shows here.
+    @Test func theWholeFileSeedIsTheGenuineLog() throws {
+        let seed = [UInt8](try Data(contentsOf: Self.root.appendingPathComponent("Fuzz/corpus/FuzzAuditVerifier/genuine-file")))
+        #expect(seed == [1] + AuditVerifierFuzzOracle.genuineFile)
+    }
+
+    /// The oracle can fail: each kind of edit of the genuine log is reported, the genuine log is
+    /// intact, and an edit that changes nothing (a swap of a line with itself) stays intact.
+    @Test func editsAreReportedAndTheGenuineLogIsIntact() {
+        #expect(AuditVerifierFuzzOracle.file(for: [0]) == AuditVerifierFuzzOracle.genuineFile)
+        #expect(AuditVerifierFuzzOracle.file(for: [0, 3, 2, 2]) == AuditVerifierFuzzOracle.genuineFile)
+        for edit: [UInt8] in [[0, 0, 3, 40, 1], [0, 1, 5, 0], [0, 2, 4, 9], [0, 3, 2, 3], [0, 4, 1, 0], [0, 6, 3, 2, 0x41, 0x42], [0, 7, 14, 9]] {
+            let bytes = AuditVerifierFuzzOracle.file(for: edit)
+            #expect(bytes != AuditVerifierFuzzOracle.genuineFile, "\(edit) changes the log")
+        }
+        #expect(AuditVerifierFuzzOracle.violations([0]).isEmpty)
+        #expect(AuditVerifierFuzzOracle.violations([0, 1, 5, 0]).isEmpty)
+    }
+}
