@@ -2,6 +2,7 @@
 import PackageDescription
 
 // Layers, dependencies pointing one way:
+//   Errors (the one error shape, `CodedError<Code>`) <- every module with coded errors
 //   CSodium  <- SodiumCrypto <- Identity <- OCapN (Syrup formats, intro protocol, sans-IO)
 //                             <- SecureChannel (UDS-HS1 handshake + framed channel, sans-IO)
 //   CFDShim  <- Transport (owned fds, sockets, SCM_RIGHTS)
@@ -24,9 +25,9 @@ let package = Package(
     products: [
         .executable(name: "ocapn-uds", targets: ["ocapn-uds"]),
         // Runtime and Audit (an `AuditSink` is part of `PeerNetlayer`'s API).
-        .library(name: "OCapNUDS", targets: ["Runtime", "Audit"]),
+        .library(name: "OCapNUDS", targets: ["Runtime", "Audit", "Errors"]),
         // The sans-IO layers on their own (the fuzz package in Fuzz/ builds against these).
-        .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto", "Audit"]),
+        .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto", "Audit", "Errors"]),
         // Not API: the fuzz oracles and test helpers, for this package's tests and for Fuzz/.
         .library(name: "OCapNUDSTestSupport", targets: ["TestSupport"]),
     ],
@@ -41,17 +42,18 @@ let package = Package(
             providers: [.apt(["libsodium-dev"])]
         ),
         .target(name: "CFDShim"),
+        .target(name: "Errors"),
         .target(name: "Syrup"),
-        .target(name: "SodiumCrypto", dependencies: ["CSodium"]),
-        .target(name: "Identity", dependencies: ["SodiumCrypto"]),
-        .target(name: "OCapN", dependencies: ["Syrup", "Identity", "SodiumCrypto"]),
-        .target(name: "SecureChannel", dependencies: ["Identity", "SodiumCrypto"]),
+        .target(name: "SodiumCrypto", dependencies: ["CSodium", "Errors"]),
+        .target(name: "Identity", dependencies: ["SodiumCrypto", "Errors"]),
+        .target(name: "OCapN", dependencies: ["Syrup", "Identity", "SodiumCrypto", "Errors"]),
+        .target(name: "SecureChannel", dependencies: ["Identity", "SodiumCrypto", "Errors"]),
         .target(name: "Transport", dependencies: ["CFDShim"]),
-        .target(name: "Audit", dependencies: ["Identity", "SodiumCrypto"]),
+        .target(name: "Audit", dependencies: ["Identity", "SodiumCrypto", "Errors"]),
         .target(
             name: "Runtime",
             dependencies: [
-                "OCapN", "SecureChannel", "Transport", "Audit", "Identity", "Syrup",
+                "OCapN", "SecureChannel", "Transport", "Audit", "Identity", "Syrup", "Errors",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -70,7 +72,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .target(name: "Check", dependencies: ["OCapN", "SecureChannel", "Transport", "Identity", "Syrup", "SodiumCrypto"]),
+        .target(name: "Check", dependencies: ["OCapN", "SecureChannel", "Transport", "Identity", "Syrup", "SodiumCrypto", "Errors"]),
         .executableTarget(
             name: "ocapn-uds",
             dependencies: [
@@ -84,7 +86,7 @@ let package = Package(
         .target(name: "CPaddedSender", path: "Tests/CPaddedSender"),
         .target(
             name: "TestSupport",
-            dependencies: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto", "Audit"],
+            dependencies: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto", "Audit", "Errors"],
             path: "Tests/TestSupport"
         ),
         .target(

@@ -1,41 +1,34 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Errors
+
+/// The stable codes of `AuditError`.
+public enum AuditErrorCode: String, ErrorCode {
+    /// A line is not a well-formed schema-v1 record (bad JSON, unknown or duplicate field,
+    /// wrong type, value out of range).
+    case malformedRecord
+    /// The record's `v` is not a schema version this build reads.
+    case unsupportedVersion
+    /// A line or record exceeds its configured byte limit.
+    case recordTooLarge
+    /// The existing log cannot be continued (its last record is unreadable or not ours).
+    case cannotContinueLog
+    /// Another process holds the log's write lock.
+    case logInUse
+    /// A file system call failed (open, write, fsync, rename, read).
+    case ioError
+    /// A command-line argument (time, duration, fingerprint) is not valid.
+    case invalidArgument
+}
 
 /// Why an audit operation failed: a bad record, a broken file, an I/O error.
 ///
 /// Callers match on `code`; `detail` names the field, length or errno for local diagnostics and
 /// never carries key material or record payloads beyond field names.
-public struct AuditError: Error, Equatable, Sendable, CustomStringConvertible {
-    public enum Code: String, Sendable {
-        /// A line is not a well-formed schema-v1 record (bad JSON, unknown or duplicate field,
-        /// wrong type, value out of range).
-        case malformedRecord
-        /// The record's `v` is not a schema version this build reads.
-        case unsupportedVersion
-        /// A line or record exceeds its configured byte limit.
-        case recordTooLarge
-        /// The existing log cannot be continued (its last record is unreadable or not ours).
-        case cannotContinueLog
-        /// Another process holds the log's write lock.
-        case logInUse
-        /// A file system call failed (open, write, fsync, rename, read).
-        case ioError
-        /// A command-line argument (time, duration, fingerprint) is not valid.
-        case invalidArgument
-    }
+public typealias AuditError = CodedError<AuditErrorCode>
 
-    public let code: Code
-    /// Diagnostic context for local logs; never secret bytes.
-    public let detail: String
-
-    public init(_ code: Code, _ detail: String) {
-        self.code = code
-        self.detail = detail
-    }
-
-    public var description: String { "\(code.rawValue): \(detail)" }
-
+extension AuditError {
     @inline(never)
     static func malformed(_ detail: String) -> AuditError { AuditError(.malformedRecord, detail) }
 

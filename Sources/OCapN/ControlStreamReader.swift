@@ -17,6 +17,10 @@ import Syrup
 /// descriptor, whatever int sits in the padding (zero: the sender's stdin). A read with up to
 /// `maxDescriptorsPerRead` descriptors keeps the first and hands the rest back from `receive`
 /// to be closed at once; more than that is `extraFDs`.
+///
+/// Errors are `OCapNError`s (the stream codes `malformedMessage`, `messageTooLarge`, `fdMissing`,
+/// `unexpectedFD`, `extraFDs`, `truncated`). After any error the connection must be closed and
+/// `drainDescriptors()` closed by the caller.
 public struct ControlStreamReader<Descriptor> {
     public struct Limits: Sendable, Equatable {
         /// Syrup limits for one control message.
@@ -42,34 +46,6 @@ public struct ControlStreamReader<Descriptor> {
         case message(SyrupValue)
         /// A `uds:new-connection` record with the descriptor its marker claimed.
         case newConnection(SyrupValue, Descriptor)
-    }
-
-    /// Why the stream cannot continue. After any error the connection must be closed and
-    /// `drainDescriptors()` closed by the caller.
-    public struct ReadError: Error, Equatable, Sendable, CustomStringConvertible {
-        public enum Code: String, Sendable {
-            /// Bytes that are not canonical Syrup within the limits.
-            case malformedMessage
-            /// A message over the size limit.
-            case messageTooLarge
-            /// `uds:new-connection` and its marker arrived without a descriptor.
-            case fdMissing
-            /// A descriptor arrived where no marker claims it.
-            case unexpectedFD
-            /// More descriptors arrived than the protocol allows.
-            case extraFDs
-            /// The peer closed the stream inside a message or before a marker.
-            case truncated
-        }
-        public let code: Code
-        public let detail: String
-
-        public init(_ code: Code, _ detail: String) {
-            self.code = code
-            self.detail = detail
-        }
-
-        public var description: String { "\(code.rawValue): \(detail)" }
     }
 
     static var markerLength: Int { 4 }
@@ -102,7 +78,7 @@ public struct ControlStreamReader<Descriptor> {
     /// Returns the extra descriptors of a read that carried more than one but no more than
     /// `limits.maxDescriptorsPerRead`: the caller owns them and closes them at once (and
     /// records that it did). The first one stays queued for its marker as usual.
-    public mutating func receive(_ bytes: [UInt8], descriptors: [Descriptor]) throws(ReadError) -> [Descriptor] {
+    public mutating func receive(_ bytes: [UInt8], descriptors: [Descriptor]) throws(OCapNError) -> [Descriptor] {
         precondition(!failed, "ControlStreamReader used after an error")
         let start = decoder.streamOffset + decoder.bufferedCount
         var extras: [Descriptor] = []
@@ -133,12 +109,12 @@ public struct ControlStreamReader<Descriptor> {
         return extras
     }
 
-    public mutating func receive(_ bytes: UnsafeRawBufferPointer, descriptors: [Descriptor]) throws(ReadError) -> [Descriptor] {
+    public mutating func receive(_ bytes: UnsafeRawBufferPointer, descriptors: [Descriptor]) throws(OCapNError) -> [Descriptor] {
         try receive([UInt8](bytes), descriptors: descriptors)
     }
 
     /// Takes the next complete item, or nil when more bytes are needed.
-    public mutating func next() throws(ReadError) -> Item? {
+    public mutating func next() throws(OCapNError) -> Item? {
         precondition(!failed, "ControlStreamReader used after an error")
         if let pending = awaitingMarker {
             let markerOffset = decoder.streamOffset
@@ -159,7 +135,7 @@ public struct ControlStreamReader<Descriptor> {
         do throws(SyrupError) {
             decoded = try decoder.next()
         } catch {
-            let code: ReadError.Code = error.code == .limitExceeded ? .messageTooLarge : .malformedMessage
+            let code: OCapNError.Code = error.code == .limitExceeded ? .messageTooLarge : .malformedMessage
             throw fail(code, error.description)
         }
         guard let value = decoded else {
@@ -180,7 +156,7 @@ public struct ControlStreamReader<Descriptor> {
     }
 
     /// Reports end of stream: an error if it cut a message or left a descriptor unclaimed.
-    public mutating func finish() throws(ReadError) {
+    public mutating func finish() throws(OCapNError) {
         precondition(!failed, "ControlStreamReader used after an error")
         if awaitingMarker != nil { throw fail(.truncated, "stream ended before the marker and descriptor of uds:new-connection") }
         if decoder.bufferedCount > 0 { throw fail(.truncated, "stream ended inside a message (\(decoder.bufferedCount) bytes buffered)") }
@@ -194,13 +170,13 @@ public struct ControlStreamReader<Descriptor> {
         return out
     }
 
-    private mutating func fail(_ code: ReadError.Code, _ detail: String) -> ReadError {
+    private mutating func fail(_ code: OCapNError.Code, _ detail: String) -> OCapNError {
         failed = true
-        return ReadError(code, detail)
+        return OCapNError(code, detail)
     }
 
     /// A descriptor whose read has been consumed entirely without a marker claiming it.
-    private mutating func checkUnclaimed() throws(ReadError) {
+    private mutating func checkUnclaimed() throws(OCapNError) {
         if let first = queued.first, first.range.upperBound <= decoder.streamOffset {
             throw fail(.unexpectedFD, "a descriptor arrived with bytes that held no marker")
         }

@@ -279,7 +279,7 @@ public final class IntroductionServerCore<Descriptor> {
         }
         var out: [Action] = []
         var extraKinds: [String] = []
-        do throws(ControlStreamReader<Descriptor>.ReadError) {
+        do throws(OCapNError) {
             let extras = try connection.reader.receive(bytes, descriptors: descriptors)
             extraKinds = closeExtras(extras, into: &out)
         } catch {
@@ -288,7 +288,7 @@ public final class IntroductionServerCore<Descriptor> {
         }
         while connections[id] != nil {
             let item: ControlStreamReader<Descriptor>.Item?
-            do throws(ControlStreamReader<Descriptor>.ReadError) {
+            do throws(OCapNError) {
                 item = try connection.reader.next()
             } catch {
                 drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
@@ -326,7 +326,7 @@ public final class IntroductionServerCore<Descriptor> {
     public func endOfStream(_ id: ConnectionID, now: UInt64) -> [Action] {
         guard let connection = connections[id] else { preconditionFailure("endOfStream for unknown connection \(id)") }
         var out: [Action] = []
-        do throws(ControlStreamReader<Descriptor>.ReadError) {
+        do throws(OCapNError) {
             try connection.reader.finish()
         } catch {
             drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
@@ -794,21 +794,14 @@ public final class IntroductionServerCore<Descriptor> {
         case .badSignature, .challengeMismatch: return .badSignature
         case .spoofedFrom: return .spoofedFrom
         case .registrationFormRefused: return .registrationFormRefused
-        case .limitExceeded: return .messageTooLarge
+        case .limitExceeded, .messageTooLarge: return .messageTooLarge
+        case .fdMissing: return .fdMissing
+        case .unexpectedFD, .extraFDs: return .extraFds
+        case .truncated: return .truncated
         case .invalidSyrup, .malformedMessage, .unknownMessage, .unexpectedMessage, .reflectedChallenge,
              .invalidPublicKey, .invalidSecretKey, .wrongTransport, .invalidDesignator, .invalidHint, .invalidURI,
              .serverKeyMismatch, .wrongTarget:
             return .malformedMessage
-        }
-    }
-
-    static func reason(_ code: ControlStreamReader<Descriptor>.ReadError.Code) -> Reason {
-        switch code {
-        case .malformedMessage: return .malformedMessage
-        case .messageTooLarge: return .messageTooLarge
-        case .fdMissing: return .fdMissing
-        case .unexpectedFD, .extraFDs: return .extraFds
-        case .truncated: return .truncated
         }
     }
 }

@@ -1,3 +1,4 @@
+import Errors
 import Identity
 import Syrup
 
@@ -26,7 +27,7 @@ public struct IntroductionServerCredentials: Hashable, Sendable, CustomStringCon
 
 /// Stable reason codes of the introduction server. The raw values are the audit log's reason
 /// codes (docs/AUDIT.md, docs/INTRO-SERVER.md), so the runtime maps them one to one.
-public enum IntroductionServerReason: String, Sendable, CaseIterable {
+public enum IntroductionServerReason: String, ErrorCode {
     /// A registration signature (or signed payload) that does not verify.
     case badSignature
     /// A registration challenge that is not exactly 64 bytes: never signed.

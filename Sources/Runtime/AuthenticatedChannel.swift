@@ -249,7 +249,7 @@ final class ChannelEngine: @unchecked Sendable {
         environment.audit?.record(facts.event(.handshakeStarted))
         logger.debug("handshake started")
         guard let socket else {
-            localEnd = (PeerError(.ioError, "socket closed before the handshake"), .ioError)
+            localEnd = (PeerError(.ioError, "socket closed before the handshake"), .netlayer(.ioError))
             step(.abort)
             return
         }
@@ -565,7 +565,7 @@ final class ChannelEngine: @unchecked Sendable {
     }
 
     /// Ends the channel at once without CLOSE (the peer sees `truncated`).
-    func abort(_ error: PeerError = PeerError(.channelClosed, "aborted locally"), reason: AuditReason = .localAbort) {
+    func abort(_ error: PeerError = PeerError(.channelClosed, "aborted locally"), reason: AuditReason = .runtime(.localAbort)) {
         guard summary == nil else { return }
         localEnd = (error, reason)
         step(.abort)
@@ -601,10 +601,10 @@ final class ChannelEngine: @unchecked Sendable {
             error = PeerError(.ioError, detail)
         case .aborted:
             error = localEnd?.error ?? PeerError(.channelClosed, "aborted locally")
-            reason = localEnd?.reason ?? .localAbort
+            reason = localEnd?.reason ?? .runtime(.localAbort)
         case .legacyEnded(let byPeer):
             error = nil
-            reason = byPeer ? .peerReset : .localAbort
+            reason = byPeer ? .runtime(.peerReset) : .runtime(.localAbort)
         case .legacyRefused:
             let claim = facts.legacyClaim
             if configuration.legacyPeers.admits(claim) {
@@ -612,11 +612,11 @@ final class ChannelEngine: @unchecked Sendable {
                 // UDS-HS1 with us, and a plaintext channel "from" it is a lie.
                 error = PeerError(.legacyPeerRefused, "the claimed key completed UDS-HS1 with us before")
                 logger.warning("legacy peer refused: the claimed key completed UDS-HS1 before", metadata: ["claim": "\(claim)"])
-                environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyKeyProvedBefore))
+                environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .runtime(.legacyKeyProvedBefore)))
             } else {
                 error = PeerError(.legacyPeerRefused, "peer speaks CapTP without a handshake")
                 logger.info("legacy peer refused (first bytes are a CapTP op:start-session)", metadata: ["claim": "\(claim)"])
-                environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .legacyPeerRefused))
+                environment.audit?.record(facts.legacyEvent(.legacyPeerRefused, reason: .netlayer(.legacyPeerRefused)))
             }
         }
         failure = error
@@ -624,7 +624,7 @@ final class ChannelEngine: @unchecked Sendable {
         let now = ContinuousClock.now
         let clean = end == .clean
         if wasOpen {
-            let auditReason = clean ? nil : (reason ?? error?.auditReason ?? .localAbort)
+            let auditReason = clean ? nil : (reason ?? error?.auditReason ?? .runtime(.localAbort))
             let closed = facts.event(
                 .channelClosed, reason: auditReason, proved: session?.peer.publicKey, handshakeHash: session?.handshakeHash,
                 session: session?.sessionID, durationMicros: Self.micros((establishedAt ?? started).duration(to: now)),

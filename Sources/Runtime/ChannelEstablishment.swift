@@ -280,7 +280,7 @@ public struct ChannelEstablishment: Sendable {
     private func refuse(_ error: PeerError, _ facts: ChannelFacts) -> PeerError {
         var log = logger
         facts.annotate(&log)
-        if error.code == .handshakeLimitExceeded {
+        if error.code == .handshake(.handshakeLimitExceeded) {
             // A resource refusal: visible at the default level, at most once a second.
             let (shouldLog, suppressed) = refusals.shouldLog(error.auditReason)
             if shouldLog {

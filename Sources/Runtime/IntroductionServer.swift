@@ -234,7 +234,7 @@ public final class IntroductionServer: @unchecked Sendable {
             hangUpTimer = nil
             socketWatchTimer?.cancel()
             socketWatchTimer = nil
-            audit?.record(AuditEvent(.serverStopped, reason: .serverShutdown, role: .server, local: AuditPeerID(identity),
+            audit?.record(AuditEvent(.serverStopped, reason: AuditReason(introductionServer: .serverShutdown), role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
             logger.info("introduction server stopped", metadata: ["server": "\(identity.fingerprint)"])
             waitForListenerClose(attempts: 1000)
@@ -583,15 +583,5 @@ extension AuditEvent {
             durationMicros: record.durationNanoseconds.map { $0 / 1000 },
             descriptorKinds: record.descriptorKinds.flatMap(AuditDescriptorKinds.init))
         incumbentCredentials = record.incumbentCredentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) }
-    }
-}
-
-extension AuditReason {
-    /// The audit code of a core reason: the same spelling (every one is in `documented`).
-    public init(introductionServer reason: IntroductionServerReason) {
-        guard let code = AuditReason(rawValue: reason.rawValue) else {
-            preconditionFailure("reason \(reason.rawValue) is not a well-formed audit code")
-        }
-        self = code
     }
 }

@@ -199,7 +199,7 @@ public final class PeerNetlayer: @unchecked Sendable {
         } catch let error as TransportError {
             logger.info("introduction server unreachable", metadata: ["path": "\(path)", "detail": "\(error)"])
             audit?.record(AuditEvent(
-                .registrationRefused, reason: .serverUnreachable, attempt: .random(), role: .client, local: AuditPeerID(identity),
+                .registrationRefused, reason: .netlayer(.serverUnreachable), attempt: .random(), role: .client, local: AuditPeerID(identity),
                 introServer: expectedKey.map { AuditPeerID($0) }, path: AuditPath(path)))
             throw PeerError(.serverUnreachable, error.explanation)
         } catch {
@@ -215,7 +215,7 @@ public final class PeerNetlayer: @unchecked Sendable {
             let error = PeerError(.serverNotTrusted, "\(path): \(refusal)")
             logger.warning("introduction server refused", metadata: ["path": "\(path)", "detail": "\(refusal)"])
             audit?.record(AuditEvent(
-                .registrationRefused, reason: .serverNotTrusted, attempt: .random(), role: .client,
+                .registrationRefused, reason: .netlayer(.serverNotTrusted), attempt: .random(), role: .client,
                 local: AuditPeerID(identity), path: AuditPath(path)))
             throw error
         }
@@ -288,7 +288,7 @@ public final class PeerNetlayer: @unchecked Sendable {
                 error = failure
                 kind = ServerKeeper.kind(ofAttemptFailure: failure)
             }
-            if error.code == .netlayerClosed || keeper.isStopped { return }
+            if error.code == .netlayer(.netlayerClosed) || keeper.isStopped { return }
             let decision = retry.failed(kind, at: .now, unit: configuration.randomUnit())
             log.notice("introduction server unavailable; retrying", metadata: [
                 "reason": "\(error.code.rawValue)", "detail": "\(error.detail)", "kind": "\(kind.rawValue)",
@@ -298,7 +298,7 @@ public final class PeerNetlayer: @unchecked Sendable {
                 log.warning("introduction server contested: our registration was lost or refused repeatedly", metadata: [
                     "losses": "\(decision.consecutiveLosses)", "retryInMs": "\(decision.delayMilliseconds)"])
                 audit?.record(AuditEvent(
-                    .registrationRefused, reason: .serverContested, attempt: .random(), role: .client, local: AuditPeerID(identity),
+                    .registrationRefused, reason: .runtime(.serverContested), attempt: .random(), role: .client, local: AuditPeerID(identity),
                     introServer: server.map { AuditPeerID($0) }, path: AuditPath(keeper.path)))
             }
             keeper.failed(error, kind: kind, decision: decision)
@@ -325,16 +325,16 @@ public final class PeerNetlayer: @unchecked Sendable {
         if let key = connection.handle.server { log[metadataKey: "server"] = "\(key.fingerprint)" }
         if wasRegistered {
             log.info("introduction server disconnected", metadata: ["reason": "\(reason.code.rawValue)", "detail": "\(reason.detail)"])
-            if reason.code != .netlayerClosed {
+            if reason.code != .netlayer(.netlayerClosed) {
                 // Displaced by another connection for our key, or the server went away: the
                 // peer cannot tell which, the pattern (ServerRetryState) can.
                 audit?.record(AuditEvent(
-                    .registrationRefused, reason: .registrationLost, attempt: .random(), role: .client, local: AuditPeerID(identity),
+                    .registrationRefused, reason: .runtime(.registrationLost), attempt: .random(), role: .client, local: AuditPeerID(identity),
                     introServer: connection.handle.server.map { AuditPeerID($0) }, path: connection.path.flatMap { AuditPath($0) }))
             }
         } else {
             log.info("registration failed", metadata: ["reason": "\(reason.code.rawValue)", "detail": "\(reason.detail)"])
-            let auditReason: AuditReason = reason.code == .registrationTimeout ? .registrationTimeout : reason.auditReason
+            let auditReason = reason.auditReason
             audit?.record(AuditEvent(
                 .registrationRefused, reason: auditReason, attempt: .random(), role: .client, local: AuditPeerID(identity),
                 introServer: connection.handle.server.map { AuditPeerID($0) }, path: connection.path.flatMap { AuditPath($0) }))
@@ -443,7 +443,7 @@ public final class PeerNetlayer: @unchecked Sendable {
     func lostIntroduction(_ introduction: IncomingIntroduction, server: PublicIdentity) {
         refuseIntroduction(
             PeerResourceGovernor.Refusal(
-                reason: .passedDescriptorLost,
+                reason: .runtime(.passedDescriptorLost),
                 detail: "the kernel could not install the passed descriptor (MSG_CTRUNC: descriptor limit reached)"),
             introduction: introduction, server: server)
     }
@@ -467,7 +467,7 @@ public final class PeerNetlayer: @unchecked Sendable {
         log.notice("extra descriptors closed: the server's control message carried more than one",
                    metadata: ["descriptors": "\(kinds.joined(separator: ", "))", "path": "\(path ?? "(descriptor)")"])
         audit?.record(AuditEvent(
-            .descriptorsClosed, reason: .extraDescriptorsClosed, role: .client, local: AuditPeerID(identity),
+            .descriptorsClosed, reason: .runtime(.extraDescriptorsClosed), role: .client, local: AuditPeerID(identity),
             introServer: server.map { AuditPeerID($0) }, path: path.flatMap { AuditPath($0) },
             descriptorKinds: AuditDescriptorKinds(kinds)))
     }

@@ -1,45 +1,21 @@
 import Audit
+import Errors
 import Identity
 import OCapN
 import SecureChannel
 import Transport
 
-/// Why a channel, a handshake or a peer-netlayer operation failed.
-///
-/// One error type for the peer side of the runtime. Callers and the CLI match on `code`, whose
-/// raw values are stable: the handshake and channel codes are exactly those of PROTOCOL.md §8
-/// (`HandshakeError.Code`), the rest belong to the runtime and the netlayer. `detail` is for
-/// local logs (which field, which errno); it never holds keys or payload bytes.
-public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
-    public enum Code: String, Sendable, CaseIterable {
-        // PROTOCOL.md §8, one for one with `HandshakeError.Code`.
-        case passedSocketInvalid
-        case notAddressedToUs
-        case handshakeLimitExceeded
-        case timeout
-        case truncated
-        case badMagic
-        case unsupportedVersion
-        case unexpectedMessageType
-        case reservedFlagsSet
-        case wrongResponder
-        case identityMismatch
-        case selfConnection
-        case invalidIdentityKey
-        case peerNotAllowed
-        case nonCanonicalPoint
-        case lowOrderPoint
-        case reflection
-        case decryptFailed
-        case badSignature
-        case badFrameLength
-        case unknownFrameType
-        case unexpectedAuthFrame
-        case emptyDataFrame
-        case dataAfterClose
-        case nonceExhausted
-        case messageTooLarge
-        // Runtime: the socket under a handshake or channel.
+/// The code of a `PeerError`: a handshake code, or one of the netlayer's own. Its raw value is
+/// the inner code's spelling, which is also its audit reason.
+public enum PeerErrorCode: ErrorCode {
+    /// A UDS-HS1 handshake or framed-channel failure (PROTOCOL.md §8).
+    case handshake(HandshakeError.Code)
+    /// A failure of the netlayer or the runtime around the handshake.
+    case netlayer(Netlayer)
+
+    /// The peer netlayer's own codes (channel sockets, introduction servers).
+    public enum Netlayer: String, ErrorCode {
+        // The socket under a handshake or channel.
         /// A Goblins peer (first bytes `<16'op:start-session`) and legacy peers are not allowed.
         case legacyPeerRefused
         /// A system call on the socket failed, or a descriptor arrived on a channel.
@@ -74,22 +50,46 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
         case netlayerClosed
     }
 
-    public let code: Code
-    /// Local diagnostics only. Never secrets, never peer payload.
-    public let detail: String
-
-    public init(_ code: Code, _ detail: String) {
-        self.code = code
-        self.detail = detail
-    }
-
-    /// The same code as the handshake or channel error.
-    public init(_ error: HandshakeError) {
-        guard let code = Code(rawValue: error.code.rawValue) else {
-            preconditionFailure("PeerError.Code lacks handshake code \(error.code.rawValue)")
+    public var rawValue: String {
+        switch self {
+        case .handshake(let code): return code.rawValue
+        case .netlayer(let code): return code.rawValue
         }
-        self.init(code, error.detail)
     }
+
+    public init?(rawValue: String) {
+        if let code = HandshakeError.Code(rawValue: rawValue) {
+            self = .handshake(code)
+        } else if let code = Netlayer(rawValue: rawValue) {
+            self = .netlayer(code)
+        } else {
+            return nil
+        }
+    }
+
+    public static var allCases: [PeerErrorCode] {
+        HandshakeError.Code.allCases.map(Self.handshake) + Netlayer.allCases.map(Self.netlayer)
+    }
+}
+
+/// Why a channel, a handshake or a peer-netlayer operation failed.
+///
+/// One error type for the peer side of the runtime. Callers and the CLI match on `code`, whose
+/// raw values are stable: a handshake or channel failure *contains* its `HandshakeError.Code`
+/// (PROTOCOL.md §8, `.handshake(_)`), the rest belong to the netlayer
+/// (`.netlayer(_)`). `detail` is for local logs (which field, which errno); it never holds keys
+/// or payload bytes.
+public typealias PeerError = CodedError<PeerErrorCode>
+
+extension PeerError {
+    /// A netlayer failure (`PeerError(.ioError, "…")`).
+    public init(_ code: Code.Netlayer, _ detail: String) { self.init(.netlayer(code), detail) }
+
+    /// A failure the runtime reports in the handshake's own words (`PeerError(.selfConnection, "…")`).
+    public init(_ code: HandshakeError.Code, _ detail: String) { self.init(.handshake(code), detail) }
+
+    /// The handshake or channel error, code and detail.
+    public init(_ error: HandshakeError) { self.init(.handshake(error.code), error.detail) }
 
     /// Maps a transport failure on a handshake or channel socket.
     static func transport(_ error: TransportError, _ context: String) -> PeerError {
@@ -100,13 +100,11 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    public var description: String { "\(code.rawValue): \(detail)" }
-
     /// An initiator's `truncated` with no byte of msg2 received is a dropped introduction: the
     /// responder never answered (PROTOCOL.md §8 keeps `truncated` on the wire-level machine;
     /// the netlayer, which knows the socket came from an introduction, names it).
     static func initiatorFailure(_ error: PeerError, target: PublicIdentity, server: PublicIdentity?) -> PeerError {
-        guard error.code == .truncated, error.detail.hasPrefix(Self.noReplyPrefix) else { return error }
+        guard error.code == .handshake(.truncated), error.detail.hasPrefix(Self.noReplyPrefix) else { return error }
         let via = server.map { " via server \($0.fingerprint)" } ?? ""
         return PeerError(
             .introductionDropped,
@@ -116,39 +114,6 @@ public struct PeerError: Error, Equatable, Sendable, CustomStringConvertible {
     /// How HandshakeInitiator.receiveEOF words an EOF before any msg2 byte (pinned by a test).
     static let noReplyPrefix = "EOF after 0 of "
 
-    /// Equality is by code; the detail is free text for humans.
-    public static func == (lhs: PeerError, rhs: PeerError) -> Bool { lhs.code == rhs.code }
-
-    /// The audit reason for this failure: the code itself (all codes are well-formed reasons).
-    public var auditReason: AuditReason {
-        guard let reason = AuditReason(rawValue: code.rawValue) else {
-            preconditionFailure("reason code \(code.rawValue) is not a well-formed audit reason")
-        }
-        return reason
-    }
-}
-
-// Reason codes the peer netlayer adds to the audit trail (listed in docs/AUDIT.md).
-extension AuditReason {
-    public static let registrationFailed: AuditReason = "registrationFailed"
-    public static let serverDisconnected: AuditReason = "serverDisconnected"
-    public static let netlayerClosed: AuditReason = "netlayerClosed"
-    /// A server's socket could not be reached (registration.refused, role client).
-    public static let serverUnreachable: AuditReason = "serverUnreachable"
-    /// A registration the server had accepted ended on the server's side: displaced by
-    /// another connection for our key, or the server went away (registration.refused).
-    public static let registrationLost: AuditReason = "registrationLost"
-    /// Registrations lost or refused `ReconnectPolicy.contestedAfter` times in a row
-    /// (registration.refused; the peer keeps retrying with backoff).
-    public static let serverContested: AuditReason = "serverContested"
-
-    /// The server's listener runs as another non-root uid and its key is not pinned.
-    public static let serverNotTrusted: AuditReason = "serverNotTrusted"
-
-    /// Codes the peer netlayer writes beyond the handshake and channel codes.
-    public static let peerNetlayerCodes: [AuditReason] = [
-        .registrationFailed, .serverDisconnected, .netlayerClosed, .serverUnreachable, .registrationLost, .serverContested,
-        .registrationTimeout, .peerHandshakeLimit, .channelLimit, .peerChannelLimit, .descriptorReserve,
-        .passedDescriptorLost, .serverNotTrusted,
-    ]
+    /// The audit reason for this failure: its code's spelling.
+    public var auditReason: AuditReason { AuditReason(code) }
 }

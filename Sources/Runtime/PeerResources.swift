@@ -30,21 +30,6 @@ public struct PeerResourceLimits: Sendable, Equatable {
     }
 }
 
-// Reason codes of refused introductions (docs/AUDIT.md, handshake.failed role responder).
-extension AuditReason {
-    /// The claimed `from` already has `maxHandshakesPerPeer` handshakes in progress with us.
-    public static let peerHandshakeLimit: AuditReason = "peerHandshakeLimit"
-    /// `maxChannels` channels are open (or being opened) already.
-    public static let channelLimit: AuditReason = "channelLimit"
-    /// The claimed key already holds `maxChannelsPerPeer` open channels with us.
-    public static let peerChannelLimit: AuditReason = "peerChannelLimit"
-    /// Accepting would eat into the descriptor reserve below RLIMIT_NOFILE.
-    public static let descriptorReserve: AuditReason = "descriptorReserve"
-    /// The kernel dropped the passed descriptor (MSG_CTRUNC, at the descriptor limit); only
-    /// that introduction is lost, the server connection stays.
-    public static let passedDescriptorLost: AuditReason = "passedDescriptorLost"
-}
-
 /// Counts what introductions to us hold, by claimed/verified key, and decides admission.
 /// Thread-safe; every admission is matched by exactly one `handshakeEnded`.
 final class PeerResourceGovernor: Sendable {
@@ -96,14 +81,14 @@ final class PeerResourceGovernor: Sendable {
         let limit = descriptorLimit()
         return counts.withLock { c -> Refusal? in
             if c.handshakesByPeer[key, default: 0] >= limits.maxHandshakesPerPeer {
-                return Refusal(reason: .peerHandshakeLimit, detail: "\(limits.maxHandshakesPerPeer) handshakes already in progress for this key")
+                return Refusal(reason: .runtime(.peerHandshakeLimit), detail: "\(limits.maxHandshakesPerPeer) handshakes already in progress for this key")
             }
             // Handshakes in progress count too: each may become a channel before it is counted.
             if c.channelsByPeer[key, default: 0] + c.handshakesByPeer[key, default: 0] >= limits.maxChannelsPerPeer {
-                return Refusal(reason: .peerChannelLimit, detail: "\(limits.maxChannelsPerPeer) channels already open with this key")
+                return Refusal(reason: .runtime(.peerChannelLimit), detail: "\(limits.maxChannelsPerPeer) channels already open with this key")
             }
             if c.channels + c.handshakes >= limits.maxChannels {
-                return Refusal(reason: .channelLimit, detail: "\(limits.maxChannels) channels open or being opened")
+                return Refusal(reason: .runtime(.channelLimit), detail: "\(limits.maxChannels) channels open or being opened")
             }
             if let limit, let refusal = descriptorCheck(&c, limit: limit) { return refusal }
             c.handshakes += 1
@@ -126,7 +111,7 @@ final class PeerResourceGovernor: Sendable {
         }
         if estimate + limits.descriptorReserve >= limit {
             return Refusal(
-                reason: .descriptorReserve,
+                reason: .runtime(.descriptorReserve),
                 detail: "\(estimate) of \(limit) descriptors open; \(limits.descriptorReserve) are kept for server connections")
         }
         return nil

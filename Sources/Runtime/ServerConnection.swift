@@ -87,7 +87,7 @@ final class ServerConnection: @unchecked Sendable {
     private func handle(_ event: StreamEvent) {
         switch event {
         case .received(let chunk):
-            do throws(ControlStreamReader<PassedDescriptor>.ReadError) {
+            do throws(OCapNError) {
                 // MSG_CTRUNC (EMFILE/ENFILE, or a descriptor with no room): the read that
                 // holds the marker's first byte carried it (K5), so a placeholder tagged with
                 // this read stands in for it and the stream stays in step.
@@ -112,7 +112,7 @@ final class ServerConnection: @unchecked Sendable {
                 disconnect(PeerError(.serverDisconnected, "control stream: \(error)"))
             }
         case .endOfStream:
-            do throws(ControlStreamReader<PassedDescriptor>.ReadError) {
+            do throws(OCapNError) {
                 try reader.finish()
                 disconnect(PeerError(.serverDisconnected, "the server closed the connection"))
             } catch {
@@ -153,7 +153,7 @@ final class ServerConnection: @unchecked Sendable {
             actions = try client.receive(message)
         } catch {
             passed?.close()
-            let code: PeerError.Code = server == nil ? .registrationFailed : .serverDisconnected
+            let code: PeerError.Code.Netlayer = server == nil ? .registrationFailed : .serverDisconnected
             disconnect(PeerError(code, "\(error.code.rawValue): \(error.detail)"))
             return
         }

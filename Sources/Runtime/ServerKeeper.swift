@@ -109,8 +109,8 @@ public final class ServerKeeper: Sendable {
     /// How a failed attempt counts for the retry state.
     static func kind(ofAttemptFailure error: PeerError) -> ServerFailureKind {
         switch error.code {
-        case .serverUnreachable: return .unreachable
-        case .serverDisconnected: return .refused
+        case .netlayer(.serverUnreachable): return .unreachable
+        case .netlayer(.serverDisconnected): return .refused
         default: return .rejectedServer  // registrationFailed (signature, pinned key), registrationTimeout
         }
     }

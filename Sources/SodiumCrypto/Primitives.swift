@@ -1,4 +1,5 @@
 internal import CSodium
+import Errors
 
 /// libsodium initialisation; every entry point calls it, so callers never need to.
 public enum Sodium {
@@ -17,26 +18,17 @@ public enum Sodium {
     }
 }
 
-/// Error from a cryptographic primitive. Carries no key material.
-public struct CryptoError: Error, Equatable, Sendable, CustomStringConvertible {
-    public enum Code: String, Sendable {
-        case invalidLength
-        case invalidPublicKey
-        case lowOrderPoint
-        case decryptFailed
-        case keyDerivationFailed
-    }
-    public let code: Code
-    /// Operation and sizes only; never secret bytes.
-    public let detail: String
-
-    public init(_ code: Code, _ detail: String) {
-        self.code = code
-        self.detail = detail
-    }
-
-    public var description: String { "\(code.rawValue): \(detail)" }
+/// The stable codes of `CryptoError`.
+public enum CryptoErrorCode: String, ErrorCode {
+    case invalidLength
+    case invalidPublicKey
+    case lowOrderPoint
+    case decryptFailed
+    case keyDerivationFailed
 }
+
+/// Error from a cryptographic primitive. Carries no key material.
+public typealias CryptoError = CodedError<CryptoErrorCode>
 
 /// Random bytes from libsodium's CSPRNG.
 public enum RandomBytes {

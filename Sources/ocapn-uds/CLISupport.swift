@@ -61,20 +61,20 @@ enum CLI {
     /// (" — is the intro-server running? see --server"); empty when the code says it all.
     static func hint(for code: PeerError.Code) -> String {
         switch code {
-        case .serverUnreachable:
+        case .netlayer(.serverUnreachable):
             return " — is the intro-server running? see --server"
-        case .introductionDropped:
+        case .netlayer(.introductionDropped):
             return " — is the target's `ocapn-uds peer` running and registered with that server?"
                 + " (the server drops an introduction its target does not pick up within --pending-lifetime-ms)"
-        case .noSharedServer:
+        case .netlayer(.noSharedServer):
             return " — pass the full URI the target printed (its ?<server>=t hints name its servers), and a --server it uses"
-        case .registrationTimeout:
+        case .netlayer(.registrationTimeout):
             return " — the server accepted the connection but did not answer; is it overloaded? see --registration-timeout-ms"
-        case .registrationFailed:
+        case .netlayer(.registrationFailed):
             return " — does --server PATH=DESIGNATOR name the key that server prints on its `listening:` line?"
-        case .timeout:
+        case .handshake(.timeout):
             return " — the target did not finish the handshake in time; see --handshake-timeout-ms"
-        case .identityMismatch, .wrongResponder:
+        case .handshake(.identityMismatch), .handshake(.wrongResponder):
             return " — the socket was not answered by the key in the locator: the server or the peer is not who it claims"
         default:
             return ""

@@ -95,7 +95,7 @@ struct ConnectCommand: AsyncParsableCommand {
     private func exchange(_ netlayer: PeerNetlayer, _ target: PeerLocator) async throws {
         guard !target.hintServers.isEmpty else {
             // Nothing to ask: say what to do instead of "none of the target's 0 hinted servers".
-            throw CLIError(.failure, "connect: \(PeerError.Code.noSharedServer.rawValue): the locator names no introduction server"
+            throw CLIError(.failure, "connect: \(PeerError.Code.Netlayer.noSharedServer.rawValue): the locator names no introduction server"
                 + " (it has no ?<server>=t hints) — use the full URI the target's `ocapn-uds peer` printed on its first line")
         }
         for (path, key) in try options.servers() {

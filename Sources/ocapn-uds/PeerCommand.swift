@@ -196,18 +196,27 @@ enum PeerOutput {
     /// everything else (unreachable, timeout, no shared server) is 1.
     static func exitCode(for error: PeerError) -> CLIExitCode {
         switch error.code {
-        case .badMagic, .unsupportedVersion, .unexpectedMessageType, .reservedFlagsSet, .wrongResponder,
-             .identityMismatch, .selfConnection, .invalidIdentityKey, .peerNotAllowed, .nonCanonicalPoint,
-             .lowOrderPoint, .reflection, .decryptFailed, .badSignature, .badFrameLength, .unknownFrameType,
-             .unexpectedAuthFrame, .emptyDataFrame, .dataAfterClose, .legacyPeerRefused, .registrationFailed,
-             .serverNotTrusted:
-            return .refused
-        case .passedSocketInvalid, .notAddressedToUs, .handshakeLimitExceeded, .timeout, .truncated, .nonceExhausted,
-             .messageTooLarge, .ioError, .channelClosed, .noSharedServer, .serverDisconnected, .serverUnreachable,
-             .registrationTimeout, .invalidLocator, .netlayerClosed, .invalidConfiguration:
-            return .failure
-        case .introductionDropped:
-            return .introductionDropped
+        case .handshake(let code):
+            switch code {
+            case .badMagic, .unsupportedVersion, .unexpectedMessageType, .reservedFlagsSet, .wrongResponder,
+                 .identityMismatch, .selfConnection, .invalidIdentityKey, .peerNotAllowed, .nonCanonicalPoint,
+                 .lowOrderPoint, .reflection, .decryptFailed, .badSignature, .badFrameLength, .unknownFrameType,
+                 .unexpectedAuthFrame, .emptyDataFrame, .dataAfterClose:
+                return .refused
+            case .passedSocketInvalid, .notAddressedToUs, .handshakeLimitExceeded, .timeout, .truncated, .nonceExhausted,
+                 .messageTooLarge:
+                return .failure
+            }
+        case .netlayer(let code):
+            switch code {
+            case .legacyPeerRefused, .registrationFailed, .serverNotTrusted:
+                return .refused
+            case .ioError, .channelClosed, .noSharedServer, .serverDisconnected, .serverUnreachable,
+                 .registrationTimeout, .invalidLocator, .netlayerClosed, .invalidConfiguration:
+                return .failure
+            case .introductionDropped:
+                return .introductionDropped
+            }
         }
     }
 

@@ -24,9 +24,9 @@ import Testing
             AuditEvent(.handshakeStarted, attempt: .init(rawValue: 1), local: local, expectedPeer: a),
             AuditEvent(.handshakeSucceeded, attempt: .init(rawValue: 1), local: local, expectedPeer: a, provedPeer: a),
             AuditEvent(.handshakeStarted, attempt: .init(rawValue: 2), local: local, expectedPeer: b),
-            AuditEvent(.handshakeFailed, reason: .badSignature, attempt: .init(rawValue: 2), local: local, expectedPeer: b),
-            AuditEvent(.handshakeFailed, reason: .badSignature, attempt: .init(rawValue: 3), local: local, expectedPeer: b),
-            AuditEvent(.handshakeFailed, reason: .timeout, attempt: .init(rawValue: 3), local: local, expectedPeer: b),
+            AuditEvent(.handshakeFailed, reason: .named("badSignature"), attempt: .init(rawValue: 2), local: local, expectedPeer: b),
+            AuditEvent(.handshakeFailed, reason: .named("badSignature"), attempt: .init(rawValue: 3), local: local, expectedPeer: b),
+            AuditEvent(.handshakeFailed, reason: .named("timeout"), attempt: .init(rawValue: 3), local: local, expectedPeer: b),
             AuditEvent(.handshakeStarted, attempt: .init(rawValue: 4), local: local, expectedPeer: a),
             AuditEvent(.channelClosed, local: local, provedPeer: a, clean: true),
         ]
@@ -37,7 +37,7 @@ import Testing
         #expect(s.count(.handshakeFailed, .failure) == 3)
         #expect(s.count(.handshakeSucceeded, .success) == 1)
         #expect(s.count(.logOpened, .info) == 1)
-        #expect(s.failuresByReason == [.badSignature: 2, .timeout: 1])
+        #expect(s.failuresByReason == [.named("badSignature"): 2, .named("timeout"): 1])
         #expect(s.failureCount == 3 && s.failures.count == 3)
         #expect(s.topPeers(5).map(\.peer) == [a, b].sorted())
         #expect(s.topPeers(5).map(\.count) == [4, 4])
@@ -57,9 +57,9 @@ import Testing
         let a = peer(), b = peer()
         let rs = records([
             AuditEvent(.handshakeSucceeded, provedPeer: a),
-            AuditEvent(.handshakeFailed, reason: .timeout, expectedPeer: b),
+            AuditEvent(.handshakeFailed, reason: .named("timeout"), expectedPeer: b),
             AuditEvent(.introductionForwarded, from: a, to: b),
-            AuditEvent(.registrationRefused, reason: .uidNotAllowed),
+            AuditEvent(.registrationRefused, reason: .named("uidNotAllowed")),
         ])
         func run(_ q: AuditQuery) -> [Int] { rs.filter { q.matches($0.record) }.map(\.location.line) }
         #expect(run(AuditQuery()) == [2, 3, 4, 5])

@@ -27,7 +27,7 @@ import Testing
 
     @Test func aDuplicatedFieldIsRejected() throws {
         var chain = AuditChain(writer: TestKey().identity, signer: nil)
-        let line = String(decoding: chain.append(AuditEvent(.handshakeFailed, reason: .timeout), at: StepClock().read()), as: UTF8.self)
+        let line = String(decoding: chain.append(AuditEvent(.handshakeFailed, reason: .named("timeout")), at: StepClock().read()), as: UTF8.self)
         let dup = String(line.dropLast()) + ",\"reason\":\"badMagic\"}"
         do {
             _ = try AuditRecord.decode(Array(dup.utf8)[...])
@@ -52,7 +52,7 @@ import Testing
 
     @Test func anOutcomeThatContradictsTheEventIsRejected() throws {
         var chain = AuditChain(writer: TestKey().identity, signer: nil)
-        let line = String(decoding: chain.append(AuditEvent(.handshakeFailed, reason: .timeout), at: StepClock().read()), as: UTF8.self)
+        let line = String(decoding: chain.append(AuditEvent(.handshakeFailed, reason: .named("timeout")), at: StepClock().read()), as: UTF8.self)
         let forged = line.replacingOccurrences(of: "\"outcome\":\"failure\"", with: "\"outcome\":\"success\"")
         #expect(forged != line)
         #expect(throws: AuditError.self) { try AuditRecord.decode(Array(forged.utf8)[...]) }
@@ -98,36 +98,19 @@ import Testing
 
     @Test func reasonCodesAreStringBackedAndRestrictedToACodeAlphabet() {
         #expect(AuditReason(rawValue: "customLayerCode") != nil)
+        #expect(AuditReason(rawValue: "a.b_c-9")?.rawValue == "a.b_c-9")
         #expect(AuditReason(rawValue: "has space") == nil)
         #expect(AuditReason(rawValue: "") == nil)
+        #expect(AuditReason(rawValue: String(repeating: "a", count: 64)) != nil)
         #expect(AuditReason(rawValue: String(repeating: "a", count: 65)) == nil)
-        #expect(AuditReason.documented.contains(.nonceExhausted))
-        #expect(AuditReason.documented.contains(.targetUnknownExpired))
-    }
-
-    @Test("Each layer lists a reason code once, documented is their sorted union, and docs/AUDIT.md names every code")
-    func reasonListsHaveNoRepeatsAndEveryCodeIsInTheAuditDocument() throws {
-        let layers = [("handshake", AuditReason.handshakeCodes), ("intro-server", AuditReason.introServerCodes),
-                      ("channel", AuditReason.channelCodes)]
-        for (layer, codes) in layers {
-            var seen = Set<AuditReason>()
-            for code in codes { #expect(seen.insert(code).inserted, "\(code.rawValue) listed twice in \(layer)Codes") }
-        }
-        let union = Set(layers.flatMap { $0.1 })
-        #expect(AuditReason.documented == union.sorted())
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let document = String(decoding: try Data(contentsOf: root.appendingPathComponent("docs/AUDIT.md")), as: UTF8.self)
-        for code in AuditReason.documented {
-            #expect(document.contains("`\(code.rawValue)`"), "\(code.rawValue) is not named in docs/AUDIT.md")
-        }
     }
 
     @Test func outcomesFollowFromTheEventKind() {
         #expect(AuditEvent(.handshakeSucceeded).outcome == .success)
         #expect(AuditEvent(.introductionQueued).outcome == .pending)
-        #expect(AuditEvent(.introductionExpired, reason: .targetUnknownExpired).outcome == .failure)
+        #expect(AuditEvent(.introductionExpired, reason: .named("targetUnknownExpired")).outcome == .failure)
         #expect(AuditEvent(.channelClosed, clean: true).outcome == .success)
-        #expect(AuditEvent(.channelClosed, reason: .peerReset, clean: false).outcome == .failure)
+        #expect(AuditEvent(.channelClosed, reason: .named("peerReset"), clean: false).outcome == .failure)
         #expect(AuditEvent(.handshakeFailed).invariantViolation != nil)
         #expect(AuditEvent(.channelClosed).invariantViolation != nil)
     }

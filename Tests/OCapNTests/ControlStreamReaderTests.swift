@@ -54,7 +54,7 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
     @Test func aMarkerWithoutADescriptorIsFdMissing() throws {
         var r = Reader()
         _ = try r.receive(newConnection + marker, descriptors: [])
-        let e = #expect(throws: Reader.ReadError.self) { try r.next() }
+        let e = #expect(throws: OCapNError.self) { try r.next() }
         #expect(e?.code == .fdMissing)
         #expect(r.drainDescriptors().isEmpty)
     }
@@ -62,7 +62,7 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
     @Test func aDescriptorWithAnOrdinaryMessageIsUnexpected() throws {
         var r = Reader()
         _ = try r.receive(register, descriptors: [9])
-        let e = #expect(throws: Reader.ReadError.self) { try r.next() }
+        let e = #expect(throws: OCapNError.self) { try r.next() }
         #expect(e?.code == .unexpectedFD)
         #expect(r.drainDescriptors() == [9])
     }
@@ -78,14 +78,14 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
 
     @Test func threeDescriptorsInOneReadAreExtra() throws {
         var r = Reader()
-        let e = #expect(throws: Reader.ReadError.self) { try r.receive(newConnection + marker, descriptors: [4, 5, 6]) }
+        let e = #expect(throws: OCapNError.self) { try r.receive(newConnection + marker, descriptors: [4, 5, 6]) }
         #expect(e?.code == .extraFDs)
         #expect(r.drainDescriptors() == [4, 5, 6])
     }
 
     @Test func strictLimitsRefuseASecondDescriptor() throws {
         var r = Reader(limits: .init(maxDescriptorsPerRead: 1))
-        let e = #expect(throws: Reader.ReadError.self) { try r.receive(newConnection + marker, descriptors: [4, 5]) }
+        let e = #expect(throws: OCapNError.self) { try r.receive(newConnection + marker, descriptors: [4, 5]) }
         #expect(e?.code == .extraFDs)
         #expect(r.drainDescriptors() == [4, 5])
     }
@@ -93,7 +93,7 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
     @Test func aPaddedDescriptorPairOnARecordStillFailsAndReturnsBoth() throws {
         var r = Reader()
         let extras = try r.receive(register, descriptors: [8, 9])
-        let e = #expect(throws: Reader.ReadError.self) { try r.next() }
+        let e = #expect(throws: OCapNError.self) { try r.next() }
         #expect(e?.code == .unexpectedFD)
         #expect(extras + r.drainDescriptors() == [9, 8])
     }
@@ -102,7 +102,7 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
         var r = Reader()
         _ = try r.receive(Array(register.prefix(5)), descriptors: [])
         #expect(try r.next() == nil)
-        let e = #expect(throws: Reader.ReadError.self) { try r.finish() }
+        let e = #expect(throws: OCapNError.self) { try r.finish() }
         #expect(e?.code == .truncated)
     }
 
@@ -110,21 +110,21 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
         var r = Reader()
         _ = try r.receive(newConnection, descriptors: [])
         #expect(try r.next() == nil)
-        let e = #expect(throws: Reader.ReadError.self) { try r.finish() }
+        let e = #expect(throws: OCapNError.self) { try r.finish() }
         #expect(e?.code == .truncated)
     }
 
     @Test func garbageIsAMalformedMessage() throws {
         var r = Reader()
         _ = try r.receive(Array("zzz".utf8), descriptors: [])
-        let e = #expect(throws: Reader.ReadError.self) { try r.next() }
+        let e = #expect(throws: OCapNError.self) { try r.next() }
         #expect(e?.code == .malformedMessage)
     }
 
     @Test func aHugeLengthPrefixIsRefusedWithoutWaiting() throws {
         var r = Reader()
         _ = try r.receive(Array("99999999999999999999:".utf8), descriptors: [])
-        let e = #expect(throws: Reader.ReadError.self) { try r.next() }
+        let e = #expect(throws: OCapNError.self) { try r.next() }
         #expect(e?.code == .messageTooLarge || e?.code == .malformedMessage)
     }
 
@@ -132,7 +132,7 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
         var r = Reader(limits: .init(syrup: .controlMessage))
         let big = Array("<3'foo\(SyrupLimits.controlMessage.maxTotalBytes + 10):".utf8)
         _ = try r.receive(big, descriptors: [])
-        let e = #expect(throws: Reader.ReadError.self) {
+        let e = #expect(throws: OCapNError.self) {
             _ = try r.next()
             _ = try r.receive([UInt8](repeating: 0x41, count: SyrupLimits.controlMessage.maxTotalBytes + 10), descriptors: [])
             _ = try r.next()

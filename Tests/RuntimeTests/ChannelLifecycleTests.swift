@@ -31,7 +31,7 @@ import Transport
                 guard let message = try await cb.receive() else { break }
                 delivered.append(message)
             } catch {
-                #expect(error.code == .channelClosed)
+                #expect(error.code == .netlayer(.channelClosed))
                 break
             }
             #expect(engine.queue.sync { engine.isWatchingDescriptor } == false)
@@ -45,17 +45,19 @@ import Transport
         var tooLarge = ChannelRuntimeConfiguration()
         tooLarge.handshake = HandshakeConfiguration(channel: ChannelConfiguration(maxBufferedInput: 256 << 10))
         tooLarge.readChunkSize = 256 << 10
-        #expect(throws: PeerError(.invalidConfiguration, "")) {
+        let establishment = #expect(throws: PeerError.self) {
             try ChannelEstablishment(identity: alice, configuration: tooLarge, logger: PeerTestSupport.quietLogger)
         }
+        #expect(establishment?.code == .netlayer(.invalidConfiguration))
         // One byte over the room left behind an unfinished frame is refused too.
         tooLarge.readChunkSize = (256 << 10) - FrameFormat.maxFrameLength + 2
-        #expect(throws: PeerError(.invalidConfiguration, "")) { try tooLarge.validate() }
+        #expect((#expect(throws: PeerError.self) { try tooLarge.validate() })?.code == .netlayer(.invalidConfiguration))
         var netlayer = PeerNetlayer.Configuration()
         netlayer.channel = tooLarge
-        #expect(throws: PeerError(.invalidConfiguration, "")) {
+        let netlayerError = #expect(throws: PeerError.self) {
             try PeerNetlayer(identity: alice, configuration: netlayer, logger: PeerTestSupport.quietLogger)
         }
+        #expect(netlayerError?.code == .netlayer(.invalidConfiguration))
         #expect(throws: Never.self) { try ChannelRuntimeConfiguration().validate() }
     }
 

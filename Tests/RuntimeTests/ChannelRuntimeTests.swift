@@ -80,7 +80,7 @@ import Transport
         small.handshake = HandshakeConfiguration(channel: ChannelConfiguration(maxMessageSize: 1000))
         let (ca, cb) = try await PeerTestSupport.connectedPair(
             PeerTestSupport.establishment(alice, small), PeerTestSupport.establishment(bob, small))
-        #expect(await PeerTestSupport.code { try await ca.send([UInt8](repeating: 1, count: 1001)) } == .messageTooLarge)
+        #expect(await PeerTestSupport.code { try await ca.send([UInt8](repeating: 1, count: 1001)) } == .handshake(.messageTooLarge))
         try await ca.send([UInt8](repeating: 2, count: 1000))
         #expect(try await cb.receive() == [UInt8](repeating: 2, count: 1000))
         #expect(await PeerTestSupport.closeBoth(ca, cb))
@@ -129,11 +129,11 @@ import Transport
         try await ca.send([1, 2, 3])
         await ca.abort()
         #expect(try await cb.receive() == [1, 2, 3], "messages before the cut are still delivered")
-        #expect(await PeerTestSupport.code { try await cb.receive() } == .truncated)
+        #expect(await PeerTestSupport.code { try await cb.receive() } == .handshake(.truncated))
         let summary = await cb.close()
-        #expect(!summary.clean && summary.reason?.code == .truncated)
+        #expect(!summary.clean && summary.reason?.code == .handshake(.truncated))
         let closed = PeerTestSupport.events(sinkB, .channelClosed)
-        #expect(closed.count == 1 && closed.first?.clean == false && closed.first?.reason == .truncated)
+        #expect(closed.count == 1 && closed.first?.clean == false && closed.first?.reason == .handshake(.truncated))
         #expect(closed.first?.traffic?.messagesReceived == 1)
     }
 
@@ -147,7 +147,7 @@ import Transport
         #expect(seen == (1...5).map { [UInt8($0)] })
         await cb.close()
         #expect((await closing).clean)
-        #expect(await PeerTestSupport.code { try await ca.send([9]) } == .channelClosed)
+        #expect(await PeerTestSupport.code { try await ca.send([9]) } == .netlayer(.channelClosed))
     }
 }
 
@@ -162,12 +162,12 @@ import Transport
         defer { theirs.close() }
         let link = RawSocket.link(of: ours)
         let started = ContinuousClock.now
-        #expect(await PeerTestSupport.code { try await b.respond(over: ours, expecting: alice.publicIdentity) } == .timeout)
+        #expect(await PeerTestSupport.code { try await b.respond(over: ours, expecting: alice.publicIdentity) } == .handshake(.timeout))
         #expect(started.duration(to: .now) < .seconds(5), "ends at its own deadline, not the 10 s default")
         #expect(await RawSocket.becomesClosed(link))
         #expect(RawSocket.read(theirs).eof, "the initiator's end sees EOF and no byte")
         let failed = PeerTestSupport.events(sink, .handshakeFailed)
-        #expect(failed.count == 1 && failed.first?.reason == .timeout && failed.first?.role == .responder)
+        #expect(failed.count == 1 && failed.first?.reason == .handshake(.timeout) && failed.first?.role == .responder)
         #expect(PeerTestSupport.events(sink, .handshakeStarted).first?.attempt == failed.first?.attempt)
         #expect(b.limiter.inProgress == 0)
     }
@@ -177,7 +177,7 @@ import Transport
         let (ours, theirs) = try FileDescriptor.socketPair()
         defer { theirs.close() }
         let link = RawSocket.link(of: ours)
-        #expect(await PeerTestSupport.code { try await a.initiate(over: ours, to: bob.publicIdentity) } == .timeout)
+        #expect(await PeerTestSupport.code { try await a.initiate(over: ours, to: bob.publicIdentity) } == .handshake(.timeout))
         let seen = RawSocket.read(theirs)
         #expect(seen.bytes.count == 120 && seen.eof, "msg1, then the close")
         #expect(await RawSocket.becomesClosed(link))
@@ -189,10 +189,10 @@ import Transport
         let (ours, theirs) = try FileDescriptor.socketPair()
         defer { theirs.close() }
         try RawSocket.write(theirs, [UInt8](repeating: 0x41, count: 120))
-        #expect(await PeerTestSupport.code { try await b.respond(over: ours, expecting: alice.publicIdentity) } == .badMagic)
+        #expect(await PeerTestSupport.code { try await b.respond(over: ours, expecting: alice.publicIdentity) } == .handshake(.badMagic))
         let seen = RawSocket.read(theirs)
         #expect(seen.bytes.isEmpty && seen.eof)
-        #expect(PeerTestSupport.events(sink, .handshakeFailed).first?.reason == .badMagic)
+        #expect(PeerTestSupport.events(sink, .handshakeFailed).first?.reason == .handshake(.badMagic))
     }
 
     @Test func theHandshakeCapRefusesTheNextHandshakeAtOnceAndFreesItsSlotAfterwards() async throws {
@@ -206,11 +206,11 @@ import Transport
         let secondLink = RawSocket.link(of: second)
         let pending = Task { await PeerTestSupport.code { try await b.respond(over: first, expecting: alice.publicIdentity) } }
         #expect(await PeerTestSupport.eventually { limiter.inProgress == 1 })
-        #expect(await PeerTestSupport.code { try await b.respond(over: second, expecting: alice.publicIdentity) } == .handshakeLimitExceeded)
+        #expect(await PeerTestSupport.code { try await b.respond(over: second, expecting: alice.publicIdentity) } == .handshake(.handshakeLimitExceeded))
         #expect(await RawSocket.becomesClosed(secondLink))
-        #expect(await pending.value == .timeout)
+        #expect(await pending.value == .handshake(.timeout))
         #expect(limiter.inProgress == 0)
-        #expect(PeerTestSupport.events(sink, .handshakeFailed).map(\.reason).contains(.handshakeLimitExceeded))
+        #expect(PeerTestSupport.events(sink, .handshakeFailed).map(\.reason).contains(.handshake(.handshakeLimitExceeded)))
         // The slot is free again: a real handshake now succeeds.
         let (ca, cb) = try await PeerTestSupport.connectedPair(PeerTestSupport.establishment(alice), b)
         #expect(await PeerTestSupport.closeBoth(ca, cb))
@@ -220,7 +220,7 @@ import Transport
         let b = PeerTestSupport.establishment(bob)
         let (readEnd, writeEnd) = RawSocket.pipeEnds()
         defer { writeEnd.close() }
-        #expect(await PeerTestSupport.code { try await b.respond(over: readEnd, expecting: alice.publicIdentity) } == .passedSocketInvalid)
+        #expect(await PeerTestSupport.code { try await b.respond(over: readEnd, expecting: alice.publicIdentity) } == .handshake(.passedSocketInvalid))
         #expect(!readEnd.isOpen, "the runtime closed the descriptor it was given")
     }
 
@@ -229,7 +229,7 @@ import Transport
         let (ours, theirs) = try FileDescriptor.socketPair()
         defer { theirs.close() }
         let intro = IntroductionContext(from: PeerLocator(identity: alice.publicIdentity), to: PeerLocator(identity: alice.publicIdentity))
-        #expect(await PeerTestSupport.code { try await b.respond(over: ours, expecting: alice.publicIdentity, introduction: intro) } == .notAddressedToUs)
+        #expect(await PeerTestSupport.code { try await b.respond(over: ours, expecting: alice.publicIdentity, introduction: intro) } == .handshake(.notAddressedToUs))
         #expect(RawSocket.read(theirs).eof)
     }
 
@@ -239,10 +239,10 @@ import Transport
         let (ours, theirs) = try FileDescriptor.socketPair()
         defer { theirs.close() }
         try RawSocket.write(theirs, Array("<16'op:start-session".utf8) + [0x33])
-        #expect(await PeerTestSupport.code { try await b.respond(over: ours, expecting: alice.publicIdentity) } == .legacyPeerRefused)
+        #expect(await PeerTestSupport.code { try await b.respond(over: ours, expecting: alice.publicIdentity) } == .netlayer(.legacyPeerRefused))
         #expect(RawSocket.read(theirs).eof)
         let refused = PeerTestSupport.events(sink, .legacyPeerRefused)
-        #expect(refused.count == 1 && refused.first?.reason == .legacyPeerRefused)
+        #expect(refused.count == 1 && refused.first?.reason == .netlayer(.legacyPeerRefused))
         #expect(PeerTestSupport.events(sink, .handshakeFailed).isEmpty, "one terminal record per attempt")
     }
 

@@ -74,9 +74,9 @@ import Transport
             Issue.record("a claim outside the allow-list was admitted")
             return
         }
-        #expect(error.code == .legacyPeerRefused)
+        #expect(error.code == .netlayer(.legacyPeerRefused))
         let refused = try #require(PeerTestSupport.events(sink, .legacyPeerRefused).first)
-        #expect(refused.reason == .legacyPeerRefused && refused.claimedFrom == AuditPeerID(alice.publicIdentity))
+        #expect(refused.reason == .netlayer(.legacyPeerRefused) && refused.claimedFrom == AuditPeerID(alice.publicIdentity))
         #expect(refused.expectedPeer == nil && refused.authenticated == false)
         guard case let .success(channel) = try await legacy(b, claiming: carol.publicIdentity) else {
             Issue.record("an allow-listed claim was refused")
@@ -103,8 +103,8 @@ import Transport
             Issue.record("a key that proved itself was admitted as legacy")
             return
         }
-        #expect(error.code == .legacyPeerRefused)
-        #expect(PeerTestSupport.events(sink, .legacyPeerRefused).map(\.reason) == [.legacyKeyProvedBefore])
+        #expect(error.code == .netlayer(.legacyPeerRefused))
+        #expect(PeerTestSupport.events(sink, .legacyPeerRefused).map(\.reason) == [.runtime(.legacyKeyProvedBefore)])
         guard case let .success(other) = try await legacy(b, claiming: carol.publicIdentity) else {
             Issue.record("an unrelated claim was refused")
             return
@@ -126,6 +126,6 @@ import Transport
             Issue.record("admitted with a full memory")
             return
         }
-        #expect(PeerTestSupport.events(sink, .legacyPeerRefused).map(\.reason) == [.legacyKeyProvedBefore])
+        #expect(PeerTestSupport.events(sink, .legacyPeerRefused).map(\.reason) == [.runtime(.legacyKeyProvedBefore)])
     }
 }

@@ -99,7 +99,7 @@ import Transport
         #expect(await PeerTestSupport.eventually { stdin.links == 1 }, "links: \(stdin.links)")
         let closed = sink.events.filter { $0.kind == .descriptorsClosed }
         #expect(closed.count == 1)
-        #expect(closed.first?.reason == .extraDescriptorsClosed)
+        #expect(closed.first?.reason == AuditReason(introductionServer: .extraDescriptorsClosed))
         #expect(closed.first?.descriptorKinds?.names == ["pipe"])
         #expect(closed.first?.from == AuditPeerID(a.identity))
         #expect(sink.events.filter { $0.kind == .introductionForwarded }.count == 1)
@@ -134,7 +134,7 @@ import Transport
         #expect(stdin.links == before, "links: \(stdin.links), before: \(before)")
         let closed = b.events(.descriptorsClosed)
         #expect(closed.count == 1)
-        #expect(closed.first?.reason == .extraDescriptorsClosed)
+        #expect(closed.first?.reason == .runtime(.extraDescriptorsClosed))
         #expect(closed.first?.descriptorKinds?.names == ["pipe"])
         #expect(closed.first?.introServer == AuditPeerID(server.publicIdentity))
         #expect(a.events(.descriptorsClosed).isEmpty)

@@ -39,8 +39,8 @@ import Transport
         let a = TestPeer(handshakeTimeout: .seconds(3))
         let b = TestPeer()
         try await Self.register([a, b], server)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .introductionDropped)
-        #expect(await PeerTestSupport.eventually { Self.failures(b) == [.identityMismatch] })
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .netlayer(.introductionDropped))
+        #expect(await PeerTestSupport.eventually { Self.failures(b) == [.handshake(.identityMismatch)] })
         let record = try #require(b.events(.handshakeFailed).first)
         #expect(record.expectedPeer == AuditPeerID(claimed) && record.from == AuditPeerID(claimed))
         #expect(record.introServer == AuditPeerID(server.publicIdentity))
@@ -65,8 +65,8 @@ import Transport
         async let ab = PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) }
         async let dc = PeerTestSupport.code { try await d.netlayer.connect(to: c.netlayer.locator) }
         let (codeAB, codeDC) = await (ab, dc)
-        #expect(codeAB == .introductionDropped && codeDC == .introductionDropped, "\(String(describing: codeAB)) \(String(describing: codeDC)) b \(Self.failures(b)) c \(Self.failures(c))")
-        #expect(await PeerTestSupport.eventually { Self.failures(b) == [.wrongResponder] && Self.failures(c) == [.wrongResponder] })
+        #expect(codeAB == .netlayer(.introductionDropped) && codeDC == .netlayer(.introductionDropped), "\(String(describing: codeAB)) \(String(describing: codeDC)) b \(Self.failures(b)) c \(Self.failures(c))")
+        #expect(await PeerTestSupport.eventually { Self.failures(b) == [.handshake(.wrongResponder)] && Self.failures(c) == [.handshake(.wrongResponder)] })
         await Self.shutdown([a, b, c, d])
     }
 
@@ -86,8 +86,8 @@ import Transport
         async let ab = PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) }
         async let dc = PeerTestSupport.code { try await d.netlayer.connect(to: c.netlayer.locator) }
         let (codeAB, codeDC) = await (ab, dc)
-        #expect(codeAB == .unexpectedMessageType && codeDC == .unexpectedMessageType)
-        #expect(Self.failures(a) == [.unexpectedMessageType] && Self.failures(d) == [.unexpectedMessageType])
+        #expect(codeAB == .handshake(.unexpectedMessageType) && codeDC == .handshake(.unexpectedMessageType))
+        #expect(Self.failures(a) == [.handshake(.unexpectedMessageType)] && Self.failures(d) == [.handshake(.unexpectedMessageType)])
         await Self.shutdown([a, b, c, d])
     }
 
@@ -106,7 +106,7 @@ import Transport
         if let channel { #expect(channel.verifiedPeer?.publicKey == b.identity.publicKey, "only B can finish as B") }
         #expect(await PeerTestSupport.eventually { Self.failures(c).count == 1 })
         let cReason = try #require(Self.failures(c).first)
-        #expect([.wrongResponder, .timeout, .truncated].contains(cReason))
+        #expect([.handshake(.wrongResponder), .handshake(.timeout), .handshake(.truncated)].contains(cReason))
         #expect(c.events(.handshakeSucceeded).isEmpty)
         #expect(b.events(.handshakeSucceeded).count + Self.failures(b).count <= 1)
         if let channel { await channel.abort() }
@@ -150,7 +150,7 @@ import Transport
         #expect(!stolen.isEmpty, "the kept copy did read bytes")
         #expect(!contains(stolen, secret), "the kept copy saw no plaintext")
         #expect(received.allSatisfy { $0 == secret }, "the victim only ever gets authentic messages")
-        #expect(failure.map { [.decryptFailed, .badFrameLength, .truncated, .unknownFrameType].contains($0) } ?? true)
+        #expect(failure.map { [.handshake(.decryptFailed), .handshake(.badFrameLength), .handshake(.truncated), .handshake(.unknownFrameType)].contains($0) } ?? true)
         if failure != nil {
             #expect(await PeerTestSupport.eventually { b.events(.channelClosed).first?.clean == false })
         }
@@ -175,8 +175,8 @@ import Transport
         // The kept copy is B's end, so what the server writes reaches A: a well-formed length
         // and 40 bytes of forgery.
         try RawSocket.write(try #require(kept.first), [0x00, 0x28] + [UInt8](repeating: 0xa5, count: 40))
-        #expect(await PeerTestSupport.code { try await ca.receive() } == .decryptFailed)
-        #expect(await PeerTestSupport.eventually { a.events(.channelClosed).first?.reason == .decryptFailed })
+        #expect(await PeerTestSupport.code { try await ca.receive() } == .handshake(.decryptFailed))
+        #expect(await PeerTestSupport.eventually { a.events(.channelClosed).first?.reason == .handshake(.decryptFailed) })
         #expect(a.events(.channelClosed).first?.clean == false)
         await cb.abort()
         await Self.shutdown([a, b])
@@ -211,7 +211,7 @@ import Transport
         let msg2 = RawSocket.read(attacker, atLeast: 113).bytes
         #expect(msg2.count == 113, "B answers a valid msg1, but…")
         try RawSocket.write(attacker, [0x00, 0x51] + [UInt8](repeating: 0x33, count: 81))
-        #expect(await PeerTestSupport.eventually { Self.failures(b) == [.decryptFailed] }, "…no AUTH can follow without A's keys")
+        #expect(await PeerTestSupport.eventually { Self.failures(b) == [.handshake(.decryptFailed)] }, "…no AUTH can follow without A's keys")
         #expect(b.events(.handshakeSucceeded).count == 1, "only the genuine session")
         #expect(await b.nextIncoming(timeout: .milliseconds(200)) == nil)
         #expect(await PeerTestSupport.closeBoth(first, firstB))
@@ -231,8 +231,8 @@ import Transport
         let a = TestPeer()
         let b = TestPeer()
         try await Self.register([a, b], server)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .unexpectedMessageType)
-        #expect(Self.failures(a) == [.unexpectedMessageType])
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .handshake(.unexpectedMessageType))
+        #expect(Self.failures(a) == [.handshake(.unexpectedMessageType)])
         await Self.shutdown([a, b])
     }
 
@@ -250,8 +250,8 @@ import Transport
         let a = TestPeer()
         let b = TestPeer()
         try await Self.register([a, b], server)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .lowOrderPoint)
-        #expect(Self.failures(a) == [.lowOrderPoint])
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .handshake(.lowOrderPoint))
+        #expect(Self.failures(a) == [.handshake(.lowOrderPoint)])
 
         // And as a fake initiator towards B.
         let (attacker, victimEnd) = try FileDescriptor.socketPair()
@@ -261,7 +261,7 @@ import Transport
         let msg1 = Self.magicHeader + a.identity.publicKey + b.identity.publicKey
             + [UInt8](repeating: 0, count: 32) + [UInt8](repeating: 0x22, count: 16)
         try RawSocket.write(attacker, msg1)
-        #expect(await PeerTestSupport.eventually { Self.failures(b) == [.lowOrderPoint] })
+        #expect(await PeerTestSupport.eventually { Self.failures(b) == [.handshake(.lowOrderPoint)] })
         #expect(RawSocket.read(attacker).bytes.isEmpty, "nothing is sent in reply to a bad msg1")
         await Self.shutdown([a, b])
     }

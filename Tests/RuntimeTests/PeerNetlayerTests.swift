@@ -40,7 +40,7 @@ import Transport
         #expect(a.events(.registrationAccepted).count == 1)
         await a.netlayer.shutdown()
         await b.netlayer.shutdown()
-        #expect(await handleA.disconnected().code == .netlayerClosed)
+        #expect(await handleA.disconnected().code == .netlayer(.netlayerClosed))
     }
 
     @Test func hintsFollowTheLiveServersAndOneServersEndAffectsOnlyItself() async throws {
@@ -56,7 +56,7 @@ import Transport
         #expect(Set(a.netlayer.locator.hintServers) == [first.publicIdentity, second.publicIdentity])
 
         first.stop()
-        #expect(await handle1.disconnected().code == .serverDisconnected)
+        #expect(await handle1.disconnected().code == .netlayer(.serverDisconnected))
         #expect(await PeerTestSupport.eventually { a.netlayer.locator.hintServers == [second.publicIdentity] })
         #expect(await PeerTestSupport.eventually { b.netlayer.locator.hintServers == [second.publicIdentity] })
 
@@ -78,9 +78,9 @@ import Transport
         let b = TestPeer()
         _ = try await a.netlayer.addServer(path: first.path)
         _ = try await b.netlayer.addServer(path: second.path)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .noSharedServer)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: PeerLocator(identity: b.identity)) } == .noSharedServer)
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: a.netlayer.locator) } == .selfConnection)
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .netlayer(.noSharedServer))
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: PeerLocator(identity: b.identity)) } == .netlayer(.noSharedServer))
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: a.netlayer.locator) } == .handshake(.selfConnection))
         await a.netlayer.shutdown()
         await b.netlayer.shutdown()
     }
@@ -91,7 +91,7 @@ import Transport
         let a = TestPeer()
         let wrong = IdentityKeyPair.generate().publicIdentity
         let error = await PeerTestSupport.code { try await a.netlayer.addServer(path: server.path, expectedKey: wrong) }
-        #expect(error == .registrationFailed)
+        #expect(error == .netlayer(.registrationFailed))
         #expect(a.netlayer.locator.hints == nil)
         #expect(a.events(.registrationRefused).count == 1)
         await a.netlayer.shutdown()
@@ -99,7 +99,7 @@ import Transport
 
     @Test func anUnreachableOrSilentServerFailsWithinItsDeadline() async throws {
         let a = TestPeer(registrationTimeout: .milliseconds(200))
-        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: "/nonexistent/ocapn-uds-test.sock") } == .serverUnreachable)
+        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: "/nonexistent/ocapn-uds-test.sock") } == .netlayer(.serverUnreachable))
         let dir = try TemporaryTestDirectory()
         defer { dir.remove() }
         let silent = try ListeningSocket.bind(path: dir.path + "/silent")  // accepts nothing, answers nothing
@@ -110,7 +110,7 @@ import Transport
         try await Task.sleep(for: .milliseconds(200))
         let lateness = probe.duration(to: .now) - .milliseconds(200)
         let started = ContinuousClock.now
-        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: dir.path + "/silent") } == .registrationTimeout)
+        #expect(await PeerTestSupport.code { try await a.netlayer.addServer(path: dir.path + "/silent") } == .netlayer(.registrationTimeout))
         let elapsed = started.duration(to: .now)
         // The configured 200 ms deadline governs, not the 5 s default: neither early nor anywhere near 5 s.
         #expect(elapsed >= .milliseconds(200))
@@ -131,9 +131,9 @@ import Transport
         _ = try await b.netlayer.addServer(path: server.path)
         let handleC = try await c.netlayer.addServer(path: server.path)
         // C closes the socket without a byte: for A the introduction was dropped.
-        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .introductionDropped)
+        #expect(await PeerTestSupport.code { try await a.netlayer.connect(to: b.netlayer.locator) } == .netlayer(.introductionDropped))
         // C may close the socket before its audit record is written: A can see the EOF first.
-        #expect(await PeerTestSupport.eventually { c.events(.handshakeFailed).first?.reason == .notAddressedToUs })
+        #expect(await PeerTestSupport.eventually { c.events(.handshakeFailed).first?.reason == .handshake(.notAddressedToUs) })
         #expect(!handleC.isDisconnected)
         await a.netlayer.shutdown()
         await b.netlayer.shutdown()

@@ -81,10 +81,10 @@ import Transport
             Issue.record("the good server registered")
             return
         }
-        #expect(await unreachable.firstOutcome().failureCode == .serverUnreachable)
-        #expect(await rejected.firstOutcome().failureCode == .registrationFailed)
+        #expect(await unreachable.firstOutcome().failureCode == .netlayer(.serverUnreachable))
+        #expect(await rejected.firstOutcome().failureCode == .netlayer(.registrationFailed))
         if case .failure(let error) = await badSignature.firstOutcome() {
-            #expect(error.code == .registrationFailed && error.detail.contains("badSignature"), "\(error)")
+            #expect(error.code == .netlayer(.registrationFailed) && error.detail.contains("badSignature"), "\(error)")
         } else {
             Issue.record("a server whose signature does not verify is refused")
         }
@@ -96,10 +96,10 @@ import Transport
         #expect(failures.allSatisfy { $0.kind == .unreachable })
         #expect(failures[2].decision.delay > failures[0].decision.delay / 2)
         let rejections = await Self.failures(of: rejected, count: 2)
-        #expect(rejections.allSatisfy { $0.kind == .rejectedServer && $0.error.code == .registrationFailed })
+        #expect(rejections.allSatisfy { $0.kind == .rejectedServer && $0.error.code == .netlayer(.registrationFailed) })
         let refused = a.events(.registrationRefused)
-        #expect(refused.filter { $0.reason == .serverUnreachable && $0.path == AuditPath(missing) }.count >= 3)
-        #expect(refused.filter { $0.reason == .registrationFailed }.count >= 3)
+        #expect(refused.filter { $0.reason == .netlayer(.serverUnreachable) && $0.path == AuditPath(missing) }.count >= 3)
+        #expect(refused.filter { $0.reason == .netlayer(.registrationFailed) }.count >= 3)
 
         // The good server serves all along.
         _ = try await b.netlayer.addServer(path: good.path)
@@ -127,10 +127,10 @@ import Transport
         }
         let path = first.path
         first.stop()
-        #expect(await h1.disconnected().code == .serverDisconnected)
+        #expect(await h1.disconnected().code == .netlayer(.serverDisconnected))
         let lost = await Self.failures(of: k1, count: 1)
         #expect(lost.first?.kind == .lost)
-        #expect(a.events(.registrationRefused).contains { $0.reason == .registrationLost })
+        #expect(a.events(.registrationRefused).contains { $0.reason == .runtime(.registrationLost) })
         #expect(await PeerTestSupport.eventually { a.netlayer.locator.hintServers == [second.publicIdentity] })
         // The same path comes back with a new server: the keeper registers again on its own.
         let revived = try TestIntroServer(path: path)
@@ -167,8 +167,8 @@ import Transport
         }
         #expect(contested, "repeated displacement is reported")
         let audits = victim.events(.registrationRefused) + relay.events(.registrationRefused)
-        #expect(audits.contains { $0.reason == .serverContested })
-        #expect(audits.filter { $0.reason == .registrationLost }.count >= 3)
+        #expect(audits.contains { $0.reason == .runtime(.serverContested) })
+        #expect(audits.filter { $0.reason == .runtime(.registrationLost) }.count >= 3)
         let registrations = victim.events(.registrationAccepted).count + relay.events(.registrationAccepted).count
         await victim.netlayer.shutdown()
         await relay.netlayer.shutdown()
@@ -209,7 +209,7 @@ import Transport
             silent.append(mine)  // never speaks: each would hold a handshake slot for 10 s
         }
         #expect(await PeerTestSupport.eventually {
-            victim.events(.handshakeFailed).filter { $0.reason == .peerHandshakeLimit }.count >= 96
+            victim.events(.handshakeFailed).filter { $0.reason == .runtime(.peerHandshakeLimit) }.count >= 96
         })
         #expect(victim.netlayer.inboundHandshakesInProgress <= 4)
         let started = ContinuousClock.now
@@ -220,7 +220,7 @@ import Transport
         // Within 1 s of what the same connect costs without the flood; without the per-peer cap it
         // would wait for a silent handshake's 10 s deadline.
         #expect(underFlood < .seconds(1) + reference, "under the flood \(underFlood), without it \(reference)")
-        #expect(victim.events(.handshakeFailed).allSatisfy { $0.reason != .timeout }, "no slot was freed by a timeout")
+        #expect(victim.events(.handshakeFailed).allSatisfy { $0.reason != .handshake(.timeout) }, "no slot was freed by a timeout")
         #expect(incoming.verifiedPeer?.publicKey == other.identity.publicKey)
         #expect(await PeerTestSupport.closeBoth(channel, incoming))
         await victim.netlayer.shutdown()
@@ -257,13 +257,13 @@ import Transport
         }
         #expect(mine.count == 3 && refusals == 3, "the fourth and later channels from one key are refused")
         #expect(await PeerTestSupport.eventually { victim.netlayer.inboundOpenChannels == 3 })
-        #expect(await PeerTestSupport.eventually { victim.events(.handshakeFailed).filter { $0.reason == .peerChannelLimit }.count == 3 })
+        #expect(await PeerTestSupport.eventually { victim.events(.handshakeFailed).filter { $0.reason == .runtime(.peerChannelLimit) }.count == 3 })
         // Another key gets in, up to the total.
         let o1 = try? await other.netlayer.connect(to: victim.netlayer.locator)
         let o2 = try? await other.netlayer.connect(to: victim.netlayer.locator)
         #expect(o1 != nil && o2 != nil)
         #expect(await PeerTestSupport.code { try await other.netlayer.connect(to: victim.netlayer.locator) } != nil)
-        #expect(await PeerTestSupport.eventually { victim.events(.handshakeFailed).contains { $0.reason == .channelLimit } })
+        #expect(await PeerTestSupport.eventually { victim.events(.handshakeFailed).contains { $0.reason == .runtime(.channelLimit) } })
         // Closing releases the slots (counted from the channel's own terminal record).
         for c in mine { await c.close() }
         await o1?.close()
@@ -289,7 +289,7 @@ import Transport
         let key = IdentityKeyPair.generate().publicIdentity
         #expect(governor.admit(from: key) == nil, "60 + 32 < 100")
         for _ in 0..<10 { open.increment() }  // the application opened files of its own
-        #expect(governor.admit(from: key)?.reason == .descriptorReserve, "70 + 32 ≥ 100: counted again near the limit")
+        #expect(governor.admit(from: key)?.reason == .runtime(.descriptorReserve), "70 + 32 ≥ 100: counted again near the limit")
         governor.handshakeEnded(claimed: key)
         #expect(governor.handshakesInProgress == 0)
     }
@@ -310,9 +310,9 @@ import Transport
         _ = try await initiator.netlayer.addServer(path: server.path)
         for attempt in 1...3 {
             let code = await PeerTestSupport.code { try await initiator.netlayer.connect(to: target.locator) }
-            #expect(code == .introductionDropped, "the initiator's socket ends before any reply: its peer end was dropped")
+            #expect(code == .netlayer(.introductionDropped), "the initiator's socket ends before any reply: its peer end was dropped")
             #expect(await PeerTestSupport.eventually {
-                audit.events.filter { $0.kind == .handshakeFailed && $0.reason == .passedDescriptorLost }.count == attempt
+                audit.events.filter { $0.kind == .handshakeFailed && $0.reason == .runtime(.passedDescriptorLost) }.count == attempt
             })
             #expect(!handle.isDisconnected, "the server connection stays, in step with the stream")
         }

@@ -4,8 +4,6 @@ import Testing
 
 /// The channel machine in pairs, in memory: every close ordering and error path.
 @Suite struct ChannelMachineTests {
-    let truncated = ChannelEnd.protocolError(HandshakeError(.truncated, ""))
-
     @Test func aHandshakeInMemoryOpensBothMachinesWithTheVerifiedPeers() throws {
         let pair = try MachinePair.open()
         #expect(pair.facts[0] == ["established"] && pair.facts[1] == ["established"])
@@ -75,7 +73,7 @@ import Testing
     @Test func anEndOfStreamWithoutCloseOnAnOpenChannelIsTruncated() throws {
         var pair = try MachinePair.open()
         pair.feed(.a, .endOfStream)
-        #expect(pair.ends[0] == truncated)
+        #expect(pair.ends[0]?.errorCode == .truncated)
         #expect(pair.facts[0].last == "ended")
         #expect(pair.endsAreWellFormed)
     }
@@ -85,7 +83,7 @@ import Testing
         pair.feed(.a, .close(now: Fixture.now))
         _ = pair.writeSome(.a)
         pair.feed(.a, .endOfStream)
-        #expect(pair.ends[0] == truncated)
+        #expect(pair.ends[0]?.errorCode == .truncated)
         #expect(pair.endsAreWellFormed)
     }
 
@@ -97,7 +95,7 @@ import Testing
         #expect(pair.machines[0].pendingOutputCount == 0)
         pair.pump()
         #expect(pair.delivered[1].isEmpty)
-        #expect(pair.ends[1] == truncated)
+        #expect(pair.ends[1]?.errorCode == .truncated)
         #expect(pair.endsAreWellFormed)
     }
 
@@ -107,7 +105,7 @@ import Testing
         pair.pump()
         #expect(pair.facts[1].last == "peerClosed")
         pair.feed(.b, .bytes([0, 17] + [UInt8](repeating: 0, count: 17)))
-        #expect(pair.ends[1] == .protocolError(HandshakeError(.dataAfterClose, "")))
+        #expect(pair.ends[1]?.errorCode == .dataAfterClose)
         #expect(pair.endsAreWellFormed)
     }
 
@@ -127,7 +125,7 @@ import Testing
         pair.feed(.a, .deadline(Fixture.now + .seconds(1)))
         #expect(pair.ends[0] == nil)
         pair.feed(.a, .deadline(Fixture.now + .seconds(2)))
-        #expect(pair.ends[0] == .protocolError(HandshakeError(.timeout, "")))
+        #expect(pair.ends[0]?.errorCode == .timeout)
         #expect(pair.endsAreWellFormed)
     }
 
@@ -137,7 +135,7 @@ import Testing
         pair.feed(.b, .deadline(Fixture.now + .seconds(3)))
         #expect(pair.ends[1] == nil)
         pair.feed(.b, .deadline(Fixture.now + UDSHS1.defaultTimeout))
-        #expect(pair.ends[1] == .protocolError(HandshakeError(.timeout, "")))
+        #expect(pair.ends[1]?.errorCode == .timeout)
         #expect(pair.facts[1] == ["handshakeEnded"])
         #expect(pair.endsAreWellFormed)
     }
@@ -146,7 +144,7 @@ import Testing
         var pair = try MachinePair()
         _ = pair.writeSome(.a)
         pair.feed(.a, .endOfStream)
-        #expect(pair.ends[0] == truncated)
+        #expect(pair.ends[0]?.errorCode == .truncated)
         #expect(pair.machines[0].isEstablished == false)
         #expect(pair.endsAreWellFormed)
     }
@@ -157,10 +155,10 @@ import Testing
         _ = pair.writeSome(.a)
         pair.inbox[1][5] ^= 0x40
         pair.pump()
-        #expect(pair.ends[1] == .protocolError(HandshakeError(.decryptFailed, "")))
+        #expect(pair.ends[1]?.errorCode == .decryptFailed)
         #expect(pair.delivered[1].isEmpty)
         // A sees B's descriptor close as an end of stream without CLOSE.
-        #expect(pair.ends[0] == truncated)
+        #expect(pair.ends[0]?.errorCode == .truncated)
         #expect(pair.endsAreWellFormed)
     }
 
@@ -169,7 +167,7 @@ import Testing
         _ = pair.writeSome(.a)
         pair.inbox[1][100] ^= 1
         pair.pump()
-        #expect(pair.ends[1] == .protocolError(HandshakeError(.decryptFailed, "")))
+        #expect(pair.ends[1]?.errorCode == .decryptFailed)
         #expect(pair.facts[1] == ["handshakeEnded"])
         #expect(pair.endsAreWellFormed)
     }
@@ -315,5 +313,13 @@ import Testing
         #expect(pair.delivered[1].last == burst)
         #expect(grew >= 64 << 10)
         #expect(pair.machines[1].heldBufferBytes <= 2048, "the receiver shrank once the socket had nothing more")
+    }
+}
+
+extension ChannelEnd {
+    /// The code of a `protocolError` end (errors compare by code and detail; these tests by code).
+    var errorCode: HandshakeError.Code? {
+        if case .protocolError(let error) = self { return error.code }
+        return nil
     }
 }

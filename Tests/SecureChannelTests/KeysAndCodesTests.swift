@@ -32,11 +32,12 @@ import Testing
         for c in HandshakeError.Code.allCases { #expect(c.rawValue == "\(c)", "raw value of \(c) is its name") }
     }
 
-    @Test("Errors compare by code and never print secret material")
+    @Test("Errors compare by code and detail and never print secret material")
     func errorShape() throws {
         let t = try handshake()
         let e = HandshakeError(.decryptFailed, "x")
-        #expect(e == HandshakeError(.decryptFailed, "y"))
+        #expect(e == HandshakeError(.decryptFailed, "x"))
+        #expect(e != HandshakeError(.decryptFailed, "y"))
         #expect(e != HandshakeError(.badSignature, "x"))
         #expect(e.description == "decryptFailed: x")
         // A failing receiver's error text mentions no key bytes.

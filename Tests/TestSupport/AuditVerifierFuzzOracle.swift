@@ -35,7 +35,7 @@ public enum AuditVerifierFuzzOracle {
         var lines = [chain.opened(cause: .start, at: now())]
         for i in 0..<10 {
             let failed = i % 3 == 0
-            lines.append(chain.append(AuditEvent(failed ? .handshakeFailed : .handshakeSucceeded, reason: failed ? .timeout : nil,
+            lines.append(chain.append(AuditEvent(failed ? .handshakeFailed : .handshakeSucceeded, reason: failed ? AuditReason(rawValue: "timeout") : nil,
                                                  attempt: AuditAttemptID(rawValue: UInt64(i)), role: .initiator, local: local,
                                                  expectedPeer: remote, provedPeer: failed ? nil : remote,
                                                  durationMicros: UInt64(100 + i)), at: now()))

@@ -3,6 +3,7 @@
 // fuzzers and tests judge an input by the same code. Public API of SecureChannel and
 // SodiumCrypto only (the library hands out no traffic key; K_IR is the vector's, checked by
 // what it seals); no test framework.
+import Errors
 import SecureChannel
 import SodiumCrypto
 

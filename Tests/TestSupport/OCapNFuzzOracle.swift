@@ -57,14 +57,14 @@ public enum ControlFuzzOracle {
         var handedIn: [Int] = []
         var returned: [Int] = []
         var items: [ControlStreamReader<FakeDescriptor>.Item] = []
-        var failure: ControlStreamReader<FakeDescriptor>.ReadError?
+        var failure: OCapNError?
         var start = 0
         reading: for read in plan {
             let range = start..<(start + read.bytes.count)
             let descriptors = (0..<read.descriptors).map { _ in FakeDescriptor(id: handedIn.count, range: range) }
             handedIn += descriptors.map(\.id)
             start += read.bytes.count
-            do throws(ControlStreamReader<FakeDescriptor>.ReadError) {
+            do throws(OCapNError) {
                 let extras = try reader.receive(read.bytes, descriptors: descriptors)
                 // Padding tolerance: only the descriptors after the first of a read come back.
                 if extras.map(\.id) != descriptors.dropFirst().map(\.id) {
@@ -78,7 +78,7 @@ public enum ControlFuzzOracle {
             }
         }
         if failure == nil {
-            do throws(ControlStreamReader<FakeDescriptor>.ReadError) { try reader.finish() } catch { failure = error }
+            do throws(OCapNError) { try reader.finish() } catch { failure = error }
         }
         returned += reader.drainDescriptors().map(\.id)
 
