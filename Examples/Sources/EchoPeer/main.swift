@@ -44,7 +44,7 @@ let echo = Task {
 }
 
 let why = await server.disconnected()       // completes when that server goes away
-print("server gone: \(why.code)")
+print("server gone: \(why.code.rawValue)")
 echo.cancel()
 await netlayer.shutdown()
 auditSink.close()
