@@ -131,11 +131,15 @@ public struct BenchSuite {
         defer { bench.stop() }
         try bench.start()
         let samples = try await bench.roundTrips(size: size, count: count)
+        say("roundtrip: the same through send and receive() (a continuation per message)")
+        let asyncSamples = try await bench.asyncRoundTrips(size: size, count: count)
         return [
             BenchFigure(group: "roundtrip", name: "64-byte round trip p50", unit: "µs", value: samples.median / 1000,
                         baselineName: "raw ping-pong + 2 seals + 2 opens", baseline: baselineMicros, direction: .lowerIsBetter,
                         target: 2),
             BenchFigure(group: "roundtrip", name: "64-byte round trip p99", unit: "µs", value: samples.percentile(99) / 1000,
+                        baselineName: "raw ping-pong + 2 seals + 2 opens", baseline: baselineMicros, direction: .lowerIsBetter),
+            BenchFigure(group: "roundtrip", name: "64-byte round trip p50, async receive()", unit: "µs", value: asyncSamples.median / 1000,
                         baselineName: "raw ping-pong + 2 seals + 2 opens", baseline: baselineMicros, direction: .lowerIsBetter),
             BenchFigure(group: "roundtrip", name: "raw socketpair ping-pong p50", unit: "µs", value: raw.median / 1000),
             BenchFigure(group: "roundtrip", name: "seal + open of one 64-byte frame", unit: "µs", value: crypto / 1000),

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Identity
 import Logging
 import OCapN
@@ -105,8 +106,59 @@ final class PeerBench {
     }
 
     /// 6. Sequential round trips of `size`-byte messages over one open channel to the echo
-    /// peer process (nanoseconds each).
+    /// peer process (nanoseconds each), sent and received on the channel's event-loop thread
+    /// (`deliver(to:)` and `sendNow`), the shape the echo peer uses on its side.
     func roundTrips(size: Int, count: Int) async throws -> Samples {
+        let netlayer = try await client()
+        guard let target = peerLocator else { throw BenchError("peer not started") }
+        let channel = try await netlayer.connect(to: target)
+        let message = [UInt8](repeating: 0x61, count: size)
+        struct Run {
+            var samples = Samples()
+            var done = 0
+            var t0: UInt64 = 0
+            var finished = false
+        }
+        let run = Mutex(Run())
+        let outcome = await withCheckedContinuation { (c: CheckedContinuation<Result<Samples, BenchError>, Never>) in
+            channel.deliver { delivery in
+                let result = run.withLock { run -> Result<Samples, BenchError>? in
+                    guard !run.finished else { return nil }
+                    switch delivery {
+                    case .message(let echoed):
+                        guard echoed.count == size else {
+                            run.finished = true
+                            return .failure(BenchError("echo mismatch"))
+                        }
+                        if run.done >= 100 { run.samples.add(Double(nowNanos() - run.t0)) }
+                        run.done += 1
+                        if run.done == count + 100 {
+                            run.finished = true
+                            return .success(run.samples)
+                        }
+                        run.t0 = nowNanos()
+                        return nil
+                    case .ended:
+                        run.finished = true
+                        return .failure(BenchError("channel ended during the round trips"))
+                    }
+                }
+                if let result {
+                    c.resume(returning: result)
+                } else if case .message = delivery {
+                    _ = try? channel.sendNow(message)
+                }
+            }
+            run.withLock { $0.t0 = nowNanos() }
+            _ = try? channel.sendNow(message)
+        }
+        _ = await channel.close()
+        await netlayer.shutdown()
+        return try outcome.get()
+    }
+
+    /// 6b. The same round trips through `send` and `receive()` (a continuation per message).
+    func asyncRoundTrips(size: Int, count: Int) async throws -> Samples {
         let netlayer = try await client()
         guard let target = peerLocator else { throw BenchError("peer not started") }
         let channel = try await netlayer.connect(to: target)

@@ -3,6 +3,7 @@
 #include "CFDShim.h"
 
 #include <assert.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdalign.h>
 #include <sys/ioctl.h>
@@ -66,3 +67,7 @@ int cfd_socket_unread_output(int fd, int *bytes) {
 int cfd_set_dumpable(int dumpable) { return prctl(PR_SET_DUMPABLE, (unsigned long)dumpable, 0UL, 0UL, 0UL); }
 
 int cfd_get_dumpable(void) { return prctl(PR_GET_DUMPABLE, 0UL, 0UL, 0UL, 0UL); }
+
+int cfd_set_thread_name(const char *name) {
+    return pthread_setname_np(pthread_self(), name);
+}

@@ -111,6 +111,41 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
     /// The received messages as an asynchronous sequence (ends at the peer's clean close).
     public var messages: Messages { Messages(channel: self) }
 
+    /// What `deliver(to:)` hands its handler.
+    public enum Delivery: Sendable {
+        case message([UInt8])
+        /// The channel ended: nil after a clean close (the peer's CLOSE, or our own close),
+        /// else the error that ended it. Always the last delivery.
+        case ended(PeerError?)
+    }
+
+    /// Delivers every message, then the end, to `handler` on the channel's event-loop thread,
+    /// in order and without a continuation per message: the shape for a consumer that answers
+    /// at once (an echo, a forwarder). Messages already queued are delivered first. Call it at
+    /// most once, and use neither `receive()` nor `messages` afterwards.
+    ///
+    /// The handler must not block (the loop serves other channels meanwhile); it may call
+    /// `sendNow` and the other methods of this channel. While the outbound queue is over its
+    /// bound after a `sendNow`, reading pauses, so a peer that never reads its answers cannot
+    /// make us queue without limit.
+    public func deliver(to handler: @escaping @Sendable (Delivery) -> Void) {
+        engine.installHandler(handler)
+    }
+
+    /// Sends one message without suspending: sealed and written at once on the caller's
+    /// thread, or queued. Returns false when the outbound queue is now over its bound (the
+    /// message is queued; a handler's reading pauses until it drains). Throws like `send`.
+    @discardableResult
+    public func sendNow(_ message: [UInt8]) throws(PeerError) -> Bool {
+        precondition(!message.isEmpty, "messages are at least one byte (PROTOCOL.md §6.3)")
+        let engine = self.engine
+        switch engine.queue.sync(execute: { engine.trySend(message, pauseReadingWhenFull: true) }) {
+        case .done: return true
+        case .wait: return false
+        case .failed(let error): throw error
+        }
+    }
+
     /// Sends CLOSE, waits (up to the close timeout) for the peer's CLOSE, then releases the
     /// socket. Idempotent: later calls return the same summary.
     @discardableResult
@@ -162,12 +197,14 @@ extension PeerError {
 
 /// The I/O engine under one socket: feeds socket readiness, timers and application calls to
 /// the channel's sans-IO `ChannelMachine` and carries out its actions, on one serial queue with
-/// one `ChannelSocket` (no thread per connection). The handshake, the framed channel and every
+/// one `ChannelSocket` registered with one of the process's event loops (no thread per
+/// connection). During the handshake readiness is handed to the queue (a worker), so its
+/// crypto never stalls the loop; once open, it is handled on the loop thread under the queue. The handshake, the framed channel and every
 /// closing state are the machine's; the engine holds only what is about I/O and the
 /// application: read back-pressure, the inbound queue, the waiters, logs and audit records.
 ///
 /// Every mutable field is touched only on `queue` (`@unchecked Sendable` rests on that).
-/// The socket's sources hold the engine strongly until the machine's `.closeDescriptor`, so a
+/// The socket's handlers hold the engine strongly until the machine's `.closeDescriptor`, so a
 /// socket is never silently dropped.
 final class ChannelEngine: @unchecked Sendable {
     struct Environment: Sendable {
@@ -201,6 +238,14 @@ final class ChannelEngine: @unchecked Sendable {
     private var endOfStream = false
     /// Bytes per read: starts small and doubles while reads fill it (memory follows use).
     private var readChunk: Int
+
+    /// Set by `deliver(to:)`: messages go to it on the loop thread instead of the queue below.
+    private var deliveryHandler: (@Sendable (PeerChannel.Delivery) -> Void)?
+    private var handlerBatch: [PeerChannel.Delivery] = []
+    private var drainScheduled = false
+    private var endDelivered = false
+    /// Reading paused because a handler's answers are over the outbound bound.
+    private var outputPaused = false
 
     private var inbound: [[UInt8]] = []
     private var inboundHead = 0
@@ -311,8 +356,8 @@ final class ChannelEngine: @unchecked Sendable {
 
     private func updateWatches() {
         guard let socket, !socket.isClosed else { return }
-        if machine.wantsToRead && !readPaused && !endOfStream {
-            // The source holds the engine until the machine closes the descriptor, so a
+        if machine.wantsToRead && !readPaused && !outputPaused && !endOfStream {
+            // The handler holds the engine until the machine closes the descriptor, so a
             // handshake in progress (which nothing else holds) is never dropped.
             socket.watchReadable { self.handleReadable() }
         } else {
@@ -342,6 +387,8 @@ final class ChannelEngine: @unchecked Sendable {
 
     private func established(_ session: EstablishedSession) {
         self.session = session
+        // The crypto-heavy part is over: from now on readiness is handled on the loop thread.
+        socket?.handleReadinessOnLoopThread(true)
         environment.verifiedPeers.remember(session.peer.publicKey)
         leaveHandshake()
         let now = ContinuousClock.now
@@ -360,6 +407,7 @@ final class ChannelEngine: @unchecked Sendable {
     private func legacyAdmitted() {
         let claim = facts.legacyClaim
         leaveHandshake()
+        socket?.handleReadinessOnLoopThread(true)
         establishedAt = ContinuousClock.now
         logger.warning("legacy peer admitted WITHOUT authentication (allowLegacyPeers)", metadata: ["claim": "\(claim)"])
         environment.audit?.record(facts.legacyEvent(.legacyPeerAdmitted))
@@ -380,7 +428,7 @@ final class ChannelEngine: @unchecked Sendable {
     private func handleReadable() {
         guard let socket else { return }
         for _ in 0..<configuration.readsPerEvent {
-            guard machine.wantsToRead, !readPaused, !endOfStream else { return }
+            guard machine.wantsToRead, !readPaused, !outputPaused, !endOfStream else { return }
             let chunk = readChunk
             let result = machine.read(chunk: chunk, into: &actions) { buffer in
                 do throws(TransportError) {
@@ -411,6 +459,11 @@ final class ChannelEngine: @unchecked Sendable {
     }
 
     private func enqueueInbound(_ message: [UInt8]) {
+        if deliveryHandler != nil {
+            handlerBatch.append(.message(message))
+            scheduleDrain()
+            return
+        }
         if let waiter = receiveWaiters.first, inboundHead == inbound.count {
             receiveWaiters.removeFirst()
             waiter.resume(returning: message)
@@ -425,6 +478,11 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Receivers waiting with nothing queued learn that the stream ended.
     private func wakeReceivers() {
+        if deliveryHandler != nil, !endDelivered, inboundHead == inbound.count, machine.peerFinished || summary != nil {
+            endDelivered = true
+            handlerBatch.append(.ended(failure))
+            scheduleDrain()
+        }
         guard inboundHead == inbound.count else { return }
         let waiters = receiveWaiters
         receiveWaiters = []
@@ -433,16 +491,26 @@ final class ChannelEngine: @unchecked Sendable {
         }
     }
 
-    /// Whether a dispatch source watches the socket now (tests: a finished channel never does).
+    /// Whether the event loop watches the socket for us now (tests: a finished channel never does).
     var isWatchingDescriptor: Bool { socket?.isWatching ?? false }
 
     /// Whether reading is paused because the inbound queue is full (tests).
     var isReadingPaused: Bool { readPaused }
 
+    /// Whether reading is paused because a handler's answers are over the outbound bound (tests).
+    var isReadingPausedForOutput: Bool { outputPaused }
+
+    /// Whether the caller runs on the thread of the channel's event loop (tests).
+    var callerIsOnLoopThread: Bool { socket?.loop.inLoopThread ?? false }
+
+    /// Bytes sealed and not yet written (tests).
+    var pendingOutputBytes: Int { machine.pendingOutputCount }
+
     /// Takes a queued message, or reports the end, without waiting. With nothing queued it
     /// reads the socket once on the caller's thread first, so a message already in the kernel
     /// reaches the application without waiting for a readiness event and a thread hop.
     func tryReceive() -> Attempt<[UInt8]?> {
+        precondition(deliveryHandler == nil && !endDelivered, "receive() on a channel that delivers to a handler")
         if let message = takeQueued() { return .done(message) }
         if receiveWaiters.isEmpty, machine.isEstablished, machine.wantsToRead, !readPaused, !endOfStream {
             handleReadable()
@@ -451,6 +519,70 @@ final class ChannelEngine: @unchecked Sendable {
         if let failure { return .failed(failure) }
         if machine.peerFinished || summary != nil { return .done(nil) }
         return .wait
+    }
+
+    // MARK: the handler
+
+    func installHandler(_ handler: @escaping @Sendable (PeerChannel.Delivery) -> Void) {
+        guard let socket else {
+            handler(.ended(PeerError(.ioError, "socket closed before the handshake")))
+            return
+        }
+        let installed = socket.loop.execute {
+            self.queue.sync {
+                precondition(self.deliveryHandler == nil, "deliver(to:) called twice")
+                self.deliveryHandler = handler
+                // Queued messages first, in order; then reading resumes if the queue paused it.
+                while let message = self.takeQueued() { self.handlerBatch.append(.message(message)) }
+                self.drainScheduled = true
+                socket.setAfterReadiness { self.drain() }
+                self.wakeReceivers()
+                self.updateWatches()
+            }
+            self.drain()
+        }
+        if !installed {
+            handler(.ended(PeerError(.channelClosed, "the event loop was shut down")))
+        }
+    }
+
+    /// On the queue: makes sure the loop thread delivers `handlerBatch` soon.
+    private func scheduleDrain() {
+        guard !drainScheduled, let socket else { return }
+        drainScheduled = true
+        // Handling readiness on the loop now: its after-readiness call drains.
+        if socket.isHandlingOnLoopThread { return }
+        socket.loop.execute { self.drain() }
+    }
+
+    /// On the loop thread, outside the queue: hands the batch to the handler, repeatedly,
+    /// until nothing is left (the handler's own calls may add to it).
+    private func drain() {
+        while true {
+            let (batch, handler) = queue.sync { () -> ([PeerChannel.Delivery], (@Sendable (PeerChannel.Delivery) -> Void)?) in
+                guard !handlerBatch.isEmpty, let handler = deliveryHandler else {
+                    drainScheduled = false
+                    return ([], nil)
+                }
+                let batch = handlerBatch
+                handlerBatch.removeAll(keepingCapacity: handlerBatch.capacity <= 64)
+                return (batch, handler)
+            }
+            guard let handler else { return }
+            for delivery in batch {
+                handler(delivery)
+                if case .ended = delivery {
+                    // The end is the last delivery: drop the handler (it usually holds the channel).
+                    queue.sync {
+                        deliveryHandler = nil
+                        handlerBatch = []
+                        drainScheduled = false
+                        socket?.setAfterReadiness(nil)
+                    }
+                    return
+                }
+            }
+        }
     }
 
     private func takeQueued() -> [UInt8]? {
@@ -492,7 +624,7 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Seals and writes `message` at once; `.wait` when the outbound queue is now over its bound
     /// (the message is queued; the caller waits for space).
-    func trySend(_ message: [UInt8]) -> Attempt<Void> {
+    func trySend(_ message: [UInt8], pauseReadingWhenFull: Bool = false) -> Attempt<Void> {
         let outcome = message.withUnsafeBytes { machine.send($0, into: &actions) }
         switch outcome {
         case .queued:
@@ -506,7 +638,12 @@ final class ChannelEngine: @unchecked Sendable {
         if summary != nil {
             return .failed(failure ?? PeerError(.channelClosed, "channel ended during send"))
         }
-        return machine.pendingOutputCount > configuration.maxOutboundQueuedBytes ? .wait : .done(())
+        guard machine.pendingOutputCount > configuration.maxOutboundQueuedBytes else { return .done(()) }
+        if pauseReadingWhenFull, !outputPaused {
+            outputPaused = true
+            updateWatches()
+        }
+        return .wait
     }
 
     /// Resumes `completion` once the outbound queue is back within its bound.
@@ -547,6 +684,8 @@ final class ChannelEngine: @unchecked Sendable {
             machine.handle(.wrote(written), into: &actions)
         }
         socket.watchWritable(nil)
+        // The answers drained: a handler's channel reads again (process() re-watches).
+        outputPaused = false
         let waiters = sendWaiters
         sendWaiters = []
         for waiter in waiters { waiter.resume() }

@@ -2,64 +2,101 @@
 import Glibc
 #endif
 import Dispatch
+import Synchronization
 
-/// A connected stream socket under one channel, with its readiness sources: the descriptor and
-/// everything that watches it in one owner, so the raw number never leaves Transport.
+/// A connected stream socket under one channel, registered once with an `EventLoop`: the
+/// descriptor and its registration in one owner, so the raw number never leaves Transport.
 ///
-/// Confined to `queue` like `StreamConnection` (every method is called there and the handlers
-/// run there; `@unchecked Sendable` rests on that). I/O uses MSG_DONTWAIT and never sets
-/// O_NONBLOCK: a passed socket shares its file status flags with the sender (A8).
+/// The channel's serial `queue` is its lock: every method is called on it (`queue.sync` from
+/// the caller's thread runs there without a thread hop) and the handlers run on it
+/// (`@unchecked Sendable` rests on that). Readiness arrives on the loop thread and is handled
+/// in one of two ways:
+/// * on the loop thread (`handleReadinessOnLoopThread(true)`), under the queue with
+///   `queue.sync`: no thread hop from `recvmsg` to the handler (an open channel);
+/// * handed to the queue (the default): the descriptor is disarmed until the handler ran on a
+///   worker, so CPU-heavy steps (handshake crypto) never stall the loop's other descriptors.
 ///
-/// Watching is per direction and can be switched on and off; after `close()` nothing watches
-/// the socket again, and the descriptor itself is closed only once every source created on it
-/// has finished cancelling, so no source ever sees a number that was closed and reused.
+/// I/O uses MSG_DONTWAIT and never sets O_NONBLOCK: a passed socket shares its file status
+/// flags with the sender (A8). After `close()` nothing watches the socket again: it is
+/// unregistered from the loop and then closed, in that order, at once.
 public final class ChannelSocket: @unchecked Sendable {
     private enum State {
         case open
-        /// `close()` ran; the descriptor closes when the last source finished cancelling.
         case closed
     }
 
     public let queue: DispatchQueue
+    public let loop: EventLoop
     private let descriptor: FileDescriptor
     private var state = State.open
-    private var readSource: DispatchSourceRead?
-    private var writeSource: DispatchSourceWrite?
-    private var raw: Int32
-    /// Every source created on the descriptor, until it finished cancelling.
-    private let sources = DispatchGroup()
+    private var readHandler: (() -> Void)?
+    private var writeHandler: (() -> Void)?
+    /// Set once in `init`, read on the loop thread (to disarm) and on the queue.
+    private let registration = Mutex<EventRegistration?>(nil)
+    private let onLoopThread = Atomic<Bool>(false)
+    /// In a class box: a function value as a Mutex's value would be re-wrapped in a
+    /// reabstraction thunk on every inout access, a chain that grows with every event.
+    private final class Callback: Sendable {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
 
-    /// Takes ownership of `descriptor` (a connected stream socket). Throws `.closed` when it
-    /// is already closed.
-    public init(descriptor: FileDescriptor, queue: DispatchQueue) throws(TransportError) {
+    private let afterReadiness = Mutex<Callback?>(nil)
+    /// True while a readiness event is being handled on the loop thread (queue-confined).
+    public private(set) var isHandlingOnLoopThread = false
+
+    /// Takes ownership of `descriptor` (a connected stream socket) and registers it with
+    /// `loop` (by default the next of the process's loops). Throws `.closed` when it is
+    /// already closed, or the loop's error (the descriptor is then closed).
+    public init(
+        descriptor: FileDescriptor, queue: DispatchQueue, loop: EventLoop = EventLoopGroup.shared.next()
+    ) throws(TransportError) {
+        guard descriptor.isOpen else { throw TransportError(.closed, "descriptor already closed") }
         self.descriptor = descriptor
         self.queue = queue
-        // The number is kept for the sources only (they need it for their whole life); the
-        // descriptor closes after the last one finished, so it stays valid meanwhile.
-        raw = try descriptor.with { $0 }
+        self.loop = loop
+        do {
+            let registration = try loop.register(descriptor, interest: []) { [weak self] readiness in
+                self?.ready(readiness)
+            }
+            self.registration.withLock { $0 = registration }
+        } catch {
+            descriptor.close()
+            throw error
+        }
     }
 
     deinit {
         switch state {
         case .open:
-            // The owner must close; sources keep their handlers (and usually the owner) alive,
-            // so an open socket lands here only if nothing was ever watched.
-            readSource?.cancel()
-            writeSource?.cancel()
-            descriptor.close()
+            // The owner must close; handlers usually keep it alive while watching, so an open
+            // socket lands here only if nothing watched it.
+            registration.withLock { $0 }?.unregisterAndClose()
         case .closed:
             break
         }
     }
 
-    /// Whether a source watches the socket now.
-    public var isWatching: Bool { readSource != nil || writeSource != nil }
+    /// Whether a handler watches the socket now.
+    public var isWatching: Bool { readHandler != nil || writeHandler != nil }
 
     public var isClosed: Bool {
         switch state {
         case .open: return false
         case .closed: return true
         }
+    }
+
+    /// Where readiness is handled from now on (see the type's comment). Any thread.
+    public func handleReadinessOnLoopThread(_ onLoop: Bool) {
+        onLoopThread.store(onLoop, ordering: .releasing)
+    }
+
+    /// Called on the loop thread after each readiness event handled there, outside the queue
+    /// (an owner delivers what the handlers collected to code that may call back into it).
+    public func setAfterReadiness(_ body: (@Sendable () -> Void)?) {
+        let callback = body.map(Callback.init)
+        afterReadiness.withLock { $0 = callback }
     }
 
     // MARK: options
@@ -97,56 +134,75 @@ public final class ChannelSocket: @unchecked Sendable {
     // MARK: watching
 
     /// Calls `handler` on the queue whenever the socket is readable (level-triggered: read
-    /// until would-block, or stop watching at end of stream). nil stops watching.
+    /// until would-block, or stop watching at end of stream). nil stops watching. While a
+    /// handler watches, asking again keeps the first one (owners call this after every event).
     public func watchReadable(_ handler: (() -> Void)?) {
         dispatchPrecondition(condition: .onQueue(queue))
-        if let handler {
-            guard readSource == nil, !isClosed else { return }
-            let source = DispatchSource.makeReadSource(fileDescriptor: raw, queue: queue)
-            source.setEventHandler(handler: handler)
-            track(source)
-            readSource = source
-            source.activate()
-        } else if let source = readSource {
-            readSource = nil
-            source.cancel()
-        }
+        guard !isClosed, (handler == nil) != (readHandler == nil) else { return }
+        readHandler = handler
+        applyInterest()
     }
 
     /// Calls `handler` on the queue whenever the socket is writable. nil stops watching.
+    /// While a handler watches, asking again keeps the first one.
     public func watchWritable(_ handler: (() -> Void)?) {
         dispatchPrecondition(condition: .onQueue(queue))
-        if let handler {
-            guard writeSource == nil, !isClosed else { return }
-            let source = DispatchSource.makeWriteSource(fileDescriptor: raw, queue: queue)
-            source.setEventHandler(handler: handler)
-            track(source)
-            writeSource = source
-            source.activate()
-        } else if let source = writeSource {
-            writeSource = nil
-            source.cancel()
+        guard !isClosed, (handler == nil) != (writeHandler == nil) else { return }
+        writeHandler = handler
+        applyInterest()
+    }
+
+    private func applyInterest() {
+        var interest: Interest = []
+        if readHandler != nil { interest.insert(.readable) }
+        if writeHandler != nil { interest.insert(.writable) }
+        do throws(TransportError) {
+            try registration.withLock { registration throws(TransportError) in
+                try registration?.setInterest(interest)
+            }
+        } catch {
+            // epoll_ctl MOD fails only for lack of kernel memory: report it to the handlers as
+            // an error they will meet on their next read or write.
+            queue.async { self.dispatch(.error) }
         }
     }
 
-    // Sources are created when wanted and cancelled when not, never suspended: on Linux a read
-    // and a write source on one descriptor share one epoll registration, and a suspended one
-    // was seen to lose the other's events.
-    private func track(_ source: DispatchSourceProtocol) {
-        sources.enter()
-        source.setCancelHandler { [sources] in sources.leave() }
+    /// On the loop thread.
+    private func ready(_ readiness: Readiness) {
+        if onLoopThread.load(ordering: .acquiring) {
+            // Taken first: a handler that ends the channel closes the socket, which clears it,
+            // and what that end produced must still be delivered.
+            let after = afterReadiness.withLock { $0 }
+            queue.sync {
+                isHandlingOnLoopThread = true
+                dispatch(readiness)
+                isHandlingOnLoopThread = false
+            }
+            after?.body()
+        } else {
+            // Disarmed until the handler ran: level-triggered readiness would repeat meanwhile.
+            registration.withLock { try? $0?.setInterest([]) }
+            queue.async {
+                self.dispatch(readiness)
+                if !self.isClosed { self.applyInterest() }
+            }
+        }
     }
 
-    /// Stops watching and closes the socket (once the sources have finished). Idempotent.
+    private func dispatch(_ readiness: Readiness) {
+        let failed = readiness.contains(.hangUp) || readiness.contains(.error)
+        if readiness.contains(.readable) || failed, !isClosed, let handler = readHandler { handler() }
+        if readiness.contains(.writable) || failed, !isClosed, let handler = writeHandler { handler() }
+    }
+
+    /// Stops watching, unregisters the socket from its loop and closes it. Idempotent.
     public func close() {
         dispatchPrecondition(condition: .onQueue(queue))
         guard !isClosed else { return }
         state = .closed
-        raw = -1
-        readSource?.cancel()
-        writeSource?.cancel()
-        readSource = nil
-        writeSource = nil
-        sources.notify(queue: queue) { [descriptor] in descriptor.close() }
+        readHandler = nil
+        writeHandler = nil
+        afterReadiness.withLock { $0 = nil }
+        registration.withLock { $0 }?.unregisterAndClose()
     }
 }

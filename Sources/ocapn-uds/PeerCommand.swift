@@ -405,25 +405,38 @@ struct PeerCommand: AsyncParsableCommand {
         termination.cancel()
     }
 
-    /// Echoes every message of `channel` back until the peer closes, then closes.
+    /// Echoes every message of `channel` back until the peer closes, then closes. The echo
+    /// runs on the channel's event-loop thread (`deliver(to:)`): no continuation per message.
     static func echo(_ channel: PeerChannel) async {
         PeerOutput.announce(channel)
-        var count = 0, bytes = 0
-        do {
-            for try await message in channel.messages {
-                try await channel.send(message)
-                count += 1
-                bytes += message.count
-                // Briefly: the first messages of a channel, then only the count at its end.
-                if count <= Self.echoesShownPerChannel {
-                    PeerOutput.errorLine("echoed to \(channel.peerFingerprint): \(Self.preview(message))")
+        let tally = Mutex((count: 0, bytes: 0))
+        let end = await withCheckedContinuation { (done: CheckedContinuation<PeerError?, Never>) in
+            channel.deliver { delivery in
+                switch delivery {
+                case .message(let message):
+                    // A failed send ends the channel: its end is the next delivery.
+                    _ = try? channel.sendNow(message)
+                    let count = tally.withLock { tally -> Int in
+                        tally.count += 1
+                        tally.bytes += message.count
+                        return tally.count
+                    }
+                    // Briefly: the first messages of a channel, then only the count at its end.
+                    if count <= Self.echoesShownPerChannel {
+                        PeerOutput.errorLine("echoed to \(channel.peerFingerprint): \(Self.preview(message))")
+                    }
+                case .ended(let error):
+                    done.resume(returning: error)
                 }
             }
+        }
+        let (count, bytes) = tally.withLock { ($0.count, $0.bytes) }
+        if let end {
+            PeerOutput.errorLine("channel \(channel.peerFingerprint) ended: \(end.code.rawValue)")
+            await channel.abort()
+        } else {
             await channel.close()
             PeerOutput.errorLine("channel \(channel.peerFingerprint) closed: \(count) message\(count == 1 ? "" : "s") (\(bytes) bytes) echoed")
-        } catch {
-            PeerOutput.errorLine("channel \(channel.peerFingerprint) ended: \(error.code.rawValue)")
-            await channel.abort()
         }
     }
 

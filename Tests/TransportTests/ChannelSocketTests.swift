@@ -41,6 +41,44 @@ extension TransportTests {
             await oracle.expectNoLeaks()
         }
 
+        @Test func readinessRunsOnTheLoopThreadUnderTheQueueOnceAskedAndOnAWorkerBefore() async throws {
+            let oracle = await LeakOracle.make()
+            let loop = try EventLoop(name: "test-channel")
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            oracle.track([mine, theirs])
+            let queue = DispatchQueue(label: "test.channel-socket")
+            let socket = try ChannelSocket(descriptor: mine, queue: queue, loop: loop)
+            #expect(loop.registeredCount == 1)
+            let log = EventLog<(Bool, Bool)>()
+            let after = EventLog<Bool>()
+            socket.setAfterReadiness { after.append(loop.inLoopThread) }
+            let drain: @Sendable () -> Void = {
+                dispatchPrecondition(condition: .onQueue(queue))
+                var buffer = [UInt8](repeating: 0, count: 16)
+                _ = try? buffer.withUnsafeMutableBytes { try socket.receive(into: $0) }
+            }
+            try await onQueue(queue) {
+                socket.watchReadable {
+                    log.append((loop.inLoopThread, socket.isHandlingOnLoopThread))
+                    drain()
+                }
+            }
+            try sendAll(theirs, [1])
+            #expect(log.wait { $0.count == 1 })
+            #expect(log.events.first.map { !$0.0 && !$0.1 } == true)
+            socket.handleReadinessOnLoopThread(true)
+            try sendAll(theirs, [2])
+            #expect(log.wait { $0.count == 2 })
+            #expect(log.events.last.map { $0.0 && $0.1 } == true)
+            #expect(after.wait { $0.contains(true) })
+            try await onQueue(queue) { socket.close() }
+            #expect(loop.registeredCount == 0)
+            #expect(!mine.isOpen)
+            theirs.close()
+            loop.shutdown()
+            await oracle.expectNoLeaks()
+        }
+
         @Test func shuttingDownTheWriteSideGivesThePeerEndOfStreamAfterTheLastByte() async throws {
             let oracle = await LeakOracle.make()
             let (mine, theirs) = try FileDescriptor.socketPair()

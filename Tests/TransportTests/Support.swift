@@ -41,6 +41,8 @@ final class LeakOracle: @unchecked Sendable {
     /// libdispatch opens its epoll, eventfd and timer descriptors lazily and keeps them; make
     /// sure that happened before any baseline is taken, or the first test would see a "leak".
     private static let warmUp: Void = {
+        // The process's event loops (an epoll and an eventfd each) start on first use too.
+        _ = EventLoopGroup.shared
         let done = DispatchSemaphore(value: 0)
         let queue = DispatchQueue(label: "leak-oracle-warm-up")
         var fds: [Int32] = [-1, -1]

@@ -8,6 +8,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/socket.h>
+// epoll and eventfd for Transport's EventLoop (Swift's Glibc module does not import them).
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 
 /// CMSG_FIRSTHDR(msg).
 struct cmsghdr *_Nullable cfd_cmsg_firsthdr(const struct msghdr *_Nonnull msg);
@@ -41,5 +44,9 @@ int cfd_socket_unread_output(int fd, int *_Nonnull bytes);
 int cfd_set_dumpable(int dumpable);
 /// prctl(PR_GET_DUMPABLE): 0 (not dumpable), 1 or 2, or -1 with errno set.
 int cfd_get_dumpable(void);
+
+/// pthread_setname_np(pthread_self(), name): declared only under _GNU_SOURCE. Names longer
+/// than 15 bytes are refused by the kernel (ERANGE); returns its result.
+int cfd_set_thread_name(const char *_Nonnull name);
 
 #endif

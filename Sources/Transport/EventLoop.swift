@@ -1,0 +1,422 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CFDShim
+import Synchronization
+
+/// Directions a descriptor's owner wants to hear about.
+public struct Interest: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let readable = Interest(rawValue: 1)
+    public static let writable = Interest(rawValue: 2)
+}
+
+/// What the loop saw on a descriptor. `hangUp` and `error` are reported whatever the interest
+/// (the kernel always reports them); a read or write then tells the owner what happened.
+public struct Readiness: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let readable = Readiness(rawValue: 1)
+    public static let writable = Readiness(rawValue: 2)
+    public static let hangUp = Readiness(rawValue: 4)
+    public static let error = Readiness(rawValue: 8)
+}
+
+/// One epoll loop on a thread of its own: the process's I/O engine (docs/DESIGN.md, "Choosing
+/// the I/O engine"). Readiness handlers run on the loop thread, so an owner that handles an
+/// event there (read, hand the bytes to its sans-IO machine, write) costs no thread hop.
+///
+/// How a descriptor owner uses it:
+/// 1. `register(descriptor, interest:handler:)` once, from any thread; keep the returned
+///    `EventRegistration` next to the descriptor (the loop lends the raw number to epoll only
+///    inside the registration; it never leaves Transport).
+/// 2. `setInterest` whenever what it waits for changes (level-triggered: the handler is called
+///    again while the condition holds, so read until would-block or drop the interest).
+///    An empty interest disarms the descriptor, hang-ups included, until interest returns.
+/// 3. Before closing the descriptor, `unregister()` exactly once (or `unregisterAndClose()`,
+///    which does both in that order). Unregistering a descriptor that was already closed traps:
+///    its number may belong to another file by then.
+///
+/// The handler must not block: every descriptor of the loop waits while it runs. It is never
+/// called after `unregister()` returns, except for one call already under way on the loop
+/// thread when another thread unregisters; owners make a late call harmless by checking their
+/// own state (a closed owner ignores it). Work that must run on the loop thread is sent with
+/// `execute`, which wakes the loop through an eventfd.
+public final class EventLoop: Sendable, CustomStringConvertible {
+    public typealias Handler = @Sendable (Readiness) -> Void
+
+    private enum Phase {
+        case running
+        case stopping
+        case stopped
+    }
+
+    private struct State {
+        var handlers: [UInt64: Handler] = [:]
+        var nextToken: UInt64 = 1
+        var tasks: [@Sendable () -> Void] = []
+        var wakePending = false
+        var phase = Phase.running
+    }
+
+    /// The loop owns these two numbers itself (they are never lent): they are closed after the
+    /// thread joined, under the state lock, and no call uses them once `phase` is `.stopped`.
+    private let epollFD: Int32
+    private let wakeFD: Int32
+    private let state = Mutex(State())
+    private let thread = Mutex<pthread_t?>(nil)
+    private let loopThread = Atomic<UInt>(0)
+    private let joined = Atomic<Bool>(false)
+    public let name: String
+
+    /// The token of the eventfd in epoll's data field; descriptors get tokens from 1 up and
+    /// never reuse one, so a stale event for an unregistered descriptor finds no handler.
+    private static let wakeToken: UInt64 = 0
+    private static let batch = 64
+
+    /// Starts a loop thread. Throws when the kernel refuses epoll, eventfd or a thread.
+    public init(name: String = "ocapn-uds.event-loop") throws(TransportError) {
+        self.name = name
+        epollFD = try systemCallNonBlocking("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+        do {
+            wakeFD = try systemCallNonBlocking("eventfd") { eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK)) }
+        } catch {
+            Glibc.close(epollFD)
+            throw error
+        }
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue
+        event.data.u64 = Self.wakeToken
+        do {
+            _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &event) }
+            try startThread()
+        } catch {
+            Glibc.close(wakeFD)
+            Glibc.close(epollFD)
+            throw error
+        }
+    }
+
+    deinit {
+        // A loop runs until shut down; its thread holds it, so this runs only after shutdown.
+        precondition(joined.load(ordering: .acquiring), "EventLoop released while running")
+    }
+
+    public var description: String { "EventLoop(\(name))" }
+
+    /// Whether the caller runs on this loop's thread.
+    public var inLoopThread: Bool {
+        let id = loopThread.load(ordering: .relaxed)
+        return id != 0 && pthread_equal(pthread_self(), pthread_t(id)) != 0
+    }
+
+    // MARK: registering
+
+    /// Watches `descriptor` for `interest`, calling `handler` on the loop thread. Each
+    /// descriptor is registered at most once. Throws `.closed` for a closed descriptor or a
+    /// loop that was shut down, and the kernel's error otherwise (ENOMEM, ENOSPC).
+    public func register(
+        _ descriptor: FileDescriptor, interest: Interest, handler: @escaping Handler
+    ) throws(TransportError) -> EventRegistration {
+        let token = try state.withLock { state throws(TransportError) -> UInt64 in
+            guard case .running = state.phase else { throw TransportError(.closed, "event loop shut down") }
+            let token = state.nextToken
+            var event = epoll_event()
+            event.events = Self.epollEvents(interest)
+            event.data.u64 = token
+            try descriptor.with { (fd) throws(TransportError) in
+                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
+            }
+            state.nextToken += 1
+            state.handlers[token] = handler
+            return token
+        }
+        return EventRegistration(loop: self, token: token, descriptor: descriptor, interest: interest)
+    }
+
+    /// epoll_ctl MOD; false when the loop was shut down (nothing is watched any more).
+    func modify(_ token: UInt64, _ descriptor: FileDescriptor, _ interest: Interest) throws(TransportError) -> Bool {
+        try state.withLock { state throws(TransportError) -> Bool in
+            guard case .running = state.phase else { return false }
+            var event = epoll_event()
+            event.events = Self.epollEvents(interest)
+            event.data.u64 = token
+            try descriptor.with { (fd) throws(TransportError) in
+                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event) }
+            }
+            return true
+        }
+    }
+
+    /// epoll_ctl DEL and forgets the handler. The descriptor must still be open.
+    func remove(_ token: UInt64, _ descriptor: FileDescriptor) {
+        let handler = state.withLock { state -> Handler? in
+            let handler = state.handlers.removeValue(forKey: token)
+            guard case .running = state.phase else { return handler }
+            do throws(TransportError) {
+                try descriptor.with { (fd) throws(TransportError) in
+                    var event = epoll_event()
+                    _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event) }
+                }
+            } catch {
+                preconditionFailure("unregistering \(descriptor) from \(name) failed (\(error)): closed before unregister?")
+            }
+            return handler
+        }
+        // The handler (and whatever it holds) is released outside the lock.
+        _ = handler
+    }
+
+    /// Descriptors registered now (tests: a closed owner leaves nothing behind).
+    public var registeredCount: Int { state.withLock { $0.handlers.count } }
+
+    // MARK: work on the loop thread
+
+    /// Runs `work` on the loop thread soon (after the events at hand). Returns false, without
+    /// running it, once the loop was shut down.
+    @discardableResult
+    public func execute(_ work: @escaping @Sendable () -> Void) -> Bool {
+        let mustWake = state.withLock { state -> Bool? in
+            guard case .running = state.phase else { return nil }
+            state.tasks.append(work)
+            defer { state.wakePending = true }
+            return !state.wakePending
+        }
+        guard let mustWake else { return false }
+        if mustWake { wake() }
+        return true
+    }
+
+    private func wake() {
+        var one: UInt64 = 1
+        // EAGAIN means the counter is already non-zero: the loop will wake anyway.
+        _ = try? systemCall("write") { withUnsafeBytes(of: &one) { Glibc.write(wakeFD, $0.baseAddress, 8) } }
+    }
+
+    // MARK: shutting down
+
+    /// Stops the loop thread and waits for it to end, then closes the loop's own descriptors.
+    /// Registrations left over are forgotten (their handlers are released and never called
+    /// again); their owners still unregister before closing their descriptors, which is then
+    /// a no-op. Must not be called on the loop thread. Idempotent.
+    public func shutdown() {
+        precondition(!inLoopThread, "EventLoop.shutdown() on its own thread would wait for itself")
+        let first = state.withLock { state -> Bool in
+            guard case .running = state.phase else { return false }
+            state.phase = .stopping
+            return true
+        }
+        guard first else {
+            while !joined.load(ordering: .acquiring) { sched_yield() }
+            return
+        }
+        wake()
+        if let thread = self.thread.withLock({ $0 }) { pthread_join(thread, nil) }
+        let leftovers = state.withLock { state -> ([UInt64: Handler], [@Sendable () -> Void]) in
+            state.phase = .stopped
+            Glibc.close(wakeFD)
+            Glibc.close(epollFD)
+            defer {
+                state.handlers = [:]
+                state.tasks = []
+            }
+            return (state.handlers, state.tasks)
+        }
+        _ = leftovers
+        joined.store(true, ordering: .releasing)
+    }
+
+    // MARK: the loop
+
+    private func startThread() throws(TransportError) {
+        let box = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { argument in
+            let loop = Unmanaged<EventLoop>.fromOpaque(argument!).takeRetainedValue()
+            loop.run()
+            return nil
+        }, box)
+        guard result == 0 else {
+            Unmanaged<EventLoop>.fromOpaque(box).release()
+            throw TransportError.system("pthread_create", result)
+        }
+        self.thread.withLock { $0 = thread }
+    }
+
+    private func run() {
+        loopThread.store(UInt(pthread_self()), ordering: .relaxed)
+        _ = cfd_set_thread_name(String(decoding: name.utf8.prefix(15), as: UTF8.self))
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Self.batch)
+        defer { events.deallocate() }
+        while true {
+            let count: Int32
+            do throws(TransportError) {
+                switch try systemCall("epoll_wait", { epoll_wait(epollFD, events, Int32(Self.batch), -1) }) {
+                case .processed(let n): count = n
+                case .wouldBlock: count = 0
+                }
+            } catch {
+                // ENOMEM and the like: nothing a peer causes; try again rather than spin hot.
+                usleep(1000)
+                continue
+            }
+            var woken = false
+            for i in 0..<Int(count) {
+                let event = events[i]
+                let token = event.data.u64
+                if token == Self.wakeToken {
+                    woken = true
+                    continue
+                }
+                guard let handler = state.withLock({ $0.handlers[token] }) else { continue }
+                handler(Self.readiness(event.events))
+            }
+            if woken {
+                var value: UInt64 = 0
+                _ = try? systemCall("read") { withUnsafeMutableBytes(of: &value) { Glibc.read(wakeFD, $0.baseAddress, 8) } }
+                let (tasks, stop) = state.withLock { state -> ([@Sendable () -> Void], Bool) in
+                    state.wakePending = false
+                    defer { state.tasks = [] }
+                    if case .running = state.phase { return (state.tasks, false) }
+                    return (state.tasks, true)
+                }
+                for task in tasks { task() }
+                if stop { return }
+            }
+        }
+    }
+
+    private static func epollEvents(_ interest: Interest) -> UInt32 {
+        // No interest: one-shot with no events, so a hang-up is reported once, then the
+        // descriptor stays quiet until interest returns (level-triggered HUP would spin).
+        guard !interest.isEmpty else { return EPOLLONESHOT.rawValue }
+        var events: UInt32 = 0
+        if interest.contains(.readable) { events |= EPOLLIN.rawValue }
+        if interest.contains(.writable) { events |= EPOLLOUT.rawValue }
+        return events
+    }
+
+    private static func readiness(_ events: UInt32) -> Readiness {
+        var readiness: Readiness = []
+        if events & EPOLLIN.rawValue != 0 { readiness.insert(.readable) }
+        if events & EPOLLOUT.rawValue != 0 { readiness.insert(.writable) }
+        if events & EPOLLHUP.rawValue != 0 { readiness.insert(.hangUp) }
+        if events & EPOLLERR.rawValue != 0 { readiness.insert(.error) }
+        return readiness
+    }
+}
+
+/// A descriptor's place in an `EventLoop`: made by `EventLoop.register`, ended by
+/// `unregister()` before the descriptor closes. Thread-safe.
+public final class EventRegistration: Sendable {
+    public let loop: EventLoop
+    private let token: UInt64
+    private let descriptor: FileDescriptor
+    private struct State {
+        var interest: Interest
+        var registered = true
+    }
+
+    private let state: Mutex<State>
+
+    init(loop: EventLoop, token: UInt64, descriptor: FileDescriptor, interest: Interest) {
+        self.loop = loop
+        self.token = token
+        self.descriptor = descriptor
+        state = Mutex(State(interest: interest))
+    }
+
+    deinit {
+        let registered = state.withLock { $0.registered }
+        if registered {
+            // Like a dropped open FileDescriptor: unregister so release builds stay correct.
+            if descriptor.isOpen { loop.remove(token, descriptor) }
+            assertionFailure("EventRegistration \(token) of \(descriptor) dropped without unregister()")
+        }
+    }
+
+    public var isRegistered: Bool { state.withLock { $0.registered } }
+
+    /// The interest set now.
+    public var interest: Interest { state.withLock { $0.interest } }
+
+    /// Changes what the handler is called for; a no-op when unchanged or after `unregister()`.
+    public func setInterest(_ interest: Interest) throws(TransportError) {
+        try state.withLock { state throws(TransportError) in
+            guard state.registered, state.interest != interest else { return }
+            _ = try loop.modify(token, descriptor, interest)
+            state.interest = interest
+        }
+    }
+
+    /// Removes the descriptor from the loop. Call it exactly once, before closing the
+    /// descriptor (later calls do nothing). Traps when the descriptor was closed first.
+    public func unregister() {
+        state.withLock { state in
+            guard state.registered else { return }
+            state.registered = false
+            loop.remove(token, descriptor)
+        }
+    }
+
+    /// `unregister()`, then closes the descriptor: the order the loop needs.
+    public func unregisterAndClose() {
+        unregister()
+        descriptor.close()
+    }
+}
+
+extension EventLoop {
+    /// The number of online processors (at least 1).
+    static var onlineProcessors: Int {
+        max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+}
+
+/// A few event loops, one per core: descriptors are spread over them round-robin or kept
+/// together by a hint. Thread-safe.
+public final class EventLoopGroup: Sendable {
+    public let loops: [EventLoop]
+    private let cursor = Atomic<Int>(0)
+
+    /// Starts `loopCount` loops (default: one per online core).
+    public init(loopCount: Int? = nil, name: String = "ocapn-uds.loop") throws(TransportError) {
+        let count = max(1, loopCount ?? EventLoop.onlineProcessors)
+        var loops: [EventLoop] = []
+        do throws(TransportError) {
+            for i in 0..<count { loops.append(try EventLoop(name: "\(name)-\(i)")) }
+        } catch {
+            for loop in loops { loop.shutdown() }
+            throw error
+        }
+        self.loops = loops
+    }
+
+    /// The process's loops, started on first use and kept for the life of the process.
+    /// A process that cannot create them (no descriptors or threads left at start) traps:
+    /// it could do no I/O at all.
+    public static let shared: EventLoopGroup = {
+        do {
+            return try EventLoopGroup()
+        } catch {
+            preconditionFailure("cannot start the event loops: \(error)")
+        }
+    }()
+
+    /// The next loop, round-robin.
+    public func next() -> EventLoop {
+        let i = cursor.wrappingAdd(1, ordering: .relaxed).oldValue
+        return loops[Int(UInt(bitPattern: i) % UInt(loops.count))]
+    }
+
+    /// The loop for `hint` (the same hint always gives the same loop).
+    public func loop(forHint hint: Int) -> EventLoop {
+        loops[Int(UInt(bitPattern: hint) % UInt(loops.count))]
+    }
+
+    /// Shuts every loop down (see `EventLoop.shutdown()`).
+    public func shutdown() {
+        for loop in loops { loop.shutdown() }
+    }
+}

@@ -1,0 +1,118 @@
+import Identity
+@testable import Runtime
+import Synchronization
+import Testing
+import Transport
+
+/// `PeerChannel.deliver(to:)`: messages handed to a closure on the channel's event-loop thread.
+@Suite struct ChannelHandlerTests {
+    let alice = IdentityKeyPair.generate()
+    let bob = IdentityKeyPair.generate()
+
+    final class Deliveries: Sendable {
+        let items = Mutex<[PeerChannel.Delivery]>([])
+        func append(_ d: PeerChannel.Delivery) { items.withLock { $0.append(d) } }
+        var messages: [[UInt8]] {
+            items.withLock { $0.compactMap { if case .message(let m) = $0 { m } else { nil } } }
+        }
+        var ends: [PeerError?] {
+            items.withLock { $0.compactMap { if case .ended(let e) = $0 { e } else { nil } } }
+        }
+        var endCount: Int { items.withLock { $0.filter { if case .ended = $0 { true } else { false } }.count } }
+    }
+
+    @Test func queuedMessagesComeFirstThenEveryMessageInOrderThenOneCleanEnd() async throws {
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        for i in 0..<5 { try await ca.send([UInt8(i)]) }
+        let engine = cb.engine
+        // The first messages wait in the inbound queue before the handler exists.
+        #expect(await PeerTestSupport.eventually { engine.queue.sync { engine.isWatchingDescriptor } })
+        try await Task.sleep(for: .milliseconds(50))
+        let got = Deliveries()
+        cb.deliver { got.append($0) }
+        for i in 5..<200 { try await ca.send([UInt8(i % 256), 0xEE]) }
+        #expect(await PeerTestSupport.eventually { got.messages.count == 200 })
+        let expected = (0..<5).map { [UInt8($0)] } + (5..<200).map { [UInt8($0 % 256), 0xEE] }
+        #expect(got.messages == expected)
+        #expect(got.endCount == 0)
+        async let closing = ca.close()
+        #expect(await PeerTestSupport.eventually { got.endCount == 1 })
+        #expect(got.ends.allSatisfy { $0 == nil })
+        await cb.close()
+        #expect(await closing.clean)
+        #expect(engine.queue.sync { engine.isWatchingDescriptor } == false)
+    }
+
+    @Test func aHandlerThatAnswersWithSendNowEchoesEveryMessageAtOnce() async throws {
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        let offLoop = Mutex(0)
+        let engine = cb.engine
+        cb.deliver { delivery in
+            if !engine.callerIsOnLoopThread { offLoop.withLock { $0 += 1 } }
+            if case .message(let m) = delivery { _ = try? cb.sendNow(m.reversed()) }
+        }
+        for i in 0..<50 {
+            let message: [UInt8] = [UInt8(i), 1, 2, 3]
+            try await ca.send(message)
+            #expect(try await ca.receive() == message.reversed())
+        }
+        #expect(offLoop.withLock { $0 } == 0)
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+    }
+
+    @Test func anAbortedPeerEndsTheHandlerWithItsError() async throws {
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        let got = Deliveries()
+        cb.deliver { got.append($0) }
+        try await ca.send([1])
+        await ca.abort()
+        #expect(await PeerTestSupport.eventually { got.endCount == 1 })
+        #expect(got.messages == [[1]])
+        #expect(got.ends.first??.code == .handshake(.truncated))
+    }
+
+    @Test func aPeerThatNeverReadsTheAnswersPausesReadingInsteadOfGrowingTheOutboundQueue() async throws {
+        var bounded = ChannelRuntimeConfiguration()
+        bounded.maxOutboundQueuedBytes = 64 << 10
+        bounded.socketSendBufferSize = nil
+        // ca's runtime stops reading the echoes after 4 queued messages, as its application
+        // reads none.
+        bounded.maxInboundQueuedMessages = 4
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice, bounded), PeerTestSupport.establishment(bob, bounded))
+        let echoed = Mutex(0)
+        cb.deliver { delivery in
+            if case .message(let m) = delivery {
+                _ = try? cb.sendNow(m)
+                echoed.withLock { $0 += 1 }
+            }
+        }
+        // ca sends 100 × 32 KiB and reads nothing back: the echoes fill both socket buffers,
+        // then cb's outbound queue goes over its bound and cb stops reading.
+        let total = 100
+        let sender = Task {
+            for i in 0..<total { try await ca.send([UInt8](repeating: UInt8(i), count: 32 << 10)) }
+        }
+        let engine = cb.engine
+        #expect(await PeerTestSupport.eventually(timeout: .seconds(5)) {
+            engine.queue.sync { engine.isReadingPausedForOutput }
+        })
+        // Over the bound by at most what one readiness event read before the pause.
+        let pending = engine.queue.sync { engine.pendingOutputBytes }
+        let slack = bounded.readsPerEvent * bounded.readChunkSize + (33 << 10)
+        #expect(pending <= bounded.maxOutboundQueuedBytes + slack, "cb queued \(pending) bytes")
+        #expect(echoed.withLock { $0 } < total)
+        // Reading the answers lets everything through, in order.
+        for i in 0..<total {
+            let m = try await ca.receive()
+            #expect(m?.count == 32 << 10 && m?.first == UInt8(i))
+        }
+        try await sender.value
+        #expect(echoed.withLock { $0 } == total)
+        #expect(engine.queue.sync { engine.isReadingPausedForOutput } == false)
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+    }
+}

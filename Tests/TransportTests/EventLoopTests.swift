@@ -1,0 +1,158 @@
+import Foundation
+import Glibc
+import Testing
+import Transport
+
+extension TransportTests {
+    @Suite struct EventLoops {
+        @Test func readinessIsReportedOnTheLoopThreadAndAnEmptyInterestStopsIt() async throws {
+            let oracle = await LeakOracle.make()
+            let loop = try EventLoop(name: "test-loop")
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            oracle.track([mine, theirs])
+            let log = EventLog<String>()
+            let onLoop = EventLog<Bool>()
+            let registration = try loop.register(mine, interest: .readable) { readiness in
+                onLoop.append(loop.inLoopThread)
+                if readiness.contains(.readable) { log.append("readable") }
+                if readiness.contains(.writable) { log.append("writable") }
+            }
+            #expect(loop.registeredCount == 1)
+            #expect(!loop.inLoopThread)
+            // Nothing to read yet: no call.
+            usleep(20_000)
+            #expect(log.events.isEmpty)
+            try sendAll(theirs, [1, 2, 3])
+            #expect(log.wait { $0.contains("readable") })
+            // Level-triggered: the unread bytes keep reporting until interest is dropped.
+            #expect(log.wait { $0.filter { $0 == "readable" }.count >= 3 })
+            try registration.setInterest([])
+            usleep(20_000)
+            let quiet = log.events.count
+            usleep(50_000)
+            #expect(log.events.count == quiet)
+            try registration.setInterest(.writable)
+            #expect(log.wait { $0.contains("writable") })
+            try registration.setInterest([])
+            #expect(onLoop.events.allSatisfy { $0 })
+            registration.unregisterAndClose()
+            #expect(!mine.isOpen)
+            #expect(loop.registeredCount == 0)
+            theirs.close()
+            loop.shutdown()
+            await oracle.expectNoLeaks()
+        }
+
+        @Test func anUnregisteredDescriptorIsNeverReportedAgainEvenWhenItsNumberIsReused() async throws {
+            let oracle = await LeakOracle.make()
+            let loop = try EventLoop(name: "test-loop")
+            let log = EventLog<String>()
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            oracle.track([mine, theirs])
+            let oldNumber = try mine.withRawDescriptor { $0 }
+            let registration = try loop.register(mine, interest: .readable) { _ in log.append("old") }
+            registration.unregister()
+            #expect(!registration.isRegistered)
+            registration.unregister()  // later calls do nothing
+            mine.close()
+            // The lowest free number is handed out again: the new socket very likely reuses it.
+            let (reused, other) = try FileDescriptor.socketPair()
+            oracle.track([reused, other])
+            let newNumber = try reused.withRawDescriptor { $0 }
+            let second = try loop.register(reused, interest: .readable) { _ in log.append("new") }
+            try sendAll(other, [9])
+            #expect(log.wait { $0.contains("new") })
+            #expect(!log.events.contains("old"))
+            if newNumber == oldNumber { #expect(loop.registeredCount == 1) }
+            second.unregisterAndClose()
+            other.close()
+            theirs.close()
+            loop.shutdown()
+            await oracle.expectNoLeaks()
+        }
+
+        @Test func closingBeforeUnregisteringTraps() async throws {
+            await #expect(processExitsWith: .failure) {
+                let loop = try EventLoop(name: "test-trap")
+                let (mine, theirs) = try FileDescriptor.socketPair()
+                let registration = try loop.register(mine, interest: .readable) { _ in }
+                mine.close()
+                theirs.close()
+                registration.unregister()
+            }
+        }
+
+        @Test func aHangUpWithoutInterestIsReportedAtMostOnce() async throws {
+            let oracle = await LeakOracle.make()
+            let loop = try EventLoop(name: "test-loop")
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            oracle.track([mine, theirs])
+            let log = EventLog<Readiness>()
+            let registration = try loop.register(mine, interest: []) { log.append($0) }
+            theirs.close()
+            usleep(100_000)
+            #expect(log.events.count <= 1)
+            // Interest returns: the end of stream is readable (level-triggered) again.
+            try registration.setInterest(.readable)
+            #expect(log.wait { $0.contains { $0.contains(.readable) } })
+            registration.unregisterAndClose()
+            loop.shutdown()
+            await oracle.expectNoLeaks()
+        }
+
+        @Test func workSentFromOtherThreadsRunsOnTheLoopThreadInOrderPerSender() async throws {
+            let loop = try EventLoop(name: "test-loop")
+            let log = EventLog<(Int, Int, Bool)>()
+            let senders = 4
+            let perSender = 500
+            DispatchQueue.concurrentPerform(iterations: senders) { sender in
+                for i in 0..<perSender {
+                    #expect(loop.execute { log.append((sender, i, loop.inLoopThread)) })
+                }
+            }
+            #expect(log.wait { $0.count == senders * perSender })
+            let events = log.events
+            #expect(events.allSatisfy { $0.2 })
+            for sender in 0..<senders {
+                #expect(events.filter { $0.0 == sender }.map(\.1) == Array(0..<perSender))
+            }
+            loop.shutdown()
+        }
+
+        @Test func shutdownStopsTheThreadForgetsHandlersAndClosesTheLoopsDescriptors() async throws {
+            let oracle = await LeakOracle.make()
+            let before = DescriptorCensus.openCount()
+            let loop = try EventLoop(name: "test-loop")
+            #expect(DescriptorCensus.openCount() == before + 2)  // epoll and eventfd
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            oracle.track([mine, theirs])
+            let log = EventLog<String>()
+            let registration = try loop.register(mine, interest: .readable) { _ in log.append("ready") }
+            loop.shutdown()
+            loop.shutdown()  // idempotent
+            #expect(loop.registeredCount == 0)
+            #expect(!loop.execute { log.append("late work") })
+            try sendAll(theirs, [1])
+            usleep(50_000)
+            #expect(log.events.isEmpty)
+            #expect(throws: TransportError.self) { try loop.register(theirs, interest: .readable) { _ in } }
+            // The owner still unregisters before closing; after shutdown that only marks it.
+            try registration.setInterest(.writable)
+            registration.unregisterAndClose()
+            theirs.close()
+            await oracle.expectNoLeaks()
+        }
+
+        @Test func aGroupSpreadsRoundRobinAndKeepsAHintOnOneLoop() throws {
+            let group = try EventLoopGroup(loopCount: 3, name: "test-group")
+            defer { group.shutdown() }
+            #expect(group.loops.count == 3)
+            let picked = (0..<6).map { _ in ObjectIdentifier(group.next()) }
+            #expect(Set(picked).count == 3)
+            #expect(picked[0] == picked[3] && picked[1] == picked[4])
+            #expect(group.loop(forHint: 7) === group.loop(forHint: 7))
+            #expect(group.loop(forHint: 7) === group.loops[1])
+            #expect(EventLoopGroup.shared.loops.count >= 1)
+        }
+    }
+}
