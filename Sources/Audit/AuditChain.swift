@@ -1,19 +1,5 @@
 import Identity
 
-/// Signs checkpoints with the node's identity key without this module holding the key.
-///
-/// `sign` receives the full message (`AuditRecord.checkpointContext` ‖ record bytes), never a
-/// raw 64-byte value, so it cannot be used as the registration leg's signing oracle.
-public struct AuditSigner: Sendable {
-    public let identity: PublicIdentity
-    public let sign: @Sendable ([UInt8]) -> [UInt8]
-
-    public init(identity: PublicIdentity, sign: @escaping @Sendable ([UInt8]) -> [UInt8]) {
-        self.identity = identity
-        self.sign = sign
-    }
-}
-
 /// When signed checkpoints are written (only with a signer).
 public struct AuditCheckpointPolicy: Sendable, Equatable {
     /// A checkpoint after this many records since the last one.
@@ -35,7 +21,9 @@ public struct AuditCheckpointPolicy: Sendable, Equatable {
 /// copy only if the write succeeded: a failed write never advances `seq` or the head.
 public struct AuditChain: Sendable {
     public let writer: PublicIdentity
-    public let signer: AuditSigner?
+    /// The writer's own key pair, which signs checkpoints (`signAuditCheckpoint`: always under
+    /// `AuditRecord.checkpointContext`, so never as a registration or handshake signature).
+    public let signer: IdentityKeyPair?
     public let policy: AuditCheckpointPolicy
     /// Seq of the next record.
     public private(set) var nextSeq: UInt64
@@ -51,10 +39,10 @@ public struct AuditChain: Sendable {
     public private(set) var lastTime: AuditTimestamp?
 
     /// A chain continuing after `head` (or a new chain from `AuditRecord.genesis`, seq 1).
-    public init(writer: PublicIdentity, signer: AuditSigner?, policy: AuditCheckpointPolicy = .init(),
+    public init(writer: PublicIdentity, signer: IdentityKeyPair?, policy: AuditCheckpointPolicy = .init(),
                 nextSeq: UInt64 = 1, head: AuditDigest = AuditRecord.genesis, sealing: AuditSealingKey? = nil,
                 lastTime: AuditTimestamp? = nil) {
-        precondition(signer.map { $0.identity == writer } ?? true, "the audit signer must be the writer's identity")
+        precondition(signer.map { $0.publicIdentity == writer } ?? true, "the audit signer must be the writer's identity")
         precondition(sealing == nil || signer != nil, "sealed checkpoints are also signed: sealing needs a signer")
         self.sealing = sealing
         self.lastTime = lastTime
@@ -90,12 +78,7 @@ public struct AuditChain: Sendable {
             record = AuditRecord(seq: nextSeq, prev: head, timestamp: time, event: event, log: m)
         }
         if var m = record.log, event.kind == .logCheckpoint || event.kind == .logClosed, let signer {
-            let message = record.signedMessage()
-            let sig = signer.sign(message)
-            // A signer that does not match `writer` is a wiring bug; catching it here keeps a
-            // log of unverifiable checkpoints from ever being written.
-            precondition(writer.verify(signature: sig, message: message), "audit signer produced an invalid signature")
-            m.signature = sig
+            m.signature = signer.signAuditCheckpoint(recordLine: record.unsignedLine())
             record = AuditRecord(seq: nextSeq, prev: head, timestamp: time, event: event, log: m)
         }
         let line = record.encode()

@@ -25,7 +25,7 @@ public struct AuditFileConfiguration: Sendable {
     public var path: String
     public var writer: PublicIdentity
     /// Signs checkpoints and the closing record; nil for an unsigned (hash-chain only) log.
-    public var signer: AuditSigner?
+    public var signer: IdentityKeyPair?
     public var checkpoints: AuditCheckpointPolicy
     public var fsync: AuditFsyncPolicy
     /// The live file is rotated once it reaches this size (it may exceed it by one record and
@@ -50,7 +50,7 @@ public struct AuditFileConfiguration: Sendable {
     public var asynchronous: Bool = false
 
     public init(
-        path: String, writer: PublicIdentity, signer: AuditSigner? = nil, checkpoints: AuditCheckpointPolicy = .init(),
+        path: String, writer: PublicIdentity, signer: IdentityKeyPair? = nil, checkpoints: AuditCheckpointPolicy = .init(),
         fsync: AuditFsyncPolicy = .onCheckpoint, maxFileBytes: Int64 = 64 << 20, maxRotatedFiles: Int = 16,
         maxRecordBytes: Int = 8192, clock: @escaping @Sendable () -> AuditTimestamp = AuditTimestamp.now,
         sealingKeyPath: String? = nil, witness: AuditWitnessTarget? = nil, tick: Duration? = nil, asynchronous: Bool = false

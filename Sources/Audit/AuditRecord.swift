@@ -61,7 +61,7 @@ public struct AuditRecord: Hashable, Sendable {
     public static let schemaVersion: UInt64 = 1
     /// Domain separation for checkpoint signatures: the identity key also signs handshakes and
     /// registration challenges, so what it signs here must never parse as either.
-    public static let checkpointContext: [UInt8] = Array("ocapn-uds audit checkpoint v1".utf8) + [0]
+    public static let checkpointContext: [UInt8] = SignedMessage.auditCheckpointContext
     /// `prev` of the first record of a chain.
     public static let genesis = AuditDigest([UInt8](repeating: 0, count: 32))
 
@@ -142,10 +142,15 @@ public struct AuditRecord: Hashable, Sendable {
     /// What a checkpoint signature covers: the context, then this record's line up to (not
     /// including) `,"sig":` — every field of the record, `prev` binding everything before it.
     public func signedMessage() -> [UInt8] {
+        SignedMessage.auditCheckpoint(recordLine: unsignedLine())
+    }
+
+    /// This record's line without its signature and newline: what follows the context in
+    /// `signedMessage()`, and what the writer's key pair signs (`signAuditCheckpoint`).
+    func unsignedLine() -> ArraySlice<UInt8> {
         var unsigned = self.log!
         unsigned.signature = nil
-        let line = AuditRecord(seq: seq, prev: prev, timestamp: timestamp, event: event, log: unsigned).encode()
-        return Self.checkpointContext + line.dropLast()
+        return AuditRecord(seq: seq, prev: prev, timestamp: timestamp, event: event, log: unsigned).encode().dropLast()
     }
 
     /// What a seal covers: the seal context, then this record's line up to (not including)

@@ -21,7 +21,7 @@ public enum AuditSealing {
     public static let defaultIntervalMicros: Int64 = 15 * 60 * 1_000_000
 
     /// One step of the key chain. The caller drops (and so wipes) the old key.
-    public static func evolve(_ key: SecretBytes) -> SecretBytes {
+    package static func evolve(_ key: SecretBytes) -> SecretBytes {
         let h = BLAKE2b.Hasher(outputLength: keyLength)
         h.update(evolveContext)
         key.withUnsafeBytes { h.update($0) }
@@ -30,7 +30,7 @@ public enum AuditSealing {
     }
 
     /// `k[to]` from `k[from]` (to >= from), wiping every intermediate key.
-    public static func evolve(_ key: SecretBytes, from: UInt64, to: UInt64) -> SecretBytes {
+    package static func evolve(_ key: SecretBytes, from: UInt64, to: UInt64) -> SecretBytes {
         precondition(to >= from, "sealing keys only evolve forward")
         var k = key
         var i = from
@@ -42,7 +42,7 @@ public enum AuditSealing {
     }
 
     /// The seal of `message` (a record's bytes up to its `,"seal":`) under an epoch key.
-    public static func mac(key: SecretBytes, message: [UInt8]) -> AuditDigest {
+    package static func mac(key: SecretBytes, message: [UInt8]) -> AuditDigest {
         let bytes: [UInt8] = key.withUnsafeBytes { k in
             var keyCopy = Array(k)
             defer { for i in keyCopy.indices { keyCopy[i] = 0 } }
@@ -56,7 +56,7 @@ public enum AuditSealing {
 
     /// Public name of a key chain: BLAKE2b-128(idContext ‖ k[0] ‖ start ‖ interval), big-endian
     /// 64-bit integers. Lets a log say which verification key checks it without revealing it.
-    public static func keyID(k0: SecretBytes, startMicros: Int64, intervalMicros: Int64) -> AuditDigest {
+    package static func keyID(k0: SecretBytes, startMicros: Int64, intervalMicros: Int64) -> AuditDigest {
         let h = BLAKE2b.Hasher(outputLength: 16)
         h.update(idContext)
         k0.withUnsafeBytes { h.update($0) }
@@ -78,12 +78,12 @@ public enum AuditSealing {
 /// it can also forge seals (the construction is symmetric), so it must not live on the host.
 public struct AuditVerificationKey: Sendable {
     public static let prefix = "ocapn-uds-audit-verify-v1"
-    public let k0: SecretBytes
+    package let k0: SecretBytes
     public let startMicros: Int64
     public let intervalMicros: Int64
     public let id: AuditDigest
 
-    public init(k0: SecretBytes, startMicros: Int64, intervalMicros: Int64) {
+    package init(k0: SecretBytes, startMicros: Int64, intervalMicros: Int64) {
         precondition(k0.count == AuditSealing.keyLength && intervalMicros > 0, "bad verification key")
         self.k0 = k0
         self.startMicros = startMicros
@@ -115,7 +115,7 @@ public final class AuditSealingKey: @unchecked Sendable {
     public let intervalMicros: Int64
     public let id: AuditDigest
 
-    public init(key: SecretBytes, epoch: UInt64, startMicros: Int64, intervalMicros: Int64, id: AuditDigest) {
+    package init(key: SecretBytes, epoch: UInt64, startMicros: Int64, intervalMicros: Int64, id: AuditDigest) {
         precondition(key.count == AuditSealing.keyLength && intervalMicros > 0, "bad sealing key")
         self.key = key
         self.epoch = epoch

@@ -63,13 +63,11 @@ enum ChannelBench {
     }
 
     static func establish(_ sa: FileDescriptor, _ sb: FileDescriptor) throws -> (EstablishedSession, EstablishedSession) {
-        let a = Ed25519.generate()
-        let b = Ed25519.generate()
-        let idA = try HandshakeIdentity(publicKey: a.publicKey, secretKey: a.secretKey)
-        let idB = try HandshakeIdentity(publicKey: b.publicKey, secretKey: b.secretKey)
+        let idA = IdentityKeyPair.generate()
+        let idB = IdentityKeyPair.generate()
         let now = ContinuousClock.now
-        let initiator = try HandshakeInitiator(identity: idA, responder: b.publicKey, keyCache: X25519KeyCache(), now: now)
-        let responder = HandshakeResponder(identity: idB, announcedInitiator: a.publicKey, keyCache: X25519KeyCache(), now: now)
+        let initiator = try HandshakeInitiator(identity: idA, responder: idB.publicIdentity, keyCache: IdentityKeyCache(), now: now)
+        let responder = HandshakeResponder(identity: idB, announcedInitiator: idA.publicIdentity, keyCache: IdentityKeyCache(), now: now)
         guard case let .send(msg2) = try responder.receive(initiator.initialMessage, now: now),
               case let .established(sa2, send: auth) = try initiator.receive(msg2, now: now),
               case let .established(sb2, _) = try responder.receive(auth, now: now)

@@ -1,4 +1,5 @@
 import Foundation
+import Identity
 import Synchronization
 import SecureChannel
 import SodiumCrypto
@@ -29,8 +30,8 @@ enum HandshakeBench {
     /// One side's long-lived state: identity plus the precomputations it keeps between handshakes.
     struct Side {
         let publicKey: [UInt8]
-        let identity: HandshakeIdentity
-        let keyCache: X25519KeyCache
+        let identity: IdentityKeyPair
+        let keyCache: IdentityKeyCache
         let staticSecrets: StaticSecretCache?
         let ephemeralKeys: EphemeralKeySource
 
@@ -40,9 +41,9 @@ enum HandshakeBench {
             staticSecrets == nil ? Ed25519.isValidIdentityKey(peer) : keyCache.isValidIdentityKey(peer)
         }
 
-        static func make(keyCache: X25519KeyCache, staticSecrets: StaticSecretCache?, ephemeralKeys: EphemeralKeySource) throws -> Side {
-            let k = Ed25519.generate()
-            return Side(publicKey: k.publicKey, identity: try HandshakeIdentity(publicKey: k.publicKey, secretKey: k.secretKey),
+        static func make(keyCache: IdentityKeyCache, staticSecrets: StaticSecretCache?, ephemeralKeys: EphemeralKeySource) throws -> Side {
+            let k = IdentityKeyPair.generate()
+            return Side(publicKey: k.publicKey, identity: k,
                         keyCache: keyCache, staticSecrets: staticSecrets, ephemeralKeys: ephemeralKeys)
         }
     }
@@ -52,10 +53,10 @@ enum HandshakeBench {
         pool.prefill()
         let ephemerals: EphemeralKeySource = mode == .uncached ? .system : .pool(pool)
         func responderSide() throws -> Side {
-            try Side.make(keyCache: X25519KeyCache(), staticSecrets: mode == .uncached ? nil : StaticSecretCache(), ephemeralKeys: ephemerals)
+            try Side.make(keyCache: IdentityKeyCache(), staticSecrets: mode == .uncached ? nil : StaticSecretCache(), ephemeralKeys: ephemerals)
         }
         var b = try responderSide()
-        var a = try Side.make(keyCache: X25519KeyCache(), staticSecrets: mode == .uncached ? nil : StaticSecretCache(), ephemeralKeys: ephemerals)
+        var a = try Side.make(keyCache: IdentityKeyCache(), staticSecrets: mode == .uncached ? nil : StaticSecretCache(), ephemeralKeys: ephemerals)
         // Let the pool fill before the first timed handshake, as it has in a running peer.
         for _ in 0..<2000 where pool.available < pool.capacity { usleep(500) }
         var latencies = Samples()
@@ -66,10 +67,10 @@ enum HandshakeBench {
             case .warm: break
             case .cold:
                 // A key never seen before, met by a long-running responder (its caches persist).
-                a = try Side.make(keyCache: X25519KeyCache(), staticSecrets: StaticSecretCache(), ephemeralKeys: ephemerals)
+                a = try Side.make(keyCache: IdentityKeyCache(), staticSecrets: StaticSecretCache(), ephemeralKeys: ephemerals)
             case .uncached:
-                a = try Side.make(keyCache: X25519KeyCache(), staticSecrets: nil, ephemeralKeys: ephemerals)
-                b = Side(publicKey: b.publicKey, identity: b.identity, keyCache: X25519KeyCache(), staticSecrets: nil, ephemeralKeys: ephemerals)
+                a = try Side.make(keyCache: IdentityKeyCache(), staticSecrets: nil, ephemeralKeys: ephemerals)
+                b = Side(publicKey: b.publicKey, identity: b.identity, keyCache: IdentityKeyCache(), staticSecrets: nil, ephemeralKeys: ephemerals)
             }
             let (sa, sb) = try FileDescriptor.socketPair()
             defer { sa.close(); sb.close() }
@@ -93,9 +94,9 @@ enum HandshakeBench {
     static func handshake(_ a: Side, _ b: Side, _ sa: FileDescriptor, _ sb: FileDescriptor, _ buffer: inout [UInt8]) throws {
         let now = ContinuousClock.now
         guard a.validate(b.publicKey), b.validate(a.publicKey) else { throw BenchError("identity key refused") }
-        let initiator = try HandshakeInitiator(identity: a.identity, responder: b.publicKey, keyCache: a.keyCache,
+        let initiator = try HandshakeInitiator(identity: a.identity, responder: b.identity.publicIdentity, keyCache: a.keyCache,
                                                staticSecrets: a.staticSecrets, ephemeralKeys: a.ephemeralKeys, now: now)
-        let responder = HandshakeResponder(identity: b.identity, announcedInitiator: a.publicKey, keyCache: b.keyCache,
+        let responder = HandshakeResponder(identity: b.identity, announcedInitiator: a.identity.publicIdentity, keyCache: b.keyCache,
                                            staticSecrets: b.staticSecrets, ephemeralKeys: b.ephemeralKeys, now: now)
         try writeAll(sa, initiator.initialMessage)
         let msg1 = try readSome(sb, &buffer)
@@ -160,9 +161,9 @@ enum HandshakeBench {
 
     /// One responder and `initiators` peers that have each met it once (warm caches on both sides).
     static func peerReceivingMany(initiators: Int) throws -> (responder: Side, initiators: [Side]) {
-        let responder = try Side.make(keyCache: X25519KeyCache(), staticSecrets: StaticSecretCache(), ephemeralKeys: .system)
+        let responder = try Side.make(keyCache: IdentityKeyCache(), staticSecrets: StaticSecretCache(), ephemeralKeys: .system)
         let peers = try (0..<initiators).map { _ in
-            try Side.make(keyCache: X25519KeyCache(), staticSecrets: StaticSecretCache(), ephemeralKeys: .system)
+            try Side.make(keyCache: IdentityKeyCache(), staticSecrets: StaticSecretCache(), ephemeralKeys: .system)
         }
         for p in peers { try memoryHandshake(p, responder) }
         return (responder, peers)
@@ -172,9 +173,9 @@ enum HandshakeBench {
     static func memoryHandshake(_ a: Side, _ b: Side) throws {
         let now = ContinuousClock.now
         guard a.validate(b.publicKey), b.validate(a.publicKey) else { throw BenchError("identity key refused") }
-        let initiator = try HandshakeInitiator(identity: a.identity, responder: b.publicKey, keyCache: a.keyCache,
+        let initiator = try HandshakeInitiator(identity: a.identity, responder: b.identity.publicIdentity, keyCache: a.keyCache,
                                                staticSecrets: a.staticSecrets, ephemeralKeys: a.ephemeralKeys, now: now)
-        let responder = HandshakeResponder(identity: b.identity, announcedInitiator: a.publicKey, keyCache: b.keyCache,
+        let responder = HandshakeResponder(identity: b.identity, announcedInitiator: a.identity.publicIdentity, keyCache: b.keyCache,
                                            staticSecrets: b.staticSecrets, ephemeralKeys: b.ephemeralKeys, now: now)
         guard case let .send(msg2) = try responder.receive(initiator.initialMessage, now: now),
               case let .established(_, send: auth) = try initiator.receive(msg2, now: now),

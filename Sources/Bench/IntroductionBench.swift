@@ -41,7 +41,7 @@ enum IntroductionBench {
         let sink = try auditLog.map { logPath in
             try AuditFileSink(AuditFileConfiguration(
                 path: logPath, writer: serverKey.publicIdentity,
-                signer: AuditSigner(identity: serverKey.publicIdentity, sign: { serverKey.sign($0) }), tick: .seconds(1), asynchronous: true))
+                signer: serverKey, tick: .seconds(1), asynchronous: true))
         }
         let server = IntroductionServer(identity: serverKey, socket: socket, configuration: .init(core: core), audit: sink, logger: logger)
         server.start()

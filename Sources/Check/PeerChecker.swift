@@ -47,7 +47,7 @@ public final class PeerChecker: Sendable {
     /// bounds waits for what should not happen.
     var patience: Duration { options.timeout * 3 }
     private let server: ServerChecker
-    private let keyCache = X25519KeyCache(capacity: 16)
+    private let keyCache = IdentityKeyCache(capacity: 16)
 
     public init(target: PeerLocator, serverPath: String, options: PeerCheckOptions = PeerCheckOptions()) {
         self.target = target
@@ -147,15 +147,9 @@ public final class PeerChecker: Sendable {
         return Link(mine)
     }
 
-    func handshakeIdentity(_ key: IdentityKeyPair) throws -> HandshakeIdentity {
-        do { return try HandshakeIdentity(publicKey: key.publicKey, secretKey: key.handshakeSecretKey()) } catch {
-            throw ProbeSetupFailure(detail: "handshake identity: \(error)")
-        }
-    }
-
-    func initiator(_ key: IdentityKeyPair, responder: [UInt8]) throws -> HandshakeInitiator {
+    func initiator(_ key: IdentityKeyPair, responder: PublicIdentity) throws -> HandshakeInitiator {
         do {
-            return try HandshakeInitiator(identity: try handshakeIdentity(key), responder: responder,
+            return try HandshakeInitiator(identity: key, responder: responder,
                                           configuration: HandshakeConfiguration(timeout: options.timeout * 4),
                                           keyCache: keyCache, now: .now)
         } catch {
@@ -177,7 +171,7 @@ public final class PeerChecker: Sendable {
     /// A full UDS-HS1 handshake as `me`; what the peer answered.
     func handshake(_ me: ServerChecker.Client) throws -> ContactKind {
         let link = try introduce(me)
-        let machine = try initiator(me.key, responder: target.identity.publicKey)
+        let machine = try initiator(me.key, responder: target.identity)
         guard link.send(machine.initialMessage) else { return .refused("could not write msg1") }
         let (bytes, end) = link.read(UDSHS1.msg2Length, timeout: patience)
         if bytes.first == UInt8(ascii: "<") { return .plaintext(bytes) }

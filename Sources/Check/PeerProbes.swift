@@ -13,22 +13,22 @@ extension PeerChecker {
         case "W9.from-checked":
             let other = IdentityKeyPair.generate()
             return try hostileMessage1(me, "msg1 by \(other.publicIdentity.fingerprint), not the introduction's from") {
-                try initiator(other, responder: target.identity.publicKey).initialMessage
+                try initiator(other, responder: target.identity).initialMessage
             }
         case "HA.wrong-responder":
             let other = IdentityKeyPair.generate()
             return try hostileMessage1(me, "msg1 addressed to \(other.publicIdentity.fingerprint)") {
-                try initiator(me.key, responder: other.publicKey).initialMessage
+                try initiator(me.key, responder: other.publicIdentity).initialMessage
             }
         case "HA.reflected-msg1":
             return try hostileMessage1(me, "msg1 naming the peer's own key as initiator") {
-                var msg1 = try initiator(me.key, responder: target.identity.publicKey).initialMessage
+                var msg1 = try initiator(me.key, responder: target.identity).initialMessage
                 msg1.replaceSubrange(8..<40, with: target.identity.publicKey)
                 return msg1
             }
         case "HA.low-order-ephemeral":
             return try hostileMessage1(me, "msg1 with an all-zero (low-order) ephemeral") {
-                var msg1 = try initiator(me.key, responder: target.identity.publicKey).initialMessage
+                var msg1 = try initiator(me.key, responder: target.identity).initialMessage
                 msg1.replaceSubrange(72..<104, with: [UInt8](repeating: 0, count: 32))
                 return msg1
             }

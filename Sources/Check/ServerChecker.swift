@@ -210,8 +210,8 @@ public final class ServerChecker: Sendable {
     }
 
     func signature(_ key: IdentityKeyPair, over challenge: [UInt8], form: SignatureForm) throws -> [UInt8] {
-        let signature = try Ed25519Signature(key.sign(challenge))
         let payload = try Challenge(challenge)
+        let signature = key.sign(payload)
         let field: SignatureField = form == .raw ? .raw(signature) : .sigVal(signature)
         return UDSMessage.signature(UDSSignature(payload: payload, signature: field)).encoded
     }

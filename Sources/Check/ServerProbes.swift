@@ -16,13 +16,13 @@ extension ServerChecker {
         case "E2.worked-example": return try workedExample()
         case "E2.bad-signature":
             return try forgedRegistration("a signature with one bit flipped") { key, challenge in
-                var s = key.sign(challenge)
+                var s = key.sign(challenge).bytes
                 s[5] ^= 0x01
                 return s
             }
         case "E2.wrong-key":
             let other = IdentityKeyPair.generate()
-            return try forgedRegistration("a valid signature by another key") { _, challenge in other.sign(challenge) }
+            return try forgedRegistration("a valid signature by another key") { _, challenge in other.sign(challenge).bytes }
         case "E2.replayed-signature": return try replayedSignature()
         case "E2.challenge-length": return try challengeLengths()
         case "E2.registration-relay": return try registrationRelay()
@@ -131,12 +131,12 @@ extension ServerChecker {
     }
 
     /// Registration with a forged uds:signature must not route introductions to the connection.
-    private func forgedRegistration(_ what: String, _ sign: (IdentityKeyPair, [UInt8]) -> [UInt8]) throws -> (CheckStatus, String) {
+    private func forgedRegistration(_ what: String, _ sign: (IdentityKeyPair, Challenge) -> [UInt8]) throws -> (CheckStatus, String) {
         let x = try connect()
         defer { x.close() }
         let key = IdentityKeyPair.generate()
         guard let response = startRegistration(x, key).0 else { return (.skip, "the server does not answer uds:register") }
-        let forged = try Ed25519Signature(sign(key, response.serverChallenge))
+        let forged = try Ed25519Signature(sign(key, try Challenge(response.serverChallenge)))
         x.send(.signature(UDSSignature(payload: try Challenge(response.serverChallenge), signature: .raw(forged))))
         if try receivesIntroductions(x, for: key.publicIdentity, expected: false) {
             return (.fail, "registered with \(what): introductions for the key were delivered to us")

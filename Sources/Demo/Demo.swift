@@ -243,7 +243,7 @@ public final class Demo: @unchecked Sendable {
         let clientAuditPath = file("client.audit.jsonl")
         let clientAudit = try AuditFileSink(AuditFileConfiguration(
             path: clientAuditPath, writer: clientKey.publicIdentity,
-            signer: AuditSigner(identity: clientKey.publicIdentity, sign: { clientKey.sign($0) })))
+            signer: clientKey))
         // Handed to `interrupt()`, which seals it; an interrupt that came first is honoured here.
         let kept = lock.withLock { () -> Bool in
             guard !stopping else { return false }

@@ -44,8 +44,7 @@ final class LyingIntroductionServer: @unchecked Sendable {
         }), raw >= 0 else { return }
         _ = fcntl(raw, F_SETFD, FD_CLOEXEC)
         let control = FileDescriptor(adopting: raw)
-        let signer = SigningIdentity(identity: key.publicIdentity) { [key] in key.sign($0) }
-        var machine = RegistrationServer(signer: signer, challenge: .random())
+        var machine = RegistrationServer(signer: key, challenge: .random())
         var reader = ControlStreamReader<FileDescriptor>()
         var buffer = [UInt8](repeating: 0, count: 4096)
         do {
@@ -98,9 +97,8 @@ final class LyingIntroductionServer: @unchecked Sendable {
             try BlockingIO.sendAll(control, lie.encoded)
             try BlockingIO.sendAll(control, UDSNewConnection.fdMarker, passing: [theirs])
             theirs.close()
-            let me = try HandshakeIdentity(publicKey: key.publicKey, secretKey: key.handshakeSecretKey())
-            let initiator = try HandshakeInitiator(identity: me, responder: peer.identity.publicKey,
-                                                   keyCache: X25519KeyCache(), now: .now)
+            let initiator = try HandshakeInitiator(identity: key, responder: peer.identity,
+                                                   keyCache: IdentityKeyCache(), now: .now)
             try BlockingIO.sendAll(mine, initiator.initialMessage)
             // From here on, end of stream or a reset is the target refusing.
             do {

@@ -48,7 +48,7 @@ public struct IdentityFileLimits: Sendable, Equatable {
 }
 
 /// How a private key file protects its seed.
-public enum KeyFileProtection: Sendable {
+package enum KeyFileProtection: Sendable {
     /// The seed is stored in base64; the file's 0600 mode is the only protection.
     case none
     /// Argon2id(passphrase, random salt) keys XChaCha20-Poly1305 over the seed, the header bound
@@ -82,7 +82,7 @@ public enum IdentityKeyFile {
 
     /// The bytes of a private key file for `keyPair`. They contain the seed (plainly, unless
     /// protected), hence `SecretBytes`. `random(n)` supplies the salt and nonce; tests inject it.
-    public static func encode(
+    package static func encode(
         _ keyPair: IdentityKeyPair, protection: KeyFileProtection,
         random: (Int) -> [UInt8] = RandomBytes.bytes
     ) throws(IdentityError) -> SecretBytes {
@@ -116,11 +116,21 @@ public enum IdentityKeyFile {
         return SecretBytes(consuming: &text)
     }
 
+    /// Decodes an unencrypted private key file, encodes its key again and decodes that: the
+    /// round trip the key-file fuzzer checks, without the seed-bearing bytes leaving this module.
+    @_spi(TestVectors) public static func decodeAndReencode(_ contents: [UInt8]) throws(IdentityError) -> (decoded: IdentityKeyPair, reencoded: IdentityKeyPair) {
+        let pair = try decode(contents, passphrase: nil)
+        let again = try encode(pair, protection: .none)
+        var bytes = again.withUnsafeBytes { Array($0) }
+        defer { secureZero(&bytes) }
+        return (pair, try decode(bytes, passphrase: nil))
+    }
+
     // MARK: decode
 
     /// Reads a private key file's bytes. `passphrase` is needed for an encrypted file and
     /// ignored for an unencrypted one.
-    public static func decode(
+    package static func decode(
         _ contents: [UInt8], passphrase: SecretBytes?, limits: IdentityFileLimits = .default
     ) throws(IdentityError) -> IdentityKeyPair {
         let parsed = try parse(contents, limits: limits)

@@ -16,8 +16,8 @@ extension IdentityKeyFile {
     /// crash leaves the old file or the new one, never a partial key. Without `force` an existing
     /// file is never replaced (checked atomically: the temporary file is hard-linked into place).
     /// With a passphrase the seed is encrypted (Argon2id with `kdf`, XChaCha20-Poly1305).
-    public static func write(
-        _ keyPair: IdentityKeyPair, to path: String, passphrase: SecretBytes? = nil,
+    package static func write(
+        _ keyPair: IdentityKeyPair, to path: String, passphrase: SecretBytes?,
         force: Bool = false, kdf: KDFParameters = .moderate
     ) throws(IdentityError) {
         // Refuse early, before spending a second on Argon2id; the link below re-checks atomically.
@@ -41,8 +41,8 @@ extension IdentityKeyFile {
     /// Loads a private key file. Refuses a missing file, one that is not a regular file, one
     /// group- or world-accessible or owned by another user (like OpenSSH), and any malformed,
     /// inconsistent or undecryptable file.
-    public static func load(
-        path: String, passphrase: SecretBytes? = nil, limits: IdentityFileLimits = .default
+    package static func load(
+        path: String, passphrase: SecretBytes?, limits: IdentityFileLimits = .default
     ) throws(IdentityError) -> IdentityKeyPair {
         var contents = try SecureFile.read(path: path, limit: limits.maxFileBytes, requirePrivate: true)
         defer { secureZero(&contents) }
@@ -107,7 +107,7 @@ public enum PublicIdentityFile {
 public enum IdentityPassphrase {
     /// The passphrase in a passphrase file's bytes: the first line, its `\n` (or `\r\n`)
     /// stripped. Refuses an empty or over-long passphrase. Sans-IO; the caller wipes `contents`.
-    public static func fromFileContents(_ contents: [UInt8], limits: IdentityFileLimits = .default) throws(IdentityError) -> SecretBytes {
+    package static func fromFileContents(_ contents: [UInt8], limits: IdentityFileLimits = .default) throws(IdentityError) -> SecretBytes {
         var end = contents.firstIndex(of: UInt8(ascii: "\n")) ?? contents.count
         if end > 0, contents[end - 1] == UInt8(ascii: "\r") { end -= 1 }
         guard end > 0 else {
@@ -121,7 +121,7 @@ public enum IdentityPassphrase {
 
     /// Reads a passphrase file. A regular file must not be group- or world-accessible; a pipe
     /// (`--passphrase-file /dev/stdin`, `<(…)`) is accepted as is.
-    public static func read(fromFile path: String, limits: IdentityFileLimits = .default) throws(IdentityError) -> SecretBytes {
+    package static func read(fromFile path: String, limits: IdentityFileLimits = .default) throws(IdentityError) -> SecretBytes {
         var contents = try SecureFile.read(path: path, limit: limits.maxPassphraseFileBytes, requirePrivate: true, allowPipes: true, what: "passphrase file")
         defer { secureZero(&contents) }
         do {

@@ -53,68 +53,21 @@ public struct Ed25519Signature: Hashable, Sendable {
     }
 }
 
-/// An identity's secret key, able to sign registration challenges (legacy raw 64 bytes, or a v2
-/// transcript) and nothing else.
-///
-/// The key stays in `SecretBytes` (guarded memory) or behind the caller's signing function; this
-/// type has no printable form of it.
-public struct SigningIdentity: Sendable, CustomStringConvertible {
-    /// The public half.
-    public let identity: PublicIdentity
-    private let signRaw: @Sendable ([UInt8]) -> [UInt8]
-
-    /// Adapts a key held elsewhere (e.g. Identity's key pair): `sign` must return the 64-byte
-    /// pure Ed25519 signature of its input by `identity`'s key.
-    public init(identity: PublicIdentity, sign: @escaping @Sendable ([UInt8]) -> [UInt8]) {
-        self.identity = identity
-        signRaw = sign
-    }
-
-    /// From a 32-byte Ed25519 seed (RFC 8032 private key).
-    public init(seed: SecretBytes) throws(OCapNError) {
-        guard seed.count == Ed25519.seedLength else {
-            throw OCapNError(.invalidSecretKey, "an Ed25519 seed is \(Ed25519.seedLength) bytes, got \(seed.count)")
-        }
-        let pair: (publicKey: [UInt8], secretKey: SecretBytes)
-        do { pair = try Ed25519.keyPair(seed: seed) } catch {
-            throw OCapNError(.invalidSecretKey, "cannot derive an Ed25519 key pair from the seed")
-        }
-        let identity: PublicIdentity
-        do { identity = try PublicIdentity(publicKey: pair.publicKey) } catch {
-            throw OCapNError(.invalidPublicKey, "the seed's public key is not a valid identity key: \(error.code.rawValue)")
-        }
-        let secretKey = pair.secretKey
-        self.init(identity: identity) { message in Ed25519.sign(message, secretKey: secretKey) }
-    }
-
-    /// From libsodium's 64-byte secret key (seed ‖ public key); the public half is re-derived
-    /// and must match, so a corrupted key is refused rather than producing bad signatures.
-    public init(secretKey: SecretBytes) throws(OCapNError) {
-        guard secretKey.count == Ed25519.secretKeyLength else {
-            throw OCapNError(.invalidSecretKey, "an Ed25519 secret key is \(Ed25519.secretKeyLength) bytes, got \(secretKey.count)")
-        }
-        try self.init(seed: secretKey.slice(0..<Ed25519.seedLength, guarded: true))
-        let storedPublic = secretKey.withUnsafeBytes { Array($0[Ed25519.seedLength...]) }
-        guard storedPublic == identity.publicKey else {
-            throw OCapNError(.invalidSecretKey, "the secret key's public half does not match its seed")
-        }
-    }
-
+/// Registration's signatures, typed: the identity key signs a `Challenge` (exactly 64 bytes, the
+/// Goblins form) or a v2 transcript built from typed values, and nothing else from this module.
+extension IdentityKeyPair {
     /// Signs the raw challenge bytes (Goblins' registration signature: no prefix, no hash).
     public func sign(_ challenge: Challenge) -> Ed25519Signature {
-        let raw = signRaw(challenge.bytes)
-        // A signing function returning anything but 64 bytes is a bug in the adapter given to init.
-        precondition(raw.count == Ed25519Signature.length, "signing function returned \(raw.count) bytes")
-        return try! Ed25519Signature(raw)
+        // 64 bytes by construction of `Ed25519Signature`'s producer.
+        try! Ed25519Signature(signRegistrationChallenge(challenge.bytes))
     }
 
-    /// For the v2 transcript only (its fixed 219-byte layout is built in this file).
-    fileprivate func signRawBytes(_ message: [UInt8]) -> [UInt8] {
-        precondition(message.count == RegistrationTranscript.length, "only registration v2 transcripts are signed here")
-        return signRaw(message)
+    /// Signs a registration v2 transcript in `role`, with this identity in that role's key slot.
+    public func signRegistration(_ role: RegistrationTranscript.Role, peer: PublicIdentity,
+                                 clientChallenge: Challenge, serverChallenge: Challenge) -> Ed25519Signature {
+        try! Ed25519Signature(signRegistrationTranscript(
+            role, peer: peer, clientChallenge: clientChallenge.bytes, serverChallenge: serverChallenge.bytes))
     }
-
-    public var description: String { "SigningIdentity(\(identity.fingerprint))" }
 }
 
 // MARK: - CapTP crypto lists (ocapn-uds-wire.md §4; CapTP Specification "Public Key", "Signature")
@@ -245,37 +198,19 @@ extension SyrupValue {
 /// role) verifies nowhere else, so a relay gains nothing by forwarding it.
 public enum RegistrationTranscript {
     /// ASCII `ocapn-uds-reg/2 server-sig` ‖ 00: what the server signs.
-    public static let serverContext: [UInt8] = Array("ocapn-uds-reg/2 server-sig".utf8) + [0]
+    public static let serverContext: [UInt8] = SignedMessage.registrationServerContext
     /// ASCII `ocapn-uds-reg/2 client-sig` ‖ 00: what the registering peer signs.
-    public static let clientContext: [UInt8] = Array("ocapn-uds-reg/2 client-sig".utf8) + [0]
+    public static let clientContext: [UInt8] = SignedMessage.registrationClientContext
     /// 27 + 32 + 32 + 64 + 64: never 64 (a legacy challenge) nor 61 (a UDS-HS1 input).
-    public static let length = 219
+    public static let length = SignedMessage.registrationTranscriptLength
 
-    public enum Role: Sendable { case server, client }
+    public typealias Role = SignedMessage.RegistrationRole
 
     /// `context(role) ‖ IK_S ‖ IK_C ‖ client-challenge ‖ server-challenge`.
     public static func bytes(_ role: Role, server: PublicIdentity, client: PublicIdentity,
                              clientChallenge: Challenge, serverChallenge: Challenge) -> [UInt8] {
-        var out = role == .server ? serverContext : clientContext
-        out.reserveCapacity(length)
-        out += server.publicKey
-        out += client.publicKey
-        out += clientChallenge.bytes
-        out += serverChallenge.bytes
-        return out
-    }
-}
-
-extension SigningIdentity {
-    /// Signs a registration v2 transcript in `role`, with this identity in that role's key slot.
-    public func signRegistration(_ role: RegistrationTranscript.Role, peer: PublicIdentity,
-                                 clientChallenge: Challenge, serverChallenge: Challenge) -> Ed25519Signature {
-        let message = RegistrationTranscript.bytes(
-            role, server: role == .server ? identity : peer, client: role == .client ? identity : peer,
-            clientChallenge: clientChallenge, serverChallenge: serverChallenge)
-        let raw = signRawBytes(message)
-        precondition(raw.count == Ed25519Signature.length, "signing function returned \(raw.count) bytes")
-        return try! Ed25519Signature(raw)
+        SignedMessage.registrationTranscript(
+            role, server: server, client: client, clientChallenge: clientChallenge.bytes, serverChallenge: serverChallenge.bytes)
     }
 }
 

@@ -118,7 +118,7 @@ public final class IntroductionServerCore<Descriptor> {
 
     public let configuration: IntroductionServerConfiguration
     private var limits: IntroductionServerLimits { configuration.limits }
-    private let signer: SigningIdentity
+    private let signer: IdentityKeyPair
     private let makeChallenge: () -> Challenge
     private let checkDescriptor: (Descriptor) -> IntroductionServerDescriptorVerdict
     private let describeDescriptor: (Descriptor) -> String
@@ -169,7 +169,7 @@ public final class IntroductionServerCore<Descriptor> {
     ///     `recv(MSG_PEEK)` in the runtime); asked only when its key registers again. The default
     ///     answers alive, which never displaces anyone.
     public init(
-        signer: SigningIdentity, configuration: IntroductionServerConfiguration, attemptIDBase: UInt64,
+        signer: IdentityKeyPair, configuration: IntroductionServerConfiguration, attemptIDBase: UInt64,
         makeChallenge: @escaping () -> Challenge,
         checkDescriptor: @escaping (Descriptor) -> IntroductionServerDescriptorVerdict,
         describeDescriptor: @escaping (Descriptor) -> String = { _ in "descriptor" },

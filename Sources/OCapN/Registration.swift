@@ -119,7 +119,7 @@ public struct RegistrationClient: Sendable {
         case failed
     }
 
-    private let signer: SigningIdentity
+    private let signer: IdentityKeyPair
     private let expectedServer: PublicIdentity?
     /// Fixed for the connection's life: the driver never switches forms after a failure.
     public let form: RegistrationForm
@@ -133,7 +133,7 @@ public struct RegistrationClient: Sendable {
     ///   - expectedServer: pin the server's key (`serverKeyMismatch` otherwise); nil trusts any
     ///     key that signs our challenge, as Goblins does.
     ///   - form: the forms to speak with this server (v2 unless it is configured as legacy).
-    public init(signer: SigningIdentity, challenge: Challenge, expectedServer: PublicIdentity? = nil,
+    public init(signer: IdentityKeyPair, challenge: Challenge, expectedServer: PublicIdentity? = nil,
                 form: RegistrationForm = .v2, limits: OCapNLimits = .default) {
         self.signer = signer
         self.expectedServer = expectedServer
@@ -143,7 +143,7 @@ public struct RegistrationClient: Sendable {
     }
 
     /// Our locator as registered (hints `f`).
-    public var locator: PeerLocator { PeerLocator(identity: signer.identity) }
+    public var locator: PeerLocator { PeerLocator(identity: signer.publicIdentity) }
 
     /// The verified server once registered.
     public var server: VerifiedServer? {
@@ -236,7 +236,7 @@ public struct RegistrationClient: Sendable {
     private func registerV2(_ s: AwaitingResponse, _ response: UDSServerResponseV2) throws(OCapNError) -> (State, [Action]) {
         try checkServer(response.serverKey, response.serverChallenge, s)
         guard response.signature.isValidRegistration(
-            .server, server: response.serverKey, client: signer.identity, clientChallenge: s.challenge,
+            .server, server: response.serverKey, client: signer.publicIdentity, clientChallenge: s.challenge,
             serverChallenge: response.serverChallenge) else {
             throw OCapNError(.badSignature, "server signature over the v2 transcript does not verify")
         }
@@ -297,7 +297,7 @@ public struct RegistrationServer: Sendable {
         case failed
     }
 
-    private let signer: SigningIdentity
+    private let signer: IdentityKeyPair
     /// The forms this server answers.
     public let accepting: RegistrationForms
     private let limits: OCapNLimits
@@ -307,7 +307,7 @@ public struct RegistrationServer: Sendable {
     ///   - signer: the server's identity key; it signs each peer's challenge or v2 transcript.
     ///   - challenge: fresh random bytes for this connection.
     ///   - accepting: the registration forms answered (both by default, so Goblins peers work).
-    public init(signer: SigningIdentity, challenge: Challenge, accepting: RegistrationForms = .all,
+    public init(signer: IdentityKeyPair, challenge: Challenge, accepting: RegistrationForms = .all,
                 limits: OCapNLimits = .default) {
         precondition(!accepting.isEmpty, "a server must accept at least one registration form")
         self.signer = signer
@@ -357,7 +357,7 @@ public struct RegistrationServer: Sendable {
                 let peer = register.locator.identity
                 let signature = signer.signRegistration(.server, peer: peer, clientChallenge: register.challenge,
                                                         serverChallenge: s.challenge)
-                let response = UDSServerResponseV2(serverKey: signer.identity, serverChallenge: s.challenge, signature: signature)
+                let response = UDSServerResponseV2(serverKey: signer.publicIdentity, serverChallenge: s.challenge, signature: signature)
                 let next = AwaitingV2Signature(challenge: s.challenge, clientChallenge: register.challenge, peer: peer)
                 return (.awaitingV2Signature(next), [.send(.serverResponseV2(response))])
             case let .register(register):
@@ -367,7 +367,7 @@ public struct RegistrationServer: Sendable {
                 // Transport and designator were checked by the parser; hints are ignored (routing
                 // ignores them, Goblins sends `f`).
                 let response = UDSServerResponse(
-                    serverKey: signer.identity, serverChallenge: s.challenge,
+                    serverKey: signer.publicIdentity, serverChallenge: s.challenge,
                     clientChallengeResponse: .sigVal(signer.sign(register.challenge)))
                 let next = AwaitingLegacySignature(challenge: s.challenge, peer: register.locator.identity)
                 return (.awaitingLegacySignature(next), [.send(.serverResponse(response))])
@@ -393,7 +393,7 @@ public struct RegistrationServer: Sendable {
                 throw OCapNError(.unexpectedMessage, "expected uds-v2:signature, got \(message.name)")
             }
             guard signature.signature.isValidRegistration(
-                .client, server: signer.identity, client: s.peer, clientChallenge: s.clientChallenge,
+                .client, server: signer.publicIdentity, client: s.peer, clientChallenge: s.clientChallenge,
                 serverChallenge: s.challenge) else {
                 throw OCapNError(.badSignature, "peer signature over the v2 transcript does not verify for \(s.peer.fingerprint)")
             }

@@ -58,7 +58,7 @@ public final class BlockingIntroductionClient {
     public init(path: String, server: PublicIdentity?, key: IdentityKeyPair = .generate()) throws {
         self.key = key
         control = try FileDescriptor.connect(unixPath: path, timeout: .seconds(5))
-        client = RegistrationClient(signer: SigningIdentity(identity: key.publicIdentity) { key.sign($0) },
+        client = RegistrationClient(signer: key,
                                     challenge: .random(), expectedServer: server)
     }
 

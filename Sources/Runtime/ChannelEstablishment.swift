@@ -141,8 +141,9 @@ public struct ChannelEstablishment: Sendable {
     public let identity: PublicIdentity
     public let configuration: ChannelRuntimeConfiguration
     public let limiter: HandshakeLimiter
-    let handshakeIdentity: HandshakeIdentity
-    let keyCache: X25519KeyCache
+    /// Our identity; its handshake key was derived once, when it was made.
+    let keyPair: IdentityKeyPair
+    let keyCache: IdentityKeyCache
     let staticSecrets: StaticSecretCache
     /// Keys that completed UDS-HS1 here, never admitted as legacy afterwards.
     public let verifiedPeers: VerifiedPeerMemory
@@ -163,17 +164,12 @@ public struct ChannelEstablishment: Sendable {
     ///   - audit: where handshake and channel records go (nil: none).
     public init(
         identity keyPair: IdentityKeyPair, configuration: ChannelRuntimeConfiguration = ChannelRuntimeConfiguration(),
-        limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: X25519KeyCache = .shared,
+        limiter: HandshakeLimiter = HandshakeLimiter(), keyCache: IdentityKeyCache = .shared,
         staticSecrets: StaticSecretCache = StaticSecretCache(), verifiedPeers: VerifiedPeerMemory = VerifiedPeerMemory(),
         audit: (any AuditSink)? = nil, logger: Logger
     ) throws(PeerError) {
         try configuration.validate()
-        do {
-            handshakeIdentity = try HandshakeIdentity(publicKey: keyPair.publicKey, secretKey: keyPair.handshakeSecretKey())
-        } catch {
-            // An IdentityKeyPair is validated on creation; its halves always agree.
-            preconditionFailure("IdentityKeyPair refused as a handshake identity: \(error.code.rawValue)")
-        }
+        self.keyPair = keyPair
         identity = keyPair.publicIdentity
         self.configuration = configuration
         self.limiter = limiter
@@ -206,7 +202,7 @@ public struct ChannelEstablishment: Sendable {
         let machine: HandshakeInitiator
         do {
             machine = try HandshakeInitiator(
-                identity: handshakeIdentity, responder: responder.publicKey, configuration: configuration.handshake,
+                identity: keyPair, responder: responder, configuration: configuration.handshake,
                 keyCache: keyCache, staticSecrets: staticSecrets, ephemeralKeys: configuration.ephemeralKeys, now: .now)
         } catch {
             limiter.release()
@@ -245,7 +241,7 @@ public struct ChannelEstablishment: Sendable {
             throw refuse(PeerError(.handshakeLimitExceeded, "\(limiter.limit) handshakes already in progress"), facts)
         }
         let machine = HandshakeResponder(
-            identity: handshakeIdentity, announcedInitiator: initiator.publicKey, configuration: configuration.handshake,
+            identity: keyPair, announcedInitiator: initiator, configuration: configuration.handshake,
             policy: configuration.peerPolicy, keyCache: keyCache, staticSecrets: staticSecrets,
             ephemeralKeys: configuration.ephemeralKeys, now: .now)
         let engine = ChannelEngine(

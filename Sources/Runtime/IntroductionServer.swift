@@ -9,19 +9,22 @@ import OCapN
 import Transport
 
 /// The introduction server daemon: `IntroductionServerCore` driven by a `Listener` and one
-/// `StreamConnection` per control connection, all on one serial queue, plus a timer armed for the
-/// core's next deadline. No thread or task per connection.
+/// `StreamConnection` per control connection, all registered with one `EventLoop` and handled
+/// on its thread, plus a timer armed for the core's next deadline. No thread or task per
+/// connection, and no hop on the way through: a read, the core's decision and the forward to
+/// the target (`sendmsg` with the descriptor) happen in one turn of the loop.
 ///
-/// Every method may be called from any thread; work hops onto `queue`.
+/// Every method may be called from any thread; work hops onto the loop.
 public final class IntroductionServer: @unchecked Sendable {
-    // @unchecked: every mutable field is touched only on `queue` (checked by
-    // dispatchPrecondition in the handlers), which is how Transport's classes are shared too.
+    // @unchecked: every mutable field is touched only on the loop thread (asserted in the
+    // handlers in debug builds).
 
     public struct Configuration: Sendable {
         /// The core's limits and uid policy.
         public var core: IntroductionServerConfiguration
-        /// Bytes per `recvmsg` on a control connection. Allocated per connection, so small: a
-        /// control message is a few hundred bytes and a read can be continued.
+        /// Bytes per `recvmsg` on a control connection: one buffer shared by every connection
+        /// (they all read on the loop thread); a control message is a few hundred bytes and a
+        /// read can be continued.
         public var readBufferBytes: Int = 4096
         /// Unsent bytes per connection before the peer is dropped as not reading.
         public var outputQueueBytes: Int = 64 * 1024
@@ -72,7 +75,10 @@ public final class IntroductionServer: @unchecked Sendable {
     private enum State { case idle, running, stopping, stopped }
 
     public let identity: PublicIdentity
-    public let queue: DispatchQueue
+    /// The loop every descriptor of the server is registered with; its state lives there.
+    public let loop: EventLoop
+    /// Where the timers fire; their work then runs on the loop.
+    private let timerQueue = DispatchQueue(label: "ocapn-uds.intro-server.timers")
     public let configuration: Configuration
     /// Where the server listens (nil path for an inherited socket).
     public let socketPath: String?
@@ -88,6 +94,9 @@ public final class IntroductionServer: @unchecked Sendable {
     private let audit: (any AuditSink)?
     private let logger: Logger
     private let streamConfiguration: StreamConnection.Configuration
+    /// Every connection reads into this one buffer (they share the loop thread), so an idle
+    /// peer costs no read buffer of its own.
+    private let readBuffer: StreamConnection.ReadBuffer
     private var connections: [IntroductionServerConnectionID: StreamConnection] = [:]
     private var nextConnection: UInt64 = 1
     private var state = State.idle
@@ -111,11 +120,11 @@ public final class IntroductionServer: @unchecked Sendable {
     ///   - logger: operational log; never receives key material.
     public init(
         identity keyPair: IdentityKeyPair, socket: ListeningSocket, configuration: Configuration,
-        audit: (any AuditSink)?, logger: Logger, queue: DispatchQueue = DispatchQueue(label: "ocapn-uds.intro-server")
+        audit: (any AuditSink)?, logger: Logger, loop: EventLoop = EventLoopGroup.shared.next()
     ) {
         precondition(configuration.problems.isEmpty, "invalid configuration: \(configuration.problems)")
         identity = keyPair.publicIdentity
-        self.queue = queue
+        self.loop = loop
         self.configuration = configuration
         socketPath = socket.path
         self.audit = audit
@@ -124,12 +133,12 @@ public final class IntroductionServer: @unchecked Sendable {
         stream.readBufferSize = configuration.readBufferBytes
         stream.maximumQueuedBytes = configuration.outputQueueBytes
         stream.maximumQueuedDescriptors = configuration.outputQueueDescriptors
-        // Drain each readable event (64 reads outlast any socket buffer at 4 KiB per read):
-        // observed on Linux, a read source whose handler yields with bytes still queued is not
-        // fired again, so a connection whose sender then goes quiet stalls with unread data.
-        stream.readsPerEvent = max(64, (1 << 20) / configuration.readBufferBytes)
+        // A busy sender gets 16 reads per turn of the loop, then the others theirs; its socket
+        // stays readable (level-triggered), so the loop comes back to it.
+        stream.readsPerEvent = 16
         streamConfiguration = stream
-        let signer = SigningIdentity(identity: keyPair.publicIdentity) { keyPair.sign($0) }
+        readBuffer = StreamConnection.ReadBuffer(byteCount: configuration.readBufferBytes)
+        let signer = keyPair
         var drained: ((IntroductionServerConnectionID) -> Bool)?
         let probe = LivenessProbe()
         core = IntroductionServerCore(
@@ -146,13 +155,13 @@ public final class IntroductionServer: @unchecked Sendable {
         listening.maximumConnections = configuration.core.limits.maxClients + 1
         listening.resourceBackoff = configuration.acceptBackoff
         var handler: ((ListenerEvent) -> Void)?
-        listener = Listener(socket: socket, queue: queue, configuration: listening) { handler?($0) }
+        listener = Listener(socket: socket, loop: loop, configuration: listening) { handler?($0) }
         handler = { [weak self] event in self?.handle(event) }
         drained = { [weak self] id in self?.targetReadSinceLastForward(id) ?? false }
         probe.server = self
     }
 
-    /// Lets the core ask about a registered connection (on `queue`, inside a core call).
+    /// Lets the core ask about a registered connection (on the loop, inside a core call).
     private final class LivenessProbe {
         weak var server: IntroductionServer?
     }
@@ -167,36 +176,28 @@ public final class IntroductionServer: @unchecked Sendable {
 
     /// Starts accepting. Records `server.started`.
     public func start() {
-        queue.async { [self] in
+        onLoop { [self] in
             guard state == .idle else { return }
             state = .running
             listener.start()
-            let timer = DispatchSource.makeTimerSource(queue: queue)
-            timer.setEventHandler { [weak self] in self?.deadlineFired() }
-            timer.activate()
-            deadlineTimer = timer
+            deadlineTimer = makeTimer { server in server.deadlineFired() }
+            deadlineTimer?.activate()
             if let file = audit as? AuditFileSink {
-                let checkpoint = DispatchSource.makeTimerSource(queue: queue)
                 let interval = Self.dispatchInterval(configuration.auditCheckpointInterval)
-                checkpoint.schedule(deadline: .now() + interval, repeating: interval, leeway: .seconds(1))
-                checkpoint.setEventHandler { file.checkpointIfDue() }
-                checkpoint.activate()
-                checkpointTimer = checkpoint
+                checkpointTimer = makeTimer { _ in file.checkpointIfDue() }
+                checkpointTimer?.schedule(deadline: .now() + interval, repeating: interval, leeway: .seconds(1))
+                checkpointTimer?.activate()
             }
-            let hangUps = DispatchSource.makeTimerSource(queue: queue)
             let every = Self.dispatchInterval(configuration.hangUpCheckInterval)
-            hangUps.schedule(deadline: .now() + every, repeating: every, leeway: .milliseconds(20))
-            hangUps.setEventHandler { [weak self] in self?.checkHangUps() }
-            hangUps.activate()
-            hangUpTimer = hangUps
+            hangUpTimer = makeTimer { server in server.checkHangUps() }
+            hangUpTimer?.schedule(deadline: .now() + every, repeating: every, leeway: .milliseconds(20))
+            hangUpTimer?.activate()
             if listener.socket.path != nil {
                 socketMode = listener.socket.pathMode()
-                let watch = DispatchSource.makeTimerSource(queue: queue)
                 let period = Self.dispatchInterval(configuration.socketWatchInterval)
-                watch.schedule(deadline: .now() + period, repeating: period, leeway: .milliseconds(50))
-                watch.setEventHandler { [weak self] in self?.checkSocketPath() }
-                watch.activate()
-                socketWatchTimer = watch
+                socketWatchTimer = makeTimer { server in server.checkSocketPath() }
+                socketWatchTimer?.schedule(deadline: .now() + period, repeating: period, leeway: .milliseconds(50))
+                socketWatchTimer?.activate()
             }
             audit?.record(AuditEvent(.serverStarted, role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
@@ -211,7 +212,7 @@ public final class IntroductionServer: @unchecked Sendable {
     /// descriptor; records `server.stopped`. `completion` runs once the listening socket is
     /// closed. Idempotent.
     public func stop(completion: @escaping @Sendable () -> Void = {}) {
-        queue.async { [self] in
+        onLoop { [self] in
             switch state {
             case .stopped:
                 completion()
@@ -237,47 +238,78 @@ public final class IntroductionServer: @unchecked Sendable {
             audit?.record(AuditEvent(.serverStopped, reason: AuditReason(introductionServer: .serverShutdown), role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
             logger.info("introduction server stopped", metadata: ["server": "\(identity.fingerprint)"])
-            waitForListenerClose(attempts: 1000)
+            // The listener unregistered and closed its socket in `close()`, at once.
+            state = .stopped
+            let waiters = stopWaiters
+            stopWaiters = []
+            for waiter in waiters { waiter() }
         }
     }
 
     /// Runs `completion` once the server has stopped, whatever stopped it (a signal handler
     /// calling `stop`, or a failed listening socket).
     public func whenStopped(_ completion: @escaping @Sendable () -> Void) {
-        queue.async { [self] in
+        onLoop { [self] in
             if state == .stopped { completion() } else { stopWaiters.append(completion) }
         }
     }
 
     /// Whether the listening socket failed (the server then stops by itself).
-    public var listenerFailed: Bool { queue.sync { failed } }
+    public var listenerFailed: Bool { onLoopWaiting { [self] in failed } }
 
     /// Whether the server stopped because its socket path was deleted or replaced and could
     /// not be (or, by policy, was not) re-created.
-    public var socketLost: Bool { queue.sync { lostSocket } }
+    public var socketLost: Bool { onLoopWaiting { [self] in lostSocket } }
 
     /// Counts for health checks and tests (on any thread).
     public func statistics() -> (connections: Int, registered: Int, unauthenticated: Int, pending: Int) {
-        queue.sync { (core.connectionCount, core.registeredCount, core.unauthenticatedCount, core.pendingCount) }
+        onLoopWaiting { [self] in (core.connectionCount, core.registeredCount, core.unauthenticatedCount, core.pendingCount) }
     }
 
-    private func waitForListenerClose(attempts: Int) {
-        // The listener closes (and unlinks) its socket in its source's cancel handler, which
-        // runs later on this queue; report "stopped" only after that.
-        if listener.socket.descriptor.isOpen && attempts > 0 {
-            queue.asyncAfter(deadline: .now() + .milliseconds(1)) { [self] in waitForListenerClose(attempts: attempts - 1) }
-            return
+    // MARK: the loop
+
+    /// Runs `work` on the loop thread (now, when already there).
+    private func onLoop(_ work: @escaping @Sendable () -> Void) {
+        if loop.inLoopThread {
+            work()
+        } else if !loop.execute(work) {
+            preconditionFailure("the introduction server's event loop was shut down while the server ran")
         }
-        state = .stopped
-        let waiters = stopWaiters
-        stopWaiters = []
-        for waiter in waiters { waiter() }
+    }
+
+    /// Runs `work` on the loop thread and waits for its result (not to be called on the loop
+    /// thread of another server: it blocks the calling thread).
+    private func onLoopWaiting<T>(_ work: @escaping () -> T) -> T {
+        if loop.inLoopThread { return work() }
+        nonisolated(unsafe) var result: T?
+        nonisolated(unsafe) let work = work
+        let done = DispatchSemaphore(value: 0)
+        onLoop {
+            result = work()
+            done.signal()
+        }
+        done.wait()
+        return result!
+    }
+
+    /// A timer on the timer queue whose work runs on the loop; the caller schedules and
+    /// activates it.
+    private func makeTimer(_ work: @escaping @Sendable (IntroductionServer) -> Void) -> DispatchSourceTimer {
+        let timer = DispatchSource.makeTimerSource(queue: timerQueue)
+        let loop = self.loop
+        timer.setEventHandler { [weak self] in
+            loop.execute { [weak self] in
+                guard let self else { return }
+                work(self)
+            }
+        }
+        return timer
     }
 
     // MARK: events
 
     private func handle(_ event: ListenerEvent) {
-        dispatchPrecondition(condition: .onQueue(queue))
+        assert(loop.inLoopThread, "listener events run on the loop thread")
         switch event {
         case let .accepted(descriptor, credentials):
             accept(descriptor, credentials: credentials)
@@ -304,8 +336,9 @@ public final class IntroductionServer: @unchecked Sendable {
         nextConnection += 1
         let connection: StreamConnection
         do {
-            connection = try StreamConnection(descriptor: descriptor, queue: queue, configuration: streamConfiguration) {
-                [weak self] event in self?.handle(event, on: id)
+            connection = try StreamConnection(
+                descriptor: descriptor, loop: loop, configuration: streamConfiguration, readBuffer: readBuffer
+            ) { [weak self] event in self?.handle(event, on: id)
             }
         } catch {
             // Only setNonBlocking can fail here; the client is gone or the descriptor is odd.
@@ -325,7 +358,7 @@ public final class IntroductionServer: @unchecked Sendable {
     }
 
     private func handle(_ event: StreamEvent, on id: IntroductionServerConnectionID) {
-        dispatchPrecondition(condition: .onQueue(queue))
+        assert(loop.inLoopThread, "connection events run on the loop thread")
         guard connections[id] != nil else {
             // A failure reported after the core already closed the connection.
             if case let .received(chunk) = event { for d in chunk.descriptors { d.close() } }
@@ -372,7 +405,7 @@ public final class IntroductionServer: @unchecked Sendable {
         }
         let old = listener
         var handler: ((ListenerEvent) -> Void)?
-        listener = Listener(socket: fresh, queue: queue, configuration: old.configuration) { handler?($0) }
+        listener = Listener(socket: fresh, loop: loop, configuration: old.configuration) { handler?($0) }
         handler = { [weak self] event in self?.handle(event) }
         listener.start()
         old.close()

@@ -129,7 +129,8 @@ public final class PeerNetlayer: @unchecked Sendable {
     /// Unauthenticated legacy channels (only with `allowLegacyPeers`).
     public let legacyIncoming: AsyncStream<PeerChannel>
 
-    let signer: SigningIdentity
+    /// Our identity: registration signs with it (`ServerConnection`).
+    let signer: IdentityKeyPair
     let establishment: ChannelEstablishment
     let queue = DispatchQueue(label: "ocapn-uds.netlayer")
     private let audit: (any AuditSink)?
@@ -156,7 +157,7 @@ public final class PeerNetlayer: @unchecked Sendable {
         var log = logger
         log[metadataKey: "local"] = "\(keyPair.publicIdentity.fingerprint)"
         self.logger = log
-        signer = SigningIdentity(identity: keyPair.publicIdentity, sign: { keyPair.sign($0) })
+        signer = keyPair
         establishment = try ChannelEstablishment(
             identity: keyPair, configuration: configuration.channel,
             limiter: HandshakeLimiter(limit: configuration.maxConcurrentHandshakes), audit: audit, logger: log)

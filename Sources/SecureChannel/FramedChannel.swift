@@ -202,7 +202,7 @@ public final class FrameSender {
     /// Test hook: the traffic key (K_IR or K_RI). Internal on purpose: only `@testable` test
     /// code reaches it, and no public or SPI path of the library returns a traffic key
     /// (`vectors verify` checks keys by what they seal instead).
-    var trafficKeyForTesting: [UInt8] { key.unsafeCopyToArray() }
+    var trafficKeyForTesting: [UInt8] { key.withUnsafeBytes { Array($0) } }
 }
 
 /// What the receiving half produced.
@@ -490,5 +490,5 @@ public final class FrameReceiver {
     func setNonceForTesting(_ n: UInt64) { nonce = n }
 
     /// Test hook: the traffic key (internal; see `FrameSender.trafficKeyForTesting`).
-    var trafficKeyForTesting: [UInt8] { key.unsafeCopyToArray() }
+    var trafficKeyForTesting: [UInt8] { key.withUnsafeBytes { Array($0) } }
 }

@@ -18,10 +18,10 @@ public enum UDSHS1 {
     public static let authCiphertextLength = 81
     /// msg1[0..<72) (MAGIC … IK_R) is in the prologue.
     public static let headerLength = 72
-    /// Signed by the responder: `responderContext ‖ h` (29 + 32 = 61 bytes).
-    public static let responderContext: [UInt8] = Array("ocapn-uds-hs/1 responder-sig".utf8) + [0]
-    /// Signed by the initiator: `initiatorContext ‖ HH` (29 + 32 = 61 bytes).
-    public static let initiatorContext: [UInt8] = Array("ocapn-uds-hs/1 initiator-sig".utf8) + [0]
+    /// Signed by the responder: `responderContext ‖ h` (29 + 32 = 61 bytes; `SignedMessage`).
+    public static let responderContext: [UInt8] = SignedMessage.handshakeResponderContext
+    /// Signed by the initiator: `initiatorContext ‖ HH` (29 + 32 = 61 bytes; `SignedMessage`).
+    public static let initiatorContext: [UInt8] = SignedMessage.handshakeInitiatorContext
     /// Every context an identity key signs under in UDS-HS1.
     public static let signatureContexts: [[UInt8]] = [responderContext, initiatorContext]
     /// Domain separator for the session id derived from HH.
@@ -108,6 +108,15 @@ public enum HandshakeStep {
     case established(EstablishedSession, send: [UInt8])
 }
 
+/// A DH term with our identity's X25519 key (es/se/ss of UDS-HS1): the key pair computes it, so
+/// the handshake never holds the secret itself.
+func staticDH(_ identity: IdentityKeyPair, _ publicKey: [UInt8], _ token: StaticString) throws(HandshakeError) -> SecretBytes {
+    guard let out = identity.handshakeAgreement(with: publicKey) else {
+        throw HandshakeError.make(.lowOrderPoint, "DH \(token) gave an all-zero shared secret")
+    }
+    return out
+}
+
 // MARK: - Initiator
 
 /// The initiator (A) of UDS-HS1: it knows the responder's key from the `to` locator.
@@ -133,39 +142,41 @@ public final class HandshakeInitiator {
     /// msg1: write it to the socket right after construction.
     public let initialMessage: [UInt8]
     public let deadline: ContinuousClock.Instant
-    private let identity: HandshakeIdentity
+    private let identity: IdentityKeyPair
     private let configuration: HandshakeConfiguration
     private let staticSecrets: StaticSecretCache?
     private var state: State
     private var buffer: [UInt8] = []
 
-    /// Prepares msg1 for a connection to `responder` (the raw Ed25519 key of the `to` locator).
+    /// Prepares msg1 for a connection to `responder` (the identity of the `to` locator).
     ///
-    /// Throws `selfConnection` if `responder` is our own key and `invalidIdentityKey` if it is
-    /// not a valid identity key. Costs one ephemeral key and two DH (PROTOCOL.md §5.2); the
-    /// precomputations come in as inputs: the responder's X25519 form from `keyCache`, the
-    /// ephemeral pair from `ephemeralKeys` (a pool makes it ahead of time) and ss from
+    /// Throws `selfConnection` if `responder` is our own identity. Costs one ephemeral key and
+    /// two DH (PROTOCOL.md §5.2); the precomputations come in as inputs: our X25519 key from
+    /// `identity` (derived once, when it was made), the responder's X25519 form from `keyCache`,
+    /// the ephemeral pair from `ephemeralKeys` (a pool makes it ahead of time) and ss from
     /// `staticSecrets` after the first handshake between the two keys (then one DH).
     public init(
-        identity: HandshakeIdentity, responder: [UInt8], configuration: HandshakeConfiguration = HandshakeConfiguration(),
-        keyCache: X25519KeyCache, staticSecrets: StaticSecretCache? = nil, ephemeralKeys: EphemeralKeySource = .system,
+        identity: IdentityKeyPair, responder: PublicIdentity, configuration: HandshakeConfiguration = HandshakeConfiguration(),
+        keyCache: IdentityKeyCache = .shared, staticSecrets: StaticSecretCache? = nil, ephemeralKeys: EphemeralKeySource = .system,
         now: ContinuousClock.Instant
     ) throws(HandshakeError) {
-        guard responder != identity.publicKey else {
+        guard responder != identity.publicIdentity else {
             throw HandshakeError.make(.selfConnection, "the responder key is our own key")
         }
-        guard let responderX = keyCache.x25519(forIdentity: responder) else {
+        let responderKey = responder.publicKey
+        guard let responderX = keyCache.x25519(forIdentity: responderKey) else {
+            // Unreachable for a `PublicIdentity` (validated when made); kept as a typed refusal.
             throw HandshakeError.make(.invalidIdentityKey, "responder key is not a valid identity key")
         }
         let ephemeral = ephemeralKeys.next()
         let e = ephemeral.secret, ephemeralPublic = ephemeral.publicKey
-        let header = UDSHS1.magic + [UDSHS1.version, UDSHS1.msg1Type, 0, 0] + identity.publicKey + responder
-        var s = UDSHS1.initialState(header: header[...], initiatorX: identity.x25519Public, responderX: responderX)
+        let header = UDSHS1.magic + [UDSHS1.version, UDSHS1.msg1Type, 0, 0] + identity.publicKey + responderKey
+        var s = UDSHS1.initialState(header: header[...], initiatorX: identity.handshakePublicKey, responderX: responderX)
         s.mixHash(ephemeralPublic)
         s.mixKey(try noiseDH(e, responderX, "es"))
-        let cached = staticSecrets?.secret(local: identity.publicKey, peer: responder)
+        let cached = staticSecrets?.secret(local: identity.publicKey, peer: responderKey)
         let ss: SecretBytes
-        if let cached { ss = cached } else { ss = try noiseDH(identity.x25519Secret, responderX, "ss") }
+        if let cached { ss = cached } else { ss = try staticDH(identity, responderX, "ss") }
         s.mixKey(ss)
         let tag = try s.encryptAndHash([])
         initialMessage = header + ephemeralPublic + tag
@@ -174,7 +185,7 @@ public final class HandshakeInitiator {
         self.staticSecrets = staticSecrets
         deadline = now.advanced(by: configuration.timeout)
         state = .awaitingResponse(AwaitingResponse(
-            symmetric: s, ephemeralSecret: e, ephemeralPublic: ephemeralPublic, responderKey: responder,
+            symmetric: s, ephemeralSecret: e, ephemeralPublic: ephemeralPublic, responderKey: responderKey,
             newStaticSecret: cached == nil ? ss : nil))
     }
 
@@ -231,17 +242,18 @@ public final class HandshakeInitiator {
         var s = w.symmetric
         s.mixHash(er)
         s.mixKey(try noiseDH(w.ephemeralSecret, er, "ee"))
-        s.mixKey(try noiseDH(identity.x25519Secret, er, "se"))
+        s.mixKey(try staticDH(identity, er, "se"))
         let signedHash = s.h
         let signature = try s.decryptAndHash(Array(msg2[33...]))
         // Verify only after the AEAD passed: a forged msg2 costs us no signature check.
-        guard Ed25519.verify(signature: signature, message: UDSHS1.responderContext + signedHash, publicKey: w.responderKey) else {
+        guard Ed25519.verify(signature: signature, message: SignedMessage.handshakeTranscript(.responder, hash: signedHash),
+                             publicKey: w.responderKey) else {
             throw HandshakeError.make(.badSignature, "responder signature does not verify")
         }
         let hh = s.h
         let (kIR, kRI) = s.split()
         let sender = FrameSender(key: kIR, nonce: 0, configuration: configuration.channel)
-        let auth = try sender.sealAuth(signature: Ed25519.sign(UDSHS1.initiatorContext + hh, secretKey: identity.secretKey))
+        let auth = try sender.sealAuth(signature: identity.signHandshakeTranscript(.initiator, hash: hh))
         let receiver = FrameReceiver(key: kRI, nonce: 0, configuration: configuration.channel)
         // Anything behind msg2 in this read belongs to the transport; the receiver judges it.
         try receiver.receive(Array(buffer[UDSHS1.msg2Length...]))
@@ -279,28 +291,41 @@ public final class HandshakeResponder {
     }
 
     public let deadline: ContinuousClock.Instant
-    private let identity: HandshakeIdentity
+    private let identity: IdentityKeyPair
     private let announcedInitiator: [UInt8]
     private let configuration: HandshakeConfiguration
     private let policy: (@Sendable ([UInt8]) -> Bool)?
-    private let keyCache: X25519KeyCache
+    private let keyCache: IdentityKeyCache
     private let staticSecrets: StaticSecretCache?
     private let ephemeralKeys: EphemeralKeySource
     private var state: State = .awaitingHello(AwaitingHello())
     private var buffer: [UInt8] = []
 
     /// - Parameters:
-    ///   - announcedInitiator: the raw key of the introduction's `from` (a claim to be checked).
+    ///   - announcedInitiator: the identity of the introduction's `from` (a claim to be checked).
     ///   - policy: asked about the initiator key after the header checks; false → `peerNotAllowed`.
     ///   - keyCache, staticSecrets, ephemeralKeys: the precomputations, as for the initiator.
-    public init(
-        identity: HandshakeIdentity, announcedInitiator: [UInt8], configuration: HandshakeConfiguration = HandshakeConfiguration(),
+    public convenience init(
+        identity: IdentityKeyPair, announcedInitiator: PublicIdentity, configuration: HandshakeConfiguration = HandshakeConfiguration(),
         policy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil,
-        keyCache: X25519KeyCache, staticSecrets: StaticSecretCache? = nil, ephemeralKeys: EphemeralKeySource = .system,
+        keyCache: IdentityKeyCache = .shared, staticSecrets: StaticSecretCache? = nil, ephemeralKeys: EphemeralKeySource = .system,
+        now: ContinuousClock.Instant
+    ) {
+        self.init(identity: identity, announcedInitiatorKey: announcedInitiator.publicKey, configuration: configuration, policy: policy,
+                  keyCache: keyCache, staticSecrets: staticSecrets, ephemeralKeys: ephemeralKeys, now: now)
+    }
+
+    /// The same with the claim as raw bytes, not yet validated: for the handshake vectors and
+    /// tests, which pin the responder's own refusal of an invalid key (PROTOCOL.md §5.3 step 7)
+    /// that the runtime never reaches, its introductions' `from` being a `PublicIdentity`.
+    package init(
+        identity: IdentityKeyPair, announcedInitiatorKey: [UInt8], configuration: HandshakeConfiguration = HandshakeConfiguration(),
+        policy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil,
+        keyCache: IdentityKeyCache = .shared, staticSecrets: StaticSecretCache? = nil, ephemeralKeys: EphemeralKeySource = .system,
         now: ContinuousClock.Instant
     ) {
         self.identity = identity
-        self.announcedInitiator = announcedInitiator
+        self.announcedInitiator = announcedInitiatorKey
         self.configuration = configuration
         self.policy = policy
         self.keyCache = keyCache
@@ -408,12 +433,12 @@ public final class HandshakeResponder {
         }
         let ei = Array(msg1[72..<104])
         guard X25519.isCanonical(ei) else { throw HandshakeError.make(.nonCanonicalPoint, "E_I is not a canonical X25519 encoding") }
-        var s = UDSHS1.initialState(header: msg1[0..<UDSHS1.headerLength], initiatorX: initiatorX, responderX: identity.x25519Public)
+        var s = UDSHS1.initialState(header: msg1[0..<UDSHS1.headerLength], initiatorX: initiatorX, responderX: identity.handshakePublicKey)
         s.mixHash(ei)
-        s.mixKey(try noiseDH(identity.x25519Secret, ei, "es"))
+        s.mixKey(try staticDH(identity, ei, "es"))
         let cached = staticSecrets?.secret(local: identity.publicKey, peer: initiatorKey)
         let ss: SecretBytes
-        if let cached { ss = cached } else { ss = try noiseDH(identity.x25519Secret, initiatorX, "ss") }
+        if let cached { ss = cached } else { ss = try staticDH(identity, initiatorX, "ss") }
         s.mixKey(ss)
         _ = try s.decryptAndHash(Array(msg1[104..<120]))
 
@@ -424,7 +449,7 @@ public final class HandshakeResponder {
         s.mixHash(er)
         s.mixKey(try noiseDH(e, ei, "ee"))
         s.mixKey(try noiseDH(e, initiatorX, "se"))
-        let signature = Ed25519.sign(UDSHS1.responderContext + s.h, secretKey: identity.secretKey)
+        let signature = identity.signHandshakeTranscript(.responder, hash: s.h)
         let sealed = try s.encryptAndHash(signature)
         let (kIR, kRI) = s.split()
         let next = AwaitingAuth(
@@ -438,7 +463,8 @@ public final class HandshakeResponder {
         guard plain[0] == FrameFormat.FrameType.auth.rawValue else {
             throw HandshakeError.make(.unexpectedMessageType, "first initiator frame has type 0x\(String(plain[0], radix: 16)), expected AUTH")
         }
-        guard Ed25519.verify(signature: Array(plain[1...]), message: UDSHS1.initiatorContext + w.handshakeHash, publicKey: w.initiatorKey) else {
+        guard Ed25519.verify(signature: Array(plain[1...]), message: SignedMessage.handshakeTranscript(.initiator, hash: w.handshakeHash),
+                             publicKey: w.initiatorKey) else {
             throw HandshakeError.make(.badSignature, "initiator signature does not verify")
         }
         let receiver = FrameReceiver(key: w.receiveKey, nonce: 1, configuration: configuration.channel)

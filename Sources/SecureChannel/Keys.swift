@@ -3,45 +3,6 @@ import Identity
 import SodiumCrypto
 import Synchronization
 
-/// The local identity a handshake runs under: the Ed25519 key pair plus its X25519 form,
-/// converted once here so no handshake pays for it (PROTOCOL.md §4.1).
-public struct HandshakeIdentity: Sendable {
-    /// Raw 32-byte Ed25519 public key (the identity the peer expects).
-    public let publicKey: [UInt8]
-    let secretKey: SecretBytes
-    let x25519Secret: SecretBytes
-    let x25519Public: [UInt8]
-
-    /// Checks that `secretKey` (libsodium's 64-byte seed ‖ public key form) really belongs to
-    /// `publicKey` and that the key is a valid identity key; throws `invalidIdentityKey` if not.
-    /// Costs one key derivation and one point conversion (≈ 45 µs), once per identity.
-    public init(publicKey: [UInt8], secretKey: SecretBytes) throws(HandshakeError) {
-        guard publicKey.count == Ed25519.publicKeyLength, secretKey.count == Ed25519.secretKeyLength else {
-            throw HandshakeError.make(.invalidIdentityKey, "identity key lengths are 32 (public) and 64 (secret) bytes")
-        }
-        // Re-derive from the seed: a key file whose halves disagree would sign with the wrong key.
-        let seed = secretKey.slice(0..<Ed25519.seedLength, guarded: true)
-        guard let derived = try? Ed25519.keyPair(seed: seed), derived.publicKey == publicKey else {
-            throw HandshakeError.make(.invalidIdentityKey, "secret key does not belong to the public key")
-        }
-        guard let x = try? Ed25519.publicKeyToX25519(publicKey) else {
-            throw HandshakeError.make(.invalidIdentityKey, "own public key is not a valid prime-order point")
-        }
-        self.publicKey = publicKey
-        // Written once, read by every handshake: read-only pages, so a stray write faults.
-        derived.secretKey.makeReadOnly()
-        let x25519Secret = Ed25519.secretKeyToX25519(derived.secretKey)
-        x25519Secret.makeReadOnly()
-        self.secretKey = derived.secretKey
-        self.x25519Secret = x25519Secret
-        self.x25519Public = x
-    }
-}
-
-/// The handshake's cache of peer keys in X25519 form: the package's one key cache
-/// (`IdentityKeyCache`), so a key validated as a `PublicIdentity` is already converted.
-public typealias X25519KeyCache = IdentityKeyCache
-
 /// The static–static DH term of UDS-HS1, ss = DH(s_local, S_peer), kept per pair of identity
 /// keys: it is the same for every handshake between the same two keys, so after the first one
 /// a handshake spends one X25519 operation less per side, with not a byte changed on the wire.
@@ -157,7 +118,14 @@ public struct EphemeralKeySource: Sendable {
     private let make: @Sendable () -> EphemeralKeyPair
 
     /// `make` must return a fresh 32-byte X25519 private key on every call.
-    public init(_ make: @escaping @Sendable () -> SecretBytes) { self.make = { EphemeralKeyPair(secret: make()) } }
+    /// The same fixed private key every time: for published vectors only (tests, vector checks
+    /// and the fuzz package replay exact transcripts with it).
+    @_spi(TestVectors) public static func vector(_ secret: [UInt8]) -> EphemeralKeySource {
+        precondition(secret.count == X25519.keyLength, "an X25519 private key is 32 bytes")
+        return EphemeralKeySource { SecretBytes(copying: secret) }
+    }
+
+    package init(_ make: @escaping @Sendable () -> SecretBytes) { self.make = { EphemeralKeyPair(secret: make()) } }
 
     private init(pairs: @escaping @Sendable () -> EphemeralKeyPair) { make = pairs }
 

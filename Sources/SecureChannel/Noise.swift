@@ -138,7 +138,7 @@ public final class NoiseKKHandshake {
     private var messageIndex = 0
 
     /// - Parameters: X25519 keys as raw 32-byte values; `remoteStatic` is the peer's public key.
-    public init(role: Role, prologue: [UInt8], staticSecret: SecretBytes, remoteStatic: [UInt8], ephemeralSecret: SecretBytes) {
+    package init(role: Role, prologue: [UInt8], staticSecret: SecretBytes, remoteStatic: [UInt8], ephemeralSecret: SecretBytes) {
         precondition(staticSecret.count == 32 && ephemeralSecret.count == 32 && remoteStatic.count == 32, "X25519 keys are 32 bytes")
         self.role = role
         self.staticSecret = staticSecret

@@ -1,5 +1,6 @@
 internal import CSodium
 import Errors
+import Synchronization
 
 /// libsodium initialisation; every entry point calls it, so callers never need to.
 public enum Sodium {
@@ -16,6 +17,22 @@ public enum Sodium {
         initialize()
         return String(cString: sodium_version_string())
     }
+}
+
+/// Counts the secret-key derivations (`Ed25519.keyPair(seed:)`, `Ed25519.secretKeyToX25519`)
+/// made by the current task, so tests can show a key is derived once, when an identity is made,
+/// and never again per handshake or per signature. A task-local counter sees only its own
+/// task's work, so parallel tests do not disturb it; unset (the default), it costs one load.
+package final class SecretDerivationCounter: Sendable {
+    @TaskLocal package static var current: SecretDerivationCounter?
+
+    private let value = Mutex(0)
+
+    package init() {}
+
+    package var count: Int { value.withLock { $0 } }
+
+    static func record() { current?.value.withLock { $0 += 1 } }
 }
 
 /// The stable codes of `CryptoError`.
@@ -77,11 +94,12 @@ public enum Ed25519 {
     public static let signatureLength = 64
 
     /// Derives the key pair of a 32-byte seed. The secret key (seed ‖ public key) is guarded.
-    public static func keyPair(seed: SecretBytes) throws -> (publicKey: [UInt8], secretKey: SecretBytes) {
+    package static func keyPair(seed: SecretBytes) throws -> (publicKey: [UInt8], secretKey: SecretBytes) {
         guard seed.count == seedLength else {
             throw CryptoError(.invalidLength, "Ed25519 seed must be \(seedLength) bytes, got \(seed.count)")
         }
         Sodium.initialize()
+        SecretDerivationCounter.record()
         var pk = [UInt8](repeating: 0, count: publicKeyLength)
         let sk = SecretBytes(count: secretKeyLength, guarded: true)
         let rc = seed.withUnsafeBytes { s in
@@ -96,14 +114,14 @@ public enum Ed25519 {
     }
 
     /// A fresh random key pair.
-    public static func generate() -> (publicKey: [UInt8], secretKey: SecretBytes, seed: SecretBytes) {
+    package static func generate() -> (publicKey: [UInt8], secretKey: SecretBytes, seed: SecretBytes) {
         let seed = SecretBytes.random(count: seedLength, guarded: true)
         let pair = try! keyPair(seed: seed)  // length is right by construction
         return (pair.publicKey, pair.secretKey, seed)
     }
 
     /// Detached signature over `message` (raw bytes, no prehash, no context).
-    public static func sign(_ message: UnsafeRawBufferPointer, secretKey: SecretBytes) -> [UInt8] {
+    package static func sign(_ message: UnsafeRawBufferPointer, secretKey: SecretBytes) -> [UInt8] {
         precondition(secretKey.count == secretKeyLength, "Ed25519 secret key must be 64 bytes")
         var sig = [UInt8](repeating: 0, count: signatureLength)
         secretKey.withUnsafeBytes { k in
@@ -114,7 +132,7 @@ public enum Ed25519 {
         return sig
     }
 
-    public static func sign(_ message: [UInt8], secretKey: SecretBytes) -> [UInt8] {
+    package static func sign(_ message: [UInt8], secretKey: SecretBytes) -> [UInt8] {
         message.withUnsafeBytes { sign($0, secretKey: secretKey) }
     }
 
@@ -149,8 +167,9 @@ public enum Ed25519 {
     }
 
     /// Converts an identity secret key to its X25519 scalar.
-    public static func secretKeyToX25519(_ secretKey: SecretBytes) -> SecretBytes {
+    package static func secretKeyToX25519(_ secretKey: SecretBytes) -> SecretBytes {
         precondition(secretKey.count == secretKeyLength, "Ed25519 secret key must be 64 bytes")
+        SecretDerivationCounter.record()
         let out = SecretBytes(count: X25519.keyLength, guarded: true)
         let rc = out.withUnsafeMutableBytes { o in
             secretKey.withUnsafeBytes { k in crypto_sign_ed25519_sk_to_curve25519(mu8(o), u8(k)) }
@@ -181,7 +200,7 @@ public enum X25519 {
     public static let keyLength = 32
 
     /// Public key of a 32-byte private scalar.
-    public static func publicKey(secret: SecretBytes) -> [UInt8] {
+    package static func publicKey(secret: SecretBytes) -> [UInt8] {
         precondition(secret.count == keyLength, "X25519 secret must be 32 bytes")
         Sodium.initialize()
         var out = [UInt8](repeating: 0, count: keyLength)
@@ -193,13 +212,13 @@ public enum X25519 {
     }
 
     /// A fresh random key pair (an ephemeral).
-    public static func generate() -> (publicKey: [UInt8], secret: SecretBytes) {
+    package static func generate() -> (publicKey: [UInt8], secret: SecretBytes) {
         let secret = SecretBytes.random(count: keyLength)
         return (publicKey(secret: secret), secret)
     }
 
     /// DH(secret, publicKey). Throws `lowOrderPoint` when libsodium refuses (all-zero output).
-    public static func sharedSecret(secret: SecretBytes, publicKey: [UInt8]) throws -> SecretBytes {
+    package static func sharedSecret(secret: SecretBytes, publicKey: [UInt8]) throws -> SecretBytes {
         guard publicKey.count == keyLength else {
             throw CryptoError(.invalidLength, "X25519 public key must be 32 bytes, got \(publicKey.count)")
         }
@@ -239,7 +258,7 @@ public enum ChaChaPoly {
     }
 
     /// Encrypts `plaintext` into `output` (which must hold plaintext.count + 16 bytes).
-    public static func seal(
+    package static func seal(
         key: SecretBytes, nonce n: UInt64, ad: UnsafeRawBufferPointer,
         plaintext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
     ) {
@@ -255,7 +274,13 @@ public enum ChaChaPoly {
         }
     }
 
-    public static func seal(key: SecretBytes, nonce n: UInt64, ad: [UInt8], plaintext: [UInt8]) -> [UInt8] {
+    /// Seals under a key given as bytes: for published vector keys only (the fuzz package, a
+    /// separate package, replays the handshake vector's K_IR with it).
+    @_spi(TestVectors) public static func seal(vectorKey: [UInt8], nonce n: UInt64, ad: [UInt8], plaintext: [UInt8]) -> [UInt8] {
+        seal(key: SecretBytes(copying: vectorKey), nonce: n, ad: ad, plaintext: plaintext)
+    }
+
+    package static func seal(key: SecretBytes, nonce n: UInt64, ad: [UInt8], plaintext: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: plaintext.count + tagLength)
         ad.withUnsafeBytes { a in
             plaintext.withUnsafeBytes { p in
@@ -266,7 +291,7 @@ public enum ChaChaPoly {
     }
 
     /// Decrypts and authenticates `ciphertext` into `output` (ciphertext.count - 16 bytes).
-    public static func open(
+    package static func open(
         key: SecretBytes, nonce n: UInt64, ad: UnsafeRawBufferPointer,
         ciphertext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
     ) throws {
@@ -286,7 +311,7 @@ public enum ChaChaPoly {
         guard rc == 0 else { throw CryptoError(.decryptFailed, "authentication tag mismatch") }
     }
 
-    public static func open(key: SecretBytes, nonce n: UInt64, ad: [UInt8], ciphertext: [UInt8]) throws -> [UInt8] {
+    package static func open(key: SecretBytes, nonce n: UInt64, ad: [UInt8], ciphertext: [UInt8]) throws -> [UInt8] {
         guard ciphertext.count >= tagLength else {
             throw CryptoError(.invalidLength, "ciphertext shorter than the 16-byte tag")
         }
@@ -306,7 +331,7 @@ public enum XChaChaPoly {
     public static let nonceLength = 24
     public static let tagLength = 16
 
-    public static func seal(key: SecretBytes, nonce: [UInt8], ad: [UInt8], plaintext: SecretBytes) -> [UInt8] {
+    package static func seal(key: SecretBytes, nonce: [UInt8], ad: [UInt8], plaintext: SecretBytes) -> [UInt8] {
         precondition(key.count == keyLength && nonce.count == nonceLength, "XChaCha20-Poly1305 key/nonce size")
         var out = [UInt8](repeating: 0, count: plaintext.count + tagLength)
         var clen: UInt64 = 0
@@ -325,7 +350,7 @@ public enum XChaChaPoly {
         return out
     }
 
-    public static func open(key: SecretBytes, nonce: [UInt8], ad: [UInt8], ciphertext: [UInt8]) throws -> SecretBytes {
+    package static func open(key: SecretBytes, nonce: [UInt8], ad: [UInt8], ciphertext: [UInt8]) throws -> SecretBytes {
         precondition(key.count == keyLength, "XChaCha20-Poly1305 key size")
         guard nonce.count == nonceLength else { throw CryptoError(.invalidLength, "XChaCha20 nonce must be 24 bytes") }
         guard ciphertext.count >= tagLength else { throw CryptoError(.invalidLength, "ciphertext shorter than the tag") }
@@ -378,7 +403,7 @@ public enum HMACSHA256 {
     public static let outputLength = 32
 
     /// MAC of the concatenation of `parts` under `key`; the result is secret (it keys Noise's HKDF).
-    public static func mac(key: SecretBytes, parts: [UnsafeRawBufferPointer]) -> SecretBytes {
+    package static func mac(key: SecretBytes, parts: [UnsafeRawBufferPointer]) -> SecretBytes {
         Sodium.initialize()
         var st = crypto_auth_hmacsha256_state()
         key.withUnsafeBytes { k in _ = crypto_auth_hmacsha256_init(&st, u8(k), k.count) }
@@ -457,7 +482,7 @@ public enum Argon2id {
     /// A cap well under the library maximum so a hostile key file cannot demand terabytes.
     public static let memLimitCap = 4 << 30
 
-    public static func deriveKey(
+    package static func deriveKey(
         length: Int, passphrase: SecretBytes, salt: [UInt8], opsLimit: UInt64, memLimit: Int
     ) throws -> SecretBytes {
         guard salt.count == saltLength else {

@@ -11,11 +11,15 @@ import Synchronization
 /// a slot of a shared guarded slab instead, because `sodium_malloc`'s mmap, mprotect and mlock
 /// per allocation would cost more than the handshake's own cryptography. Larger non-guarded
 /// secrets use plain heap memory wiped with `sodium_memzero`.
-public final class SecretBytes: @unchecked Sendable {
-    // Immutable after init (only mutated through `withUnsafeMutableBytes` by the owner that
-    // created it, before sharing), hence @unchecked Sendable.
+///
+/// `package` access: no code outside this package can name a secret, read it, write it or copy
+/// it out. Library users hold secrets only inside the types that use them (`IdentityKeyPair`,
+/// key files read from disk), which offer operations, never bytes.
+package final class SecretBytes: @unchecked Sendable {
+    // Written only by the code that creates it (key derivation, decryption) before it is
+    // shared, read-only afterwards: hence @unchecked Sendable.
     private let pointer: UnsafeMutableRawPointer
-    public let count: Int
+    package let count: Int
     private let storage: Storage
 
     enum Storage: Equatable {
@@ -36,7 +40,7 @@ public final class SecretBytes: @unchecked Sendable {
     }
 
     /// Zero-filled secret of `count` bytes.
-    public convenience init(count: Int, guarded: Bool = false) {
+    package convenience init(count: Int, guarded: Bool = false) {
         self.init(count: count, guarded: guarded, slab: .shared)
     }
 
@@ -63,7 +67,7 @@ public final class SecretBytes: @unchecked Sendable {
     }
 
     /// Copies `bytes` into secret storage. The caller stays responsible for wiping its copy.
-    public convenience init<Bytes: Sequence>(copying bytes: Bytes, guarded: Bool = false) where Bytes.Element == UInt8 {
+    package convenience init<Bytes: Sequence>(copying bytes: Bytes, guarded: Bool = false) where Bytes.Element == UInt8 {
         let array = Array(bytes)
         self.init(count: array.count, guarded: guarded)
         array.withUnsafeBytes { src in
@@ -72,7 +76,7 @@ public final class SecretBytes: @unchecked Sendable {
     }
 
     /// Copies `bytes` and wipes the source array (best effort: Swift arrays may have copies).
-    public convenience init(consuming bytes: inout [UInt8], guarded: Bool = false) {
+    package convenience init(consuming bytes: inout [UInt8], guarded: Bool = false) {
         self.init(copying: bytes, guarded: guarded)
         bytes.withUnsafeMutableBytes { buf in
             if let base = buf.baseAddress { sodium_memzero(base, buf.count) }
@@ -81,7 +85,7 @@ public final class SecretBytes: @unchecked Sendable {
     }
 
     /// Fresh random secret from the system CSPRNG.
-    public static func random(count: Int, guarded: Bool = false) -> SecretBytes {
+    package static func random(count: Int, guarded: Bool = false) -> SecretBytes {
         let s = SecretBytes(count: count, guarded: guarded)
         s.withUnsafeMutableBytes { randombytes_buf($0.baseAddress!, $0.count) }
         return s
@@ -102,7 +106,7 @@ public final class SecretBytes: @unchecked Sendable {
     /// Makes a `guarded` secret read-only (`sodium_mprotect_readonly`): for keys written once
     /// and then only read, such as an identity's signing key. A later write faults. No effect
     /// on other storage (slab slots share pages with other secrets).
-    public func makeReadOnly() {
+    package func makeReadOnly() {
         guard storage == .guarded else { return }
         precondition(sodium_mprotect_readonly(pointer) == 0, "sodium_mprotect_readonly failed")
     }
@@ -112,17 +116,17 @@ public final class SecretBytes: @unchecked Sendable {
     var addressForTesting: UnsafeMutableRawPointer { pointer }
 
     /// Lends the bytes for the duration of `body`; do not let the pointer escape.
-    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+    package func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try body(UnsafeRawBufferPointer(start: pointer, count: count))
     }
 
     /// Mutable access for the creator filling the secret (key derivation, decryption).
-    public func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
+    package func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
         try body(UnsafeMutableRawBufferPointer(start: pointer, count: count))
     }
 
     /// A copy of bytes `range` as a new secret.
-    public func slice(_ range: Range<Int>, guarded: Bool = false) -> SecretBytes {
+    package func slice(_ range: Range<Int>, guarded: Bool = false) -> SecretBytes {
         precondition(range.lowerBound >= 0 && range.upperBound <= count, "secret slice out of range")
         let out = SecretBytes(count: range.count, guarded: guarded)
         out.withUnsafeMutableBytes { dst in
@@ -132,16 +136,11 @@ public final class SecretBytes: @unchecked Sendable {
     }
 
     /// Constant-time comparison (`sodium_memcmp`); different lengths compare unequal.
-    public func constantTimeEquals(_ other: SecretBytes) -> Bool {
+    package func constantTimeEquals(_ other: SecretBytes) -> Bool {
         guard count == other.count else { return false }
         return other.withUnsafeBytes { o in sodium_memcmp(pointer, o.baseAddress!, count) == 0 }
     }
 
-    /// Exposes the bytes as an array. Only for values that leave the process by design
-    /// (for example a key file being written); the caller must wipe the array.
-    public func unsafeCopyToArray() -> [UInt8] {
-        Array(UnsafeRawBufferPointer(start: pointer, count: count))
-    }
 }
 
 extension SecretBytes: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
@@ -227,11 +226,11 @@ final class SecretSlab: @unchecked Sendable {
 /// each write (`sodium_mprotect_*`) would cost every cold handshake two `mprotect` calls, each a
 /// TLB shoot-down across the process's CPUs, which on a busy VM took milliseconds. Not
 /// thread-safe: the owner serialises access.
-public final class GuardedBuffer: @unchecked Sendable {
-    public let count: Int
+package final class GuardedBuffer: @unchecked Sendable {
+    package let count: Int
     private let pointer: UnsafeMutableRawPointer
 
-    public init(count: Int) {
+    package init(count: Int) {
         precondition(count >= 1, "a guarded buffer holds at least one byte")
         Sodium.initialize()
         guard let p = sodium_malloc(count) else { fatalError("sodium_malloc failed: out of memory") }
@@ -242,11 +241,11 @@ public final class GuardedBuffer: @unchecked Sendable {
 
     deinit { sodium_free(pointer) }  // wiped, unlocked, unmapped
 
-    public func withReadable<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+    package func withReadable<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try body(UnsafeRawBufferPointer(start: pointer, count: count))
     }
 
-    public func withWritable<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
+    package func withWritable<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
         try body(UnsafeMutableRawBufferPointer(start: pointer, count: count))
     }
 }

@@ -291,6 +291,9 @@ extension FileDescriptor {
     /// A9). The address test rejects, for example, a client's own connection to the daemon.
     /// Throws `.unexpectedDescriptorKind` naming what it was.
     public func validateAsConnectedUnixStream(requireUnnamed: Bool = true) throws(TransportError) {
+        // The server checks every passed descriptor: three calls settle the expected case;
+        // anything else takes the full classification, which names what it was.
+        if (try? with(Self.isConnectedUnixStream(requireUnnamed: requireUnnamed))) == true { return }
         let found = try kind()
         if case .unixStream(listening: false, let named, connected: true) = found, !(requireUnnamed && named) {
             return
@@ -300,6 +303,32 @@ extension FileDescriptor {
     }
 
     // MARK: helpers
+
+    /// getsockname (AF_UNIX, no name), SO_TYPE (stream) and getpeername (connected, no name):
+    /// what `kind()` concludes from six calls for a socketpair end. A listening socket has no
+    /// peer, so it fails the last test.
+    static func isConnectedUnixStream(requireUnnamed: Bool) -> (Int32) throws(TransportError) -> Bool {
+        { (fd) throws(TransportError) -> Bool in
+            guard let local = unixAddress(fd, peer: false), local.family == AF_UNIX,
+                  !(requireUnnamed && local.length > unixAddressUnnamedLength) else { return false }
+            guard try intOption(fd, SO_TYPE, "getsockopt(SO_TYPE)") == Int32(SOCK_STREAM.rawValue) else { return false }
+            guard let peer = unixAddress(fd, peer: true) else { return false }
+            return !(requireUnnamed && peer.length > unixAddressUnnamedLength)
+        }
+    }
+
+    /// Family and length of the socket's own or peer address; nil when the call fails.
+    static func unixAddress(_ fd: Int32, peer: Bool) -> (family: Int32, length: Int)? {
+        var address = sockaddr_un()
+        var length = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let result = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic in
+                peer ? getpeername(fd, generic, &length) : getsockname(fd, generic, &length)
+            }
+        }
+        guard result == 0 else { return nil }
+        return (Int32(address.sun_family), Int(length))
+    }
 
     static func intOption(_ fd: Int32, _ option: Int32, _ name: StaticString) throws(TransportError) -> Int32 {
         var value: Int32 = 0

@@ -29,7 +29,8 @@ public struct StreamChunk: Sendable {
     public var streamRange: Range<Int> { streamOffset..<(streamOffset + bytes.count) }
 }
 
-/// What a `StreamConnection` reports to its handler, always on its queue.
+/// What a `StreamConnection` reports to its handler: on its loop's thread, or on its delivery
+/// queue when it has one.
 public enum StreamEvent: Sendable {
     /// One read's bytes and descriptors.
     case received(StreamChunk)
@@ -39,12 +40,21 @@ public enum StreamEvent: Sendable {
     case failed(TransportError)
 }
 
-/// A non-blocking AF_UNIX stream connection driven by libdispatch: one serial queue, one read
-/// source, one write source; no thread or task per connection.
+/// A non-blocking AF_UNIX stream connection on an `EventLoop`: the descriptor is registered
+/// once with the loop and unregistered before it closes; no thread or task per connection.
 ///
-/// Every method must be called on `queue`, and the handler runs there too. That confinement is
-/// what makes the class safe to share (`@unchecked Sendable`): its mutable state is only
-/// touched on the queue, which `dispatchPrecondition` checks in debug builds.
+/// Readiness is handled on the loop thread: reads (with SCM_RIGHTS) and the writes that were
+/// waiting for room happen there, with no hop. Every method may be called from any thread
+/// (the connection's state sits under one lock) and a `send` writes at once, on the caller's
+/// thread, when nothing is queued before it. Where the handler runs:
+/// * without a delivery queue, on the loop thread, right after the read: an owner that lives
+///   on the loop (the introduction server) reads, decides and forwards to another connection
+///   of the same loop without any hop; it calls `close()` on the loop thread, after which no
+///   event reaches it;
+/// * with a delivery queue (`init(descriptor:queue:…)`), on that queue, in order, for an owner
+///   whose state lives there; an event still in the queue when the owner calls `close()` there
+///   is dropped (its descriptors closed). The loop keeps at most `deliveryWindow` reads in the
+///   queue before it waits for the owner, so a slow owner holds back the peer, not memory.
 ///
 /// Output is an ordered queue of segments. A plain segment is bytes; a descriptor segment is
 /// bytes plus exactly one descriptor, sent by its own `sendmsg` so the descriptor rides on the
@@ -52,13 +62,17 @@ public enum StreamEvent: Sendable {
 /// retried when the socket becomes writable; after a partial write the rest goes without the
 /// descriptor (K6), and our copy is closed as soon as the kernel has it (A10).
 public final class StreamConnection: @unchecked Sendable {
+    // @unchecked: every mutable field below is read and written only under `lock`.
+
     public struct Configuration: Sendable {
-        /// Bytes per `recvmsg`.
+        /// Bytes per `recvmsg` (the buffer's size when the connection has one of its own; a
+        /// shared `ReadBuffer` brings its own size).
         public var readBufferSize: Int = 64 * 1024
         /// Descriptors one `recvmsg` can take before MSG_CTRUNC; more than the protocol's one, so
         /// extras are seen and closed rather than silently dropped (§3.1).
         public var descriptorsPerRead: Int = 4
-        /// Reads per readable event before yielding the queue to other connections.
+        /// Reads per readiness event before the loop turns to other descriptors (the socket
+        /// stays readable, so the loop comes back to it).
         public var readsPerEvent: Int = 4
         /// Cap on queued, unsent output bytes (F4; §4 suggests 64 KiB).
         public var maximumQueuedBytes: Int = 64 * 1024
@@ -69,6 +83,24 @@ public final class StreamConnection: @unchecked Sendable {
         public var reportsLostDescriptors: Bool = false
 
         public init() {}
+    }
+
+    /// One `recvmsg` buffer that every connection of the same loop may share: reads happen
+    /// only on the loop thread and each is copied into its `StreamChunk` before the next, so
+    /// no two reads overlap in it. A server with thousands of mostly idle connections then
+    /// pays for one buffer instead of one per connection.
+    public final class ReadBuffer: @unchecked Sendable {
+        // @unchecked: only used on the thread of the one loop its connections share.
+        let storage: UnsafeMutableRawBufferPointer
+
+        public init(byteCount: Int) {
+            precondition(byteCount > 0, "a read buffer needs room for a byte")
+            storage = .allocate(byteCount: byteCount, alignment: 16)
+        }
+
+        public var byteCount: Int { storage.count }
+
+        deinit { storage.deallocate() }
     }
 
     private enum Segment {
@@ -85,164 +117,239 @@ public final class StreamConnection: @unchecked Sendable {
 
     private enum State {
         case idle
-        case running
+        case running(EventRegistration)
         case closed
     }
 
-    public let queue: DispatchQueue
+    /// Work decided under the lock and done after it is released: handlers and completions
+    /// never run under the lock, so they may call back into the connection.
+    private struct Effects {
+        var flushed: [(TransportError?) -> Void] = []
+        var flushError: TransportError?
+        /// Why the connection failed, for the handler.
+        var failure: TransportError?
+        var backPressure: (() -> Void)?
+
+        var isEmpty: Bool { flushed.isEmpty && failure == nil && backPressure == nil }
+    }
+
+    /// Reads handed to the delivery queue and not yet taken there, before reading pauses.
+    public static let deliveryWindow = 32
+
+    public let loop: EventLoop
+    /// Where the handler runs; nil: on the loop thread.
+    public let deliveryQueue: DispatchQueue?
     public let configuration: Configuration
     private let descriptor: FileDescriptor
+    private let readBuffer: ReadBuffer
+    private let lock = Lock()
     private var handler: ((StreamEvent) -> Void)?
     private var state = State.idle
-    private var readSource: DispatchSourceRead?
-    private var writeSource: DispatchSourceWrite?
+    private var interest: Interest = []
     private var readPaused = false
     private var readFinished = false
     private var writeArmed = false
-    /// Every source created on the descriptor, until it finished cancelling.
-    private let sources = DispatchGroup()
+    private var retryScheduled = false
+    /// Reads in the delivery queue; reading waits while `deliveryWindow` are.
+    private var undelivered = 0
     private var output: [Segment] = []
     private var outputHead = 0
     private var queuedBytes = 0
     private var queuedDescriptors = 0
     private var inboundOffset = 0
     private var drainWaiters: [(TransportError?) -> Void] = []
-    private let readBuffer: UnsafeMutableRawBufferPointer
+    private var backPressureHandler: (() -> Void)?
 
     /// Takes ownership of `descriptor` (a connected stream socket; it is made non-blocking).
-    /// Nothing happens until `start()`.
+    /// The handler runs on `loop`'s thread. Reads go into `readBuffer` when given (shared by
+    /// connections of the same loop), else into a buffer of `configuration.readBufferSize` of
+    /// the connection's own. Nothing happens until `start()`.
     public init(
-        descriptor: FileDescriptor, queue: DispatchQueue, configuration: Configuration = Configuration(),
-        handler: @escaping (StreamEvent) -> Void
+        descriptor: FileDescriptor, loop: EventLoop, configuration: Configuration = Configuration(),
+        readBuffer: ReadBuffer? = nil, handler: @escaping (StreamEvent) -> Void
     ) throws(TransportError) {
         precondition(configuration.readBufferSize > 0 && configuration.readsPerEvent > 0, "bad configuration")
         precondition((0...maximumDescriptorsPerMessage).contains(configuration.descriptorsPerRead), "bad configuration")
         try descriptor.setNonBlocking()
         self.descriptor = descriptor
-        self.queue = queue
+        self.loop = loop
+        deliveryQueue = nil
         self.configuration = configuration
         self.handler = handler
-        readBuffer = .allocate(byteCount: configuration.readBufferSize, alignment: 16)
+        self.readBuffer = readBuffer ?? ReadBuffer(byteCount: configuration.readBufferSize)
+    }
+
+    /// Takes ownership of `descriptor`, on a loop of the process's group, with the handler run
+    /// on `queue` (for an owner whose state lives there). Nothing happens until `start()`.
+    public init(
+        descriptor: FileDescriptor, queue: DispatchQueue, configuration: Configuration = Configuration(),
+        loop: EventLoop = EventLoopGroup.shared.next(), handler: @escaping (StreamEvent) -> Void
+    ) throws(TransportError) {
+        precondition(configuration.readBufferSize > 0 && configuration.readsPerEvent > 0, "bad configuration")
+        precondition((0...maximumDescriptorsPerMessage).contains(configuration.descriptorsPerRead), "bad configuration")
+        try descriptor.setNonBlocking()
+        self.descriptor = descriptor
+        self.loop = loop
+        deliveryQueue = queue
+        self.configuration = configuration
+        self.handler = handler
+        readBuffer = ReadBuffer(byteCount: configuration.readBufferSize)
     }
 
     deinit {
-        // Sources only hold weak references, so dropping a running connection lands here: a
-        // bug in the owner (it must close), reported in debug builds and cleaned up anyway.
+        // The loop holds the connection only weakly, so dropping a running connection lands
+        // here: a bug in the owner (it must close), reported in debug builds and cleaned up.
         switch state {
-        case .running:
+        case .running(let registration):
             assertionFailure("StreamConnection dropped while running: call close()")
+            registration.unregister()
             discardOutput()
-            cancelSources()
+            descriptor.close()
         case .idle:
             discardOutput()
             descriptor.close()
         case .closed:
             break
         }
-        readBuffer.deallocate()
     }
 
     /// Whether the peer is still there, without reading (see `FileDescriptor.probeLiveness`).
     public func probeLiveness() -> SocketLiveness {
-        dispatchPrecondition(condition: .onQueue(queue))
-        if case .closed = state { return .hungUp("connection closed") }
-        return descriptor.probeLiveness()
+        lock.withLock {
+            if case .closed = state { return .hungUp("connection closed") }
+            return descriptor.probeLiveness()
+        }
     }
 
     /// Whether `close()` has run (or a failure closed the connection).
     public var isClosed: Bool {
-        dispatchPrecondition(condition: .onQueue(queue))
-        return state == .closed
+        lock.withLock {
+            if case .closed = state { return true }
+            return false
+        }
     }
 
-    /// Called on the queue each time a descriptor-carrying send meets ETOOMANYREFS (K7); the
-    /// send is retried shortly, the connection stays.
-    public var onDescriptorBackPressure: (() -> Void)?
+    /// Called each time a descriptor-carrying send meets ETOOMANYREFS (K7), on the thread that
+    /// sent (the loop thread for a retry); the send is retried shortly, the connection stays.
+    public var onDescriptorBackPressure: (() -> Void)? {
+        get { lock.withLock { backPressureHandler } }
+        set { lock.withLock { backPressureHandler = newValue } }
+    }
 
     /// Whether everything sent so far, descriptors included, has been read by the peer: no
     /// output queued here and none unread in the kernel (SIOCOUTQ 0).
     public var peerHasReadEverything: Bool {
-        dispatchPrecondition(condition: .onQueue(queue))
-        guard state != .closed, outputHead == output.count else { return false }
-        return (try? descriptor.unreadOutput()) == 0
+        lock.withLock {
+            guard isOpen, outputHead == output.count else { return false }
+            return (try? descriptor.unreadOutput()) == 0
+        }
     }
 
     /// What the kernel holds of our output that the peer has not read (SIOCOUTQ; skb memory,
     /// so only comparable with itself); nil once closed.
     public var peerUnreadBytes: Int? {
-        dispatchPrecondition(condition: .onQueue(queue))
-        guard state != .closed else { return nil }
-        return try? descriptor.unreadOutput()
+        lock.withLock {
+            guard isOpen else { return nil }
+            return try? descriptor.unreadOutput()
+        }
     }
 
     /// Unsent output bytes.
     public var pendingOutputBytes: Int {
-        dispatchPrecondition(condition: .onQueue(queue))
-        return queuedBytes
+        lock.withLock { queuedBytes }
     }
 
-    /// Starts reading and flushes anything queued before.
+    /// Registers with the loop, starts reading and flushes anything queued before. A loop that
+    /// refuses the descriptor fails the connection (`.failed`).
     public func start() {
-        dispatchPrecondition(condition: .onQueue(queue))
-        guard state == .idle else { return }
-        state = .running
-        if !readPaused { makeReadSource() }
-        if outputHead < output.count { flush() }
+        let effects = lock.withLock { () -> Effects in
+            guard case .idle = state else { return Effects() }
+            let wanted: Interest = readPaused ? [] : .readable
+            let registration: EventRegistration
+            do throws(TransportError) {
+                registration = try loop.register(descriptor, interest: wanted) { [weak self] readiness in
+                    self?.handle(readiness)
+                }
+            } catch {
+                return shutDown(reporting: error, notifying: true)
+            }
+            state = .running(registration)
+            interest = wanted
+            return outputHead < output.count ? flush() : Effects()
+        }
+        perform(effects, onLoop: false)
+    }
+
+    private var isOpen: Bool {
+        if case .closed = state { return false }
+        return true
+    }
+
+    private var isRunning: Bool {
+        if case .running = state { return true }
+        return false
     }
 
     // MARK: output
 
-    /// Queues `bytes` after everything queued before. Throws `.closed`, or `.outputQueueFull`
-    /// (the connection is then closed: a peer that does not read is dropped, F4).
+    /// Queues `bytes` after everything queued before and writes what the socket takes now.
+    /// Throws `.closed`, or `.outputQueueFull` (the connection is then closed: a peer that does
+    /// not read is dropped, F4).
     public func send(_ bytes: [UInt8]) throws(TransportError) {
-        dispatchPrecondition(condition: .onQueue(queue))
-        guard state != .closed else { throw TransportError(.closed, "send on a closed connection") }
-        guard !bytes.isEmpty else { return }
-        try reserve(bytes: bytes.count, descriptors: 0)
-        if outputHead < output.count, case .bytes(var tail, let offset) = output[output.count - 1] {
-            // Coalesce plain bytes so one send covers them; the tail keeps its sent offset.
-            output[output.count - 1] = .bytes([], offset: 0)
-            tail.append(contentsOf: bytes)
-            output[output.count - 1] = .bytes(tail, offset: offset)
-        } else {
-            output.append(.bytes(bytes, offset: 0))
+        let effects = try lock.withLock { () throws(TransportError) -> Effects in
+            guard isOpen else { throw TransportError(.closed, "send on a closed connection") }
+            guard !bytes.isEmpty else { return Effects() }
+            try reserve(bytes: bytes.count, descriptors: 0)
+            if outputHead < output.count, case .bytes(var tail, let offset) = output[output.count - 1] {
+                // Coalesce plain bytes so one send covers them; the tail keeps its sent offset.
+                output[output.count - 1] = .bytes([], offset: 0)
+                tail.append(contentsOf: bytes)
+                output[output.count - 1] = .bytes(tail, offset: offset)
+            } else {
+                output.append(.bytes(bytes, offset: 0))
+            }
+            return isRunning && !writeArmed ? flush() : Effects()
         }
-        if state == .running && !writeArmed { flush() }
+        perform(effects, onLoop: false)
     }
 
     /// Queues `bytes` (at least one byte, for example the 4-byte marker) carrying `descriptor`
     /// in one `sendmsg`. Takes ownership of `descriptor`: it is closed once sent, or when the
     /// connection closes. Throws `.closed` or `.outputQueueFull` (closing `descriptor` too).
     public func send(_ bytes: [UInt8], passing descriptor: FileDescriptor) throws(TransportError) {
-        dispatchPrecondition(condition: .onQueue(queue))
         precondition(!bytes.isEmpty, "a descriptor needs at least one byte to ride on")
-        guard state != .closed else {
-            descriptor.close()
-            throw TransportError(.closed, "send on a closed connection")
+        let effects = try lock.withLock { () throws(TransportError) -> Effects in
+            guard isOpen else {
+                descriptor.close()
+                throw TransportError(.closed, "send on a closed connection")
+            }
+            do throws(TransportError) {
+                try reserve(bytes: bytes.count, descriptors: 1)
+            } catch {
+                descriptor.close()
+                throw error
+            }
+            output.append(.descriptor(bytes, offset: 0, descriptor: descriptor))
+            return isRunning && !writeArmed ? flush() : Effects()
         }
-        do throws(TransportError) {
-            try reserve(bytes: bytes.count, descriptors: 1)
-        } catch {
-            descriptor.close()
-            throw error
-        }
-        output.append(.descriptor(bytes, offset: 0, descriptor: descriptor))
-        if state == .running && !writeArmed { flush() }
+        perform(effects, onLoop: false)
     }
 
-    /// Calls `completion` on the queue once everything queued so far is handed to the kernel
-    /// (nil), or with the error that closed the connection first.
+    /// Calls `completion` once everything queued so far is handed to the kernel (nil), or with
+    /// the error that closed the connection first: at once on this thread when that is already
+    /// so, else on the thread that finishes the flush (the loop thread, or a later sender's).
     public func whenFlushed(_ completion: @escaping (TransportError?) -> Void) {
-        dispatchPrecondition(condition: .onQueue(queue))
-        if state == .closed {
-            completion(TransportError(.closed, "connection closed before flush"))
-        } else if outputHead == output.count {
-            completion(nil)
-        } else {
+        let now: TransportError?? = lock.withLock {
+            if !isOpen { return .some(TransportError(.closed, "connection closed before flush")) }
+            if outputHead == output.count { return .some(nil) }
             drainWaiters.append(completion)
+            return .none
         }
+        if case .some(let result) = now { completion(result) }
     }
 
+    /// Under the lock. On overflow the connection is shut down; its failure is not reported to
+    /// the handler (the caller learns it from the throw).
     private func reserve(bytes: Int, descriptors: Int) throws(TransportError) {
         let bytesAfter = queuedBytes + bytes
         let descriptorsAfter = queuedDescriptors + descriptors
@@ -252,15 +359,25 @@ public final class StreamConnection: @unchecked Sendable {
                 .outputQueueFull,
                 "output queue would hold \(bytesAfter) bytes and \(descriptorsAfter) descriptors " +
                 "(caps \(configuration.maximumQueuedBytes), \(configuration.maximumQueuedDescriptors))")
-            shutDown(reporting: error, notifyHandler: false)
+            let effects = shutDown(reporting: error, notifying: false)
+            let waiters = effects.flushed
+            if !waiters.isEmpty {
+                // Completions never run under the lock: hand them to the loop.
+                let box = UncheckedSendableBox(waiters)
+                let error = effects.flushError
+                if !loop.execute({ for waiter in box.value { waiter(error) } }) {
+                    for waiter in waiters { waiter(error) }
+                }
+            }
             throw error
         }
         queuedBytes = bytesAfter
         queuedDescriptors = descriptorsAfter
     }
 
-    private func flush() {
-        guard state == .running else { return }
+    /// Under the lock: writes queued segments until the queue is empty or the socket is full.
+    private func flush() -> Effects {
+        guard isRunning else { return Effects() }
         while outputHead < output.count {
             let segment = output[outputHead]
             let result: IOResult<Int>
@@ -276,19 +393,15 @@ public final class StreamConnection: @unchecked Sendable {
                     // K7: the uid's descriptors in flight exceed its RLIMIT_NOFILE. Nothing was
                     // sent; it is the whole process's back-pressure, not this peer's fault, so
                     // keep the segment and retry once receivers have drained some.
-                    onDescriptorBackPressure?()
-                    queue.asyncAfter(deadline: .now() + .milliseconds(20)) { [weak self] in
-                        guard let self, self.state == .running, !self.writeArmed else { return }
-                        self.flush()
-                    }
-                    return
+                    scheduleRetry()
+                    var effects = Effects()
+                    effects.backPressure = backPressureHandler
+                    return effects
                 }
-                shutDown(reporting: error, notifyHandler: true)
-                return
+                return shutDown(reporting: error, notifying: true)
             }
             guard case .processed(let written) = result else {
-                armWrite(true)
-                return
+                return armWrite(true)
             }
             switch segment {
             case .bytes(let bytes, let offset):
@@ -306,16 +419,34 @@ public final class StreamConnection: @unchecked Sendable {
                 outputHead += 1
             } else {
                 // Partial write: the socket buffer is full; wait rather than spin on EAGAIN.
-                armWrite(true)
-                return
+                return armWrite(true)
             }
         }
         output.removeAll(keepingCapacity: output.capacity <= 64)
         outputHead = 0
-        armWrite(false)
-        let waiters = drainWaiters
+        var effects = armWrite(false)
+        effects.flushed = drainWaiters
         drainWaiters = []
-        for waiter in waiters { waiter(nil) }
+        return effects
+    }
+
+    private func scheduleRetry() {
+        guard !retryScheduled else { return }
+        retryScheduled = true
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) { [weak self] in
+            guard let self else { return }
+            let scheduled = loop.execute { [weak self] in self?.retryFlush() }
+            if !scheduled { lock.withLock { retryScheduled = false } }
+        }
+    }
+
+    private func retryFlush() {
+        let effects = lock.withLock { () -> Effects in
+            retryScheduled = false
+            guard isRunning, !writeArmed else { return Effects() }
+            return flush()
+        }
+        perform(effects, onLoop: true)
     }
 
     private func send(_ bytes: [UInt8], from offset: Int, passing passed: FileDescriptor?) throws(TransportError) -> IOResult<Int> {
@@ -326,96 +457,131 @@ public final class StreamConnection: @unchecked Sendable {
         }
     }
 
-    private func armWrite(_ wanted: Bool) {
-        guard state == .running, wanted != writeArmed else { return }
+    private func armWrite(_ wanted: Bool) -> Effects {
+        guard isRunning, wanted != writeArmed else { return Effects() }
         writeArmed = wanted
-        if wanted {
-            let write = DispatchSource.makeWriteSource(fileDescriptor: borrowRawForSources(), queue: queue)
-            write.setEventHandler { [weak self] in self?.flush() }
-            track(write)
-            writeSource = write
-            write.activate()
-        } else {
-            writeSource?.cancel()
-            writeSource = nil
+        return updateInterest()
+    }
+
+    // MARK: interest
+
+    /// Under the lock: tells the loop what the connection waits for now.
+    private func updateInterest() -> Effects {
+        guard case .running(let registration) = state else { return Effects() }
+        var wanted: Interest = []
+        if !readPaused, !readFinished, undelivered < Self.deliveryWindow { wanted.insert(.readable) }
+        if writeArmed { wanted.insert(.writable) }
+        guard wanted != interest else { return Effects() }
+        do throws(TransportError) {
+            try registration.setInterest(wanted)
+        } catch {
+            return shutDown(reporting: error, notifying: true)
         }
-    }
-
-    // MARK: sources
-    //
-    // Sources are created when wanted and cancelled when not, never suspended: on Linux a read
-    // and a write source on one descriptor share one epoll registration, and suspending one of
-    // them was seen to lose the other's events (a connection stalled with unread data, a
-    // registration reply never read). The descriptor closes only after every source created on
-    // it has finished cancelling, so libdispatch never watches a reused descriptor number.
-
-    private func makeReadSource() {
-        let read = DispatchSource.makeReadSource(fileDescriptor: borrowRawForSources(), queue: queue)
-        read.setEventHandler { [weak self] in self?.handleReadable() }
-        track(read)
-        readSource = read
-        read.activate()
-    }
-
-    private func track(_ source: DispatchSourceProtocol) {
-        sources.enter()
-        source.setCancelHandler { [sources] in sources.leave() }
+        interest = wanted
+        return Effects()
     }
 
     // MARK: input
 
     /// Stops reading (back-pressure). Bytes stay in the kernel; the peer's sends eventually block.
     public func suspendReading() {
-        dispatchPrecondition(condition: .onQueue(queue))
-        guard !readPaused else { return }
-        readPaused = true
-        if state == .running, !readFinished {
-            readSource?.cancel()
-            readSource = nil
+        let effects = lock.withLock { () -> Effects in
+            guard !readPaused else { return Effects() }
+            readPaused = true
+            return updateInterest()
         }
+        perform(effects, onLoop: false)
     }
 
     /// Resumes reading after `suspendReading()`.
     public func resumeReading() {
-        dispatchPrecondition(condition: .onQueue(queue))
-        guard readPaused else { return }
-        readPaused = false
-        if state == .running, !readFinished, readSource == nil { makeReadSource() }
+        let effects = lock.withLock { () -> Effects in
+            guard readPaused else { return Effects() }
+            readPaused = false
+            return updateInterest()
+        }
+        perform(effects, onLoop: false)
     }
 
-    private func handleReadable() {
+    /// Readiness from the loop, on its thread.
+    private func handle(_ readiness: Readiness) {
+        if readiness.contains(.writable) {
+            let effects = lock.withLock { () -> Effects in
+                guard isRunning, writeArmed else { return Effects() }
+                return flush()
+            }
+            perform(effects, onLoop: true)
+        }
+        // A hang-up or an error is seen by the read that follows it (end of stream, reset).
+        guard !readiness.isDisjoint(with: [.readable, .hangUp, .error]) else { return }
         for _ in 0..<configuration.readsPerEvent {
-            guard state == .running, !readPaused, !readFinished else { return }
+            guard let event = readOnce() else { return }
+            deliver(event, counted: true)
+            if case .received = event { continue }
+            return
+        }
+    }
+
+    /// One `recvmsg` under the lock, as the event to deliver; nil when there is nothing to
+    /// deliver (would block, not reading, closed).
+    private func readOnce() -> StreamEvent? {
+        var failure: Effects?
+        let event = lock.withLock { () -> StreamEvent? in
+            guard isRunning, !readPaused, !readFinished, undelivered < Self.deliveryWindow else { return nil }
             let result: IOResult<Received>
             do throws(TransportError) {
                 result = try descriptor.receive(
-                    into: readBuffer, descriptorCapacity: configuration.descriptorsPerRead,
+                    into: readBuffer.storage, descriptorCapacity: configuration.descriptorsPerRead,
                     reportingTruncation: configuration.reportsLostDescriptors)
             } catch {
-                shutDown(reporting: error, notifyHandler: true)
-                return
+                failure = shutDown(reporting: error, notifying: true)
+                return nil
             }
-            guard case .processed(let received) = result else { return }
+            guard case .processed(let received) = result else { return nil }
+            if deliveryQueue != nil { undelivered += 1 }
             if received.isEndOfStream {
-                readFinished = true
-                readSource?.cancel()  // level-triggered: a source at EOF would fire forever
-                readSource = nil
-                deliver(.endOfStream)
-                return
+                readFinished = true  // level-triggered: a socket at EOF stays readable forever
+                failure = updateInterest()
+                return .endOfStream
             }
-            let bytes = Array(UnsafeRawBufferPointer(rebasing: readBuffer[..<received.byteCount]))
+            let bytes = Array(UnsafeRawBufferPointer(rebasing: readBuffer.storage[..<received.byteCount]))
             let chunk = StreamChunk(
-                bytes: bytes, descriptors: received.descriptors, streamOffset: inboundOffset, descriptorsLost: received.descriptorsLost)
+                bytes: bytes, descriptors: received.descriptors, streamOffset: inboundOffset,
+                descriptorsLost: received.descriptorsLost)
             inboundOffset += received.byteCount
-            deliver(.received(chunk))
+            if undelivered >= Self.deliveryWindow { failure = updateInterest() }
+            return .received(chunk)
         }
-        // The per-event cap was reached with data possibly still queued. Do not rely on the read
-        // source firing again for it (it may not: seen as a stalled connection under load);
-        // continue on a later turn of the queue, after other connections had theirs.
-        queue.async { [weak self] in self?.handleReadable() }
+        if let failure { perform(failure, onLoop: true) }
+        return event
     }
 
-    private func deliver(_ event: StreamEvent) {
+    /// Hands an event to the owner: now (on the loop thread), or through the delivery queue.
+    /// `counted`: a read that holds a place in the delivery window.
+    private func deliver(_ event: StreamEvent, counted: Bool) {
+        guard let queue = deliveryQueue else {
+            Self.give(event, to: currentHandler)
+            return
+        }
+        let box = UncheckedSendableBox(event)
+        queue.async { [self] in deliverOnQueue(box.value, counted: counted) }
+    }
+
+    private func deliverOnQueue(_ event: StreamEvent, counted: Bool) {
+        if counted {
+            let effects = lock.withLock { () -> Effects in
+                undelivered -= 1
+                return undelivered == Self.deliveryWindow - 1 ? updateInterest() : Effects()
+            }
+            perform(effects, onLoop: false)
+        }
+        Self.give(event, to: currentHandler)
+    }
+
+    private var currentHandler: ((StreamEvent) -> Void)? { lock.withLock { handler } }
+
+    /// Calls `handler`, or, for an owner that closed meanwhile, closes what the event carried.
+    private static func give(_ event: StreamEvent, to handler: ((StreamEvent) -> Void)?) {
         if let handler {
             handler(event)
         } else if case .received(let chunk) = event {
@@ -425,35 +591,40 @@ public final class StreamConnection: @unchecked Sendable {
 
     // MARK: closing
 
-    /// Closes the connection: the socket, and every descriptor still queued for sending.
-    /// Idempotent; the handler is not called for a close the owner asked for.
+    /// Closes the connection: unregisters it from the loop, closes the socket and every
+    /// descriptor still queued for sending. Idempotent; the handler is not called for a close
+    /// the owner asked for.
     public func close() {
-        dispatchPrecondition(condition: .onQueue(queue))
-        shutDown(reporting: nil, notifyHandler: false)
+        let effects = lock.withLock {
+            handler = nil  // also after a failure: reads still waiting in the delivery queue go
+            return shutDown(reporting: nil, notifying: false)
+        }
+        perform(effects, onLoop: false)
     }
 
-    private func shutDown(reporting error: TransportError?, notifyHandler: Bool) {
-        guard state != .closed else { return }
-        let wasRunning = state == .running
+    /// Under the lock: closes everything and returns what to tell whom once it is released.
+    /// A failure the handler is told of keeps the handler, so reads that came before it still
+    /// reach the owner, in order, and then the failure; otherwise the handler is dropped.
+    private func shutDown(reporting error: TransportError?, notifying: Bool) -> Effects {
+        var effects = Effects()
+        switch state {
+        case .closed:
+            return effects
+        case .running(let registration):
+            registration.unregister()  // before the close: the number may be reused at once
+        case .idle:
+            break
+        }
         state = .closed
-        let handler = self.handler
-        self.handler = nil
+        if !notifying { handler = nil }
+        backPressureHandler = nil
         discardOutput()
-        let closedError = error ?? TransportError(.closed, "connection closed before flush")
-        let waiters = drainWaiters
+        descriptor.close()
+        effects.flushed = drainWaiters
+        effects.flushError = error ?? TransportError(.closed, "connection closed before flush")
         drainWaiters = []
-        if wasRunning {
-            cancelSources()  // the descriptor closes once every source has cancelled
-        } else {
-            descriptor.close()
-        }
-        for waiter in waiters { waiter(closedError) }
-        if notifyHandler, let error, let handler {
-            // Asynchronously, so a handler never re-enters the code that detected the failure.
-            // The box is sound: the handler runs on `queue`, like every other call to it.
-            let box = UncheckedSendableBox(handler)
-            queue.async { box.value(.failed(error)) }
-        }
+        if notifying, let error, handler != nil { effects.failure = error }
+        return effects
     }
 
     private func discardOutput() {
@@ -464,26 +635,25 @@ public final class StreamConnection: @unchecked Sendable {
         queuedDescriptors = 0
     }
 
-    private func cancelSources() {
-        readSource?.cancel()
-        writeSource?.cancel()
-        readSource = nil
-        writeSource = nil
-        sources.notify(queue: queue) { [descriptor] in descriptor.close() }
-    }
-
-    private func borrowRawForSources() -> Int32 {
-        // The sources need the raw number for their whole life; the descriptor is closed only
-        // after both have cancelled, which keeps the number valid meanwhile.
-        guard let raw = try? descriptor.withRawDescriptor({ $0 }) else {
-            preconditionFailure("StreamConnection started with a closed descriptor")
+    /// Runs what was decided under the lock. A failure reaches the handler asynchronously (on
+    /// the loop, or through the delivery queue) when it was found in a call the owner made, so
+    /// the handler never re-enters the owner's code that made it; found by the loop itself, it
+    /// is reported at once.
+    private func perform(_ effects: Effects, onLoop: Bool) {
+        guard !effects.isEmpty else { return }
+        effects.backPressure?()
+        for waiter in effects.flushed { waiter(effects.flushError) }
+        guard let error = effects.failure else { return }
+        if onLoop || deliveryQueue != nil {
+            deliver(.failed(error), counted: false)
+        } else if !loop.execute({ [self] in deliver(.failed(error), counted: false) }) {
+            deliver(.failed(error), counted: false)
         }
-        return raw
     }
 }
 
 /// Carries a value across a `@Sendable` boundary when the code guarantees it is only used on
-/// one serial queue.
+/// one thread at a time (a serial queue, or a loop thread).
 struct UncheckedSendableBox<Value>: @unchecked Sendable {
     let value: Value
     init(_ value: Value) { self.value = value }

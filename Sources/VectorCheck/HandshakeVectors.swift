@@ -42,14 +42,13 @@ public enum HandshakeVectors: VectorKind {
     struct Session {
         let msg1: [UInt8], msg2: [UInt8], auth: [UInt8]
         let initiator: EstablishedSession, responder: EstablishedSession
-        let initiatorIdentity: HandshakeIdentity, responderIdentity: HandshakeIdentity
+        let initiatorIdentity: IdentityKeyPair, responderIdentity: IdentityKeyPair
         let initiatorEphemeral: [UInt8], responderEphemeral: [UInt8]
         let configuration: HandshakeConfiguration
     }
 
-    static func identity(seed: [UInt8]) throws -> HandshakeIdentity {
-        let pair = try Ed25519.keyPair(seed: SecretBytes(copying: seed, guarded: true))
-        return try HandshakeIdentity(publicKey: pair.publicKey, secretKey: pair.secretKey)
+    static func identity(seed: [UInt8]) throws -> IdentityKeyPair {
+        try IdentityKeyPair(seed: SecretBytes(copying: seed, guarded: true))
     }
 
     static func fixed(_ key: [UInt8]) -> EphemeralKeySource { EphemeralKeySource { SecretBytes(copying: key) } }
@@ -62,9 +61,9 @@ public enum HandshakeVectors: VectorKind {
             throw VectorDataError("max_fragment_size missing or out of range")
         }
         let cfg = HandshakeConfiguration(channel: ChannelConfiguration(maxFragmentSize: fragment))
-        let cache = X25519KeyCache(capacity: 8), now = ContinuousClock.now
-        let i = try HandshakeInitiator(identity: a, responder: b.publicKey, configuration: cfg, keyCache: cache, ephemeralKeys: fixed(ei), now: now)
-        let r = HandshakeResponder(identity: b, announcedInitiator: a.publicKey, configuration: cfg, keyCache: cache, ephemeralKeys: fixed(er), now: now)
+        let cache = IdentityKeyCache(capacity: 8), now = ContinuousClock.now
+        let i = try HandshakeInitiator(identity: a, responder: b.publicIdentity, configuration: cfg, keyCache: cache, ephemeralKeys: fixed(ei), now: now)
+        let r = HandshakeResponder(identity: b, announcedInitiator: a.publicIdentity, configuration: cfg, keyCache: cache, ephemeralKeys: fixed(er), now: now)
         guard case .send(let msg2) = try r.receive(i.initialMessage, now: now) else { throw VectorDataError("responder did not answer msg1") }
         guard case .established(let si, let auth) = try i.receive(msg2, now: now) else { throw VectorDataError("initiator did not finish") }
         guard case .established(let sr, _) = try r.receive(auth, now: now) else { throw VectorDataError("responder did not finish") }
@@ -163,12 +162,13 @@ public enum HandshakeVectors: VectorKind {
     static func replayNegative(_ n: [String: Any], base t: [String: Any]) throws -> HandshakeError.Code? {
         let s = try run(t)
         let mutation = n["mutation"] as? [String: Any] ?? [:]
+        // Raw: a `from` may be a key no `PublicIdentity` holds (the responder's own refusal).
         let from = try (n["from"] as? String).map { _ in try n.hex("from") } ?? s.initiatorIdentity.publicKey
         var policy: (@Sendable ([UInt8]) -> Bool)? = nil
         if (n["policy"] as? String) == "deny" { policy = { _ in false } }
-        let now = ContinuousClock.now, cache = X25519KeyCache(capacity: 8)
+        let now = ContinuousClock.now, cache = IdentityKeyCache(capacity: 8)
         func responder() -> HandshakeResponder {
-            HandshakeResponder(identity: s.responderIdentity, announcedInitiator: from, configuration: s.configuration, policy: policy,
+            HandshakeResponder(identity: s.responderIdentity, announcedInitiatorKey: from, configuration: s.configuration, policy: policy,
                                keyCache: cache, ephemeralKeys: fixed(s.responderEphemeral), now: now)
         }
         // Other errors (malformed vector data) propagate and fail the case with their text.
@@ -186,7 +186,7 @@ public enum HandshakeVectors: VectorKind {
             return try failure { _ = try r.receive(bytes, now: now); try r.receiveEOF() }
         case "msg2":
             let bytes = try mutate(s.msg2, mutation)
-            let i = try HandshakeInitiator(identity: s.initiatorIdentity, responder: s.responderIdentity.publicKey, configuration: s.configuration,
+            let i = try HandshakeInitiator(identity: s.initiatorIdentity, responder: s.responderIdentity.publicIdentity, configuration: s.configuration,
                                            keyCache: cache, ephemeralKeys: fixed(s.initiatorEphemeral), now: now)
             return try failure { _ = try i.receive(bytes, now: now); try i.receiveEOF() }
         case "auth":

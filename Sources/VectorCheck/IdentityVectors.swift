@@ -48,7 +48,13 @@ public enum IdentityVectors: VectorKind {
         }
         if c["signature"] != nil {
             let message = try c.hex("message")
-            let signature = pair.sign(message)
+            // A key pair signs only typed messages, so the RFC 8032 cases (any length) check the
+            // primitive it signs with, keyed from the same seed; a 64-byte message is also
+            // signed through the key pair, as a registration challenge.
+            let signature = Ed25519.sign(message, secretKey: try Ed25519.keyPair(seed: SecretBytes(copying: try c.hex("seed"))).secretKey)
+            if message.count == Challenge.length, pair.sign(try Challenge(message)).bytes != signature {
+                return .failed(name, "the key pair's challenge signature differs from the primitive's")
+            }
             if Hex.encode(signature) != (try c.string("signature")) { return .failed(name, "signature: got \(Hex.encode(signature))") }
             if !id.verify(signature: signature, message: message) { return .failed(name, "own signature does not verify") }
         }

@@ -54,8 +54,8 @@ public enum OCapNVectors: VectorKind {
 
         func input(_ name: String) throws -> [UInt8] { try inputs.hex(name) }
 
-        func signer(_ seedInput: String) throws -> SigningIdentity {
-            try SigningIdentity(seed: SecretBytes(copying: try input(seedInput)))
+        func signer(_ seedInput: String) throws -> IdentityKeyPair {
+            try IdentityKeyPair(seed: SecretBytes(copying: try input(seedInput)))
         }
 
         func exampleHex(_ name: String) throws -> [UInt8] {
@@ -70,7 +70,7 @@ public enum OCapNVectors: VectorKind {
         let hexField = { () throws -> [UInt8] in try e.hex("hex") }
         switch try e.string("type") {
         case "public-key":
-            try require(try ctx.signer(try e.string("seed")).identity.publicKey == hexField(), "public key from seed")
+            try require(try ctx.signer(try e.string("seed")).publicIdentity.publicKey == hexField(), "public key from seed")
         case "designator":
             let key = try PublicIdentity(publicKey: try e.hex("public_key_hex"))
             try require(key.designator == (try e.string("value")), "designator of the key")
@@ -158,7 +158,7 @@ public enum OCapNVectors: VectorKind {
         let msg2 = response.encoded
         let clientActions = try client.receive(try SyrupDecoder().decode(msg2))
         guard clientActions.count == 2, case let .send(signature) = clientActions[0],
-              case let .registered(verified) = clientActions[1], verified.identity == serverSigner.identity else {
+              case let .registered(verified) = clientActions[1], verified.identity == serverSigner.publicIdentity else {
             throw VectorDataError("client did not register with the server: \(clientActions)")
         }
         let msg3 = signature.encoded

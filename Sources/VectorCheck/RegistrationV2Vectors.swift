@@ -41,8 +41,8 @@ public enum RegistrationV2Vectors: VectorKind {
         }
     }
 
-    static func signer(_ inputs: [String: Any], _ name: String) throws -> SigningIdentity {
-        try SigningIdentity(seed: SecretBytes(copying: try inputs.hex(name)))
+    static func signer(_ inputs: [String: Any], _ name: String) throws -> IdentityKeyPair {
+        try IdentityKeyPair(seed: SecretBytes(copying: try inputs.hex(name)))
     }
 
     static func challenge(_ inputs: [String: Any], _ name: String) throws -> Challenge {
@@ -59,14 +59,14 @@ public enum RegistrationV2Vectors: VectorKind {
         case "client": role = .client
         case let other: throw VectorDataError("unknown role \"\(other)\"")
         }
-        let bytes = RegistrationTranscript.bytes(role, server: server.identity, client: client.identity,
+        let bytes = RegistrationTranscript.bytes(role, server: server.publicIdentity, client: client.publicIdentity,
                                                  clientChallenge: chC, serverChallenge: chS)
         try require(bytes == (try t.hex("hex")), "transcript bytes")
         let signature = role == .server
-            ? server.signRegistration(.server, peer: client.identity, clientChallenge: chC, serverChallenge: chS)
-            : client.signRegistration(.client, peer: server.identity, clientChallenge: chC, serverChallenge: chS)
+            ? server.signRegistration(.server, peer: client.publicIdentity, clientChallenge: chC, serverChallenge: chS)
+            : client.signRegistration(.client, peer: server.publicIdentity, clientChallenge: chC, serverChallenge: chS)
         try require(signature.bytes == (try t.hex("signature_hex")), "deterministic signature")
-        try require(signature.isValidRegistration(role, server: server.identity, client: client.identity,
+        try require(signature.isValidRegistration(role, server: server.publicIdentity, client: client.publicIdentity,
                                                   clientChallenge: chC, serverChallenge: chS), "signature verifies")
     }
 
@@ -77,7 +77,7 @@ public enum RegistrationV2Vectors: VectorKind {
         let serverSigner = try signer(inputs, try s.string("server_seed"))
         var client = RegistrationClient(signer: try signer(inputs, try s.string("client_seed")),
                                         challenge: try challenge(inputs, try s.string("client_challenge")),
-                                        expectedServer: serverSigner.identity, form: .v2)
+                                        expectedServer: serverSigner.publicIdentity, form: .v2)
         var server = RegistrationServer(signer: serverSigner, challenge: try challenge(inputs, try s.string("server_challenge")),
                                         accepting: .v2)
         let msg1 = client.start().encoded
@@ -118,7 +118,7 @@ public enum RegistrationV2Vectors: VectorKind {
         case "server-signature":
             var server = RegistrationServer(signer: serverSigner, challenge: chS)
             let register = UDSMessage.registerV2(UDSRegisterV2(
-                locator: PeerLocator(identity: try signer(inputs, "peer_A_seed_hex").identity), challenge: chC))
+                locator: PeerLocator(identity: try signer(inputs, "peer_A_seed_hex").publicIdentity), challenge: chC))
             _ = try server.receive(register)
             attempt { () throws(OCapNError) in _ = try server.receive(value) }
             if outcome != nil, server.peer != nil { throw VectorDataError("the server registered the peer anyway") }

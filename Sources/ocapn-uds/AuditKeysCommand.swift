@@ -129,7 +129,7 @@ struct AuditHandoverCommand: ParsableCommand {
         do {
             sink = try AuditFileSink(AuditFileConfiguration(
                 path: file, writer: pair.publicIdentity,
-                signer: AuditSigner(identity: pair.publicIdentity, sign: { pair.sign($0) }), sealingKeyPath: auditSealKey))
+                signer: pair, sealingKeyPath: auditSealKey))
         } catch {
             throw CLIError(.failure, "audit log \(file): \(error)")
         }
@@ -169,7 +169,7 @@ struct AuditWriterOptions: ParsableArguments {
         let witnessTarget: AuditWitnessTarget? = witness.map { $0 == "-" || $0 == "stderr" ? .standardError : .file($0) }
         let sink = try AuditFileSink(AuditFileConfiguration(
             path: path, writer: keyPair.publicIdentity,
-            signer: AuditSigner(identity: keyPair.publicIdentity, sign: { keyPair.sign($0) }),
+            signer: keyPair,
             checkpoints: AuditCheckpointPolicy(everyRecords: auditCheckpointRecords, intervalMicros: Int64(auditCheckpointSeconds) * 1_000_000),
             sealingKeyPath: auditSealKey, witness: witnessTarget, tick: .seconds(1), asynchronous: true))
         if let f = sink.reopenFailure {

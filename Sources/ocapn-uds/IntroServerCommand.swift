@@ -115,7 +115,7 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: "Unsent bytes queued for one peer before it is dropped as not reading.")
     var outputQueueBytes: Int = 64 * 1024
 
-    @Option(help: "Bytes per read on a control connection (allocated per connection).")
+    @Option(help: "Bytes per read on a control connection (one buffer shared by all connections).")
     var readBufferBytes: Int = 4096
 
     @Option(help: ArgumentHelp(

@@ -5,21 +5,20 @@ import Synchronization
 @testable import Audit
 
 /// A writer identity with its secret key (the key never reaches the log; tests check that).
+/// `secretKey` and `seed` are kept beside the key pair so tests can forge what a writer never
+/// signs; the chain itself only ever gets the key pair.
 struct TestKey: Sendable {
     let identity: PublicIdentity
     let secretKey: SecretBytes
     let seed: SecretBytes
+    let signer: IdentityKeyPair
 
     init() {
         let g = Ed25519.generate()
         identity = try! PublicIdentity(publicKey: g.publicKey)
         secretKey = g.secretKey
         seed = g.seed
-    }
-
-    var signer: AuditSigner {
-        let sk = secretKey
-        return AuditSigner(identity: identity) { Ed25519.sign($0, secretKey: sk) }
+        signer = try! IdentityKeyPair(seed: g.seed)
     }
 }
 

@@ -11,7 +11,7 @@ import Testing
 @Suite struct TamperTests {
     /// Re-chains `records` (bookkeeping dropped) as one run of `writer`, signed or not: what an
     /// editor who can compute BLAKE2b but holds no key can produce.
-    static func forgeRun(_ events: [AuditEvent], writer: PublicIdentity, signer: AuditSigner?, nextSeq: UInt64 = 1,
+    static func forgeRun(_ events: [AuditEvent], writer: PublicIdentity, signer: IdentityKeyPair?, nextSeq: UInt64 = 1,
                          head: AuditDigest = AuditRecord.genesis, clock: StepClock = StepClock()) -> [String] {
         var chain = AuditChain(writer: writer, signer: signer, policy: AuditCheckpointPolicy(everyRecords: 5), nextSeq: nextSeq, head: head)
         var lines = [chain.opened(cause: .start, at: clock.read())]

@@ -50,7 +50,7 @@ final class WeakPeer: @unchecked Sendable {
     private let lock = NSLock()
     private var stopping = false
     private let threads = DispatchGroup()
-    private let keyCache = X25519KeyCache(capacity: 16)
+    private let keyCache = IdentityKeyCache(capacity: 16)
     private let fixedEphemeral = SecretBytes.random(count: 32)
 
     var locator: PeerLocator { PeerLocator(identity: key.publicIdentity) }
@@ -133,7 +133,6 @@ final class WeakPeer: @unchecked Sendable {
             while !isStopping, read(fd) != nil {}
             return
         }
-        guard let identity = try? HandshakeIdentity(publicKey: key.publicKey, secretKey: key.handshakeSecretKey()) else { return }
         let start = ContinuousClock.now
         var input: [UInt8] = []
         // The header names the initiator; a peer that ignores `from` believes it.
@@ -145,7 +144,7 @@ final class WeakPeer: @unchecked Sendable {
         let announced = weakness == .ignoresFrom ? Array(input[8..<40]) : from.publicKey
         let fixed = fixedEphemeral
         let responder = HandshakeResponder(
-            identity: identity, announcedInitiator: announced,
+            identity: key, announcedInitiatorKey: announced,
             configuration: HandshakeConfiguration(timeout: weakness == .noHandshakeDeadline ? .seconds(3600) : handshakeTimeout),
             keyCache: keyCache,
             ephemeralKeys: weakness == .fixedEphemeral ? EphemeralKeySource { fixed.slice(0..<32) } : .system,

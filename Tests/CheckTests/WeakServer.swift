@@ -1,8 +1,9 @@
 import Check
 import Foundation
 import Glibc
-import Identity
+@testable import Identity
 import OCapN
+import SodiumCrypto
 import Syrup
 import Transport
 
@@ -247,7 +248,9 @@ final class WeakServer: @unchecked Sendable {
         guard let peer else { throw Refusal(reason: "designator") }
         guard challenge.count == Challenge.length || has(.signsAnyChallengeLength) else { throw Refusal(reason: "challengeLength") }
         let mine = Challenge.random().bytes
-        let signature = try Ed25519Signature(key.sign(challenge))
+        // A weak server may sign a challenge of any length: the raw primitive, not the key
+        // pair's typed operation (which takes only a 64-byte `Challenge`).
+        let signature = try Ed25519Signature(Ed25519.sign(challenge, secretKey: key.secretKey))
         let response = SyrupValue.record(label: .symbol(UDSServerResponse.label),
                                          fields: [key.publicIdentity.captpPublicKey, .bytes(mine), signature.captpSigVal])
         guard connection.probe.send(SyrupEncoder.encode(response)) else { throw Refusal(reason: "send") }

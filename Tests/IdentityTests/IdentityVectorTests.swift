@@ -1,6 +1,6 @@
 import Testing
 import SodiumCrypto
-import Identity
+@testable import Identity
 
 /// `Vectors/identity.json`, checked through the public API (the CLI's `vectors verify` runs the
 /// same file through VectorCheck).
@@ -26,9 +26,10 @@ import Identity
             let pair = try IdentityKeyPair(seed: SecretBytes(copying: try unhex(c["seed"] as! String)))
             let message = try unhex(c["message"] as! String)
             let expected = c["signature"] as! String
-            #expect(hexString(pair.sign(message)) == expected, "\(c["name"]!)")
+            // The key pair signs only its purposes' messages; the RFC cases check the key it holds.
+            #expect(hexString(Ed25519.sign(message, secretKey: pair.secretKey)) == expected, "\(c["name"]!)")
             // Deterministic: the same bytes again, through the borrowed-buffer entry point too.
-            #expect(hexString(message.withUnsafeBytes { pair.sign($0) }) == expected)
+            #expect(hexString(message.withUnsafeBytes { Ed25519.sign($0, secretKey: pair.secretKey) }) == expected)
             #expect(pair.publicIdentity.verify(signature: try unhex(expected), message: message))
             var flipped = try unhex(expected)
             flipped[0] ^= 1

@@ -18,8 +18,26 @@ private let fastKDF = KDFParameters(opsLimit: 1, memLimit: 64 << 10)
             #expect(loaded.hasSameSecret(as: pair))
             #expect(loaded.publicIdentity == pair.publicIdentity)
             #expect(try !IdentityKeyFile.isEncrypted(path: path))
-            let message = Array("hello".utf8)
-            #expect(pair.publicIdentity.verify(signature: loaded.sign(message), message: message))
+            let hash = [UInt8](repeating: 7, count: 32)
+            #expect(pair.publicIdentity.verify(signature: loaded.signHandshakeTranscript(.initiator, hash: hash),
+                                               message: SignedMessage.handshakeTranscript(.initiator, hash: hash)))
+        }
+    }
+
+    @Test func aLibraryUserWritesAndLoadsAnEncryptedFileThroughPassphraseFiles() throws {
+        try withTemporaryDirectory { dir in
+            let path = dir + "/id.key", good = dir + "/pass", bad = dir + "/wrong"
+            for (file, text) in [(good, "hunter2 but longer\n"), (bad, "hunter3 but longer\n")] {
+                #expect(FileManager.default.createFile(atPath: file, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]))
+            }
+            let pair = IdentityKeyPair.generate()
+            try IdentityKeyFile.write(pair, to: path, passphraseFile: good, kdf: fastKDF)
+            #expect(try IdentityKeyFile.isEncrypted(path: path))
+            #expect(try IdentityKeyFile.load(path: path, passphraseFile: good).hasSameSecret(as: pair))
+            let wrong = #expect(throws: IdentityError.self) { try IdentityKeyFile.load(path: path, passphraseFile: bad) }
+            #expect(wrong?.code == .wrongPassphrase)
+            let missing = #expect(throws: IdentityError.self) { try IdentityKeyFile.load(path: path) }
+            #expect(missing?.code == .passphraseRequired)
         }
     }
 

@@ -24,7 +24,7 @@ import Testing
     private static func signedLog(_ dir: TemporaryDirectory, _ pair: IdentityKeyPair, name: String = "a.jsonl") throws -> (String, String) {
         let path = dir.file(name), witness = dir.file(name + ".witness")
         let sink = try AuditFileSink(AuditFileConfiguration(
-            path: path, writer: pair.publicIdentity, signer: AuditSigner(identity: pair.publicIdentity, sign: { pair.sign($0) }),
+            path: path, writer: pair.publicIdentity, signer: pair,
             checkpoints: AuditCheckpointPolicy(everyRecords: 5), fsync: .never, witness: .file(witness)))
         let other = AuditPeerID(IdentityKeyPair.generate().publicIdentity)
         for i in 0..<20 {
@@ -101,7 +101,7 @@ import Testing
         #expect(try verify(original + tail).status == 7)
         // A writer swap: another key's signed run after it (4).
         let thief = IdentityKeyPair.generate()
-        var swap = AuditChain(writer: thief.publicIdentity, signer: AuditSigner(identity: thief.publicIdentity, sign: { thief.sign($0) }),
+        var swap = AuditChain(writer: thief.publicIdentity, signer: thief,
                               nextSeq: UInt64(original.count + 1), head: AuditRecord.chainHash(Array(original.last!.utf8)))
         let swapTail = [swap.opened(cause: .start, at: .now()), swap.append(AuditEvent(.serverStarted, role: .server), at: .now()),
                         swap.closed(cause: .shutdown, at: .now())].map { String(decoding: $0, as: UTF8.self) }
@@ -125,7 +125,8 @@ import Testing
                 m.epoch = sealing.epoch
                 let unsealed = AuditRecord(seq: r.seq, prev: prev, timestamp: r.timestamp, event: event, log: m)
                 m.seal = AuditSealing.mac(key: try sealingKeyBytes(sealing), message: unsealed.sealedMessage())
-                m.signature = identity.sign(AuditRecord(seq: r.seq, prev: prev, timestamp: r.timestamp, event: event, log: m).signedMessage())
+                let resigned = AuditRecord(seq: r.seq, prev: prev, timestamp: r.timestamp, event: event, log: m).signedMessage()
+                m.signature = identity.signAuditCheckpoint(recordLine: resigned.dropFirst(AuditRecord.checkpointContext.count))
                 meta = m
             }
             let line = AuditRecord(seq: r.seq, prev: prev, timestamp: r.timestamp, event: event, log: meta).encode()

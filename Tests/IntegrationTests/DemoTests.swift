@@ -59,7 +59,7 @@ import Testing
             let seed = try #require(Data(base64Encoded: String(line.dropFirst("secret: ".count))))
             let pair = try Ed25519.keyPair(seed: SecretBytes(copying: [UInt8](seed)))
             secrets.append([UInt8](seed))
-            secrets.append(pair.secretKey.unsafeCopyToArray())
+            secrets.append(pair.secretKey.withUnsafeBytes { Array($0) })
         }
         #expect(secrets.count == 2 * 4, "the server and three peers left their key files (--keep-keys)")
         let written = left.filter { $0.hasSuffix(".jsonl") || $0.hasSuffix(".log") }.map { (dir as NSString).appendingPathComponent($0) }

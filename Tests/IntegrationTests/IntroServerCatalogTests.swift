@@ -184,7 +184,7 @@ import Transport
                 Issue.record("no server response")
                 return
             }
-            let signature = try Ed25519Signature(x.key.sign(response.serverChallenge.bytes))
+            let signature = x.key.sign(response.serverChallenge)
             try x.write(UDSMessage.signature(UDSSignature(payload: response.serverChallenge, signature: .raw(signature))).encoded)
             #expect(x.seesEndOfStream())
             let record = server.waitForAudit("registration.refused", reason: "badSignature")

@@ -168,8 +168,7 @@ final class TestPeer {
         self.key = key
         self.server = server.identity
         control = try FileDescriptor.connect(unixPath: server.socketPath, timeout: .seconds(2))
-        let signer = SigningIdentity(identity: key.publicIdentity) { key.sign($0) }
-        client = RegistrationClient(signer: signer, challenge: .random(), expectedServer: server.identity, form: form)
+        client = RegistrationClient(signer: key, challenge: .random(), expectedServer: server.identity, form: form)
     }
 
     deinit { close() }

@@ -119,6 +119,42 @@ import Testing
         return (p.terminationStatus == 0, String(decoding: data, as: UTF8.self))
     }
 
+    @Test func theIdentityKeySignsNoArbitraryBytesAndNoSecretIsReachableFromOutsideThePackage() throws {
+        // The control: typed operations compile for a library user.
+        let control = try Self.typecheck("""
+            import Identity
+            import OCapN
+            func f(_ k: IdentityKeyPair, _ c: Challenge, _ p: PublicIdentity) -> [Ed25519Signature] {
+                [k.sign(c), k.signRegistration(.client, peer: p, clientChallenge: c, serverChallenge: c)]
+            }
+            func g() throws -> [IdentityKeyPair] {
+                try IdentityKeyFile.write(.generate(), to: "/k", passphraseFile: "/p")
+                return [try IdentityKeyFile.load(path: "/k"), try IdentityKeyFile.load(path: "/k", passphraseFile: "/p")]
+            }
+            """)
+        #expect(control.ok, "the probe set-up is broken: \(control.errors)")
+        let probes = [
+            // No general-purpose signature, and no per-purpose primitive that takes raw bytes.
+            "import Identity\nfunc f(_ k: IdentityKeyPair) { _ = k.sign([UInt8](repeating: 0, count: 61)) }",
+            "import Identity\nfunc f(_ k: IdentityKeyPair) { _ = k.signHandshakeTranscript(.initiator, hash: []) }",
+            "import Identity\nfunc f(_ k: IdentityKeyPair) { _ = k.signAuditCheckpoint(recordLine: [UInt8]()) }",
+            "import Identity\nfunc f(_ k: IdentityKeyPair) { _ = k.signRegistrationChallenge([]) }",
+            "import Identity\nfunc f(_ k: IdentityKeyPair) { _ = k.handshakeAgreement(with: []) }",
+            "import Identity\nfunc f(_ k: IdentityKeyPair) { _ = k.secretKey }",
+            "@_spi(TestVectors) import Identity\nfunc f(_ k: IdentityKeyPair) { _ = k.handshakeSecret }",
+            // Secret storage is not a type a library user can name, fill or copy out.
+            "import SodiumCrypto\nfunc f(_ s: SecretBytes) {}",
+            "import SodiumCrypto\nlet s = SecretBytes(count: 32)",
+            "@_spi(TestVectors) import SodiumCrypto\nfunc f(_ s: SecretBytes) {}",
+        ]
+        for source in probes {
+            let probe = try Self.typecheck(source)
+            #expect(!probe.ok, "reachable from outside the package: \(source)")
+            #expect(probe.errors.contains("inaccessible") || probe.errors.contains("has no member")
+                    || probe.errors.contains("cannot find"), "\(probe.errors)")
+        }
+    }
+
     @Test func noPublicOrSPIPathReturnsATrafficKey() throws {
         // The control: the same set-up compiles public API, so a failure below is access control.
         let control = try Self.typecheck("""

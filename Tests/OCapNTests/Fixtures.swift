@@ -57,14 +57,14 @@ enum Fixtures {
     static func value(_ name: String) -> String { example(name)["value"] as! String }
     static func input(_ name: String) -> [UInt8] { hex((document()["inputs"] as! [String: Any])[name] as! String) }
 
-    static func signer(_ seedInput: String) -> SigningIdentity {
-        try! SigningIdentity(seed: SecretBytes(copying: input(seedInput)))
+    static func signer(_ seedInput: String) -> IdentityKeyPair {
+        try! IdentityKeyPair(seed: SecretBytes(copying: input(seedInput)))
     }
 
-    static var peerA: SigningIdentity { signer("peer_A_seed_hex") }
-    static var peerB: SigningIdentity { signer("peer_B_seed_hex") }
-    static var serverS: SigningIdentity { signer("server_S_seed_hex") }
-    static var serverS2: SigningIdentity { signer("extra_server_S2_seed_hex") }
+    static var peerA: IdentityKeyPair { signer("peer_A_seed_hex") }
+    static var peerB: IdentityKeyPair { signer("peer_B_seed_hex") }
+    static var serverS: IdentityKeyPair { signer("server_S_seed_hex") }
+    static var serverS2: IdentityKeyPair { signer("extra_server_S2_seed_hex") }
     static var clientChallenge: Challenge { try! Challenge(input("client_challenge_hex")) }
     static var serverChallenge: Challenge { try! Challenge(input("server_challenge_hex")) }
 

@@ -132,20 +132,20 @@ final class CoreHarness {
 
     /// Registers `signer` on a new connection through a real `RegistrationClient`.
     @discardableResult
-    func register(_ signer: SigningIdentity, challenge: Challenge? = nil, form: RegistrationForm = .v2,
+    func register(_ signer: IdentityKeyPair, challenge: Challenge? = nil, form: RegistrationForm = .v2,
                   uid: UInt32 = 1000) -> ID {
         let id = attemptRegistration(signer, challenge: challenge, form: form, uid: uid)
-        #expect(core.route(for: signer.identity) == id, "registration of \(signer.identity) failed")
+        #expect(core.route(for: signer.publicIdentity) == id, "registration of \(signer.publicIdentity) failed")
         return id
     }
 
     /// Runs a registration as far as the server lets it; the caller checks the outcome.
     @discardableResult
-    func attemptRegistration(_ signer: SigningIdentity, challenge: Challenge? = nil, form: RegistrationForm = .v2,
+    func attemptRegistration(_ signer: IdentityKeyPair, challenge: Challenge? = nil, form: RegistrationForm = .v2,
                              uid: UInt32 = 1000) -> ID {
         let id = accept(uid: uid)
         var client = RegistrationClient(signer: signer, challenge: challenge ?? Challenge.random(),
-                                        expectedServer: Fixtures.serverS.identity, form: form)
+                                        expectedServer: Fixtures.serverS.publicIdentity, form: form)
         feed(id, client.start().encoded)
         let response = takeSent(id)
         guard !closedConnections.contains(id) else { return id }
@@ -158,8 +158,8 @@ final class CoreHarness {
     /// `uds:new-connection` from `from` to `to` then the marker carrying `fd`, as two reads.
     func introduce(on id: ID, from: PublicIdentity, to: PublicIdentity, fd: Int, hints: [PublicIdentity] = []) {
         let record = UDSMessage.newConnection(UDSNewConnection(
-            from: PeerLocator(identity: from, introductionServers: [Fixtures.serverS.identity]),
-            to: PeerLocator(identity: to, introductionServers: hints.isEmpty ? [Fixtures.serverS.identity] : hints)))
+            from: PeerLocator(identity: from, introductionServers: [Fixtures.serverS.publicIdentity]),
+            to: PeerLocator(identity: to, introductionServers: hints.isEmpty ? [Fixtures.serverS.publicIdentity] : hints)))
         feed(id, record.encoded)
         feed(id, UDSNewConnection.fdMarker, descriptors: [fd])
     }
@@ -203,7 +203,7 @@ final class CoreHarness {
 
 enum Peers {
     /// A deterministic test identity.
-    static func signer(_ n: UInt8) -> SigningIdentity {
-        try! SigningIdentity(seed: SecretBytes(copying: [UInt8](repeating: n, count: 32)))
+    static func signer(_ n: UInt8) -> IdentityKeyPair {
+        try! IdentityKeyPair(seed: SecretBytes(copying: [UInt8](repeating: n, count: 32)))
     }
 }

@@ -18,9 +18,9 @@ import Testing
         #expect(h.takeSent(a).isEmpty, "the server sends nothing after a verified signature")
         let accepted = h.audits(.registrationAccepted)
         #expect(accepted.count == 1)
-        #expect(accepted.first?.proved == Fixtures.peerA.identity)
+        #expect(accepted.first?.proved == Fixtures.peerA.publicIdentity)
         #expect(accepted.first?.credentials == h.credentials)
-        #expect(h.core.route(for: Fixtures.peerA.identity) == a)
+        #expect(h.core.route(for: Fixtures.peerA.publicIdentity) == a)
         h.finish()
     }
 
@@ -45,7 +45,7 @@ import Testing
         #expect(h.reasons(.introductionRequested) == [nil])
         let forwarded = h.audits(.introductionForwarded)
         #expect(forwarded.count == 1)
-        #expect(forwarded.first?.from == Fixtures.peerA.identity && forwarded.first?.to == Fixtures.peerB.identity)
+        #expect(forwarded.first?.from == Fixtures.peerA.publicIdentity && forwarded.first?.to == Fixtures.peerB.publicIdentity)
         #expect(forwarded.first?.attempt == h.audits(.introductionRequested).first?.attempt)
         h.finish()
     }
@@ -78,7 +78,7 @@ import Testing
         let a = h.register(Peers.signer(1))
         let b = h.register(Peers.signer(2))
         let record = UDSMessage.newConnection(UDSNewConnection(
-            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded
+            from: PeerLocator(identity: Peers.signer(1).publicIdentity), to: PeerLocator(identity: Peers.signer(2).publicIdentity))).encoded
         let first = h.descriptor(), second = h.descriptor()
         // K5: a read ends with the segment that carried a descriptor; earlier bytes can merge in.
         h.feed(a, record + UDSNewConnection.fdMarker, descriptors: [first])
@@ -128,9 +128,9 @@ import Testing
         signature[signature.count - 3] ^= 0x01  // inside the raw signature
         h.feed(a, signature)
         #expect(h.reasons(.registrationRefused) == [.badSignature])
-        #expect(h.audits(.registrationRefused).first?.claimed == Fixtures.peerA.identity)
+        #expect(h.audits(.registrationRefused).first?.claimed == Fixtures.peerA.publicIdentity)
         #expect(h.closedConnections == [a])
-        #expect(h.core.route(for: Fixtures.peerA.identity) == nil)
+        #expect(h.core.route(for: Fixtures.peerA.publicIdentity) == nil)
         h.finish()
     }
 
@@ -150,7 +150,7 @@ import Testing
         let h = CoreHarness()
         let a = h.accept()
         let register = SyrupValue.record(label: .symbol("uds:register"), fields: [
-            PeerLocator(identity: Fixtures.peerA.identity).syrupValue, .bytes([UInt8](repeating: 7, count: length)),
+            PeerLocator(identity: Fixtures.peerA.publicIdentity).syrupValue, .bytes([UInt8](repeating: 7, count: length)),
         ])
         h.feed(a, SyrupEncoder.encode(register))
         #expect(h.takeSent(a).isEmpty, "no signature leaves the server")
@@ -197,10 +197,10 @@ import Testing
     func secondRegisterIsRefused() {
         let h = CoreHarness()
         let a = h.register(Peers.signer(1))
-        h.feed(a, UDSMessage.register(UDSRegister(locator: PeerLocator(identity: Peers.signer(1).identity),
+        h.feed(a, UDSMessage.register(UDSRegister(locator: PeerLocator(identity: Peers.signer(1).publicIdentity),
                                                   challenge: .random())).encoded)
         #expect(h.reasons(.introductionRefused) == [.malformedMessage])
-        #expect(h.core.route(for: Peers.signer(1).identity) == nil)
+        #expect(h.core.route(for: Peers.signer(1).publicIdentity) == nil)
         h.finish()
     }
 
@@ -242,7 +242,7 @@ import Testing
     @Test("A marker without a descriptor, two descriptors, or a descriptor on the record close the connection")
     func descriptorPlacementErrors() {
         let record = UDSMessage.newConnection(UDSNewConnection(
-            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded
+            from: PeerLocator(identity: Peers.signer(1).publicIdentity), to: PeerLocator(identity: Peers.signer(2).publicIdentity))).encoded
         do {
             let h = CoreHarness()
             let a = h.register(Peers.signer(1))
@@ -291,7 +291,7 @@ import Testing
         let a = h.register(Peers.signer(1))
         let b = h.register(Peers.signer(2))
         let record = UDSMessage.newConnection(UDSNewConnection(
-            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded
+            from: PeerLocator(identity: Peers.signer(1).publicIdentity), to: PeerLocator(identity: Peers.signer(2).publicIdentity))).encoded
         let socket = h.descriptor(), stdin = h.descriptor()
         h.feed(a, record)
         h.feed(a, UDSNewConnection.fdMarker, descriptors: [socket, stdin])
@@ -302,7 +302,7 @@ import Testing
         #expect(notice.count == 1)
         #expect(notice.first?.reason == .extraDescriptorsClosed)
         #expect(notice.first?.descriptorKinds == ["fake-\(stdin)"])
-        #expect(notice.first?.from == Peers.signer(1).identity)
+        #expect(notice.first?.from == Peers.signer(1).publicIdentity)
         #expect(h.closedConnections.isEmpty)
         // A non-socket in first place stays refused (fdInvalid), its extra closed all the same.
         let file = h.descriptor(), stdin2 = h.descriptor()
@@ -320,8 +320,8 @@ import Testing
         let h = CoreHarness()
         let a = h.register(Peers.signer(1))
         let gone = h.descriptor(), kept = h.descriptor()
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: gone)
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(3).identity, fd: kept)
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: gone)
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(3).publicIdentity, fd: kept)
         #expect(h.core.pendingCount == 2)
         let attempt = h.core.pendingDescriptors.first { $0.descriptor == gone }!.attempt
         h.apply(h.core.pendingHungUp([attempt, attempt &+ 999], now: h.now))
@@ -340,19 +340,19 @@ import Testing
         let stalled = h.register(Peers.signer(2))
         let reader = h.register(Peers.signer(3))
         h.drained = [reader]
-        for _ in 0..<3 { h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor()) }
-        for _ in 0..<10 { h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(3).identity, fd: h.descriptor()) }
+        for _ in 0..<3 { h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor()) }
+        for _ in 0..<10 { h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(3).publicIdentity, fd: h.descriptor()) }
         #expect(h.core.inFlightCount(stalled) == 3)
         #expect(h.core.inFlightCount(reader) <= 3, "reset whenever the kernel says it read everything")
         #expect(h.closedConnections.isEmpty)
         let fourth = h.descriptor()
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: fourth)
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: fourth)
         #expect(h.closedConnections == [stalled])
         #expect(h.reasons(.introductionRefused).filter { $0 == .targetNotReading }.count >= 1)
         #expect(h.closedDescriptors.contains(fourth))
-        #expect(h.core.route(for: Peers.signer(1).identity) == a, "the sender stays")
-        #expect(h.core.route(for: Peers.signer(3).identity) == reader, "the reading target stays")
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(3).identity, fd: h.descriptor())
+        #expect(h.core.route(for: Peers.signer(1).publicIdentity) == a, "the sender stays")
+        #expect(h.core.route(for: Peers.signer(3).publicIdentity) == reader, "the reading target stays")
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(3).publicIdentity, fd: h.descriptor())
         #expect(h.forwards.last?.target == reader)
         h.finish()
     }
@@ -366,14 +366,14 @@ import Testing
         let a = h.register(Peers.signer(1))
         let targets = (2...4).map { h.register(Peers.signer(UInt8($0))) }
         for i in 0..<4 {
-            h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(UInt8(2 + i % 3)).identity, fd: h.descriptor())
+            h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(UInt8(2 + i % 3)).publicIdentity, fd: h.descriptor())
         }
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.reasons(.introductionRefused) == [.inFlightLimit])
         #expect(h.closedConnections.isEmpty)
         // Once the targets have read, the sender may go on.
         h.drained = Set(targets)
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.forwards.count == 5)
         h.finish()
     }
@@ -383,7 +383,7 @@ import Testing
         let h = CoreHarness()
         let a = h.register(Peers.signer(1))
         let record = UDSMessage.newConnection(UDSNewConnection(
-            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded
+            from: PeerLocator(identity: Peers.signer(1).publicIdentity), to: PeerLocator(identity: Peers.signer(2).publicIdentity))).encoded
         h.feed(a, record)
         h.eof(a)
         #expect(h.reasons(.introductionRefused) == [.truncated])
@@ -420,14 +420,14 @@ import Testing
         let a = h.register(Peers.signer(1))
         h.register(Peers.signer(2))
         let fd = h.descriptor()
-        h.introduce(on: a, from: Peers.signer(3).identity, to: Peers.signer(2).identity, fd: fd)
+        h.introduce(on: a, from: Peers.signer(3).publicIdentity, to: Peers.signer(2).publicIdentity, fd: fd)
         #expect(h.forwards.isEmpty)
         #expect(h.closedDescriptors == [fd])
         let refused = h.audits(.introductionRefused)
         #expect(refused.map(\.reason) == [.spoofedFrom])
-        #expect(refused.first?.from == Peers.signer(1).identity, "the record names the real sender")
+        #expect(refused.first?.from == Peers.signer(1).publicIdentity, "the record names the real sender")
         #expect(h.closedConnections == [a])
-        #expect(h.core.route(for: Peers.signer(1).identity) == nil)
+        #expect(h.core.route(for: Peers.signer(1).publicIdentity) == nil)
         h.finish()
     }
 
@@ -436,8 +436,8 @@ import Testing
         let h = CoreHarness()
         let a = h.register(Peers.signer(1))
         let b = h.register(Peers.signer(2))
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor(),
-                    hints: [Peers.signer(9).identity, Peers.signer(8).identity])
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor(),
+                    hints: [Peers.signer(9).publicIdentity, Peers.signer(8).publicIdentity])
         #expect(h.forwards.map(\.target) == [b])
         h.finish()
     }
@@ -447,7 +447,7 @@ import Testing
         let h = CoreHarness()
         let a = h.register(Peers.signer(1))
         let fd = h.descriptor()
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: fd)
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: fd)
         #expect(h.forwards.isEmpty)
         #expect(h.core.pendingCount == 1)
         #expect(h.audits(.introductionQueued).count == 1)
@@ -467,7 +467,7 @@ import Testing
         let h = CoreHarness(limits: limits)
         let a = h.register(Peers.signer(1))
         let fd = h.descriptor()
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: fd)
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: fd)
         h.advance(.milliseconds(399))
         #expect(h.closedDescriptors.isEmpty)
         h.advance(.milliseconds(1))
@@ -485,7 +485,7 @@ import Testing
         limits.pendingLifetime = .zero
         let h = CoreHarness(limits: limits)
         let a = h.register(Peers.signer(1))
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.reasons(.introductionRefused) == [.targetUnknownExpired])
         #expect(h.core.pendingCount == 0)
         h.finish()
@@ -500,8 +500,8 @@ import Testing
         let h = CoreHarness(limits: limits)
         let a = h.register(Peers.signer(1))
         let c = h.register(Peers.signer(3))
-        let one = Peers.signer(1).identity, three = Peers.signer(3).identity
-        let targetX = Peers.signer(10).identity, targetY = Peers.signer(11).identity, targetZ = Peers.signer(12).identity
+        let one = Peers.signer(1).publicIdentity, three = Peers.signer(3).publicIdentity
+        let targetX = Peers.signer(10).publicIdentity, targetY = Peers.signer(11).publicIdentity, targetZ = Peers.signer(12).publicIdentity
         h.introduce(on: a, from: one, to: targetX, fd: h.descriptor())
         h.introduce(on: a, from: one, to: targetX, fd: h.descriptor())
         h.introduce(on: a, from: one, to: targetX, fd: h.descriptor())  // per target
@@ -526,12 +526,12 @@ import Testing
         let a = h.register(Peers.signer(1))
         h.register(Peers.signer(2))
         for _ in 0..<5 {
-            h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+            h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         }
         #expect(h.forwards.count == 3)
         #expect(h.reasons(.introductionRefused) == [.rateLimited, .rateLimited])
         h.advance(.milliseconds(100))
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.forwards.count == 4)
         #expect(h.closedConnections.isEmpty)
         h.finish()
@@ -544,11 +544,11 @@ import Testing
         h.register(Peers.signer(2))
         let bad = h.descriptor()
         h.invalidDescriptors = [bad]
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: bad)
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: bad)
         #expect(h.reasons(.introductionRefused) == [.fdInvalid])
         #expect(h.closedDescriptors == [bad])
         #expect(h.logs.contains { $0.reason == .fdInvalid && $0.detail == "regular file" })
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.forwards.count == 1, "the connection keeps working")
         h.finish()
     }
@@ -557,7 +557,7 @@ import Testing
     func selfIntroductionIsRefused() {
         let h = CoreHarness()
         let a = h.register(Peers.signer(1))
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(1).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(1).publicIdentity, fd: h.descriptor())
         #expect(h.reasons(.introductionRefused) == [.selfConnection])
         h.finish()
     }
@@ -568,11 +568,11 @@ import Testing
         let a = h.register(Peers.signer(1))
         let b = h.register(Peers.signer(2))
         h.notReading = [b]
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.reasons(.introductionRefused) == [.outputOverflow, .outputOverflow])
-        #expect(h.audits(.introductionRefused).first?.to == Peers.signer(2).identity)
+        #expect(h.audits(.introductionRefused).first?.to == Peers.signer(2).publicIdentity)
         #expect(h.closedConnections == [b])
-        #expect(h.core.route(for: Peers.signer(2).identity) == nil)
+        #expect(h.core.route(for: Peers.signer(2).publicIdentity) == nil)
         h.finish()
     }
 
@@ -585,13 +585,13 @@ import Testing
         let new = h.attemptRegistration(Peers.signer(2))
         #expect(h.probed == [old])
         #expect(h.closedConnections == [new])
-        #expect(h.core.route(for: Peers.signer(2).identity) == old)
+        #expect(h.core.route(for: Peers.signer(2).publicIdentity) == old)
         #expect(h.reasons(.registrationRefused) == [.liveRegistrationKept])
         let refused = h.audits(.registrationRefused)[0]
-        #expect(refused.claimed == Peers.signer(2).identity && refused.proved == nil)
+        #expect(refused.claimed == Peers.signer(2).publicIdentity && refused.proved == nil)
         #expect(refused.credentials == h.credentials && refused.incumbentCredentials == h.credentials)
         let a = h.register(Peers.signer(1))
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.forwards.map(\.target) == [old])
         h.finish()
     }
@@ -603,11 +603,11 @@ import Testing
         h.deadConnections = [old]
         let new = h.register(Peers.signer(2), uid: 1000)
         #expect(h.closedConnections == [old])
-        #expect(h.core.route(for: Peers.signer(2).identity) == new)
+        #expect(h.core.route(for: Peers.signer(2).publicIdentity) == new)
         #expect(h.reasons(.registrationAccepted) == [nil, .replacedDeadConnection])
         #expect(h.audits(.registrationAccepted)[1].incumbentCredentials == h.credentials)
         let a = h.register(Peers.signer(1))
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.forwards.map(\.target) == [new])
         h.finish()
     }
@@ -623,7 +623,7 @@ import Testing
         #expect(h.audits(.registrationRefused)[0].incumbentCredentials?.uid == 1000)
         let same = h.register(Peers.signer(2), uid: 1000)
         #expect(h.closedConnections == [other, old])
-        #expect(h.core.route(for: Peers.signer(2).identity) == same)
+        #expect(h.core.route(for: Peers.signer(2).publicIdentity) == same)
         #expect(h.reasons(.registrationAccepted) == [nil, .replacedSameUID])
         h.finish()
     }
@@ -632,18 +632,18 @@ import Testing
     func v2KeyRefusedAsLegacy() {
         let h = CoreHarness()
         let legacyFirst = h.register(Peers.signer(3), form: .goblins)
-        #expect(!h.core.remembersV2(Peers.signer(3).identity))
+        #expect(!h.core.remembersV2(Peers.signer(3).publicIdentity))
         h.deadConnections = [legacyFirst]
         let v2 = h.register(Peers.signer(3), form: .v2)
-        #expect(h.core.remembersV2(Peers.signer(3).identity))
+        #expect(h.core.remembersV2(Peers.signer(3).publicIdentity))
         h.deadConnections = [v2]
         let id = h.accept()
-        h.feed(id, UDSMessage.register(UDSRegister(locator: PeerLocator(identity: Peers.signer(3).identity),
+        h.feed(id, UDSMessage.register(UDSRegister(locator: PeerLocator(identity: Peers.signer(3).publicIdentity),
                                                    challenge: Challenge.random())).encoded)
         #expect(h.takeSent(id).isEmpty, "nothing signed for a refused legacy registration")
         #expect(h.closedConnections.last == id)
         #expect(h.reasons(.registrationRefused) == [.registrationFormRefused])
-        #expect(h.core.route(for: Peers.signer(3).identity) == v2)
+        #expect(h.core.route(for: Peers.signer(3).publicIdentity) == v2)
         h.finish()
     }
 
@@ -665,8 +665,8 @@ import Testing
         let a = h.register(Peers.signer(1))
         let b = h.register(Peers.signer(2))
         h.eof(b)
-        #expect(h.core.route(for: Peers.signer(2).identity) == nil)
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        #expect(h.core.route(for: Peers.signer(2).publicIdentity) == nil)
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.core.pendingCount == 1)
         let again = h.register(Peers.signer(2))
         #expect(h.forwards.map(\.target) == [again])
@@ -701,7 +701,7 @@ import Testing
         #expect(h.reasons(.registrationRefused) == [.unauthenticatedEvicted])
         #expect(h.closedConnections == [first])
         #expect(h.core.registeredCount == 2 && h.core.unauthenticatedCount == 2)
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(2).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
         #expect(h.forwards.map(\.target) == [b])
         _ = (second, third)
         h.finish()
@@ -742,7 +742,7 @@ import Testing
         #expect(!h.closedConnections.contains(other), "accepted before the pressure: 5 s")
         // A real peer still registers at once.
         let peer = h.register(Peers.signer(3))
-        #expect(h.core.route(for: Peers.signer(3).identity) == peer)
+        #expect(h.core.route(for: Peers.signer(3).publicIdentity) == peer)
         h.finish()
     }
 
@@ -752,9 +752,9 @@ import Testing
         let a = h.register(Peers.signer(1))
         let half = h.accept()
         h.feed(half, Array(Fixtures.bytes("msg1_uds_register_A").prefix(30)))
-        h.introduce(on: a, from: Peers.signer(1).identity, to: Peers.signer(7).identity, fd: h.descriptor())
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(7).publicIdentity, fd: h.descriptor())
         h.feed(a, UDSMessage.newConnection(UDSNewConnection(
-            from: PeerLocator(identity: Peers.signer(1).identity), to: PeerLocator(identity: Peers.signer(2).identity))).encoded)
+            from: PeerLocator(identity: Peers.signer(1).publicIdentity), to: PeerLocator(identity: Peers.signer(2).publicIdentity))).encoded)
         h.feed(a, Array(UDSNewConnection.fdMarker.prefix(2)), descriptors: [h.descriptor()])
         h.finish()
         #expect(h.reasons(.registrationRefused) == [.serverShutdown])

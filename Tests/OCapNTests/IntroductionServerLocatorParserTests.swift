@@ -15,9 +15,9 @@ import Testing
             values.append(v)
             if case let .record(_, fields) = v { values += fields }
         }
-        let a = Fixtures.peerA.identity, s = Fixtures.serverS.identity
+        let a = Fixtures.peerA.publicIdentity, s = Fixtures.serverS.publicIdentity
         func locator(_ label: SyrupValue = .symbol("ocapn-peer"), transport: SyrupValue = .symbol("unix-domain-socket"),
-                     designator: SyrupValue = .string(Fixtures.peerA.identity.designator),
+                     designator: SyrupValue = .string(Fixtures.peerA.publicIdentity.designator),
                      hints: SyrupValue = .bool(false), extra: [SyrupValue] = []) -> SyrupValue {
             .record(label: label, fields: [transport, designator, hints] + extra)
         }
@@ -43,7 +43,7 @@ import Testing
             locator(hints: .dictionary([.symbol(s.designator): .string("t")])),
             locator(hints: .dictionary([.string(s.designator.uppercased()): .string("t")])),
             locator(hints: .dictionary(Dictionary(uniqueKeysWithValues: (1...33).map {
-                (SyrupValue.string(Peers.signer(UInt8($0)).identity.designator), SyrupValue.string("t"))
+                (SyrupValue.string(Peers.signer(UInt8($0)).publicIdentity.designator), SyrupValue.string("t"))
             }))),
             locator(extra: [.bool(false)]),
             .record(label: .symbol("ocapn-peer"), fields: [.symbol("unix-domain-socket"), .string(a.designator)]),
@@ -65,7 +65,7 @@ import Testing
     func agreesWithPeerLocator() {
         let corpus = Self.corpus()
         var warm = IntroductionServerLocatorParser(recentCapacity: 64)
-        warm.pin(Fixtures.peerA.identity)
+        warm.pin(Fixtures.peerA.publicIdentity)
         for v in corpus { _ = try? warm.locator(v) }  // fills the cache with every valid key
         for v in corpus {
             let expected = Self.outcome { () throws(OCapNError) in try PeerLocator(syrup: v) }
@@ -79,16 +79,16 @@ import Testing
     func recentCacheIsBounded() throws {
         var parser = IntroductionServerLocatorParser(recentCapacity: 4)
         for n in 1...20 {
-            _ = try parser.locator(PeerLocator(identity: Peers.signer(UInt8(n)).identity).syrupValue)
+            _ = try parser.locator(PeerLocator(identity: Peers.signer(UInt8(n)).publicIdentity).syrupValue)
         }
         #expect(parser.pinnedCount == 0)
         // Pinned keys survive any amount of churn in the recent tier.
-        parser.pin(Peers.signer(1).identity)
+        parser.pin(Peers.signer(1).publicIdentity)
         for n in 21...40 {
-            _ = try parser.locator(PeerLocator(identity: Peers.signer(UInt8(n)).identity).syrupValue)
+            _ = try parser.locator(PeerLocator(identity: Peers.signer(UInt8(n)).publicIdentity).syrupValue)
         }
         #expect(parser.pinnedCount == 1)
-        parser.unpin(Peers.signer(1).identity)
+        parser.unpin(Peers.signer(1).publicIdentity)
         #expect(parser.pinnedCount == 0)
     }
 }

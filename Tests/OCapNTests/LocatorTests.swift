@@ -4,10 +4,10 @@ import Syrup
 import Testing
 
 @Suite struct LocatorTests {
-    let a = Fixtures.peerA.identity
-    let b = Fixtures.peerB.identity
-    let s = Fixtures.serverS.identity
-    let s2 = Fixtures.serverS2.identity
+    let a = Fixtures.peerA.publicIdentity
+    let b = Fixtures.peerB.publicIdentity
+    let s = Fixtures.serverS.publicIdentity
+    let s2 = Fixtures.serverS2.publicIdentity
 
     @Test("A locator without servers has hints false and is what uds:register carries")
     func noServersMeansFalse() {
@@ -106,7 +106,7 @@ func code(_ body: () throws -> Any) -> OCapNError.Code? {
 @Suite struct HintNULTests {
     @Test("D5: a NUL inside a hint value is refused as invalidHint, in Syrup and in a URI (%00)")
     func nulInHintValues() throws {
-        let a = Peers.signer(1).identity, s = Peers.signer(2).identity
+        let a = Peers.signer(1).publicIdentity, s = Peers.signer(2).publicIdentity
         let record = SyrupValue.record(label: .symbol("ocapn-peer"), fields: [
             .symbol("unix-domain-socket"), .string(a.designator),
             .dictionary([.string(s.designator): .string("t\u{0}x")]),

@@ -7,7 +7,7 @@ import Testing
 /// The two registration machines back to back, in memory.
 @Suite struct RegistrationTests {
     /// Runs A (or `peer`) against S with the fixed challenges; returns both machines and the bytes.
-    static func register(_ peer: SigningIdentity = Fixtures.peerA, pinned: PublicIdentity? = nil,
+    static func register(_ peer: IdentityKeyPair = Fixtures.peerA, pinned: PublicIdentity? = nil,
                          form: RegistrationForm = .goblins)
         throws -> (client: RegistrationClient, server: RegistrationServer, messages: [[UInt8]]) {
         var client = RegistrationClient(signer: peer, challenge: Fixtures.clientChallenge, expectedServer: pinned, form: form)
@@ -25,15 +25,15 @@ import Testing
             Issue.record("client answer: \(clientActions)")
             return (client, server, [])
         }
-        #expect(verified.identity == Fixtures.serverS.identity)
+        #expect(verified.identity == Fixtures.serverS.publicIdentity)
         let msg3 = signature.encoded
         let final = try server.receive(Fixtures.decode(msg3))
         guard final.count == 1, case let .registered(registered) = final[0] else {
             Issue.record("server final: \(final)")
             return (client, server, [])
         }
-        #expect(registered.identity == peer.identity)
-        #expect(registered.locator == PeerLocator(identity: peer.identity))
+        #expect(registered.identity == peer.publicIdentity)
+        #expect(registered.locator == PeerLocator(identity: peer.publicIdentity))
         return (client, server, [msg1, msg2, msg3])
     }
 
@@ -45,8 +45,8 @@ import Testing
             Fixtures.bytes("msg2_uds_server_response_goblins"),
             Fixtures.bytes("msg3_uds_signature_A_goblins"),
         ])
-        #expect(run.client.server?.identity == Fixtures.serverS.identity)
-        #expect(run.server.peer?.identity == Fixtures.peerA.identity)
+        #expect(run.client.server?.identity == Fixtures.serverS.publicIdentity)
+        #expect(run.server.peer?.identity == Fixtures.peerA.publicIdentity)
     }
 
     @Test("A full registration of B against S reproduces B's three messages exactly")
@@ -61,7 +61,7 @@ import Testing
 
     @Test("Registration succeeds with the server's key pinned")
     func pinnedServer() throws {
-        let run = try Self.register(pinned: Fixtures.serverS.identity)
+        let run = try Self.register(pinned: Fixtures.serverS.publicIdentity)
         #expect(run.messages.count == 3)
     }
 
@@ -69,9 +69,9 @@ import Testing
     func introductionAToB() throws {
         var a = try Self.register(Fixtures.peerA)
         var b = try Self.register(Fixtures.peerB)
-        let s = Fixtures.serverS.identity
-        let aLocator = PeerLocator(identity: Fixtures.peerA.identity, introductionServers: [s])
-        let bLocator = PeerLocator(identity: Fixtures.peerB.identity, introductionServers: [s])
+        let s = Fixtures.serverS.publicIdentity
+        let aLocator = PeerLocator(identity: Fixtures.peerA.publicIdentity, introductionServers: [s])
+        let bLocator = PeerLocator(identity: Fixtures.peerB.publicIdentity, introductionServers: [s])
         let msg4 = a.client.introductionRequest(to: bLocator, advertising: aLocator).encoded
         #expect(msg4 == Fixtures.bytes("msg4_uds_new_connection_A_to_S"))
         let actions = try a.server.receive(Fixtures.decode(msg4))
@@ -79,8 +79,8 @@ import Testing
             Issue.record("server did not forward: \(actions)")
             return
         }
-        #expect(intro.target == Fixtures.peerB.identity)
-        #expect(intro.sender.identity == Fixtures.peerA.identity)
+        #expect(intro.target == Fixtures.peerB.publicIdentity)
+        #expect(intro.sender.identity == Fixtures.peerA.publicIdentity)
         #expect(intro.forward.encoded == Fixtures.bytes("msg5_uds_new_connection_S_to_B"))
         let incoming = try b.client.receive(Fixtures.decode(intro.forward.encoded))
         guard incoming.count == 1, case let .incoming(i) = incoming[0] else {
@@ -100,7 +100,7 @@ import Testing
             Issue.record("not registered: \(actions)")
             return
         }
-        #expect(peer.identity == Fixtures.peerA.identity)
+        #expect(peer.identity == Fixtures.peerA.publicIdentity)
     }
 
     @Test("The client accepts the draft spec's uds:signature record and a raw signature in uds:server-response")
@@ -117,7 +117,7 @@ import Testing
             _ = client.start()
             let actions = try client.receive(Fixtures.decode(response))
             #expect(actions.first == .send(try UDSMessage(bytes: Fixtures.bytes("msg3_uds_signature_A_goblins"))))
-            #expect(client.server?.identity == Fixtures.serverS.identity)
+            #expect(client.server?.identity == Fixtures.serverS.publicIdentity)
         }
     }
 
@@ -149,29 +149,14 @@ import Testing
         #expect(client.server == nil)
     }
 
-    @Test("A signing identity from a 64-byte secret key signs like its seed, and a mismatched key is refused")
-    func signingIdentityFromSecretKey() throws {
+    @Test("A key pair from a seed signs challenges deterministically, and a short seed is refused")
+    func keyPairFromSeed() throws {
         let seed = Fixtures.input("peer_A_seed_hex")
-        let secret = SecretBytes(copying: seed + Fixtures.peerA.identity.publicKey)
-        let fromSecret = try SigningIdentity(secretKey: secret)
-        #expect(fromSecret.identity == Fixtures.peerA.identity)
-        #expect(fromSecret.sign(Fixtures.serverChallenge) == Fixtures.peerA.sign(Fixtures.serverChallenge))
-        let wrong = SecretBytes(copying: seed + Fixtures.peerB.identity.publicKey)
-        #expect(code { try SigningIdentity(secretKey: wrong) } == .invalidSecretKey)
-        #expect(code { try SigningIdentity(seed: SecretBytes(copying: Array(seed.prefix(31)))) } == .invalidSecretKey)
-        #expect(!"\(fromSecret)".contains(Fixtures.hexString(seed)))
-    }
-}
-
-@Suite struct SigningIdentityAdapterTests {
-    @Test("A signing identity adapted from a signing function registers like one built from the seed")
-    func adaptedSigner() throws {
-        let seeded = Fixtures.peerA
-        let adapted = SigningIdentity(identity: seeded.identity) { message in
-            // Route through a seeded identity to stand in for a key held elsewhere.
-            (try? seeded.sign(Challenge(message)).bytes) ?? []
-        }
-        let run = try RegistrationTests.register(adapted)
-        #expect(run.messages.last == Fixtures.bytes("msg3_uds_signature_A_goblins"))
+        let again = try IdentityKeyPair(seed: SecretBytes(copying: seed))
+        #expect(again.publicIdentity == Fixtures.peerA.publicIdentity)
+        #expect(again.sign(Fixtures.serverChallenge) == Fixtures.peerA.sign(Fixtures.serverChallenge))
+        #expect(Fixtures.peerA.sign(Fixtures.serverChallenge).isValid(by: again.publicIdentity, over: Fixtures.serverChallenge))
+        #expect(throws: IdentityError.self) { try IdentityKeyPair(seed: SecretBytes(copying: Array(seed.prefix(31)))) }
+        #expect(!"\(again)".contains(Fixtures.hexString(seed)))
     }
 }

@@ -15,7 +15,7 @@ import Testing
     }
 
     /// V (or `peer`) registers with v2 at `server`.
-    static func register(_ peer: SigningIdentity = Fixtures.peerA, at server: SigningIdentity = Fixtures.serverS,
+    static func register(_ peer: IdentityKeyPair = Fixtures.peerA, at server: IdentityKeyPair = Fixtures.serverS,
                          pinned: PublicIdentity? = nil) throws -> Run {
         var client = RegistrationClient(signer: peer, challenge: Fixtures.clientChallenge, expectedServer: pinned)
         var machine = RegistrationServer(signer: server, challenge: Fixtures.serverChallenge)
@@ -32,19 +32,19 @@ import Testing
 
     @Test("A v2 registration verifies both sides, and both record the v2 form")
     func roundTrip() throws {
-        let run = try Self.register(pinned: Fixtures.serverS.identity)
-        #expect(run.client.server?.identity == Fixtures.serverS.identity)
+        let run = try Self.register(pinned: Fixtures.serverS.publicIdentity)
+        #expect(run.client.server?.identity == Fixtures.serverS.publicIdentity)
         #expect(run.client.server?.form == .v2)
-        #expect(run.server.peer?.identity == Fixtures.peerA.identity)
+        #expect(run.server.peer?.identity == Fixtures.peerA.publicIdentity)
         #expect(run.server.peer?.form == .v2)
         #expect(run.messages.map(\.name) == ["uds-v2:register", "uds-v2:server-response", "uds-v2:signature"])
     }
 
     @Test("The transcript is 219 bytes, neither a legacy challenge (64) nor a UDS-HS1 input (61), and the two roles differ")
     func transcriptShape() {
-        let a = RegistrationTranscript.bytes(.server, server: Fixtures.serverS.identity, client: Fixtures.peerA.identity,
+        let a = RegistrationTranscript.bytes(.server, server: Fixtures.serverS.publicIdentity, client: Fixtures.peerA.publicIdentity,
                                              clientChallenge: Fixtures.clientChallenge, serverChallenge: Fixtures.serverChallenge)
-        let b = RegistrationTranscript.bytes(.client, server: Fixtures.serverS.identity, client: Fixtures.peerA.identity,
+        let b = RegistrationTranscript.bytes(.client, server: Fixtures.serverS.publicIdentity, client: Fixtures.peerA.publicIdentity,
                                              clientChallenge: Fixtures.clientChallenge, serverChallenge: Fixtures.serverChallenge)
         #expect(a.count == RegistrationTranscript.length && b.count == RegistrationTranscript.length)
         #expect(a.count != Challenge.length && a.count != 61)
@@ -56,17 +56,17 @@ import Testing
     @Test("A co-server relaying V's v2 signature to S is refused: the signature names M's key", arguments: [false, true])
     func relayRefused(copyVictimChallenge: Bool) throws {
         let victim = Fixtures.peerA, m = Fixtures.serverS2, s = Fixtures.serverS
-        var victimClient = RegistrationClient(signer: victim, challenge: Fixtures.clientChallenge, expectedServer: m.identity)
+        var victimClient = RegistrationClient(signer: victim, challenge: Fixtures.clientChallenge, expectedServer: m.publicIdentity)
         guard case let .registerV2(victimRegister) = victimClient.start() else { throw OCapNError(.unexpectedMessage, "v1") }
         // M → S as V (with its own challenge, or V's).
         var atS = RegistrationServer(signer: s, challenge: Fixtures.serverChallenge)
         let relayChallenge = copyVictimChallenge ? victimRegister.challenge : Challenge.random()
-        let toS = UDSMessage.registerV2(UDSRegisterV2(locator: PeerLocator(identity: victim.identity), challenge: relayChallenge))
+        let toS = UDSMessage.registerV2(UDSRegisterV2(locator: PeerLocator(identity: victim.publicIdentity), challenge: relayChallenge))
         guard case let .send(.serverResponseV2(fromS))? = try atS.receive(toS).first else { throw OCapNError(.unexpectedMessage, "S") }
         // M → V: S's challenge as M's own, signed by M for V.
-        let mSignature = m.signRegistration(.server, peer: victim.identity, clientChallenge: victimRegister.challenge,
+        let mSignature = m.signRegistration(.server, peer: victim.publicIdentity, clientChallenge: victimRegister.challenge,
                                             serverChallenge: fromS.serverChallenge)
-        let toV = UDSServerResponseV2(serverKey: m.identity, serverChallenge: fromS.serverChallenge, signature: mSignature)
+        let toV = UDSServerResponseV2(serverKey: m.publicIdentity, serverChallenge: fromS.serverChallenge, signature: mSignature)
         guard case let .send(.signatureV2(victimSignature))? = try victimClient.receive(.serverResponseV2(toV)).first else {
             throw OCapNError(.unexpectedMessage, "V did not sign")
         }
@@ -78,7 +78,7 @@ import Testing
     @Test("A co-server cannot pass S's v2 response to V as its own: V pinned M, and S's signature names S")
     func serverSignatureNotReusable() throws {
         let victim = Fixtures.peerA, m = Fixtures.serverS2, s = Fixtures.serverS
-        var victimClient = RegistrationClient(signer: victim, challenge: Fixtures.clientChallenge, expectedServer: m.identity)
+        var victimClient = RegistrationClient(signer: victim, challenge: Fixtures.clientChallenge, expectedServer: m.publicIdentity)
         guard case let .registerV2(reg) = victimClient.start() else { throw OCapNError(.unexpectedMessage, "v1") }
         var atS = RegistrationServer(signer: s, challenge: Fixtures.serverChallenge)
         guard case let .send(.serverResponseV2(fromS))? = try atS.receive(.registerV2(reg)).first else {
@@ -87,10 +87,10 @@ import Testing
         // Presented under S's key: the pin refuses it.
         #expect(code { try victimClient.receive(.serverResponseV2(fromS)) } == .serverKeyMismatch)
         // Relabelled with M's key: S's signature does not verify for M.
-        var again = RegistrationClient(signer: victim, challenge: Fixtures.clientChallenge, expectedServer: m.identity)
+        var again = RegistrationClient(signer: victim, challenge: Fixtures.clientChallenge, expectedServer: m.publicIdentity)
         _ = again.start()
         var relabelled = fromS
-        relabelled.serverKey = m.identity
+        relabelled.serverKey = m.publicIdentity
         #expect(code { try again.receive(.serverResponseV2(relabelled)) } == .badSignature)
     }
 
@@ -130,7 +130,7 @@ import Testing
         var legacyServer = RegistrationServer(signer: Fixtures.serverS, challenge: Fixtures.serverChallenge)
         _ = try legacyServer.receive(Fixtures.decode(Fixtures.bytes("msg1_uds_register_A")))
         let v2 = UDSMessage.signatureV2(UDSSignatureV2(signature: Fixtures.peerA.signRegistration(
-            .client, peer: Fixtures.serverS.identity, clientChallenge: Fixtures.clientChallenge,
+            .client, peer: Fixtures.serverS.publicIdentity, clientChallenge: Fixtures.clientChallenge,
             serverChallenge: Fixtures.serverChallenge)))
         #expect(code { try legacyServer.receive(v2) } == .unexpectedMessage)
     }
@@ -139,7 +139,7 @@ import Testing
     func roleReflectionRefused() throws {
         // A peer whose key is the server's own cannot reuse the server's signature as its own.
         var server = RegistrationServer(signer: Fixtures.serverS, challenge: Fixtures.serverChallenge)
-        let reg = UDSRegisterV2(locator: PeerLocator(identity: Fixtures.serverS.identity), challenge: Fixtures.clientChallenge)
+        let reg = UDSRegisterV2(locator: PeerLocator(identity: Fixtures.serverS.publicIdentity), challenge: Fixtures.clientChallenge)
         guard case let .send(.serverResponseV2(response))? = try server.receive(.registerV2(reg)).first else {
             throw OCapNError(.unexpectedMessage, "no response")
         }

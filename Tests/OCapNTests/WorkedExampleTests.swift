@@ -25,7 +25,7 @@ import Testing
     @Test("Each seed gives its example public key and designator", arguments: ["A", "B", "S", "S2"])
     func seedGivesKeyAndDesignator(who: String) throws {
         let seed = ["A": "peer_A_seed_hex", "B": "peer_B_seed_hex", "S": "server_S_seed_hex", "S2": "extra_server_S2_seed_hex"][who]!
-        let identity = Fixtures.signer(seed).identity
+        let identity = Fixtures.signer(seed).publicIdentity
         #expect(identity.publicKey == Fixtures.bytes("pubkey_\(who)"))
         #expect(identity.designator == Fixtures.value("designator_\(who)"))
         #expect(try PublicIdentity(designator: Fixtures.value("designator_\(who)")) == identity)
@@ -93,7 +93,7 @@ import Testing
     func captpPublicKey() throws {
         let bytes = Fixtures.bytes("captp_pubkey_S")
         #expect(bytes.count == 96)
-        let s = Fixtures.serverS.identity
+        let s = Fixtures.serverS.publicIdentity
         #expect(SyrupEncoder.encode(s.captpPublicKey) == bytes)
         #expect(try PublicIdentity(captpPublicKey: Fixtures.decode(bytes)) == s)
     }
@@ -110,7 +110,7 @@ import Testing
 
     @Test("The first-server hints dictionary encodes to the example")
     func hintsDictionary() {
-        let locator = PeerLocator(identity: Fixtures.peerA.identity, introductionServers: [Fixtures.serverS.identity])
+        let locator = PeerLocator(identity: Fixtures.peerA.publicIdentity, introductionServers: [Fixtures.serverS.publicIdentity])
         guard case let .record(_, fields) = locator.syrupValue else {
             Issue.record("a locator is a record")
             return

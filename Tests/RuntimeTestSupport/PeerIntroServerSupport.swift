@@ -110,16 +110,10 @@ public final class TestIntroServer: @unchecked Sendable {
     /// does not verify).
     public var forgesSignatures = false
 
-    private var signer: SigningIdentity {
-        let pair = identity
-        let other = IdentityKeyPair.generate()
-        let forge = forgesSignatures
-        return SigningIdentity(identity: pair.publicIdentity, sign: { forge ? other.sign($0) : pair.sign($0) })
-    }
 
     private func handle(_ event: ListenerEvent) {
         guard case .accepted(let descriptor, _) = event else { return }
-        let connection = Connection(machine: RegistrationServer(signer: signer, challenge: Challenge.random()))
+        let connection = Connection(machine: RegistrationServer(signer: identity, challenge: Challenge.random()))
         let id = ObjectIdentifier(connection)
         if padding != nil, let copy = try? descriptor.withRawDescriptor({ fcntl($0, F_DUPFD_CLOEXEC, 0) }), copy >= 0 {
             connection.raw = FileDescriptor(adopting: copy)
@@ -166,7 +160,7 @@ public final class TestIntroServer: @unchecked Sendable {
         for action in try connection.machine.receive(value) {
             switch action {
             case .send(let message):
-                try connection.stream?.send(message.encoded)
+                try connection.stream?.send((forgesSignatures ? Self.forged(message) : message).encoded)
             case .registered(let peer):
                 connection.peer = peer.identity
                 if let old = registered[peer.identity], old !== connection { drop(old) }
@@ -186,6 +180,25 @@ public final class TestIntroServer: @unchecked Sendable {
                     deliver(introduction.request, descriptor, to: introduction.target)
                 }
             }
+        }
+    }
+
+    /// `message` with its registration signature's last byte flipped: a server whose signature
+    /// does not verify under the key it announces.
+    static func forged(_ message: UDSMessage) -> UDSMessage {
+        func flip(_ s: Ed25519Signature) -> Ed25519Signature {
+            var bytes = s.bytes
+            bytes[63] ^= 0x01
+            return try! Ed25519Signature(bytes)
+        }
+        switch message {
+        case let .serverResponseV2(r):
+            return .serverResponseV2(UDSServerResponseV2(serverKey: r.serverKey, serverChallenge: r.serverChallenge, signature: flip(r.signature)))
+        case let .serverResponse(r):
+            guard case let .sigVal(s) = r.clientChallengeResponse else { return message }
+            return .serverResponse(UDSServerResponse(serverKey: r.serverKey, serverChallenge: r.serverChallenge, clientChallengeResponse: .sigVal(flip(s))))
+        default:
+            return message
         }
     }
 

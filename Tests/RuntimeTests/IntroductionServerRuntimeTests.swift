@@ -131,7 +131,7 @@ final class BlockingPeer {
     init(path: String, server: PublicIdentity) throws {
         control = try FileDescriptor.connect(unixPath: path, timeout: .seconds(2))
         let key = self.key
-        client = RegistrationClient(signer: SigningIdentity(identity: key.publicIdentity) { key.sign($0) },
+        client = RegistrationClient(signer: key,
                                     challenge: .random(), expectedServer: server)
     }
 

@@ -142,10 +142,7 @@ import Transport
         }
 
         var identity: PublicIdentity { key.publicIdentity }
-        private var signer: SigningIdentity {
-            let key = key
-            return SigningIdentity(identity: key.publicIdentity) { key.sign($0) }
-        }
+        private var signer: IdentityKeyPair { key }
 
         /// Relays completed up to forwarding the victim's signature to S.
         var relays: Int { lock.lock(); defer { lock.unlock() }; return _relays }

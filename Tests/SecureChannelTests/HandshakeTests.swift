@@ -1,4 +1,5 @@
 import Foundation
+@testable import Identity
 @testable import SecureChannel
 import SodiumCrypto
 import Testing
@@ -166,22 +167,31 @@ import Testing
         let identityPoint = [UInt8(1)] + [UInt8](repeating: 0, count: 31)
         let nonCanonical = [UInt8](repeating: 0xff, count: 31) + [0x7f]
         for bad in [identityPoint, nonCanonical] {
-            #expect(code { _ = try HandshakeInitiator(identity: Fixture.alice, responder: bad, keyCache: Fixture.cache, now: Fixture.now) } == .invalidIdentityKey)
+            // The initiator takes the responder as a `PublicIdentity`: no such key can be named.
+            #expect(throws: IdentityError.self) { try PublicIdentity(publicKey: bad) }
             let m = replacing(try initiator().initialMessage, at: 8, with: bad)
             #expect(responderCode(m, responder(from: bad)) == .invalidIdentityKey)
         }
         // A valid key plus a point of order 8 (torsion): mixed order, refused (CVE-2025-69277).
         let torsion: [UInt8] = hexDecode("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
-        #expect(X25519KeyCache().x25519(forIdentity: torsion) == nil)
-        #expect(code { _ = try HandshakeInitiator(identity: Fixture.alice, responder: [1, 2, 3], keyCache: Fixture.cache, now: Fixture.now) } == .invalidIdentityKey)
+        #expect(IdentityKeyCache().x25519(forIdentity: torsion) == nil)
+        #expect(throws: IdentityError.self) { try PublicIdentity(publicKey: torsion) }
+        #expect(throws: IdentityError.self) { try PublicIdentity(publicKey: [1, 2, 3]) }
     }
 
-    @Test("A local identity whose secret key does not match its public key is refused")
-    func mismatchedLocalIdentity() throws {
-        let a = Ed25519.generate(), b = Ed25519.generate()
-        #expect(code { _ = try HandshakeIdentity(publicKey: a.publicKey, secretKey: b.secretKey) } == .invalidIdentityKey)
-        #expect(code { _ = try HandshakeIdentity(publicKey: Array(a.publicKey.dropLast()), secretKey: a.secretKey) } == .invalidIdentityKey)
-        #expect(code { _ = try HandshakeIdentity(publicKey: a.publicKey, secretKey: a.secretKey) } == nil)
+    @Test("A handshake signs and converts with the key pair itself: its X25519 key is derived once, when it is made")
+    func handshakeKeyDerivedOnce() throws {
+        let counter = SecretDerivationCounter()
+        try SecretDerivationCounter.$current.withValue(counter) {
+            let a = IdentityKeyPair.generate(), b = IdentityKeyPair.generate()
+            // Per key pair: the Ed25519 key from its seed and its X25519 form, nothing more.
+            #expect(counter.count == 4)
+            for _ in 0..<3 {
+                _ = try handshake(a, b, deterministic: false)
+                _ = try handshake(b, a, deterministic: false)
+            }
+            #expect(counter.count == 4, "six handshakes derived no key")
+        }
     }
 
     // MARK: Ephemeral keys
@@ -272,8 +282,8 @@ import Testing
     func mitmWithOwnKeys() throws {
         let a = Fixture.alice, b = Fixture.bob, m = Fixture.mallory
         // Towards B: a msg1 claiming A, built with M's static key.
-        let forged = try forgeMsg1(header: header(initiator: a.publicKey, responder: b.publicKey), staticSecret: m.x25519Secret,
-                                   staticX: a.x25519Public, responderX: b.x25519Public, ephemeral: Fixture.ephemeralI).msg1
+        let forged = try forgeMsg1(header: header(initiator: a.publicKey, responder: b.publicKey), staticSecret: m.handshakeSecret,
+                                   staticX: a.handshakePublicKey, responderX: b.handshakePublicKey, ephemeral: Fixture.ephemeralI).msg1
         #expect(responderCode(forged) == .decryptFailed)
         // Towards A: a msg2 answering A's msg1 as if M's key were B's.
         #expect(initiatorCode(try Forge.msg2(responderStatic: m)) == .decryptFailed)
@@ -284,8 +294,8 @@ import Testing
         let a = Fixture.alice, b = Fixture.bob, m = Fixture.mallory
         let oracle = { (x: [UInt8]) in Ed25519.sign(x, secretKey: a.secretKey) }
         // Without A's DH secret the attacker's msg1 (ss from its own key) fails at B.
-        let (msg1, _) = try forgeMsg1(header: header(initiator: a.publicKey, responder: b.publicKey), staticSecret: m.x25519Secret,
-                                      staticX: a.x25519Public, responderX: b.x25519Public, ephemeral: Fixture.ephemeralI)
+        let (msg1, _) = try forgeMsg1(header: header(initiator: a.publicKey, responder: b.publicKey), staticSecret: m.handshakeSecret,
+                                      staticX: a.handshakePublicKey, responderX: b.handshakePublicKey, ephemeral: Fixture.ephemeralI)
         #expect(responderCode(msg1) == .decryptFailed)
         // Even given B's answer to a genuine msg1 replayed from A, the oracle's signature over the
         // real HH is useless: K_IR needs se = DH(s_A, E_R), which only A can compute.
@@ -303,9 +313,9 @@ import Testing
     func keyCompromiseImpersonation() throws {
         let a = Fixture.alice, b = Fixture.bob, m = Fixture.mallory
         // ss = DH(s_A, PX_B) = DH(s_B, PX_A): computable with B's secret.
-        let ss = try noiseDH(b.x25519Secret, a.x25519Public, "ss")
-        var (msg1, s) = try forgeMsg1(header: header(initiator: a.publicKey, responder: b.publicKey), staticSecret: m.x25519Secret,
-                                      staticX: a.x25519Public, responderX: b.x25519Public, ephemeral: Fixture.ephemeralI, ssOverride: ss)
+        let ss = try noiseDH(b.handshakeSecret, a.handshakePublicKey, "ss")
+        var (msg1, s) = try forgeMsg1(header: header(initiator: a.publicKey, responder: b.publicKey), staticSecret: m.handshakeSecret,
+                                      staticX: a.handshakePublicKey, responderX: b.handshakePublicKey, ephemeral: Fixture.ephemeralI, ssOverride: ss)
         let r = responder(ephemeral: nil)
         guard case .send(let msg2) = try r.receive(msg1, now: Fixture.now) else { Issue.record("msg1 should pass"); return }
         // The attacker knows e_I, so ee works; se = DH(s_A, E_R) is the term it cannot compute.
@@ -313,7 +323,7 @@ import Testing
         let e = SecretBytes(copying: Fixture.ephemeralI)
         s.mixHash(er)
         s.mixKey(try noiseDH(e, er, "ee"))
-        s.mixKey(try noiseDH(b.x25519Secret, er, "se (best guess)"))
+        s.mixKey(try noiseDH(b.handshakeSecret, er, "se (best guess)"))
         #expect(code { _ = try s.decryptAndHash(Array(msg2[33...])) } == .decryptFailed)
         let (kIR, _) = s.split()
         let auth = try FrameSender(key: kIR, nonce: 0, configuration: ChannelConfiguration())
@@ -326,12 +336,12 @@ import Testing
         let a = Fixture.alice, b = Fixture.bob
         var negA = a.publicKey; negA[31] ^= 0x80
         var negB = b.publicKey; negB[31] ^= 0x80
-        #expect(Fixture.cache.x25519(forIdentity: negA) == a.x25519Public, "the map uses only y")
+        #expect(Fixture.cache.x25519(forIdentity: negA) == a.handshakePublicKey, "the map uses only y")
         let m = try initiator().initialMessage
         #expect(responderCode(replacing(m, at: 8, with: negA)) == .identityMismatch)
         #expect(responderCode(replacing(m, at: 8, with: negA), responder(from: negA)) == .decryptFailed)
         // A who was told −IK_B addresses a key B does not have.
-        let toNegB = try HandshakeInitiator(identity: a, responder: negB, keyCache: Fixture.cache,
+        let toNegB = try HandshakeInitiator(identity: a, responder: try PublicIdentity(publicKey: negB), keyCache: Fixture.cache,
                                             ephemeralKeys: Fixture.fixedEphemeral(Fixture.ephemeralI), now: Fixture.now)
         #expect(responderCode(toNegB.initialMessage) == .wrongResponder)
     }
@@ -360,12 +370,12 @@ import Testing
     @Test("A v2 msg1 is refused as unsupportedVersion and rewriting its version to 1 breaks the tag")
     func versionDowngrade() throws {
         let a = Fixture.alice, b = Fixture.bob
-        let v2 = try forgeMsg1(header: header(version: 2, initiator: a.publicKey, responder: b.publicKey), staticSecret: a.x25519Secret,
-                               staticX: a.x25519Public, responderX: b.x25519Public, ephemeral: Fixture.ephemeralI).msg1
+        let v2 = try forgeMsg1(header: header(version: 2, initiator: a.publicKey, responder: b.publicKey), staticSecret: a.handshakeSecret,
+                               staticX: a.handshakePublicKey, responderX: b.handshakePublicKey, ephemeral: Fixture.ephemeralI).msg1
         #expect(responderCode(v2) == .unsupportedVersion)
         #expect(responderCode(replacing(v2, at: 4, with: [1])) == .decryptFailed)
-        let v1 = try forgeMsg1(header: header(initiator: a.publicKey, responder: b.publicKey), staticSecret: a.x25519Secret,
-                               staticX: a.x25519Public, responderX: b.x25519Public, ephemeral: Fixture.ephemeralI).msg1
+        let v1 = try forgeMsg1(header: header(initiator: a.publicKey, responder: b.publicKey), staticSecret: a.handshakeSecret,
+                               staticX: a.handshakePublicKey, responderX: b.handshakePublicKey, ephemeral: Fixture.ephemeralI).msg1
         #expect(v1 == (try initiator().initialMessage), "the forging helper matches the real initiator")
     }
 
@@ -465,28 +475,28 @@ import Testing
 /// vector file). Everything is derived from the fixed test keys and ephemerals.
 enum Forge {
     /// msg2 answering the deterministic msg1, signed by `signedBy` over `CTX_R ‖ h`.
-    static func msg2(responderStatic: HandshakeIdentity = Fixture.bob, signedBy: HandshakeIdentity = Fixture.bob,
+    static func msg2(responderStatic: IdentityKeyPair = Fixture.bob, signedBy: IdentityKeyPair = Fixture.bob,
                      malleateS: Bool = false) throws -> [UInt8] {
         let a = Fixture.alice, b = Fixture.bob
         let msg1 = try initiator().initialMessage
         let ei = Array(msg1[72..<104])
-        var s = UDSHS1.initialState(header: msg1[0..<72], initiatorX: a.x25519Public, responderX: b.x25519Public)
+        var s = UDSHS1.initialState(header: msg1[0..<72], initiatorX: a.handshakePublicKey, responderX: b.handshakePublicKey)
         s.mixHash(ei)
-        s.mixKey(try noiseDH(responderStatic.x25519Secret, ei, "es"))
-        s.mixKey(try noiseDH(responderStatic.x25519Secret, a.x25519Public, "ss"))
+        s.mixKey(try noiseDH(responderStatic.handshakeSecret, ei, "es"))
+        s.mixKey(try noiseDH(responderStatic.handshakeSecret, a.handshakePublicKey, "ss"))
         s.mixHash(Array(msg1[104...]))  // what DecryptAndHash of the empty payload hashes
         let e = SecretBytes(copying: Fixture.ephemeralR)
         let er = X25519.publicKey(secret: e)
         s.mixHash(er)
         s.mixKey(try noiseDH(e, ei, "ee"))
-        s.mixKey(try noiseDH(e, a.x25519Public, "se"))
+        s.mixKey(try noiseDH(e, a.handshakePublicKey, "se"))
         var sig = Ed25519.sign(UDSHS1.responderContext + s.h, secretKey: signedBy.secretKey)
         if malleateS { sig = addL(toS: sig) }
         return [UDSHS1.msg2Type] + er + (try s.encryptAndHash(sig))
     }
 
     /// AUTH for the deterministic session with a chosen type byte, signer or context.
-    static func auth(type: UInt8 = 0x03, signedBy: HandshakeIdentity = Fixture.alice,
+    static func auth(type: UInt8 = 0x03, signedBy: IdentityKeyPair = Fixture.alice,
                      signedContext: [UInt8] = UDSHS1.initiatorContext) throws -> [UInt8] {
         let t = try handshake()
         let sig = Ed25519.sign(signedContext + t.initiator.handshakeHash, secretKey: signedBy.secretKey)

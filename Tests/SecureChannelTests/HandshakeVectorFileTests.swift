@@ -1,4 +1,5 @@
 import Foundation
+@testable import Identity
 @testable import SecureChannel
 import SodiumCrypto
 import Testing
@@ -97,15 +98,15 @@ enum HandshakeVectorGenerator {
     struct Run {
         let msg1: [UInt8], msg2: [UInt8], auth: [UInt8]
         let i: EstablishedSession, r: EstablishedSession
-        let a: HandshakeIdentity, b: HandshakeIdentity
+        let a: IdentityKeyPair, b: IdentityKeyPair
     }
 
     static func perform(_ base: Base) throws -> Run {
         let a = Fixture.identity(base.initiatorLabel), b = Fixture.identity(base.responderLabel)
         let cfg = HandshakeConfiguration(channel: ChannelConfiguration(maxFragmentSize: base.maxFragment))
-        let i = try HandshakeInitiator(identity: a, responder: b.publicKey, configuration: cfg, keyCache: Fixture.cache,
+        let i = try HandshakeInitiator(identity: a, responder: b.publicIdentity, configuration: cfg, keyCache: Fixture.cache,
                                        ephemeralKeys: Fixture.fixedEphemeral(base.ephemeralI), now: Fixture.now)
-        let r = HandshakeResponder(identity: b, announcedInitiator: a.publicKey, configuration: cfg, keyCache: Fixture.cache,
+        let r = HandshakeResponder(identity: b, announcedInitiator: a.publicIdentity, configuration: cfg, keyCache: Fixture.cache,
                                    ephemeralKeys: Fixture.fixedEphemeral(base.ephemeralR), now: Fixture.now)
         guard case .send(let msg2) = try r.receive(i.initialMessage, now: Fixture.now),
               case .established(let si, let auth) = try i.receive(msg2, now: Fixture.now),

@@ -1,4 +1,5 @@
 import Foundation
+@testable import Identity
 @testable import SecureChannel
 import SodiumCrypto
 import Testing
@@ -6,7 +7,7 @@ import Testing
 @Suite struct KeysAndCodesTests {
     @Test("The X25519 key cache stays within its capacity and keeps answering correctly")
     func cacheIsBounded() throws {
-        let cache = X25519KeyCache(capacity: 2)
+        let cache = IdentityKeyCache(capacity: 2)
         let keys = (0..<5).map { _ in Ed25519.generate().publicKey }
         for k in keys { #expect(cache.x25519(forIdentity: k) == (try Ed25519.publicKeyToX25519(k))) }
         #expect(cache.count == 2)

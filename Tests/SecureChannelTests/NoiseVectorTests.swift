@@ -1,4 +1,5 @@
 import Foundation
+@testable import Identity
 @testable import SecureChannel
 import SodiumCrypto
 import Testing
@@ -60,9 +61,9 @@ import Testing
         let t = try handshake()
         let a = Fixture.alice, b = Fixture.bob
         let prologue = UDSHS1.label + [0] + Array(t.msg1[0..<72])
-        let i = NoiseKKHandshake(role: .initiator, prologue: prologue, staticSecret: a.x25519Secret, remoteStatic: b.x25519Public,
+        let i = NoiseKKHandshake(role: .initiator, prologue: prologue, staticSecret: a.handshakeSecret, remoteStatic: b.handshakePublicKey,
                                  ephemeralSecret: SecretBytes(copying: Fixture.ephemeralI))
-        let r = NoiseKKHandshake(role: .responder, prologue: prologue, staticSecret: b.x25519Secret, remoteStatic: a.x25519Public,
+        let r = NoiseKKHandshake(role: .responder, prologue: prologue, staticSecret: b.handshakeSecret, remoteStatic: a.handshakePublicKey,
                                  ephemeralSecret: SecretBytes(copying: Fixture.ephemeralR))
         let m1 = try i.writeMessage(payload: [])
         #expect(m1 == Array(t.msg1[72...]))
@@ -83,16 +84,16 @@ import Testing
 
     func stateBeforePayload(_ t: Transcript) throws -> NoiseSymmetricState {
         let a = Fixture.alice, b = Fixture.bob
-        var s = UDSHS1.initialState(header: t.msg1[0..<72], initiatorX: a.x25519Public, responderX: b.x25519Public)
+        var s = UDSHS1.initialState(header: t.msg1[0..<72], initiatorX: a.handshakePublicKey, responderX: b.handshakePublicKey)
         let ei = Array(t.msg1[72..<104]), er = Array(t.msg2[1..<33])
         s.mixHash(ei)
-        s.mixKey(try noiseDH(b.x25519Secret, ei, "es"))
-        s.mixKey(try noiseDH(b.x25519Secret, a.x25519Public, "ss"))
+        s.mixKey(try noiseDH(b.handshakeSecret, ei, "es"))
+        s.mixKey(try noiseDH(b.handshakeSecret, a.handshakePublicKey, "ss"))
         _ = try s.decryptAndHash(Array(t.msg1[104...]))
         s.mixHash(er)
         let e = SecretBytes(copying: Fixture.ephemeralR)
         s.mixKey(try noiseDH(e, ei, "ee"))
-        s.mixKey(try noiseDH(e, a.x25519Public, "se"))
+        s.mixKey(try noiseDH(e, a.handshakePublicKey, "se"))
         return s
     }
 }

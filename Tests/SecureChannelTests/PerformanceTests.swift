@@ -1,4 +1,5 @@
 import Foundation
+@testable import Identity
 @testable import SecureChannel
 import SodiumCrypto
 import Testing
@@ -37,11 +38,11 @@ struct PerformanceTests {
                 _ = Ed25519.verify(signature: sig, message: msg, publicKey: a.publicKey)
             }
         }
-        let cache = X25519KeyCache()
+        let cache = IdentityKeyCache()
         let now = ContinuousClock.now
         let full = try Self.measure(iterations: 100) {
-            let i = try HandshakeInitiator(identity: a, responder: b.publicKey, keyCache: cache, now: now)
-            let r = HandshakeResponder(identity: b, announcedInitiator: a.publicKey, keyCache: cache, now: now)
+            let i = try HandshakeInitiator(identity: a, responder: b.publicIdentity, keyCache: cache, now: now)
+            let r = HandshakeResponder(identity: b, announcedInitiator: a.publicIdentity, keyCache: cache, now: now)
             guard case .send(let m2) = try r.receive(i.initialMessage, now: now),
                   case .established(_, let auth) = try i.receive(m2, now: now),
                   case .established = try r.receive(auth, now: now) else { throw UnexpectedStep(description: "handshake") }

@@ -1,4 +1,5 @@
 import Foundation
+@testable import Identity
 @testable import SecureChannel
 @testable import SodiumCrypto
 import Testing
@@ -6,8 +7,8 @@ import Testing
 /// Issue #16: the static–static secret cache, the merged key cache and the ephemeral pool. The
 /// machines take them as inputs, so every transcript below is checked against an uncached run.
 @Suite struct StaticSecretCacheTests {
-    static func ss(_ a: HandshakeIdentity, _ b: HandshakeIdentity) throws -> SecretBytes {
-        try X25519.sharedSecret(secret: a.x25519Secret, publicKey: b.x25519Public)
+    static func ss(_ a: IdentityKeyPair, _ b: IdentityKeyPair) throws -> SecretBytes {
+        try X25519.sharedSecret(secret: a.handshakeSecret, publicKey: b.handshakePublicKey)
     }
 
     @Test("A cached ss is returned only for its own ordered pair of full keys")
@@ -28,10 +29,10 @@ import Testing
     }
 
     /// Runs a handshake a → b through `cache` with fixed ephemerals and returns its transcript.
-    func cachedHandshake(_ a: HandshakeIdentity, _ b: HandshakeIdentity, _ cacheA: StaticSecretCache, _ cacheB: StaticSecretCache) throws -> Transcript {
-        let i = try HandshakeInitiator(identity: a, responder: b.publicKey, keyCache: Fixture.cache, staticSecrets: cacheA,
+    func cachedHandshake(_ a: IdentityKeyPair, _ b: IdentityKeyPair, _ cacheA: StaticSecretCache, _ cacheB: StaticSecretCache) throws -> Transcript {
+        let i = try HandshakeInitiator(identity: a, responder: b.publicIdentity, keyCache: Fixture.cache, staticSecrets: cacheA,
                                        ephemeralKeys: Fixture.fixedEphemeral(Fixture.ephemeralI), now: Fixture.now)
-        let r = HandshakeResponder(identity: b, announcedInitiator: a.publicKey, keyCache: Fixture.cache, staticSecrets: cacheB,
+        let r = HandshakeResponder(identity: b, announcedInitiator: a.publicIdentity, keyCache: Fixture.cache, staticSecrets: cacheB,
                                    ephemeralKeys: Fixture.fixedEphemeral(Fixture.ephemeralR), now: Fixture.now)
         guard case .send(let msg2) = try r.receive(i.initialMessage, now: Fixture.now),
               case .established(let si, let auth) = try i.receive(msg2, now: Fixture.now),
@@ -67,7 +68,7 @@ import Testing
         let ok = try cachedHandshake(a, b, poisoned, StaticSecretCache())
         #expect(ok.msg1 == (try handshake(a, b)).msg1)
         // a → c uses it: c (uncached) cannot open msg1.
-        let i = try HandshakeInitiator(identity: a, responder: c.publicKey, keyCache: Fixture.cache, staticSecrets: poisoned,
+        let i = try HandshakeInitiator(identity: a, responder: c.publicIdentity, keyCache: Fixture.cache, staticSecrets: poisoned,
                                        ephemeralKeys: Fixture.fixedEphemeral(Fixture.ephemeralI), now: Fixture.now)
         #expect(responderCode(i.initialMessage, responder(c, from: a.publicKey)) == .decryptFailed)
     }
@@ -75,7 +76,7 @@ import Testing
     @Test("Only a handshake whose peer proved its key leaves ss in the cache")
     func rememberedOnlyAfterProof() throws {
         let cacheB = StaticSecretCache()
-        let r = HandshakeResponder(identity: Fixture.bob, announcedInitiator: Fixture.alice.publicKey, keyCache: Fixture.cache,
+        let r = HandshakeResponder(identity: Fixture.bob, announcedInitiator: Fixture.alice.publicIdentity, keyCache: Fixture.cache,
                                    staticSecrets: cacheB, ephemeralKeys: Fixture.fixedEphemeral(Fixture.ephemeralR), now: Fixture.now)
         let t = try handshake()
         guard case .send = try r.receive(t.msg1, now: Fixture.now) else { Issue.record("no msg2"); return }
@@ -143,9 +144,9 @@ import Testing
         let pool = EphemeralKeyPool(capacity: 4)
         let (ca, cb) = (StaticSecretCache(), StaticSecretCache())
         for _ in 0..<3 {
-            let i = try HandshakeInitiator(identity: Fixture.alice, responder: Fixture.bob.publicKey, keyCache: Fixture.cache,
+            let i = try HandshakeInitiator(identity: Fixture.alice, responder: Fixture.bob.publicIdentity, keyCache: Fixture.cache,
                                            staticSecrets: ca, ephemeralKeys: .pool(pool), now: Fixture.now)
-            let r = HandshakeResponder(identity: Fixture.bob, announcedInitiator: Fixture.alice.publicKey, keyCache: Fixture.cache,
+            let r = HandshakeResponder(identity: Fixture.bob, announcedInitiator: Fixture.alice.publicIdentity, keyCache: Fixture.cache,
                                        staticSecrets: cb, ephemeralKeys: .pool(pool), now: Fixture.now)
             guard case .send(let msg2) = try r.receive(i.initialMessage, now: Fixture.now),
                   case .established(let si, let auth) = try i.receive(msg2, now: Fixture.now),
@@ -196,7 +197,7 @@ import Testing
         for key in [t.initiator.sender.key, t.initiator.receiver.key, t.responder.sender.key, t.responder.receiver.key] {
             #expect(key.storageForTesting == .slot(SecretSlab.shared))
         }
-        let dh = try X25519.sharedSecret(secret: Fixture.alice.x25519Secret, publicKey: Fixture.bob.x25519Public)
+        let dh = try X25519.sharedSecret(secret: Fixture.alice.handshakeSecret, publicKey: Fixture.bob.handshakePublicKey)
         #expect(dh.storageForTesting == .slot(SecretSlab.shared))
         var s = NoiseSymmetricState(protocolName: UDSHS1.noiseProtocolName)
         s.mixKey(dh)

@@ -1,4 +1,5 @@
 import Foundation
+@testable import Identity
 @testable import SecureChannel
 import SodiumCrypto
 import Testing
@@ -77,21 +78,21 @@ import Testing
         let m = try initiator().initialMessage
         let calls = LockedBox(0)
         let hook: @Sendable ([UInt8]) -> Bool = { _ in calls.set(calls.get() + 1); return true }
-        let early: [([UInt8], [UInt8])] = [
-            (replacing(m, at: 0, with: [0]), Fixture.alice.publicKey),  // badMagic
-            (replacing(m, at: 4, with: [9]), Fixture.alice.publicKey),  // unsupportedVersion
-            (replacing(m, at: 40, with: Fixture.carol.publicKey), Fixture.alice.publicKey),  // wrongResponder
-            (m, Fixture.carol.publicKey),  // identityMismatch
+        let early: [([UInt8], PublicIdentity)] = [
+            (replacing(m, at: 0, with: [0]), Fixture.alice.publicIdentity),  // badMagic
+            (replacing(m, at: 4, with: [9]), Fixture.alice.publicIdentity),  // unsupportedVersion
+            (replacing(m, at: 40, with: Fixture.carol.publicKey), Fixture.alice.publicIdentity),  // wrongResponder
+            (m, Fixture.carol.publicIdentity),  // identityMismatch
         ]
         for (bytes, from) in early {
-            let cache = X25519KeyCache()
+            let cache = IdentityKeyCache()
             let r = HandshakeResponder(identity: Fixture.bob, announcedInitiator: from, policy: hook, keyCache: cache, now: Fixture.now)
             #expect(code { _ = try r.receive(bytes, now: Fixture.now) } != nil)
             #expect(cache.count == 0, "no key conversion before the cheap checks")
         }
         #expect(calls.get() == 0, "the policy hook is not consulted for rejected headers")
-        let cache = X25519KeyCache()
-        let r = HandshakeResponder(identity: Fixture.bob, announcedInitiator: Fixture.alice.publicKey, policy: { _ in false }, keyCache: cache, now: Fixture.now)
+        let cache = IdentityKeyCache()
+        let r = HandshakeResponder(identity: Fixture.bob, announcedInitiator: Fixture.alice.publicIdentity, policy: { _ in false }, keyCache: cache, now: Fixture.now)
         #expect(code { _ = try r.receive(m, now: Fixture.now) } == .peerNotAllowed)
         #expect(cache.count == 0, "a refused peer costs no key conversion")
     }

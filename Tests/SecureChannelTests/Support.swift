@@ -1,4 +1,5 @@
 import Foundation
+@testable import Identity
 @testable import SecureChannel
 import SodiumCrypto
 
@@ -12,10 +13,9 @@ enum Fixture {
     }
 
     /// An identity from a one-byte seed label (randombytes_buf_deterministic of 32 × label).
-    static func identity(_ label: UInt8) -> HandshakeIdentity {
+    static func identity(_ label: UInt8) -> IdentityKeyPair {
         let seed = SecretBytes(copying: RandomBytes.deterministic(32, seed: [UInt8](repeating: label, count: 32)), guarded: true)
-        let pair = try! Ed25519.keyPair(seed: seed)
-        return try! HandshakeIdentity(publicKey: pair.publicKey, secretKey: pair.secretKey)
+        return try! IdentityKeyPair(seed: seed)
     }
 
     static let alice = identity(0xA1)
@@ -32,7 +32,7 @@ enum Fixture {
     static let ephemeralR = RandomBytes.deterministic(32, seed: [UInt8](repeating: 0xE2, count: 32))
 
     static let now = ContinuousClock.now
-    static let cache = X25519KeyCache()
+    static let cache = IdentityKeyCache()
 }
 
 /// A handshake driven by hand, keeping every message for tampering.
@@ -45,21 +45,21 @@ struct Transcript {
 }
 
 func initiator(
-    _ me: HandshakeIdentity = Fixture.alice, to peer: HandshakeIdentity = Fixture.bob,
+    _ me: IdentityKeyPair = Fixture.alice, to peer: IdentityKeyPair = Fixture.bob,
     ephemeral: [UInt8]? = Fixture.ephemeralI, configuration: HandshakeConfiguration = HandshakeConfiguration()
 ) throws(HandshakeError) -> HandshakeInitiator {
     try HandshakeInitiator(
-        identity: me, responder: peer.publicKey, configuration: configuration, keyCache: Fixture.cache,
+        identity: me, responder: peer.publicIdentity, configuration: configuration, keyCache: Fixture.cache,
         ephemeralKeys: ephemeral.map(Fixture.fixedEphemeral) ?? .system, now: Fixture.now)
 }
 
 func responder(
-    _ me: HandshakeIdentity = Fixture.bob, from claimed: [UInt8] = Fixture.alice.publicKey,
+    _ me: IdentityKeyPair = Fixture.bob, from claimed: [UInt8] = Fixture.alice.publicKey,
     ephemeral: [UInt8]? = Fixture.ephemeralR, configuration: HandshakeConfiguration = HandshakeConfiguration(),
     policy: (@Sendable ([UInt8]) -> Bool)? = nil
 ) -> HandshakeResponder {
     HandshakeResponder(
-        identity: me, announcedInitiator: claimed, configuration: configuration, policy: policy, keyCache: Fixture.cache,
+        identity: me, announcedInitiatorKey: claimed, configuration: configuration, policy: policy, keyCache: Fixture.cache,
         ephemeralKeys: ephemeral.map(Fixture.fixedEphemeral) ?? .system, now: Fixture.now)
 }
 
@@ -69,7 +69,7 @@ struct UnexpectedStep: Error, CustomStringConvertible {
 
 /// Runs a full handshake in memory between fresh machines.
 func handshake(
-    _ a: HandshakeIdentity = Fixture.alice, _ b: HandshakeIdentity = Fixture.bob,
+    _ a: IdentityKeyPair = Fixture.alice, _ b: IdentityKeyPair = Fixture.bob,
     deterministic: Bool = true, configuration: HandshakeConfiguration = HandshakeConfiguration()
 ) throws -> Transcript {
     let i = try initiator(a, to: b, ephemeral: deterministic ? Fixture.ephemeralI : nil, configuration: configuration)

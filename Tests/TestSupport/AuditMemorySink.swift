@@ -12,7 +12,7 @@ public final class AuditMemorySink: AuditSink {
     private let state: Mutex<State>
     private let clock: @Sendable () -> AuditTimestamp
 
-    public init(writer: PublicIdentity, signer: AuditSigner? = nil, policy: AuditCheckpointPolicy = .init(),
+    public init(writer: PublicIdentity, signer: IdentityKeyPair? = nil, policy: AuditCheckpointPolicy = .init(),
                 clock: @escaping @Sendable () -> AuditTimestamp = AuditTimestamp.now) {
         var chain = AuditChain(writer: writer, signer: signer, policy: policy)
         let first = chain.opened(cause: .start, at: clock())

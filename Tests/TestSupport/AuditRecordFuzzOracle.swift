@@ -1,6 +1,6 @@
 import Audit
 
-/// Audit log lines (issue #12 item 7). Shared by `FuzzAuditRecord` (symlink) and the
+/// Audit log lines (issue #12 item 7). Shared by `FuzzAuditRecord` (through the TestSupport product) and the
 /// regression tests. Oracle: never a crash; a line `AuditRecord.decode` accepts encodes back
 /// to exactly its bytes, and its event obeys the invariants a writer enforces (a failure has
 /// a reason, channel.closed has `clean`).

@@ -60,8 +60,8 @@ public struct AuditSecretScanner: Sendable {
     }
 
     /// Copies each secret's bytes for scanning (see the note on the type).
-    public init(secrets: [SecretBytes]) {
-        self.init(secrets: secrets.map { $0.unsafeCopyToArray() })
+    package init(secrets: [SecretBytes]) {
+        self.init(secrets: secrets.map { s in s.withUnsafeBytes { Array($0) } })
     }
 
     /// Secrets found in `data`, one hit per secret and encoding.

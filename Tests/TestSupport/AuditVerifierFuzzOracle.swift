@@ -1,8 +1,7 @@
 import Audit
-import Identity
-import SodiumCrypto
+@_spi(TestVectors) import Identity
 
-/// The audit verifier (issue #12 item 7). Shared by `FuzzAuditVerifier` (symlink) and the
+/// The audit verifier (issue #12 item 7). Shared by `FuzzAuditVerifier` (through the TestSupport product) and the
 /// regression tests.
 ///
 /// The input edits one genuine log: a closed, signed log (checkpoints every 4 records) written by
@@ -21,17 +20,15 @@ public enum AuditVerifierFuzzOracle {
 
     /// The genuine log's lines (without newlines) and its writer.
     static let genuine: (lines: [[UInt8]], writer: PublicIdentity) = {
-        let seed = SecretBytes(copying: [UInt8](repeating: 0x5a, count: IdentityKeyPair.seedLength))
-        let pair = try! IdentityKeyPair(seed: seed)
-        let signer = AuditSigner(identity: pair.publicIdentity) { pair.sign($0) }
-        var chain = AuditChain(writer: pair.publicIdentity, signer: signer, policy: AuditCheckpointPolicy(everyRecords: 4))
+        let pair = try! IdentityKeyPair(vectorSeed: [UInt8](repeating: 0x5a, count: IdentityKeyPair.seedLength))
+        var chain = AuditChain(writer: pair.publicIdentity, signer: pair, policy: AuditCheckpointPolicy(everyRecords: 4))
         var t: Int64 = 1_795_000_000_000_000
         func now() -> AuditTimestamp {
             t += 1000
             return AuditTimestamp(microsSinceEpoch: t)
         }
         let local = AuditPeerID(pair.publicIdentity)
-        let remote = AuditPeerID(try! IdentityKeyPair(seed: SecretBytes(copying: [UInt8](repeating: 0x33, count: 32))).publicIdentity)
+        let remote = AuditPeerID(try! IdentityKeyPair(vectorSeed: [UInt8](repeating: 0x33, count: 32)).publicIdentity)
         var lines = [chain.opened(cause: .start, at: now())]
         for i in 0..<10 {
             let failed = i % 3 == 0

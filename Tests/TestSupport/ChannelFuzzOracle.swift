@@ -1,11 +1,12 @@
 // The invariants of the FuzzHandshake and FuzzFrameReceiver fuzz targets (docs/FUZZING.md).
-// Compiled here for the regression tests and, through symlinks, into the fuzz package, so
-// fuzzers and tests judge an input by the same code. Public API of SecureChannel and
-// SodiumCrypto only (the library hands out no traffic key; K_IR is the vector's, checked by
-// what it seals); no test framework.
+// Compiled here for the regression tests and, through the TestSupport product, into the fuzz package, so
+// fuzzers and tests judge an input by the same code. Public API and the `TestVectors` SPI (fixed vector keys given as bytes)
+// only: the library hands out no traffic key; K_IR is the vector's, checked by what it seals;
+// no test framework.
 import Errors
-import SecureChannel
-import SodiumCrypto
+@_spi(TestVectors) import Identity
+@_spi(TestVectors) import SecureChannel
+@_spi(TestVectors) import SodiumCrypto
 
 /// Fixed identities and ephemeral keys: those of the `alice-to-bob` transcript of
 /// Vectors/handshake.json, so the genuine messages are the vector's and seed files are exact.
@@ -16,9 +17,8 @@ public enum ChannelFuzzFixture {
         return stride(from: 0, to: u.count, by: 2).map { nibble(u[$0]) << 4 | nibble(u[$0 + 1]) }
     }
 
-    static func identity(seed: String) -> HandshakeIdentity {
-        let pair = try! Ed25519.keyPair(seed: SecretBytes(copying: hex(seed)))
-        return try! HandshakeIdentity(publicKey: pair.publicKey, secretKey: pair.secretKey)
+    static func identity(seed: String) -> IdentityKeyPair {
+        try! IdentityKeyPair(vectorSeed: hex(seed))
     }
 
     static let initiator = identity(seed: "e74b38278f1681e79487d639c5b92489b8198b730e38c20d9d768bd2ffa0140f")
@@ -31,19 +31,19 @@ public enum ChannelFuzzFixture {
     static let configuration = HandshakeConfiguration(
         timeout: .seconds(10),
         channel: ChannelConfiguration(maxMessageSize: 1 << 14, maxFragmentSize: FrameFormat.maxBody, maxBufferedInput: 1 << 18))
-    static let keyCache = X25519KeyCache()
+    static let keyCache = IdentityKeyCache()
     static let start = ContinuousClock.now
 
     static func makeInitiator() -> HandshakeInitiator {
         try! HandshakeInitiator(
-            identity: initiator, responder: responder.publicKey, configuration: configuration, keyCache: keyCache,
-            ephemeralKeys: EphemeralKeySource { SecretBytes(copying: initiatorEphemeral) }, now: start)
+            identity: initiator, responder: responder.publicIdentity, configuration: configuration, keyCache: keyCache,
+            ephemeralKeys: .vector(initiatorEphemeral), now: start)
     }
 
     static func makeResponder() -> HandshakeResponder {
         HandshakeResponder(
-            identity: responder, announcedInitiator: initiator.publicKey, configuration: configuration, keyCache: keyCache,
-            ephemeralKeys: EphemeralKeySource { SecretBytes(copying: responderEphemeral) }, now: start)
+            identity: responder, announcedInitiator: initiator.publicIdentity, configuration: configuration, keyCache: keyCache,
+            ephemeralKeys: .vector(responderEphemeral), now: start)
     }
 
     /// The one transcript these identities and ephemerals produce, and the initiator's
@@ -66,7 +66,7 @@ public enum ChannelFuzzFixture {
         // seal exactly as it does, or every frame the oracle builds would be wrong.
         let keyIR = hex("809c80f68f67cf685d78879242dbf513a5284820851909c3811782a85e4c19b9")
         let probe: [UInt8] = [0x00, 0x2a]
-        let sealed = ChaChaPoly.seal(key: SecretBytes(copying: keyIR), nonce: 1, ad: [], plaintext: probe)
+        let sealed = ChaChaPoly.seal(vectorKey: keyIR, nonce: 1, ad: [], plaintext: probe)
         guard (try? session.sender.seal([0x2a])) == [UInt8(sealed.count >> 8), UInt8(sealed.count & 0xff)] + sealed else {
             preconditionFailure("the fixed handshake's K_IR is not the vector's")
         }
@@ -261,7 +261,7 @@ public enum FrameFuzzOracle {
 
     public static func plan(_ input: [UInt8]) -> Plan {
         var plan = Plan()
-        let key = SecretBytes(copying: Fixture.genuine.keyIR)
+        let key = Fixture.genuine.keyIR
         var nonce: UInt64 = 1
         var i = 0
         func take(_ n: Int) -> [UInt8] {
@@ -279,7 +279,7 @@ public enum FrameFuzzOracle {
                 let rawLength = Int(header[1]) << 8 | Int(header[2])
                 let length = op & 0x10 != 0 ? min(rawLength, maxBody) : rawLength % 300
                 let body = take(length)
-                var sealed = ChaChaPoly.seal(key: key, nonce: nonce, ad: [], plaintext: [type] + body)
+                var sealed = ChaChaPoly.seal(vectorKey: key, nonce: nonce, ad: [], plaintext: [type] + body)
                 let corrupt = op & 0x08 != 0
                 if corrupt { sealed[sealed.count - 1 - Int(op & 7)] ^= 0x40 }
                 plan.stream += [UInt8(sealed.count >> 8), UInt8(sealed.count & 0xff)] + sealed

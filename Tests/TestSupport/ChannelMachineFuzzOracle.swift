@@ -1,6 +1,6 @@
 // The invariants of the FuzzChannelMachines fuzz target (docs/FUZZING.md): two ChannelMachines
 // joined in memory, driven by interleaved events that the input chooses. Compiled here for the
-// regression tests and, through a symlink, into the fuzz package (with ChannelFuzzOracle.swift
+// regression tests and, through the TestSupport product, into the fuzz package (with ChannelFuzzOracle.swift
 // for the fixed identities). Public API of SecureChannel only; no test framework.
 import SecureChannel
 

@@ -1,5 +1,5 @@
 // The invariant of the FuzzControlMessages fuzz target (docs/FUZZING.md). Compiled here for the
-// regression tests and, through a symlink, into the fuzz package, so both judge an input by the
+// regression tests and, through the TestSupport product, into the fuzz package, so both judge an input by the
 // same code. Public API of OCapN and Syrup only; no test framework.
 import OCapN
 import Syrup

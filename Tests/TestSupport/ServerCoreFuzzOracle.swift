@@ -1,10 +1,9 @@
-import Identity
-import SodiumCrypto
+@_spi(TestVectors) import Identity
 import OCapN
 import Syrup
 
 /// The introduction server core fed whole control streams with descriptors across several
-/// connections (issue #12 item 7). Shared by `FuzzServerCore` (through a symlink) and the
+/// connections (issue #12 item 7). Shared by `FuzzServerCore` (through the TestSupport product) and the
 /// regression tests. The input is a list of operations on 4 connection slots:
 /// `op = b & 7`, `slot = (b >> 3) & 3`, then per op:
 /// 0 accept (next byte bit 0: a uid that is not allowed), 1 raw read (length byte, descriptor
@@ -20,10 +19,10 @@ public enum ServerCoreFuzzOracle {
     typealias Core = IntroductionServerCore<Int>
     typealias ID = IntroductionServerConnectionID
 
-    static let signers: [SigningIdentity] = (1...4).map {
-        try! SigningIdentity(seed: SecretBytes(copying: [UInt8](repeating: UInt8($0) &* 37, count: 32)))
+    static let signers: [IdentityKeyPair] = (1...4).map {
+        try! IdentityKeyPair(vectorSeed: [UInt8](repeating: UInt8($0) &* 37, count: 32))
     }
-    static let server = try! SigningIdentity(seed: SecretBytes(copying: [UInt8](repeating: 0x5a, count: 32)))
+    static let server = try! IdentityKeyPair(vectorSeed: [UInt8](repeating: 0x5a, count: 32))
 
     public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
@@ -129,7 +128,7 @@ public enum ServerCoreFuzzOracle {
             case 5:
                 guard let id = open[slot] else { continue }
                 var client = RegistrationClient(signer: signers[slot], challenge: try! Challenge([UInt8](repeating: 0xc0 &+ UInt8(slot), count: 64)),
-                                                expectedServer: server.identity)
+                                                expectedServer: server.publicIdentity)
                 sent[id] = []
                 apply(core.received(id, bytes: client.start().encoded, descriptors: [], now: now))
                 guard open[slot] == id, let response = sent[id], !response.isEmpty,
@@ -141,8 +140,8 @@ public enum ServerCoreFuzzOracle {
                 guard let id = open[slot] else { continue }
                 let arg = byte() ?? 0
                 let record = UDSMessage.newConnection(UDSNewConnection(
-                    from: PeerLocator(identity: signers[slot].identity),
-                    to: PeerLocator(identity: signers[Int(arg & 3)].identity))).encoded
+                    from: PeerLocator(identity: signers[slot].publicIdentity),
+                    to: PeerLocator(identity: signers[Int(arg & 3)].publicIdentity))).encoded
                 let count = Int((arg >> 2) & 3)
                 if arg & 0x10 != 0 {
                     apply(core.received(id, bytes: record, descriptors: [], now: now))

@@ -1,6 +1,6 @@
 // The invariant of the FuzzSyrupDecode fuzz target (docs/FUZZING.md). This one file is compiled
 // twice: here, so the regression tests replay crashers through it on any machine, and in the
-// fuzz package through a symlink (Fuzz/Sources/FuzzSyrupDecode/), so fuzzer and tests judge an
+// fuzz package through the TestSupport product (Fuzz/Sources/FuzzSyrupDecode/), so fuzzer and tests judge an
 // input by the same code. It uses only Syrup's public API and no test framework.
 import Syrup
 

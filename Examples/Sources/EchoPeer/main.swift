@@ -26,7 +26,7 @@ logger.logLevel = .warning
 let me = try IdentityKeyFile.load(path: keyPath)
 let auditSink = try AuditFileSink(AuditFileConfiguration(
     path: auditPath, writer: me.publicIdentity,
-    signer: AuditSigner(identity: me.publicIdentity, sign: { me.sign($0) })))
+    signer: me))   // the key pair signs its checkpoints; nothing else reads the key
 let netlayer = try PeerNetlayer(identity: me, audit: auditSink, logger: logger)
 
 // Register with one or more introduction servers (optionally pinning a server's key).

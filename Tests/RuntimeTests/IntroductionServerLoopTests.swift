@@ -1,0 +1,56 @@
+import Foundation
+import Glibc
+import Identity
+import OCapN
+@testable import Runtime
+import Testing
+import Transport
+
+/// The introduction server on one `EventLoop` (issue #9 item 2): the listener and every control
+/// connection registered with it, handled on its thread, unregistered before they close.
+@Suite struct IntroductionServerLoopTests {
+    @Test("The listener and each control connection are registered with the server's loop, an introduction passes there, and stop leaves nothing registered")
+    func everyServerDescriptorLivesOnItsLoop() async throws {
+        let loop = try EventLoop(name: "test-intro-srv")
+        defer { loop.shutdown() }
+        let dir = NSTemporaryDirectory() + "ocapn-loop-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false,
+                                                attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/s.sock"
+        let key = IdentityKeyPair.generate()
+        let server = IntroductionServer(
+            identity: key, socket: try IntroductionServerSetup.openSocket(path: path, mode: 0o600),
+            configuration: .init(core: IntroductionServerConfiguration(allowedUIDs: [getuid()])), audit: nil,
+            logger: PeerTestSupport.quietLogger, loop: loop)
+        #expect(server.loop === loop)
+        server.start()
+        #expect(await PeerTestSupport.eventually { loop.registeredCount == 1 }, "the listener")
+
+        let a = try BlockingPeer(path: path, server: key.publicIdentity)
+        defer { a.close() }
+        let b = try BlockingPeer(path: path, server: key.publicIdentity)
+        defer { b.close() }
+        try a.register()
+        try b.register()
+        #expect(await PeerTestSupport.eventually { server.statistics().registered == 2 })
+        #expect(loop.registeredCount == 3, "the listener and two control connections")
+
+        let (mine, theirs) = try FileDescriptor.socketPair()
+        defer { mine.close(); theirs.close() }
+        try a.send(UDSMessage.newConnection(UDSNewConnection(
+            from: PeerLocator(identity: a.identity), to: PeerLocator(identity: b.identity))).encoded)
+        try a.send(UDSNewConnection.fdMarker, passing: [theirs])
+        theirs.close()
+        let received = try b.receiveDescriptor()
+        defer { received.close() }
+        _ = try mine.send(Array("hi".utf8))
+        #expect(try waitReadable(received, seconds: 10))
+
+        a.close()
+        #expect(await PeerTestSupport.eventually { loop.registeredCount == 2 }, "a hung-up peer's connection is unregistered")
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in server.stop { done.resume() } }
+        #expect(loop.registeredCount == 0, "stop unregisters the listener and every connection")
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+}
