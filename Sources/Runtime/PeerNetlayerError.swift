@@ -7,7 +7,7 @@ import Transport
 
 /// The code of a `PeerError`: a handshake code, or one of the netlayer's own. Its raw value is
 /// the inner code's spelling, which is also its audit reason.
-public enum PeerErrorCode: ErrorCode {
+public enum PeerErrorCode: ErrorCode, CustomStringConvertible {
     /// A UDS-HS1 handshake or framed-channel failure (PROTOCOL.md §8).
     case handshake(HandshakeError.Code)
     /// A failure of the netlayer or the runtime around the handshake.
@@ -49,6 +49,10 @@ public enum PeerErrorCode: ErrorCode {
         /// The netlayer was shut down.
         case netlayerClosed
     }
+
+    /// The spelling (`serverDisconnected`, `timeout`), as printed before codes were composed:
+    /// programs interpolate the code into their output.
+    public var description: String { rawValue }
 
     public var rawValue: String {
         switch self {
