@@ -3,10 +3,10 @@ import PackageDescription
 
 // Layers, dependencies pointing one way:
 //   Errors (the one error shape, `CodedError<Code>`) <- every module with coded errors
-//   CSodium  <- SodiumCrypto <- Identity <- OCapN (Syrup formats, intro protocol, sans-IO)
+//   CFDShim  <- Transport (the one system-call layer: owned fds, files, sockets, SCM_RIGHTS)
+//   CSodium  <- SodiumCrypto <- Identity (key files through Transport) <- OCapN (Syrup formats, intro protocol, sans-IO)
 //                             <- SecureChannel (UDS-HS1 handshake + framed channel, sans-IO)
-//   CFDShim  <- Transport (owned fds, sockets, SCM_RIGHTS)
-//   Audit (records, hash chain) <- Identity
+//   Audit (records, hash chain; files through Transport) <- Identity, Transport
 //   Runtime  <- OCapN, SecureChannel, Transport, Audit, Logging
 //   VectorCheck <- OCapN, SecureChannel, Syrup, Identity, Audit
 //   Bench (measurements against in-run baselines) <- Runtime and the layers below
@@ -45,11 +45,11 @@ let package = Package(
         .target(name: "Errors"),
         .target(name: "Syrup"),
         .target(name: "SodiumCrypto", dependencies: ["CSodium", "Errors"]),
-        .target(name: "Identity", dependencies: ["SodiumCrypto", "Errors"]),
+        .target(name: "Identity", dependencies: ["SodiumCrypto", "Errors", "Transport"]),
         .target(name: "OCapN", dependencies: ["Syrup", "Identity", "SodiumCrypto", "Errors"]),
         .target(name: "SecureChannel", dependencies: ["Identity", "SodiumCrypto", "Errors"]),
         .target(name: "Transport", dependencies: ["CFDShim"]),
-        .target(name: "Audit", dependencies: ["Identity", "SodiumCrypto", "Errors"]),
+        .target(name: "Audit", dependencies: ["Identity", "SodiumCrypto", "Errors", "Transport"]),
         .target(
             name: "Runtime",
             dependencies: [

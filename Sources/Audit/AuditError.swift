@@ -1,7 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Errors
+import Transport
 
 /// The stable codes of `AuditError`.
 public enum AuditErrorCode: String, ErrorCode {
@@ -33,14 +31,13 @@ extension AuditError {
     static func malformed(_ detail: String) -> AuditError { AuditError(.malformedRecord, detail) }
 
     @inline(never)
-    static func io(_ call: String, _ path: String, errno: Int32) -> AuditError {
+    static func io(_ call: String, _ path: String, _ error: TransportError) -> AuditError {
         // The errno in words and what to check: "open(x.jsonl): No such file or directory (errno 2)".
-        let words = strerror(errno).map { String(cString: $0) } ?? "errno \(errno)"
-        var detail = "\(call)(\(path)): \(words) (errno \(errno))"
-        if call == "open", errno == ENOENT {
+        guard let errno = error.errno else { return AuditError(.ioError, "\(call)(\(path)): \(error.detail)") }
+        var detail = "\(call)(\(path)): \(error.errnoDescription) (errno \(errno))"
+        if call == "open", error.code == .noSuchPath {
             let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
-            var info = stat()
-            if !directory.isEmpty, stat(directory, &info) != 0 {
+            if !directory.isEmpty, (try? FileSystem.status(ofPath: directory)) == nil {
                 detail += " — directory \(directory) does not exist"
             } else {
                 detail += " — check the path"

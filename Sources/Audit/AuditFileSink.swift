@@ -1,12 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Dispatch
 import Identity
 import SodiumCrypto
 import Synchronization
+import Transport
 
 /// When the writer calls fdatasync.
 public enum AuditFsyncPolicy: String, Sendable, CaseIterable {
@@ -96,12 +92,12 @@ public struct AuditFileConfiguration: Sendable {
 /// write failure is counted in `status` and leaves the chain as it was.
 public final class AuditFileSink: AuditSink {
     private struct State {
-        var fd: Int32
+        var fd: FileDescriptor
         var chain: AuditChain
         var size: Int64
         var status = AuditSinkStatus()
         var closed = false
-        var witnessFD: Int32?
+        var witness: WitnessOutput?
         /// Checkpoints written but not yet made durable: a dup of the log's descriptor (the
         /// file may be rotated away meanwhile) and the entry for the state file and witness.
         var durable: [DurableJob] = []
@@ -138,14 +134,14 @@ public final class AuditFileSink: AuditSink {
         let path = c.path
         let sealing = try c.sealingKeyPath.map { p throws(AuditError) in try AuditSealingKeyFile.load(path: p) }
         if sealing != nil, c.signer == nil { throw AuditError(.invalidArgument, "a sealed log needs a signer") }
-        var fd = try FileIO.open(path, O_RDWR | O_APPEND | O_CREAT)
-        var witnessFD: Int32?
+        var fd = try FileIO.open(path, .readWrite, [.append, .create])
+        var witness: WitnessOutput?
         do {
             try FileIO.lockExclusive(fd, path: path)
-            witnessFD = try c.witness.map { w throws(AuditError) -> Int32 in
+            witness = try c.witness.map { w throws(AuditError) -> WitnessOutput in
                 switch w {
-                case .file(let p): return try FileIO.open(p, O_WRONLY | O_APPEND | O_CREAT, mode: 0o644)
-                case .standardError: return -1
+                case .file(let p): return .file(try FileIO.open(p, .writeOnly, [.append, .create], mode: 0o644))
+                case .standardError: return .standardError
                 }
             }
             let saved = try AuditWriterState.read(path: c.statePath)
@@ -179,7 +175,7 @@ public final class AuditFileSink: AuditSink {
                 let chain = resumeFromState
                     ? AuditChain(writer: c.writer, signer: c.signer, policy: c.checkpoints, nextSeq: saved!.seq + 1, head: saved!.hash, sealing: sealing)
                     : AuditChain(writer: c.writer, signer: c.signer, policy: c.checkpoints, sealing: sealing)
-                st = State(fd: fd, chain: chain, size: 0, witnessFD: witnessFD)
+                st = State(fd: fd, chain: chain, size: 0, witness: witness)
                 if tamper != nil { cause = .tampered } else if rotated { cause = .rotation }
             } else {
                 let tail = try Self.readTail(fd, path: path, maxLine: c.maxRecordBytes * 2)
@@ -198,12 +194,12 @@ public final class AuditFileSink: AuditSink {
                 } else {
                     chain = AuditChain(writer: c.writer, signer: c.signer, policy: c.checkpoints, sealing: sealing)
                 }
-                st = State(fd: fd, chain: chain, size: tail.completeSize, witnessFD: witnessFD)
+                st = State(fd: fd, chain: chain, size: tail.completeSize, witness: witness)
                 if let last = tail.lastRecord, last.record.event.kind == .logClosed, last.record.log?.cause == .rotation {
                     // A rotation was interrupted after closing the file: finish it now.
                     try Self.shiftFiles(c)
-                    let newFD = try FileIO.open(path, O_RDWR | O_APPEND | O_CREAT | O_EXCL)
-                    FileIO.close(fd)
+                    let newFD = try FileIO.open(path, .readWrite, [.append, .create, .exclusive])
+                    fd.close()
                     st.fd = newFD
                     try FileIO.lockExclusive(newFD, path: path)
                     st.size = 0
@@ -225,8 +221,8 @@ public final class AuditFileSink: AuditSink {
             st.durable = []
             state = Mutex(st)
         } catch {
-            FileIO.close(fd)
-            if let w = witnessFD, w >= 0 { FileIO.close(w) }
+            fd.close()
+            witness?.close()
             throw error
         }
         durability.setSpecific(key: Self.onDurabilityQueue, value: true)
@@ -242,10 +238,10 @@ public final class AuditFileSink: AuditSink {
         if DispatchQueue.getSpecific(key: Self.onDurabilityQueue) == nil { durability.sync {} }
         state.withLock { s in
             if !s.closed {
-                FileIO.close(s.fd)
-                if let w = s.witnessFD, w >= 0 { FileIO.close(w) }
+                s.fd.close()
+                s.witness?.close()
             }
-            for job in s.durable { FileIO.close(job.fd); if let w = job.witness { FileIO.close(w) } }
+            for job in s.durable { job.close() }
         }
     }
 
@@ -299,15 +295,15 @@ public final class AuditFileSink: AuditSink {
 
     /// Whether `PATH.1` ends with the state's checkpoint (a rotation finished, the new file not written yet).
     private static func rotatedTailMatches(_ c: AuditFileConfiguration, _ saved: AuditWitnessEntry) -> Bool {
-        guard let fd = try? FileIO.open(c.rotatedPath(1), O_RDONLY) else { return false }
-        defer { FileIO.close(fd) }
+        guard let fd = try? FileIO.open(c.rotatedPath(1), .readOnly) else { return false }
+        defer { fd.close() }
         guard let tail = try? readTail(fd, path: c.rotatedPath(1), maxLine: c.maxRecordBytes * 2), tail.torn == nil,
               let last = tail.lastRecord else { return false }
         return last.record.seq == saved.seq && last.hash == saved.hash
     }
 
     /// Renames the live file to `PATH.tampered-TIMESTAMP`, hashes it, and opens a fresh live file.
-    private static func moveAside(_ c: AuditFileConfiguration, fd: inout Int32) throws(AuditError) -> (path: String, hash: AuditDigest) {
+    private static func moveAside(_ c: AuditFileConfiguration, fd: inout FileDescriptor) throws(AuditError) -> (path: String, hash: AuditDigest) {
         let stamp = c.clock().rfc3339.filter { $0 != "-" && $0 != ":" }.split(separator: ".").first.map(String.init) ?? "now"
         var target = "\(c.path).tampered-\(stamp)Z"
         var n = 2
@@ -326,8 +322,8 @@ public final class AuditFileSink: AuditSink {
         }
         let hash = AuditDigest(hasher.finalize())
         try FileIO.rename(c.path, target)
-        let newFD = try FileIO.open(c.path, O_RDWR | O_APPEND | O_CREAT | O_EXCL)
-        FileIO.close(fd)
+        let newFD = try FileIO.open(c.path, .readWrite, [.append, .create, .exclusive])
+        fd.close()
         fd = newFD
         try FileIO.lockExclusive(fd, path: c.path)
         try FileIO.syncDirectory(FileIO.directory(of: c.path))
@@ -494,9 +490,9 @@ public final class AuditFileSink: AuditSink {
         scheduleDurable()
         durability.sync {}
         state.withLock { s in
-            FileIO.close(s.fd)
-            if let w = s.witnessFD, w >= 0 { FileIO.close(w) }
-            s.witnessFD = nil
+            s.fd.close()
+            s.witness?.close()
+            s.witness = nil
         }
     }
 
@@ -524,19 +520,23 @@ public final class AuditFileSink: AuditSink {
     /// A checkpoint to make durable; owns duplicates of the descriptors it needs, so the log
     /// may rotate or close meanwhile.
     private struct DurableJob: Sendable {
-        let fd: Int32
-        /// -1: standard error; nil: no witness.
-        let witness: Int32?
+        let fd: FileDescriptor
+        let witness: WitnessOutput?
         let entry: AuditWitnessEntry
+
+        func close() {
+            fd.close()
+            witness?.close()
+        }
     }
 
     private static func afterCheckpoint(_ c: AuditFileConfiguration, _ s: inout State, line: [UInt8], at now: AuditTimestamp) throws(AuditError) {
         let entry = AuditWitnessEntry(seq: s.chain.nextSeq - 1, hash: s.chain.head, timestamp: s.chain.clamped(now))
         let fd = try FileIO.dup(s.fd, path: c.path)
-        var witness: Int32?
-        if let w = s.witnessFD {
-            do throws(AuditError) { witness = w >= 0 ? try FileIO.dup(w, path: "audit witness") : -1 } catch {
-                FileIO.close(fd)
+        var witness: WitnessOutput?
+        if let w = s.witness {
+            do throws(AuditError) { witness = try w.duplicate() } catch {
+                fd.close()
                 throw error
             }
         }
@@ -545,17 +545,12 @@ public final class AuditFileSink: AuditSink {
 
     /// Syncs the log (always: the state file must never be ahead of the durable log), then
     /// replaces the state file and tells the witness. Closes the job's descriptors.
-    private static func makeDurable(_ c: AuditFileConfiguration, _ job: DurableJob, witnessFD _: Int32? = nil) throws(AuditError) {
-        defer {
-            FileIO.close(job.fd)
-            if let w = job.witness, w >= 0 { FileIO.close(w) }
-        }
+    private static func makeDurable(_ c: AuditFileConfiguration, _ job: DurableJob) throws(AuditError) {
+        defer { job.close() }
         try FileIO.sync(job.fd, path: c.path)
         try AuditWriterState.write(job.entry, path: c.statePath)
         if let w = job.witness {
-            let bytes = Array((job.entry.line + "\n").utf8)
-            let (n, err) = FileIO.writeOnce(w >= 0 ? w : 2, bytes)
-            if n != bytes.count { throw AuditError.io("write", "audit witness", errno: err) }
+            try w.write(Array((job.entry.line + "\n").utf8))
         }
     }
 
@@ -594,10 +589,10 @@ public final class AuditFileSink: AuditSink {
         s.chain = next
         s.status.recordsWritten += 1
         try Self.afterCheckpoint(c, &s, line: closing, at: now)
-        let fd: Int32
+        let fd: FileDescriptor
         do throws(AuditError) {
             try Self.shiftFiles(c)
-            fd = try FileIO.open(c.path, O_RDWR | O_APPEND | O_CREAT | O_EXCL)
+            fd = try FileIO.open(c.path, .readWrite, [.append, .create, .exclusive])
         } catch {
             // The closed file stays live: reopen it in the chain so later records still follow
             // a log.opened, and the next record retries the rotation.
@@ -609,7 +604,7 @@ public final class AuditFileSink: AuditSink {
             }
             throw error
         }
-        FileIO.close(s.fd)
+        s.fd.close()
         s.fd = fd
         s.size = 0
         try FileIO.lockExclusive(fd, path: c.path)
@@ -665,7 +660,7 @@ public final class AuditFileSink: AuditSink {
             s.status.failures += records
             s.durable.removeAll { job in
                 let drop = job.entry.seq >= before.chain.nextSeq
-                if drop { FileIO.close(job.fd); if let w = job.witness, w >= 0 { FileIO.close(w) } }
+                if drop { job.close() }
                 return drop
             }
             throw error
@@ -673,14 +668,14 @@ public final class AuditFileSink: AuditSink {
     }
 
     private static func writeNow(_ bytes: [UInt8], to s: inout State, path: String) throws(AuditError) {
-        let (n, err) = FileIO.writeOnce(s.fd, bytes)
+        let (n, error) = FileIO.writeOnce(s.fd, bytes)
         if n == bytes.count {
             s.size += Int64(n)
             return
         }
         if n > 0 { try FileIO.truncate(s.fd, to: s.size, path: path) }
         throw n > 0 ? AuditError(.ioError, "short write to \(path) (\(n) of \(bytes.count) bytes), cut off")
-                    : AuditError.io("write", path, errno: err)
+                    : AuditError.io("write", path, error ?? TransportError(.systemCallFailed, "write wrote nothing"))
     }
 
     private struct Tail {
@@ -690,7 +685,7 @@ public final class AuditFileSink: AuditSink {
     }
 
     /// Finds the last complete line (and any torn bytes after it) by reading backwards.
-    private static func readTail(_ fd: Int32, path: String, maxLine: Int) throws(AuditError) -> Tail {
+    private static func readTail(_ fd: FileDescriptor, path: String, maxLine: Int) throws(AuditError) -> Tail {
         let size = try FileIO.size(fd, path: path)
         guard size > 0 else { return Tail(completeSize: 0) }
         let window = Int64(maxLine) + 2

@@ -1,3 +1,5 @@
+import Identity
+
 /// The one-line JSON used by audit records: a flat object of strings, integers and booleans.
 ///
 /// Records are written by `JSONLineWriter` with a fixed key order and parsed by `FlatJSON`,
@@ -34,10 +36,7 @@ struct JSONLineWriter {
         guard let v else { return }
         key(k)
         bytes.append(0x22)
-        for b in v {
-            bytes.append(Self.hexDigits[Int(b >> 4)])
-            bytes.append(Self.hexDigits[Int(b & 0x0f)])
-        }
+        Hex.append(v, to: &bytes)
         bytes.append(0x22)
     }
 
@@ -48,7 +47,7 @@ struct JSONLineWriter {
         bytes.append(0x22)
         var shift: UInt64 = 60
         while true {
-            bytes.append(Self.hexDigits[Int((v >> shift) & 0x0f)])
+            bytes.append(Hex.digit(UInt8((v >> shift) & 0x0f)))
             if shift == 0 { break }
             shift -= 4
         }
@@ -90,8 +89,6 @@ struct JSONLineWriter {
         bytes.append(0x7d)
         return bytes
     }
-
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// The shortest decimal spelling (what `String(v)` gives), written in place.
     static func appendDecimal(_ v: UInt64, to out: inout [UInt8]) {
@@ -138,7 +135,7 @@ struct JSONLineWriter {
         case 0x0d: out += [0x5c, 0x72]
         case 0x09: out += [0x5c, 0x74]
         case 0x00..<0x20, 0x7f:
-            out += [0x5c, 0x75, 0x30, 0x30, hexDigits[Int(c >> 4)], hexDigits[Int(c & 0xf)]]
+            out += [0x5c, 0x75, 0x30, 0x30, Hex.digit(c >> 4), Hex.digit(c & 0xf)]
         default: out.append(c)
         }
     }

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import Transport
 
 /// Where a line is: file path and 1-based line number.
 public struct AuditLocation: Hashable, Sendable, CustomStringConvertible {
@@ -41,7 +37,7 @@ public struct AuditRawLine: Sendable {
 public final class AuditLineReader {
     public static let defaultMaxLineBytes = 64 * 1024
     public let path: String
-    private let fd: Int32
+    private let fd: FileDescriptor
     private let maxLineBytes: Int
     private var buffer: [UInt8] = []
     private var start = 0
@@ -53,10 +49,10 @@ public final class AuditLineReader {
     public init(path: String, maxLineBytes: Int = AuditLineReader.defaultMaxLineBytes) throws(AuditError) {
         self.path = path
         self.maxLineBytes = maxLineBytes
-        fd = try FileIO.open(path, O_RDONLY)
+        fd = try FileIO.open(path, .readOnly)
     }
 
-    deinit { FileIO.close(fd) }
+    deinit { fd.close() }
 
     /// The next line, or nil at end of file. At end of data that is still being written
     /// (`--follow`) an incomplete line is held back unless `final` is true.
@@ -90,16 +86,10 @@ public final class AuditLineReader {
             start = 0
         }
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n > 0 {
-                buffer.append(contentsOf: chunk[..<n])
-                return true
-            }
-            if n == 0 { return false }
-            if errno == EINTR { continue }
-            throw AuditError.io("read", path, errno: errno)
-        }
+        let n = try FileIO.read(fd, into: &chunk, path: path)
+        guard n > 0 else { return false }
+        buffer.append(contentsOf: chunk[..<n])
+        return true
     }
 
     /// Whether `path` now names a different file than the one open (rotated away) or none.

@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import Transport
 import Identity
 import SodiumCrypto
 
@@ -162,12 +158,11 @@ public enum AuditSealingKeyFile {
     static let header = "ocapn-uds audit sealing key v1"
 
     public static func load(path: String) throws(AuditError) -> AuditSealingKey {
-        let fd = try FileIO.open(path, O_RDONLY)
-        defer { FileIO.close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw AuditError.io("fstat", path, errno: errno) }
-        guard st.st_mode & 0o077 == 0 else {
-            throw AuditError(.invalidArgument, "sealing key \(path) is readable by others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 600 it")
+        let fd = try FileIO.open(path, .readOnly)
+        defer { fd.close() }
+        let st = try FileIO.status(fd, path: path)
+        guard st.permissions & 0o077 == 0 else {
+            throw AuditError(.invalidArgument, "sealing key \(path) is readable by others (mode \(String(st.permissions & 0o777, radix: 8))); chmod 600 it")
         }
         var bytes = try FileIO.pread(fd, count: 4096, offset: 0, path: path)
         defer { for i in bytes.indices { bytes[i] = 0 } }

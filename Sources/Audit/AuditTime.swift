@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import Transport
 
 /// A UTC instant with microsecond precision, written as RFC 3339 `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 ///
@@ -22,9 +18,7 @@ public struct AuditTimestamp: Hashable, Sendable, Comparable, CustomStringConver
 
     /// The real-time clock (CLOCK_REALTIME).
     public static func now() -> AuditTimestamp {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return AuditTimestamp(microsSinceEpoch: Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1000)
+        AuditTimestamp(microsSinceEpoch: SystemClock.realtimeMicroseconds())
     }
 
     public static func < (a: AuditTimestamp, b: AuditTimestamp) -> Bool { a.microsSinceEpoch < b.microsSinceEpoch }

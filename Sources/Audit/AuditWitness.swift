@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// One checkpoint as a witness saw it: its seq and the BLAKE2b-256 of its line.
 ///

@@ -6,9 +6,6 @@ import Logging
 import OCapN
 import Runtime
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Introductions per second through one server with the audit trail on (default settings: a
 /// signed checkpoint every 1000 records or 60 s, fsync at checkpoints, the state file) against
@@ -34,7 +31,7 @@ enum AuditBench {
     /// The introductions bench's server (same workload), with the audit trail on or off.
     static func rate(count: Int, window: Int, directory: String, audit: Bool) throws -> Double {
         let logPath = (directory as NSString).appendingPathComponent("bench-audit.jsonl")
-        for p in [logPath, (directory as NSString).appendingPathComponent(".bench-audit.jsonl.state")] { unlink(p) }
+        for p in [logPath, (directory as NSString).appendingPathComponent(".bench-audit.jsonl.state")] { try? FileSystem.removeIfPresent(p) }
         return try IntroductionBench.ours(count: count, window: window, directory: directory, auditLog: audit ? logPath : nil)
     }
 }

@@ -1,9 +1,6 @@
 import Foundation
 import SodiumCrypto
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Baselines measured in the same run as our figures: what the machine allows.
 enum Baselines {
@@ -84,24 +81,22 @@ enum Baselines {
         for _ in 0..<3 {
             let (a, b) = try FileDescriptor.socketPair()
             defer { a.close(); b.close() }
-            let rawA = try a.withRawDescriptor { $0 }
-            let rawB = try b.withRawDescriptor { $0 }
             let total = (totalBytes / messageSize) * messageSize
             let t0 = nowNanos()
             let writer = Thread {
                 let buf = [UInt8](repeating: 1, count: messageSize)
                 var sent = 0
                 while sent < total {
-                    let n = buf.withUnsafeBytes { Glibc.write(rawA, $0.baseAddress, messageSize) }
-                    if n > 0 { sent += n } else if errno != EINTR { break }
+                    guard let n = try? a.write(buf), n > 0 else { break }
+                    sent += n
                 }
             }
             writer.start()
             var received = 0
             var rbuf = [UInt8](repeating: 0, count: 256 << 10)
             while received < total {
-                let n = rbuf.withUnsafeMutableBytes { Glibc.read(rawB, $0.baseAddress, $0.count) }
-                if n > 0 { received += n } else if n == 0 || errno != EINTR { break }
+                guard let n = try? b.read(into: &rbuf, at: 0), n > 0 else { break }
+                received += n
             }
             runs.add(Double(received) / Double(nowNanos() - t0) * 1e9)
         }
@@ -113,18 +108,16 @@ enum Baselines {
     static func socketpairPingPong(messageSize: Int, count: Int) throws -> Samples {
         let (a, b) = try FileDescriptor.socketPair()
         defer { a.close(); b.close() }
-        let rawA = try a.withRawDescriptor { $0 }
-        let rawB = try b.withRawDescriptor { $0 }
         let rounds = count + 100
         let echo = Thread {
             var buf = [UInt8](repeating: 0, count: messageSize)
             for _ in 0..<rounds {
                 var got = 0
                 while got < messageSize {
-                    let n = buf.withUnsafeMutableBytes { Glibc.read(rawB, $0.baseAddress! + got, messageSize - got) }
-                    if n > 0 { got += n } else if n == 0 || errno != EINTR { return }
+                    guard let n = try? b.read(into: &buf, at: got), n > 0 else { return }
+                    got += n
                 }
-                _ = buf.withUnsafeBytes { Glibc.write(rawB, $0.baseAddress, messageSize) }
+                guard (try? b.writeAll(buf)) != nil else { return }
             }
         }
         echo.start()
@@ -132,11 +125,12 @@ enum Baselines {
         var buf = [UInt8](repeating: 7, count: messageSize)
         for i in 0..<rounds {
             let t0 = nowNanos()
-            _ = buf.withUnsafeBytes { Glibc.write(rawA, $0.baseAddress, messageSize) }
+            try a.writeAll(buf)
             var got = 0
             while got < messageSize {
-                let n = buf.withUnsafeMutableBytes { Glibc.read(rawA, $0.baseAddress! + got, messageSize - got) }
-                if n > 0 { got += n } else if n == 0 || errno != EINTR { throw BenchError("ping-pong peer ended") }
+                let n = try a.read(into: &buf, at: got)
+                if n == 0 { throw BenchError("ping-pong peer ended") }
+                got += n
             }
             if i >= 100 { samples.add(Double(nowNanos() - t0)) }
         }

@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Every figure of issue #6, each next to its baseline measured in the same run.
 public struct BenchSuite {

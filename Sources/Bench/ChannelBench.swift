@@ -5,9 +5,6 @@ import Runtime
 import SecureChannel
 import SodiumCrypto
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Throughput of an established UDS-HS1 channel over a socketpair: a sender thread seals messages
 /// and writes them, the receiver reads large chunks and opens every frame.
@@ -18,8 +15,6 @@ enum ChannelBench {
             let (sa, sb) = try FileDescriptor.socketPair()
             defer { sa.close(); sb.close() }
             let (senderSession, receiverSession) = try establish(sa, sb)
-            let rawA = try sa.withRawDescriptor { $0 }
-            let rawB = try sb.withRawDescriptor { $0 }
             let count = max(1, totalBytes / messageSize)
             let t0 = nowNanos()
             let sender = senderSession.sender
@@ -31,11 +26,10 @@ enum ChannelBench {
                     let n = message.withUnsafeBytes { m in
                         out.withUnsafeMutableBytes { o in (try? unsafeSender.seal(m, into: o)) ?? 0 }
                     }
-                    var off = 0
-                    while off < n {
-                        let w = out.withUnsafeBytes { Glibc.send(rawA, $0.baseAddress! + off, n - off, Int32(MSG_NOSIGNAL)) }
-                        if w > 0 { off += w } else if errno != EINTR { return }
+                    let sent: Bool = out.withUnsafeBytes { o in
+                        (try? sa.writeAll(UnsafeRawBufferPointer(rebasing: o[..<n]))) != nil
                     }
+                    if !sent { return }
                 }
             }
             writer.start()
@@ -45,7 +39,7 @@ enum ChannelBench {
             while messages < count {
                 var eof = false
                 receiver.withInputBuffer(minimumCapacity: 256 << 10) { buf in
-                    let n = Glibc.read(rawB, buf.baseAddress, buf.count)
+                    let n = (try? sb.read(into: buf)) ?? 0
                     if n <= 0 { eof = true; return 0 }
                     return n
                 }

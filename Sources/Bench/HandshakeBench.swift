@@ -4,9 +4,6 @@ import Synchronization
 import SecureChannel
 import SodiumCrypto
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// UDS-HS1 over a real socketpair: both machines in one thread, every message written to one end
 /// and read from the other, so the figure is protocol + crypto + the syscalls, with no scheduler
@@ -259,24 +256,13 @@ enum HandshakeBench {
     }
 
     static func writeAll(_ fd: FileDescriptor, _ bytes: [UInt8]) throws {
-        try fd.withRawDescriptor { raw in
-            var off = 0
-            while off < bytes.count {
-                let n = bytes.withUnsafeBytes { Glibc.send(raw, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }
-                if n > 0 { off += n } else if errno != EINTR { throw BenchError("write failed: errno \(errno)") }
-            }
-        }
+        try fd.writeAll(bytes)
     }
 
     static func readSome(_ fd: FileDescriptor, _ buffer: inout [UInt8]) throws -> [UInt8] {
-        try fd.withRawDescriptor { raw in
-            while true {
-                let n = buffer.withUnsafeMutableBytes { Glibc.read(raw, $0.baseAddress, $0.count) }
-                if n > 0 { return Array(buffer[0..<n]) }
-                if n == 0 { throw BenchError("unexpected EOF") }
-                if errno != EINTR { throw BenchError("read failed: errno \(errno)") }
-            }
-        }
+        let n = try fd.read(into: &buffer, at: 0)
+        if n == 0 { throw BenchError("unexpected EOF") }
+        return Array(buffer[0..<n])
     }
 }
 

@@ -7,9 +7,6 @@ import OCapN
 import Runtime
 import Syrup
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Introductions per second through one server, against raw descriptor passing.
 ///
@@ -144,10 +141,8 @@ enum IntroductionBench {
     }
 
     static func readOneByte(_ fd: FileDescriptor) throws {
-        var byte: UInt8 = 0
-        let n = try fd.withRawDescriptor { raw in
-            withUnsafeMutableBytes(of: &byte) { Glibc.read(raw, $0.baseAddress, 1) }
-        }
+        var byte: [UInt8] = [0]
+        let n = try fd.read(into: &byte, at: 0)
         if n != 1 { throw BenchError("introduction did not complete (read returned \(n))") }
     }
 

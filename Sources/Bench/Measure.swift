@@ -1,15 +1,9 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
+import Transport
 
 /// Monotonic nanoseconds.
 @inline(__always)
-func nowNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
+func nowNanos() -> UInt64 { SystemClock.monotonicNanoseconds() }
 
 /// Summary statistics of a set of samples (nanoseconds or any unit).
 struct Samples {

@@ -2,9 +2,6 @@ import Foundation
 import Identity
 import Runtime
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Resident memory of a real `ocapn-uds intro-server` process as peers register with it.
 enum MemoryBench {
@@ -35,7 +32,7 @@ enum MemoryBench {
         process.standardError = FileHandle.nullDevice
         try process.run()
         defer {
-            if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+            if process.isRunning { try? ProcessSignals.send(.terminate, to: process.processIdentifier) }
             process.waitUntilExit()
         }
         // Wait for the ready line.
@@ -44,7 +41,7 @@ enum MemoryBench {
             throw BenchError("intro-server did not start: \(String(decoding: ready, as: UTF8.self))")
         }
         let pid = process.processIdentifier
-        usleep(100_000)
+        Thread.sleep(forTimeInterval: 0.1)
         guard let baseline = residentBytes(pid: pid) else { throw BenchError("cannot read the server's VmRSS") }
         var peers: [BlockingIntroductionClient] = []
         peers.reserveCapacity(maximum)
@@ -57,7 +54,7 @@ enum MemoryBench {
                 peers.append(p)
             }
             // Let the server process the last signatures before reading its memory.
-            usleep(300_000)
+            Thread.sleep(forTimeInterval: 0.3)
             guard let rss = residentBytes(pid: pid) else { throw BenchError("cannot read the server's VmRSS") }
             points.append((target, rss))
         }

@@ -5,9 +5,6 @@ import Logging
 import OCapN
 import Runtime
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// End-to-end figures through real processes: an `ocapn-uds intro-server` and an
 /// `ocapn-uds peer` (echo), with this process as the connecting peer.
@@ -48,7 +45,7 @@ final class PeerBench {
     }
 
     func stop() {
-        for p in processes where p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        for p in processes where p.isRunning { try? ProcessSignals.send(.terminate, to: p.processIdentifier) }
         for p in processes { p.waitUntilExit() }
         processes.removeAll()
     }
@@ -180,7 +177,7 @@ final class PeerBench {
         _ = try? OpenFileLimit.raiseSoftLimit(toAtMost: UInt64(count + 512))
         let netlayer = try await client()
         guard let target = peerLocator else { throw BenchError("peer not started") }
-        usleep(200_000)
+        try? await Task.sleep(for: .milliseconds(200))
         guard let before = residentBytes(pid: peerPID) else { throw BenchError("cannot read the peer's VmRSS") }
         var open: [PeerChannel] = []
         open.reserveCapacity(count)
@@ -192,7 +189,7 @@ final class PeerBench {
             _ = try await channel.receive()
             open.append(channel)
         }
-        usleep(200_000)
+        try? await Task.sleep(for: .milliseconds(200))
         guard let holding = residentBytes(pid: peerPID), let peak = residentBytes(pid: peerPID, field: "VmHWM") else {
             throw BenchError("cannot read the peer's memory")
         }

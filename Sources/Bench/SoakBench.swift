@@ -2,9 +2,6 @@ import Foundation
 import Identity
 import Logging
 import Runtime
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The soak: an intro-server and an echo peer as processes, and this process opening, using
 /// and closing channels through them at rate, with a fresh registration every few channels,
@@ -45,7 +42,7 @@ enum SoakBench {
             let elapsed = Double(nowNanos() - t0) / 1e9
             if elapsed >= nextSample || elapsed >= Double(seconds) {
                 // Quiet point: no channel of ours is open.
-                usleep(50_000)
+                try? await Task.sleep(for: .milliseconds(50))
                 let sample = Sample(
                     seconds: elapsed, serverDescriptors: descriptorCount(pid: bench.serverPID),
                     peerDescriptors: descriptorCount(pid: bench.peerPID),

@@ -5,6 +5,8 @@
 #include <assert.h>
 #include <pthread.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdalign.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -54,6 +56,16 @@ int cfd_get_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
 }
 
 int cfd_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
+
+int cfd_pipe_cloexec(int *fds) {
+    assert(fds != NULL);
+    return pipe2(fds, O_CLOEXEC);
+}
+
+int cfd_unix_autobind(int fd) {
+    struct sockaddr_un address = { .sun_family = AF_UNIX };
+    return bind(fd, (const struct sockaddr *)&address, sizeof(sa_family_t));
+}
 
 size_t cfd_sockaddr_un_size(void) { return sizeof(struct sockaddr_un); }
 

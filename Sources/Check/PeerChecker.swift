@@ -6,9 +6,6 @@ import SodiumCrypto
 import Synchronization
 import Syrup
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Bounds of a `check peer` run.
 public struct PeerCheckOptions: Sendable {
@@ -115,10 +112,7 @@ public final class PeerChecker: Sendable {
                 case .wouldBlock?:
                     let remaining = ContinuousClock.now.duration(to: deadline)
                     if remaining <= .zero { return (out, .timeout) }
-                    _ = try? fd.withRawDescriptor { raw -> Int32 in
-                        var entry = pollfd(fd: raw, events: Int16(POLLIN), revents: 0)
-                        return poll(&entry, 1, Int32(clamping: remaining.milliseconds + 1))
-                    }
+                    _ = try? fd.wait(for: .readable, timeout: remaining + .milliseconds(1))
                 case nil:
                     return (out, .closed)
                 }
@@ -132,7 +126,7 @@ public final class PeerChecker: Sendable {
             return false
         }
 
-        func shutdownWrite() { _ = try? fd.withRawDescriptor { Glibc.shutdown($0, Int32(SHUT_WR)) } }
+        func shutdownWrite() { try? fd.shutdownWrite() }
     }
 
     /// A fresh introduction of `me` to the peer; `from` defaults to our registered locator.

@@ -2,9 +2,6 @@ import Foundation
 import OCapN
 import Syrup
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// What a probe saw next on a control connection.
 public enum ProbeEvent {
@@ -153,7 +150,6 @@ public final class ProbeConnection {
                 case .connectionReset, .closed: return .closed
                 case .controlTruncated: return .failed("more than \(Self.descriptorsPerRead) descriptors in one read (MSG_CTRUNC)")
                 default:
-                    if error.errno == ECONNRESET { return .closed }
                     return .failed(error.description)
                 }
             } catch {
@@ -167,7 +163,7 @@ public final class ProbeConnection {
                 decoder.append(Array(buffer[..<r.byteCount]))
                 return .data
             case .wouldBlock:
-                guard wait(events: Int16(POLLIN), until: deadline) else { return .timeout }
+                guard wait(events: .readable, until: deadline) else { return .timeout }
             }
         }
     }
@@ -211,25 +207,16 @@ public final class ProbeConnection {
         }
     }
 
-    private func wait(events: Int16, until deadline: ContinuousClock.Instant) -> Bool {
+    private func wait(events: Readiness, until deadline: ContinuousClock.Instant) -> Bool {
         waitFor(descriptor, events: events, until: deadline)
     }
 }
 
 /// Polls `fd` for `events` until `deadline`; false on timeout.
-func waitFor(_ fd: FileDescriptor, events: Int16, until deadline: ContinuousClock.Instant) -> Bool {
+func waitFor(_ fd: FileDescriptor, events: Readiness, until deadline: ContinuousClock.Instant) -> Bool {
     let remaining = ContinuousClock.now.duration(to: deadline)
     guard remaining > .zero else { return false }
-    let ms = Int32(clamping: remaining.milliseconds + 1)
-    let ready = (try? fd.withRawDescriptor { raw -> Int32 in
-        var entry = pollfd(fd: raw, events: events, revents: 0)
-        while true {
-            let r = poll(&entry, 1, ms)
-            if r < 0 && errno == EINTR { continue }
-            return r
-        }
-    }) ?? -1
-    return ready > 0
+    return (try? fd.wait(for: events, timeout: remaining + .milliseconds(1))) ?? false
 }
 
 /// Sends all of `bytes` within `timeout` (descriptors ride on the first chunk, K6); false when
@@ -246,7 +233,7 @@ func sendAll(_ fd: FileDescriptor, _ bytes: [UInt8], passing descriptors: [FileD
                 offset += n
                 pass = []
             case .wouldBlock:
-                guard waitFor(fd, events: Int16(POLLOUT), until: deadline) else { return false }
+                guard waitFor(fd, events: .writable, until: deadline) else { return false }
             }
         } catch {
             return false

@@ -1,11 +1,9 @@
 import Foundation
 import Identity
 import OCapN
+import SodiumCrypto
 import Syrup
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// What a server answered to a `uds:register`, parsed leniently so the checker can report
 /// servers that do not follow the rules (any challenge length, any of the three signature forms).
@@ -63,49 +61,34 @@ enum RawRecords {
 /// closed by the caller.
 enum WrongKinds {
     static func regularFile() throws -> FileDescriptor {
-        var template = Array("/tmp/ocapn-uds-check-XXXXXX".utf8CString)
-        let raw = mkstemp(&template)
-        guard raw >= 0 else { throw CheckError(.localFailure, "mkstemp: errno \(errno)") }
-        _ = fcntl(raw, F_SETFD, FD_CLOEXEC)
-        template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }  // nothing left on disk
-        return FileDescriptor(adopting: raw)
+        let path = "/tmp/ocapn-uds-check-" + Hex.encode(RandomBytes.bytes(8))
+        let fd = try local("open a temporary file") { () throws(TransportError) in
+            try FileDescriptor.open(path, .readWrite, options: [.create, .exclusive, .noFollow])
+        }
+        try? FileSystem.removeIfPresent(path)  // nothing left on disk
+        return fd
     }
 
     static func pipeEnds() throws -> (read: FileDescriptor, write: FileDescriptor) {
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { throw CheckError(.localFailure, "pipe: errno \(errno)") }
-        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        return (FileDescriptor(adopting: fds[0]), FileDescriptor(adopting: fds[1]))
+        try local("pipe") { () throws(TransportError) in try FileDescriptor.pipe() }
     }
 
     static func tcpSocket() throws -> FileDescriptor {
-        let raw = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard raw >= 0 else { throw CheckError(.localFailure, "socket(AF_INET): errno \(errno)") }
-        return FileDescriptor(adopting: raw)
+        try local("socket(AF_INET)") { () throws(TransportError) in try FileDescriptor.unconnectedTCPSocket() }
     }
 
     /// A listening unix socket with a kernel-chosen abstract name (autobind): no file to clean up.
     static func listeningUnixSocket() throws -> FileDescriptor {
-        let raw = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard raw >= 0 else { throw CheckError(.localFailure, "socket(AF_UNIX): errno \(errno)") }
-        let fd = FileDescriptor(adopting: raw)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(raw, $0, socklen_t(MemoryLayout<sa_family_t>.size)) }
-        }
-        guard bound == 0, listen(raw, 1) == 0 else {
-            let code = errno
-            fd.close()
-            throw CheckError(.localFailure, "bind/listen: errno \(code)")
-        }
-        return fd
+        try local("bind/listen") { () throws(TransportError) in try FileDescriptor.autoboundUnixListener() }
     }
 
     static func duplicate(_ fd: FileDescriptor) throws -> FileDescriptor {
-        let raw = try fd.withRawDescriptor { fcntl($0, F_DUPFD_CLOEXEC, 0) }
-        guard raw >= 0 else { throw CheckError(.localFailure, "dup: errno \(errno)") }
-        return FileDescriptor(adopting: raw)
+        try local("dup") { () throws(TransportError) in try fd.duplicate() }
+    }
+
+    /// Runs a local set-up call; its failure is ours, not the target's.
+    private static func local<R>(_ what: String, _ body: () throws(TransportError) -> R) throws(CheckError) -> R {
+        do { return try body() } catch { throw CheckError(.localFailure, "\(what): \(error)") }
     }
 }
 
@@ -123,11 +106,7 @@ func seesEndOfStream(_ fd: FileDescriptor, timeout: Duration) -> Bool {
         case .wouldBlock?:
             let remaining = ContinuousClock.now.duration(to: deadline)
             if remaining <= .zero { return false }
-            let ms = Int32(clamping: remaining.milliseconds + 1)
-            _ = try? fd.withRawDescriptor { raw -> Int32 in
-                var entry = pollfd(fd: raw, events: Int16(POLLIN), revents: 0)
-                return poll(&entry, 1, ms)
-            }
+            _ = try? fd.wait(for: .readable, timeout: remaining + .milliseconds(1))
         case nil:
             return true  // reset
         }
@@ -143,12 +122,7 @@ func kindName(_ fd: FileDescriptor) -> String {
 /// on ours must arrive on it.
 func isOtherEnd(_ received: FileDescriptor, of mine: FileDescriptor, timeout: Duration) -> Bool {
     guard case .processed? = try? mine.send([0x2a]) else { return false }
-    let ms = Int32(clamping: timeout.milliseconds)
-    let readable = (try? received.withRawDescriptor { raw -> Int32 in
-        var entry = pollfd(fd: raw, events: Int16(POLLIN), revents: 0)
-        return poll(&entry, 1, ms)
-    }) ?? -1
-    guard readable > 0 else { return false }
+    guard (try? received.wait(for: .readable, timeout: timeout)) == true else { return false }
     var byte = [UInt8](repeating: 0, count: 1)
     guard case let .processed(r)? = try? byte.withUnsafeMutableBytes({ try received.receive(into: $0, descriptorCapacity: 0) }) else { return false }
     return r.byteCount == 1 && byte[0] == 0x2a

@@ -4,9 +4,6 @@ import OCapN
 import Synchronization
 import Syrup
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// One check: its stable id, the catalog row it comes from, what it tests and how bad a FAIL is.
 public struct CheckDefinition: Sendable, Equatable {

@@ -3,9 +3,6 @@ import Identity
 import OCapN
 import Syrup
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 extension ServerChecker {
     /// Runs the probe of check `id` (docs/CHECK.md describes each).
@@ -154,7 +151,7 @@ extension ServerChecker {
         let recorded = try signature(key, over: r1.serverChallenge, form: .raw)
         first.send(recorded)
         first.close()
-        usleep(50_000)  // let the server see the first connection go
+        Thread.sleep(forTimeInterval: 0.05)  // let the server see the first connection go
         let second = try connect()
         defer { second.close() }
         guard let r2 = startRegistration(second, key).0 else { return (.skip, "the server did not answer the second uds:register") }
@@ -210,8 +207,8 @@ extension ServerChecker {
         second.send(try signature(key, over: r2.serverChallenge, form: .raw))
         // Nothing shows when the second registration took effect either: introduce twice, the
         // second time well after it, so an introduction that overtook it does not pass the server.
-        for pause: UInt32 in [50_000, 300_000] {
-            usleep(pause)
+        for pause in [0.05, 0.3] {
+            Thread.sleep(forTimeInterval: pause)
             if let got = introduceAndAwait(from: witness, to: key, on: live) {
                 for d in got { d.close() }
                 continue
@@ -345,7 +342,7 @@ extension ServerChecker {
         defer { mine.close() }
         sender.connection.send(UDSMessage.newConnection(UDSNewConnection(from: sender.locator, to: target.locator)).encoded, passing: [theirs])
         theirs.close()
-        usleep(20_000)  // keep the marker out of the record's read
+        Thread.sleep(forTimeInterval: 0.02)  // keep the marker out of the record's read
         sender.connection.sendMarker(passing: [])
         if let got = awaitIntroduction(target.connection) {
             defer { for d in got { d.close() } }
@@ -416,9 +413,9 @@ extension ServerChecker {
             return (.skip, "the server does not answer uds:register")
         }
         first.send(try signature(key, over: r1.serverChallenge, form: .raw))
-        usleep(50_000)
+        Thread.sleep(forTimeInterval: 0.05)
         first.close()
-        usleep(50_000)
+        Thread.sleep(forTimeInterval: 0.05)
         let second = try connect()
         defer { second.close() }
         guard let r2 = startRegistration(second, key).0 else {
@@ -451,7 +448,7 @@ extension ServerChecker {
         syncTheirs.close()
         let synced = awaitIntroduction(witness.connection, timeout: patience)
         for d in synced ?? [] { d.close() }
-        if synced == nil { usleep(300_000) }
+        if synced == nil { Thread.sleep(forTimeInterval: 0.3) }
         let refused = ends.filter { seesEndOfStream($0, timeout: .milliseconds(1)) }.count
         if refused == 0 {
             return (.fail, "held all \(ends.count) introductions for unknown targets from one sender (no bound, wire §9.8)")

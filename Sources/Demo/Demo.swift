@@ -5,9 +5,6 @@ import Logging
 import OCapN
 import Runtime
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// `ocapn-uds demo`: the whole product on an embedded default, in one command.
 ///
@@ -127,13 +124,11 @@ public final class Demo: @unchecked Sendable {
 
     /// Reads the first stdout line of a child, with a deadline.
     private func firstLine(_ handle: FileHandle, of name: String, timeout: Double = 20) throws -> String {
-        let fd = handle.fileDescriptor
         var collected = Data()
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let remaining = Int32(max(1, deadline.timeIntervalSinceNow * 1000))
-            guard poll(&entry, 1, remaining) > 0 else { break }
+            let remaining = Duration.milliseconds(max(1, Int(deadline.timeIntervalSinceNow * 1000)))
+            guard try BorrowedDescriptor.wait(handle.fileDescriptor, for: .readable, timeout: remaining) else { break }
             let chunk = handle.availableData
             if chunk.isEmpty { break }
             collected.append(chunk)
@@ -155,11 +150,11 @@ public final class Demo: @unchecked Sendable {
             cleanedUp = true
             return children
         }
-        for p in processes where p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        for p in processes where p.isRunning { try? ProcessSignals.send(.terminate, to: p.processIdentifier) }
         let deadline = Date().addingTimeInterval(3)
         for p in processes {
-            while p.isRunning && Date() < deadline { usleep(10_000) }
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+            if p.isRunning { try? ProcessSignals.send(.kill, to: p.processIdentifier) }
             p.waitUntilExit()
         }
         guard !directory.isEmpty, let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
@@ -172,9 +167,9 @@ public final class Demo: @unchecked Sendable {
 
     public func run() async throws -> Summary {
         let started = Date()
-        var template = Array("/tmp/ocapn-demo-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw DemoError("cannot create a temporary directory") }
-        directory = String(cString: made)
+        do { directory = try FileSystem.makeTemporaryDirectory(prefix: "/tmp/ocapn-demo-") } catch {
+            throw DemoError("cannot create a temporary directory: \(error.explanation)")
+        }
         say("working directory \(directory) (mode 0700)")
         defer { cleanUp() }
 
@@ -438,7 +433,7 @@ public final class Demo: @unchecked Sendable {
                     return object["reason"] as? String
                 }
             }
-            usleep(20_000)
+            Thread.sleep(forTimeInterval: 0.02)
         } while Date() < deadline
         return nil
     }

@@ -4,9 +4,6 @@ import OCapN
 import Runtime
 import SecureChannel
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// A deliberately dishonest introduction server, for the demo's attack.
 ///
@@ -37,13 +34,8 @@ final class LyingIntroductionServer: @unchecked Sendable {
     /// Accepts one peer and runs the registration (the server's half of the draft).
     private func serveOne() {
         defer { ready.signal() }
-        guard let raw = try? socket.descriptor.withRawDescriptor({ fd -> Int32 in
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&entry, 1, 20_000) > 0 else { return -1 }
-            return accept(fd, nil, nil)
-        }), raw >= 0 else { return }
-        _ = fcntl(raw, F_SETFD, FD_CLOEXEC)
-        let control = FileDescriptor(adopting: raw)
+        guard (try? socket.descriptor.wait(for: .readable, timeout: .seconds(20))) == true,
+              case .processed(let control)? = try? socket.descriptor.acceptConnection() else { return }
         var machine = RegistrationServer(signer: key, challenge: .random())
         var reader = ControlStreamReader<FileDescriptor>()
         var buffer = [UInt8](repeating: 0, count: 4096)

@@ -1,15 +1,26 @@
-/// Lowercase hexadecimal, shared by key files, audit records and vector files.
+/// Lowercase hexadecimal: the one encoder and decoder of key files, audit records, URIs and
+/// vector files.
 public enum Hex {
-    private static let digits = Array("0123456789abcdef".utf8)
-
     public static func encode<Bytes: Collection>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
         var out = [UInt8]()
         out.reserveCapacity(bytes.count * 2)
-        for b in bytes {
-            out.append(digits[Int(b >> 4)])
-            out.append(digits[Int(b & 0x0f)])
-        }
+        append(bytes, to: &out)
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends the lowercase hex of `bytes` to `out` (encoders that build a line in place).
+    @inlinable
+    public static func append<Bytes: Collection>(_ bytes: Bytes, to out: inout [UInt8]) where Bytes.Element == UInt8 {
+        for b in bytes {
+            out.append(digit(b >> 4))
+            out.append(digit(b & 0x0f))
+        }
+    }
+
+    /// The lowercase digit of a nibble (0...15).
+    @inlinable
+    public static func digit(_ nibble: UInt8) -> UInt8 {
+        nibble < 10 ? 0x30 + nibble : 0x57 + nibble
     }
 
     /// Decodes hex; nil on odd length or any other character. Strict (the default) accepts
@@ -21,7 +32,7 @@ public enum Hex {
         out.reserveCapacity(text.count / 2)
         var high: UInt8?
         for c in text {
-            guard let v = nibble(c, allowUppercase) else { return nil }
+            guard let v = value(ofDigit: c, allowUppercase: allowUppercase) else { return nil }
             if let h = high {
                 out.append(h << 4 | v)
                 high = nil
@@ -36,7 +47,8 @@ public enum Hex {
         decode(text.utf8, allowUppercase: allowUppercase)
     }
 
-    private static func nibble(_ c: UInt8, _ allowUppercase: Bool) -> UInt8? {
+    /// The value of one hex digit, nil for any other byte (uppercase only when allowed).
+    public static func value(ofDigit c: UInt8, allowUppercase: Bool = false) -> UInt8? {
         switch c {
         case 0x30...0x39: return c - 0x30
         case 0x61...0x66: return c - 0x61 + 10

@@ -1,15 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import SodiumCrypto
+import Transport
 
 extension IdentityKeyFile {
     /// Mode of private key files: owner read/write only.
-    public static let privateFileMode: mode_t = 0o600
+    public static let privateFileMode: UInt32 = 0o600
     /// Mode of public export files.
-    public static let publicFileMode: mode_t = 0o644
+    public static let publicFileMode: UInt32 = 0o644
 
     /// Writes `keyPair` to `path` atomically with mode 0600: a temporary file in the same
     /// directory is written and fsynced, then moved into place and the directory fsynced, so a
@@ -132,59 +128,54 @@ public enum IdentityPassphrase {
     }
 }
 
-/// The few file-system operations key files need, with errno turned into `IdentityError`.
+/// The file-system operations key files need, on Transport's system-call layer, with its
+/// errors turned into `IdentityError`s that name the path.
 enum SecureFile {
-    static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
-
-    static func ioError(_ call: String, _ path: String, _ code: Int32) -> IdentityError {
-        IdentityError(.ioError, "\(call) \(path): \(errorText(code))")
+    static func ioError(_ call: String, _ path: String, _ error: TransportError) -> IdentityError {
+        IdentityError(.ioError, "\(call) \(path): \(error.errno == nil ? error.detail : error.errnoDescription)")
     }
 
     /// Reads a whole small file through one descriptor: the checks apply to what is read.
     static func read(
         path: String, limit: Int, requirePrivate: Bool, allowPipes: Bool = false, what: String = "key file"
     ) throws(IdentityError) -> [UInt8] {
-        let fd = retryingEINTR { open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY) }
-        guard fd >= 0 else {
-            let e = errno
-            if e == ENOENT {
-                let hint = what == "key file" ? "; create one with `ocapn-uds keygen --out \(path)`" : ""
-                throw IdentityError(.keyFileMissing, "\(path): no such \(what)\(hint)")
-            }
-            throw ioError("cannot open", path, e)
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(path, .readOnly, options: .noControllingTerminal)
+        } catch where error.isNoSuchEntry {
+            let hint = what == "key file" ? "; create one with `ocapn-uds keygen --out \(path)`" : ""
+            throw IdentityError(.keyFileMissing, "\(path): no such \(what)\(hint)")
+        } catch {
+            throw ioError("cannot open", path, error)
         }
-        defer { _ = close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw ioError("cannot stat", path, errno) }
-        let type = st.st_mode & S_IFMT
-        let isPipe = type == S_IFIFO || type == S_IFSOCK || type == S_IFCHR
-        guard type == S_IFREG || (allowPipes && isPipe) else {
+        defer { fd.close() }
+        let st: FileStatus
+        do { st = try fd.status() } catch { throw ioError("cannot stat", path, error) }
+        let isPipe = st.kind == .fifo || st.kind == .socket || st.kind == .characterDevice
+        guard st.kind == .regular || (allowPipes && isPipe) else {
             throw IdentityError(.keyFileMalformed, "\(path): not a regular file")
         }
-        if requirePrivate && type == S_IFREG {
-            let mode = st.st_mode & 0o777
+        if requirePrivate && st.kind == .regular {
+            let mode = st.permissions & 0o777
             if mode & 0o077 != 0 {
                 throw IdentityError(.keyFileInsecurePermissions, "\(path): permissions \(octal(mode)) let group or others access this \(what); run: chmod 600 \(path)")
             }
-            let me = geteuid()
-            if st.st_uid != me && st.st_uid != 0 {
-                throw IdentityError(.keyFileInsecurePermissions, "\(path): owned by uid \(st.st_uid), not by this user (uid \(me)); the owner must be you or root")
+            let me = ProcessIdentity.effectiveUserID
+            if st.owner != me && st.owner != 0 {
+                throw IdentityError(.keyFileInsecurePermissions, "\(path): owned by uid \(st.owner), not by this user (uid \(me)); the owner must be you or root")
             }
         }
-        if type == S_IFREG && Int(st.st_size) > limit {
-            throw IdentityError(.keyFileMalformed, "\(path): \(st.st_size) bytes, over the \(limit)-byte limit for a \(what); is this the right file?")
+        if st.kind == .regular && st.size > Int64(limit) {
+            throw IdentityError(.keyFileMalformed, "\(path): \(st.size) bytes, over the \(limit)-byte limit for a \(what); is this the right file?")
         }
         // Read one byte past the limit so growth after fstat (or a pipe) is still caught.
         var buffer = [UInt8](repeating: 0, count: limit + 1)
         var filled = 0
         while filled < buffer.count {
-            let n = buffer.withUnsafeMutableBytes { b in
-                retryingEINTR { systemRead(fd, b.baseAddress! + filled, b.count - filled) }
-            }
-            if n < 0 {
-                let e = Int32(errno)
+            let n: Int
+            do { n = try fd.read(into: &buffer, at: filled) } catch {
                 secureZero(&buffer)
-                throw ioError("cannot read", path, e)
+                throw ioError("cannot read", path, error)
             }
             if n == 0 { break }
             filled += n
@@ -200,17 +191,18 @@ enum SecureFile {
 
     /// Throws `keyFileExists` when something (even a dangling symlink) is at `path`.
     static func refuseExisting(_ path: String) throws(IdentityError) {
-        var st = stat()
-        if lstat(path, &st) == 0 {
+        let existing: FileStatus?
+        do { existing = try FileSystem.status(ofPath: path, followLinks: false) } catch {
+            throw ioError("cannot check", path, error)
+        }
+        if existing != nil {
             throw IdentityError(.keyFileExists, "\(path) already exists; refusing to overwrite it (pass --force to replace it; a replaced private key is lost)")
         }
-        let e = errno
-        guard e == ENOENT else { throw ioError("cannot check", path, e) }
     }
 
     /// Temporary file in the target's directory → write → fsync → close → link (no replace) or
     /// rename (replace) → fsync the directory. The temporary file is removed on every failure.
-    static func writeAtomically(path: String, contents: UnsafeRawBufferPointer, mode: mode_t, force: Bool) throws(IdentityError) {
+    static func writeAtomically(path: String, contents: UnsafeRawBufferPointer, mode: UInt32, force: Bool) throws(IdentityError) {
         let (directory, name) = split(path)
         guard !name.isEmpty, name != ".", name != ".." else {
             throw IdentityError(.ioError, "\(path): not a file name")
@@ -218,58 +210,43 @@ enum SecureFile {
         let suffix = Hex.encode(RandomBytes.bytes(6))
         let temporary = (directory == "." && !path.hasPrefix("./") ? "" : directory + "/") + ".\(name).tmp-\(suffix)"
 
-        let fd = retryingEINTR { open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode) }
-        guard fd >= 0 else { throw ioError("cannot create a temporary file in \(directory) for", path, errno) }
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(temporary, .writeOnly, options: [.create, .exclusive, .noFollow], permissions: mode)
+        } catch {
+            throw ioError("cannot create a temporary file in \(directory) for", path, error)
+        }
         do throws(IdentityError) {
             // umask may have removed bits (0644 → 0640): set the exact mode explicitly.
-            guard fchmod(fd, mode) == 0 else { throw ioError("cannot chmod", temporary, errno) }
-            var written = 0
-            while written < contents.count {
-                let n = retryingEINTR { systemWrite(fd, contents.baseAddress! + written, contents.count - written) }
-                guard n > 0 else { throw ioError("cannot write", temporary, n < 0 ? errno : EIO) }
-                written += n
-            }
-            guard fsync(fd) == 0 else { throw ioError("cannot fsync", temporary, errno) }
+            do { try fd.setPermissions(mode) } catch { throw ioError("cannot chmod", temporary, error) }
+            do { try fd.writeAll(contents) } catch { throw ioError("cannot write", temporary, error) }
+            do { try fd.synchronize() } catch { throw ioError("cannot fsync", temporary, error) }
+            // close after fsync can still report a deferred write error (NFS); treat it as failure.
+            do { try fd.closeReportingError() } catch { throw ioError("cannot close", temporary, error) }
         } catch {
-            _ = close(fd)
-            _ = unlink(temporary)
+            fd.close()
+            try? FileSystem.removeIfPresent(temporary)
             throw error
         }
-        // close after fsync can still report a deferred write error (NFS); treat it as failure.
-        guard close(fd) == 0 else {
-            let e = errno
-            _ = unlink(temporary)
-            throw ioError("cannot close", temporary, e)
-        }
         if force {
-            guard rename(temporary, path) == 0 else {
-                let e = errno
-                _ = unlink(temporary)
-                throw ioError("cannot move into place", path, e)
+            do { try FileSystem.rename(temporary, to: path) } catch {
+                try? FileSystem.removeIfPresent(temporary)
+                throw ioError("cannot move into place", path, error)
             }
         } else {
             // link(2) fails with EEXIST instead of replacing: no window in which a file created
             // by someone else after our check is silently overwritten.
-            if link(temporary, path) != 0 {
-                let e = errno
-                _ = unlink(temporary)
-                if e == EEXIST {
+            do { try FileSystem.link(temporary, to: path) } catch {
+                try? FileSystem.removeIfPresent(temporary)
+                if error.isAlreadyExists {
                     throw IdentityError(.keyFileExists, "\(path) already exists; refusing to overwrite it (pass --force to replace it; a replaced private key is lost)")
                 }
-                throw ioError("cannot link into place", path, e)
+                throw ioError("cannot link into place", path, error)
             }
-            _ = unlink(temporary)
+            try? FileSystem.removeIfPresent(temporary)
         }
-        try fsyncDirectory(directory)
-    }
-
-    static func fsyncDirectory(_ directory: String) throws(IdentityError) {
-        let dfd = retryingEINTR { open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-        guard dfd >= 0 else { throw ioError("cannot open directory", directory, errno) }
-        defer { _ = close(dfd) }
-        // Some file systems cannot fsync a directory (EINVAL); the rename itself has happened.
-        if fsync(dfd) != 0 && errno != EINVAL {
-            throw ioError("cannot fsync directory", directory, errno)
+        do { try FileSystem.synchronizeDirectory(directory) } catch {
+            throw ioError(error.syscall == "open" ? "cannot open directory" : "cannot fsync directory", directory, error)
         }
     }
 
@@ -280,33 +257,8 @@ enum SecureFile {
         return (directory.isEmpty ? "/" : directory, String(path[path.index(after: slash)...]))
     }
 
-    static func octal(_ mode: mode_t) -> String {
+    static func octal(_ mode: UInt32) -> String {
         let digits = String(mode, radix: 8)
         return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
-    }
-
-    static func systemRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int) -> Int {
-        #if canImport(Glibc)
-        Glibc.read(fd, buffer, count)
-        #else
-        Darwin.read(fd, buffer, count)
-        #endif
-    }
-
-    static func systemWrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int {
-        #if canImport(Glibc)
-        Glibc.write(fd, buffer, count)
-        #else
-        Darwin.write(fd, buffer, count)
-        #endif
-    }
-
-    @inline(__always)
-    static func retryingEINTR<T: BinaryInteger>(_ call: () -> T) -> T {
-        while true {
-            let r = call()
-            if r < 0 && errno == EINTR { continue }
-            return r
-        }
     }
 }

@@ -133,7 +133,7 @@ extension PeerLocator {
             let b = text[i]
             if b == UInt8(ascii: "%") {
                 guard text.endIndex - i >= 3,
-                      let hi = hexValue(text[i + 1]), let lo = hexValue(text[i + 2]) else {
+                      let hi = Hex.value(ofDigit: text[i + 1], allowUppercase: true), let lo = Hex.value(ofDigit: text[i + 2], allowUppercase: true) else {
                     throw OCapNError(.invalidURI, "URI hint value has a bad percent escape")
                 }
                 out.append(hi << 4 | lo)
@@ -153,14 +153,5 @@ extension PeerLocator {
             throw OCapNError(.invalidURI, "URI hint value is not UTF-8 once decoded")
         }
         return s
-    }
-
-    private static func hexValue(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - 0x30
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - 0x61 + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - 0x41 + 10
-        default: return nil
-        }
     }
 }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Audit
 import Dispatch
 import Identity
@@ -89,7 +86,7 @@ public final class IntroductionServer: @unchecked Sendable {
     /// after the socket was re-created).
     private var acceptedBy: [IntroductionServerConnectionID: Listener] = [:]
     private var socketWatchTimer: DispatchSourceTimer?
-    private var socketMode: mode_t?
+    private var socketMode: UInt32?
     private var lostSocket = false
     private let audit: (any AuditSink)?
     private let logger: Logger

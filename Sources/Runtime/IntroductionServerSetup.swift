@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Transport
 
 /// Why the introduction server cannot start. `code` is stable; `detail` is for the operator.
@@ -68,7 +65,7 @@ public enum IntroductionServerSetup {
     /// The listening socket: the one inherited through socket activation (`LISTEN_FDS`, exactly
     /// one, a listening unix stream socket) when present, else `path` bound with `mode` (stale
     /// file replaced, live server never stolen, `PATH.lock` held).
-    public static func openSocket(path: String?, mode: mode_t, backlog: Int32 = 128) throws(IntroductionServerError) -> ListeningSocket {
+    public static func openSocket(path: String?, mode: UInt32, backlog: Int32 = 128) throws(IntroductionServerError) -> ListeningSocket {
         let inherited: [(descriptor: FileDescriptor, name: String)]
         do throws(TransportError) {
             inherited = try SocketActivation.adoptInherited()

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Audit
 import Dispatch
 import Identity
@@ -210,7 +207,7 @@ public final class PeerNetlayer: @unchecked Sendable {
         // directory); the listener's uid says who did. Checked before a byte is sent.
         let listenerUID: UInt32?
         do throws(TransportError) { listenerUID = try descriptor.peerCredentials().uid } catch { listenerUID = nil }
-        if let refusal = configuration.serverUIDPolicy.refusal(listenerUID: listenerUID, ownUID: getuid(),
+        if let refusal = configuration.serverUIDPolicy.refusal(listenerUID: listenerUID, ownUID: ProcessIdentity.realUserID,
                                                              pinned: expectedKey != nil) {
             descriptor.close()
             let error = PeerError(.serverNotTrusted, "\(path): \(refusal)")

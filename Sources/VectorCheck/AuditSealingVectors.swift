@@ -4,10 +4,9 @@ import SodiumCrypto
 
 /// `ocapn-uds/audit-sealing/v1` (Vectors/audit-sealing.md): the forward-secure MAC chain's key
 /// evolution, key id, epochs and seals, and whole sealed logs with the verifier's verdict.
-public enum AuditSealingVectors: VectorKind {
+public enum AuditSealingVectors: FormatVectorKind {
     public static let name = "ocapn-uds/audit-sealing/v1"
-
-    public static func recognizes(_ document: [String: Any]) -> Bool { document["format"] as? String == name }
+    public static var format: String { name }
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
         VectorRunner.eachCase(of: document) { name, c in

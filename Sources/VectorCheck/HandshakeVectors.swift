@@ -4,13 +4,9 @@ import SodiumCrypto
 
 /// `ocapn-uds/handshake/v1` files (Vectors/handshake.md): UDS-HS1 transcripts replayed with
 /// injected identity seeds and ephemerals, and negative cases that must fail with their code.
-public enum HandshakeVectors: VectorKind {
+public enum HandshakeVectors: FormatVectorKind {
     public static let name = "handshake"
     public static let format = "ocapn-uds/handshake/v1"
-
-    public static func recognizes(_ document: [String: Any]) -> Bool {
-        document["format"] as? String == format
-    }
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
         var results: [VectorCaseResult] = []

@@ -8,13 +8,9 @@ import Syrup
 /// public key with the `error` code it must be refused with; or a key file text that must load
 /// (to `seed`/`public_key`, and re-encode byte for byte given `random`) or fail with `error`.
 /// Unknown fields are ignored, so later layers can add theirs (locator URI, Syrup forms).
-public enum IdentityVectors: VectorKind {
+public enum IdentityVectors: FormatVectorKind {
     public static let name = "identity"
     public static let format = "ocapn-uds/identity/v1"
-
-    public static func recognizes(_ document: [String: Any]) -> Bool {
-        document["format"] as? String == format
-    }
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
         VectorRunner.eachCase(of: document) { name, c in

@@ -7,13 +7,9 @@ import Syrup
 /// `ocapn-uds/ocapn/v1`: OCapN UDS wire formats (Vectors/ocapn.md). Every example must decode and
 /// re-encode to its exact bytes, every sequence must be reproduced by the state machines, and
 /// every reject case must fail with its `OCapNError` code.
-public enum OCapNVectors: VectorKind {
+public enum OCapNVectors: FormatVectorKind {
     public static let name = "ocapn"
     public static let format = "ocapn-uds/ocapn/v1"
-
-    public static func recognizes(_ document: [String: Any]) -> Bool {
-        document["format"] as? String == format
-    }
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
         let context: Context

@@ -7,13 +7,9 @@ import Syrup
 /// `ocapn-uds/registration-v2/v1`: registration v2 (PROTOCOL.md §15; Vectors/registration-v2.md).
 /// Transcripts and signatures must be reproduced from the seeds, the machines must exchange the
 /// sequence's exact bytes, and every reject case must fail with its `OCapNError` code.
-public enum RegistrationV2Vectors: VectorKind {
+public enum RegistrationV2Vectors: FormatVectorKind {
     public static let name = "registration-v2"
     public static let format = "ocapn-uds/registration-v2/v1"
-
-    public static func recognizes(_ document: [String: Any]) -> Bool {
-        document["format"] as? String == format
-    }
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
         guard let inputs = document["inputs"] as? [String: Any] else { return [.failed("file", "missing object \"inputs\"")] }

@@ -3,13 +3,9 @@ import Syrup
 
 /// `ocapn-uds/syrup/v1` files (Vectors/syrup.json; notation in Vectors/syrup.md): each case is
 /// a value with its canonical hex, or hex that must be rejected with a named `SyrupError` code.
-public enum SyrupVectors: VectorKind {
+public enum SyrupVectors: FormatVectorKind {
     public static let name = "syrup"
     public static let format = "ocapn-uds/syrup/v1"
-
-    public static func recognizes(_ document: [String: Any]) -> Bool {
-        document["format"] as? String == format
-    }
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
         VectorRunner.eachCase(of: document, checkCase)

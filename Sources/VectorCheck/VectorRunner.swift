@@ -44,6 +44,54 @@ public protocol VectorKind: SendableMetatype {
     static func check(_ document: [String: Any]) -> [VectorCaseResult]
 }
 
+/// A kind of our own files, recognised by their `format` field (`ocapn-uds/<kind>/v1`).
+public protocol FormatVectorKind: VectorKind {
+    static var format: String { get }
+}
+
+extension FormatVectorKind {
+    public static func recognizes(_ document: [String: Any]) -> Bool {
+        document["format"] as? String == format
+    }
+}
+
+/// A kind of Wycheproof files, recognised by their `schema` field; cases sit in `testGroups`.
+public protocol WycheproofVectorKind: VectorKind {
+    static var schema: String { get }
+}
+
+extension WycheproofVectorKind {
+    public static func recognizes(_ document: [String: Any]) -> Bool {
+        document["schema"] as? String == schema
+    }
+
+    /// Runs `check` on every test of every group, named by `tcId`; a thrown error is that test's
+    /// failure as bad vector data. `prepare` reads what a group shares (nil: the group is reported
+    /// as failed, its tests not run).
+    static func eachTest<Group>(
+        of document: [String: Any],
+        group prepare: (_ index: Int, _ group: [String: Any]) throws -> Group,
+        _ check: (_ name: String, _ group: Group, _ test: [String: Any]) throws -> VectorCaseResult
+    ) -> [VectorCaseResult] {
+        guard let groups = try? document.objects("testGroups") else { return [.failed("testGroups", "missing")] }
+        var results: [VectorCaseResult] = []
+        for (g, group) in groups.enumerated() {
+            let shared: Group
+            do { shared = try prepare(g, group) } catch {
+                results.append(.failed("group \(g)", "bad vector data: \(error)"))
+                continue
+            }
+            for test in (group["tests"] as? [[String: Any]]) ?? [] {
+                let name = "tcId \(test["tcId"] ?? "?")"
+                do { results.append(try check(name, shared, test)) } catch {
+                    results.append(.failed(name, "bad vector data: \(error)"))
+                }
+            }
+        }
+        return results
+    }
+}
+
 /// Malformed vector data (a field missing or of the wrong type).
 public struct VectorDataError: Error, CustomStringConvertible {
     public let description: String

@@ -3,73 +3,38 @@ import SodiumCrypto
 
 /// Wycheproof `EddsaVerify` files (`eddsa_verify_schema_v1.json`): `valid` signatures must
 /// verify, `invalid` ones must be refused (wrong lengths by the wrapper's guard, before libsodium).
-public enum WycheproofEdDSAVectors: VectorKind {
+public enum WycheproofEdDSAVectors: WycheproofVectorKind {
     public static let name = "wycheproof-eddsa"
-
-    public static func recognizes(_ document: [String: Any]) -> Bool {
-        document["schema"] as? String == "eddsa_verify_schema_v1.json"
-    }
+    public static let schema = "eddsa_verify_schema_v1.json"
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
-        guard let groups = try? document.objects("testGroups") else { return [.failed("testGroups", "missing")] }
-        var results: [VectorCaseResult] = []
-        for (g, group) in groups.enumerated() {
-            let publicKey: [UInt8]
-            do {
-                guard let key = group["publicKey"] as? [String: Any] else { throw VectorDataError("missing publicKey") }
-                publicKey = try key.hex("pk")
-            } catch {
-                results.append(.failed("group \(g)", "bad vector data: \(error)"))
-                continue
-            }
-            for test in (group["tests"] as? [[String: Any]]) ?? [] {
-                let name = "tcId \(test["tcId"] ?? "?")"
-                do {
-                    let ok = Ed25519.verify(signature: try test.hex("sig"), message: try test.hex("msg"), publicKey: publicKey)
-                    switch try test.string("result") {
-                    case "valid": results.append(ok ? .passed(name) : .failed(name, "valid signature refused"))
-                    case "invalid": results.append(ok ? .failed(name, "invalid signature accepted") : .passed(name))
-                    case "acceptable": results.append(.passed(name))
-                    case let other: results.append(.failed(name, "unknown result \(other)"))
-                    }
-                } catch {
-                    results.append(.failed(name, "bad vector data: \(error)"))
-                }
+        eachTest(of: document, group: { _, group in
+            guard let key = group["publicKey"] as? [String: Any] else { throw VectorDataError("missing publicKey") }
+            return try key.hex("pk")
+        }) { name, publicKey, test in
+            let ok = Ed25519.verify(signature: try test.hex("sig"), message: try test.hex("msg"), publicKey: publicKey)
+            switch try test.string("result") {
+            case "valid": return ok ? .passed(name) : .failed(name, "valid signature refused")
+            case "invalid": return ok ? .failed(name, "invalid signature accepted") : .passed(name)
+            case "acceptable": return .passed(name)
+            case let other: return .failed(name, "unknown result \(other)")
             }
         }
-        return results
     }
 }
 
 /// Wycheproof `XdhComp` files for curve25519 (`xdh_comp_schema_v1.json`): `valid` cases must give
 /// the shared secret; `acceptable` ones may instead be refused as `lowOrderPoint` when the shared
 /// secret is all zero (libsodium refuses exactly those); `invalid` ones must be refused.
-public enum WycheproofXDHVectors: VectorKind {
+public enum WycheproofXDHVectors: WycheproofVectorKind {
     public static let name = "wycheproof-xdh"
-
-    public static func recognizes(_ document: [String: Any]) -> Bool {
-        document["schema"] as? String == "xdh_comp_schema_v1.json"
-    }
+    public static let schema = "xdh_comp_schema_v1.json"
 
     public static func check(_ document: [String: Any]) -> [VectorCaseResult] {
-        guard let groups = try? document.objects("testGroups") else { return [.failed("testGroups", "missing")] }
-        var results: [VectorCaseResult] = []
-        for group in groups {
-            let curve = group["curve"] as? String
-            for test in (group["tests"] as? [[String: Any]]) ?? [] {
-                let name = "tcId \(test["tcId"] ?? "?")"
-                guard curve == "curve25519" else {
-                    results.append(.skipped(name, "curve \(curve ?? "?") not supported"))
-                    continue
-                }
-                do {
-                    results.append(try checkOne(name, test))
-                } catch {
-                    results.append(.failed(name, "bad vector data: \(error)"))
-                }
-            }
+        eachTest(of: document, group: { _, group in group["curve"] as? String }) { name, curve, test in
+            guard curve == "curve25519" else { return .skipped(name, "curve \(curve ?? "?") not supported") }
+            return try checkOne(name, test)
         }
-        return results
     }
 
     static func checkOne(_ name: String, _ test: [String: Any]) throws -> VectorCaseResult {

@@ -330,7 +330,7 @@ struct AuditReadCommand: ParsableCommand {
                 warn("ocapn-uds audit: \(error)")
                 throw ExitCode(CLIExitCode.failure.rawValue)
             }
-            usleep(UInt32(intervalMs) * 1000)
+            Thread.sleep(forTimeInterval: Double(intervalMs) / 1000)
         }
     }
 

@@ -104,11 +104,8 @@ struct AuditHandoverCommand: ParsableCommand {
     @Argument(help: "The live audit log file.")
     var file: String
 
-    @Option(help: ArgumentHelp("Key file of the current writer.", valueName: "file"))
-    var identity: String
-
-    @Option(help: ArgumentHelp("Passphrase file for an encrypted key (first line).", valueName: "file"))
-    var passphraseFile: String?
+    /// The current writer's key.
+    @OptionGroup var key: IdentityOptions
 
     @Option(help: ArgumentHelp("The next writer (designator, public key file or key file).", valueName: "key"))
     var to: String
@@ -118,13 +115,7 @@ struct AuditHandoverCommand: ParsableCommand {
 
     func run() throws {
         let next = try resolveAuditWriter(to)
-        let pair: IdentityKeyPair
-        do {
-            let passphrase = try passphraseFile.map { path throws(IdentityError) in try IdentityPassphrase.read(fromFile: path) }
-            pair = try IdentityKeyFile.load(path: identity, passphrase: passphrase)
-        } catch {
-            throw CLIError(error)
-        }
+        let pair = try key.loadKeyPair()
         let sink: AuditFileSink
         do {
             sink = try AuditFileSink(AuditFileConfiguration(

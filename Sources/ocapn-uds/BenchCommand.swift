@@ -1,6 +1,7 @@
 import ArgumentParser
 import Bench
 import Foundation
+import Transport
 
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -38,6 +39,9 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // The baselines write to sockets with plain write(2): a reader that ends early must cost
+        // an EPIPE, not the process.
+        ProcessSignals.ignoreBrokenPipe()
         let suite = BenchSuite(options: .init(quick: quick, only: Set(only), progress: { line in
             FileHandle.standardError.write(Data("bench: \(line)\n".utf8))
         }))

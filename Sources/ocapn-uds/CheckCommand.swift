@@ -3,9 +3,7 @@ import Check
 import Foundation
 import Identity
 import OCapN
-#if canImport(Glibc)
-import Glibc
-#endif
+import Transport
 
 /// `ocapn-uds check`: conformance and attack checks against any OCapN unix-socket introduction
 /// server or peer (docs/CHECK.md).
@@ -41,12 +39,21 @@ struct CheckOutputOptions: ParsableArguments {
         guard (50...60_000).contains(timeoutMs) else { throw ValidationError("--timeout-ms is 50...60000") }
     }
 
+    /// Runs the probes (SIGPIPE ignored: a target closing on us is a finding, not our death),
+    /// then prints the report; a run that could not happen is exit 1 or 3.
+    func run(_ probes: () throws(CheckError) -> CheckReport) throws {
+        ProcessSignals.ignoreBrokenPipe()
+        let report: CheckReport
+        do { report = try probes() } catch { throw Self.failure(error) }
+        try finish(report)
+    }
+
     /// Prints `report` and exits 0 or 1.
-    func finish(_ report: CheckReport) throws {
+    private func finish(_ report: CheckReport) throws {
         if json {
             FileHandle.standardOutput.write(Data(report.json().utf8))
         } else {
-            let colour = isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
+            let colour = StandardStreams.outputIsTerminal && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
             FileHandle.standardOutput.write(Data(report.table(colour: colour).utf8))
         }
         if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
@@ -104,17 +111,12 @@ struct CheckServerCommand: ParsableCommand {
     }
 
     func run() throws {
-        signal(SIGPIPE, SIG_IGN)
         var options = ServerCheckOptions()
         options.timeout = .milliseconds(output.timeoutMs)
         options.deadlineWait = .milliseconds(deadlineWaitMs)
         options.expiryWait = .milliseconds(expiryWaitMs)
         let checks = try only.map(selection) ?? ServerChecker.checks
-        let report: CheckReport
-        do { report = try ServerChecker(path: path, options: options).run(checks) } catch {
-            throw CheckOutputOptions.failure(error)
-        }
-        try output.finish(report)
+        try output.run { () throws(CheckError) in try ServerChecker(path: path, options: options).run(checks) }
     }
 }
 
@@ -167,16 +169,11 @@ struct CheckPeerCommand: ParsableCommand {
     }
 
     func run() throws {
-        signal(SIGPIPE, SIG_IGN)
         var options = PeerCheckOptions()
         options.timeout = .milliseconds(output.timeoutMs)
         options.deadlineWait = .milliseconds(deadlineWaitMs)
         let checks = try only.map(selection) ?? PeerChecker.checks
-        let report: CheckReport
         let checker = PeerChecker(target: try target(), serverPath: server, options: options)
-        do { report = try checker.run(checks) } catch {
-            throw CheckOutputOptions.failure(error)
-        }
-        try output.finish(report)
+        try output.run { () throws(CheckError) in try checker.run(checks) }
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import OCapN
 import Runtime
 import Synchronization
+import Transport
 
 /// `ocapn-uds connect`: one authenticated channel to a locator; send, print the replies.
 struct ConnectCommand: AsyncParsableCommand {
@@ -58,15 +59,15 @@ struct ConnectCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        signal(SIGPIPE, SIG_IGN)
-        let termination = TerminationSignal()
+        ProcessSignals.ignoreBrokenPipe()
+        let termination = TerminationSignals()
         defer { termination.cancel() }
         let target = try PeerLocator(uri: locator)
         let runtime = try options.makeNetlayer()
         let finished = Mutex(false)
         // SIGINT/SIGTERM: close the servers and the audit log, then leave (stdin reads block).
         let watcher = Task.detached {
-            await termination.wait()
+            await termination.received.wait()
             guard finished.withLock({ !$0 }) else { return }
             await runtime.shutdown()
             CLI.printError("connect: interrupted")
@@ -76,16 +77,16 @@ struct ConnectCommand: AsyncParsableCommand {
         do {
             try await exchange(runtime.netlayer, target)
             finished.withLock { $0 = true }
-            termination.fire()
+            termination.received.fire()
             await runtime.shutdown()
         } catch let error as PeerError {
             finished.withLock { $0 = true }
-            termination.fire()
+            termination.received.fire()
             await runtime.shutdown()
             throw PeerOutput.failure("connect", error)
         } catch {
             finished.withLock { $0 = true }
-            termination.fire()
+            termination.received.fire()
             await runtime.shutdown()
             throw error
         }

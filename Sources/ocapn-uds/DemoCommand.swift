@@ -2,9 +2,7 @@ import ArgumentParser
 import Demo
 import Dispatch
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
+import Transport
 
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -52,7 +50,7 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        signal(SIGPIPE, SIG_IGN)
+        ProcessSignals.ignoreBrokenPipe()
         var options = Demo.Options(executable: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
         options.peers = peers
         options.connections = connections
@@ -63,24 +61,18 @@ struct DemoCommand: AsyncParsableCommand {
         let demo = Demo(options: options) { print("demo: \($0)"); fflush(nil) }
         // Ctrl-C / SIGTERM: the notice, then quiet: stop the loops and the children, seal every
         // audit log, remove keys and sockets, one line naming the logs, exit 130.
-        let signals = [SIGINT, SIGTERM].map { (sig: Int32) -> DispatchSourceSignal in
-            _ = signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler {
-                guard !demo.isStopping else { return }
-                let directory = demo.interrupt {
-                    print("demo: interrupted; stopping the connections, the server and the peers")
-                    fflush(nil)
-                }
-                print(directory.isEmpty ? "demo: stopped before creating its directory"
-                      : "demo: stopped; logs and sealed audit trails are in \(directory)")
+        let signals = TerminationSignals { _ in
+            guard !demo.isStopping else { return }
+            let directory = demo.interrupt {
+                print("demo: interrupted; stopping the connections, the server and the peers")
                 fflush(nil)
-                Glibc.exit(130)
             }
-            source.resume()
-            return source
+            print(directory.isEmpty ? "demo: stopped before creating its directory"
+                  : "demo: stopped; logs and sealed audit trails are in \(directory)")
+            fflush(nil)
+            Foundation.exit(130)
         }
-        defer { signals.forEach { $0.cancel() } }
+        defer { signals.cancel() }
         let summary: Demo.Summary
         do {
             summary = try await demo.run()

@@ -37,11 +37,7 @@ struct IntroServerCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: ArgumentHelp("Private key file of the server's identity.", valueName: "file"))
-    var identity: String
-
-    @Option(help: ArgumentHelp("Passphrase file for an encrypted key (first line).", valueName: "file"))
-    var passphraseFile: String?
+    @OptionGroup var key: IdentityOptions
 
     @Option(help: ArgumentHelp("Socket path to listen on (optional under socket activation).", valueName: "path"))
     var socket: String?
@@ -56,10 +52,7 @@ struct IntroServerCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Also serve connections from this uid (repeatable); our own uid is always allowed.", valueName: "uid"))
     var allowUid: [UInt32] = []
 
-    @Option(help: ArgumentHelp("Append the tamper-evident audit log to this file (signed checkpoints).", valueName: "file"))
-    var auditLog: String?
-
-    @OptionGroup var auditWriter: AuditWriterOptions
+    @OptionGroup var audit: AuditLogOptions
 
     @Option(help: "Log level on stderr: debug, info, notice, warning, error.")
     var logLevel: String = "info"
@@ -132,8 +125,6 @@ struct IntroServerCommand: AsyncParsableCommand {
     @OptionGroup var coreDumps: CoreDumpOption
 
     func validate() throws {
-        guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
-        try auditWriter.validate(auditLog: auditLog)
         if let socket, socket.isEmpty { throw ValidationError("--socket must name a path") }
         guard IntroductionServer.SocketLossPolicy(rawValue: onSocketLoss) != nil else {
             throw ValidationError("--on-socket-loss must be recreate or exit")
@@ -202,7 +193,7 @@ struct IntroServerCommand: AsyncParsableCommand {
 
     mutating func run() async throws {
         // A peer closing its end must never kill the daemon (K12); sends use MSG_NOSIGNAL too.
-        signal(SIGPIPE, SIG_IGN)
+        ProcessSignals.ignoreBrokenPipe()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -213,14 +204,8 @@ struct IntroServerCommand: AsyncParsableCommand {
         logger.logLevel = level
         try coreDumps.apply(logger: logger)
 
-        let keyPair: IdentityKeyPair
-        do {
-            let passphrase = try passphraseFile.map { path throws(IdentityError) in try IdentityPassphrase.read(fromFile: path) }
-            keyPair = try IdentityKeyFile.load(path: identity, passphrase: passphrase)
-        } catch {
-            throw CLIError(error)
-        }
-        let configuration = serverConfiguration(ownUID: getuid())
+        let keyPair = try key.loadKeyPair()
+        let configuration = serverConfiguration(ownUID: ProcessIdentity.realUserID)
         do {
             try IntroductionServerSetup.prepareDescriptorBudget(configuration)
         } catch {
@@ -232,30 +217,19 @@ struct IntroServerCommand: AsyncParsableCommand {
         } catch {
             throw CLIError(.failure, Self.listenFailure(error, path: socket))
         }
-        var auditSink: AuditFileSink?
-        if let auditLog {
-            do {
-                auditSink = try auditWriter.openSink(path: auditLog, keyPair: keyPair, logger: logger)
-            } catch {
-                listening.close()
-                throw CLIError(.failure, "audit log \(auditLog): \(error)")
-            }
+        let auditSink: AuditFileSink?
+        do { auditSink = try audit.open(keyPair: keyPair, logger: logger) } catch {
+            listening.close()
+            throw error
         }
         let server = IntroductionServer(identity: keyPair, socket: listening, configuration: configuration,
                                         audit: auditSink, logger: logger)
-        let stopped = StopSignal()
-        let signalQueue = DispatchQueue(label: "ocapn-uds.intro-server.signals")
-        var sources: [DispatchSourceSignal] = []
-        for number in [SIGINT, SIGTERM] {
-            signal(number, SIG_IGN)  // delivered through the dispatch source instead
-            let source = DispatchSource.makeSignalSource(signal: number, queue: signalQueue)
-            source.setEventHandler {
-                logger.info("signal received, shutting down", metadata: ["signal": "\(number)"])
-                _ = try? ServiceNotification.notify("STOPPING=1")
-                server.stop()
-            }
-            source.activate()
-            sources.append(source)
+        let stopped = OneShot()
+        let signalLogger = logger
+        let signals = TerminationSignals(queue: DispatchQueue(label: "ocapn-uds.intro-server.signals")) { number in
+            signalLogger.info("signal received, shutting down", metadata: ["signal": "\(number)"])
+            _ = try? ServiceNotification.notify("STOPPING=1")
+            server.stop()
         }
         server.whenStopped { stopped.fire() }
         server.start()
@@ -269,7 +243,7 @@ struct IntroServerCommand: AsyncParsableCommand {
             logger.warning("sd_notify failed", metadata: ["error": "\(error)"])
         }
         await stopped.wait()
-        for source in sources { source.cancel() }
+        signals.cancel()
         auditSink?.close()
         if server.socketLost { throw CLIError(.socketLost, "the socket path was deleted or replaced") }
         if server.listenerFailed { throw CLIError(.failure, "the listening socket failed") }
@@ -294,28 +268,3 @@ extension IntroServerCommand {
     }
 }
 
-/// Resumes one waiter once, from any thread.
-private final class StopSignal: Sendable {
-    private let state = Mutex<(fired: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
-
-    func fire() {
-        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            guard !s.fired else { return nil }
-            s.fired = true
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume()
-    }
-
-    func wait() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let resumeNow = state.withLock { s -> Bool in
-                if s.fired { return true }
-                s.waiter = continuation
-                return false
-            }
-            if resumeNow { continuation.resume() }
-        }
-    }
-}

@@ -12,11 +12,7 @@ import Transport
 
 /// Options shared by `peer` and `connect`: identity, servers, handshake, legacy, audit, logs.
 struct PeerOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Private key file of this peer's identity.", valueName: "file"))
-    var identity: String
-
-    @Option(help: ArgumentHelp("Passphrase file for an encrypted key (first line).", valueName: "file"))
-    var passphraseFile: String?
+    @OptionGroup var key: IdentityOptions
 
     @Option(help: ArgumentHelp(
         "Introduction server socket (repeatable). PATH=DESIGNATOR pins the server's key; goblins:PATH or draft:PATH registers with a server that does not speak registration v2 (never chosen automatically).", valueName: "path"))
@@ -54,10 +50,7 @@ struct PeerOptions: ParsableArguments {
         return .allow(keys)
     }
 
-    @Option(help: ArgumentHelp("Append the tamper-evident audit log to this file (signed checkpoints).", valueName: "file"))
-    var auditLog: String?
-
-    @OptionGroup var auditWriter: AuditWriterOptions
+    @OptionGroup var audit: AuditLogOptions
 
     @Option(help: "Log level on stderr: debug, info, notice, warning, error.")
     var logLevel: String = "warning"
@@ -112,8 +105,6 @@ struct PeerOptions: ParsableArguments {
     }
 
     func validateShared() throws {
-        guard !identity.isEmpty else { throw ValidationError("--identity must name a key file") }
-        try auditWriter.validate(auditLog: auditLog)
         guard !server.isEmpty else { throw ValidationError("at least one --server is required") }
         guard serverKey.count <= server.count else { throw ValidationError("more --server-key than --server options") }
         _ = try servers()
@@ -127,30 +118,14 @@ struct PeerOptions: ParsableArguments {
         }
     }
 
-    private func loadIdentity() throws(CLIError) -> IdentityKeyPair {
-        do throws(IdentityError) {
-            let passphrase = try passphraseFile.map { path throws(IdentityError) in try IdentityPassphrase.read(fromFile: path) }
-            return try IdentityKeyFile.load(path: identity, passphrase: passphrase)
-        } catch {
-            throw CLIError(error)
-        }
-    }
-
     /// Loads the key, opens the audit log, builds the netlayer (`adjust` sets command-specific
     /// limits).
     func makeNetlayer(adjust: (inout PeerNetlayer.Configuration) -> Void = { _ in }) throws -> PeerRuntime {
-        let pair = try loadIdentity()
+        let pair = try key.loadKeyPair()
         var logger = Logger(label: "ocapn-uds.peer", factory: { label in StreamLogHandler.standardError(label: label) })
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .warning
-        var sink: AuditFileSink?
-        if let auditLog {
-            do {
-                sink = try auditWriter.openSink(path: auditLog, keyPair: pair, logger: logger)
-            } catch {
-                throw CLIError(.failure, "audit log \(auditLog): \(error)")
-            }
-            sink?.record(AuditEvent(.identityLoaded, local: AuditPeerID(pair.publicIdentity), path: AuditPath(identity)))
-        }
+        let sink = try audit.open(keyPair: pair, logger: logger)
+        sink?.record(AuditEvent(.identityLoaded, local: AuditPeerID(pair.publicIdentity), path: AuditPath(key.identity)))
         var configuration = PeerNetlayer.Configuration(registrationTimeout: .milliseconds(registrationTimeoutMs))
         configuration.channel.handshake = HandshakeConfiguration(timeout: .milliseconds(handshakeTimeoutMs))
         configuration.channel.legacyPeers = try legacyPeerPolicy()
@@ -225,52 +200,6 @@ enum PeerOutput {
     }
 }
 
-/// Fires once on SIGINT or SIGTERM (or `fire()`).
-///
-/// `@unchecked Sendable`: `sources` is immutable after init and dispatch sources are
-/// thread-safe; the rest is behind the mutex.
-final class TerminationSignal: @unchecked Sendable {
-    private let state = Mutex<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-    private var sources: [DispatchSourceSignal] = []
-
-    init() {
-        var made: [DispatchSourceSignal] = []
-        for number in [SIGINT, SIGTERM] {
-            signal(number, SIG_IGN)  // delivered through the dispatch source instead
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [weak self] in self?.fire() }
-            source.activate()
-            made.append(source)
-        }
-        sources = made
-    }
-
-    func fire() {
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            guard !s.fired else { return [] }
-            s.fired = true
-            defer { s.waiters = [] }
-            return s.waiters
-        }
-        for w in waiters { w.resume() }
-    }
-
-    var fired: Bool { state.withLock { $0.fired } }
-
-    func wait() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
-                if s.fired { return true }
-                s.waiters.append(c)
-                return false
-            }
-            if now { c.resume() }
-        }
-    }
-
-    func cancel() { for source in sources { source.cancel() } }
-}
-
 /// `ocapn-uds peer`: registers with every server, prints its locator, echoes every message.
 struct PeerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -335,11 +264,11 @@ struct PeerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        signal(SIGPIPE, SIG_IGN)
+        ProcessSignals.ignoreBrokenPipe()
         var hardeningLog = Logger(label: "ocapn-uds.peer", factory: { StreamLogHandler.standardError(label: $0) })
         hardeningLog.logLevel = Logger.Level(rawValue: options.logLevel) ?? .warning
         try coreDumps.apply(logger: hardeningLog)
-        let termination = TerminationSignal()
+        let termination = TerminationSignals()
         let runtime = try options.makeNetlayer { configuration in
             configuration.maxConcurrentHandshakes = maxHandshakes
             configuration.resources = PeerResourceLimits(
@@ -397,7 +326,7 @@ struct PeerCommand: AsyncParsableCommand {
                 }
             }
         }
-        await termination.wait()
+        await termination.received.wait()
         await runtime.shutdown()
         for reporter in reporters { reporter.cancel() }
         echo.cancel()

@@ -108,8 +108,12 @@ import Testing
         let swiftc = ["/opt/swift/usr/bin/swiftc", "/usr/bin/swiftc"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "swiftc"
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        // The C modules the package's targets import (Identity and Audit sit on Transport's shim).
+        let shim = URL(fileURLWithPath: TestProcesses.binary).deletingLastPathComponent()
+            .appendingPathComponent("CFDShim.build/module.modulemap").path
         p.arguments = [swiftc, "-typecheck", "-I", modules, "-Xcc",
-                       "-fmodule-map-file=\(TestProcesses.packageRoot.appendingPathComponent("Sources/CSodium/module.modulemap").path)", file]
+                       "-fmodule-map-file=\(TestProcesses.packageRoot.appendingPathComponent("Sources/CSodium/module.modulemap").path)",
+                       "-Xcc", "-fmodule-map-file=\(shim)", file]
         let err = Pipe()
         p.standardError = err
         p.standardOutput = FileHandle.nullDevice

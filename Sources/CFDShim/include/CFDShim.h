@@ -32,6 +32,12 @@ int cfd_get_peer_credentials(int fd, pid_t *_Nonnull pid, uid_t *_Nonnull uid, g
 /// accept4(fd, NULL, NULL, flags): declared only under _GNU_SOURCE, so Glibc does not import it.
 int cfd_accept4(int fd, int flags);
 
+/// pipe2(fds, O_CLOEXEC): declared only under _GNU_SOURCE, so Glibc does not import it.
+int cfd_pipe_cloexec(int *_Nonnull fds);
+
+/// bind(fd, {AF_UNIX}, sizeof(sa_family_t)): Linux autobind, a kernel-chosen abstract name.
+int cfd_unix_autobind(int fd);
+
 /// sizeof(struct sockaddr_un) and offsetof(struct sockaddr_un, sun_path).
 size_t cfd_sockaddr_un_size(void);
 size_t cfd_sockaddr_un_path_offset(void);
