@@ -15,12 +15,13 @@ release: deps
 demo: release
 	./.build/release/ocapn-uds demo
 
-# Serial: a few tests change process-wide state (the open-file limit) and several check
-# deadlines of a few hundred milliseconds; in parallel on 2 cores they interfere. The suite
-# takes about 20 s either way. `swift test` (parallel) works for day-to-day use.
+# In parallel (Swift Testing's default; `--parallel` says so, `--disable-xctest` because there are
+# no XCTest cases). Suites that block run on threads of their own (`.ownThread`, so the Swift
+# concurrency pool stays free for deadlines); tests that change process-wide state (the open-file
+# limit) or count the process's descriptors run as exit tests, in child processes.
 # A bound on the whole run, so a hang fails in minutes instead of eating CI's time.
 test: deps examples check-warnings
-	timeout 1500 $(SWIFT) test --no-parallel --disable-xctest
+	timeout 1500 $(SWIFT) test --parallel --disable-xctest
 
 # Examples/: README.md's and docs/PEER.md's code as a package using this checkout; the test
 # suite runs its programs (ExamplesTests), and under `make test` a missing build is a failure.

@@ -13,15 +13,23 @@ import PackageDescription
 //   Demo (the main job: server and peers as processes, attacks refused) <- Runtime and below
 //   Check (ocapn-uds check: conformance and attack probes) <- OCapN, SecureChannel, Transport
 //   ocapn-uds (CLI) <- Runtime, VectorCheck, Bench, Demo, Check, ArgumentParser
+// Test-only code lives under Tests/, never in a product module:
+//   TestSupport (fuzz oracles, in-memory audit sink, secret scanner) <- the sans-IO layers, Audit;
+//     Fuzz/ builds against it too (product OCapNUDSTestSupport), so it stays off Runtime
+//   RuntimeTestSupport (spawning the CLI, a scriptable introduction server) <- Runtime, Transport
+//
+// Linux only: Transport and the C shim use Linux interfaces (SO_PEERCRED, accept4, MSG_CMSG_CLOEXEC,
+// /proc/self/fd, prctl), and the suite is built and run on Linux; so no other platform is claimed.
 let package = Package(
     name: "ocapn-uds",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "ocapn-uds", targets: ["ocapn-uds"]),
         // Runtime and Audit (an `AuditSink` is part of `PeerNetlayer`'s API).
         .library(name: "OCapNUDS", targets: ["Runtime", "Audit", "Errors"]),
         // The sans-IO layers on their own (the fuzz package in Fuzz/ builds against these).
         .library(name: "OCapNUDSCore", targets: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto", "Audit", "Errors"]),
+        // Not API: the fuzz oracles and test helpers, for this package's tests and for Fuzz/.
+        .library(name: "OCapNUDSTestSupport", targets: ["TestSupport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -52,7 +60,10 @@ let package = Package(
         .target(name: "VectorCheck", dependencies: ["OCapN", "SecureChannel", "Syrup", "Identity", "SodiumCrypto", "Audit"]),
         .target(
             name: "Bench",
-            dependencies: ["Runtime", "SecureChannel", "Transport", "OCapN", "Identity", "SodiumCrypto", "Syrup", "Audit"]
+            dependencies: [
+                "Runtime", "SecureChannel", "Transport", "OCapN", "Identity", "SodiumCrypto", "Syrup", "Audit",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .target(
             name: "Demo",
@@ -65,35 +76,49 @@ let package = Package(
         .executableTarget(
             name: "ocapn-uds",
             dependencies: [
-                "Runtime", "VectorCheck", "Audit", "Identity", "OCapN", "Bench", "Demo", "Check",
+                "Runtime", "VectorCheck", "Audit", "Identity", "OCapN", "SecureChannel", "Transport", "SodiumCrypto", "Syrup",
+                "Bench", "Demo", "Check",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Test-only C: a sender whose SCM_RIGHTS control message is padded like Goblins' (issue #17).
         .target(name: "CPaddedSender", path: "Tests/CPaddedSender"),
-        .testTarget(name: "SyrupTests", dependencies: ["Syrup"]),
-        .testTarget(name: "IdentityTests", dependencies: ["Identity", "SodiumCrypto"]),
-        .testTarget(name: "OCapNTests", dependencies: ["OCapN", "Syrup", "Identity", "SodiumCrypto"]),
-        .testTarget(name: "SecureChannelTests", dependencies: ["SecureChannel", "Identity", "SodiumCrypto"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
-        .testTarget(name: "AuditTests", dependencies: ["Audit", "Identity", "SodiumCrypto"]),
+        .target(
+            name: "TestSupport",
+            dependencies: ["Syrup", "OCapN", "SecureChannel", "Identity", "SodiumCrypto", "Audit", "Errors"],
+            path: "Tests/TestSupport"
+        ),
+        .target(
+            name: "RuntimeTestSupport",
+            dependencies: ["Runtime", "Transport", "OCapN", "Identity", "Syrup", "CPaddedSender"],
+            path: "Tests/RuntimeTestSupport"
+        ),
+        .testTarget(name: "SyrupTests", dependencies: ["Syrup", "TestSupport"]),
+        .testTarget(name: "IdentityTests", dependencies: ["Identity", "SodiumCrypto", "TestSupport"]),
+        .testTarget(name: "OCapNTests", dependencies: ["OCapN", "Syrup", "Identity", "SodiumCrypto", "TestSupport"]),
+        .testTarget(name: "SecureChannelTests", dependencies: ["SecureChannel", "Identity", "SodiumCrypto", "TestSupport"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "RuntimeTestSupport"]),
+        .testTarget(name: "AuditTests", dependencies: ["Audit", "Identity", "SodiumCrypto", "TestSupport"]),
         .testTarget(
             name: "RuntimeTests",
             dependencies: [
                 "Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "SecureChannel",
-                "CPaddedSender", .product(name: "Logging", package: "swift-log"),
+                "CPaddedSender", "TestSupport", "RuntimeTestSupport", .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
             name: "CheckTests",
             // The tests spawn the real intro-server and peer, and weakened ones in-process.
-            dependencies: ["Check", "Runtime", "Transport", "OCapN", "SecureChannel", "Identity", "Syrup", "SodiumCrypto", "ocapn-uds"]
+            dependencies: ["Check", "Runtime", "Transport", "OCapN", "SecureChannel", "Identity", "Syrup", "SodiumCrypto", "RuntimeTestSupport", "ocapn-uds"]
         ),
         .testTarget(
             name: "IntegrationTests",
             // Depending on the executable makes `swift test` build it; the tests spawn it.
-            dependencies: ["Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "VectorCheck", "CPaddedSender", "ocapn-uds"]
+            dependencies: [
+                "Runtime", "Transport", "OCapN", "Audit", "Identity", "Syrup", "SodiumCrypto", "SecureChannel", "VectorCheck",
+                "CPaddedSender", "TestSupport", "RuntimeTestSupport", "ocapn-uds", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
     ]
 )

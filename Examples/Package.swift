@@ -8,22 +8,25 @@ import PackageDescription
 // A path dependency is known by its directory's name, so here it is named explicitly.
 let package = Package(
     name: "ocapn-uds-examples",
-    platforms: [.macOS(.v15)],
     dependencies: [
         .package(name: "ocapn-uds", path: ".."),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),  // PeerNetlayer takes a Logger
     ],
     targets: [
         .executableTarget(name: "Client", dependencies: [
             .product(name: "OCapNUDS", package: "ocapn-uds"),      // Runtime, Audit
             .product(name: "OCapNUDSCore", package: "ocapn-uds"),  // Identity, OCapN, SecureChannel, Syrup
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "EchoPeer", dependencies: [
             .product(name: "OCapNUDS", package: "ocapn-uds"),
             .product(name: "OCapNUDSCore", package: "ocapn-uds"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "KeepServer", dependencies: [
             .product(name: "OCapNUDS", package: "ocapn-uds"),
             .product(name: "OCapNUDSCore", package: "ocapn-uds"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
     ]
 )

@@ -194,24 +194,42 @@ extension ServerChecker {
         guard let r1 = startRegistration(live, key).0, let r2 = startRegistration(second, key).0 else {
             return (.skip, "the server does not answer uds:register twice")
         }
-        live.send(try signature(key, over: r1.serverChallenge, form: .raw))
-        Thread.sleep(forTimeInterval: 0.05)
-        second.send(try signature(key, over: r2.serverChallenge, form: .raw))
         let witness = try registeredClient()
         defer { witness.close() }
-        let (mine, theirs) = try socketPair()
+        // A registration ends with our signature and no answer: only an introduction shows that it
+        // took effect. Without that proof a loaded server could complete the second registration
+        // first, and the "live" one would then be the displacing one.
+        live.send(try signature(key, over: r1.serverChallenge, form: .raw))
+        guard let first = introduceAndAwait(from: witness, to: key, on: live) else {
+            return (.warn, "the first registration of the key never received an introduction")
+        }
+        for d in first { d.close() }
+        second.send(try signature(key, over: r2.serverChallenge, form: .raw))
+        // Nothing shows when the second registration took effect either: introduce twice, the
+        // second time well after it, so an introduction that overtook it does not pass the server.
+        for pause in [0.05, 0.3] {
+            Thread.sleep(forTimeInterval: pause)
+            if let got = introduceAndAwait(from: witness, to: key, on: live) {
+                for d in got { d.close() }
+                continue
+            }
+            if let got = awaitIntroduction(second, timeout: .milliseconds(200)) {
+                for d in got { d.close() }
+                return (.warn, "a second registration displaced the live one: a relay of the peer's signature can take its introductions (issue #11)")
+            }
+            return (.warn, "neither registration of the key received the introduction")
+        }
+        return (.pass, "the live registration kept its introductions; the second registration did not displace it")
+    }
+
+    /// Introduces a fresh socket from `witness` to `key` and waits for it on `connection`.
+    private func introduceAndAwait(from witness: Client, to key: IdentityKeyPair,
+                                   on connection: ProbeConnection) -> [FileDescriptor]? {
+        guard let (mine, theirs) = try? socketPair() else { return nil }
         defer { mine.close() }
         introduce(witness.connection, from: witness.locator, to: key.publicIdentity, passing: [theirs])
         theirs.close()
-        if let got = awaitIntroduction(live, timeout: patience) {
-            for d in got { d.close() }
-            return (.pass, "the live registration kept its introductions; the second registration did not displace it")
-        }
-        if let got = awaitIntroduction(second, timeout: .milliseconds(200)) {
-            for d in got { d.close() }
-            return (.warn, "a second registration displaced the live one: a relay of the peer's signature can take its introductions (issue #11)")
-        }
-        return (.warn, "neither registration of the key received the introduction")
+        return awaitIntroduction(connection, timeout: patience)
     }
 
     private func nonCanonicalDesignator() throws -> (CheckStatus, String) {

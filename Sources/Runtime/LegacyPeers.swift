@@ -1,4 +1,5 @@
 import Identity
+import SecureChannel
 import Synchronization
 
 /// What an introduction server said a legacy (Goblins) peer is: the key its `from` named.

@@ -1,7 +1,9 @@
 import Audit
 import Dispatch
 import Identity
+import Logging
 import OCapN
+import SecureChannel
 import Synchronization
 import Transport
 

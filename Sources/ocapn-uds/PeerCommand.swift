@@ -6,6 +6,7 @@ import Identity
 import Logging
 import OCapN
 import Runtime
+import SecureChannel
 import Synchronization
 import Transport
 

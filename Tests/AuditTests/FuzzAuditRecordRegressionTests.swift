@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Inputs kept by the FuzzAuditRecord fuzzer (Fuzz/corpus, Fuzz/crashers) replayed through its oracle, so

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Inputs kept by the FuzzAuditVerifier fuzzer (Fuzz/corpus, Fuzz/crashers) replayed through its

@@ -2,6 +2,7 @@ import Check
 import Foundation
 import Glibc
 import Identity
+import RuntimeTestSupport
 import Testing
 
 /// Our `ocapn-uds intro-server` as a child process, with short deadlines.

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Identity
 import OCapN
+import RuntimeTestSupport
 import Testing
 
 func peerTestOptions() -> PeerCheckOptions {

@@ -2,12 +2,13 @@ import Audit
 import Foundation
 import Glibc
 import Identity
+import RuntimeTestSupport
 import SodiumCrypto
 import Testing
 
 /// Issue #10 against the real CLI and real files: strict verification, truncation windows and
 /// their exit codes, forward-secure seals, the witness, a restart on a tampered file, --graph.
-@Suite(.serialized) struct AuditCLITests {
+@Suite(.serialized, .ownThread) struct AuditCLITests {
     private static func lines(_ path: String) -> [String] {
         let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
         var l = text.components(separatedBy: "\n")

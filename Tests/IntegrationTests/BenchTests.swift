@@ -1,9 +1,10 @@
 import Foundation
+import RuntimeTestSupport
 import Testing
 
 /// The benchmark's numbers are not judged here (a shared machine makes timed tests meaningless);
 /// this checks that `bench --quick` runs and produces every figure of issue #6 with its ratio.
-@Suite struct BenchTests {
+@Suite(.ownThread) struct BenchTests {
     @Test func benchQuickProducesEveryFigureWithItsBaselineAndRatio() throws {
         let run = try runOCapNUDS(["bench", "--quick", "--json"], timeout: 300)
         #expect(run.status == 0, "\(run.stderr)")

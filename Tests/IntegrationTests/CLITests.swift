@@ -1,7 +1,8 @@
 import Foundation
+import RuntimeTestSupport
 import Testing
 
-@Suite struct CLITests {
+@Suite(.ownThread) struct CLITests {
     @Test func keygenThenVectorsVerifyRunsTheRealBinary() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
@@ -26,7 +27,7 @@ import Testing
     }
 }
 
-@Suite struct IdShowTests {
+@Suite(.ownThread) struct IdShowTests {
     @Test func idShowPrintsTheSameIdentityForAPrivateKeyAndItsPublicExport() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -2,10 +2,12 @@ import Audit
 import Foundation
 import Glibc
 import Identity
+import RuntimeTestSupport
 import SodiumCrypto
+import TestSupport
 import Testing
 
-@Suite(.serialized) struct DemoTests {
+@Suite(.serialized, .ownThread) struct DemoTests {
     /// Paths of the demo directory a run printed.
     private func directory(in output: [String]) -> String? {
         output.first { $0.hasPrefix("demo: working directory ") }

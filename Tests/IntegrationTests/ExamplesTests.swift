@@ -2,11 +2,12 @@ import Foundation
 import Glibc
 import Identity
 import OCapN
+import RuntimeTestSupport
 import Testing
 
 /// The README's and docs/PEER.md's code is the Examples/ package: the snippets are its code,
 /// and its two programs work against the real introduction server.
-@Suite struct ExampleSnippetTests {
+@Suite(.ownThread) struct ExampleSnippetTests {
     /// Each line trimmed, blank lines dropped: the snippets are indented differently in Markdown.
     static func normalized(_ text: String) -> [String] {
         text.split(separator: "\n", omittingEmptySubsequences: false)
@@ -58,7 +59,7 @@ enum ExamplesBuild {
 }
 
 @Suite(.enabled(if: ExamplesBuild.built || ExamplesBuild.required,
-                "Examples/ is not built: run `make test` (or `swift build --package-path Examples`)"))
+                "Examples/ is not built: run `make test` (or `swift build --package-path Examples`)"), .ownThread)
 struct ExamplesTests {
     static var products: URL { ExamplesBuild.products }
     static var built: Bool { ExamplesBuild.built }

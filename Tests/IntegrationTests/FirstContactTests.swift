@@ -2,11 +2,12 @@ import Foundation
 import Glibc
 import Identity
 import OCapN
+import RuntimeTestSupport
 import Testing
 
 /// What a new user sees when something is wrong: each error names the path or the party, the
 /// reason in words and what to check, with its own exit status (issue 13).
-@Suite struct FirstContactTests {
+@Suite(.ownThread) struct FirstContactTests {
     @Test func connectToATargetThatNeverRegisteredSaysItWaitsThenThatTheIntroductionWasDropped() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

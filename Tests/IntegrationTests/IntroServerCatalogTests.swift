@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Identity
 import OCapN
+import RuntimeTestSupport
 import Syrup
 import Testing
 import Transport
@@ -11,7 +12,7 @@ import Transport
 /// from /proc/PID/fd), the server alive and a canary pair registered before the fault still
 /// completing an introduction afterwards (I1, I3), every descriptor close-on-exec (I5, from
 /// /proc/PID/fdinfo).
-@Suite(.serialized) struct IntroServerCatalogTests {
+@Suite(.serialized, .ownThread) struct IntroServerCatalogTests {
     /// Starts a server with `arguments`, registers the canary pair C and D, runs `fault`, then
     /// checks the descriptor count returns to what it was with only the canaries, and that C can
     /// still introduce itself to D.

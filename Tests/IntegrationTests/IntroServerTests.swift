@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Identity
 import OCapN
+import RuntimeTestSupport
 import Syrup
 import Testing
 import Transport
@@ -293,7 +294,7 @@ func seesEOF(_ descriptor: FileDescriptor, timeout: Double = 6) throws -> Bool {
 
 // MARK: - Lifecycle tests
 
-@Suite(.serialized) struct IntroServerTests {
+@Suite(.serialized, .ownThread) struct IntroServerTests {
     @Test("Two peers register and an introduction hands the target a working end of the initiator's socketpair")
     func introductionPassesAWorkingSocket() throws {
         let server = try IntroServerProcess()

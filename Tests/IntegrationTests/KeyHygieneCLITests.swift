@@ -1,10 +1,11 @@
 import Foundation
 import Glibc
+import RuntimeTestSupport
 import Testing
 
 /// Issue #11 item 5, seen from outside the process: `intro-server` and `peer` make themselves
 /// non-dumpable unless `--allow-core-dumps`, and no public or SPI API returns a traffic key.
-@Suite(.serialized) struct KeyHygieneCLITests {
+@Suite(.serialized, .ownThread) struct KeyHygieneCLITests {
     static let nobody: uid_t = 65534
 
     /// Runs as `nobody` when we are root (so that "/proc/PID is root-owned" means

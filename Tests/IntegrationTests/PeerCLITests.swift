@@ -2,12 +2,13 @@ import Foundation
 import Glibc
 import Identity
 import OCapN
+import RuntimeTestSupport
 import Testing
 import Transport
 
 /// `ocapn-uds peer` and `ocapn-uds connect` as real processes, through an introduction server
 /// (the in-test `TestIntroServer`, built from the same OCapN machines as the daemon).
-@Suite struct PeerCLITests {
+@Suite(.ownThread) struct PeerCLITests {
     /// Generates a key file with the real binary and returns (path, identity).
     static func keygen(_ dir: TemporaryDirectory, _ name: String) throws -> (String, PublicIdentity) {
         let path = dir.file(name)

@@ -4,12 +4,13 @@ import Identity
 import Logging
 import OCapN
 import Runtime
+import RuntimeTestSupport
 import Testing
 import Transport
 
 /// Issue #9 items 4 and 5 with real processes: `peer` serves through the servers that work,
 /// and keeps its registration at its descriptor limit.
-@Suite struct PeerResilienceCLITests {
+@Suite(.ownThread) struct PeerResilienceCLITests {
     @Test func aPeerServesThroughTheGoodServerWhileBadOnesAreReportedAuditedAndRetried() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

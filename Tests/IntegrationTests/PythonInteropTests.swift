@@ -1,11 +1,12 @@
 import Foundation
 import Glibc
+import RuntimeTestSupport
 import Testing
 
 /// UDS-HS1 checked by a second implementation written from PROTOCOL.md alone
 /// (interop/python: Python with pyca/cryptography). `make test` installs the module through
 /// scripts/ensure-deps.sh; without python3 or `cryptography` these tests are skipped, saying so.
-@Suite(.enabled(if: PythonInterop.available, PythonInterop.unavailableReason))
+@Suite(.enabled(if: PythonInterop.available, PythonInterop.unavailableReason), .ownThread)
 struct PythonInteropTests {
     @Test("The Python UDS-HS1 reproduces every transcript and refuses every negative case of Vectors/handshake.json")
     func vectorsReproducedIndependently() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Inputs kept by the FuzzLocator fuzzer (Fuzz/corpus, Fuzz/crashers) replayed through its oracle, so

@@ -1,6 +1,7 @@
 import Foundation
 import OCapN
 import Syrup
+import TestSupport
 import Testing
 
 /// Inputs kept by the FuzzControlMessages fuzzer (Fuzz/corpus, Fuzz/crashers) replayed through

@@ -1,11 +1,12 @@
 import Identity
 @testable import Runtime
+import RuntimeTestSupport
 import Synchronization
 import Testing
 import Transport
 
 /// `PeerChannel.deliver(to:)`: messages handed to a closure on the channel's event-loop thread.
-@Suite struct ChannelHandlerTests {
+@Suite(.ownThread) struct ChannelHandlerTests {
     let alice = IdentityKeyPair.generate()
     let bob = IdentityKeyPair.generate()
 

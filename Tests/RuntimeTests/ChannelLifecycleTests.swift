@@ -1,13 +1,14 @@
 import Identity
 import Logging
 @testable import Runtime
+import RuntimeTestSupport
 import SecureChannel
 import Testing
 import Transport
 
 /// The channel runtime's own bookkeeping after a channel ends: what it still watches, which
 /// configurations it accepts.
-@Suite struct ChannelLifecycleTests {
+@Suite(.ownThread) struct ChannelLifecycleTests {
     let alice = IdentityKeyPair.generate()
     let bob = IdentityKeyPair.generate()
 

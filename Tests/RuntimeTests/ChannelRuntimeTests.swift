@@ -3,10 +3,13 @@ import Foundation
 import Identity
 import OCapN
 import Runtime
+import RuntimeTestSupport
+import SecureChannel
+import TestSupport
 import Testing
 import Transport
 
-@Suite struct ChannelRuntimeTests {
+@Suite(.ownThread) struct ChannelRuntimeTests {
     let alice = IdentityKeyPair.generate()
     let bob = IdentityKeyPair.generate()
 
@@ -51,7 +54,7 @@ import Transport
     }
 }
 
-@Suite struct ChannelMessageTests {
+@Suite(.ownThread) struct ChannelMessageTests {
     let alice = IdentityKeyPair.generate()
     let bob = IdentityKeyPair.generate()
 
@@ -148,7 +151,7 @@ import Transport
     }
 }
 
-@Suite struct ChannelHandshakeRuntimeTests {
+@Suite(.ownThread) struct ChannelHandshakeRuntimeTests {
     let alice = IdentityKeyPair.generate()
     let bob = IdentityKeyPair.generate()
 
@@ -274,7 +277,7 @@ import Transport
     }
 }
 
-@Suite struct ChannelConcurrencyTests {
+@Suite(.ownThread) struct ChannelConcurrencyTests {
     /// Regression: with a suspended write source on the same descriptor, libdispatch on Linux
     /// lost read events under load and handshakes hung until their deadline.
     @Test(arguments: 0..<6) func manyConcurrentHandshakesAndRoundTripsAllComplete(_ lane: Int) async throws {

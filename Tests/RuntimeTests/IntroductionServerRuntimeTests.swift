@@ -6,11 +6,13 @@ import Identity
 import Logging
 import OCapN
 @testable import Runtime
+import RuntimeTestSupport
+import TestSupport
 import Testing
 import Transport
 
 /// The introduction server runtime in this process: real sockets, a memory audit sink.
-@Suite(.serialized) struct IntroductionServerRuntimeTests {
+@Suite(.serialized, .ownThread) struct IntroductionServerRuntimeTests {
     @Test("Every core record maps to the audit event of the same kind, and refusals carry their reason")
     func recordsMapToEvents() throws {
         let server = IdentityKeyPair.generate().publicIdentity

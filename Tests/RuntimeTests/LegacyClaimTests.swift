@@ -4,13 +4,16 @@ import Identity
 import Logging
 import OCapN
 import Runtime
+import RuntimeTestSupport
+import SecureChannel
+import TestSupport
 import Testing
 import Transport
 
 /// Legacy (Goblins) channels claim nothing (issue 11 item 4): the server's `from` is an
 /// `UnverifiedPeerClaim`, audited as `claimed_from` with `authenticated: false`; the allow-list
 /// decides which claims are admitted; a key seen completing UDS-HS1 is never admitted as legacy.
-@Suite struct LegacyClaimTests {
+@Suite(.ownThread) struct LegacyClaimTests {
     let alice = IdentityKeyPair.generate()
     let bob = IdentityKeyPair.generate()
     let carol = IdentityKeyPair.generate()

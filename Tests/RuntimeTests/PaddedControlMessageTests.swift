@@ -6,6 +6,8 @@ import Identity
 import Logging
 import OCapN
 @testable import Runtime
+import RuntimeTestSupport
+import TestSupport
 import Testing
 import Transport
 
@@ -14,7 +16,7 @@ import Transport
 /// close the extra at once, audit it, and the introduction completes. The test's "fd 0" is a
 /// pipe passed explicitly, so the runner's own stdin is never involved, and the pipe's inode
 /// makes every copy of it countable in /proc/self/fd.
-@Suite(.serialized) struct PaddedControlMessageTests {
+@Suite(.serialized, .ownThread) struct PaddedControlMessageTests {
     /// A pipe standing for the sender's stdin; `links` counts the open descriptors of this
     /// process that refer to it (ours included).
     struct StandInStdin {

@@ -4,13 +4,14 @@ import Glibc
 import Identity
 import OCapN
 import Runtime
+import RuntimeTestSupport
 import Testing
 import Transport
 
 /// The introduction server is not trusted (SECURITY.md): these tests run real peers over real
 /// socketpairs through a test server that misbehaves, and check that each attack ends in its
 /// reason code AND an audit record, and that no secret byte leaks.
-@Suite struct PeerAttackTests {
+@Suite(.ownThread) struct PeerAttackTests {
     static let magicHeader: [UInt8] = [0x6f, 0x55, 0x48, 0x53, 0x01, 0x01, 0x00, 0x00]
 
     /// Registers `peers` with `server`.

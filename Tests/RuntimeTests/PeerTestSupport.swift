@@ -2,9 +2,12 @@ import Audit
 import Dispatch
 import Foundation
 import Glibc
+import Logging
 import OCapN
 import Identity
 import Runtime
+import SecureChannel
+import TestSupport
 import Testing
 import Transport
 

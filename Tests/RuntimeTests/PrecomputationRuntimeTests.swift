@@ -1,12 +1,13 @@
 import Identity
 @testable import Runtime
+import RuntimeTestSupport
 import SecureChannel
 import Testing
 import Transport
 
 /// Issue #16 through the runtime: its defaults use the shared key cache, an ss cache per
 /// identity and the shared ephemeral pool, and a repeated handshake takes the warm path.
-@Suite struct PrecomputationRuntimeTests {
+@Suite(.ownThread) struct PrecomputationRuntimeTests {
     @Test func aSecondHandshakeBetweenTheSameKeysReusesSsAndBothSidesStillProveTheirKeys() async throws {
         let alice = IdentityKeyPair.generate(), bob = IdentityKeyPair.generate(), carol = IdentityKeyPair.generate()
         let a = PeerTestSupport.establishment(alice), b = PeerTestSupport.establishment(bob), c = PeerTestSupport.establishment(carol)

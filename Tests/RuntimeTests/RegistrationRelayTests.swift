@@ -6,6 +6,8 @@ import Identity
 import Logging
 import OCapN
 @testable import Runtime
+import RuntimeTestSupport
+import TestSupport
 import Testing
 import Transport
 
@@ -15,7 +17,7 @@ import Transport
 /// S's challenge to V as its own and forwards V's answer. Against v2 the answer is worthless at
 /// S; against a Goblins-form registration it verifies, and S's liveness rule keeps V's live
 /// registration. Either way S never displaces V and no introduction meant for V reaches M.
-@Suite(.serialized) struct RegistrationRelayTests {
+@Suite(.serialized, .ownThread) struct RegistrationRelayTests {
     /// S: the introduction server runtime with a memory audit sink.
     final class Server {
         let key = IdentityKeyPair.generate()

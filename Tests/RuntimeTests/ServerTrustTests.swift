@@ -4,11 +4,12 @@ import Glibc
 import Identity
 import OCapN
 @testable import Runtime
+import RuntimeTestSupport
 import Testing
 import Transport
 
 /// Issue #12 item 6 (catalog B2, B3): whom a peer registers with, and what the server binds.
-@Suite(.serialized) struct ServerTrustTests {
+@Suite(.serialized, .ownThread) struct ServerTrustTests {
     @Test("The uid policy: ours and root pass, another uid is refused unless pinned or allowed")
     func policy() {
         let p = ServerUIDPolicy.sameUserOrRoot
@@ -34,6 +35,12 @@ import Transport
             print("skipped: setpriv or python3 missing, so no listener can run as another uid")
             return
         }
+        // Counts the process's descriptors: an exit test, in a child process of its own, where no
+        // other test opens or closes any meanwhile.
+        await #expect(processExitsWith: .success) { try await Self.refuseAnotherUsersServer() }
+    }
+
+    static func refuseAnotherUsersServer() async throws {
         var template = Array("/tmp/ocapn-uid-XXXXXX".utf8CString)
         let dir = String(cString: try #require(mkdtemp(&template)))
         defer { try? FileManager.default.removeItem(atPath: dir) }

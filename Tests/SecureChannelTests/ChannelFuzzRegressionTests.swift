@@ -1,6 +1,7 @@
 import Foundation
 @testable import SecureChannel
 import SodiumCrypto
+import TestSupport
 import Testing
 
 /// Inputs kept by the FuzzHandshake and FuzzFrameReceiver fuzzers (Fuzz/corpus, Fuzz/crashers)

@@ -1,5 +1,6 @@
 import Foundation
 @testable import SecureChannel
+import TestSupport
 import Testing
 
 /// The FuzzChannelMachines corpus and crashers replayed through the fuzzer's own oracle, and a

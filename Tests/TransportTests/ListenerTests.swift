@@ -56,7 +56,13 @@ extension TransportTests {
 
         /// EMFILE with the connection still queued leaves the socket readable (K13); the
         /// listener must pause for its backoff instead of calling accept in a loop.
-        @Test func descriptorExhaustionPausesAcceptingForTheBackoff() async throws {
+        /// Lowers the process's open-file limit, so it runs as an exit test: in a child process of
+        /// its own, where no other test can meet the EMFILE meant for this listener.
+        @Test func descriptorExhaustionPausesAcceptingForTheBackoff() async {
+            await #expect(processExitsWith: .success) { try await Self.exhaustDescriptorsBeforeAnAccept() }
+        }
+
+        static func exhaustDescriptorsBeforeAnAccept() async throws {
             let oracle = await LeakOracle.make()
             let directory = try TemporaryDirectory()
             defer { directory.remove() }
@@ -87,9 +93,8 @@ extension TransportTests {
             #expect(log.wait { $0.contains { if case .pausedForResources(let error) = $0 { error.errno == EMFILE } else { false } } })
             #expect(try OpenFileLimit.current().soft == original)
             usleep(100_000)
-            // No spinning while backing off. (Not "exactly one": the soft limit is process-wide
-            // and other suites open and close descriptors meanwhile, so one more attempt may
-            // legitimately succeed early; a spinning loop would make thousands.)
+            // No spinning while backing off. (Not "exactly one": the limit is restored as the pause
+            // begins, so a second attempt may legitimately succeed early; a loop would make thousands.)
             #expect(queue.sync { listener.acceptAttempts } <= 2, "no accept loop while backing off")
             #expect(log.wait { Self.accepted($0).count == 1 })
             #expect(queue.sync { listener.acceptAttempts } <= 4)

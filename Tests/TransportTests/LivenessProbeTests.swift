@@ -1,12 +1,13 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import RuntimeTestSupport
 import Testing
 import Transport
 
 /// The introduction server's probe of a registered connection (issue 11: a live registration
 /// is not displaced): non-blocking, consumes nothing, and tells a live peer from one that left.
-@Suite struct LivenessProbeTests {
+@Suite(.ownThread) struct LivenessProbeTests {
     @Test("An idle connected socket is alive; after the peer closes it is hung up")
     func closeIsHangUp() throws {
         let (mine, theirs) = try FileDescriptor.socketPair()

@@ -1,12 +1,14 @@
 import Dispatch
 import Foundation
 import Glibc
+import RuntimeTestSupport
 import Testing
 import Transport
 
-/// Every Transport test runs inside this serialized suite: the fd census and the
-/// RLIMIT_NOFILE test need no other Transport test to be opening descriptors meanwhile.
-@Suite(.serialized) struct TransportTests {}
+/// Every Transport test runs inside this serialized suite: the fd census needs no other
+/// Transport test to be opening descriptors meanwhile (the tests that change the open-file
+/// limit run as exit tests, in child processes). On threads of their own: several block.
+@Suite(.serialized, .ownThread) struct TransportTests {}
 
 /// Leak oracle (I2). Two checks:
 ///  * every kernel object the test registered (by device and inode, so dups and received

@@ -61,11 +61,14 @@ extension TransportTests {
             } throws: { ($0 as? TransportError)?.code == .invalidEnvironment }
         }
 
-        @Test func theSoftOpenFileLimitIsRaisedTowardsTheHardLimit() throws {
-            let before = try OpenFileLimit.current()
-            let after = try OpenFileLimit.raiseSoftLimit()
-            #expect(after >= before.soft && after <= before.hard)
-            #expect(try OpenFileLimit.current().soft == after)
+        /// Changes the process's open-file limit: an exit test, in a child process of its own.
+        @Test func theSoftOpenFileLimitIsRaisedTowardsTheHardLimit() async {
+            await #expect(processExitsWith: .success) {
+                let before = try OpenFileLimit.current()
+                let after = try OpenFileLimit.raiseSoftLimit()
+                #expect(after >= before.soft && after <= before.hard)
+                #expect(try OpenFileLimit.current().soft == after)
+            }
         }
 
         @Test func theCensusSeesNewDescriptors() throws {

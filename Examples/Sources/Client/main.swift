@@ -14,8 +14,9 @@ let (keyPath, socketPath, serverDesignator, bobURI) = (arguments[1], arguments[2
 
 // README.md, "Library" (docs/PEER.md shows the part from "Outgoing"):
 import Identity
+import Logging   // swift-log: PeerNetlayer takes a Logger
 import OCapN
-import Runtime   // also re-exports swift-log's Logger
+import Runtime
 
 var logger = Logger(label: "client")
 logger.logLevel = .warning

@@ -16,8 +16,10 @@ let (keyPath, socketPath, serverDesignator, auditPath) = (arguments[1], argument
 // docs/PEER.md, "Library" (README.md shows the part from "Incoming"):
 import Audit
 import Identity
+import Logging   // swift-log: PeerNetlayer takes a Logger
 import OCapN
-import Runtime   // re-exports SecureChannel's VerifiedPeer/SessionID and swift-log's Logger
+import Runtime
+import SecureChannel   // VerifiedPeer: who an incoming channel proved to be
 
 var logger = Logger(label: "echo-peer")
 logger.logLevel = .warning
@@ -42,7 +44,7 @@ let echo = Task {
 }
 
 let why = await server.disconnected()       // completes when that server goes away
-print("server gone: \(why.code)")
+print("server gone: \(why.code.rawValue)")
 echo.cancel()
 await netlayer.shutdown()
 auditSink.close()

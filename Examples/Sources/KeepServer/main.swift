@@ -6,6 +6,7 @@
 import Glibc
 #endif
 import Identity
+import Logging
 import Runtime
 
 let arguments = CommandLine.arguments

@@ -1,5 +1,7 @@
-// libFuzzer entry point for AuditRecordFuzzOracle (the oracle file is a symlink into Tests/). Built with
+// libFuzzer entry point for AuditRecordFuzzOracle (in TestSupport, Tests/TestSupport/). Built with
 // `--sanitize fuzzer` (docs/FUZZING.md); any oracle violation traps so libFuzzer keeps the input.
+
+import TestSupport
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {

@@ -2,6 +2,8 @@
 // Built with `--sanitize fuzzer` (docs/FUZZING.md); any oracle violation traps so libFuzzer
 // keeps the input.
 
+import TestSupport
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let input = size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size))

@@ -1,10 +1,10 @@
 // The invariants of the FuzzChannelMachines fuzz target (docs/FUZZING.md): two ChannelMachines
 // joined in memory, driven by interleaved events that the input chooses. Compiled here for the
-// regression tests and, through a symlink, into the fuzz package (with ChannelFuzzOracle.swift
+// regression tests and, through the TestSupport product, into the fuzz package (with ChannelFuzzOracle.swift
 // for the fixed identities). Public API of SecureChannel only; no test framework.
 import SecureChannel
 
-enum ChannelMachineFuzzOracle {
+public enum ChannelMachineFuzzOracle {
     /// One side of the pair, as the runtime would see it.
     struct Side {
         var machine: ChannelMachine
@@ -27,7 +27,7 @@ enum ChannelMachineFuzzOracle {
     /// argument), 6/7 read some, 8/9 abort, 10 flip a bit in transit, 11/12 deadline after the
     /// argument's seconds, 13 transport failure, 14 pump everything, 15 spurious end of stream.
     /// After the operations, everything is pumped and both sides close.
-    static func violations(_ input: [UInt8]) -> [String] {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var problems: [String] = []
         let config = ChannelMachine.Configuration(closeTimeout: .seconds(2), now: { ChannelFuzzFixture.start })
         var sides = [

@@ -1,18 +1,18 @@
 // The invariant of the FuzzSyrupDecode fuzz target (docs/FUZZING.md). This one file is compiled
 // twice: here, so the regression tests replay crashers through it on any machine, and in the
-// fuzz package through a symlink (Fuzz/Sources/FuzzSyrupDecode/), so fuzzer and tests judge an
+// fuzz package through the TestSupport product (Fuzz/Sources/FuzzSyrupDecode/), so fuzzer and tests judge an
 // input by the same code. It uses only Syrup's public API and no test framework.
 import Syrup
 
 /// Checks one input against the canonical-codec contract under the control-message and the
 /// default limits. Returns the violations found (empty: the input is handled correctly); a
 /// crash or hang inside the decoder is a violation the caller sees directly.
-enum SyrupFuzzOracle {
+public enum SyrupFuzzOracle {
     static let limitSets: [(name: String, limits: SyrupLimits)] = [
         ("controlMessage", .controlMessage), ("default", .default),
     ]
 
-    static func violations(_ input: [UInt8]) -> [String] {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         for set in limitSets {
             checkWhole(input, set.limits, set.name, &out)
@@ -55,7 +55,7 @@ enum SyrupFuzzOracle {
 
     /// An accepted value is canonical (encodes to exactly the bytes it came from) and within
     /// every limit (reliability catalog D1–D4).
-    static func checkAccepted(_ value: SyrupValue, _ bytes: ArraySlice<UInt8>, _ limits: SyrupLimits, _ name: String, _ out: inout [String]) {
+    public static func checkAccepted(_ value: SyrupValue, _ bytes: ArraySlice<UInt8>, _ limits: SyrupLimits, _ name: String, _ out: inout [String]) {
         if !SyrupEncoder.encode(value).elementsEqual(bytes) {
             out.append("\(name): accepted a non-canonical encoding (re-encoding differs)")
         }
@@ -68,7 +68,7 @@ enum SyrupFuzzOracle {
     }
 
     /// The first limit `value` breaks, or nil. Recursion is bounded by the depth check itself.
-    static func limitViolation(_ value: SyrupValue, _ limits: SyrupLimits, depth: Int) -> String? {
+    public static func limitViolation(_ value: SyrupValue, _ limits: SyrupLimits, depth: Int) -> String? {
         func children(_ items: some Collection<SyrupValue>, count: Int) -> String? {
             if depth + 1 > limits.maxDepth { return "depth \(depth + 1)" }
             if count > limits.maxCollectionCount { return "\(count) items" }

@@ -1,7 +1,7 @@
 import Audit
 @_spi(TestVectors) import Identity
 
-/// The audit verifier (issue #12 item 7). Shared by `FuzzAuditVerifier` (symlink) and the
+/// The audit verifier (issue #12 item 7). Shared by `FuzzAuditVerifier` (through the TestSupport product) and the
 /// regression tests.
 ///
 /// The input edits one genuine log: a closed, signed log (checkpoints every 4 records) written by
@@ -15,8 +15,8 @@ import Audit
 /// goes unreported, and no input the fuzzer can build without the key passes); `broken` exactly
 /// when there is a first break; a verdict other than intact comes with a finding; the verifier
 /// never counts more records than the file has lines.
-enum AuditVerifierFuzzOracle {
-    static let file = "fuzz.jsonl"
+public enum AuditVerifierFuzzOracle {
+    public static let file = "fuzz.jsonl"
 
     /// The genuine log's lines (without newlines) and its writer.
     static let genuine: (lines: [[UInt8]], writer: PublicIdentity) = {
@@ -43,7 +43,7 @@ enum AuditVerifierFuzzOracle {
         return (lines, pair.publicIdentity)
     }()
 
-    static var genuineFile: [UInt8] { joined(genuine.lines) }
+    public static var genuineFile: [UInt8] { joined(genuine.lines) }
 
     static func joined(_ lines: [[UInt8]]) -> [UInt8] {
         var out: [UInt8] = []
@@ -51,7 +51,7 @@ enum AuditVerifierFuzzOracle {
         return out
     }
 
-    static func violations(_ input: [UInt8]) -> [String] {
+    public static func violations(_ input: [UInt8]) -> [String] {
         let bytes = file(for: input)
         let lines = split(bytes)
         var out: [String] = []
@@ -85,7 +85,7 @@ enum AuditVerifierFuzzOracle {
     }
 
     /// The file an input stands for (see the type's comment).
-    static func file(for input: [UInt8]) -> [UInt8] {
+    public static func file(for input: [UInt8]) -> [UInt8] {
         guard let form = input.first else { return genuineFile }
         if form & 1 == 1 { return Array(input.dropFirst()) }
         var lines = genuine.lines

@@ -1,3 +1,4 @@
+import Audit
 import Identity
 import SodiumCrypto
 
@@ -8,7 +9,7 @@ import SodiumCrypto
 /// and base64url at every byte alignment, and base32 (either case) at every alignment, plus
 /// every 16-byte window of the raw and hex forms (a leaked half key is still a leak).
 ///
-/// The scanner holds encodings of the secrets, so it is for tests and offline diagnostics only.
+/// The scanner holds encodings of the secrets, so it lives in TestSupport, never in a product.
 public struct AuditSecretScanner: Sendable {
     /// Shortest secret accepted: shorter needles would match by chance.
     public static let minimumSecretLength = 16

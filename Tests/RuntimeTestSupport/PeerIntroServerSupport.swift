@@ -11,26 +11,27 @@ import Transport
 /// A small introduction server for tests, built from OCapN's `RegistrationServer` and
 /// Transport's `Listener`/`StreamConnection`. Honest by default; `onIntroduction` lets a test
 /// make it misbehave (lie, swap, splice, duplicate, keep, replay, reflect).
-final class TestIntroServer: @unchecked Sendable {
+public final class TestIntroServer: @unchecked Sendable {
     /// What the server can do with an introduction.
-    struct Forwarder: @unchecked Sendable {
-        let server: TestIntroServer
+    public struct Forwarder: @unchecked Sendable {
+        public let server: TestIntroServer
+        public init(server: TestIntroServer) { self.server = server }
         /// Delivers `request` and `descriptor` to the registered peer `target` (closes the
         /// descriptor when that peer is not registered).
-        func deliver(_ request: UDSNewConnection, _ descriptor: FileDescriptor, to target: PublicIdentity) {
+        public func deliver(_ request: UDSNewConnection, _ descriptor: FileDescriptor, to target: PublicIdentity) {
             server.deliver(request, descriptor, to: target)
         }
     }
 
-    typealias Hook = @Sendable (Introduction, FileDescriptor, Forwarder) -> Void
+    public typealias Hook = @Sendable (Introduction, FileDescriptor, Forwarder) -> Void
 
-    let identity: IdentityKeyPair
-    let directory: String?
-    let path: String
+    public let identity: IdentityKeyPair
+    public let directory: String?
+    public let path: String
     /// How long an introduction for an unregistered target is held (0: closed at once).
-    let holdUnregistered: Duration
+    public let holdUnregistered: Duration
     private var held: [(request: UDSNewConnection, descriptor: FileDescriptor, target: PublicIdentity, until: ContinuousClock.Instant)] = []
-    let queue = DispatchQueue(label: "test-intro-server")
+    public let queue = DispatchQueue(label: "test-intro-server")
     private var listener: Listener?
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var registered: [PublicIdentity: Connection] = [:]
@@ -41,18 +42,18 @@ final class TestIntroServer: @unchecked Sendable {
     private let lock = NSLock()
     private var _introductions = 0
 
-    final class Connection {
-        var stream: StreamConnection?
+    public final class Connection {
+        public var stream: StreamConnection?
         /// A duplicate of the connection's socket, for padded markers only.
-        var raw: FileDescriptor?
-        var reader = ControlStreamReader<FileDescriptor>(limits: .init(maxDescriptorsPerRead: 1))  // strict: what we send carries one
-        var machine: RegistrationServer
-        var peer: PublicIdentity?
-        init(machine: RegistrationServer) { self.machine = machine }
+        public var raw: FileDescriptor?
+        public var reader = ControlStreamReader<FileDescriptor>(limits: .init(maxDescriptorsPerRead: 1))  // strict: what we send carries one
+        public var machine: RegistrationServer
+        public var peer: PublicIdentity?
+        public init(machine: RegistrationServer) { self.machine = machine }
     }
 
     /// Binds at `path`, or in a fresh private directory (removed by `stop()`).
-    init(
+    public init(
         identity: IdentityKeyPair = IdentityKeyPair.generate(), path: String? = nil,
         holdUnregistered: Duration = .seconds(5), padMarkersWith padding: FileDescriptor? = nil,
         onIntroduction hook: Hook? = nil
@@ -79,16 +80,16 @@ final class TestIntroServer: @unchecked Sendable {
         }
     }
 
-    var publicIdentity: PublicIdentity { identity.publicIdentity }
+    public var publicIdentity: PublicIdentity { identity.publicIdentity }
 
     /// Introductions received so far.
-    var introductions: Int { lock.lock(); defer { lock.unlock() }; return _introductions }
+    public var introductions: Int { lock.lock(); defer { lock.unlock() }; return _introductions }
 
     /// Whether `peer` is registered right now.
-    func isRegistered(_ peer: PublicIdentity) -> Bool { queue.sync { registered[peer] != nil } }
+    public func isRegistered(_ peer: PublicIdentity) -> Bool { queue.sync { registered[peer] != nil } }
 
     /// Stops listening and drops every connection; removes the directory.
-    func stop() {
+    public func stop() {
         queue.sync {
             listener?.close()
             listener = nil
@@ -107,7 +108,7 @@ final class TestIntroServer: @unchecked Sendable {
 
     /// Sign registrations with another key than the one announced (a server whose signature
     /// does not verify).
-    var forgesSignatures = false
+    public var forgesSignatures = false
 
 
     private func handle(_ event: ListenerEvent) {

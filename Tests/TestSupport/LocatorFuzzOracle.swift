@@ -1,12 +1,12 @@
 import OCapN
 import Syrup
 
-/// Locator URIs and Syrup locators (issue #12 item 7). Shared by `FuzzLocator` (symlink) and
+/// Locator URIs and Syrup locators (issue #12 item 7). Shared by `FuzzLocator` (through the TestSupport product) and
 /// the regression tests. Oracle: never a crash; an accepted URI re-prints to a URI that parses
 /// to the same locator; an accepted Syrup locator re-encodes to exactly its bytes; no accepted
 /// hint value holds NUL (catalog D5).
-enum LocatorFuzzOracle {
-    static func violations(_ input: [UInt8]) -> [String] {
+public enum LocatorFuzzOracle {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         let text = String(decoding: input, as: UTF8.self)
         if let locator = try? PeerLocator(uri: text) {

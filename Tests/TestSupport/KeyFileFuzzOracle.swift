@@ -1,13 +1,13 @@
 @_spi(TestVectors) import Identity
 
-/// Key files (issue #12 item 7). Shared by `FuzzKeyFile` (symlink) and the regression tests.
+/// Key files (issue #12 item 7). Shared by `FuzzKeyFile` (through the TestSupport product) and the regression tests.
 /// No passphrase is given, so an encrypted file stops at `passphraseRequired` before any KDF
 /// (the fuzzer must not choose Argon2 costs). Oracle: never a crash; the three readers agree
 /// (a file `decode` accepts is one `holdsSecret` says holds a secret and whose public key
 /// `decodePublic` reads the same); an accepted file encodes back to a file that decodes to
 /// the same key.
-enum KeyFileFuzzOracle {
-    static func violations(_ input: [UInt8]) -> [String] {
+public enum KeyFileFuzzOracle {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         let roundTrip = try? IdentityKeyFile.decodeAndReencode(input)
         let decoded = roundTrip?.decoded

@@ -3,7 +3,7 @@ import OCapN
 import Syrup
 
 /// The introduction server core fed whole control streams with descriptors across several
-/// connections (issue #12 item 7). Shared by `FuzzServerCore` (through a symlink) and the
+/// connections (issue #12 item 7). Shared by `FuzzServerCore` (through the TestSupport product) and the
 /// regression tests. The input is a list of operations on 4 connection slots:
 /// `op = b & 7`, `slot = (b >> 3) & 3`, then per op:
 /// 0 accept (next byte bit 0: a uid that is not allowed), 1 raw read (length byte, descriptor
@@ -15,7 +15,7 @@ import Syrup
 /// Oracle: never a crash; every descriptor handed in ends exactly once (closed or forwarded)
 /// by the end of `shutdown`; a connection is closed at most once and never gets events after;
 /// every attempt that started ends exactly once; the counts are back to zero after shutdown.
-enum ServerCoreFuzzOracle {
+public enum ServerCoreFuzzOracle {
     typealias Core = IntroductionServerCore<Int>
     typealias ID = IntroductionServerConnectionID
 
@@ -24,7 +24,7 @@ enum ServerCoreFuzzOracle {
     }
     static let server = try! IdentityKeyPair(vectorSeed: [UInt8](repeating: 0x5a, count: 32))
 
-    static func violations(_ input: [UInt8]) -> [String] {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         var limits = IntroductionServerLimits()
         limits.maxUnauthenticated = 3

@@ -3,9 +3,9 @@ import Glibc
 import Testing
 
 /// Helpers for tests that run the real `ocapn-uds` binary as separate processes.
-enum TestProcesses {
+public enum TestProcesses {
     /// The `ocapn-uds` built alongside the test bundle (same products directory).
-    static var binary: String {
+    public static var binary: String {
         let products = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         let candidates = [
             products.appendingPathComponent("ocapn-uds").path,
@@ -18,32 +18,32 @@ enum TestProcesses {
     }
 
     /// Root of the package (for Vectors/ and the like).
-    static var packageRoot: URL {
+    public static var packageRoot: URL {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     }
 }
 
 /// A private temporary directory (mode 0700), removed with everything in it by `remove()`.
-final class TemporaryDirectory: @unchecked Sendable {
-    let path: String
+public final class TemporaryDirectory: @unchecked Sendable {
+    public let path: String
 
-    init(_ prefix: String = "ocapn-uds-test") throws {
+    public init(_ prefix: String = "ocapn-uds-test") throws {
         // Short paths: sun_path holds 108 bytes.
         var template = Array("/tmp/\(prefix.prefix(12))-XXXXXX".utf8CString)
         guard let p = mkdtemp(&template) else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
         path = String(cString: p)
     }
 
-    func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+    public func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
 
-    func remove() { try? FileManager.default.removeItem(atPath: path) }
+    public func remove() { try? FileManager.default.removeItem(atPath: path) }
 
     deinit { remove() }
 }
 
 /// A spawned child process with line-oriented access to its stdout and stderr.
-final class ChildProcess: @unchecked Sendable {
-    let process = Process()
+public final class ChildProcess: @unchecked Sendable {
+    public let process = Process()
     private let stdoutPipe = Pipe()
     private let stderrPipe = Pipe()
     private let lock = NSCondition()
@@ -56,7 +56,7 @@ final class ChildProcess: @unchecked Sendable {
 
     /// Starts `ocapn-uds` (or `executable`) with `arguments`; with `launcher`, runs
     /// `launcher + [executable] + arguments` instead (e.g. a shell that lowers a limit before exec).
-    init(_ arguments: [String], environment: [String: String]? = nil, launcher: [String]? = nil,
+    public init(_ arguments: [String], environment: [String: String]? = nil, launcher: [String]? = nil,
          executable: String = TestProcesses.binary) throws {
         if let launcher, let first = launcher.first {
             process.executableURL = URL(fileURLWithPath: first)
@@ -76,7 +76,7 @@ final class ChildProcess: @unchecked Sendable {
         try process.run()
     }
 
-    var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.processIdentifier }
 
     private func consume(_ handle: FileHandle, stdout: Bool) {
         let data = handle.availableData
@@ -103,11 +103,11 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     /// Lines printed so far.
-    var output: [String] { lock.lock(); defer { lock.unlock() }; return stdoutLines }
-    var errorOutput: [String] { lock.lock(); defer { lock.unlock() }; return stderrLines }
+    public var output: [String] { lock.lock(); defer { lock.unlock() }; return stdoutLines }
+    public var errorOutput: [String] { lock.lock(); defer { lock.unlock() }; return stderrLines }
 
     /// Waits until a stdout (or stderr) line satisfies `match`; returns it, or nil on timeout/exit.
-    func waitForLine(onStderr: Bool = false, timeout: Double = 10, _ match: (String) -> Bool) -> String? {
+    public func waitForLine(onStderr: Bool = false, timeout: Double = 10, _ match: (String) -> Bool) -> String? {
         let deadline = Date().addingTimeInterval(timeout)
         lock.lock()
         defer { lock.unlock() }
@@ -123,29 +123,39 @@ final class ChildProcess: @unchecked Sendable {
 
     /// Sends `signal` and waits for exit (SIGKILL after `grace` seconds). Returns the exit status.
     @discardableResult
-    func stop(signal: Int32 = SIGTERM, grace: Double = 5) -> Int32 {
+    public func stop(signal: Int32 = SIGTERM, grace: Double = 5) -> Int32 {
         if process.isRunning { kill(pid, signal) }
         let deadline = Date().addingTimeInterval(grace)
         while process.isRunning && Date() < deadline { usleep(10_000) }
         if process.isRunning { kill(pid, SIGKILL) }
         process.waitUntilExit()
+        waitForOutputToEnd(timeout: 2)
         return process.terminationStatus
     }
 
     /// Waits for the process to exit by itself (killing it after `timeout`).
     @discardableResult
-    func waitForExit(timeout: Double = 10) -> Int32 {
+    public func waitForExit(timeout: Double = 10) -> Int32 {
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(10_000) }
         if process.isRunning { kill(pid, SIGKILL) }
         process.waitUntilExit()
-        // Let the pipe handlers drain what the process wrote last.
-        _ = waitForLine(timeout: 0.5) { _ in false }
+        waitForOutputToEnd()
         return process.terminationStatus
     }
 
+    /// Waits until the pipe handlers read both outputs to their end, so `output` and
+    /// `errorOutput` hold everything the process wrote (on a loaded machine the handlers can run
+    /// well after the exit).
+    public func waitForOutputToEnd(timeout: Double = 10) {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        while !(stdoutClosed && stderrClosed) && lock.wait(until: deadline) {}
+    }
+
     /// Number of open descriptors of the child (from /proc), for leak checks.
-    var openDescriptorCount: Int {
+    public var openDescriptorCount: Int {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
     }
 
@@ -157,7 +167,7 @@ final class ChildProcess: @unchecked Sendable {
 }
 
 /// Runs `ocapn-uds` to completion and returns (status, stdout, stderr).
-func runOCapNUDS(_ arguments: [String], timeout: Double = 30) throws -> (status: Int32, stdout: String, stderr: String) {
+public func runOCapNUDS(_ arguments: [String], timeout: Double = 30) throws -> (status: Int32, stdout: String, stderr: String) {
     let child = try ChildProcess(arguments)
     let status = child.waitForExit(timeout: timeout)
     return (status, child.output.joined(separator: "\n"), child.errorOutput.joined(separator: "\n"))

@@ -1,11 +1,11 @@
 import Audit
 
-/// Audit log lines (issue #12 item 7). Shared by `FuzzAuditRecord` (symlink) and the
+/// Audit log lines (issue #12 item 7). Shared by `FuzzAuditRecord` (through the TestSupport product) and the
 /// regression tests. Oracle: never a crash; a line `AuditRecord.decode` accepts encodes back
 /// to exactly its bytes, and its event obeys the invariants a writer enforces (a failure has
 /// a reason, channel.closed has `clean`).
-enum AuditRecordFuzzOracle {
-    static func violations(_ input: [UInt8]) -> [String] {
+public enum AuditRecordFuzzOracle {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         for line in input.split(separator: 0x0a, omittingEmptySubsequences: true).prefix(16) {
             guard let record = try? AuditRecord.decode(line) else { continue }

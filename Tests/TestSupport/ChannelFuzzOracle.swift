@@ -1,16 +1,17 @@
 // The invariants of the FuzzHandshake and FuzzFrameReceiver fuzz targets (docs/FUZZING.md).
-// Compiled here for the regression tests and, through symlinks, into the fuzz package, so
-// fuzzers and tests judge an input by the same code. Public API and the `TestVectors` SPI
-// (fixed vector keys given as bytes) only: the library hands out no traffic key; K_IR is the
-// vector's, checked by what it seals; no test framework.
+// Compiled here for the regression tests and, through the TestSupport product, into the fuzz package, so
+// fuzzers and tests judge an input by the same code. Public API and the `TestVectors` SPI (fixed vector keys given as bytes)
+// only: the library hands out no traffic key; K_IR is the vector's, checked by what it seals;
+// no test framework.
+import Errors
 @_spi(TestVectors) import Identity
 @_spi(TestVectors) import SecureChannel
 @_spi(TestVectors) import SodiumCrypto
 
 /// Fixed identities and ephemeral keys: those of the `alice-to-bob` transcript of
 /// Vectors/handshake.json, so the genuine messages are the vector's and seed files are exact.
-enum ChannelFuzzFixture {
-    static func hex(_ text: String) -> [UInt8] {
+public enum ChannelFuzzFixture {
+    public static func hex(_ text: String) -> [UInt8] {
         let u = Array(text.utf8)
         func nibble(_ c: UInt8) -> UInt8 { c <= 0x39 ? c - 0x30 : c - 0x61 + 10 }
         return stride(from: 0, to: u.count, by: 2).map { nibble(u[$0]) << 4 | nibble(u[$0 + 1]) }
@@ -47,14 +48,14 @@ enum ChannelFuzzFixture {
 
     /// The one transcript these identities and ephemerals produce, and the initiator's
     /// transport key K_IR (what the responder's receiver opens).
-    struct Genuine {
-        let msg1: [UInt8]
-        let msg2: [UInt8]
-        let auth: [UInt8]
-        let keyIR: [UInt8]
+    public struct Genuine: Sendable {
+        public let msg1: [UInt8]
+        public let msg2: [UInt8]
+        public let auth: [UInt8]
+        public let keyIR: [UInt8]
     }
 
-    static let genuine: Genuine = {
+    public static let genuine: Genuine = {
         let i = makeInitiator()
         let r = makeResponder()
         guard case .send(let msg2)? = try? r.receive(i.initialMessage, now: start),
@@ -110,7 +111,7 @@ enum ChannelFuzzFixture {
 /// Input layout: `input[0] % 3` picks the mode (0 responder msg1, 1 responder AUTH, 2 initiator
 /// msg2); bit 7 makes the last piece arrive at the deadline; bit 6 reports EOF after the last
 /// piece (always `truncated` for an unfinished handshake). The rest is fed in pieces.
-enum HandshakeFuzzOracle {
+public enum HandshakeFuzzOracle {
     typealias Fixture = ChannelFuzzFixture
 
     static let responderCodes: Set<HandshakeError.Code> = [
@@ -122,7 +123,7 @@ enum HandshakeFuzzOracle {
         .timeout, .unexpectedMessageType, .nonCanonicalPoint, .lowOrderPoint, .reflection, .decryptFailed, .badSignature,
     ]
 
-    static func violations(_ input: [UInt8]) -> [String] {
+    public static func violations(_ input: [UInt8]) -> [String] {
         guard let control = input.first else { return [] }
         let payload = Array(input.dropFirst())
         let late = control & 0x80 != 0
@@ -240,25 +241,25 @@ enum HandshakeFuzzOracle {
 /// * `0x40` raw bytes: next byte is a count, then that many input bytes.
 /// * `0x80` a LEN header claiming the next two bytes as its length, with nothing behind it.
 /// * `0xC0` end; `op & 1` then reports EOF.
-enum FrameFuzzOracle {
+public enum FrameFuzzOracle {
     typealias Fixture = ChannelFuzzFixture
 
-    struct Frame {
-        let type: UInt8
-        let body: [UInt8]
-        let corrupt: Bool
+    public struct Frame {
+        public let type: UInt8
+        public let body: [UInt8]
+        public let corrupt: Bool
     }
 
-    struct Plan {
-        var stream: [UInt8] = []
+    public struct Plan {
+        public var stream: [UInt8] = []
         /// Nil once the stream holds anything but correctly framed sealed frames.
-        var frames: [Frame]? = []
-        var eof = false
+        public var frames: [Frame]? = []
+        public var eof = false
     }
 
     static let maxBody = FrameFormat.maxBody
 
-    static func plan(_ input: [UInt8]) -> Plan {
+    public static func plan(_ input: [UInt8]) -> Plan {
         var plan = Plan()
         let key = Fixture.genuine.keyIR
         var nonce: UInt64 = 1
@@ -299,14 +300,14 @@ enum FrameFuzzOracle {
         return plan
     }
 
-    enum Outcome: Equatable {
+    public enum Outcome: Equatable {
         case open
         case closed
         case failed(HandshakeError.Code)
     }
 
     /// PROTOCOL.md §6 as a plain loop over whole frames, in the receiver's check order.
-    static func model(_ frames: [Frame], eof: Bool, maxMessageSize: Int) -> (messages: [[UInt8]], outcome: Outcome) {
+    public static func model(_ frames: [Frame], eof: Bool, maxMessageSize: Int) -> (messages: [[UInt8]], outcome: Outcome) {
         var messages: [[UInt8]] = []
         var partial: [UInt8] = []
         for (index, frame) in frames.enumerated() {
@@ -337,7 +338,7 @@ enum FrameFuzzOracle {
         .messageTooLarge, .truncated,
     ]
 
-    static func violations(_ input: [UInt8]) -> [String] {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         let plan = plan(input)
         let genuine = Fixture.genuine

@@ -1,5 +1,5 @@
 // The invariant of the FuzzControlMessages fuzz target (docs/FUZZING.md). Compiled here for the
-// regression tests and, through a symlink, into the fuzz package, so both judge an input by the
+// regression tests and, through the TestSupport product, into the fuzz package, so both judge an input by the
 // same code. Public API of OCapN and Syrup only; no test framework.
 import OCapN
 import Syrup
@@ -16,7 +16,7 @@ import Syrup
 /// Input layout: `n = input[0] & 15`, then `n` chunk entries of two bytes (data length,
 /// descriptor count `& 3`), then the stream. Chunks take their lengths from the stream in
 /// order; whatever the entries leave over is one last read without descriptors.
-enum ControlFuzzOracle {
+public enum ControlFuzzOracle {
     /// A stand-in for an owned descriptor: an identity plus the stream range it arrived with.
     final class FakeDescriptor {
         let id: Int
@@ -27,12 +27,12 @@ enum ControlFuzzOracle {
         }
     }
 
-    struct Read {
-        let bytes: [UInt8]
-        let descriptors: Int
+    public struct Read {
+        public let bytes: [UInt8]
+        public let descriptors: Int
     }
 
-    static func reads(_ input: [UInt8]) -> (reads: [Read], stream: [UInt8]) {
+    public static func reads(_ input: [UInt8]) -> (reads: [Read], stream: [UInt8]) {
         guard let first = input.first else { return ([], []) }
         let entries = Int(first & 15)
         let planEnd = min(input.count, 1 + 2 * entries)
@@ -50,7 +50,7 @@ enum ControlFuzzOracle {
         return (reads, stream)
     }
 
-    static func violations(_ input: [UInt8]) -> [String] {
+    public static func violations(_ input: [UInt8]) -> [String] {
         var out: [String] = []
         let (plan, stream) = reads(input)
         var reader = ControlStreamReader<FakeDescriptor>()
@@ -144,8 +144,8 @@ enum ControlFuzzOracle {
 
     /// Shape of the seven records, written independently of `UDSMessage` (ocapn-uds-wire.md §5,
     /// PROTOCOL.md §15).
-    enum Schema {
-        static func isMessage(_ v: SyrupValue) -> Bool {
+    public enum Schema {
+        public static func isMessage(_ v: SyrupValue) -> Bool {
             guard case let .record(label, f) = v else { return false }
             if label == .symbol("uds:register") { return f.count == 2 && isLocator(f[0]) && isBytes(f[1], 64) }
             if label == .symbol("uds:server-response") {

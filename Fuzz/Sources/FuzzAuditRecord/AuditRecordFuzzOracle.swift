@@ -1,1 +1,0 @@
-../../../Tests/AuditTests/AuditRecordFuzzOracle.swift

@@ -1,1 +1,0 @@
-../../../Tests/AuditTests/AuditVerifierFuzzOracle.swift

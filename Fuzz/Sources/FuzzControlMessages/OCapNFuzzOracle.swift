@@ -1,1 +1,0 @@
-../../../Tests/OCapNTests/OCapNFuzzOracle.swift

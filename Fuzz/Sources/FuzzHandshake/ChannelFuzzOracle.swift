@@ -1,1 +1,0 @@
-../../../Tests/SecureChannelTests/ChannelFuzzOracle.swift

@@ -1,1 +1,0 @@
-../../../Tests/IdentityTests/KeyFileFuzzOracle.swift

@@ -1,1 +1,0 @@
-../../../Tests/OCapNTests/LocatorFuzzOracle.swift

@@ -1,1 +1,0 @@
-../../../Tests/SyrupTests/SyrupFuzzOracle.swift

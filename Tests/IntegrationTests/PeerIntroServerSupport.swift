@@ -1,1 +1,0 @@
-../RuntimeTests/PeerIntroServerSupport.swift
