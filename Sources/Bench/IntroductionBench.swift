@@ -160,7 +160,7 @@ enum IntroductionBench {
                 }
                 return r.descriptors[0]
             case .wouldBlock:
-                try BlockingIO.waitFor(fd, events: Int16(POLLIN))
+                try BlockingIO.waitFor(fd, events: .readable)
             }
         }
     }

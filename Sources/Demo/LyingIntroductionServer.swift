@@ -53,7 +53,7 @@ final class LyingIntroductionServer: @unchecked Sendable {
                         }
                     }
                 }
-                try BlockingIO.waitFor(control, events: Int16(POLLIN), seconds: 20)
+                try BlockingIO.waitFor(control, events: .readable, seconds: 20)
                 guard case let .processed(r) = try buffer.withUnsafeMutableBytes({ try control.receive(into: $0, descriptorCapacity: 1) }),
                       !r.isEndOfStream else { throw BlockingIOError("peer left") }
                 r.descriptors.forEach { $0.close() }
@@ -94,7 +94,7 @@ final class LyingIntroductionServer: @unchecked Sendable {
             try BlockingIO.sendAll(mine, initiator.initialMessage)
             // From here on, end of stream or a reset is the target refusing.
             do {
-                try BlockingIO.waitFor(mine, events: Int16(POLLIN), seconds: 10)
+                try BlockingIO.waitFor(mine, events: .readable, seconds: 10)
                 var buffer = [UInt8](repeating: 0, count: 256)
                 let result = try buffer.withUnsafeMutableBytes { try mine.receive(into: $0, descriptorCapacity: 0) }
                 if case let .processed(r) = result, !r.isEndOfStream { return .answered }

@@ -2,11 +2,8 @@ import Foundation
 import Identity
 import OCapN
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
-/// Blocking helpers over non-blocking descriptors (poll, then retry).
+/// Blocking helpers over non-blocking descriptors (wait for readiness, then retry).
 public enum BlockingIO {
     /// Sends all of `bytes`; `passing` goes with the first chunk only (a partial write carried it).
     public static func sendAll(_ fd: FileDescriptor, _ bytes: [UInt8], passing: [FileDescriptor] = []) throws {
@@ -19,22 +16,16 @@ public enum BlockingIO {
                 offset += n
                 descriptors = []
             case .wouldBlock:
-                try waitFor(fd, events: Int16(POLLOUT))
+                try waitFor(fd, events: .writable)
             }
         }
     }
 
     /// Waits until `fd` is ready for `events`, or throws after `seconds`.
-    public static func waitFor(_ fd: FileDescriptor, events: Int16, seconds: Double = 10) throws {
-        let ready = try fd.withRawDescriptor { raw -> Int32 in
-            var entry = pollfd(fd: raw, events: events, revents: 0)
-            while true {
-                let r = poll(&entry, 1, Int32(seconds * 1000))
-                if r < 0 && errno == EINTR { continue }
-                return r
-            }
+    public static func waitFor(_ fd: FileDescriptor, events: Readiness, seconds: Double = 10) throws {
+        guard try fd.wait(for: events, timeout: .milliseconds(Int64(seconds * 1000))) else {
+            throw BlockingIOError("timed out after \(seconds) s waiting on a socket")
         }
-        if ready <= 0 { throw BlockingIOError("timed out after \(seconds) s waiting on a socket") }
     }
 }
 
@@ -85,7 +76,7 @@ public final class BlockingIntroductionClient {
                 // A padded control message's extra descriptor (issue #17) is closed at once.
                 for extra in try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors) { extra.close() }
             case .wouldBlock:
-                try BlockingIO.waitFor(control, events: Int16(POLLIN), seconds: timeout)
+                try BlockingIO.waitFor(control, events: .readable, seconds: timeout)
             }
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Identity
 import SodiumCrypto
 
 /// Repository paths, found from this file so tests never read outside the checkout.
@@ -30,19 +31,11 @@ struct TestDataError: Error, CustomStringConvertible {
 }
 
 func unhex(_ s: String) throws -> [UInt8] {
-    let u = Array(s.utf8)
-    guard u.count % 2 == 0 else { throw TestDataError("odd-length hex") }
-    var out: [UInt8] = []
-    var i = 0
-    while i < u.count {
-        guard let b = UInt8(String(decoding: u[i..<i + 2], as: UTF8.self), radix: 16) else { throw TestDataError("bad hex \(s)") }
-        out.append(b)
-        i += 2
-    }
-    return out
+    guard let bytes = Hex.decode(s, allowUppercase: true) else { throw TestDataError("bad hex \(s)") }
+    return bytes
 }
 
-func hexString(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+func hexString(_ bytes: [UInt8]) -> String { Hex.encode(bytes) }
 
 /// A fresh private directory, removed with everything in it when `body` returns.
 func withTemporaryDirectory<R>(_ body: (String) throws -> R) throws -> R {

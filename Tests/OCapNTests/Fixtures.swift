@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Identity
 import OCapN
 import SodiumCrypto
@@ -42,15 +43,9 @@ enum Fixtures {
         section("rejects").first(where: { $0["name"] as? String == name })!
     }
 
-    static func hex(_ text: String) -> [UInt8] {
-        let chars = Array(text.utf8)
-        precondition(chars.count % 2 == 0, "odd hex")
-        return stride(from: 0, to: chars.count, by: 2).map {
-            UInt8(String(decoding: chars[$0..<($0 + 2)], as: UTF8.self), radix: 16)!
-        }
-    }
+    static func hex(_ text: String) -> [UInt8] { TestHex.decode(text) }
 
-    static func hexString(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+    static func hexString(_ bytes: [UInt8]) -> String { TestHex.encode(bytes) }
 
     /// The `hex` of an example.
     static func bytes(_ name: String) -> [UInt8] { hex(example(name)["hex"] as! String) }

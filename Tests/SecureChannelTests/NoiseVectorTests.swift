@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 @testable import Identity
 @testable import SecureChannel
 import SodiumCrypto
@@ -98,15 +99,6 @@ import Testing
     }
 }
 
-func hexDecode(_ s: String) -> [UInt8] {
-    var out: [UInt8] = []
-    var it = s.utf8.makeIterator()
-    func nib(_ c: UInt8) -> UInt8 { c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x61 + 10 }
-    while let hi = it.next(), let lo = it.next() { out.append(nib(hi) << 4 | nib(lo)) }
-    return out
-}
+func hexDecode(_ s: String) -> [UInt8] { TestHex.decode(s) }
 
-func hexEncode(_ b: [UInt8]) -> String {
-    let d = Array("0123456789abcdef".utf8)
-    return String(decoding: b.flatMap { [d[Int($0 >> 4)], d[Int($0 & 15)]] }, as: UTF8.self)
-}
+func hexEncode(_ b: [UInt8]) -> String { TestHex.encode(b) }

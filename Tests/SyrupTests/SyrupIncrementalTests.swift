@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import Syrup
 
 @Suite("Incremental decoding: prefixes, back-to-back values, the zoo and the OCapN examples")

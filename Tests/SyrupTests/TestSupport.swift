@@ -1,26 +1,7 @@
 import Foundation
+import TestSupport
 @testable import Syrup
 
-/// Hex helpers for literals in tests.
-enum TestHex {
-    static func decode(_ text: String) -> [UInt8] {
-        let u = Array(text.utf8)
-        precondition(u.count % 2 == 0, "odd hex literal in a test")
-        func nibble(_ c: UInt8) -> UInt8 {
-            switch c {
-            case 0x30...0x39: c - 0x30
-            case 0x61...0x66: c - 0x61 + 10
-            case 0x41...0x46: c - 0x41 + 10
-            default: preconditionFailure("bad hex literal in a test")
-            }
-        }
-        return stride(from: 0, to: u.count, by: 2).map { nibble(u[$0]) << 4 | nibble(u[$0 + 1]) }
-    }
-
-    static func encode(_ bytes: [UInt8]) -> String {
-        bytes.map { String(format: "%02x", $0) }.joined()
-    }
-}
 
 /// Files of the repository, located from this source file (never from outside the repository).
 enum RepoFiles {

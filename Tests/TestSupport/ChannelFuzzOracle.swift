@@ -11,11 +11,7 @@ import Errors
 /// Fixed identities and ephemeral keys: those of the `alice-to-bob` transcript of
 /// Vectors/handshake.json, so the genuine messages are the vector's and seed files are exact.
 public enum ChannelFuzzFixture {
-    public static func hex(_ text: String) -> [UInt8] {
-        let u = Array(text.utf8)
-        func nibble(_ c: UInt8) -> UInt8 { c <= 0x39 ? c - 0x30 : c - 0x61 + 10 }
-        return stride(from: 0, to: u.count, by: 2).map { nibble(u[$0]) << 4 | nibble(u[$0 + 1]) }
-    }
+    public static func hex(_ text: String) -> [UInt8] { TestHex.decode(text) }
 
     static func identity(seed: String) -> IdentityKeyPair {
         try! IdentityKeyPair(vectorSeed: hex(seed))
