@@ -87,14 +87,21 @@ enum HandshakeBench {
         return Result(latencies: latencies, handshakesPerSecond: Double(latencies.values.count) / Double(total) * 1e9)
     }
 
-    /// One handshake a → b over the socketpair (sa: a's end), with the first encrypted frame.
-    static func handshake(_ a: Side, _ b: Side, _ sa: FileDescriptor, _ sb: FileDescriptor, _ buffer: inout [UInt8]) throws {
-        let now = ContinuousClock.now
+    /// The two machines of one handshake a → b, made once each side has checked the other's key
+    /// as the runtime does.
+    static func machines(_ a: Side, _ b: Side, now: ContinuousClock.Instant) throws -> (HandshakeInitiator, HandshakeResponder) {
         guard a.validate(b.publicKey), b.validate(a.publicKey) else { throw BenchError("identity key refused") }
         let initiator = try HandshakeInitiator(identity: a.identity, responder: b.identity.publicIdentity, keyCache: a.keyCache,
                                                staticSecrets: a.staticSecrets, ephemeralKeys: a.ephemeralKeys, now: now)
         let responder = HandshakeResponder(identity: b.identity, announcedInitiator: a.identity.publicIdentity, keyCache: b.keyCache,
                                            staticSecrets: b.staticSecrets, ephemeralKeys: b.ephemeralKeys, now: now)
+        return (initiator, responder)
+    }
+
+    /// One handshake a → b over the socketpair (sa: a's end), with the first encrypted frame.
+    static func handshake(_ a: Side, _ b: Side, _ sa: FileDescriptor, _ sb: FileDescriptor, _ buffer: inout [UInt8]) throws {
+        let now = ContinuousClock.now
+        let (initiator, responder) = try machines(a, b, now: now)
         try writeAll(sa, initiator.initialMessage)
         let msg1 = try readSome(sb, &buffer)
         guard case let .send(msg2) = try responder.receive(msg1, now: now) else { throw BenchError("responder did not answer msg1") }
@@ -169,11 +176,7 @@ enum HandshakeBench {
     /// A complete handshake between two sans-IO machines with no socket in between.
     static func memoryHandshake(_ a: Side, _ b: Side) throws {
         let now = ContinuousClock.now
-        guard a.validate(b.publicKey), b.validate(a.publicKey) else { throw BenchError("identity key refused") }
-        let initiator = try HandshakeInitiator(identity: a.identity, responder: b.identity.publicIdentity, keyCache: a.keyCache,
-                                               staticSecrets: a.staticSecrets, ephemeralKeys: a.ephemeralKeys, now: now)
-        let responder = HandshakeResponder(identity: b.identity, announcedInitiator: a.identity.publicIdentity, keyCache: b.keyCache,
-                                           staticSecrets: b.staticSecrets, ephemeralKeys: b.ephemeralKeys, now: now)
+        let (initiator, responder) = try machines(a, b, now: now)
         guard case let .send(msg2) = try responder.receive(initiator.initialMessage, now: now),
               case let .established(_, send: auth) = try initiator.receive(msg2, now: now),
               case .established = try responder.receive(auth, now: now) else { throw BenchError("in-memory handshake did not establish") }

@@ -170,6 +170,14 @@ enum Shape {
             throw OCapNError(.challengeLength, "\(what): a challenge is \(Challenge.length) bytes, got \(b.count)")
         }
     }
+
+    /// A v2 signature field: a bytestring of exactly 64 bytes (`malformedMessage` otherwise).
+    static func rawSignature(_ v: SyrupValue, _ what: String) throws(OCapNError) -> Ed25519Signature {
+        let b = try bytes(v, what)
+        do { return try Ed25519Signature(b) } catch {
+            throw OCapNError.malformed("\(what): 64 raw bytes, got \(b.count)")
+        }
+    }
 }
 
 extension SyrupValue {

@@ -47,10 +47,27 @@ public indirect enum SignatureField: Equatable, Sendable {
     }
 }
 
-/// `<uds:register peer-location client-challenge>`: peer → server, opens registration.
-public struct UDSRegister: Equatable, Sendable {
+/// The label that tells the two registration openings apart (`UDSRegister`, `UDSRegisterV2`).
+public protocol UDSRegisterForm: Sendable {
+    static var label: String { get }
+}
+
+/// The legacy (Goblins, draft spec) opening's label.
+public enum UDSLegacyRegisterForm: UDSRegisterForm {
     public static let label = "uds:register"
-    /// The peer's locator; Goblins sends hints `f` here.
+}
+
+/// The v2 opening's label (PROTOCOL.md §15).
+public enum UDSV2RegisterForm: UDSRegisterForm {
+    public static let label = "uds-v2:register"
+}
+
+/// `<uds:register peer-location client-challenge>` or `<uds-v2:register peer-location
+/// client-challenge>`: peer → server, opens registration. Both forms carry the same fields; only
+/// the label (`Form`) differs, and it decides which answer and signature follow.
+public struct UDSRegisterMessage<Form: UDSRegisterForm>: Equatable, Sendable {
+    public static var label: String { Form.label }
+    /// The peer's locator; Goblins sends hints `f` here. In v2 its key is the one the peer signs as.
     public var locator: PeerLocator
     public var challenge: Challenge
 
@@ -64,11 +81,14 @@ public struct UDSRegister: Equatable, Sendable {
     }
 
     init(fields: [SyrupValue], limits: OCapNLimits) throws(OCapNError) {
-        guard fields.count == 2 else { throw OCapNError.malformed("uds:register: expected 2 fields, got \(fields.count)") }
+        guard fields.count == 2 else { throw OCapNError.malformed("\(Self.label): expected 2 fields, got \(fields.count)") }
         locator = try PeerLocator(syrup: fields[0], limits: limits)
-        challenge = try Shape.challenge(fields[1], "uds:register client-challenge")
+        challenge = try Shape.challenge(fields[1], "\(Self.label) client-challenge")
     }
 }
+
+/// `<uds:register peer-location client-challenge>`: peer → server, opens registration.
+public typealias UDSRegister = UDSRegisterMessage<UDSLegacyRegisterForm>
 
 /// `<uds:server-response server-key server-challenge client-challenge-response>`: server → peer.
 public struct UDSServerResponse: Equatable, Sendable {
@@ -162,27 +182,7 @@ public struct UDSNewConnection: Equatable, Sendable {
 // downgrade): which form to speak with a server is a per-server setting, never negotiated.
 
 /// `<uds-v2:register peer-location client-challenge>`: peer → server, opens a v2 registration.
-public struct UDSRegisterV2: Equatable, Sendable {
-    public static let label = "uds-v2:register"
-    /// The peer's locator (hints `f`); its key is the one the peer signs as.
-    public var locator: PeerLocator
-    public var challenge: Challenge
-
-    public init(locator: PeerLocator, challenge: Challenge) {
-        self.locator = locator
-        self.challenge = challenge
-    }
-
-    public var syrupValue: SyrupValue {
-        .record(label: .symbol(Self.label), fields: [locator.syrupValue, .bytes(challenge.bytes)])
-    }
-
-    init(fields: [SyrupValue], limits: OCapNLimits) throws(OCapNError) {
-        guard fields.count == 2 else { throw OCapNError.malformed("uds-v2:register: expected 2 fields, got \(fields.count)") }
-        locator = try PeerLocator(syrup: fields[0], limits: limits)
-        challenge = try Shape.challenge(fields[1], "uds-v2:register client-challenge")
-    }
-}
+public typealias UDSRegisterV2 = UDSRegisterMessage<UDSV2RegisterForm>
 
 /// `<uds-v2:server-response server-key server-challenge signature>`: server → peer. The signature
 /// (raw 64 bytes) is the server's over the server-role transcript (`RegistrationTranscript`).
@@ -206,10 +206,7 @@ public struct UDSServerResponseV2: Equatable, Sendable {
         guard fields.count == 3 else { throw OCapNError.malformed("uds-v2:server-response: expected 3 fields, got \(fields.count)") }
         serverKey = try PublicIdentity(captpPublicKey: fields[0])
         serverChallenge = try Shape.challenge(fields[1], "uds-v2:server-response server-challenge")
-        let raw = try Shape.bytes(fields[2], "uds-v2:server-response signature")
-        do { signature = try Ed25519Signature(raw) } catch {
-            throw OCapNError.malformed("uds-v2:server-response signature: 64 raw bytes, got \(raw.count)")
-        }
+        signature = try Shape.rawSignature(fields[2], "uds-v2:server-response signature")
     }
 }
 
@@ -225,10 +222,7 @@ public struct UDSSignatureV2: Equatable, Sendable {
 
     init(fields: [SyrupValue]) throws(OCapNError) {
         guard fields.count == 1 else { throw OCapNError.malformed("uds-v2:signature: expected 1 field, got \(fields.count)") }
-        let raw = try Shape.bytes(fields[0], "uds-v2:signature signature")
-        do { signature = try Ed25519Signature(raw) } catch {
-            throw OCapNError.malformed("uds-v2:signature signature: 64 raw bytes, got \(raw.count)")
-        }
+        signature = try Shape.rawSignature(fields[0], "uds-v2:signature signature")
     }
 }
 

@@ -371,19 +371,9 @@ public struct ChannelMachine {
         case .handshaking(let s):
             feedHandshake(s, bytes, into: &actions)
         case .open(let s):
-            switch s.framing {
-            case .authenticated(_, let receiver):
-                if accept(bytes, receiver, into: &actions) { drain(receiver, into: &actions) }
-            case .legacy:
-                deliverLegacy(bytes, into: &actions)
-            }
+            receiveWhileReadable(bytes, s.framing, into: &actions)
         case .closingOurs(let s):
-            switch s.framing {
-            case .authenticated(_, let receiver):
-                if accept(bytes, receiver, into: &actions) { drain(receiver, into: &actions) }
-            case .legacy:
-                deliverLegacy(bytes, into: &actions)
-            }
+            receiveWhileReadable(bytes, s.framing, into: &actions)
         case .closingTheirs(let s):
             switch s.framing {
             case .authenticated(_, let receiver):
@@ -396,6 +386,17 @@ public struct ChannelMachine {
             end(.protocolError(HandshakeError(.dataAfterClose, "\(bytes.count) bytes after CLOSE")), into: &actions)
         case .closed:
             return
+        }
+    }
+
+    /// Bytes while the peer has not sent CLOSE: frames on an authenticated channel, the stream
+    /// itself on a legacy one.
+    private mutating func receiveWhileReadable(_ bytes: UnsafeRawBufferPointer, _ framing: Framing, into actions: inout [Action]) {
+        switch framing {
+        case .authenticated(_, let receiver):
+            if accept(bytes, receiver, into: &actions) { drain(receiver, into: &actions) }
+        case .legacy:
+            deliverLegacy(bytes, into: &actions)
         }
     }
 
@@ -540,23 +541,23 @@ public struct ChannelMachine {
                 end(.protocolError(error), into: &actions)
             }
         case .open(let s):
-            switch s.framing {
-            case .authenticated:
-                end(.protocolError(HandshakeError(.truncated, "end of stream without CLOSE")), into: &actions)
-            case .legacy:
-                // A legacy stream has no authenticated end: EOF is all there is.
-                peerClosed(into: &actions)
-            }
+            endOfStreamBeforeClose(s.framing, "end of stream without CLOSE", into: &actions)
         case .closingOurs(let s):
-            switch s.framing {
-            case .authenticated:
-                end(.protocolError(HandshakeError(.truncated, "end of stream without CLOSE after ours")), into: &actions)
-            case .legacy:
-                peerClosed(into: &actions)
-            }
+            endOfStreamBeforeClose(s.framing, "end of stream without CLOSE after ours", into: &actions)
         case .closingTheirs, .closingBoth, .closed:
             // After the peer's CLOSE an end of stream is what comes next.
             return
+        }
+    }
+
+    /// EOF while the peer still owes its CLOSE: truncation on an authenticated channel; on a
+    /// legacy stream, which has no authenticated end, EOF is all there is.
+    private mutating func endOfStreamBeforeClose(_ framing: Framing, _ detail: String, into actions: inout [Action]) {
+        switch framing {
+        case .authenticated:
+            end(.protocolError(HandshakeError(.truncated, detail)), into: &actions)
+        case .legacy:
+            peerClosed(into: &actions)
         }
     }
 

@@ -53,6 +53,11 @@ public struct HandshakeConfiguration: Sendable {
         self.timeout = timeout
         self.channel = channel
     }
+
+    /// The `timeout` both machines throw once `now` has reached `deadline`; nil before it.
+    func timeoutError(deadline: ContinuousClock.Instant, now: ContinuousClock.Instant) -> HandshakeError? {
+        now < deadline ? nil : HandshakeError.make(.timeout, "handshake not finished within \(timeout)")
+    }
 }
 
 /// A peer identity proven by a completed handshake: its Ed25519 signature over the transcript
@@ -117,6 +122,16 @@ func staticDH(_ identity: IdentityKeyPair, _ publicKey: [UInt8], _ token: Static
     return out
 }
 
+/// ss between our identity and a peer's: from `cache` when it holds the pair, else computed now
+/// and returned as `fresh` too, for the caller to remember once the handshake has verified.
+func staticSecret(
+    _ identity: IdentityKeyPair, peer peerKey: [UInt8], peerX: [UInt8], cache: StaticSecretCache?
+) throws(HandshakeError) -> (ss: SecretBytes, fresh: SecretBytes?) {
+    if let cached = cache?.secret(local: identity.publicKey, peer: peerKey) { return (cached, nil) }
+    let ss = try staticDH(identity, peerX, "ss")
+    return (ss, ss)
+}
+
 // MARK: - Initiator
 
 /// The initiator (A) of UDS-HS1: it knows the responder's key from the `to` locator.
@@ -174,9 +189,7 @@ public final class HandshakeInitiator {
         var s = UDSHS1.initialState(header: header[...], initiatorX: identity.handshakePublicKey, responderX: responderX)
         s.mixHash(ephemeralPublic)
         s.mixKey(try noiseDH(e, responderX, "es"))
-        let cached = staticSecrets?.secret(local: identity.publicKey, peer: responderKey)
-        let ss: SecretBytes
-        if let cached { ss = cached } else { ss = try staticDH(identity, responderX, "ss") }
+        let (ss, freshSS) = try staticSecret(identity, peer: responderKey, peerX: responderX, cache: staticSecrets)
         s.mixKey(ss)
         let tag = try s.encryptAndHash([])
         initialMessage = header + ephemeralPublic + tag
@@ -186,7 +199,7 @@ public final class HandshakeInitiator {
         deadline = now.advanced(by: configuration.timeout)
         state = .awaitingResponse(AwaitingResponse(
             symmetric: s, ephemeralSecret: e, ephemeralPublic: ephemeralPublic, responderKey: responderKey,
-            newStaticSecret: cached == nil ? ss : nil))
+            newStaticSecret: freshSS))
     }
 
     /// Feeds bytes read from the socket.
@@ -218,11 +231,9 @@ public final class HandshakeInitiator {
     /// Throws `timeout` once `now` has reached the deadline (call it from the runtime's timer).
     /// A finished handshake never times out, so a timer racing with completion is harmless.
     public func checkDeadline(now: ContinuousClock.Instant) throws(HandshakeError) {
-        guard case .awaitingResponse = state else { return }
-        guard now < deadline else {
-            fail()
-            throw HandshakeError.make(.timeout, "handshake not finished within \(configuration.timeout)")
-        }
+        guard case .awaitingResponse = state, let timeout = configuration.timeoutError(deadline: deadline, now: now) else { return }
+        fail()
+        throw timeout
     }
 
     private func fail() {
@@ -366,10 +377,9 @@ public final class HandshakeResponder {
         case .awaitingHello, .awaitingAuth: break
         case .established, .failed: return
         }
-        guard now < deadline else {
-            fail()
-            throw HandshakeError.make(.timeout, "handshake not finished within \(configuration.timeout)")
-        }
+        guard let timeout = configuration.timeoutError(deadline: deadline, now: now) else { return }
+        fail()
+        throw timeout
     }
 
     private func fail() {
@@ -436,9 +446,7 @@ public final class HandshakeResponder {
         var s = UDSHS1.initialState(header: msg1[0..<UDSHS1.headerLength], initiatorX: initiatorX, responderX: identity.handshakePublicKey)
         s.mixHash(ei)
         s.mixKey(try staticDH(identity, ei, "es"))
-        let cached = staticSecrets?.secret(local: identity.publicKey, peer: initiatorKey)
-        let ss: SecretBytes
-        if let cached { ss = cached } else { ss = try staticDH(identity, initiatorX, "ss") }
+        let (ss, freshSS) = try staticSecret(identity, peer: initiatorKey, peerX: initiatorX, cache: staticSecrets)
         s.mixKey(ss)
         _ = try s.decryptAndHash(Array(msg1[104..<120]))
 
@@ -453,7 +461,7 @@ public final class HandshakeResponder {
         let sealed = try s.encryptAndHash(signature)
         let (kIR, kRI) = s.split()
         let next = AwaitingAuth(
-            initiatorKey: initiatorKey, handshakeHash: s.h, receiveKey: kIR, sendKey: kRI, newStaticSecret: cached == nil ? ss : nil)
+            initiatorKey: initiatorKey, handshakeHash: s.h, receiveKey: kIR, sendKey: kRI, newStaticSecret: freshSS)
         return (next, [UDSHS1.msg2Type] + er + sealed)
     }
 

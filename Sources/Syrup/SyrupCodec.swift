@@ -179,30 +179,18 @@ public enum SyrupEncoder {
             out.append(SyrupByte.recordClose)
         case .dictionary(let dict):
             out.append(SyrupByte.dictOpen)
-            appendSorted(count: dict.count, into: &out) { out in
-                var spans: [Span] = []
-                spans.reserveCapacity(dict.count)
-                for (key, value) in dict {
-                    let start = out.count
-                    encode(key, into: &out)
-                    let keyEnd = out.count
-                    encode(value, into: &out)
-                    spans.append(Span(start: start, keyEnd: keyEnd, end: out.count))
-                }
-                return spans
+            appendSorted(dict, into: &out) { entry, out in
+                encode(entry.key, into: &out)
+                let keyEnd = out.count
+                encode(entry.value, into: &out)
+                return keyEnd
             }
             out.append(SyrupByte.dictClose)
         case .set(let set):
             out.append(SyrupByte.setOpen)
-            appendSorted(count: set.count, into: &out) { out in
-                var spans: [Span] = []
-                spans.reserveCapacity(set.count)
-                for element in set {
-                    let start = out.count
-                    encode(element, into: &out)
-                    spans.append(Span(start: start, keyEnd: out.count, end: out.count))
-                }
-                return spans
+            appendSorted(set, into: &out) { element, out in
+                encode(element, into: &out)
+                return out.count
             }
             out.append(SyrupByte.setClose)
         }
@@ -217,10 +205,19 @@ public enum SyrupEncoder {
 
     /// Encodes entries in hash order straight into `out`, then reorders that region by sort key.
     /// This avoids one array per key; the only extra buffer is one copy of the region.
-    private static func appendSorted(count: Int, into out: inout [UInt8], _ write: (inout [UInt8]) -> [Span]) {
+    /// `write` encodes one entry and returns where its sort key ends.
+    private static func appendSorted<Entries: Collection>(
+        _ entries: Entries, into out: inout [UInt8], _ write: (Entries.Element, inout [UInt8]) -> Int
+    ) {
         let base = out.count
-        var spans = write(&out)
-        guard count > 1 else { return }
+        var spans: [Span] = []
+        spans.reserveCapacity(entries.count)
+        for entry in entries {
+            let start = out.count
+            let keyEnd = write(entry, &out)
+            spans.append(Span(start: start, keyEnd: keyEnd, end: out.count))
+        }
+        guard entries.count > 1 else { return }
         out.withUnsafeBytes { raw in
             spans.sort { a, b in
                 SyrupScanner.compare(raw, a.start, a.keyEnd, b.start, b.keyEnd) == .less

@@ -65,28 +65,30 @@ public final class Listener: @unchecked Sendable {
 
     /// Takes ownership of `socket` (closed, and unlinked if bound to a path, by `close()`).
     /// The handler runs on `loop`'s thread.
-    public init(
+    public convenience init(
         socket: ListeningSocket, loop: EventLoop, configuration: Configuration = Configuration(),
+        handler: @escaping (ListenerEvent) -> Void
+    ) {
+        self.init(socket: socket, loop: loop, deliveryQueue: nil, configuration: configuration, handler: handler)
+    }
+
+    /// Takes ownership of `socket`, on a loop of the process's group, with the handler run on
+    /// `queue`.
+    public convenience init(
+        socket: ListeningSocket, queue: DispatchQueue, configuration: Configuration = Configuration(),
+        loop: EventLoop = EventLoopGroup.shared.next(), handler: @escaping (ListenerEvent) -> Void
+    ) {
+        self.init(socket: socket, loop: loop, deliveryQueue: queue, configuration: configuration, handler: handler)
+    }
+
+    private init(
+        socket: ListeningSocket, loop: EventLoop, deliveryQueue: DispatchQueue?, configuration: Configuration,
         handler: @escaping (ListenerEvent) -> Void
     ) {
         precondition(configuration.maximumConnections > 0 && configuration.acceptsPerEvent > 0, "bad configuration")
         self.socket = socket
         self.loop = loop
-        deliveryQueue = nil
-        self.configuration = configuration
-        self.handler = handler
-    }
-
-    /// Takes ownership of `socket`, on a loop of the process's group, with the handler run on
-    /// `queue`.
-    public init(
-        socket: ListeningSocket, queue: DispatchQueue, configuration: Configuration = Configuration(),
-        loop: EventLoop = EventLoopGroup.shared.next(), handler: @escaping (ListenerEvent) -> Void
-    ) {
-        precondition(configuration.maximumConnections > 0 && configuration.acceptsPerEvent > 0, "bad configuration")
-        self.socket = socket
-        self.loop = loop
-        deliveryQueue = queue
+        self.deliveryQueue = deliveryQueue
         self.configuration = configuration
         self.handler = handler
     }

@@ -41,24 +41,8 @@ public final class ListeningSocket: Sendable {
         let lock = try takeLock(path + ".lock")
         do throws(TransportError) {
             try removeStaleSocket(at: path)
-            let socket = try FileDescriptor.makeSocket(family: AF_UNIX, type: SocketType.stream, nonBlocking: true)
-            do throws(TransportError) {
-                let identity = try socket.with { (fd) throws(TransportError) -> FileIdentity in
-                    _ = try systemCallNonBlocking("fchmod") { fchmod(fd, mode) }
-                    try UnixAddress.withAddress(path, allowAbstract: false) { (address, length) throws(TransportError) in
-                        _ = try systemCallNonBlocking("bind") { Glibc.bind(fd, address, length) }
-                    }
-                    let identity = try fixMode(path: path, mode: mode)
-                    _ = try systemCallNonBlocking("listen") { listen(fd, backlog) }
-                    return identity
-                }
-                return ListeningSocket(path: path, descriptor: socket, lock: lock, fileIdentity: identity)
-            } catch {
-                // Bound but failed later: remove our file before giving up.
-                if let info = try? lstatPath(path), info.isSocket { unlink(path) }
-                socket.close()
-                throw error
-            }
+            let (socket, identity) = try listening(at: path, mode: mode, backlog: backlog)
+            return ListeningSocket(path: path, descriptor: socket, lock: lock, fileIdentity: identity)
         } catch {
             lock.close()
             throw error
@@ -222,24 +206,43 @@ public final class ListeningSocket: Sendable {
         let temporary = path + ".new"
         try UnixAddress.withAddress(temporary, allowAbstract: false) { _, _ throws(TransportError) in }
         if let stale = try Self.lstatPath(temporary), stale.isSocket { unlink(temporary) }
-        let socket = try FileDescriptor.makeSocket(family: AF_UNIX, type: SocketType.stream, nonBlocking: true)
+        let (socket, identity) = try Self.listening(at: temporary, mode: mode, backlog: backlog) { () throws(TransportError) in
+            _ = try systemCallNonBlocking("rename") { rename(temporary, path) }
+        }
         do throws(TransportError) {
-            let identity = try socket.with { (fd) throws(TransportError) -> FileIdentity in
-                _ = try systemCallNonBlocking("fchmod") { fchmod(fd, mode) }
-                try UnixAddress.withAddress(temporary, allowAbstract: false) { (address, length) throws(TransportError) in
-                    _ = try systemCallNonBlocking("bind") { Glibc.bind(fd, address, length) }
-                }
-                let identity = try Self.fixMode(path: temporary, mode: mode)
-                _ = try systemCallNonBlocking("listen") { listen(fd, backlog) }
-                _ = try systemCallNonBlocking("rename") { rename(temporary, path) }
-                return identity
-            }
             let copy = try lock.with { (fd) throws(TransportError) -> Int32 in
                 try systemCallNonBlocking("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) }
             }
             return ListeningSocket(path: path, descriptor: socket, lock: FileDescriptor(adopting: copy), fileIdentity: identity)
         } catch {
             if let info = try? Self.lstatPath(temporary), info.isSocket { unlink(temporary) }
+            socket.close()
+            throw error
+        }
+    }
+
+    /// A non-blocking socket bound at `path` with `mode` and listening, with the identity of the
+    /// file it made; `thenAtPath` runs last (while a failure still cleans up). A failure at any
+    /// step removes the file if it is a socket (it is ours) and closes the socket.
+    private static func listening(
+        at path: String, mode: mode_t, backlog: Int32, thenAtPath: () throws(TransportError) -> Void = {}
+    ) throws(TransportError) -> (FileDescriptor, FileIdentity) {
+        let socket = try FileDescriptor.makeSocket(family: AF_UNIX, type: SocketType.stream, nonBlocking: true)
+        do throws(TransportError) {
+            let identity = try socket.with { (fd) throws(TransportError) -> FileIdentity in
+                _ = try systemCallNonBlocking("fchmod") { fchmod(fd, mode) }
+                try UnixAddress.withAddress(path, allowAbstract: false) { (address, length) throws(TransportError) in
+                    _ = try systemCallNonBlocking("bind") { Glibc.bind(fd, address, length) }
+                }
+                let identity = try fixMode(path: path, mode: mode)
+                _ = try systemCallNonBlocking("listen") { listen(fd, backlog) }
+                try thenAtPath()
+                return identity
+            }
+            return (socket, identity)
+        } catch {
+            // Bound but failed later: remove our file before giving up.
+            if let info = try? lstatPath(path), info.isSocket { unlink(path) }
             socket.close()
             throw error
         }

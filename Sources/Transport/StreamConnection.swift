@@ -164,36 +164,37 @@ public final class StreamConnection: @unchecked Sendable {
     /// The handler runs on `loop`'s thread. Reads go into `readBuffer` when given (shared by
     /// connections of the same loop), else into a buffer of `configuration.readBufferSize` of
     /// the connection's own. Nothing happens until `start()`.
-    public init(
+    public convenience init(
         descriptor: FileDescriptor, loop: EventLoop, configuration: Configuration = Configuration(),
         readBuffer: ReadBuffer? = nil, handler: @escaping (StreamEvent) -> Void
     ) throws(TransportError) {
-        precondition(configuration.readBufferSize > 0 && configuration.readsPerEvent > 0, "bad configuration")
-        precondition((0...maximumDescriptorsPerMessage).contains(configuration.descriptorsPerRead), "bad configuration")
-        try descriptor.setNonBlocking()
-        self.descriptor = descriptor
-        self.loop = loop
-        deliveryQueue = nil
-        self.configuration = configuration
-        self.handler = handler
-        self.readBuffer = readBuffer ?? ReadBuffer(byteCount: configuration.readBufferSize)
+        try self.init(descriptor: descriptor, loop: loop, deliveryQueue: nil, configuration: configuration,
+                      readBuffer: readBuffer, handler: handler)
     }
 
     /// Takes ownership of `descriptor`, on a loop of the process's group, with the handler run
     /// on `queue` (for an owner whose state lives there). Nothing happens until `start()`.
-    public init(
+    public convenience init(
         descriptor: FileDescriptor, queue: DispatchQueue, configuration: Configuration = Configuration(),
         loop: EventLoop = EventLoopGroup.shared.next(), handler: @escaping (StreamEvent) -> Void
+    ) throws(TransportError) {
+        try self.init(descriptor: descriptor, loop: loop, deliveryQueue: queue, configuration: configuration,
+                      readBuffer: nil, handler: handler)
+    }
+
+    private init(
+        descriptor: FileDescriptor, loop: EventLoop, deliveryQueue: DispatchQueue?, configuration: Configuration,
+        readBuffer: ReadBuffer?, handler: @escaping (StreamEvent) -> Void
     ) throws(TransportError) {
         precondition(configuration.readBufferSize > 0 && configuration.readsPerEvent > 0, "bad configuration")
         precondition((0...maximumDescriptorsPerMessage).contains(configuration.descriptorsPerRead), "bad configuration")
         try descriptor.setNonBlocking()
         self.descriptor = descriptor
         self.loop = loop
-        deliveryQueue = queue
+        self.deliveryQueue = deliveryQueue
         self.configuration = configuration
         self.handler = handler
-        readBuffer = ReadBuffer(byteCount: configuration.readBufferSize)
+        self.readBuffer = readBuffer ?? ReadBuffer(byteCount: configuration.readBufferSize)
     }
 
     deinit {
