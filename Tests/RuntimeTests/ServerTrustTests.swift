@@ -49,10 +49,13 @@ import Transport
         let listener = Process()
         listener.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
         listener.arguments = ["--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c",
-                              "import socket,time,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8); time.sleep(30)",
+                              "import os,socket,time,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1] + '.tmp'); s.listen(8); "
+                              + "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(30)",
                               path]
         try listener.run()
         defer { kill(listener.processIdentifier, SIGKILL); listener.waitUntilExit() }
+        // The listener binds a temporary name and renames it once listening, so the path never
+        // names a socket that refuses connections (a connect between bind and listen would).
         #expect(await PeerTestSupport.eventually { FileManager.default.fileExists(atPath: path) })
 
         let peer = TestPeer(registrationTimeout: .milliseconds(300))
