@@ -38,8 +38,9 @@ public final class IdentityKeyPair: Sendable {
         // Written once, read by every signature and handshake: read-only pages, so a stray
         // write faults instead of corrupting the key.
         secretKey.makeReadOnly()
+        // The X25519 form sits in a slot of the guarded slab (locked, kept out of core dumps,
+        // guard pages around the slab, wiped on release), not read-only: slots share pages.
         let handshakeSecret = Ed25519.secretKeyToX25519(secretKey)
-        handshakeSecret.makeReadOnly()
         self.secretKey = secretKey
         self.handshakeSecret = handshakeSecret
     }

@@ -166,11 +166,14 @@ public enum Ed25519 {
         return out
     }
 
-    /// Converts an identity secret key to its X25519 scalar.
+    /// Converts an identity secret key to its X25519 scalar, in a slot of the guarded slab: a
+    /// `sodium_malloc` of its own per identity would cost three more memory mappings each, and a
+    /// process holding many identities (the 10,000-peer memory bench) ran out of them
+    /// (`vm.max_map_count`).
     package static func secretKeyToX25519(_ secretKey: SecretBytes) -> SecretBytes {
         precondition(secretKey.count == secretKeyLength, "Ed25519 secret key must be 64 bytes")
         SecretDerivationCounter.record()
-        let out = SecretBytes(count: X25519.keyLength, guarded: true)
+        let out = SecretBytes(count: X25519.keyLength)
         let rc = out.withUnsafeMutableBytes { o in
             secretKey.withUnsafeBytes { k in crypto_sign_ed25519_sk_to_curve25519(mu8(o), u8(k)) }
         }
