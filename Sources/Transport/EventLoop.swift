@@ -229,14 +229,28 @@ public final class EventLoop: Sendable, CustomStringConvertible {
 
     // MARK: the loop
 
+    /// The asynchronous signals a loop thread never takes. A process-directed SIGINT or SIGTERM
+    /// goes to any thread that does not block it; with `TerminationSignals` the disposition is
+    /// SIG_IGN and the signal is read elsewhere, so a loop thread taking it would drop it (seen:
+    /// an intro-server that ignored the SIGINT sent while it started).
+    static let blockedSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+
     private func startThread() throws(TransportError) {
         let box = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
+        // Blocked around the create, so the thread starts with them blocked (the mask is
+        // inherited) and no signal can reach it before it could block them itself.
+        var blocked = sigset_t()
+        var previous = sigset_t()
+        sigemptyset(&blocked)
+        for number in Self.blockedSignals { sigaddset(&blocked, number) }
+        pthread_sigmask(SIG_BLOCK, &blocked, &previous)
         let result = pthread_create(&thread, nil, { argument in
             let loop = Unmanaged<EventLoop>.fromOpaque(argument!).takeRetainedValue()
             loop.run()
             return nil
         }, box)
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
         guard result == 0 else {
             Unmanaged<EventLoop>.fromOpaque(box).release()
             throw TransportError.system("pthread_create", result)

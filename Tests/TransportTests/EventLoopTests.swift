@@ -5,6 +5,43 @@ import Transport
 
 extension TransportTests {
     @Suite struct EventLoops {
+        /// A loop thread never takes SIGINT or SIGTERM meant for the process: with the signals
+        /// turned into events (SIG_IGN plus a reader elsewhere) it would drop them.
+        @Test func aLoopThreadBlocksTheTerminationSignals() throws {
+            // Made from a thread that does not block them (test threads may, and a loop thread
+            // would inherit that), which must find its own mask unchanged afterwards.
+            let creatorKeptItsMask = EventLog<Bool>()
+            let made = EventLog<EventLoop>()
+            let creator = Thread {
+                var open = sigset_t()
+                sigemptyset(&open)
+                for n in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&open, n) }
+                var saved = sigset_t()
+                pthread_sigmask(SIG_UNBLOCK, &open, &saved)
+                defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
+                guard let loop = try? EventLoop(name: "test-sigmask") else { return }
+                var mine = sigset_t()
+                pthread_sigmask(SIG_BLOCK, nil, &mine)
+                creatorKeptItsMask.append([SIGINT, SIGTERM, SIGHUP].allSatisfy { sigismember(&mine, $0) == 0 })
+                made.append(loop)
+            }
+            creator.start()
+            #expect(made.wait { !$0.isEmpty })
+            let loop = try #require(made.events.first)
+            defer { loop.shutdown() }
+            #expect(creatorKeptItsMask.events == [true])
+            let blocked = EventLog<[Int32]>()
+            #expect(loop.execute {
+                var mask = sigset_t()
+                pthread_sigmask(SIG_BLOCK, nil, &mask)
+                blocked.append([SIGINT, SIGTERM, SIGHUP].filter { sigismember(&mask, $0) == 1 })
+            })
+            #expect(blocked.wait { !$0.isEmpty })
+            #expect(blocked.events.first == [SIGINT, SIGTERM, SIGHUP])
+        }
+
+
+
         @Test func readinessIsReportedOnTheLoopThreadAndAnEmptyInterestStopsIt() async throws {
             let oracle = await LeakOracle.make()
             let loop = try EventLoop(name: "test-loop")
