@@ -75,6 +75,12 @@ public final class TerminationSignals: @unchecked Sendable {
 
     public init(queue: DispatchQueue = .global(), handler: (@Sendable (_ signal: Int32) -> Void)? = nil) {
         let received = self.received
+        // A process started with these signals blocked (its parent's thread blocked them, as
+        // libdispatch's workers do) may already hold one pending; SIG_IGN below would discard
+        // it (POSIX), and the stop it asked for would be lost. Noted here, delivered below.
+        var pending = sigset_t()
+        sigpending(&pending)
+        let alreadyPending = [SIGINT, SIGTERM].filter { sigismember(&pending, $0) == 1 }
         sources = [SIGINT, SIGTERM].map { number in
             _ = signal(number, SIG_IGN)  // delivered through the dispatch source instead
             let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
@@ -84,6 +90,12 @@ public final class TerminationSignals: @unchecked Sendable {
             }
             source.activate()
             return source
+        }
+        if let number = alreadyPending.first {
+            queue.async {
+                received.fire()
+                handler?(number)
+            }
         }
     }
 
