@@ -75,6 +75,10 @@ public final class TerminationSignals: @unchecked Sendable {
 
     public init(queue: DispatchQueue = .global(), handler: (@Sendable (_ signal: Int32) -> Void)? = nil) {
         let received = self.received
+        let deliver: @Sendable (Int32) -> Void = { number in
+            received.fire()
+            handler?(number)
+        }
         // A process started with these signals blocked (its parent's thread blocked them, as
         // libdispatch's workers do) may already hold one pending; SIG_IGN below would discard
         // it (POSIX), and the stop it asked for would be lost. Noted here, delivered below.
@@ -84,19 +88,11 @@ public final class TerminationSignals: @unchecked Sendable {
         sources = [SIGINT, SIGTERM].map { number in
             _ = signal(number, SIG_IGN)  // delivered through the dispatch source instead
             let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-            source.setEventHandler {
-                received.fire()
-                handler?(number)
-            }
+            source.setEventHandler { deliver(number) }
             source.activate()
             return source
         }
-        if let number = alreadyPending.first {
-            queue.async {
-                received.fire()
-                handler?(number)
-            }
-        }
+        if let number = alreadyPending.first { queue.async { deliver(number) } }
     }
 
     /// Stops listening (the dispositions stay ignored, so a late signal does not kill the process).

@@ -31,11 +31,11 @@ import Transport
     @Test func theRetryStateCountsLossesInARowAndReportsContestedOnceUntilAStableRegistration() {
         var state = ServerRetryState(policy: ReconnectPolicy(
             initialDelay: .milliseconds(100), maximumDelay: .seconds(30), jitter: 0.5, stableAfter: .seconds(30), contestedAfter: 3))
-        var random = SeededUnits(seed: 7)
+        var random = SplitMix64(seed: 7)
         let t0 = ContinuousClock.now
         // Unreachable and a server failing our checks grow the backoff but are no contest.
-        let a = state.failed(.unreachable, at: t0, unit: random.next())
-        let b = state.failed(.rejectedServer, at: t0 + .seconds(1), unit: random.next())
+        let a = state.failed(.unreachable, at: t0, unit: random.nextUnit())
+        let b = state.failed(.rejectedServer, at: t0 + .seconds(1), unit: random.nextUnit())
         #expect(a.consecutiveFailures == 1 && b.consecutiveFailures == 2)
         #expect(a.consecutiveLosses == 0 && b.consecutiveLosses == 0 && !state.isContested)
         #expect(a.delay <= .milliseconds(100) && a.delay >= .milliseconds(50))
@@ -45,7 +45,7 @@ import Transport
         for i in 0..<5 {
             let at = t0 + .seconds(10 * (i + 1))
             state.registered(at: at)
-            decisions.append(state.failed(.lost, at: at + .seconds(1), unit: random.next()))
+            decisions.append(state.failed(.lost, at: at + .seconds(1), unit: random.nextUnit()))
         }
         #expect(decisions.map(\.consecutiveLosses) == [1, 2, 3, 4, 5])
         #expect(decisions.map(\.becameContested) == [false, false, true, false, false])
@@ -454,19 +454,6 @@ import Transport
     }
 }
 
-/// Deterministic uniform numbers in [0, 1) (SplitMix64), for the injected jitter.
-struct SeededUnits {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> Double {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        z ^= z >> 31
-        return Double(z >> 11) / Double(1 << 53)
-    }
-}
 
 /// Incoming channels a test keeps open.
 final class HeldChannels: @unchecked Sendable {

@@ -68,34 +68,6 @@ public enum ChannelFuzzFixture {
         }
         return Genuine(msg1: i.initialMessage, msg2: msg2, auth: auth, keyIR: keyIR)
     }()
-
-    /// SplitMix64 seeded from FNV-1a of the input: split points are a function of the input.
-    struct SplitRandom {
-        private var state: UInt64
-        init(seed: [UInt8]) {
-            var h: UInt64 = 0xcbf2_9ce4_8422_2325
-            for b in seed { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-            state = h
-        }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func pieces(of count: Int, maxPiece: Int) -> [Range<Int>] {
-            var out: [Range<Int>] = []
-            var at = 0
-            while at < count {
-                let limit = next() % 3 == 0 ? 8 : maxPiece
-                let n = min(count - at, 1 + Int(next() % UInt64(limit)))
-                out.append(at..<(at + n))
-                at += n
-            }
-            return out
-        }
-    }
 }
 
 /// FuzzHandshake: fuzz bytes as msg1 (and what follows) to a responder, as AUTH after the genuine
@@ -124,7 +96,7 @@ public enum HandshakeFuzzOracle {
         let payload = Array(input.dropFirst())
         let late = control & 0x80 != 0
         let eof = control & 0x40 != 0
-        var rng = Fixture.SplitRandom(seed: input)
+        var rng = SplitMix64(hashing: input)
         let pieces = rng.pieces(of: payload.count, maxPiece: 160)
         let genuine = Fixture.genuine
         var out: [String] = []
@@ -338,7 +310,7 @@ public enum FrameFuzzOracle {
         var out: [String] = []
         let plan = plan(input)
         let genuine = Fixture.genuine
-        var rng = Fixture.SplitRandom(seed: input)
+        var rng = SplitMix64(hashing: input)
         let pieces = rng.pieces(of: plan.stream.count, maxPiece: 4096)
         // The first piece may ride along with AUTH, as bytes behind it in one read do.
         let withAuth = input.first.map { $0 & 1 == 1 } ?? false

@@ -120,7 +120,7 @@ public enum SyrupFuzzOracle {
         var stream = SyrupStreamDecoder(limits: limits)
         var got: [SyrupValue] = []
         var gotError: SyrupError?
-        var rng = SplitRandom(seed: input)
+        var rng = SplitMix64(hashing: input)
         var fed = 0
         feeding: while fed < input.count {
             let piece = min(input.count - fed, 1 + Int(rng.next() % UInt64(rng.next() % 2 == 0 ? 4 : 97)))
@@ -147,23 +147,6 @@ public enum SyrupFuzzOracle {
             }
         case (let g, let e):
             out.append("\(name): stream decoder error \(String(describing: g)), decodePrefix error \(String(describing: e))")
-        }
-    }
-
-    /// SplitMix64 seeded from the input's FNV-1a hash: deterministic per input.
-    struct SplitRandom {
-        private var state: UInt64
-        init(seed: [UInt8]) {
-            var h: UInt64 = 0xcbf2_9ce4_8422_2325
-            for b in seed { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-            state = h
-        }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
         }
     }
 }
