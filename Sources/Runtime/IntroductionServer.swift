@@ -475,30 +475,39 @@ public final class IntroductionServer: @unchecked Sendable {
                                        now: Self.now()))
             return
         }
-        noteProgress(of: forward.target, on: connection)
+        let output = connection.outputState
+        noteProgress(of: forward.target, output)
         // A12: `introduction.forwarded` only once the kernel has the descriptor; a send that
         // fails later (the target reset, ETOOMANYREFS that never clears before a close) is
-        // audited as refused with its reason.
+        // audited as refused with its reason. Usually the kernel took it all just now.
+        if let output, output.unsentBytes == 0 {
+            forwardFlushed(forward, error: nil)
+            return
+        }
         connection.whenFlushed { [weak self] error in
             guard let self else { return }
-            if backPressureSince != nil {
-                logger.notice("forwarding resumed", metadata: ["paused_ms": "\((Self.now() &- backPressureSince!) / 1_000_000)"])
-                backPressureSince = nil
-            }
-            if let error {
-                perform(core.forwardFailed(forward, reason: Self.reason(for: error), detail: error.description, now: Self.now()))
-            } else {
-                perform(core.forwardSucceeded(forward, now: Self.now()))
-            }
+            forwardFlushed(forward, error: error)
             armTimer()
+        }
+    }
+
+    private func forwardFlushed(_ forward: IntroductionServerCore<FileDescriptor>.Forward, error: TransportError?) {
+        if let since = backPressureSince {
+            logger.notice("forwarding resumed", metadata: ["paused_ms": "\((Self.now() &- since) / 1_000_000)"])
+            backPressureSince = nil
+        }
+        if let error {
+            perform(core.forwardFailed(forward, reason: Self.reason(for: error), detail: error.description, now: Self.now()))
+        } else {
+            perform(core.forwardSucceeded(forward, now: Self.now()))
         }
     }
 
     /// A12: each forward adds to the target's unread output (SIOCOUTQ), so if it did not grow
     /// since the previous forward, the target read in between. Measured only when nothing waits
     /// in our own queue (then the kernel has everything we sent).
-    private func noteProgress(of target: IntroductionServerConnectionID, on connection: StreamConnection) {
-        guard connection.pendingOutputBytes == 0, let unread = connection.peerUnreadBytes else {
+    private func noteProgress(of target: IntroductionServerConnectionID, _ output: StreamConnection.OutputState?) {
+        guard let output, output.unsentBytes == 0, let unread = output.peerUnreadBytes else {
             lastUnread[target] = nil
             return
         }
