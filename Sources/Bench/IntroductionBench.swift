@@ -13,7 +13,7 @@ import Transport
 /// Both runs have the same shape: initiator A on the calling thread makes a socketpair, sends one
 /// end to the server, closes its copy and keeps `window` introductions in flight, reading one byte
 /// from the oldest end; target B on a second thread takes each descriptor, writes one byte into it
-/// and closes it. "Ours" is the real `IntroductionServer` (registration, Syrup records, routing,
+/// and closes it (ours: after checking the forwarded record is A's, byte for byte). "Ours" is the real `IntroductionServer` (registration, Syrup records, routing,
 /// validation) on its own queue; "raw" is a thread that only relays marker + descriptor with
 /// `recvmsg`/`sendmsg`: the same syscalls with no crypto and no Syrup.
 enum IntroductionBench {
@@ -58,11 +58,21 @@ enum IntroductionBench {
             from: PeerLocator(identity: a.identity, introductionServers: [serverKey.publicIdentity]),
             to: PeerLocator(identity: b.identity, introductionServers: [serverKey.publicIdentity]))).encoded
         nonisolated(unsafe) let target = b
+        nonisolated(unsafe) var mismatch = false
         let targetDone = DispatchSemaphore(value: 0)
         let targetThread = Thread {
             defer { targetDone.signal() }
             for _ in 0..<count {
-                guard let fd = try? target.receiveDescriptor() else { return }
+                // B checks what arrived against what A sent, byte for byte (the server forwards
+                // the sender's record), as cheaply as the raw target takes its marker: a parse
+                // here would load the 2-core machine with client work the baseline does not do.
+                guard let introduction = try? target.receiveIntroduction() else { return }
+                let fd = introduction.descriptor
+                if introduction.record != record {
+                    mismatch = true
+                    fd.close()  // A's read then sees end of stream and the run fails
+                    return
+                }
                 _ = try? fd.send([0x31])
                 fd.close()
             }
@@ -75,6 +85,7 @@ enum IntroductionBench {
         }
         let elapsed = nowNanos() - t0
         targetDone.wait()
+        if mismatch { throw BenchError("the target received another record than the initiator sent") }
         return Double(count) / Double(elapsed) * 1e9
     }
 
