@@ -69,32 +69,15 @@ public final class BlockingIntroductionClient {
     public func next(timeout: Double = 10) throws -> ControlStreamReader<FileDescriptor>.Item {
         while true {
             if let item = try reader.next() { return item }
-            try receiveMore(timeout: timeout)
-        }
-    }
-
-    /// The next introduction as received: the record's bytes, unparsed, with its descriptor.
-    /// For a caller that knows the record to expect and compares bytes (the benchmark's
-    /// target); anything else than an introduction is an error.
-    public func receiveIntroduction(timeout: Double = 10) throws -> ControlStreamReader<FileDescriptor>.Introduction {
-        while true {
-            switch try reader.nextEncoded() {
-            case let .newConnection(introduction)?: return introduction
-            case .message?: throw BlockingIOError("expected an introduction")
-            case nil: try receiveMore(timeout: timeout)
+            let result = try buffer.withUnsafeMutableBytes { try control.receive(into: $0, descriptorCapacity: 4) }
+            switch result {
+            case let .processed(r):
+                if r.isEndOfStream { throw BlockingIOError("server closed the control connection") }
+                // A padded control message's extra descriptor (issue #17) is closed at once.
+                for extra in try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors) { extra.close() }
+            case .wouldBlock:
+                try BlockingIO.waitFor(control, events: .readable, seconds: timeout)
             }
-        }
-    }
-
-    private func receiveMore(timeout: Double) throws {
-        let result = try buffer.withUnsafeMutableBytes { try control.receive(into: $0, descriptorCapacity: 4) }
-        switch result {
-        case let .processed(r):
-            if r.isEndOfStream { throw BlockingIOError("server closed the control connection") }
-            // A padded control message's extra descriptor (issue #17) is closed at once.
-            for extra in try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors) { extra.close() }
-        case .wouldBlock:
-            try BlockingIO.waitFor(control, events: .readable, seconds: timeout)
         }
     }
 
