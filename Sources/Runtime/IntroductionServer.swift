@@ -72,6 +72,8 @@ public final class IntroductionServer: @unchecked Sendable {
     private enum State { case idle, running, stopping, stopped }
 
     public let identity: PublicIdentity
+    /// The server's name in every audit record it writes (two per introduction), made once.
+    private let auditServerID: AuditPeerID
     /// The loop every descriptor of the server is registered with; its state lives there.
     public let loop: EventLoop
     /// Where the timers fire; their work then runs on the loop.
@@ -121,6 +123,7 @@ public final class IntroductionServer: @unchecked Sendable {
     ) {
         precondition(configuration.problems.isEmpty, "invalid configuration: \(configuration.problems)")
         identity = keyPair.publicIdentity
+        auditServerID = AuditPeerID(keyPair.publicIdentity)
         self.loop = loop
         self.configuration = configuration
         socketPath = socket.path
@@ -450,7 +453,7 @@ public final class IntroductionServer: @unchecked Sendable {
                 connection.close()
                 (acceptedBy.removeValue(forKey: id) ?? listener).connectionClosed()
             case let .audit(record):
-                audit?.record(AuditEvent(record, server: identity))
+                audit?.record(AuditEvent(record, server: auditServerID))
             case let .log(entry):
                 log(entry)
             }
@@ -601,7 +604,7 @@ public final class IntroductionServer: @unchecked Sendable {
 
 extension AuditEvent {
     /// The audit event for one core record, written by the server `server`.
-    init(_ record: IntroductionServerAuditRecord, server: PublicIdentity) {
+    init(_ record: IntroductionServerAuditRecord, server: AuditPeerID) {
         let kind: AuditEventKind
         switch record.kind {
         case .registrationAccepted: kind = .registrationAccepted
@@ -615,7 +618,7 @@ extension AuditEvent {
         }
         self.init(
             kind, reason: record.reason.map(AuditReason.init(introductionServer:)),
-            attempt: AuditAttemptID(rawValue: record.attempt), role: .server, local: AuditPeerID(server),
+            attempt: AuditAttemptID(rawValue: record.attempt), role: .server, local: server,
             expectedPeer: record.claimed.map(AuditPeerID.init), provedPeer: record.proved.map(AuditPeerID.init),
             from: record.from.map(AuditPeerID.init), to: record.to.map(AuditPeerID.init),
             credentials: record.credentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
