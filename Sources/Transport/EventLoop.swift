@@ -43,6 +43,10 @@ public struct Readiness: OptionSet, Sendable, Hashable {
 /// thread when another thread unregisters; owners make a late call harmless by checking their
 /// own state (a closed owner ignores it). Work that must run on the loop thread is sent with
 /// `execute`, which wakes the loop through an eventfd.
+///
+/// Timers (`schedule(at:_:)`) live in the loop too: a heap whose earliest deadline is
+/// `epoll_wait`'s timeout, so setting one up or cancelling it is a few instructions under the
+/// loop's lock, with no thread or kernel timer of its own; the work runs on the loop thread.
 public final class EventLoop: Sendable, CustomStringConvertible {
     public typealias Handler = @Sendable (Readiness) -> Void
 
@@ -58,6 +62,10 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         var tasks: [@Sendable () -> Void] = []
         var wakePending = false
         var phase = Phase.running
+        var timers = TimerQueue()
+        /// The deadline `epoll_wait` was last told to wake at (nil: none, it sleeps until an
+        /// event). A timer due no earlier needs no wake: the loop recomputes when it wakes.
+        var sleepDeadline: ContinuousClock.Instant?
     }
 
     /// The loop owns these two numbers itself (they are never lent): they are closed after the
@@ -194,6 +202,77 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         _ = try? systemCall("write") { withUnsafeBytes(of: &one) { Glibc.write(wakeFD, $0.baseAddress, 8) } }
     }
 
+    // MARK: timers
+
+    /// Runs `work` once on the loop thread at `deadline` (ContinuousClock; up to about a
+    /// millisecond late, never early), after the readiness events at hand. Returns nil, without
+    /// scheduling, once the loop was shut down; timers still pending at shutdown never run.
+    /// Any thread; from the loop thread it costs no system call.
+    public func schedule(
+        at deadline: ContinuousClock.Instant, _ work: @escaping @Sendable () -> Void
+    ) -> EventLoopTimer? {
+        let mustWake = state.withLock { state -> (UInt64, Bool)? in
+            guard case .running = state.phase else { return nil }
+            let id = state.timers.add(deadline, work)
+            // The loop thread recomputes its timeout before it sleeps again; a sleeping loop
+            // needs a wake only for a deadline before the one it sleeps until.
+            guard !inLoopThread, !state.wakePending, state.sleepDeadline.map({ deadline < $0 }) ?? true else {
+                return (id, false)
+            }
+            state.wakePending = true
+            return (id, true)
+        }
+        guard let (id, wake) = mustWake else { return nil }
+        if wake { self.wake() }
+        return EventLoopTimer(loop: self, id: id)
+    }
+
+    /// `schedule(at: .now + delay, work)`.
+    public func schedule(after delay: Duration, _ work: @escaping @Sendable () -> Void) -> EventLoopTimer? {
+        schedule(at: .now + delay, work)
+    }
+
+    /// Timers scheduled and neither run nor cancelled (tests: an owner that ended leaves none).
+    public var pendingTimerCount: Int { state.withLock { $0.timers.count } }
+
+    /// Removes a pending timer; false when it already ran (or is running) or was cancelled.
+    func cancelTimer(_ id: UInt64) -> Bool {
+        let work = state.withLock { $0.timers.remove(id) }
+        // The work (and whatever it holds) is released outside the lock.
+        return work != nil
+    }
+
+    /// Milliseconds until the earliest timer, rounded up (never early); -1 when there is none.
+    private func timeoutMilliseconds() -> Int32 {
+        let earliest = state.withLock { state -> ContinuousClock.Instant? in
+            state.sleepDeadline = state.timers.earliest
+            return state.sleepDeadline
+        }
+        guard let earliest else { return -1 }
+        let (seconds, attoseconds) = ContinuousClock.now.duration(to: earliest).components
+        guard seconds >= 0, attoseconds >= 0 else { return 0 }
+        guard seconds < Int64(Int32.max / 1000) - 1 else { return Int32.max }
+        let millis = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        return Int32(millis)
+    }
+
+    /// Runs the timers whose deadline passed, earliest first, one at a time: a timer that
+    /// cancels another due in the same pass stops it.
+    private func runDueTimers() {
+        var now: ContinuousClock.Instant?
+        while true {
+            let work = state.withLock { state -> (@Sendable () -> Void)? in
+                guard let earliest = state.timers.earliest else { return nil }
+                let current = now ?? .now
+                now = current
+                guard earliest <= current else { return nil }
+                return state.timers.removeFirstDue(now: current)
+            }
+            guard let work else { return }
+            work()
+        }
+    }
+
     // MARK: shutting down
 
     /// Stops the loop thread and waits for it to end, then closes the loop's own descriptors.
@@ -213,15 +292,16 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         }
         wake()
         if let thread = self.thread.withLock({ $0 }) { pthread_join(thread, nil) }
-        let leftovers = state.withLock { state -> ([UInt64: Handler], [@Sendable () -> Void]) in
+        let leftovers = state.withLock { state -> ([UInt64: Handler], [@Sendable () -> Void], TimerQueue) in
             state.phase = .stopped
             Glibc.close(wakeFD)
             Glibc.close(epollFD)
             defer {
                 state.handlers = [:]
                 state.tasks = []
+                state.timers = TimerQueue()
             }
-            return (state.handlers, state.tasks)
+            return (state.handlers, state.tasks, state.timers)
         }
         _ = leftovers
         joined.store(true, ordering: .releasing)
@@ -266,7 +346,8 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         while true {
             let count: Int32
             do throws(TransportError) {
-                switch try systemCall("epoll_wait", { epoll_wait(epollFD, events, Int32(Self.batch), -1) }) {
+                let timeout = timeoutMilliseconds()
+                switch try systemCall("epoll_wait", { epoll_wait(epollFD, events, Int32(Self.batch), timeout) }) {
                 case .processed(let n): count = n
                 case .wouldBlock: count = 0
                 }
@@ -298,6 +379,7 @@ public final class EventLoop: Sendable, CustomStringConvertible {
                 for task in tasks { task() }
                 if stop { return }
             }
+            runDueTimers()
         }
     }
 
@@ -378,6 +460,115 @@ public final class EventRegistration: Sendable {
     public func unregisterAndClose() {
         unregister()
         descriptor.close()
+    }
+}
+
+/// A timer of an `EventLoop` (made by `schedule(at:_:)`). Dropping it does not cancel it.
+public final class EventLoopTimer: Sendable {
+    public let loop: EventLoop
+    private let id: UInt64
+
+    init(loop: EventLoop, id: UInt64) {
+        self.loop = loop
+        self.id = id
+    }
+
+    /// Stops the timer if it has not run yet, from any thread, with no system call; true when
+    /// it was still pending. On the loop thread that is exact; from another thread a cancel can
+    /// meet a run already under way (false), which the owner's own state makes harmless, as for
+    /// a late readiness call. Later calls return false.
+    @discardableResult
+    public func cancel() -> Bool { loop.cancelTimer(id) }
+}
+
+/// The loop's timers: a binary min-heap of (deadline, id) over a table of the pending work.
+/// A cancelled timer leaves the table at once and its heap entry is skipped when it comes up;
+/// the heap is rebuilt when such entries make up most of it, so its size stays within twice the
+/// pending timers (plus a small floor).
+struct TimerQueue {
+    private struct Entry {
+        let deadline: ContinuousClock.Instant
+        let id: UInt64
+
+        /// Earlier deadline first; the same deadline in the order scheduled.
+        func precedes(_ other: Entry) -> Bool {
+            deadline < other.deadline || (deadline == other.deadline && id < other.id)
+        }
+    }
+
+    private var heap: [Entry] = []
+    private var work: [UInt64: @Sendable () -> Void] = [:]
+    private var nextID: UInt64 = 1
+
+    var count: Int { work.count }
+
+    /// The earliest pending deadline.
+    var earliest: ContinuousClock.Instant? {
+        mutating get {
+            dropCancelledHead()
+            return heap.first?.deadline
+        }
+    }
+
+    mutating func add(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () -> Void) -> UInt64 {
+        let id = nextID
+        nextID += 1
+        work[id] = body
+        heap.append(Entry(deadline: deadline, id: id))
+        siftUp(heap.count - 1)
+        return id
+    }
+
+    mutating func remove(_ id: UInt64) -> (@Sendable () -> Void)? {
+        let body = work.removeValue(forKey: id)
+        if body != nil, heap.count > 64, heap.count > 2 * work.count {
+            heap.removeAll { self.work[$0.id] == nil }
+            for i in stride(from: heap.count / 2 - 1, through: 0, by: -1) { siftDown(i) }
+        }
+        return body
+    }
+
+    /// Takes the work of the earliest timer due at `now`, if any.
+    mutating func removeFirstDue(now: ContinuousClock.Instant) -> (@Sendable () -> Void)? {
+        while let head = heap.first, head.deadline <= now {
+            popHead()
+            if let body = work.removeValue(forKey: head.id) { return body }
+        }
+        return nil
+    }
+
+    private mutating func dropCancelledHead() {
+        while let head = heap.first, work[head.id] == nil { popHead() }
+    }
+
+    private mutating func popHead() {
+        let last = heap.removeLast()
+        guard !heap.isEmpty else { return }
+        heap[0] = last
+        siftDown(0)
+    }
+
+    private mutating func siftUp(_ start: Int) {
+        var i = start
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard heap[i].precedes(heap[parent]) else { return }
+            heap.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    private mutating func siftDown(_ start: Int) {
+        var i = start
+        while true {
+            let left = 2 * i + 1
+            guard left < heap.count else { return }
+            var child = left
+            if left + 1 < heap.count, heap[left + 1].precedes(heap[left]) { child = left + 1 }
+            guard heap[child].precedes(heap[i]) else { return }
+            heap.swapAt(i, child)
+            i = child
+        }
     }
 }
 
