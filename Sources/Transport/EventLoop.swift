@@ -46,7 +46,9 @@ public struct Readiness: OptionSet, Sendable, Hashable {
 ///
 /// Timers (`schedule(at:_:)`) live in the loop too: a heap whose earliest deadline is
 /// `epoll_wait`'s timeout, so setting one up or cancelling it is a few instructions under the
-/// loop's lock, with no thread or kernel timer of its own; the work runs on the loop thread.
+/// loop's lock, with no thread of its own; the work runs on the loop thread. Another thread
+/// whose timer is due before the loop would next look arms the loop's one timerfd (a system
+/// call, no wake-up); later deadlines cost nothing.
 public final class EventLoop: Sendable, CustomStringConvertible {
     public typealias Handler = @Sendable (Readiness) -> Void
 
@@ -64,15 +66,23 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         var phase = Phase.running
         var timers = TimerQueue()
         /// The deadline `epoll_wait` was last told to wake at (nil: none, it sleeps until an
-        /// event). A timer due no earlier needs no wake: the loop recomputes when it wakes.
+        /// event), and the one the timerfd is armed for. A timer due no earlier than either
+        /// needs nothing: the loop looks at its timers again by then.
         var sleepDeadline: ContinuousClock.Instant?
+        var armedDeadline: ContinuousClock.Instant?
     }
 
-    /// The loop owns these two numbers itself (they are never lent): they are closed after the
-    /// thread joined, under the state lock, and no call uses them once `phase` is `.stopped`.
+    /// The loop owns these numbers itself (they are never lent). Other threads use them only
+    /// under `descriptorsOpen`, which shutdown clears when it closes them after the thread
+    /// joined; the loop thread uses them freely.
     private let epollFD: Int32
     private let wakeFD: Int32
+    private let timerFD: Int32
     private let state = Mutex(State())
+    /// A lock of its own for the system calls other threads make on the loop's descriptors
+    /// (epoll_ctl, the eventfd write, arming the timerfd), so none of them holds up the loop
+    /// thread's handler lookups under `state`. Lock order: this one, then `state`.
+    private let descriptorsOpen = Mutex(true)
     private let thread = Mutex<pthread_t?>(nil)
     private let loopThread = Atomic<UInt>(0)
     private let joined = Atomic<Bool>(false)
@@ -81,9 +91,10 @@ public final class EventLoop: Sendable, CustomStringConvertible {
     /// The token of the eventfd in epoll's data field; descriptors get tokens from 1 up and
     /// never reuse one, so a stale event for an unregistered descriptor finds no handler.
     private static let wakeToken: UInt64 = 0
+    private static let timerToken = UInt64.max
     private static let batch = 64
 
-    /// Starts a loop thread. Throws when the kernel refuses epoll, eventfd or a thread.
+    /// Starts a loop thread. Throws when the kernel refuses epoll, eventfd, timerfd or a thread.
     public init(name: String = "ocapn-uds.event-loop") throws(TransportError) {
         self.name = name
         epollFD = try systemCallNonBlocking("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
@@ -93,13 +104,25 @@ public final class EventLoop: Sendable, CustomStringConvertible {
             Glibc.close(epollFD)
             throw error
         }
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue
-        event.data.u64 = Self.wakeToken
         do {
-            _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &event) }
+            timerFD = try systemCallNonBlocking("timerfd_create") {
+                timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC) | Int32(TFD_NONBLOCK))
+            }
+        } catch {
+            Glibc.close(wakeFD)
+            Glibc.close(epollFD)
+            throw error
+        }
+        do {
+            for (fd, token) in [(wakeFD, Self.wakeToken), (timerFD, Self.timerToken)] {
+                var event = epoll_event()
+                event.events = EPOLLIN.rawValue
+                event.data.u64 = token
+                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
+            }
             try startThread()
         } catch {
+            Glibc.close(timerFD)
             Glibc.close(wakeFD)
             Glibc.close(epollFD)
             throw error
@@ -127,53 +150,55 @@ public final class EventLoop: Sendable, CustomStringConvertible {
     public func register(
         _ descriptor: FileDescriptor, interest: Interest, handler: @escaping Handler
     ) throws(TransportError) -> EventRegistration {
+        // The handler goes in first: an event for the token before it would find none.
         let token = try state.withLock { state throws(TransportError) -> UInt64 in
             guard case .running = state.phase else { throw TransportError(.closed, "event loop shut down") }
             let token = state.nextToken
-            var event = epoll_event()
-            event.events = Self.epollEvents(interest)
-            event.data.u64 = token
-            try descriptor.with { (fd) throws(TransportError) in
-                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
-            }
             state.nextToken += 1
             state.handlers[token] = handler
             return token
+        }
+        do throws(TransportError) {
+            guard try control(EPOLL_CTL_ADD, token, descriptor, interest) else {
+                throw TransportError(.closed, "event loop shut down")
+            }
+        } catch {
+            let dropped = state.withLock { $0.handlers.removeValue(forKey: token) }
+            _ = dropped
+            throw error
         }
         return EventRegistration(loop: self, token: token, descriptor: descriptor, interest: interest)
     }
 
     /// epoll_ctl MOD; false when the loop was shut down (nothing is watched any more).
     func modify(_ token: UInt64, _ descriptor: FileDescriptor, _ interest: Interest) throws(TransportError) -> Bool {
-        try state.withLock { state throws(TransportError) -> Bool in
-            guard case .running = state.phase else { return false }
-            var event = epoll_event()
-            event.events = Self.epollEvents(interest)
-            event.data.u64 = token
-            try descriptor.with { (fd) throws(TransportError) in
-                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event) }
-            }
-            return true
-        }
+        try control(EPOLL_CTL_MOD, token, descriptor, interest)
     }
 
     /// epoll_ctl DEL and forgets the handler. The descriptor must still be open.
     func remove(_ token: UInt64, _ descriptor: FileDescriptor) {
-        let handler = state.withLock { state -> Handler? in
-            let handler = state.handlers.removeValue(forKey: token)
-            guard case .running = state.phase else { return handler }
-            do throws(TransportError) {
-                try descriptor.with { (fd) throws(TransportError) in
-                    var event = epoll_event()
-                    _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event) }
-                }
-            } catch {
-                preconditionFailure("unregistering \(descriptor) from \(name) failed (\(error)): closed before unregister?")
-            }
-            return handler
-        }
         // The handler (and whatever it holds) is released outside the lock.
+        let handler = state.withLock { $0.handlers.removeValue(forKey: token) }
         _ = handler
+        do throws(TransportError) {
+            _ = try control(EPOLL_CTL_DEL, token, descriptor, [])
+        } catch {
+            preconditionFailure("unregistering \(descriptor) from \(name) failed (\(error)): closed before unregister?")
+        }
+    }
+
+    /// One epoll_ctl on a descriptor; false, without a call, once the loop's descriptors closed.
+    private func control(_ operation: Int32, _ token: UInt64, _ descriptor: FileDescriptor, _ interest: Interest) throws(TransportError) -> Bool {
+        try descriptorsOpen.withLock { open throws(TransportError) -> Bool in
+            guard open else { return false }
+            var event = epoll_event()
+            event.events = Self.epollEvents(interest)
+            event.data.u64 = token
+            try descriptor.with { (fd) throws(TransportError) in
+                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, operation, fd, &event) }
+            }
+            return true
+        }
     }
 
     /// Descriptors registered now (tests: a closed owner leaves nothing behind).
@@ -197,9 +222,12 @@ public final class EventLoop: Sendable, CustomStringConvertible {
     }
 
     private func wake() {
-        var one: UInt64 = 1
-        // EAGAIN means the counter is already non-zero: the loop will wake anyway.
-        _ = try? systemCall("write") { withUnsafeBytes(of: &one) { Glibc.write(wakeFD, $0.baseAddress, 8) } }
+        descriptorsOpen.withLock { open in
+            guard open else { return }
+            var one: UInt64 = 1
+            // EAGAIN means the counter is already non-zero: the loop will wake anyway.
+            _ = try? systemCall("write") { withUnsafeBytes(of: &one) { Glibc.write(wakeFD, $0.baseAddress, 8) } }
+        }
     }
 
     // MARK: timers
@@ -207,24 +235,51 @@ public final class EventLoop: Sendable, CustomStringConvertible {
     /// Runs `work` once on the loop thread at `deadline` (ContinuousClock; up to about a
     /// millisecond late, never early), after the readiness events at hand. Returns nil, without
     /// scheduling, once the loop was shut down; timers still pending at shutdown never run.
-    /// Any thread; from the loop thread it costs no system call.
+    /// Any thread; from the loop thread, or for a deadline no earlier than the loop's next
+    /// look at its timers, it costs no system call.
     public func schedule(
         at deadline: ContinuousClock.Instant, _ work: @escaping @Sendable () -> Void
     ) -> EventLoopTimer? {
-        let mustWake = state.withLock { state -> (UInt64, Bool)? in
-            guard case .running = state.phase else { return nil }
-            let id = state.timers.add(deadline, work)
-            // The loop thread recomputes its timeout before it sleeps again; a sleeping loop
-            // needs a wake only for a deadline before the one it sleeps until.
-            guard !inLoopThread, !state.wakePending, state.sleepDeadline.map({ deadline < $0 }) ?? true else {
-                return (id, false)
-            }
-            state.wakePending = true
-            return (id, true)
+        if inLoopThread {
+            // The loop recomputes its timeout before it sleeps again.
+            guard let id = state.withLock({ state -> UInt64? in
+                guard case .running = state.phase else { return nil }
+                return state.timers.add(deadline, work)
+            }) else { return nil }
+            return EventLoopTimer(loop: self, id: id)
         }
-        guard let (id, wake) = mustWake else { return nil }
-        if wake { self.wake() }
-        return EventLoopTimer(loop: self, id: id)
+        let id = descriptorsOpen.withLock { open -> UInt64? in
+            guard open else { return nil }
+            let (id, arm) = state.withLock { state -> (UInt64?, Bool) in
+                guard case .running = state.phase else { return (nil, false) }
+                let id = state.timers.add(deadline, work)
+                // The loop looks at its timers again at the earlier of the deadline it sleeps
+                // until and the one the timerfd is armed for (or on any event before).
+                let nextLook = [state.sleepDeadline, state.armedDeadline].compactMap { $0 }.min()
+                guard !state.wakePending, nextLook.map({ deadline < $0 }) ?? true else { return (id, false) }
+                state.armedDeadline = deadline
+                return (id, true)
+            }
+            // Armed under `descriptorsOpen`: two threads arming race in the order they decided.
+            if arm, !armTimerDescriptor(deadline) {
+                // timerfd_settime failed (it does not for a valid descriptor): wake the loop.
+                var one: UInt64 = 1
+                _ = try? systemCall("write") { withUnsafeBytes(of: &one) { Glibc.write(wakeFD, $0.baseAddress, 8) } }
+            }
+            return id
+        }
+        return id.map { EventLoopTimer(loop: self, id: $0) }
+    }
+
+    /// Arms the timerfd to fire once at `deadline` (relative: the clocks may differ).
+    private func armTimerDescriptor(_ deadline: ContinuousClock.Instant) -> Bool {
+        let (seconds, attoseconds) = ContinuousClock.now.duration(to: deadline).components
+        var value = timespec(tv_sec: 0, tv_nsec: 1)  // zero would disarm it
+        if seconds > 0 || (seconds == 0 && attoseconds >= 1_000_000_000) {
+            value = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        }
+        var spec = itimerspec(it_interval: timespec(tv_sec: 0, tv_nsec: 0), it_value: value)
+        return (try? systemCallNonBlocking("timerfd_settime") { timerfd_settime(timerFD, 0, &spec, nil) }) != nil
     }
 
     /// `schedule(at: .now + delay, work)`.
@@ -241,6 +296,8 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         // The work (and whatever it holds) is released outside the lock.
         return work != nil
     }
+
+    func timerIsPending(_ id: UInt64) -> Bool { state.withLock { $0.timers.contains(id) } }
 
     /// Milliseconds until the earliest timer, rounded up (never early); -1 when there is none.
     private func timeoutMilliseconds() -> Int32 {
@@ -292,18 +349,26 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         }
         wake()
         if let thread = self.thread.withLock({ $0 }) { pthread_join(thread, nil) }
-        let leftovers = state.withLock { state -> ([UInt64: Handler], [@Sendable () -> Void], TimerQueue) in
-            state.phase = .stopped
+        descriptorsOpen.withLock { open in
+            open = false
+            Glibc.close(timerFD)
             Glibc.close(wakeFD)
             Glibc.close(epollFD)
-            defer {
-                state.handlers = [:]
-                state.tasks = []
-                state.timers = TimerQueue()
-            }
-            return (state.handlers, state.tasks, state.timers)
         }
-        _ = leftovers
+        do {
+            // Released outside the lock, and before `joined`: a concurrent shutdown() returns
+            // only once nothing of the loop's handlers, tasks or timers is held any more.
+            let leftovers = state.withLock { state -> ([UInt64: Handler], [@Sendable () -> Void], TimerQueue) in
+                state.phase = .stopped
+                defer {
+                    state.handlers = [:]
+                    state.tasks = []
+                    state.timers = TimerQueue()
+                }
+                return (state.handlers, state.tasks, state.timers)
+            }
+            _ = leftovers
+        }
         joined.store(true, ordering: .releasing)
     }
 
@@ -357,11 +422,16 @@ public final class EventLoop: Sendable, CustomStringConvertible {
                 continue
             }
             var woken = false
+            var timerFired = false
             for i in 0..<Int(count) {
                 let event = events[i]
                 let token = event.data.u64
                 if token == Self.wakeToken {
                     woken = true
+                    continue
+                }
+                if token == Self.timerToken {
+                    timerFired = true
                     continue
                 }
                 guard let handler = state.withLock({ $0.handlers[token] }) else { continue }
@@ -378,6 +448,11 @@ public final class EventLoop: Sendable, CustomStringConvertible {
                 }
                 for task in tasks { task() }
                 if stop { return }
+            }
+            if timerFired {
+                var expirations: UInt64 = 0
+                _ = try? systemCall("read") { withUnsafeMutableBytes(of: &expirations) { Glibc.read(timerFD, $0.baseAddress, 8) } }
+                state.withLock { $0.armedDeadline = nil }
             }
             runDueTimers()
         }
@@ -479,6 +554,9 @@ public final class EventLoopTimer: Sendable {
     /// a late readiness call. Later calls return false.
     @discardableResult
     public func cancel() -> Bool { loop.cancelTimer(id) }
+
+    /// Whether it has neither run (nor started to) nor been cancelled.
+    public var isPending: Bool { loop.timerIsPending(id) }
 }
 
 /// The loop's timers: a binary min-heap of (deadline, id) over a table of the pending work.
@@ -501,6 +579,8 @@ struct TimerQueue {
     private var nextID: UInt64 = 1
 
     var count: Int { work.count }
+
+    func contains(_ id: UInt64) -> Bool { work[id] != nil }
 
     /// The earliest pending deadline.
     var earliest: ContinuousClock.Instant? {

@@ -161,7 +161,7 @@ extension TransportTests {
             let oracle = await LeakOracle.make()
             let before = DescriptorCensus.openCount()
             let loop = try EventLoop(name: "test-loop")
-            #expect(DescriptorCensus.openCount() == before + 2)  // epoll and eventfd
+            #expect(DescriptorCensus.openCount() == before + 3)  // epoll, eventfd and timerfd
             let (mine, theirs) = try FileDescriptor.socketPair()
             oracle.track([mine, theirs])
             let log = EventLog<String>()
@@ -199,6 +199,7 @@ extension TransportTests {
             #expect(events.count == 1)
             #expect(events.allSatisfy { $0.0 >= deadline && $0.1 })
             #expect(loop.pendingTimerCount == 0)
+            #expect(!timer.isPending)
             #expect(!timer.cancel())  // it already ran
         }
 
@@ -227,7 +228,9 @@ extension TransportTests {
                 return try #require(loop.schedule(after: .milliseconds(40)) { _ = token; fired.append("fired") })
             }()
             #expect(held != nil)
+            #expect(timer.isPending)
             #expect(timer.cancel())
+            #expect(!timer.isPending)
             #expect(!timer.cancel())  // later calls do nothing
             #expect(held == nil)  // the closure went with the cancel
             #expect(loop.pendingTimerCount == 0)
