@@ -257,6 +257,10 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Told the handshake's outcome once, on the queue.
     private var establishCompletion: (@Sendable (Result<PeerChannel, PeerError>) -> Void)?
+    /// The outcome, held until the event's actions are carried out: the machine reports the
+    /// session before msg3 is written, and waking the application first delayed msg3 (and the
+    /// first message behind it) by a context switch.
+    private var establishOutcome: Result<PeerChannel, PeerError>?
     private var receiveWaiters: [CheckedContinuation<[UInt8]?, Error>] = []
     private var sendWaiters: [CheckedContinuation<Void, Error>] = []
     private var closeWaiters: [CheckedContinuation<ChannelCloseSummary, Never>] = []
@@ -342,6 +346,11 @@ final class ChannelEngine: @unchecked Sendable {
         processing = false
         updateWatches()
         updateTimer()
+        if let outcome = establishOutcome, let completion = establishCompletion {
+            establishOutcome = nil
+            establishCompletion = nil
+            completion(outcome)
+        }
     }
 
     private func perform(_ action: ChannelMachine.Action) {
@@ -406,10 +415,7 @@ final class ChannelEngine: @unchecked Sendable {
             .handshakeSucceeded, proved: session.peer.publicKey, handshakeHash: session.handshakeHash,
             session: session.sessionID, durationMicros: Self.micros(started.duration(to: now))))
         logger.info("handshake succeeded")
-        let channel = PeerChannel(engine: self, session: session)
-        let completion = establishCompletion
-        establishCompletion = nil
-        completion?(.success(channel))
+        establishOutcome = .success(PeerChannel(engine: self, session: session))
     }
 
     private func legacyAdmitted() {
@@ -419,10 +425,7 @@ final class ChannelEngine: @unchecked Sendable {
         establishedAt = ContinuousClock.now
         logger.warning("legacy peer admitted WITHOUT authentication (allowLegacyPeers)", metadata: ["claim": "\(claim)"])
         environment.audit?.record(facts.legacyEvent(.legacyPeerAdmitted))
-        let channel = PeerChannel(engine: self, session: nil)
-        let completion = establishCompletion
-        establishCompletion = nil
-        completion?(.success(channel))
+        establishOutcome = .success(PeerChannel(engine: self, session: nil))
     }
 
     private func leaveHandshake() {
@@ -801,9 +804,8 @@ final class ChannelEngine: @unchecked Sendable {
             messagesSent: traffic.messagesSent, messagesReceived: traffic.messagesReceived)
         self.summary = summary
 
-        if let completion = establishCompletion {
-            establishCompletion = nil
-            completion(.failure(error ?? PeerError(.channelClosed, "ended before the handshake finished")))
+        if establishCompletion != nil, establishOutcome == nil {
+            establishOutcome = .failure(error ?? PeerError(.channelClosed, "ended before the handshake finished"))
         }
         wakeReceivers()
         let senders = sendWaiters
@@ -818,16 +820,5 @@ final class ChannelEngine: @unchecked Sendable {
         let (seconds, attoseconds) = d.components
         guard seconds >= 0 else { return 0 }
         return UInt64(seconds) * 1_000_000 + UInt64(attoseconds / 1_000_000_000_000)
-    }
-}
-
-extension Duration {
-    /// For dispatch deadlines; negative durations become zero.
-    var dispatchInterval: DispatchTimeInterval {
-        let (seconds, attoseconds) = components
-        guard seconds >= 0, attoseconds >= 0 else { return .nanoseconds(0) }
-        let nanos = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        guard !nanos.overflow, nanos.partialValue <= Int64(Int.max) - 1_000_000_000 else { return .never }
-        return .nanoseconds(Int(nanos.partialValue + attoseconds / 1_000_000_000))
     }
 }

@@ -439,6 +439,9 @@ final class HandshakeCancellation: @unchecked Sendable {
         if let early { engine.queue.async { engine.cancelHandshake(early) } }
     }
 
+    /// The engine attached so far (tests: its handshake in progress).
+    var attachedEngine: ChannelEngine? { lock.withLock { $0.engine } }
+
     func cancel(_ error: PeerError) {
         let engine = lock.withLock { s -> ChannelEngine? in
             if s.error == nil { s.error = error }

@@ -39,38 +39,67 @@ import Transport
     }
 
     @Test func theHandshakeDeadlineIsALoopTimerCancelledNotRunWhenTheHandshakeSucceeds() async throws {
-        let sink = AuditMemorySink(writer: bob.publicIdentity)
-        let a = PeerTestSupport.establishment(alice, PeerTestSupport.fastConfiguration(timeout: .seconds(30)))
-        let b = PeerTestSupport.establishment(bob, PeerTestSupport.fastConfiguration(timeout: .seconds(30)), audit: sink)
+        let sink = AuditMemorySink(writer: alice.publicIdentity)
+        let a = PeerTestSupport.establishment(alice, PeerTestSupport.fastConfiguration(timeout: .seconds(30)), audit: sink)
+        let b = PeerTestSupport.establishment(bob, PeerTestSupport.fastConfiguration(timeout: .seconds(30)))
         let (ea, eb) = try FileDescriptor.socketPair()
-        let seen = Mutex<(timer: EventLoopTimer?, pending: Bool, onQueue: Bool)>((nil, false, false))
-        async let initiator = a.initiate(over: ea, to: bob.publicIdentity)
-        let responder = try await PeerError.catching {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<PeerChannel, Error>) in
-                b.respond(over: eb, expecting: alice.publicIdentity, introduction: IntroductionContext()) { outcome in
-                    if case .success(let channel) = outcome {
-                        // Called on the channel's queue before the engine brings its timer in
-                        // line with the open channel: the handshake's deadline is still pending.
-                        let timer = channel.engine.deadlineTimer
-                        seen.withLock { $0 = (timer, timer?.isPending ?? false, true) }
-                    }
-                    c.resume(with: outcome)
-                }
-            }
+        let cancellation = HandshakeCancellation()
+        let initiator = Task {
+            try await a.initiate(over: ea, to: bob.publicIdentity, introduction: IntroductionContext(), cancellation: cancellation)
         }
-        let ca = try await initiator
-        let (timer, pendingDuringHandshake, _) = seen.withLock { $0 }
-        let handshakeTimer = try #require(timer)
-        #expect(pendingDuringHandshake)
+        // msg1 is out and nobody answers yet: the deadline waits on the socket's loop.
+        var engine: ChannelEngine?
+        #expect(await PeerTestSupport.eventually {
+            engine = cancellation.attachedEngine
+            return engine.map { e in e.queue.sync { e.deadlineTimer != nil } } ?? false
+        })
+        let started = try #require(engine)
+        let handshakeTimer = try #require(started.queue.sync { started.deadlineTimer })
+        #expect(handshakeTimer.isPending)
+        let cb = try await b.respond(over: eb, expecting: alice.publicIdentity)
+        let ca = try await initiator.value
+        #expect(ca.engine === started)
         // The open channel has no deadline: the timer left the loop without running.
-        #expect(await PeerTestSupport.eventually { !handshakeTimer.isPending })
-        #expect(responder.engine.queue.sync { responder.engine.deadlineTimer } == nil)
+        #expect(!handshakeTimer.isPending)
         #expect(ca.engine.queue.sync { ca.engine.deadlineTimer } == nil)
+        #expect(cb.engine.queue.sync { cb.engine.deadlineTimer } == nil)
         #expect(PeerTestSupport.events(sink, .handshakeFailed).isEmpty)
         try await ca.send([1, 2, 3])
-        #expect(try await responder.receive() == [1, 2, 3])
-        #expect(await PeerTestSupport.closeBoth(ca, responder))
+        #expect(try await cb.receive() == [1, 2, 3])
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
         #expect(ca.engine.queue.sync { ca.engine.deadlineTimer } == nil)
+    }
+
+    @Test func theInitiatorsLastHandshakeMessageIsOutBeforeTheApplicationHasTheChannel() async throws {
+        let a = PeerTestSupport.establishment(alice, PeerTestSupport.fastConfiguration(timeout: .seconds(5)))
+        for _ in 0..<20 {
+            let (ea, eb) = try FileDescriptor.socketPair()
+            defer { eb.close() }
+            let responder = HandshakeResponder(identity: bob, announcedInitiator: alice.publicIdentity, now: .now)
+            let initiator = Task { try await a.initiate(over: ea, to: bob.publicIdentity) }
+            let msg1 = RawSocket.read(eb, atLeast: 120)
+            guard case .send(let msg2) = try responder.receive(msg1.bytes, now: .now) else {
+                Issue.record("the responder did not answer msg1")
+                return
+            }
+            try RawSocket.write(eb, msg2)
+            let ca = try await initiator.value
+            // One non-blocking read, no waiting: msg3 was handed to the kernel before the
+            // application was told of the channel.
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let first = try buffer.withUnsafeMutableBytes { try eb.receive(into: $0, descriptorCapacity: 0) }
+            guard case .processed(let read) = first, read.byteCount > 0 else {
+                Issue.record("msg3 was not written when initiate returned")
+                await ca.abort()
+                return
+            }
+            guard case .established = try responder.receive(Array(buffer[..<read.byteCount]), now: .now) else {
+                Issue.record("msg3 did not complete the responder")
+                await ca.abort()
+                return
+            }
+            await ca.abort()
+        }
     }
 
     @Test func aCloseThatIsNeverAnsweredEndsAtItsLoopTimerAndClosesTheSocket() async throws {
