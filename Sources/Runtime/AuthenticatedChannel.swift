@@ -102,7 +102,8 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         case .wait:
             return try await PeerError.catching {
                 try await withCheckedThrowingContinuation { (c: CheckedContinuation<[UInt8]?, Error>) in
-                    engine.queue.async { engine.receive(completion: c) }
+                    // On the caller's thread too: the waiter is in place without a thread hop.
+                    engine.queue.sync { engine.receive(completion: c) }
                 }
             }
         }
@@ -151,7 +152,8 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
     @discardableResult
     public func close() async -> ChannelCloseSummary {
         await withCheckedContinuation { (c: CheckedContinuation<ChannelCloseSummary, Never>) in
-            engine.queue.async { self.engine.close(completion: c) }
+            // CLOSE is sealed and written on the caller's thread, without a hop.
+            engine.queue.sync { self.engine.close(completion: c) }
         }
     }
 
@@ -229,7 +231,9 @@ final class ChannelEngine: @unchecked Sendable {
     private let started = ContinuousClock.now
     private var establishedAt: ContinuousClock.Instant?
 
-    private var timer: DispatchSourceTimer?
+    /// The machine's deadline as a timer of the socket's event loop (set up and cancelled
+    /// without a thread hop or a kernel timer).
+    private var timer: EventLoopTimer?
     private var timerDeadline: ContinuousClock.Instant?
     private var holdsHandshakeSlot = true
     /// Reading stopped because the inbound queue is full (back-pressure).
@@ -251,7 +255,12 @@ final class ChannelEngine: @unchecked Sendable {
     private var inboundHead = 0
     private var inboundBytes = 0
 
-    private var establishWaiter: CheckedContinuation<PeerChannel, Error>?
+    /// Told the handshake's outcome once, on the queue.
+    private var establishCompletion: (@Sendable (Result<PeerChannel, PeerError>) -> Void)?
+    /// The outcome, held until the event's actions are carried out: the machine reports the
+    /// session before msg3 is written, and waking the application first delayed msg3 (and the
+    /// first message behind it) by a context switch.
+    private var establishOutcome: Result<PeerChannel, PeerError>?
     private var receiveWaiters: [CheckedContinuation<[UInt8]?, Error>] = []
     private var sendWaiters: [CheckedContinuation<Void, Error>] = []
     private var closeWaiters: [CheckedContinuation<ChannelCloseSummary, Never>] = []
@@ -284,13 +293,20 @@ final class ChannelEngine: @unchecked Sendable {
     func establish() async throws(PeerError) -> PeerChannel {
         try await PeerError.catching {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<PeerChannel, Error>) in
-                queue.async { self.start(c) }
+                start { c.resume(with: $0) }
             }
         }
     }
 
-    private func start(_ waiter: CheckedContinuation<PeerChannel, Error>) {
-        establishWaiter = waiter
+    /// Starts the I/O on the caller's thread (no hop: the start is a few system calls, and the
+    /// initiator's msg1 is written at once); `completion` learns the outcome on the queue, or
+    /// at once when the socket was already closed. Called once.
+    func start(_ completion: @escaping @Sendable (Result<PeerChannel, PeerError>) -> Void) {
+        queue.sync { begin(completion) }
+    }
+
+    private func begin(_ completion: @escaping @Sendable (Result<PeerChannel, PeerError>) -> Void) {
+        establishCompletion = completion
         environment.audit?.record(facts.event(.handshakeStarted))
         logger.debug("handshake started")
         guard let socket else {
@@ -330,6 +346,11 @@ final class ChannelEngine: @unchecked Sendable {
         processing = false
         updateWatches()
         updateTimer()
+        if let outcome = establishOutcome, let completion = establishCompletion {
+            establishOutcome = nil
+            establishCompletion = nil
+            completion(outcome)
+        }
     }
 
     private func perform(_ action: ChannelMachine.Action) {
@@ -369,19 +390,14 @@ final class ChannelEngine: @unchecked Sendable {
         let wanted = machine.deadline
         guard wanted != timerDeadline else { return }
         timerDeadline = wanted
-        guard let wanted else {
-            timer?.cancel()
-            timer = nil
-            return
-        }
-        if timer == nil {
-            let timer = DispatchSource.makeTimerSource(queue: queue)
-            timer.setEventHandler { self.step(.deadline(.now)) }
-            timer.schedule(deadline: .now() + ContinuousClock.now.duration(to: wanted).dispatchInterval)
-            timer.activate()
-            self.timer = timer
-        } else {
-            timer?.schedule(deadline: .now() + ContinuousClock.now.duration(to: wanted).dispatchInterval)
+        timer?.cancel()
+        timer = nil
+        guard let wanted, let socket else { return }
+        // Runs on the loop thread; the machine is the queue's, which a handshake's crypto may
+        // hold, so the deadline (the rare path) goes there. The timer holds the engine until it
+        // runs or is cancelled; an early or stale deadline is harmless to the machine.
+        timer = socket.loop.schedule(at: wanted) {
+            self.queue.async { self.step(.deadline(.now)) }
         }
     }
 
@@ -393,15 +409,13 @@ final class ChannelEngine: @unchecked Sendable {
         leaveHandshake()
         let now = ContinuousClock.now
         establishedAt = now
-        logger[metadataKey: "peer"] = "\(session.peer.fingerprint)"
-        logger[metadataKey: "session"] = "\(session.sessionID)"
+        logger[metadataKey: "peer"] = .stringConvertible(FingerprintMetadata(publicKey: session.peer.publicKey))
+        logger[metadataKey: "session"] = .stringConvertible(session.sessionID)
         environment.audit?.record(facts.event(
             .handshakeSucceeded, proved: session.peer.publicKey, handshakeHash: session.handshakeHash,
             session: session.sessionID, durationMicros: Self.micros(started.duration(to: now))))
         logger.info("handshake succeeded")
-        let channel = PeerChannel(engine: self, session: session)
-        establishWaiter?.resume(returning: channel)
-        establishWaiter = nil
+        establishOutcome = .success(PeerChannel(engine: self, session: session))
     }
 
     private func legacyAdmitted() {
@@ -411,9 +425,7 @@ final class ChannelEngine: @unchecked Sendable {
         establishedAt = ContinuousClock.now
         logger.warning("legacy peer admitted WITHOUT authentication (allowLegacyPeers)", metadata: ["claim": "\(claim)"])
         environment.audit?.record(facts.legacyEvent(.legacyPeerAdmitted))
-        let channel = PeerChannel(engine: self, session: nil)
-        establishWaiter?.resume(returning: channel)
-        establishWaiter = nil
+        establishOutcome = .success(PeerChannel(engine: self, session: nil))
     }
 
     private func leaveHandshake() {
@@ -493,6 +505,9 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Whether the event loop watches the socket for us now (tests: a finished channel never does).
     var isWatchingDescriptor: Bool { socket?.isWatching ?? false }
+
+    /// The loop timer of the machine's deadline now (tests).
+    var deadlineTimer: EventLoopTimer? { timer }
 
     /// Whether reading is paused because the inbound queue is full (tests).
     var isReadingPaused: Bool { readPaused }
@@ -789,9 +804,8 @@ final class ChannelEngine: @unchecked Sendable {
             messagesSent: traffic.messagesSent, messagesReceived: traffic.messagesReceived)
         self.summary = summary
 
-        if let waiter = establishWaiter {
-            establishWaiter = nil
-            waiter.resume(throwing: error ?? PeerError(.channelClosed, "ended before the handshake finished"))
+        if establishCompletion != nil, establishOutcome == nil {
+            establishOutcome = .failure(error ?? PeerError(.channelClosed, "ended before the handshake finished"))
         }
         wakeReceivers()
         let senders = sendWaiters
@@ -806,16 +820,5 @@ final class ChannelEngine: @unchecked Sendable {
         let (seconds, attoseconds) = d.components
         guard seconds >= 0 else { return 0 }
         return UInt64(seconds) * 1_000_000 + UInt64(attoseconds / 1_000_000_000_000)
-    }
-}
-
-extension Duration {
-    /// For dispatch deadlines; negative durations become zero.
-    var dispatchInterval: DispatchTimeInterval {
-        let (seconds, attoseconds) = components
-        guard seconds >= 0, attoseconds >= 0 else { return .nanoseconds(0) }
-        let nanos = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        guard !nanos.overflow, nanos.partialValue <= Int64(Int.max) - 1_000_000_000 else { return .never }
-        return .nanoseconds(Int(nanos.partialValue + attoseconds / 1_000_000_000))
     }
 }

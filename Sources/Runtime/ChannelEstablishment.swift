@@ -223,6 +223,20 @@ public struct ChannelEstablishment: Sendable {
     public func respond(
         over socket: FileDescriptor, expecting initiator: PublicIdentity, introduction: IntroductionContext = IntroductionContext()
     ) async throws(PeerError) -> PeerChannel {
+        try await PeerError.catching {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<PeerChannel, Error>) in
+                respond(over: socket, expecting: initiator, introduction: introduction) { c.resume(with: $0) }
+            }
+        }
+    }
+
+    /// `respond` without waiting: the checks and the start of the I/O run on the caller's
+    /// thread (a few system calls, no crypto), the handshake's crypto on the channel's queue.
+    /// `completion` is called once: at once for a refusal, else on the channel's queue.
+    func respond(
+        over socket: FileDescriptor, expecting initiator: PublicIdentity, introduction: IntroductionContext,
+        completion: @escaping @Sendable (Result<PeerChannel, PeerError>) -> Void
+    ) {
         let facts = ChannelFacts(
             role: .responder, local: identity, expected: initiator, introduction: introduction,
             attempt: AuditAttemptID.random())
@@ -230,15 +244,15 @@ public struct ChannelEstablishment: Sendable {
             try socket.validateAsConnectedUnixStream()
         } catch {
             socket.close()
-            throw refuse(PeerError(.passedSocketInvalid, error.description), facts)
+            return completion(.failure(refuse(PeerError(.passedSocketInvalid, error.description), facts)))
         }
         if let to = introduction.to, to.identity != identity {
             socket.close()
-            throw refuse(PeerError(.notAddressedToUs, "introduction addressed to \(to.identity.fingerprint)"), facts)
+            return completion(.failure(refuse(PeerError(.notAddressedToUs, "introduction addressed to \(to.identity.fingerprint)"), facts)))
         }
         guard limiter.tryAcquire() else {
             socket.close()
-            throw refuse(PeerError(.handshakeLimitExceeded, "\(limiter.limit) handshakes already in progress"), facts)
+            return completion(.failure(refuse(PeerError(.handshakeLimitExceeded, "\(limiter.limit) handshakes already in progress"), facts)))
         }
         let machine = HandshakeResponder(
             identity: keyPair, announcedInitiator: initiator, configuration: configuration.handshake,
@@ -247,7 +261,7 @@ public struct ChannelEstablishment: Sendable {
         let engine = ChannelEngine(
             socket: socket, machine: ChannelMachine(responder: machine, configuration: machineConfiguration(facts)),
             facts: facts, environment: environment)
-        return try await engine.establish()
+        engine.start(completion)
     }
 
     /// The machine's settings for one socket: a legacy peer is admitted only when the policy
@@ -341,13 +355,74 @@ struct ChannelFacts: Sendable {
     /// What the introduction claimed about a legacy peer.
     var legacyClaim: UnverifiedPeerClaim { UnverifiedPeerClaim(claimedKey: expected) }
 
+    /// Adds these facts to every line the logger writes, when it writes one: StreamLogHandler
+    /// renders its stored metadata again on every change, and setting five keys (two of them
+    /// fingerprints: BLAKE2b, base32) per socket cost a peer about a tenth of its CPU per
+    /// connect, for lines that the default level mostly filters out.
     func annotate(_ logger: inout Logger) {
-        logger[metadataKey: "role"] = "\(role.rawValue)"
-        logger[metadataKey: "local"] = "\(local.fingerprint)"
-        logger[metadataKey: "expected"] = "\(expected.fingerprint)"
-        logger[metadataKey: "attempt"] = "\(attempt.hex)"
-        if let server = introduction.server { logger[metadataKey: "server"] = "\(server.fingerprint)" }
+        logger.handler = ChannelLogHandler(inner: logger.handler, facts: self)
     }
+
+    /// The facts as log metadata, rendered by the handler that writes the line.
+    var logMetadata: Logger.Metadata {
+        var metadata: Logger.Metadata = [
+            "role": "\(role.rawValue)",
+            "local": .stringConvertible(FingerprintMetadata(local)),
+            "expected": .stringConvertible(FingerprintMetadata(expected)),
+            "attempt": .stringConvertible(attempt),
+        ]
+        if let server = introduction.server { metadata["server"] = .stringConvertible(FingerprintMetadata(server)) }
+        return metadata
+    }
+}
+
+/// A channel's log handler: the facts, and keys set later (the proved peer, the session), are
+/// merged into a line only when it is written; the inner handler's own metadata is untouched.
+struct ChannelLogHandler: LogHandler {
+    private var inner: any LogHandler
+    private let facts: ChannelFacts
+    private var extra: Logger.Metadata = [:]
+
+    init(inner: any LogHandler, facts: ChannelFacts) {
+        self.inner = inner
+        self.facts = facts
+    }
+
+    var logLevel: Logger.Level {
+        get { inner.logLevel }
+        set { inner.logLevel = newValue }
+    }
+
+    var metadataProvider: Logger.MetadataProvider? {
+        get { inner.metadataProvider }
+        set { inner.metadataProvider = newValue }
+    }
+
+    var metadata: Logger.Metadata {
+        get { inner.metadata.merging(facts.logMetadata) { $1 }.merging(extra) { $1 } }
+        set { extra = newValue }
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { extra[key] ?? facts.logMetadata[key] ?? inner[metadataKey: key] }
+        set { extra[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var event = event
+        var metadata = facts.logMetadata.merging(extra) { $1 }
+        if let given = event.metadata { metadata.merge(given) { $1 } }
+        event.metadata = metadata
+        inner.log(event: event)
+    }
+}
+
+/// A key's fingerprint as log metadata, computed when a log line is written.
+struct FingerprintMetadata: CustomStringConvertible, Sendable {
+    let key: [UInt8]
+    init(_ identity: PublicIdentity) { key = identity.publicKey }
+    init(publicKey: [UInt8]) { key = publicKey }
+    var description: String { Fingerprint.of(publicKey: key) }
 }
 
 /// Lets the netlayer fail a handshake from outside, e.g. when the introduction server it went
@@ -363,6 +438,9 @@ final class HandshakeCancellation: @unchecked Sendable {
         }
         if let early { engine.queue.async { engine.cancelHandshake(early) } }
     }
+
+    /// The engine attached so far (tests: its handshake in progress).
+    var attachedEngine: ChannelEngine? { lock.withLock { $0.engine } }
 
     func cancel(_ error: PeerError) {
         let engine = lock.withLock { s -> ChannelEngine? in

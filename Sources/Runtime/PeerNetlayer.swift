@@ -169,6 +169,12 @@ public final class PeerNetlayer: @unchecked Sendable {
     public var inboundHandshakesInProgress: Int { resources.handshakesInProgress }
     public var inboundOpenChannels: Int { resources.openChannels }
 
+    /// Introductions accepted on the loop thread that read them (queue-confined): no hop
+    /// between `recvmsg` and the start of the handshake.
+    private var introductionsOnLoopThread = 0
+    /// Tests: how many introductions were accepted without a hop off the control loop thread.
+    var introductionsAcceptedOnLoopThread: Int { queue.sync { introductionsOnLoopThread } }
+
     /// Our locator with one hint per live, registered server (hints `f` when there is none).
     public var locator: PeerLocator { locatorSnapshot.withLock { $0 } }
 
@@ -379,7 +385,7 @@ public final class PeerNetlayer: @unchecked Sendable {
             return .success((server, ends.0, cancellation))
         }
         let (server, ours, cancellation) = try plan.get()
-        defer { queue.async { server.untrack(cancellation) } }
+        defer { server.untrack(cancellation) }
         let context = IntroductionContext(from: own, to: target, server: server.server?.identity)
         do throws(PeerError) {
             return try await establishment.initiate(over: ours, to: target.identity, introduction: context, cancellation: cancellation)
@@ -391,7 +397,11 @@ public final class PeerNetlayer: @unchecked Sendable {
     // MARK: incoming
 
     /// An introduction for us arrived with `descriptor`: run the responder, expecting `from`.
-    func accept(_ descriptor: FileDescriptor, introduction: IncomingIntroduction, server: PublicIdentity) {
+    /// Called on the netlayer's queue, usually on the control connection's loop thread: the
+    /// checks and the start of the handshake's I/O run here, its crypto on the channel's queue,
+    /// and the channel is handed to `incoming` from there, with no task in between.
+    func accept(_ descriptor: FileDescriptor, introduction: IncomingIntroduction, server: PublicIdentity, onLoopThread: Bool) {
+        if onLoopThread { introductionsOnLoopThread += 1 }
         let claimed = introduction.claimedFrom.identity
         if let refusal = resources.admit(from: claimed) {
             refuseIntroduction(refusal, introduction: introduction, server: server)
@@ -404,16 +414,16 @@ public final class PeerNetlayer: @unchecked Sendable {
         let establishment = self.establishment.observed(by: ticket)
         let incoming = incomingContinuation
         let legacy = legacyContinuation
-        Task {
-            let outcome = try? await establishment.respond(over: descriptor, expecting: claimed, introduction: context)
-            if outcome == nil { ticket.failed() } else { ticket.opened() }
-            guard let channel = outcome else { return }  // logged and audited by the establishment
+        establishment.respond(over: descriptor, expecting: claimed, introduction: context) { outcome in
+            // logged and audited by the establishment
+            guard case .success(let channel) = outcome else { return ticket.failed() }
+            ticket.opened()
             let queue = channel.isAuthenticated ? incoming : legacy
             switch queue.yield(channel) {
             case .enqueued: break
-            case .dropped(let dropped): await dropped.abort()
-            case .terminated: await channel.abort()
-            @unknown default: await channel.abort()
+            case .dropped(let dropped): dropped.abortSoon()
+            case .terminated: channel.abortSoon()
+            @unknown default: channel.abortSoon()
             }
         }
     }
@@ -513,5 +523,14 @@ public enum ServerUIDPolicy: Sendable, Equatable {
         if uid == ownUID || uid == 0 || extra.contains(uid) { return nil }
         return "the server runs as uid \(uid), not ours (\(ownUID)) nor root, and its key is not pinned "
             + "(pin it with PATH=DESIGNATOR, or allow the uid)"
+    }
+}
+
+extension PeerChannel {
+    /// `abort()` without waiting for it: for a channel refused on its engine's queue, where
+    /// waiting would be waiting for ourselves.
+    func abortSoon() {
+        let engine = self.engine
+        engine.queue.async { engine.abort() }
     }
 }

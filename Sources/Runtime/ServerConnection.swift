@@ -2,12 +2,18 @@ import Audit
 import Dispatch
 import Identity
 import OCapN
+import Synchronization
 import Syrup
 import Transport
 
 /// One introduction-server control connection of a `PeerNetlayer`: registration, then
 /// `uds:new-connection` traffic both ways. Runs the sans-IO `RegistrationClient` and
 /// `ControlStreamReader` over a `StreamConnection`; every method runs on the netlayer's queue.
+///
+/// Reads are handled on the connection's event-loop thread, which takes the netlayer's queue
+/// with `queue.sync` (no thread hop when it is free): an introduction goes from `recvmsg` to
+/// the start of its handshake's I/O on that thread; only the handshake's crypto moves to the
+/// channel's queue. The registration deadline is a timer of the same loop.
 final class ServerConnection: @unchecked Sendable {
     enum State {
         case registering
@@ -16,6 +22,8 @@ final class ServerConnection: @unchecked Sendable {
     }
 
     let queue: DispatchQueue
+    /// The loop whose thread reads the control stream and keeps the registration deadline.
+    let loop: EventLoop
     /// The server's key once registered (pinned key before, if any).
     private(set) var state: State = .registering
     let path: String?
@@ -25,10 +33,11 @@ final class ServerConnection: @unchecked Sendable {
     /// Reads at most `ControlMessageLimit` per record (the servers' limit never exceeds it).
     private var reader = ControlStreamReader<PassedDescriptor>(limits: .init(syrup: .controlMessage))
     private var client: RegistrationClient
-    private var registrationTimer: DispatchSourceTimer?
+    private var registrationTimer: EventLoopTimer?
     private var registrationWaiter: CheckedContinuation<ServerHandle, Error>?
-    /// Handshakes started through this server that have not finished.
-    private var pendingConnects: [ObjectIdentifier: HandshakeCancellation] = [:]
+    /// Handshakes started through this server that have not finished. Under a lock of its own:
+    /// `connect` drops its entry from whatever thread the handshake ended on, without a hop.
+    private let pendingConnects = Mutex<[ObjectIdentifier: HandshakeCancellation]>([:])
     private unowned let netlayer: PeerNetlayer
 
     init(netlayer: PeerNetlayer, path: String?, pinned: PublicIdentity?, form: RegistrationForm = .v2, queue: DispatchQueue) {
@@ -36,6 +45,7 @@ final class ServerConnection: @unchecked Sendable {
         self.path = path
         self.pinned = pinned
         self.queue = queue
+        loop = EventLoopGroup.shared.next()
         client = RegistrationClient(signer: netlayer.signer, challenge: Challenge.random(), expectedServer: pinned, form: form)
         handle = ServerHandle(path: path)
     }
@@ -55,24 +65,23 @@ final class ServerConnection: @unchecked Sendable {
         control.reportsLostDescriptors = true
         do {
             stream = try StreamConnection(
-                descriptor: descriptor, queue: queue, configuration: control
-            ) { [weak self] event in self?.handle(event) }
+                descriptor: descriptor, loop: loop, configuration: control
+            ) { [weak self] event in self?.receivedOnLoop(event) }
         } catch {
             descriptor.close()
             disconnect(PeerError(.serverUnreachable, "control socket unusable: \(error)"))
             return
         }
         self.stream = stream
-        let timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.setEventHandler { [weak self] in
+        let timeout = netlayer.configuration.registrationTimeout
+        registrationTimer = loop.schedule(after: timeout) { [weak self] in
             guard let self else { return }
-            // A Goblins server ignores uds-v2:register without closing; say what would fix it.
-            let hint = self.client.form == .v2 ? " (registration v2; a Goblins or draft server must be marked goblins:PATH or draft:PATH)" : ""
-            self.disconnect(PeerError(.registrationTimeout, "no server response within \(self.netlayer.configuration.registrationTimeout)\(hint)"))
+            self.queue.async { self.registrationTimedOut() }
         }
-        timer.schedule(deadline: .now() + netlayer.configuration.registrationTimeout.dispatchInterval)
-        timer.activate()
-        registrationTimer = timer
+        if registrationTimer == nil {
+            disconnect(PeerError(.serverUnreachable, "the event loop was shut down"))
+            return
+        }
         do {
             try stream.send(client.start().encoded)
         } catch {
@@ -82,9 +91,33 @@ final class ServerConnection: @unchecked Sendable {
         stream.start()
     }
 
+    private func registrationTimedOut() {
+        guard case .registering = state else { return }
+        // A Goblins server ignores uds-v2:register without closing; say what would fix it.
+        let hint = client.form == .v2 ? " (registration v2; a Goblins or draft server must be marked goblins:PATH or draft:PATH)" : ""
+        disconnect(PeerError(.registrationTimeout, "no server response within \(netlayer.configuration.registrationTimeout)\(hint)"))
+    }
+
     // MARK: inbound
 
+    /// On the loop thread: the event is handled there, under the netlayer's queue.
+    private func receivedOnLoop(_ event: StreamEvent) {
+        guard loop.inLoopThread else {
+            // Only from a loop that was shut down, which reports on the caller's thread: that
+            // may hold the queue already.
+            queue.async { self.handle(event) }
+            return
+        }
+        queue.sync { handle(event) }
+    }
+
     private func handle(_ event: StreamEvent) {
+        dispatchPrecondition(condition: .onQueue(queue))
+        if case .closed = state {
+            // A read already under way on the loop thread when we closed: nothing of it is ours.
+            if case .received(let chunk) = event { for descriptor in chunk.descriptors { descriptor.close() } }
+            return
+        }
         switch event {
         case .received(let chunk):
             do throws(OCapNError) {
@@ -174,7 +207,8 @@ final class ServerConnection: @unchecked Sendable {
                 }
                 passed = nil
                 switch descriptor {
-                case .received(let socket): netlayer.accept(socket, introduction: introduction, server: server.identity)
+                case .received(let socket):
+                    netlayer.accept(socket, introduction: introduction, server: server.identity, onLoopThread: loop.inLoopThread)
                 case .lost: netlayer.lostIntroduction(introduction, server: server.identity)
                 }
             }
@@ -212,8 +246,14 @@ final class ServerConnection: @unchecked Sendable {
         }
     }
 
-    func track(_ cancellation: HandshakeCancellation) { pendingConnects[ObjectIdentifier(cancellation)] = cancellation }
-    func untrack(_ cancellation: HandshakeCancellation) { pendingConnects[ObjectIdentifier(cancellation)] = nil }
+    func track(_ cancellation: HandshakeCancellation) {
+        pendingConnects.withLock { $0[ObjectIdentifier(cancellation)] = cancellation }
+    }
+
+    /// Any thread.
+    func untrack(_ cancellation: HandshakeCancellation) {
+        pendingConnects.withLock { $0[ObjectIdentifier(cancellation)] = nil }
+    }
 
     // MARK: closing
 
@@ -228,8 +268,11 @@ final class ServerConnection: @unchecked Sendable {
         stream?.close()
         stream = nil
         for descriptor in reader.drainDescriptors() { descriptor.close() }
-        for cancellation in pendingConnects.values { cancellation.cancel(reason) }
-        pendingConnects = [:]
+        let pending = pendingConnects.withLock { pending in
+            defer { pending = [:] }
+            return pending
+        }
+        for cancellation in pending.values { cancellation.cancel(reason) }
         netlayer.serverDisconnected(self, reason: reason, wasRegistered: wasRegistered)
         if let waiter = registrationWaiter {
             registrationWaiter = nil

@@ -43,6 +43,12 @@ public struct Readiness: OptionSet, Sendable, Hashable {
 /// thread when another thread unregisters; owners make a late call harmless by checking their
 /// own state (a closed owner ignores it). Work that must run on the loop thread is sent with
 /// `execute`, which wakes the loop through an eventfd.
+///
+/// Timers (`schedule(at:_:)`) live in the loop too: a heap whose earliest deadline is
+/// `epoll_wait`'s timeout, so setting one up or cancelling it is a few instructions under the
+/// loop's lock, with no thread of its own; the work runs on the loop thread. Another thread
+/// whose timer is due before the loop would next look arms the loop's one timerfd (a system
+/// call, no wake-up); later deadlines cost nothing.
 public final class EventLoop: Sendable, CustomStringConvertible {
     public typealias Handler = @Sendable (Readiness) -> Void
 
@@ -58,13 +64,25 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         var tasks: [@Sendable () -> Void] = []
         var wakePending = false
         var phase = Phase.running
+        var timers = TimerQueue()
+        /// The deadline `epoll_wait` was last told to wake at (nil: none, it sleeps until an
+        /// event), and the one the timerfd is armed for. A timer due no earlier than either
+        /// needs nothing: the loop looks at its timers again by then.
+        var sleepDeadline: ContinuousClock.Instant?
+        var armedDeadline: ContinuousClock.Instant?
     }
 
-    /// The loop owns these two numbers itself (they are never lent): they are closed after the
-    /// thread joined, under the state lock, and no call uses them once `phase` is `.stopped`.
+    /// The loop owns these numbers itself (they are never lent). Other threads use them only
+    /// under `descriptorsOpen`, which shutdown clears when it closes them after the thread
+    /// joined; the loop thread uses them freely.
     private let epollFD: Int32
     private let wakeFD: Int32
+    private let timerFD: Int32
     private let state = Mutex(State())
+    /// A lock of its own for the system calls other threads make on the loop's descriptors
+    /// (epoll_ctl, the eventfd write, arming the timerfd), so none of them holds up the loop
+    /// thread's handler lookups under `state`. Lock order: this one, then `state`.
+    private let descriptorsOpen = Mutex(true)
     private let thread = Mutex<pthread_t?>(nil)
     private let loopThread = Atomic<UInt>(0)
     private let joined = Atomic<Bool>(false)
@@ -73,9 +91,10 @@ public final class EventLoop: Sendable, CustomStringConvertible {
     /// The token of the eventfd in epoll's data field; descriptors get tokens from 1 up and
     /// never reuse one, so a stale event for an unregistered descriptor finds no handler.
     private static let wakeToken: UInt64 = 0
+    private static let timerToken = UInt64.max
     private static let batch = 64
 
-    /// Starts a loop thread. Throws when the kernel refuses epoll, eventfd or a thread.
+    /// Starts a loop thread. Throws when the kernel refuses epoll, eventfd, timerfd or a thread.
     public init(name: String = "ocapn-uds.event-loop") throws(TransportError) {
         self.name = name
         epollFD = try systemCallNonBlocking("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
@@ -85,13 +104,25 @@ public final class EventLoop: Sendable, CustomStringConvertible {
             Glibc.close(epollFD)
             throw error
         }
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue
-        event.data.u64 = Self.wakeToken
         do {
-            _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, wakeFD, &event) }
+            timerFD = try systemCallNonBlocking("timerfd_create") {
+                timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC) | Int32(TFD_NONBLOCK))
+            }
+        } catch {
+            Glibc.close(wakeFD)
+            Glibc.close(epollFD)
+            throw error
+        }
+        do {
+            for (fd, token) in [(wakeFD, Self.wakeToken), (timerFD, Self.timerToken)] {
+                var event = epoll_event()
+                event.events = EPOLLIN.rawValue
+                event.data.u64 = token
+                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
+            }
             try startThread()
         } catch {
+            Glibc.close(timerFD)
             Glibc.close(wakeFD)
             Glibc.close(epollFD)
             throw error
@@ -119,53 +150,55 @@ public final class EventLoop: Sendable, CustomStringConvertible {
     public func register(
         _ descriptor: FileDescriptor, interest: Interest, handler: @escaping Handler
     ) throws(TransportError) -> EventRegistration {
+        // The handler goes in first: an event for the token before it would find none.
         let token = try state.withLock { state throws(TransportError) -> UInt64 in
             guard case .running = state.phase else { throw TransportError(.closed, "event loop shut down") }
             let token = state.nextToken
-            var event = epoll_event()
-            event.events = Self.epollEvents(interest)
-            event.data.u64 = token
-            try descriptor.with { (fd) throws(TransportError) in
-                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) }
-            }
             state.nextToken += 1
             state.handlers[token] = handler
             return token
+        }
+        do throws(TransportError) {
+            guard try control(EPOLL_CTL_ADD, token, descriptor, interest) else {
+                throw TransportError(.closed, "event loop shut down")
+            }
+        } catch {
+            let dropped = state.withLock { $0.handlers.removeValue(forKey: token) }
+            _ = dropped
+            throw error
         }
         return EventRegistration(loop: self, token: token, descriptor: descriptor, interest: interest)
     }
 
     /// epoll_ctl MOD; false when the loop was shut down (nothing is watched any more).
     func modify(_ token: UInt64, _ descriptor: FileDescriptor, _ interest: Interest) throws(TransportError) -> Bool {
-        try state.withLock { state throws(TransportError) -> Bool in
-            guard case .running = state.phase else { return false }
-            var event = epoll_event()
-            event.events = Self.epollEvents(interest)
-            event.data.u64 = token
-            try descriptor.with { (fd) throws(TransportError) in
-                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event) }
-            }
-            return true
-        }
+        try control(EPOLL_CTL_MOD, token, descriptor, interest)
     }
 
     /// epoll_ctl DEL and forgets the handler. The descriptor must still be open.
     func remove(_ token: UInt64, _ descriptor: FileDescriptor) {
-        let handler = state.withLock { state -> Handler? in
-            let handler = state.handlers.removeValue(forKey: token)
-            guard case .running = state.phase else { return handler }
-            do throws(TransportError) {
-                try descriptor.with { (fd) throws(TransportError) in
-                    var event = epoll_event()
-                    _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &event) }
-                }
-            } catch {
-                preconditionFailure("unregistering \(descriptor) from \(name) failed (\(error)): closed before unregister?")
-            }
-            return handler
-        }
         // The handler (and whatever it holds) is released outside the lock.
+        let handler = state.withLock { $0.handlers.removeValue(forKey: token) }
         _ = handler
+        do throws(TransportError) {
+            _ = try control(EPOLL_CTL_DEL, token, descriptor, [])
+        } catch {
+            preconditionFailure("unregistering \(descriptor) from \(name) failed (\(error)): closed before unregister?")
+        }
+    }
+
+    /// One epoll_ctl on a descriptor; false, without a call, once the loop's descriptors closed.
+    private func control(_ operation: Int32, _ token: UInt64, _ descriptor: FileDescriptor, _ interest: Interest) throws(TransportError) -> Bool {
+        try descriptorsOpen.withLock { open throws(TransportError) -> Bool in
+            guard open else { return false }
+            var event = epoll_event()
+            event.events = Self.epollEvents(interest)
+            event.data.u64 = token
+            try descriptor.with { (fd) throws(TransportError) in
+                _ = try systemCallNonBlocking("epoll_ctl") { epoll_ctl(epollFD, operation, fd, &event) }
+            }
+            return true
+        }
     }
 
     /// Descriptors registered now (tests: a closed owner leaves nothing behind).
@@ -189,9 +222,112 @@ public final class EventLoop: Sendable, CustomStringConvertible {
     }
 
     private func wake() {
-        var one: UInt64 = 1
-        // EAGAIN means the counter is already non-zero: the loop will wake anyway.
-        _ = try? systemCall("write") { withUnsafeBytes(of: &one) { Glibc.write(wakeFD, $0.baseAddress, 8) } }
+        descriptorsOpen.withLock { open in
+            guard open else { return }
+            var one: UInt64 = 1
+            // EAGAIN means the counter is already non-zero: the loop will wake anyway.
+            _ = try? systemCall("write") { withUnsafeBytes(of: &one) { Glibc.write(wakeFD, $0.baseAddress, 8) } }
+        }
+    }
+
+    // MARK: timers
+
+    /// Runs `work` once on the loop thread at `deadline` (ContinuousClock; up to about a
+    /// millisecond late, never early), after the readiness events at hand. Returns nil, without
+    /// scheduling, once the loop was shut down; timers still pending at shutdown never run.
+    /// Any thread; from the loop thread, or for a deadline no earlier than the loop's next
+    /// look at its timers, it costs no system call.
+    public func schedule(
+        at deadline: ContinuousClock.Instant, _ work: @escaping @Sendable () -> Void
+    ) -> EventLoopTimer? {
+        if inLoopThread {
+            // The loop recomputes its timeout before it sleeps again.
+            guard let id = state.withLock({ state -> UInt64? in
+                guard case .running = state.phase else { return nil }
+                return state.timers.add(deadline, work)
+            }) else { return nil }
+            return EventLoopTimer(loop: self, id: id)
+        }
+        let id = descriptorsOpen.withLock { open -> UInt64? in
+            guard open else { return nil }
+            let (id, arm) = state.withLock { state -> (UInt64?, Bool) in
+                guard case .running = state.phase else { return (nil, false) }
+                let id = state.timers.add(deadline, work)
+                // The loop looks at its timers again at the earlier of the deadline it sleeps
+                // until and the one the timerfd is armed for (or on any event before).
+                let nextLook = [state.sleepDeadline, state.armedDeadline].compactMap { $0 }.min()
+                guard !state.wakePending, nextLook.map({ deadline < $0 }) ?? true else { return (id, false) }
+                state.armedDeadline = deadline
+                return (id, true)
+            }
+            // Armed under `descriptorsOpen`: two threads arming race in the order they decided.
+            if arm, !armTimerDescriptor(deadline) {
+                // timerfd_settime failed (it does not for a valid descriptor): wake the loop.
+                var one: UInt64 = 1
+                _ = try? systemCall("write") { withUnsafeBytes(of: &one) { Glibc.write(wakeFD, $0.baseAddress, 8) } }
+            }
+            return id
+        }
+        return id.map { EventLoopTimer(loop: self, id: $0) }
+    }
+
+    /// Arms the timerfd to fire once at `deadline` (relative: the clocks may differ).
+    private func armTimerDescriptor(_ deadline: ContinuousClock.Instant) -> Bool {
+        let (seconds, attoseconds) = ContinuousClock.now.duration(to: deadline).components
+        var value = timespec(tv_sec: 0, tv_nsec: 1)  // zero would disarm it
+        if seconds > 0 || (seconds == 0 && attoseconds >= 1_000_000_000) {
+            value = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        }
+        var spec = itimerspec(it_interval: timespec(tv_sec: 0, tv_nsec: 0), it_value: value)
+        return (try? systemCallNonBlocking("timerfd_settime") { timerfd_settime(timerFD, 0, &spec, nil) }) != nil
+    }
+
+    /// `schedule(at: .now + delay, work)`.
+    public func schedule(after delay: Duration, _ work: @escaping @Sendable () -> Void) -> EventLoopTimer? {
+        schedule(at: .now + delay, work)
+    }
+
+    /// Timers scheduled and neither run nor cancelled (tests: an owner that ended leaves none).
+    public var pendingTimerCount: Int { state.withLock { $0.timers.count } }
+
+    /// Removes a pending timer; false when it already ran (or is running) or was cancelled.
+    func cancelTimer(_ id: UInt64) -> Bool {
+        let work = state.withLock { $0.timers.remove(id) }
+        // The work (and whatever it holds) is released outside the lock.
+        return work != nil
+    }
+
+    func timerIsPending(_ id: UInt64) -> Bool { state.withLock { $0.timers.contains(id) } }
+
+    /// Milliseconds until the earliest timer, rounded up (never early); -1 when there is none.
+    private func timeoutMilliseconds() -> Int32 {
+        let earliest = state.withLock { state -> ContinuousClock.Instant? in
+            state.sleepDeadline = state.timers.earliest
+            return state.sleepDeadline
+        }
+        guard let earliest else { return -1 }
+        let (seconds, attoseconds) = ContinuousClock.now.duration(to: earliest).components
+        guard seconds >= 0, attoseconds >= 0 else { return 0 }
+        guard seconds < Int64(Int32.max / 1000) - 1 else { return Int32.max }
+        let millis = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        return Int32(millis)
+    }
+
+    /// Runs the timers whose deadline passed, earliest first, one at a time: a timer that
+    /// cancels another due in the same pass stops it.
+    private func runDueTimers() {
+        var now: ContinuousClock.Instant?
+        while true {
+            let work = state.withLock { state -> (@Sendable () -> Void)? in
+                guard let earliest = state.timers.earliest else { return nil }
+                let current = now ?? .now
+                now = current
+                guard earliest <= current else { return nil }
+                return state.timers.removeFirstDue(now: current)
+            }
+            guard let work else { return }
+            work()
+        }
     }
 
     // MARK: shutting down
@@ -213,17 +349,26 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         }
         wake()
         if let thread = self.thread.withLock({ $0 }) { pthread_join(thread, nil) }
-        let leftovers = state.withLock { state -> ([UInt64: Handler], [@Sendable () -> Void]) in
-            state.phase = .stopped
+        descriptorsOpen.withLock { open in
+            open = false
+            Glibc.close(timerFD)
             Glibc.close(wakeFD)
             Glibc.close(epollFD)
-            defer {
-                state.handlers = [:]
-                state.tasks = []
-            }
-            return (state.handlers, state.tasks)
         }
-        _ = leftovers
+        do {
+            // Released outside the lock, and before `joined`: a concurrent shutdown() returns
+            // only once nothing of the loop's handlers, tasks or timers is held any more.
+            let leftovers = state.withLock { state -> ([UInt64: Handler], [@Sendable () -> Void], TimerQueue) in
+                state.phase = .stopped
+                defer {
+                    state.handlers = [:]
+                    state.tasks = []
+                    state.timers = TimerQueue()
+                }
+                return (state.handlers, state.tasks, state.timers)
+            }
+            _ = leftovers
+        }
         joined.store(true, ordering: .releasing)
     }
 
@@ -266,7 +411,8 @@ public final class EventLoop: Sendable, CustomStringConvertible {
         while true {
             let count: Int32
             do throws(TransportError) {
-                switch try systemCall("epoll_wait", { epoll_wait(epollFD, events, Int32(Self.batch), -1) }) {
+                let timeout = timeoutMilliseconds()
+                switch try systemCall("epoll_wait", { epoll_wait(epollFD, events, Int32(Self.batch), timeout) }) {
                 case .processed(let n): count = n
                 case .wouldBlock: count = 0
                 }
@@ -276,11 +422,16 @@ public final class EventLoop: Sendable, CustomStringConvertible {
                 continue
             }
             var woken = false
+            var timerFired = false
             for i in 0..<Int(count) {
                 let event = events[i]
                 let token = event.data.u64
                 if token == Self.wakeToken {
                     woken = true
+                    continue
+                }
+                if token == Self.timerToken {
+                    timerFired = true
                     continue
                 }
                 guard let handler = state.withLock({ $0.handlers[token] }) else { continue }
@@ -298,6 +449,12 @@ public final class EventLoop: Sendable, CustomStringConvertible {
                 for task in tasks { task() }
                 if stop { return }
             }
+            if timerFired {
+                var expirations: UInt64 = 0
+                _ = try? systemCall("read") { withUnsafeMutableBytes(of: &expirations) { Glibc.read(timerFD, $0.baseAddress, 8) } }
+                state.withLock { $0.armedDeadline = nil }
+            }
+            runDueTimers()
         }
     }
 
@@ -378,6 +535,120 @@ public final class EventRegistration: Sendable {
     public func unregisterAndClose() {
         unregister()
         descriptor.close()
+    }
+}
+
+/// A timer of an `EventLoop` (made by `schedule(at:_:)`). Dropping it does not cancel it.
+public final class EventLoopTimer: Sendable {
+    public let loop: EventLoop
+    private let id: UInt64
+
+    init(loop: EventLoop, id: UInt64) {
+        self.loop = loop
+        self.id = id
+    }
+
+    /// Stops the timer if it has not run yet, from any thread, with no system call; true when
+    /// it was still pending. On the loop thread that is exact; from another thread a cancel can
+    /// meet a run already under way (false), which the owner's own state makes harmless, as for
+    /// a late readiness call. Later calls return false.
+    @discardableResult
+    public func cancel() -> Bool { loop.cancelTimer(id) }
+
+    /// Whether it has neither run (nor started to) nor been cancelled.
+    public var isPending: Bool { loop.timerIsPending(id) }
+}
+
+/// The loop's timers: a binary min-heap of (deadline, id) over a table of the pending work.
+/// A cancelled timer leaves the table at once and its heap entry is skipped when it comes up;
+/// the heap is rebuilt when such entries make up most of it, so its size stays within twice the
+/// pending timers (plus a small floor).
+struct TimerQueue {
+    private struct Entry {
+        let deadline: ContinuousClock.Instant
+        let id: UInt64
+
+        /// Earlier deadline first; the same deadline in the order scheduled.
+        func precedes(_ other: Entry) -> Bool {
+            deadline < other.deadline || (deadline == other.deadline && id < other.id)
+        }
+    }
+
+    private var heap: [Entry] = []
+    private var work: [UInt64: @Sendable () -> Void] = [:]
+    private var nextID: UInt64 = 1
+
+    var count: Int { work.count }
+
+    func contains(_ id: UInt64) -> Bool { work[id] != nil }
+
+    /// The earliest pending deadline.
+    var earliest: ContinuousClock.Instant? {
+        mutating get {
+            dropCancelledHead()
+            return heap.first?.deadline
+        }
+    }
+
+    mutating func add(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () -> Void) -> UInt64 {
+        let id = nextID
+        nextID += 1
+        work[id] = body
+        heap.append(Entry(deadline: deadline, id: id))
+        siftUp(heap.count - 1)
+        return id
+    }
+
+    mutating func remove(_ id: UInt64) -> (@Sendable () -> Void)? {
+        let body = work.removeValue(forKey: id)
+        if body != nil, heap.count > 64, heap.count > 2 * work.count {
+            heap.removeAll { self.work[$0.id] == nil }
+            for i in stride(from: heap.count / 2 - 1, through: 0, by: -1) { siftDown(i) }
+        }
+        return body
+    }
+
+    /// Takes the work of the earliest timer due at `now`, if any.
+    mutating func removeFirstDue(now: ContinuousClock.Instant) -> (@Sendable () -> Void)? {
+        while let head = heap.first, head.deadline <= now {
+            popHead()
+            if let body = work.removeValue(forKey: head.id) { return body }
+        }
+        return nil
+    }
+
+    private mutating func dropCancelledHead() {
+        while let head = heap.first, work[head.id] == nil { popHead() }
+    }
+
+    private mutating func popHead() {
+        let last = heap.removeLast()
+        guard !heap.isEmpty else { return }
+        heap[0] = last
+        siftDown(0)
+    }
+
+    private mutating func siftUp(_ start: Int) {
+        var i = start
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard heap[i].precedes(heap[parent]) else { return }
+            heap.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    private mutating func siftDown(_ start: Int) {
+        var i = start
+        while true {
+            let left = 2 * i + 1
+            guard left < heap.count else { return }
+            var child = left
+            if left + 1 < heap.count, heap[left + 1].precedes(heap[left]) { child = left + 1 }
+            guard heap[child].precedes(heap[i]) else { return }
+            heap.swapAt(i, child)
+            i = child
+        }
     }
 }
 

@@ -312,19 +312,12 @@ struct PeerCommand: AsyncParsableCommand {
             Task { await Self.report(keeper, netlayer: netlayer, registeredAtStart: registered) }
         }
 
+        // The echo is installed as each channel arrives (no task per channel in between).
         let echo = Task {
-            await withDiscardingTaskGroup { group in
-                for await channel in netlayer.incoming {
-                    group.addTask { await Self.echo(channel) }
-                }
-            }
+            for await channel in netlayer.incoming { Self.echo(channel) }
         }
         let legacyEcho = Task {
-            await withDiscardingTaskGroup { group in
-                for await channel in netlayer.legacyIncoming {
-                    group.addTask { await Self.echo(channel) }
-                }
-            }
+            for await channel in netlayer.legacyIncoming { Self.echo(channel) }
         }
         await termination.received.wait()
         await runtime.shutdown()
@@ -335,31 +328,33 @@ struct PeerCommand: AsyncParsableCommand {
     }
 
     /// Echoes every message of `channel` back until the peer closes, then closes. The echo
-    /// runs on the channel's event-loop thread (`deliver(to:)`): no continuation per message.
-    static func echo(_ channel: PeerChannel) async {
+    /// runs on the channel's event-loop thread (`deliver(to:)`): no continuation per message;
+    /// only the end (closing, the last line) runs in a task of its own.
+    static func echo(_ channel: PeerChannel) {
         PeerOutput.announce(channel)
         let tally = Mutex((count: 0, bytes: 0))
-        let end = await withCheckedContinuation { (done: CheckedContinuation<PeerError?, Never>) in
-            channel.deliver { delivery in
-                switch delivery {
-                case .message(let message):
-                    // A failed send ends the channel: its end is the next delivery.
-                    _ = try? channel.sendNow(message)
-                    let count = tally.withLock { tally -> Int in
-                        tally.count += 1
-                        tally.bytes += message.count
-                        return tally.count
-                    }
-                    // Briefly: the first messages of a channel, then only the count at its end.
-                    if count <= Self.echoesShownPerChannel {
-                        PeerOutput.errorLine("echoed to \(channel.peerFingerprint): \(Self.preview(message))")
-                    }
-                case .ended(let error):
-                    done.resume(returning: error)
+        channel.deliver { delivery in
+            switch delivery {
+            case .message(let message):
+                // A failed send ends the channel: its end is the next delivery.
+                _ = try? channel.sendNow(message)
+                let count = tally.withLock { tally -> Int in
+                    tally.count += 1
+                    tally.bytes += message.count
+                    return tally.count
                 }
+                // Briefly: the first messages of a channel, then only the count at its end.
+                if count <= Self.echoesShownPerChannel {
+                    PeerOutput.errorLine("echoed to \(channel.peerFingerprint): \(Self.preview(message))")
+                }
+            case .ended(let end):
+                let (count, bytes) = tally.withLock { ($0.count, $0.bytes) }
+                Task { await Self.finishEcho(channel, end: end, count: count, bytes: bytes) }
             }
         }
-        let (count, bytes) = tally.withLock { ($0.count, $0.bytes) }
+    }
+
+    private static func finishEcho(_ channel: PeerChannel, end: PeerError?, count: Int, bytes: Int) async {
         if let end {
             PeerOutput.errorLine("channel \(channel.peerFingerprint) ended: \(end.code.rawValue)")
             await channel.abort()

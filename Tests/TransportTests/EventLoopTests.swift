@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Glibc
 import Testing
 import Transport
@@ -160,7 +161,7 @@ extension TransportTests {
             let oracle = await LeakOracle.make()
             let before = DescriptorCensus.openCount()
             let loop = try EventLoop(name: "test-loop")
-            #expect(DescriptorCensus.openCount() == before + 2)  // epoll and eventfd
+            #expect(DescriptorCensus.openCount() == before + 3)  // epoll, eventfd and timerfd
             let (mine, theirs) = try FileDescriptor.socketPair()
             oracle.track([mine, theirs])
             let log = EventLog<String>()
@@ -178,6 +179,130 @@ extension TransportTests {
             registration.unregisterAndClose()
             theirs.close()
             await oracle.expectNoLeaks()
+        }
+
+        // MARK: timers
+
+        /// Something whose release the tests can see (a timer's closure holds it).
+        final class Token: Sendable {}
+
+        @Test func aTimerFiresOnceOnTheLoopThreadNotBeforeItsDeadline() throws {
+            let loop = try EventLoop(name: "test-timer")
+            defer { loop.shutdown() }
+            let fired = EventLog<(ContinuousClock.Instant, Bool)>()
+            let deadline = ContinuousClock.now + .milliseconds(30)
+            let timer = try #require(loop.schedule(at: deadline) { fired.append((.now, loop.inLoopThread)) })
+            #expect(loop.pendingTimerCount == 1)
+            #expect(fired.wait { !$0.isEmpty })
+            usleep(60_000)
+            let events = fired.events
+            #expect(events.count == 1)
+            #expect(events.allSatisfy { $0.0 >= deadline && $0.1 })
+            #expect(loop.pendingTimerCount == 0)
+            #expect(!timer.isPending)
+            #expect(!timer.cancel())  // it already ran
+        }
+
+        @Test func anEarlierTimerFromAnotherThreadWakesALoopWaitingForALaterOne() throws {
+            let loop = try EventLoop(name: "test-timer")
+            defer { loop.shutdown() }
+            let fired = EventLog<String>()
+            let late = try #require(loop.schedule(after: .seconds(30)) { fired.append("late") })
+            usleep(20_000)  // the loop is in epoll_wait with a 30 s timeout now
+            let start = ContinuousClock.now
+            _ = try #require(loop.schedule(after: .milliseconds(10)) { fired.append("early") })
+            #expect(fired.wait(timeout: .seconds(2)) { $0 == ["early"] })
+            #expect(ContinuousClock.now - start < .seconds(2))
+            #expect(late.cancel())
+            #expect(loop.pendingTimerCount == 0)
+        }
+
+        @Test func aCancelledTimerNeverFiresAndReleasesItsWork() throws {
+            let loop = try EventLoop(name: "test-timer")
+            defer { loop.shutdown() }
+            let fired = EventLog<String>()
+            weak var held: Token?
+            let timer: EventLoopTimer = try {
+                let token = Token()
+                held = token
+                return try #require(loop.schedule(after: .milliseconds(40)) { _ = token; fired.append("fired") })
+            }()
+            #expect(held != nil)
+            #expect(timer.isPending)
+            #expect(timer.cancel())
+            #expect(!timer.isPending)
+            #expect(!timer.cancel())  // later calls do nothing
+            #expect(held == nil)  // the closure went with the cancel
+            #expect(loop.pendingTimerCount == 0)
+            usleep(120_000)
+            #expect(fired.events.isEmpty)
+
+            // On the loop thread a cancel is exact, even for a timer due in the same pass: the
+            // first of two timers with one deadline cancels the second before it can run.
+            let deadline = ContinuousClock.now + .milliseconds(20)
+            let second = Mutex<EventLoopTimer?>(nil)
+            _ = try #require(loop.schedule(at: deadline) {
+                fired.append("first")
+                fired.append(second.withLock { $0 }?.cancel() == true ? "cancelled" : "too late")
+            })
+            second.withLock { $0 = loop.schedule(at: deadline) { fired.append("second") } }
+            #expect(fired.wait { $0.count >= 2 })
+            usleep(40_000)
+            #expect(fired.events == ["first", "cancelled"])
+        }
+
+        @Test func manyTimersFireInDeadlineOrderAndTheCancelledOnesNever() throws {
+            let loop = try EventLoop(name: "test-timer")
+            defer { loop.shutdown() }
+            let fired = EventLog<Int>()
+            let base = ContinuousClock.now + .milliseconds(50)
+            var generator = SystemRandomNumberGenerator()
+            // 300 timers over 60 ms, scheduled in random order, several sharing a deadline.
+            let offsets = (0..<300).map { _ in Int.random(in: 0..<60, using: &generator) }
+            var timers: [EventLoopTimer] = []
+            for (i, offset) in offsets.enumerated() {
+                timers.append(try #require(loop.schedule(at: base + .milliseconds(offset)) { fired.append(i) }))
+            }
+            let cancelled = Set(stride(from: 0, to: 300, by: 7))
+            for i in cancelled { #expect(timers[i].cancel()) }
+            let expected = offsets.indices.filter { !cancelled.contains($0) }
+                .sorted { (offsets[$0], $0) < (offsets[$1], $1) }
+            #expect(fired.wait { $0.count == expected.count })
+            usleep(30_000)
+            #expect(fired.events == expected)
+            #expect(loop.pendingTimerCount == 0)
+        }
+
+        @Test func aTimerOnALoopThatIsShuttingDownNeverRunsAndIsReleased() throws {
+            let loop = try EventLoop(name: "test-timer")
+            let fired = EventLog<String>()
+            weak var held: Token?
+            do {
+                let token = Token()
+                held = token
+                _ = try #require(loop.schedule(after: .seconds(30)) { _ = token; fired.append("pending") })
+            }
+            // A task holds the loop thread while another thread starts the shutdown; once the
+            // loop is stopping (execute refuses), the task asks for a timer.
+            let gate = DispatchSemaphore(value: 0)
+            let fromTask = EventLog<Bool>()
+            #expect(loop.execute {
+                gate.wait()
+                fromTask.append(loop.schedule(after: .milliseconds(1)) { fired.append("late") } == nil)
+            })
+            let stopper = Thread { loop.shutdown() }
+            stopper.start()
+            let deadline = ContinuousClock.now + .seconds(5)
+            while loop.execute({}), ContinuousClock.now < deadline { usleep(1000) }
+            gate.signal()
+            #expect(fromTask.wait { !$0.isEmpty })
+            #expect(fromTask.events == [true])
+            loop.shutdown()  // waits for the stopper's shutdown to finish
+            #expect(held == nil)  // the pending timer's work was released, never run
+            #expect(loop.schedule(after: .milliseconds(1)) { fired.append("after") } == nil)
+            #expect(loop.pendingTimerCount == 0)
+            usleep(20_000)
+            #expect(fired.events.isEmpty)
         }
 
         @Test func aGroupSpreadsRoundRobinAndKeepsAHintOnOneLoop() throws {

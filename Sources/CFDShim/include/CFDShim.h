@@ -8,9 +8,10 @@
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/socket.h>
-// epoll and eventfd for Transport's EventLoop (Swift's Glibc module does not import them).
+// epoll, eventfd and timerfd for Transport's EventLoop (Swift's Glibc module does not import them).
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 
 /// CMSG_FIRSTHDR(msg).
 struct cmsghdr *_Nullable cfd_cmsg_firsthdr(const struct msghdr *_Nonnull msg);
