@@ -84,7 +84,7 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         case .wait:
             try await PeerError.catching {
                 try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
-                    engine.queue.async { engine.awaitOutboundSpace(c) }
+                    engine.queue.sync { engine.awaitOutboundSpace(c) }
                 }
             }
         }
@@ -101,8 +101,9 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         case .failed(let error): throw error
         case .wait:
             return try await PeerError.catching {
+                // Registered on the caller's thread: no hop through a worker before waiting.
                 try await withCheckedThrowingContinuation { (c: CheckedContinuation<[UInt8]?, Error>) in
-                    engine.queue.async { engine.receive(completion: c) }
+                    engine.queue.sync { engine.receive(completion: c) }
                 }
             }
         }
@@ -247,6 +248,11 @@ final class ChannelEngine: @unchecked Sendable {
     /// Reading paused because a handler's answers are over the outbound bound.
     private var outputPaused = false
 
+    /// A write would block: sends only queue until the writable watch writes it all at once.
+    private var writeBlocked = false
+    /// Set while a readable event is handled: waiting receivers are answered once, at its end.
+    private var readingBatch = false
+
     private var inbound: [[UInt8]] = []
     private var inboundHead = 0
     private var inboundBytes = 0
@@ -366,8 +372,18 @@ final class ChannelEngine: @unchecked Sendable {
     }
 
     private func updateTimer() {
-        let wanted = machine.deadline
-        guard wanted != timerDeadline else { return }
+        let wanted: ContinuousClock.Instant?
+        switch (machine.deadline, machine.releaseDeadline) {
+        case (let a?, let b?): wanted = min(a, b)
+        case (let a?, nil): wanted = a
+        case (nil, let b?): wanted = b
+        case (nil, nil): wanted = nil
+        }
+        switch (wanted, timerDeadline) {
+        case (nil, nil): return
+        case (let a?, let b?) where a == b: return
+        default: break
+        }
         timerDeadline = wanted
         guard let wanted else {
             timer?.cancel()
@@ -376,13 +392,19 @@ final class ChannelEngine: @unchecked Sendable {
         }
         if timer == nil {
             let timer = DispatchSource.makeTimerSource(queue: queue)
-            timer.setEventHandler { self.step(.deadline(.now)) }
+            timer.setEventHandler { self.timerFired() }
             timer.schedule(deadline: .now() + ContinuousClock.now.duration(to: wanted).dispatchInterval)
             timer.activate()
             self.timer = timer
         } else {
             timer?.schedule(deadline: .now() + ContinuousClock.now.duration(to: wanted).dispatchInterval)
         }
+    }
+
+    private func timerFired() {
+        step(.deadline(.now))
+        // The idle release gave the grown buffers back: reads start small again too.
+        if machine.releaseDeadline == nil { readChunk = min(Self.initialReadChunk, configuration.readChunkSize) }
     }
 
     private func established(_ session: EstablishedSession) {
@@ -427,6 +449,14 @@ final class ChannelEngine: @unchecked Sendable {
 
     private func handleReadable() {
         guard let socket else { return }
+        let outer = !readingBatch
+        readingBatch = true
+        defer {
+            if outer {
+                readingBatch = false
+                answerReceivers()
+            }
+        }
         for _ in 0..<configuration.readsPerEvent {
             guard machine.wantsToRead, !readPaused, !outputPaused, !endOfStream else { return }
             let chunk = readChunk
@@ -452,9 +482,22 @@ final class ChannelEngine: @unchecked Sendable {
                 if readChunk > Self.initialReadChunk { readChunk = max(Self.initialReadChunk, readChunk / 2) }
                 return
             }
-            if n == chunk, chunk < configuration.readChunkSize {
+            guard n == chunk else {
+                // A short read took everything the socket had: no would-block read to learn it.
+                if n < chunk / 4, readChunk > Self.initialReadChunk { readChunk = max(Self.initialReadChunk, readChunk / 2) }
+                return
+            }
+            if chunk < configuration.readChunkSize {
                 readChunk = min(chunk * 2, configuration.readChunkSize)
             }
+        }
+    }
+
+    /// Hands queued messages to waiting receivers: once per readable event rather than once per
+    /// message, so a woken task takes the rest of the batch without waiting again.
+    private func answerReceivers() {
+        while !receiveWaiters.isEmpty, let message = takeQueued() {
+            receiveWaiters.removeFirst().resume(returning: message)
         }
     }
 
@@ -464,7 +507,7 @@ final class ChannelEngine: @unchecked Sendable {
             scheduleDrain()
             return
         }
-        if let waiter = receiveWaiters.first, inboundHead == inbound.count {
+        if !readingBatch, let waiter = receiveWaiters.first, inboundHead == inbound.count {
             receiveWaiters.removeFirst()
             waiter.resume(returning: message)
             return
@@ -505,6 +548,21 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Bytes sealed and not yet written (tests).
     var pendingOutputBytes: Int { machine.pendingOutputCount }
+
+    /// Whether a write would block and sends only queue until the socket is writable (tests).
+    var isWriteBlocked: Bool { writeBlocked }
+
+    /// `sendmsg` calls so far, would-block ones included (tests: frames coalesce).
+    private(set) var writeCalls = 0
+
+    /// Buffer memory of the machine (tests: memory follows use).
+    var heldBufferBytes: Int { machine.heldBufferBytes }
+
+    /// Bytes the next read asks for (tests: reads start small again once idle).
+    var currentReadChunk: Int { readChunk }
+
+    /// Receivers waiting in `receive()` (tests).
+    var waitingReceivers: Int { receiveWaiters.count }
 
     /// Takes a queued message, or reports the end, without waiting. With nothing queued it
     /// reads the socket once on the caller's thread first, so a message already in the kernel
@@ -657,13 +715,16 @@ final class ChannelEngine: @unchecked Sendable {
         }
     }
 
-    /// Writes as much queued output as the socket takes, in one `sendmsg` per call.
+    /// Writes as much queued output as the socket takes, everything queued in one `sendmsg`.
+    /// While a write would block it writes nothing: sends only seal into the queue, and the
+    /// writable watch writes all of it at once (no `sendmsg` per message that would fail).
     private func flush() {
-        guard let socket, !socket.isClosed else { return }
+        guard let socket, !socket.isClosed, !writeBlocked else { return }
         while machine.pendingOutputCount > 0 {
             let result: IOResult<Int>
             do throws(TransportError) {
                 // Everything queued goes in one sendmsg: frames coalesce.
+                writeCalls += 1
                 result = try socket.send(machine.pendingOutput)
             } catch {
                 if error.code == .connectionReset, !endOfStream {
@@ -675,7 +736,9 @@ final class ChannelEngine: @unchecked Sendable {
                 return
             }
             guard case .processed(let written) = result else {
+                writeBlocked = true
                 socket.watchWritable {
+                    self.writeBlocked = false
                     self.actions.append(.write)
                     self.process()
                 }
