@@ -243,6 +243,9 @@ final class ChannelEngine: @unchecked Sendable {
     /// Set by `deliver(to:)`: messages go to it on the loop thread instead of the queue below.
     private var deliveryHandler: (@Sendable (PeerChannel.Delivery) -> Void)?
     private var handlerBatch: [PeerChannel.Delivery] = []
+    /// The previous batch's storage, handed back after delivery: batches alternate between two
+    /// arrays instead of copying one on write per batch.
+    private var spareBatch: [PeerChannel.Delivery] = []
     private var drainScheduled = false
     private var endDelivered = false
     /// Reading paused because a handler's answers are over the outbound bound.
@@ -364,7 +367,9 @@ final class ChannelEngine: @unchecked Sendable {
         guard let socket, !socket.isClosed else { return }
         if machine.wantsToRead && !readPaused && !outputPaused && !endOfStream {
             // The handler holds the engine until the machine closes the descriptor, so a
-            // handshake in progress (which nothing else holds) is never dropped.
+            // handshake in progress (which nothing else holds) is never dropped. Made only
+            // when not watching yet: this runs after every event.
+            guard !socket.isWatchingReadable else { return }
             socket.watchReadable { self.handleReadable() }
         } else {
             socket.watchReadable(nil)
@@ -482,12 +487,9 @@ final class ChannelEngine: @unchecked Sendable {
                 if readChunk > Self.initialReadChunk { readChunk = max(Self.initialReadChunk, readChunk / 2) }
                 return
             }
-            guard n == chunk else {
-                // A short read took everything the socket had: no would-block read to learn it.
-                if n < chunk / 4, readChunk > Self.initialReadChunk { readChunk = max(Self.initialReadChunk, readChunk / 2) }
-                return
-            }
-            if chunk < configuration.readChunkSize {
+            // A short read does not end the loop: while we opened what it brought, the peer
+            // may have written more, and reading it now is cheaper than sleeping and waking.
+            if n == chunk, chunk < configuration.readChunkSize {
                 readChunk = min(chunk * 2, configuration.readChunkSize)
             }
         }
@@ -616,15 +618,20 @@ final class ChannelEngine: @unchecked Sendable {
     /// On the loop thread, outside the queue: hands the batch to the handler, repeatedly,
     /// until nothing is left (the handler's own calls may add to it).
     private func drain() {
+        // Two arrays take turns: the delivered batch's storage, emptied, collects the next one,
+        // so no batch is copied on write or allocated anew.
+        var batch: [PeerChannel.Delivery] = []
         while true {
-            let (batch, handler) = queue.sync { () -> ([PeerChannel.Delivery], (@Sendable (PeerChannel.Delivery) -> Void)?) in
+            batch.removeAll(keepingCapacity: batch.capacity <= 64)
+            let handler = queue.sync { () -> (@Sendable (PeerChannel.Delivery) -> Void)? in
                 guard !handlerBatch.isEmpty, let handler = deliveryHandler else {
                     drainScheduled = false
-                    return ([], nil)
+                    if spareBatch.capacity < batch.capacity { swap(&spareBatch, &batch) }
+                    return nil
                 }
-                let batch = handlerBatch
-                handlerBatch.removeAll(keepingCapacity: handlerBatch.capacity <= 64)
-                return (batch, handler)
+                if batch.capacity == 0 { swap(&batch, &spareBatch) }
+                swap(&batch, &handlerBatch)
+                return handler
             }
             guard let handler else { return }
             for delivery in batch {
