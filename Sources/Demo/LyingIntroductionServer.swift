@@ -42,7 +42,7 @@ final class LyingIntroductionServer: @unchecked Sendable {
         do {
             while true {
                 while let item = try reader.next() {
-                    guard case let .message(value) = item else { throw BlockingIOError("unexpected descriptor") }
+                    guard case let .message(value) = item else { throw OCapNError(.unexpectedFD, "a descriptor during registration") }
                     for action in try machine.receive(value) {
                         switch action {
                         case let .send(message): try BlockingIO.sendAll(control, message.encoded)
@@ -55,7 +55,7 @@ final class LyingIntroductionServer: @unchecked Sendable {
                 }
                 try BlockingIO.waitFor(control, events: .readable, seconds: 20)
                 guard case let .processed(r) = try buffer.withUnsafeMutableBytes({ try control.receive(into: $0, descriptorCapacity: 1) }),
-                      !r.isEndOfStream else { throw BlockingIOError("peer left") }
+                      !r.isEndOfStream else { throw OCapNError(.truncated, "the peer closed the connection during registration") }
                 r.descriptors.forEach { $0.close() }
                 _ = try reader.receive(Array(buffer[..<r.byteCount]), descriptors: [])
             }

@@ -799,7 +799,7 @@ public final class IntroductionServerCore<Descriptor> {
         case .unexpectedFD, .extraFDs: return .extraFds
         case .truncated: return .truncated
         case .invalidSyrup, .malformedMessage, .unknownMessage, .unexpectedMessage, .reflectedChallenge,
-             .invalidPublicKey, .invalidSecretKey, .wrongTransport, .invalidDesignator, .invalidHint, .invalidURI,
+             .invalidPublicKey, .wrongTransport, .invalidDesignator, .invalidHint, .invalidURI,
              .serverKeyMismatch, .wrongTarget:
             return .malformedMessage
         }

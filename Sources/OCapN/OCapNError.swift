@@ -22,8 +22,6 @@ public enum OCapNErrorCode: String, ErrorCode {
     case badSignature
     /// A public key that is not a valid Ed25519 identity key.
     case invalidPublicKey
-    /// A secret key or seed of the wrong size or inconsistent with its public half.
-    case invalidSecretKey
     /// A locator whose transport is not `unix-domain-socket`.
     case wrongTransport
     /// A designator that is not the canonical base32 of a valid key.

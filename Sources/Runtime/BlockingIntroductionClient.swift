@@ -1,9 +1,11 @@
 import Foundation
 import Identity
 import OCapN
+import Syrup
 import Transport
 
-/// Blocking helpers over non-blocking descriptors (wait for readiness, then retry).
+/// Blocking helpers over non-blocking descriptors (wait for readiness, then retry). They throw
+/// the layers' own errors: `TransportError` for the socket (`.timedOut` when a wait runs out).
 public enum BlockingIO {
     /// Sends all of `bytes`; `passing` goes with the first chunk only (a partial write carried it).
     public static func sendAll(_ fd: FileDescriptor, _ bytes: [UInt8], passing: [FileDescriptor] = []) throws {
@@ -24,15 +26,9 @@ public enum BlockingIO {
     /// Waits until `fd` is ready for `events`, or throws after `seconds`.
     public static func waitFor(_ fd: FileDescriptor, events: Readiness, seconds: Double = 10) throws {
         guard try fd.wait(for: events, timeout: .milliseconds(Int64(seconds * 1000))) else {
-            throw BlockingIOError("timed out after \(seconds) s waiting on a socket")
+            throw TransportError(.timedOut, "the socket was not ready within \(seconds) s")
         }
     }
-}
-
-/// A blocking call that did not complete.
-public struct BlockingIOError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
 }
 
 /// A control-connection client with blocking calls: registration, sending introductions and
@@ -72,7 +68,7 @@ public final class BlockingIntroductionClient {
             let result = try buffer.withUnsafeMutableBytes { try control.receive(into: $0, descriptorCapacity: 4) }
             switch result {
             case let .processed(r):
-                if r.isEndOfStream { throw BlockingIOError("server closed the control connection") }
+                if r.isEndOfStream { throw PeerError(.serverDisconnected, "the server closed the control connection") }
                 // A padded control message's extra descriptor (issue #17) is closed at once.
                 for extra in try reader.receive(Array(buffer[..<r.byteCount]), descriptors: r.descriptors) { extra.close() }
             case .wouldBlock:
@@ -85,13 +81,19 @@ public final class BlockingIntroductionClient {
     /// on success; a refusal shows as the connection closing.
     public func register() throws {
         try sendAll(client.start().encoded)
-        guard case let .message(value) = try next() else { throw BlockingIOError("no server response") }
+        let value: SyrupValue
+        switch try next() {
+        case let .message(message): value = message
+        case let .newConnection(_, descriptor):
+            descriptor.close()
+            throw OCapNError(.unexpectedMessage, "an introduction where the server's registration response belongs")
+        }
         for case let .send(reply) in try client.receive(value) { try sendAll(reply.encoded) }
     }
 
     /// Waits for an introduction and returns its descriptor (after `to` was checked).
     public func receiveDescriptor() throws -> FileDescriptor {
-        guard case let .newConnection(value, descriptor) = try next() else { throw BlockingIOError("expected an introduction") }
+        guard case let .newConnection(value, descriptor) = try next() else { throw OCapNError(.unexpectedMessage, "a control message where an introduction was expected") }
         do {
             _ = try client.receive(value)
         } catch {

@@ -1,32 +1,23 @@
+import Errors
 import Transport
 
-/// Why the introduction server cannot start. `code` is stable; `detail` is for the operator.
-public struct IntroductionServerError: Error, Equatable, Sendable, CustomStringConvertible {
-    public enum Code: String, Sendable {
-        /// RLIMIT_NOFILE cannot hold the configured caps (catalog §4 budget rule).
-        case descriptorBudget
-        /// `LISTEN_FDS` announces something other than one listening unix stream socket.
-        case socketActivation
-        /// Binding the socket path failed: a live server answers, another instance holds the
-        /// lock, something else is at the path, or a system call failed.
-        case bind
-        /// The configuration breaks a documented range.
-        case invalidConfiguration
-    }
-
-    public let code: Code
-    public let detail: String
-    /// The transport error behind `.bind` / `.socketActivation`, if any.
-    public let transport: TransportError?
-
-    public init(_ code: Code, _ detail: String, transport: TransportError? = nil) {
-        self.code = code
-        self.detail = detail
-        self.transport = transport
-    }
-
-    public var description: String { "\(code.rawValue): \(detail)" }
+/// The codes of `IntroductionServerError`: why the introduction server cannot start.
+public enum IntroductionServerErrorCode: String, ErrorCode {
+    /// RLIMIT_NOFILE cannot hold the configured caps (catalog §4 budget rule).
+    case descriptorBudget
+    /// `LISTEN_FDS` announces something other than one listening unix stream socket.
+    case socketActivation
+    /// Binding the socket path failed: a live server answers, another instance holds the
+    /// lock, something else is at the path, or a system call failed.
+    case bind
+    /// The configuration breaks a documented range.
+    case invalidConfiguration
 }
+
+/// Why the introduction server cannot start: the Runtime's error shape (`CodedError`) with the
+/// server's start-up codes. For `.bind`, `detail` is the operator's line — the path, the
+/// transport code, the errno in words and what to do — so the CLI prints it as it is.
+public typealias IntroductionServerError = CodedError<IntroductionServerErrorCode>
 
 /// Start-up steps that touch the process: the descriptor budget and the listening socket.
 public enum IntroductionServerSetup {
@@ -42,7 +33,7 @@ public enum IntroductionServerSetup {
         do throws(TransportError) {
             soft = try OpenFileLimit.raiseSoftLimit(toAtMost: needed)
         } catch {
-            throw IntroductionServerError(.descriptorBudget, "cannot read or raise RLIMIT_NOFILE: \(error)", transport: error)
+            throw IntroductionServerError(.descriptorBudget, "cannot read or raise RLIMIT_NOFILE: \(error)")
         }
         if let problem = budgetProblem(configuration, softLimit: soft, hardLimit: try? OpenFileLimit.current().hard) {
             throw IntroductionServerError(.descriptorBudget, problem)
@@ -70,7 +61,7 @@ public enum IntroductionServerSetup {
         do throws(TransportError) {
             inherited = try SocketActivation.adoptInherited()
         } catch {
-            throw IntroductionServerError(.socketActivation, "\(error)", transport: error)
+            throw IntroductionServerError(.socketActivation, "\(error)")
         }
         if !inherited.isEmpty {
             guard inherited.count == 1 else {
@@ -81,7 +72,7 @@ public enum IntroductionServerSetup {
                 return try ListeningSocket(inherited: inherited[0].descriptor)
             } catch {
                 inherited[0].descriptor.close()
-                throw IntroductionServerError(.socketActivation, "the inherited descriptor is unusable: \(error)", transport: error)
+                throw IntroductionServerError(.socketActivation, "the inherited descriptor is unusable: \(error)")
             }
         }
         guard let path else {
@@ -97,7 +88,22 @@ public enum IntroductionServerSetup {
         do throws(TransportError) {
             return try ListeningSocket.bind(path: path, mode: mode, backlog: backlog)
         } catch {
-            throw IntroductionServerError(.bind, "\(path): \(error)", transport: error)
+            throw IntroductionServerError(.bind, listenFailure(error, path: path))
         }
+    }
+
+    /// One line for a socket that cannot be opened: the path, the reason in words, what to do.
+    static func listenFailure(_ error: TransportError, path: String) -> String {
+        let hint: String
+        switch error.code {
+        case .noSuchPath: hint = " — create the directory or choose another --socket"
+        case .permissionDenied: hint = " — check the directory's owner and mode, or choose another --socket"
+        case .alreadyRunning: hint = " — another intro-server runs on this path; stop it or choose another --socket"
+        case .addressInUse: hint = " — a live server answers there; stop it or choose another --socket"
+        case .pathOccupied: hint = " — it is never deleted; choose another --socket"
+        case .invalidPath: hint = " — see --socket"
+        default: hint = ""
+        }
+        return "cannot listen at \(path): \(error.code.rawValue): \(error.explanation)\(hint)"
     }
 }

@@ -215,7 +215,7 @@ struct IntroServerCommand: AsyncParsableCommand {
         do {
             listening = try IntroductionServerSetup.openSocket(path: socket, mode: parsedMode() ?? 0o600)
         } catch {
-            throw CLIError(.failure, Self.listenFailure(error, path: socket))
+            throw CLIError(.failure, error.code == .bind ? "intro-server: \(error.detail)" : error.description)
         }
         let auditSink: AuditFileSink?
         do { auditSink = try audit.open(keyPair: keyPair, logger: logger) } catch {
@@ -247,24 +247,6 @@ struct IntroServerCommand: AsyncParsableCommand {
         auditSink?.close()
         if server.socketLost { throw CLIError(.socketLost, "the socket path was deleted or replaced") }
         if server.listenerFailed { throw CLIError(.failure, "the listening socket failed") }
-    }
-}
-
-extension IntroServerCommand {
-    /// One line for a socket that cannot be opened: the path, the reason in words, what to do.
-    static func listenFailure(_ error: IntroductionServerError, path: String?) -> String {
-        guard error.code == .bind, let transport = error.transport, let path else { return error.description }
-        let hint: String
-        switch transport.code {
-        case .noSuchPath: hint = " — create the directory or choose another --socket"
-        case .permissionDenied: hint = " — check the directory's owner and mode, or choose another --socket"
-        case .alreadyRunning: hint = " — another intro-server runs on this path; stop it or choose another --socket"
-        case .addressInUse: hint = " — a live server answers there; stop it or choose another --socket"
-        case .pathOccupied: hint = " — it is never deleted; choose another --socket"
-        case .invalidPath: hint = " — see --socket"
-        default: hint = ""
-        }
-        return "intro-server: cannot listen at \(path): \(transport.code.rawValue): \(transport.explanation)\(hint)"
     }
 }
 

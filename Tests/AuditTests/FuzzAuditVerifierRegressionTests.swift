@@ -1,5 +1,6 @@
 import Foundation
-import TestSupport
+import Audit
+@testable import TestSupport
 import Testing
 
 /// Inputs kept by the FuzzAuditVerifier fuzzer (Fuzz/corpus, Fuzz/crashers) replayed through its
@@ -27,6 +28,8 @@ import Testing
     @Test func theWholeFileSeedIsTheGenuineLog() throws {
         let seed = [UInt8](try Data(contentsOf: Self.root.appendingPathComponent("Fuzz/corpus/FuzzAuditVerifier/genuine-file")))
         #expect(seed == [1] + AuditVerifierFuzzOracle.genuineFile)
+        let sealedSeed = [UInt8](try Data(contentsOf: Self.root.appendingPathComponent("Fuzz/corpus/FuzzAuditVerifier/sealed-file")))
+        #expect(sealedSeed == [1] + AuditVerifierFuzzOracle.sealedFile)
     }
 
     /// The oracle can fail: each kind of edit of the genuine log is reported, the genuine log is
@@ -40,5 +43,28 @@ import Testing
         }
         #expect(AuditVerifierFuzzOracle.violations([0]).isEmpty)
         #expect(AuditVerifierFuzzOracle.violations([0, 1, 5, 0]).isEmpty)
+    }
+
+    /// The sealed form: the genuine sealed log is intact with its verification key and without
+    /// it (signatures only), its seals are really checked with the key (another key's log is
+    /// refused), and each kind of edit of it is reported with the key.
+    @Test func theSealedLogIsSealedAndItsEditsAreReported() throws {
+        let sealed = AuditVerifierFuzzOracle.sealedFile
+        #expect(AuditVerifierFuzzOracle.file(for: [2]) == sealed)
+        #expect(sealed != AuditVerifierFuzzOracle.genuineFile)
+        #expect(AuditVerifierFuzzOracle.violations([2]).isEmpty)
+        #expect(AuditVerifierFuzzOracle.violations([1] + sealed).isEmpty)
+        let text = String(decoding: sealed, as: UTF8.self)
+        #expect(text.components(separatedBy: "\"seal\"").count - 1 >= 4, "several epochs' checkpoints are sealed")
+        // With the key, the signed (unsealed) log is not intact: the key is really used.
+        let key = try #require(AuditVerifierFuzzOracle.sealed.verificationKey)
+        var verifier = AuditVerifier(options: AuditVerifyOptions(verificationKey: key))
+        verifier.beginFile(AuditVerifierFuzzOracle.file)
+        for line in AuditVerifierFuzzOracle.split(AuditVerifierFuzzOracle.genuineFile) { verifier.line(line) }
+        #expect(verifier.finish().status != .intact)
+        for edit: [UInt8] in [[2, 0, 3, 40, 1], [2, 1, 5, 0], [2, 2, 4, 9], [2, 3, 2, 3], [2, 4, 1, 0], [2, 6, 3, 2, 0x41, 0x42], [2, 7, 14, 9]] {
+            #expect(AuditVerifierFuzzOracle.file(for: edit) != sealed, "\(edit) changes the sealed log")
+            #expect(AuditVerifierFuzzOracle.violations(edit).isEmpty, "\(edit)")
+        }
     }
 }

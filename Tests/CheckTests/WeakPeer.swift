@@ -76,7 +76,7 @@ final class WeakPeer: @unchecked Sendable {
         while !isStopping {
             let item: ControlStreamReader<FileDescriptor>.Item
             do { item = try client.next(timeout: 0.05) } catch {
-                if "\(error)".contains("timed out") { continue }
+                if (error as? TransportError)?.code == .timedOut { continue }
                 return
             }
             guard case let .newConnection(value, fd) = item else { continue }

@@ -1,49 +1,93 @@
 import Audit
 @_spi(TestVectors) import Identity
+import SodiumCrypto
 
 /// The audit verifier (issue #12 item 7). Shared by `FuzzAuditVerifier` (through the TestSupport product) and the
 /// regression tests.
 ///
-/// The input edits one genuine log: a closed, signed log (checkpoints every 4 records) written by
-/// a fixed writer key through `AuditChain`. Its first byte picks the form: odd, the rest of the
-/// input is a whole file in its own right; even, the rest is a list of edits applied to the
-/// genuine log's lines (flip a byte, delete, duplicate, swap, cut the file short, replace or
-/// insert a line of fuzzer bytes, cut a line short).
+/// The input edits one of two genuine logs written by a fixed writer key through `AuditChain`: a
+/// closed, signed log (checkpoints every 4 records), and the same events in a forward-secure
+/// sealed log (a fixed sealing key whose epoch ends every 3.5 ms of the log's clock, i.e. every
+/// one or two records; checkpoints sealed,
+/// then signed, the key advanced after each epoch's seal, as `AuditFileSink` does). The first
+/// byte picks the form: odd, the rest of the input is a whole file in its own right; even, the
+/// rest is a list of edits (flip a byte, delete, duplicate, swap, cut the file short, replace or
+/// insert a line of fuzzer bytes, cut a line short) applied to the signed log's lines (bit 1
+/// clear) or the sealed log's (bit 1 set).
 ///
-/// Oracle: never a crash; the verdict is `intact` — pinned to the writer or not — exactly when the
-/// file is the genuine log byte for byte (the log is closed and signed, so no edit, cut or splice
-/// goes unreported, and no input the fuzzer can build without the key passes); `broken` exactly
-/// when there is a first break; a verdict other than intact comes with a finding; the verifier
-/// never counts more records than the file has lines.
+/// Every file is verified four ways: pinned to the writer or not, with the verification key or
+/// without. Oracle: never a crash; the verdict is `intact` exactly when the file is a genuine log
+/// byte for byte — with the verification key only the sealed one, without it either (seals are
+/// then not checked, signatures are) — so no edit, cut or splice goes unreported and no input
+/// the fuzzer can build without the keys passes; `broken` exactly when there is a first break; a
+/// verdict other than intact comes with a finding; the verifier never counts more records than
+/// the file has lines.
 public enum AuditVerifierFuzzOracle {
     public static let file = "fuzz.jsonl"
 
-    /// The genuine log's lines (without newlines) and its writer.
-    static let genuine: (lines: [[UInt8]], writer: PublicIdentity) = {
+    /// A genuine log's lines (without newlines), its writer and, when sealed, its verification key.
+    struct Genuine {
+        let lines: [[UInt8]]
+        let writer: PublicIdentity
+        let verificationKey: AuditVerificationKey?
+    }
+
+    static let genuine = makeGenuine(sealed: false)
+    static let sealed = makeGenuine(sealed: true)
+
+    static func makeGenuine(sealed: Bool) -> Genuine {
         let pair = try! IdentityKeyPair(vectorSeed: [UInt8](repeating: 0x5a, count: IdentityKeyPair.seedLength))
-        var chain = AuditChain(writer: pair.publicIdentity, signer: pair, policy: AuditCheckpointPolicy(everyRecords: 4))
-        var t: Int64 = 1_795_000_000_000_000
+        let start: Int64 = 1_795_000_000_000_000
+        var verificationKey: AuditVerificationKey?
+        var sealing: AuditSealingKey?
+        if sealed {
+            let k0 = [UInt8](repeating: 0x7e, count: AuditSealing.keyLength)
+            let key = AuditVerificationKey(k0: SecretBytes(copying: k0), startMicros: start, intervalMicros: 3_500)
+            verificationKey = key
+            sealing = AuditSealingKey(key: SecretBytes(copying: k0), epoch: 0, startMicros: start,
+                                      intervalMicros: key.intervalMicros, id: key.id)
+        }
+        var chain = AuditChain(writer: pair.publicIdentity, signer: pair, policy: AuditCheckpointPolicy(everyRecords: 4),
+                               sealing: sealing)
+        var t = start
+        var lines: [[UInt8]] = []
         func now() -> AuditTimestamp {
             t += 1000
-            return AuditTimestamp(microsSinceEpoch: t)
+            let time = AuditTimestamp(microsSinceEpoch: t)
+            // As AuditFileSink: the ended epoch's records are sealed with its key, then it advances.
+            if let sealing, chain.epochEnded(at: time) {
+                let checkpoint = chain.checkpoint(at: time)
+                lines.append(checkpoint)
+                sealing.advance(to: sealing.epoch(of: time))
+            }
+            return time
         }
         let local = AuditPeerID(pair.publicIdentity)
         let remote = AuditPeerID(try! IdentityKeyPair(vectorSeed: [UInt8](repeating: 0x33, count: 32)).publicIdentity)
-        var lines = [chain.opened(cause: .start, at: now())]
+        let opened = now()
+        lines.append(chain.opened(cause: .start, at: opened))
         for i in 0..<10 {
             let failed = i % 3 == 0
-            lines.append(chain.append(AuditEvent(failed ? .handshakeFailed : .handshakeSucceeded, reason: failed ? AuditReason(rawValue: "timeout") : nil,
+            let at = now()
+            let record = chain.append(AuditEvent(failed ? .handshakeFailed : .handshakeSucceeded, reason: failed ? AuditReason(rawValue: "timeout") : nil,
                                                  attempt: AuditAttemptID(rawValue: UInt64(i)), role: .initiator, local: local,
                                                  expectedPeer: remote, provedPeer: failed ? nil : remote,
-                                                 durationMicros: UInt64(100 + i)), at: now()))
+                                                 durationMicros: UInt64(100 + i)), at: at)
+            lines.append(record)
             let time = now()
-            if chain.checkpointDue(at: time) { lines.append(chain.checkpoint(at: time)) }
+            if chain.checkpointDue(at: time) {
+                let checkpoint = chain.checkpoint(at: time)
+                lines.append(checkpoint)
+            }
         }
-        lines.append(chain.closed(cause: .shutdown, at: now()))
-        return (lines, pair.publicIdentity)
-    }()
+        let end = now()
+        let closed = chain.closed(cause: .shutdown, at: end)
+        lines.append(closed)
+        return Genuine(lines: lines, writer: pair.publicIdentity, verificationKey: verificationKey)
+    }
 
     public static var genuineFile: [UInt8] { joined(genuine.lines) }
+    public static var sealedFile: [UInt8] { joined(sealed.lines) }
 
     static func joined(_ lines: [[UInt8]]) -> [UInt8] {
         var out: [UInt8] = []
@@ -55,19 +99,23 @@ public enum AuditVerifierFuzzOracle {
         let bytes = file(for: input)
         let lines = split(bytes)
         var out: [String] = []
-        let isGenuine = bytes == genuineFile
+        let isSigned = bytes == genuineFile, isSealed = bytes == sealedFile
         for pinned in [true, false] {
-            var verifier = AuditVerifier(expectedWriter: pinned ? genuine.writer : nil)
-            verifier.beginFile(file)
-            for line in lines where !verifier.isBroken { verifier.line(line) }
-            let report = verifier.finish()
-            let how = pinned ? "pinned" : "unpinned"
-            if (report.status == .intact) != isGenuine {
-                out.append("\(how): status \(report.status.rawValue) for a \(isGenuine ? "genuine" : "changed") log")
+            for key in [nil, sealed.verificationKey] {
+                let options = AuditVerifyOptions(expectedWriter: pinned ? genuine.writer : nil, verificationKey: key)
+                var verifier = AuditVerifier(options: options)
+                verifier.beginFile(file)
+                for line in lines where !verifier.isBroken { verifier.line(line) }
+                let report = verifier.finish()
+                let how = (pinned ? "pinned" : "unpinned") + (key == nil ? "" : ", with the verification key")
+                let isGenuine = key == nil ? isSigned || isSealed : isSealed
+                if (report.status == .intact) != isGenuine {
+                    out.append("\(how): status \(report.status.rawValue) for a \(isGenuine ? "genuine" : "changed") log")
+                }
+                if (report.status == .broken) != (report.firstBreak != nil) { out.append("\(how): broken without a first break, or the reverse") }
+                if report.status != .intact && report.findings.isEmpty { out.append("\(how): \(report.status.rawValue) without a finding") }
+                if report.records > lines.count { out.append("\(how): \(report.records) records counted in \(lines.count) lines") }
             }
-            if (report.status == .broken) != (report.firstBreak != nil) { out.append("\(how): broken without a first break, or the reverse") }
-            if report.status != .intact && report.findings.isEmpty { out.append("\(how): \(report.status.rawValue) without a finding") }
-            if report.records > lines.count { out.append("\(how): \(report.records) records counted in \(lines.count) lines") }
         }
         return out
     }
@@ -88,7 +136,7 @@ public enum AuditVerifierFuzzOracle {
     public static func file(for input: [UInt8]) -> [UInt8] {
         guard let form = input.first else { return genuineFile }
         if form & 1 == 1 { return Array(input.dropFirst()) }
-        var lines = genuine.lines
+        var lines = form & 2 == 0 ? genuine.lines : sealed.lines
         var cut: Int?
         var i = 1
         func next() -> Int? {
