@@ -749,6 +749,9 @@ final class ChannelEngine: @unchecked Sendable {
                     self.actions.append(.write)
                     self.process()
                 }
+                // Back within the bound after a partial write: waiting sends queue more while
+                // the socket is full, rather than waiting for everything to drain.
+                if machine.pendingOutputCount <= configuration.maxOutboundQueuedBytes { resumeSendWaiters() }
                 return
             }
             machine.handle(.wrote(written), into: &actions)
@@ -756,6 +759,11 @@ final class ChannelEngine: @unchecked Sendable {
         socket.watchWritable(nil)
         // The answers drained: a handler's channel reads again (process() re-watches).
         outputPaused = false
+        resumeSendWaiters()
+    }
+
+    private func resumeSendWaiters() {
+        guard !sendWaiters.isEmpty else { return }
         let waiters = sendWaiters
         sendWaiters = []
         for waiter in waiters { waiter.resume() }

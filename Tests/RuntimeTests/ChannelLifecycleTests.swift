@@ -69,7 +69,8 @@ import Transport
         let engine = ca.engine
         // The socket fills (the receiver reads nothing yet), then the sender queues up to its
         // bound and waits.
-        #expect(await PeerTestSupport.eventually(timeout: .seconds(5)) {
+        // Generous: under a parallel run the sending task may wait long for a pool thread.
+        #expect(await PeerTestSupport.eventually(timeout: .seconds(60)) {
             engine.queue.sync { engine.isWriteBlocked && engine.pendingOutputBytes > config.maxOutboundQueuedBytes }
         })
         let (callsWhenBlocked, pending) = engine.queue.sync { (engine.writeCalls, engine.pendingOutputBytes) }
@@ -101,7 +102,8 @@ import Transport
         let big = [UInt8](repeating: 0x77, count: 64 << 10)
         let sender = Task { for _ in 0..<1000 { try await ca.send(big) } }
         let engine = ca.engine
-        #expect(await PeerTestSupport.eventually(timeout: .seconds(5)) {
+        // Generous: under a parallel run the sending task may wait long for a pool thread.
+        #expect(await PeerTestSupport.eventually(timeout: .seconds(60)) {
             engine.queue.sync { engine.isWriteBlocked && engine.pendingOutputBytes > config.maxOutboundQueuedBytes }
         })
         await ca.abort()
