@@ -60,9 +60,16 @@ public struct BenchSuite {
         let raw = try IntroductionBench.raw(count: count, window: window)
         say("introductions: through the introduction server")
         let ours = try IntroductionBench.ours(count: count, window: window, directory: directory)
+        say("introductions: raw descriptor passing with the record")
+        let rawRecord = try IntroductionBench.raw(count: count, window: window, record: IntroductionBench.sampleRecord())
         return [
             BenchFigure(group: "introductions", name: "rate through one server", unit: "intros/s", value: ours,
                         baselineName: "raw fd passing", baseline: raw, direction: .higherIsBetter, target: 0.8),
+            // The same, against a relay that moves the record too (A writes it, the relay reads
+            // and writes it, the target reads it): the bytes an introduction needs, without
+            // Syrup or checks. Informational: the target is against the marker alone.
+            BenchFigure(group: "introductions", name: "rate through one server vs record relay", unit: "intros/s", value: ours,
+                        baselineName: "raw fd passing + record", baseline: rawRecord, direction: .higherIsBetter),
         ]
     }
 

@@ -13,7 +13,7 @@ import Transport
 /// Both runs have the same shape: initiator A on the calling thread makes a socketpair, sends one
 /// end to the server, closes its copy and keeps `window` introductions in flight, reading one byte
 /// from the oldest end; target B on a second thread takes each descriptor, writes one byte into it
-/// and closes it. "Ours" is the real `IntroductionServer` (registration, Syrup records, routing,
+/// and closes it (ours: after checking the forwarded record is A's, byte for byte). "Ours" is the real `IntroductionServer` (registration, Syrup records, routing,
 /// validation) on its own queue; "raw" is a thread that only relays marker + descriptor with
 /// `recvmsg`/`sendmsg`: the same syscalls with no crypto and no Syrup.
 enum IntroductionBench {
@@ -58,11 +58,24 @@ enum IntroductionBench {
             from: PeerLocator(identity: a.identity, introductionServers: [serverKey.publicIdentity]),
             to: PeerLocator(identity: b.identity, introductionServers: [serverKey.publicIdentity]))).encoded
         nonisolated(unsafe) let target = b
+        nonisolated(unsafe) var mismatch = false
         let targetDone = DispatchSemaphore(value: 0)
+        let expected = record + UDSNewConnection.fdMarker
         let targetThread = Thread {
             defer { targetDone.signal() }
+            // B reads each record and its marker as the raw target reads its bytes and checks
+            // them against what A sent, byte for byte (the server forwards the sender's record):
+            // a parse here would load the 2-core machine with client work the baseline's
+            // target does not do. Registration left nothing buffered (the server answers
+            // nothing after uds:signature).
+            var buffer = [UInt8](repeating: 0, count: expected.count)
             for _ in 0..<count {
-                guard let fd = try? target.receiveDescriptor() else { return }
+                guard let fd = try? receiveMarker(target.control, into: &buffer) else { return }
+                if buffer != expected {
+                    mismatch = true
+                    fd.close()  // A's read then sees end of stream and the run fails
+                    return
+                }
                 _ = try? fd.send([0x31])
                 fd.close()
             }
@@ -75,27 +88,44 @@ enum IntroductionBench {
         }
         let elapsed = nowNanos() - t0
         targetDone.wait()
+        if mismatch { throw BenchError("the target received another record than the initiator sent") }
         return Double(count) / Double(elapsed) * 1e9
     }
 
-    static func raw(count: Int, window: Int) throws -> Double {
+    /// The record `ours` sends (the same bytes whoever its keys belong to), for `raw(record:)`.
+    static func sampleRecord() -> [UInt8] {
+        let server = IdentityKeyPair.generate().publicIdentity
+        return UDSMessage.newConnection(UDSNewConnection(
+            from: PeerLocator(identity: IdentityKeyPair.generate().publicIdentity, introductionServers: [server]),
+            to: PeerLocator(identity: IdentityKeyPair.generate().publicIdentity, introductionServers: [server]))).encoded
+    }
+
+    /// `record`: when given, A writes it before each marker, the relay reads it and writes it on
+    /// before the marker (one `sendmsg` each, as the server does), and the target reads it with
+    /// the marker: the bytes an introduction moves, still without Syrup or checks. Nil: the
+    /// marker alone.
+    static func raw(count: Int, window: Int, record: [UInt8]? = nil) throws -> Double {
         let (aControl, serverFromA) = try FileDescriptor.socketPair()
         let (serverToB, bControl) = try FileDescriptor.socketPair()
         defer { [aControl, serverFromA, serverToB, bControl].forEach { $0.close() } }
         let (inbound, outbound, target) = (serverFromA, serverToB, bControl)
         let done = DispatchSemaphore(value: 0)
+        let length = (record?.count ?? 0) + UDSNewConnection.fdMarker.count
         let relay = Thread {
             defer { done.signal() }
+            var buffer = [UInt8](repeating: 0, count: length)
             for _ in 0..<count {
-                guard let fd = try? receiveMarker(inbound) else { return }
+                guard let fd = try? receiveMarker(inbound, into: &buffer) else { return }
+                if let record { _ = try? BlockingIO.sendAll(outbound, Array(buffer[..<record.count])) }
                 _ = try? BlockingIO.sendAll(outbound, UDSNewConnection.fdMarker, passing: [fd])
                 fd.close()
             }
         }
         let targetThread = Thread {
             defer { done.signal() }
+            var buffer = [UInt8](repeating: 0, count: length)
             for _ in 0..<count {
-                guard let fd = try? receiveMarker(target) else { return }
+                guard let fd = try? receiveMarker(target, into: &buffer) else { return }
                 _ = try? fd.send([0x31])
                 fd.close()
             }
@@ -104,6 +134,7 @@ enum IntroductionBench {
         targetThread.start()
         let t0 = nowNanos()
         try initiate(count: count, window: window) { bEnd in
+            if let record { try BlockingIO.sendAll(aControl, record) }
             try BlockingIO.sendAll(aControl, UDSNewConnection.fdMarker, passing: [bEnd])
         }
         let elapsed = nowNanos() - t0
@@ -149,20 +180,32 @@ enum IntroductionBench {
     /// Receives a 4-byte marker with its descriptor (the raw relay's whole protocol).
     static func receiveMarker(_ fd: FileDescriptor) throws -> FileDescriptor {
         var buffer = [UInt8](repeating: 0, count: 4)
-        while true {
-            let result = try buffer.withUnsafeMutableBytes { try fd.receive(into: $0, descriptorCapacity: 1) }
+        return try receiveMarker(fd, into: &buffer)
+    }
+
+    /// Fills `buffer` (a record, if any, then the 4-byte marker) and returns the one descriptor
+    /// that came with it.
+    static func receiveMarker(_ fd: FileDescriptor, into buffer: inout [UInt8]) throws -> FileDescriptor {
+        var filled = 0
+        var passed: [FileDescriptor] = []
+        while filled < buffer.count {
+            let result = try buffer.withUnsafeMutableBytes {
+                try fd.receive(into: UnsafeMutableRawBufferPointer(rebasing: $0[filled...]), descriptorCapacity: 1)
+            }
             switch result {
             case let .processed(r):
                 if r.isEndOfStream { throw BenchError("relay: end of stream") }
-                guard r.descriptors.count == 1 else {
-                    r.descriptors.forEach { $0.close() }
-                    throw BenchError("relay: expected one descriptor")
-                }
-                return r.descriptors[0]
+                filled += r.byteCount
+                passed += r.descriptors
             case .wouldBlock:
                 try BlockingIO.waitFor(fd, events: .readable)
             }
         }
+        guard passed.count == 1 else {
+            passed.forEach { $0.close() }
+            throw BenchError("relay: expected one descriptor")
+        }
+        return passed[0]
     }
 
 }

@@ -37,6 +37,14 @@ public struct PublicIdentity: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    public static func == (lhs: PublicIdentity, rhs: PublicIdentity) -> Bool { lhs.publicKey == rhs.publicKey }
+
+    /// The key's 32 bytes in one call: routing tables look keys up on every introduction, and
+    /// `[UInt8]`'s own hashing feeds the hasher a byte at a time.
+    public func hash(into hasher: inout Hasher) {
+        publicKey.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+
     /// Base32 (RFC 4648, lowercase, unpadded) of the raw public key, as OCapN uses it.
     public var designator: String { Base32.encode(publicKey) }
 

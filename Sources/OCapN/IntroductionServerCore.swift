@@ -36,8 +36,8 @@ public final class IntroductionServerCore<Descriptor> {
     /// owns `descriptor` from here on and reports back with the whole value.
     public struct Forward {
         public let target: ConnectionID
-        /// The `uds:new-connection` record, canonical Syrup (byte-identical to what the sender
-        /// wrote: canonical encoding has one form).
+        /// The `uds:new-connection` record: the sender's bytes, canonical Syrup (so the same as
+        /// the parsed record re-encoded: canonical encoding has one form).
         public let record: [UInt8]
         public let descriptor: Descriptor
         public let attempt: UInt64
@@ -193,7 +193,8 @@ public final class IntroductionServerCore<Descriptor> {
         pressureRegistrationTimeout = min(limits.pressureRegistrationTimeout, limits.registrationTimeout).nanoseconds
         partialTimeout = limits.partialMessageTimeout.nanoseconds
         pendingLifetime = limits.pendingLifetime.nanoseconds
-        locators = IntroductionServerLocatorParser(recentCapacity: configuration.designatorCacheSize)
+        locators = IntroductionServerLocatorParser(recentCapacity: configuration.designatorCacheSize,
+                                                   syrupLimits: readerLimits.syrup)
     }
 
     // MARK: observation
@@ -207,7 +208,11 @@ public final class IntroductionServerCore<Descriptor> {
 
     /// The earliest time `tick` has work (possibly a little early; never late).
     public var nextDeadline: UInt64? {
-        [registrationDeadlines.head, partialDeadlines.head, expiries.head].compactMap { $0 }.min()
+        // Asked after every event: no array.
+        var earliest = registrationDeadlines.head
+        if let h = partialDeadlines.head, earliest.map({ h < $0 }) ?? true { earliest = h }
+        if let h = expiries.head, earliest.map({ h < $0 }) ?? true { earliest = h }
+        return earliest
     }
 
     // MARK: events
@@ -287,9 +292,9 @@ public final class IntroductionServerCore<Descriptor> {
             return out
         }
         while connections[id] != nil {
-            let item: ControlStreamReader<Descriptor>.Item?
+            let item: ControlStreamReader<Descriptor>.EncodedItem?
             do throws(OCapNError) {
-                item = try connection.reader.next()
+                item = try connection.reader.nextEncoded()
             } catch {
                 drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
                 break
@@ -298,8 +303,9 @@ public final class IntroductionServerCore<Descriptor> {
             switch item {
             case let .message(value):
                 handleMessage(value, on: connection, now: now, into: &out)
-            case let .newConnection(value, descriptor):
-                handleNewConnection(value, descriptor: descriptor, on: connection, now: now, into: &out)
+            case let .newConnection(introduction):
+                handleNewConnection(introduction.record, descriptor: introduction.descriptor, on: connection, now: now,
+                                    into: &out)
             }
         }
         if connections[id] != nil, case var .registered(r) = connection.phase {
@@ -491,47 +497,40 @@ public final class IntroductionServerCore<Descriptor> {
         }
     }
 
-    private func handleNewConnection(_ value: SyrupValue, descriptor: Descriptor, on connection: Connection, now: UInt64,
+    /// `record`: the `uds:new-connection` as received, canonical Syrup. It is parsed once, here,
+    /// for its two keys, and forwarded as it is: the target gets the sender's bytes, which is
+    /// the same record re-serialised (wire §5; canonical Syrup has one encoding).
+    private func handleNewConnection(_ record: [UInt8], descriptor: Descriptor, on connection: Connection, now: UInt64,
                                      into out: inout [Action]) {
         guard connection.identity != nil else {
             out.append(.closeDescriptor(descriptor))
             drop(connection, reason: .malformedMessage, detail: "uds:new-connection before registration", now: now, into: &out)
             return
         }
-        guard case let .record(_, fields) = value else {
-            preconditionFailure("the reader yields uds:new-connection records only")
-        }
-        let request: UDSNewConnection
-        do { request = try locators.newConnection(fields: fields) } catch {
+        let from: PublicIdentity, to: PublicIdentity
+        do { (from, to) = try locators.newConnection(record: record) } catch {
             out.append(.closeDescriptor(descriptor))
             drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
             return
         }
-        let actions: [RegistrationServer.Action]
-        do { actions = try connection.registration.receive(.newConnection(request)) } catch {
+        do { _ = try connection.registration.receiveIntroduction(from: from, to: to) } catch {
             out.append(.closeDescriptor(descriptor))
             if error.code == .spoofedFrom, let sender = connection.identity {
                 // The attempt is audited on its own; the connection then closes without a
                 // second record, since this one explains it.
                 out.append(.audit(.init(.introductionRefused, reason: .spoofedFrom, attempt: takeAttempt(), from: sender,
-                                        to: request.to.routingKey, credentials: connection.credentials,
-                                        durationNanoseconds: 0)))
+                                        to: to, credentials: connection.credentials, durationNanoseconds: 0)))
                 drop(connection, reason: nil, detail: error.detail, now: now, into: &out, logReason: .spoofedFrom)
             } else {
                 drop(connection, reason: Self.reason(error.code), detail: error.detail, now: now, into: &out)
             }
             return
         }
-        guard actions.count == 1, case let .forward(introduction) = actions[0] else {
-            preconditionFailure("a registered RegistrationServer answers uds:new-connection with one forward")
-        }
-        introduce(introduction, descriptor: descriptor, on: connection, now: now, into: &out)
+        introduce(from: from, to: to, record: record, descriptor: descriptor, on: connection, now: now, into: &out)
     }
 
-    private func introduce(_ introduction: Introduction, descriptor: Descriptor, on connection: Connection, now: UInt64,
-                           into out: inout [Action]) {
-        let from = introduction.sender.identity
-        let to = introduction.target
+    private func introduce(from: PublicIdentity, to: PublicIdentity, record: [UInt8], descriptor: Descriptor,
+                           on connection: Connection, now: UInt64, into out: inout [Action]) {
         let attempt = takeAttempt()
         out.append(.audit(.init(.introductionRequested, attempt: attempt, from: from, to: to)))
 
@@ -552,7 +551,6 @@ public final class IntroductionServerCore<Descriptor> {
         if from == to {
             return refuse(.selfConnection, "introduction refused: a peer introduced to itself")
         }
-        let record = introduction.forward.encoded
         if record.count > ControlMessageLimit.maxBytes {
             // The target could not read it and would lose its connection; only the sender pays.
             return refuse(.messageTooLarge, "introduction refused: the forwarded record exceeds what a peer accepts",

@@ -344,6 +344,27 @@ public struct RegistrationServer: Sendable {
         }
     }
 
+    /// A `uds:new-connection` whose locators the caller parsed itself (the server reads them
+    /// from the record's bytes and forwards those): the check `receive(.newConnection(_))`
+    /// makes, without building the request. Returns the registered sender; throws
+    /// `spoofedFrom` when `from` is not its key, and what `receive` throws before registration.
+    public mutating func receiveIntroduction(from: PublicIdentity, to: PublicIdentity) throws(OCapNError) -> RegisteredPeer {
+        guard case let .registered(s) = state else {
+            let request = UDSNewConnection(from: PeerLocator(identity: from), to: PeerLocator(identity: to))
+            _ = try receive(.newConnection(request))
+            preconditionFailure("an unregistered RegistrationServer accepted uds:new-connection")
+        }
+        guard from == s.peer.identity else {
+            state = .failed
+            throw Self.spoofed(from, s.peer)
+        }
+        return s.peer
+    }
+
+    private static func spoofed(_ from: PublicIdentity, _ peer: RegisteredPeer) -> OCapNError {
+        OCapNError(.spoofedFrom, "uds:new-connection from \(from.fingerprint) on the connection of \(peer.identity.fingerprint)")
+    }
+
     private func step(_ message: UDSMessage) throws(OCapNError) -> (State, [Action]) {
         switch state {
         case .failed:
@@ -403,9 +424,7 @@ public struct RegistrationServer: Sendable {
             guard case let .newConnection(request) = message else {
                 throw OCapNError(.unexpectedMessage, "expected uds:new-connection, got \(message.name)")
             }
-            guard request.from.routingKey == s.peer.identity else {
-                throw OCapNError(.spoofedFrom, "uds:new-connection from \(request.from.identity.fingerprint) on the connection of \(s.peer.identity.fingerprint)")
-            }
+            guard request.from.routingKey == s.peer.identity else { throw Self.spoofed(request.from.identity, s.peer) }
             return (.registered(s), [.forward(Introduction(sender: s.peer, request: request))])
         }
     }

@@ -72,6 +72,8 @@ public final class IntroductionServer: @unchecked Sendable {
     private enum State { case idle, running, stopping, stopped }
 
     public let identity: PublicIdentity
+    /// The server's name in every audit record it writes (two per introduction), made once.
+    private let auditServerID: AuditPeerID
     /// The loop every descriptor of the server is registered with; its state lives there.
     public let loop: EventLoop
     /// Where the timers fire; their work then runs on the loop.
@@ -121,6 +123,7 @@ public final class IntroductionServer: @unchecked Sendable {
     ) {
         precondition(configuration.problems.isEmpty, "invalid configuration: \(configuration.problems)")
         identity = keyPair.publicIdentity
+        auditServerID = AuditPeerID(keyPair.publicIdentity)
         self.loop = loop
         self.configuration = configuration
         socketPath = socket.path
@@ -450,7 +453,7 @@ public final class IntroductionServer: @unchecked Sendable {
                 connection.close()
                 (acceptedBy.removeValue(forKey: id) ?? listener).connectionClosed()
             case let .audit(record):
-                audit?.record(AuditEvent(record, server: identity))
+                audit?.record(AuditEvent(record, server: auditServerID))
             case let .log(entry):
                 log(entry)
             }
@@ -475,30 +478,39 @@ public final class IntroductionServer: @unchecked Sendable {
                                        now: Self.now()))
             return
         }
-        noteProgress(of: forward.target, on: connection)
+        let output = connection.outputState
+        noteProgress(of: forward.target, output)
         // A12: `introduction.forwarded` only once the kernel has the descriptor; a send that
         // fails later (the target reset, ETOOMANYREFS that never clears before a close) is
-        // audited as refused with its reason.
+        // audited as refused with its reason. Usually the kernel took it all just now.
+        if let output, output.unsentBytes == 0 {
+            forwardFlushed(forward, error: nil)
+            return
+        }
         connection.whenFlushed { [weak self] error in
             guard let self else { return }
-            if backPressureSince != nil {
-                logger.notice("forwarding resumed", metadata: ["paused_ms": "\((Self.now() &- backPressureSince!) / 1_000_000)"])
-                backPressureSince = nil
-            }
-            if let error {
-                perform(core.forwardFailed(forward, reason: Self.reason(for: error), detail: error.description, now: Self.now()))
-            } else {
-                perform(core.forwardSucceeded(forward, now: Self.now()))
-            }
+            forwardFlushed(forward, error: error)
             armTimer()
+        }
+    }
+
+    private func forwardFlushed(_ forward: IntroductionServerCore<FileDescriptor>.Forward, error: TransportError?) {
+        if let since = backPressureSince {
+            logger.notice("forwarding resumed", metadata: ["paused_ms": "\((Self.now() &- since) / 1_000_000)"])
+            backPressureSince = nil
+        }
+        if let error {
+            perform(core.forwardFailed(forward, reason: Self.reason(for: error), detail: error.description, now: Self.now()))
+        } else {
+            perform(core.forwardSucceeded(forward, now: Self.now()))
         }
     }
 
     /// A12: each forward adds to the target's unread output (SIOCOUTQ), so if it did not grow
     /// since the previous forward, the target read in between. Measured only when nothing waits
     /// in our own queue (then the kernel has everything we sent).
-    private func noteProgress(of target: IntroductionServerConnectionID, on connection: StreamConnection) {
-        guard connection.pendingOutputBytes == 0, let unread = connection.peerUnreadBytes else {
+    private func noteProgress(of target: IntroductionServerConnectionID, _ output: StreamConnection.OutputState?) {
+        guard let output, output.unsentBytes == 0, let unread = output.peerUnreadBytes else {
             lastUnread[target] = nil
             return
         }
@@ -592,7 +604,7 @@ public final class IntroductionServer: @unchecked Sendable {
 
 extension AuditEvent {
     /// The audit event for one core record, written by the server `server`.
-    init(_ record: IntroductionServerAuditRecord, server: PublicIdentity) {
+    init(_ record: IntroductionServerAuditRecord, server: AuditPeerID) {
         let kind: AuditEventKind
         switch record.kind {
         case .registrationAccepted: kind = .registrationAccepted
@@ -606,7 +618,7 @@ extension AuditEvent {
         }
         self.init(
             kind, reason: record.reason.map(AuditReason.init(introductionServer:)),
-            attempt: AuditAttemptID(rawValue: record.attempt), role: .server, local: AuditPeerID(server),
+            attempt: AuditAttemptID(rawValue: record.attempt), role: .server, local: server,
             expectedPeer: record.claimed.map(AuditPeerID.init), provedPeer: record.proved.map(AuditPeerID.init),
             from: record.from.map(AuditPeerID.init), to: record.to.map(AuditPeerID.init),
             credentials: record.credentials.map { AuditPeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) },

@@ -40,16 +40,48 @@ public struct SyrupStreamDecoder: Sendable {
         storage.append(contentsOf: bytes)
     }
 
+    /// One complete value from `next(encodedIfPrefixed:)`.
+    public enum Decoded: Sendable, Equatable {
+        /// The value, built.
+        case value(SyrupValue)
+        /// The value's bytes, validated exactly as `next()` validates them (so canonical) and not
+        /// built: for a reader that only needs a few fields of it, or forwards it unchanged.
+        case encoded([UInt8])
+    }
+
     /// The next complete value, or nil when more bytes are needed (including when none are buffered).
     public mutating func next() throws(SyrupError) -> SyrupValue? {
+        guard let end = try scanNext() else { return nil }
+        let value = storage.withUnsafeBytes { SyrupBuilder.build($0, from: readIndex) }
+        consume(upTo: end)
+        return value
+    }
+
+    /// The next complete value like `next()`, with the same checks and errors, except that a value
+    /// whose encoding begins with `prefix` comes back as its bytes, unbuilt. Canonical encoding
+    /// has one form, so a prefix such as `<18'uds:new-connection` picks out exactly the records
+    /// with that label.
+    public mutating func next(encodedIfPrefixed prefix: [UInt8]) throws(SyrupError) -> Decoded? {
+        guard let end = try scanNext() else { return nil }
+        let start = readIndex
+        let decoded: Decoded = storage.withUnsafeBytes { raw in
+            if end - start >= prefix.count, Self.hasPrefix(raw, at: start, prefix) {
+                return .encoded(Array(UnsafeRawBufferPointer(rebasing: raw[start..<end])))
+            }
+            return .value(SyrupBuilder.build(raw, from: start))
+        }
+        consume(upTo: end)
+        return decoded
+    }
+
+    /// Validates the value at `readIndex`: the offset just past it once complete, nil when more
+    /// bytes are needed. Consumes nothing.
+    private mutating func scanNext() throws(SyrupError) -> Int? {
         if let failure { throw failure }
         guard readIndex < storage.count else { return nil }
         var scan = scanner ?? SyrupScanner(limits: limits, start: readIndex)
         let outcome = storage.withUnsafeBytes { raw in
-            Result { () throws(SyrupError) -> (SyrupValue, Int)? in
-                guard let end = try scan.scan(raw) else { return nil }
-                return (SyrupBuilder.build(raw, from: readIndex), end)
-            }
+            Result { () throws(SyrupError) -> Int? in try scan.scan(raw) }
         }
         switch outcome {
         case .failure(let error):
@@ -60,14 +92,26 @@ public struct SyrupStreamDecoder: Sendable {
         case .success(nil):
             scanner = scan
             return nil
-        case .success(let (value, end)?):
-            scanner = nil
-            readIndex = end
-            // Compact here as well as in `append`: if every read ends mid-value, `append` never
-            // sees an idle reader and the consumed prefix would grow without bound.
-            compactIfIdle()
-            return value
+        case .success(let end?):
+            return end
         }
+    }
+
+    private static func hasPrefix(_ raw: UnsafeRawBufferPointer, at start: Int, _ prefix: [UInt8]) -> Bool {
+        var i = 0
+        for byte in prefix {
+            if raw[start + i] != byte { return false }
+            i += 1
+        }
+        return true
+    }
+
+    private mutating func consume(upTo end: Int) {
+        scanner = nil
+        readIndex = end
+        // Compact here as well as in `append`: if every read ends mid-value, `append` never
+        // sees an idle reader and the consumed prefix would grow without bound.
+        compactIfIdle()
     }
 
     /// Takes exactly `count` raw bytes that follow the last value (e.g. the 4-byte marker after
@@ -82,6 +126,18 @@ public struct SyrupStreamDecoder: Sendable {
         readIndex += count
         scanner = nil
         return bytes
+    }
+
+    /// `takeRaw` without the copy: skips exactly `count` raw bytes that follow the last value;
+    /// false (nothing skipped) if fewer are buffered or the decoder failed.
+    @discardableResult
+    public mutating func skipRaw(_ count: Int) -> Bool {
+        precondition(count >= 0, "negative byte count")
+        if failure != nil { return false }
+        guard storage.count - readIndex >= count else { return false }
+        readIndex += count
+        scanner = nil
+        return true
     }
 
     /// Bytes held in memory, consumed or not (for tests of the compaction bound).

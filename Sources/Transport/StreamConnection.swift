@@ -260,6 +260,25 @@ public final class StreamConnection: @unchecked Sendable {
         lock.withLock { queuedBytes }
     }
 
+    /// Where the output stands, in one look (an owner asks after each forward).
+    public struct OutputState: Sendable, Equatable {
+        /// Bytes queued here and not yet handed to the kernel.
+        public let unsentBytes: Int
+        /// What the kernel holds of our output that the peer has not read (SIOCOUTQ), asked
+        /// only when nothing is unsent; nil then if the kernel would not say.
+        public let peerUnreadBytes: Int?
+    }
+
+    /// `pendingOutputBytes` and, when it is zero, `peerUnreadBytes`, under one lock; nil once
+    /// closed.
+    public var outputState: OutputState? {
+        lock.withLock {
+            guard isOpen else { return nil }
+            guard queuedBytes == 0 else { return OutputState(unsentBytes: queuedBytes, peerUnreadBytes: nil) }
+            return OutputState(unsentBytes: 0, peerUnreadBytes: try? descriptor.unreadOutput())
+        }
+    }
+
     /// Registers with the loop, starts reading and flushes anything queued before. A loop that
     /// refuses the descriptor fails the connection (`.failed`).
     public func start() {

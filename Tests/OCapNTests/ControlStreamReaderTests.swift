@@ -43,6 +43,21 @@ private let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
         try r.finish()
     }
 
+    @Test func nextEncodedHandsTheRecordOverAsItsBytesAndOtherMessagesBuilt() throws {
+        var r = Reader()
+        _ = try r.receive(register + newConnection, descriptors: [])
+        guard case let .message(v)? = try r.nextEncoded() else { Issue.record("no message"); return }
+        #expect(SyrupEncoder.encode(v) == register)
+        #expect(try r.nextEncoded() == nil)
+        _ = try r.receive(marker + newConnection + marker, descriptors: [7])
+        guard case let .newConnection(introduction)? = try r.nextEncoded() else { Issue.record("no intro"); return }
+        #expect(introduction.record == newConnection)
+        #expect(introduction.descriptor == 7)
+        // The second marker's read carried no descriptor of its own.
+        let e = #expect(throws: OCapNError.self) { try r.nextEncoded() }
+        #expect(e?.code == .fdMissing)
+    }
+
     @Test func recordBytesMergedIntoTheDescriptorReadStillPair() throws {
         // K5: earlier plain bytes may share the read that carries the descriptor.
         var r = Reader()

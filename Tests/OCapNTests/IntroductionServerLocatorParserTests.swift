@@ -40,6 +40,9 @@ import Testing
             locator(hints: .dictionary([.string(s.designator): .double(1)])),
             locator(hints: .dictionary([.string(s.designator): .string(String(repeating: "x", count: 257))])),
             locator(hints: .dictionary([.string(s.designator): .string(String(repeating: "x", count: 256))])),
+            locator(hints: .dictionary([.string(s.designator): .string("a\u{0}b")])),
+            locator(hints: .dictionary([.string(s.designator): .integer(SyrupInteger(-12345))])),
+            locator(hints: .dictionary([.string(s.designator): .string(""), .string(a.designator): .bool(false)])),
             locator(hints: .dictionary([.symbol(s.designator): .string("t")])),
             locator(hints: .dictionary([.string(s.designator.uppercased()): .string("t")])),
             locator(hints: .dictionary(Dictionary(uniqueKeysWithValues: (1...33).map {
@@ -73,6 +76,83 @@ import Testing
             #expect(Self.outcome { () throws(OCapNError) in try cold.locator(v) } == expected, "cold: \(v)")
             #expect(Self.outcome { () throws(OCapNError) in try warm.locator(v) } == expected, "warm: \(v)")
         }
+    }
+
+    /// `uds:new-connection` records around the corpus: every locator as `from` and as `to`
+    /// beside a plain one, and records of the wrong arity or label.
+    static func records() -> [[UInt8]] {
+        let plain = PeerLocator(identity: Fixtures.peerA.publicIdentity).syrupValue
+        func record(_ fields: [SyrupValue]) -> [UInt8] {
+            SyrupEncoder.encode(.record(label: .symbol(UDSNewConnection.label), fields: fields))
+        }
+        var out: [[UInt8]] = []
+        for v in corpus() {
+            out.append(record([v, plain]))
+            out.append(record([plain, v]))
+        }
+        out += [record([]), record([plain]), record([plain, plain, plain]), record([plain, .bool(false)])]
+        return out
+    }
+
+    enum RecordOutcome: Equatable {
+        case parsed(PublicIdentity, PublicIdentity)
+        case refused(OCapNError.Code, String)
+    }
+
+    static func recordOutcome(_ body: () throws(OCapNError) -> (PublicIdentity, PublicIdentity)) -> RecordOutcome {
+        do throws(OCapNError) {
+            let (from, to) = try body()
+            return .parsed(from, to)
+        } catch {
+            return .refused(error.code, error.detail)
+        }
+    }
+
+    @Test("Reading the keys from a record's bytes gives what building it and parsing its locators gives, errors included, cold and warm")
+    func recordBytesAgreeWithTheValueParser() throws {
+        var warm = IntroductionServerLocatorParser(recentCapacity: 64)
+        warm.pin(Fixtures.peerA.publicIdentity)
+        for v in Self.corpus() { _ = try? warm.locator(v) }
+        for bytes in Self.records() {
+            let value = try SyrupDecoder(limits: .controlMessage).decode(bytes)
+            guard case let .record(_, fields) = value else { Issue.record("not a record"); continue }
+            var reference = IntroductionServerLocatorParser(recentCapacity: 0)
+            let expected = Self.recordOutcome { () throws(OCapNError) in
+                let request = try reference.newConnection(fields: fields)
+                return (request.from.identity, request.to.identity)
+            }
+            var cold = IntroductionServerLocatorParser(recentCapacity: 0)
+            #expect(Self.recordOutcome { () throws(OCapNError) in try cold.newConnection(record: bytes) } == expected, "cold: \(value)")
+            #expect(Self.recordOutcome { () throws(OCapNError) in try warm.newConnection(record: bytes) } == expected, "warm: \(value)")
+        }
+    }
+
+    @Test("With its keys cached, a usual record is read from its bytes without building it")
+    func warmRecordsTakeTheFastPath() throws {
+        let a = Fixtures.peerA.publicIdentity, s = Fixtures.serverS.publicIdentity
+        var parser = IntroductionServerLocatorParser(recentCapacity: 64)
+        parser.pin(a)
+        let records: [UDSNewConnection] = [
+            UDSNewConnection(from: PeerLocator(identity: a), to: PeerLocator(identity: a)),
+            UDSNewConnection(from: PeerLocator(identity: a, introductionServers: [s]), to: PeerLocator(identity: a, hints: [:])),
+            UDSNewConnection(from: PeerLocator(identity: a, hints: [s: .bool(true)]),
+                             to: PeerLocator(identity: a, hints: [s: .integer(SyrupInteger(7)), a: .string("x")])),
+        ]
+        // The first sight of the hint key `s` builds its record and caches the key.
+        for request in records {
+            let (from, to) = try parser.newConnection(record: UDSMessage.newConnection(request).encoded)
+            #expect(from == request.from.identity && to == request.to.identity)
+        }
+        let built = parser.recordsBuilt
+        #expect(built == 1)
+        for request in records {
+            let (from, to) = try parser.newConnection(record: UDSMessage.newConnection(request).encoded)
+            #expect(from == request.from.identity && to == request.to.identity)
+        }
+        #expect(parser.recordsBuilt == built)
+        // A hint value with NUL is refused as the value parser refuses it, warm or not (D5).
+        let nul = UDSNewConnection(from: PeerLocator(identity: a, hints: [s: .string("a\u{0}")]), to: PeerLocator(identity: a))
+        #expect(throws: OCapNError.self) { try parser.newConnection(record: UDSMessage.newConnection(nul).encoded) }
     }
 
     @Test("The recent cache is bounded: it empties when full instead of growing")

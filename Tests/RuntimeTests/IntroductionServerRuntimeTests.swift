@@ -28,7 +28,7 @@ import Transport
                 kind, reason: kind.isTerminal && kind != .registrationAccepted && kind != .introductionForwarded ? .pendingLimit : nil,
                 attempt: 0x0102030405060708, claimed: peer, from: peer, to: peer,
                 credentials: .init(pid: 7, uid: 8, gid: 9), durationNanoseconds: 12_345_000)
-            let event = AuditEvent(record, server: server)
+            let event = AuditEvent(record, server: AuditPeerID(server))
             #expect(event.kind == expected[kind])
             #expect(event.kind.endsAttempt == kind.isTerminal)
             #expect(event.attempt?.hex == "0102030405060708")

@@ -127,6 +127,51 @@ struct SyrupIncrementalTests {
         #expect(reader.streamOffset == stream.count)
     }
 
+    @Test("A value with the given prefix comes back as its bytes, others built, byte by byte too; skipRaw skips the marker")
+    func streamEncodedIfPrefixed() throws {
+        let record = TestHex.decode(OCapNExamples.newConnection)
+        let marker: [UInt8] = [0x39, 0x30, 0x00, 0x00]
+        let stream = ascii("t") + record + marker + ascii("3'abc") + record + marker
+        let prefix = Array("<18'uds:new-connection".utf8)
+        for chunk in [1, 7, stream.count] {
+            var reader = SyrupStreamDecoder(limits: .controlMessage)
+            var got: [SyrupStreamDecoder.Decoded] = []
+            var i = 0
+            while i < stream.count {
+                reader.append(Array(stream[i..<min(i + chunk, stream.count)]))
+                i += chunk
+                while true {
+                    if case .encoded? = got.last, reader.skipRaw(4) {
+                        got.append(.value(.symbol("marker")))
+                        continue
+                    }
+                    if case .encoded? = got.last { break }
+                    guard let next = try reader.next(encodedIfPrefixed: prefix) else { break }
+                    got.append(next)
+                }
+            }
+            #expect(got == [.value(.bool(true)), .encoded(record), .value(.symbol("marker")), .value(.symbol("abc")),
+                            .encoded(record), .value(.symbol("marker"))], "chunk size \(chunk)")
+            #expect(reader.streamOffset == stream.count)
+        }
+    }
+
+    @Test("next(encodedIfPrefixed:) validates like next(): a record with the prefix but bad bytes fails with the same error")
+    func streamEncodedIfPrefixedValidates() throws {
+        let prefix = Array("<18'uds:new-connection".utf8)
+        for bad in [prefix + ascii("{1\"b0+1\"a0+}>"), prefix + ascii("01+>"), prefix + [0x31, 0x22, 0xff] + ascii(">")] {
+            var built = SyrupStreamDecoder(limits: .controlMessage)
+            var encoded = SyrupStreamDecoder(limits: .controlMessage)
+            built.append(bad)
+            encoded.append(bad)
+            var a: SyrupError?, b: SyrupError?
+            do { _ = try built.next() } catch { a = error }
+            do { _ = try encoded.next(encodedIfPrefixed: prefix) } catch { b = error }
+            #expect(a != nil)
+            #expect(a == b)
+        }
+    }
+
     @Test("After an error the stream decoder keeps failing with the same error at a stream offset")
     func streamErrorIsSticky() throws {
         var reader = SyrupStreamDecoder()

@@ -11,7 +11,9 @@ import Syrup
 /// * the items re-encode to exactly the bytes consumed (markers aside), and a clean finish
 ///   consumed every byte;
 /// * `UDSMessage` accepts only schema-valid records (checked by an independent shape test
-///   below) and re-encodes each one it accepts byte for byte.
+///   below) and re-encodes each one it accepts byte for byte;
+/// * `nextEncoded()`, the server's read, gives the same items (a `uds:new-connection` as its
+///   bytes), errors and descriptors as `next()`.
 ///
 /// Input layout: `n = input[0] & 15`, then `n` chunk entries of two bytes (data length,
 /// descriptor count `& 3`), then the stream. Chunks take their lengths from the stream in
@@ -120,6 +122,59 @@ public enum ControlFuzzOracle {
         // Descriptor-leak oracle.
         if returned.sorted() != handedIn {
             out.append("descriptors in \(handedIn), out \(returned.sorted()): leaked or returned twice")
+        }
+        out += encodedReaderViolations(plan, items: items, failure: failure)
+        return out
+    }
+
+    /// `nextEncoded()` (the server's read) agrees with `next()` on the same reads: the same
+    /// items, a `uds:new-connection` as the bytes its value encodes to, with the same
+    /// descriptor; the same error (code and detail) at the same point; the same descriptors
+    /// handed back.
+    static func encodedReaderViolations(_ plan: [Read], items: [ControlStreamReader<FakeDescriptor>.Item],
+                                        failure: OCapNError?) -> [String] {
+        var out: [String] = []
+        var reader = ControlStreamReader<FakeDescriptor>()
+        var encodedItems: [ControlStreamReader<FakeDescriptor>.EncodedItem] = []
+        var encodedFailure: OCapNError?
+        var nextID = 0
+        reading: for read in plan {
+            let descriptors = (0..<read.descriptors).map { _ in
+                defer { nextID += 1 }
+                return FakeDescriptor(id: nextID, range: 0..<0)
+            }
+            do throws(OCapNError) {
+                _ = try reader.receive(read.bytes, descriptors: descriptors)
+                while let item = try reader.nextEncoded() { encodedItems.append(item) }
+            } catch {
+                encodedFailure = error
+                break reading
+            }
+        }
+        if encodedFailure == nil {
+            do throws(OCapNError) { try reader.finish() } catch { encodedFailure = error }
+        }
+        _ = reader.drainDescriptors()
+        if encodedFailure?.code != failure?.code || encodedFailure?.detail != failure?.detail {
+            out.append("nextEncoded failed with \(String(describing: encodedFailure)), next with \(String(describing: failure))")
+        }
+        guard encodedItems.count == items.count else {
+            out.append("nextEncoded gave \(encodedItems.count) items, next \(items.count)")
+            return out
+        }
+        for (built, encoded) in zip(items, encodedItems) {
+            switch (built, encoded) {
+            case let (.message(a), .message(b)):
+                if a != b { out.append("nextEncoded and next gave different messages") }
+            case let (.newConnection(value, a), .newConnection(introduction)):
+                if introduction.record != SyrupEncoder.encode(value) {
+                    out.append("nextEncoded's record is not the encoding of next's value")
+                }
+                let b = introduction.descriptor
+                if a.id != b.id { out.append("nextEncoded paired descriptor \(b.id) where next paired \(a.id)") }
+            default:
+                out.append("nextEncoded and next gave items of different kinds")
+            }
         }
         return out
     }

@@ -14,7 +14,8 @@ import Syrup
 ///
 /// Oracle: never a crash; every descriptor handed in ends exactly once (closed or forwarded)
 /// by the end of `shutdown`; a connection is closed at most once and never gets events after;
-/// every attempt that started ends exactly once; the counts are back to zero after shutdown.
+/// every attempt that started ends exactly once; the counts are back to zero after shutdown;
+/// a forwarded record is a canonical `uds:new-connection` naming the forward's keys.
 public enum ServerCoreFuzzOracle {
     typealias Core = IntroductionServerCore<Int>
     typealias ID = IntroductionServerConnectionID
@@ -65,6 +66,16 @@ public enum ServerCoreFuzzOracle {
                     if closed.contains(id) { out.append("send on closed \(id)") }
                     sent[id, default: []] += bytes
                 case let .forward(f):
+                    // The forwarded record is the sender's canonical bytes: a uds:new-connection
+                    // that re-encodes to itself, naming the forward's two keys.
+                    if let message = try? UDSMessage(bytes: f.record), case let .newConnection(request) = message {
+                        if message.encoded != f.record { out.append("forwarded record is not canonical") }
+                        if request.from.identity != f.from || request.to.identity != f.to {
+                            out.append("forwarded record names other keys than the forward")
+                        }
+                    } else {
+                        out.append("forwarded record is not a uds:new-connection")
+                    }
                     if closed.contains(f.target) || failNextForward {
                         ended[f.descriptor, default: 0] += 1
                         apply(core.forwardFailed(f, reason: .outputOverflow, detail: "fuzz", now: now))
