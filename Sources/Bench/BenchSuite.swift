@@ -245,9 +245,10 @@ public struct BenchSuite {
     }
 
     /// 4. Channel throughput at 1, 16 and 64 KiB against a raw socketpair and raw ChaCha20-Poly1305.
-    /// The target applies to the runtime channel (`PeerChannel`, what applications use); the
-    /// sans-IO framing driven by two plain threads is shown too, to separate protocol cost from
-    /// the runtime's scheduling.
+    /// The target applies to the runtime channel (`PeerChannel`, what applications use) with
+    /// the receiver on the fast path (`deliver(to:)`); the same through `receive()` is the
+    /// second figure. The sans-IO framing driven by two plain threads is shown too, to separate
+    /// protocol cost from the runtime's scheduling.
     func channelThroughput() async throws -> [BenchFigure] {
         var out: [BenchFigure] = []
         let total = options.quick ? 8 << 20 : 256 << 20
@@ -256,7 +257,8 @@ public struct BenchSuite {
             say("channel: \(label) messages")
             let raw = try Baselines.socketpairThroughput(messageSize: size, totalBytes: total)
             let aead = Baselines.aeadThroughput(messageSize: size, totalBytes: total / 4)
-            let runtime = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total)
+            let runtime = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .handler)
+            let runtimeAsync = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .asyncReceive)
             let framing = try ChannelBench.throughput(messageSize: size, totalBytes: total)
             let slower = min(raw, aead)
             let slowerName = raw < aead ? "raw socketpair" : "raw ChaCha20-Poly1305"
@@ -264,6 +266,8 @@ public struct BenchSuite {
             out.append(BenchFigure(group: "channel", name: "throughput \(label)", unit: "GB/s", value: runtime / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter,
                                    target: size == 64 << 10 ? 0.9 : size == 1 << 10 ? 0.6 : nil))
+            out.append(BenchFigure(group: "channel", name: "throughput \(label), async receive()", unit: "GB/s", value: runtimeAsync / gb,
+                                   baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter))
             out.append(BenchFigure(group: "channel", name: "framing only, 2 threads \(label)", unit: "GB/s", value: framing / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter))
             out.append(BenchFigure(group: "channel", name: "raw socketpair \(label)", unit: "GB/s", value: raw / gb))

@@ -4,6 +4,7 @@ import Logging
 import Runtime
 import SecureChannel
 import SodiumCrypto
+import Synchronization
 import Transport
 
 /// Throughput of an established UDS-HS1 channel over a socketpair: a sender thread seals messages
@@ -71,9 +72,18 @@ enum ChannelBench {
 }
 
 /// Throughput of the runtime's `PeerChannel` (what applications use): two channels over a
-/// socketpair in this process, one task sending `messageSize` messages, another receiving.
+/// socketpair in this process, one task sending `messageSize` messages with `send`, the other
+/// channel receiving them either with a `deliver(to:)` handler on its event-loop thread (the
+/// fast path, as the round trip and the `peer` echo use it) or with `receive()` in a task.
 enum RuntimeChannelBench {
-    static func throughput(messageSize: Int, totalBytes: Int) async throws -> Double {
+    enum Receiving {
+        /// `deliver(to:)`: messages handed to a closure on the loop thread, no continuation.
+        case handler
+        /// `receive()` awaited in a task, as an application iterating `messages` sees it.
+        case asyncReceive
+    }
+
+    static func throughput(messageSize: Int, totalBytes: Int, receiving: Receiving) async throws -> Double {
         var logger = Logger(label: "ocapn-uds.bench")
         logger.logLevel = .critical
         let alice = IdentityKeyPair.generate(), bob = IdentityKeyPair.generate()
@@ -91,10 +101,38 @@ enum RuntimeChannelBench {
             let sending = Task {
                 for _ in 0..<count { try await sender.send(message) }
             }
-            var received = 0
-            for _ in 0..<count {
-                guard let m = try await receiver.receive() else { throw BenchError("runtime channel closed early") }
-                received += m.count
+            let received: Int
+            switch receiving {
+            case .asyncReceive:
+                var bytes = 0
+                for _ in 0..<count {
+                    guard let m = try await receiver.receive() else { throw BenchError("runtime channel closed early") }
+                    bytes += m.count
+                }
+                received = bytes
+            case .handler:
+                received = try await withCheckedThrowingContinuation { (c: CheckedContinuation<Int, Error>) in
+                    let progress = Mutex((bytes: 0, messages: 0, done: false))
+                    receiver.deliver { delivery in
+                        switch delivery {
+                        case .message(let m):
+                            let finished = progress.withLock { p -> Int? in
+                                p.bytes += m.count
+                                p.messages += 1
+                                guard p.messages == count, !p.done else { return nil }
+                                p.done = true
+                                return p.bytes
+                            }
+                            if let finished { c.resume(returning: finished) }
+                        case .ended(let error):
+                            let first = progress.withLock { p -> Bool in
+                                defer { p.done = true }
+                                return !p.done
+                            }
+                            if first { c.resume(throwing: error ?? BenchError("runtime channel closed early")) }
+                        }
+                    }
+                }
             }
             try await sending.value
             runs.add(Double(received) / Double(nowNanos() - t0) * 1e9)

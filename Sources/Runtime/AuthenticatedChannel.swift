@@ -84,7 +84,7 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         case .wait:
             try await PeerError.catching {
                 try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
-                    engine.queue.async { engine.awaitOutboundSpace(c) }
+                    engine.queue.sync { engine.awaitOutboundSpace(c) }
                 }
             }
         }
@@ -101,6 +101,7 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         case .failed(let error): throw error
         case .wait:
             return try await PeerError.catching {
+                // Registered on the caller's thread: no hop through a worker before waiting.
                 try await withCheckedThrowingContinuation { (c: CheckedContinuation<[UInt8]?, Error>) in
                     // On the caller's thread too: the waiter is in place without a thread hop.
                     engine.queue.sync { engine.receive(completion: c) }
@@ -246,10 +247,18 @@ final class ChannelEngine: @unchecked Sendable {
     /// Set by `deliver(to:)`: messages go to it on the loop thread instead of the queue below.
     private var deliveryHandler: (@Sendable (PeerChannel.Delivery) -> Void)?
     private var handlerBatch: [PeerChannel.Delivery] = []
+    /// The previous batch's storage, handed back after delivery: batches alternate between two
+    /// arrays instead of copying one on write per batch.
+    private var spareBatch: [PeerChannel.Delivery] = []
     private var drainScheduled = false
     private var endDelivered = false
     /// Reading paused because a handler's answers are over the outbound bound.
     private var outputPaused = false
+
+    /// A write would block: sends only queue until the writable watch writes it all at once.
+    private var writeBlocked = false
+    /// Set while a readable event is handled: waiting receivers are answered once, at its end.
+    private var readingBatch = false
 
     private var inbound: [[UInt8]] = []
     private var inboundHead = 0
@@ -379,7 +388,9 @@ final class ChannelEngine: @unchecked Sendable {
         guard let socket, !socket.isClosed else { return }
         if machine.wantsToRead && !readPaused && !outputPaused && !endOfStream {
             // The handler holds the engine until the machine closes the descriptor, so a
-            // handshake in progress (which nothing else holds) is never dropped.
+            // handshake in progress (which nothing else holds) is never dropped. Made only
+            // when not watching yet: this runs after every event.
+            guard !socket.isWatchingReadable else { return }
             socket.watchReadable { self.handleReadable() }
         } else {
             socket.watchReadable(nil)
@@ -387,8 +398,18 @@ final class ChannelEngine: @unchecked Sendable {
     }
 
     private func updateTimer() {
-        let wanted = machine.deadline
-        guard wanted != timerDeadline else { return }
+        let wanted: ContinuousClock.Instant?
+        switch (machine.deadline, machine.releaseDeadline) {
+        case (let a?, let b?): wanted = min(a, b)
+        case (let a?, nil): wanted = a
+        case (nil, let b?): wanted = b
+        case (nil, nil): wanted = nil
+        }
+        switch (wanted, timerDeadline) {
+        case (nil, nil): return
+        case (let a?, let b?) where a == b: return
+        default: break
+        }
         timerDeadline = wanted
         timer?.cancel()
         timer = nil
@@ -397,8 +418,17 @@ final class ChannelEngine: @unchecked Sendable {
         // hold, so the deadline (the rare path) goes there. The timer holds the engine until it
         // runs or is cancelled; an early or stale deadline is harmless to the machine.
         timer = socket.loop.schedule(at: wanted) {
-            self.queue.async { self.step(.deadline(.now)) }
+            self.queue.async { self.timerFired() }
         }
+    }
+
+    private func timerFired() {
+        // The timer has run: a deadline the machine still holds after this step is armed again.
+        timer = nil
+        timerDeadline = nil
+        step(.deadline(.now))
+        // The idle release gave the grown buffers back: reads start small again too.
+        if machine.releaseDeadline == nil { readChunk = min(Self.initialReadChunk, configuration.readChunkSize) }
     }
 
     private func established(_ session: EstablishedSession) {
@@ -439,6 +469,14 @@ final class ChannelEngine: @unchecked Sendable {
 
     private func handleReadable() {
         guard let socket else { return }
+        let outer = !readingBatch
+        readingBatch = true
+        defer {
+            if outer {
+                readingBatch = false
+                answerReceivers()
+            }
+        }
         for _ in 0..<configuration.readsPerEvent {
             guard machine.wantsToRead, !readPaused, !outputPaused, !endOfStream else { return }
             let chunk = readChunk
@@ -464,9 +502,19 @@ final class ChannelEngine: @unchecked Sendable {
                 if readChunk > Self.initialReadChunk { readChunk = max(Self.initialReadChunk, readChunk / 2) }
                 return
             }
+            // A short read does not end the loop: while we opened what it brought, the peer
+            // may have written more, and reading it now is cheaper than sleeping and waking.
             if n == chunk, chunk < configuration.readChunkSize {
                 readChunk = min(chunk * 2, configuration.readChunkSize)
             }
+        }
+    }
+
+    /// Hands queued messages to waiting receivers: once per readable event rather than once per
+    /// message, so a woken task takes the rest of the batch without waiting again.
+    private func answerReceivers() {
+        while !receiveWaiters.isEmpty, let message = takeQueued() {
+            receiveWaiters.removeFirst().resume(returning: message)
         }
     }
 
@@ -476,7 +524,7 @@ final class ChannelEngine: @unchecked Sendable {
             scheduleDrain()
             return
         }
-        if let waiter = receiveWaiters.first, inboundHead == inbound.count {
+        if !readingBatch, let waiter = receiveWaiters.first, inboundHead == inbound.count {
             receiveWaiters.removeFirst()
             waiter.resume(returning: message)
             return
@@ -520,6 +568,21 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Bytes sealed and not yet written (tests).
     var pendingOutputBytes: Int { machine.pendingOutputCount }
+
+    /// Whether a write would block and sends only queue until the socket is writable (tests).
+    var isWriteBlocked: Bool { writeBlocked }
+
+    /// `sendmsg` calls so far, would-block ones included (tests: frames coalesce).
+    private(set) var writeCalls = 0
+
+    /// Buffer memory of the machine (tests: memory follows use).
+    var heldBufferBytes: Int { machine.heldBufferBytes }
+
+    /// Bytes the next read asks for (tests: reads start small again once idle).
+    var currentReadChunk: Int { readChunk }
+
+    /// Receivers waiting in `receive()` (tests).
+    var waitingReceivers: Int { receiveWaiters.count }
 
     /// Takes a queued message, or reports the end, without waiting. With nothing queued it
     /// reads the socket once on the caller's thread first, so a message already in the kernel
@@ -573,15 +636,20 @@ final class ChannelEngine: @unchecked Sendable {
     /// On the loop thread, outside the queue: hands the batch to the handler, repeatedly,
     /// until nothing is left (the handler's own calls may add to it).
     private func drain() {
+        // Two arrays take turns: the delivered batch's storage, emptied, collects the next one,
+        // so no batch is copied on write or allocated anew.
+        var batch: [PeerChannel.Delivery] = []
         while true {
-            let (batch, handler) = queue.sync { () -> ([PeerChannel.Delivery], (@Sendable (PeerChannel.Delivery) -> Void)?) in
+            batch.removeAll(keepingCapacity: batch.capacity <= 64)
+            let handler = queue.sync { () -> (@Sendable (PeerChannel.Delivery) -> Void)? in
                 guard !handlerBatch.isEmpty, let handler = deliveryHandler else {
                     drainScheduled = false
-                    return ([], nil)
+                    if spareBatch.capacity < batch.capacity { swap(&spareBatch, &batch) }
+                    return nil
                 }
-                let batch = handlerBatch
-                handlerBatch.removeAll(keepingCapacity: handlerBatch.capacity <= 64)
-                return (batch, handler)
+                if batch.capacity == 0 { swap(&batch, &spareBatch) }
+                swap(&batch, &handlerBatch)
+                return handler
             }
             guard let handler else { return }
             for delivery in batch {
@@ -672,13 +740,16 @@ final class ChannelEngine: @unchecked Sendable {
         }
     }
 
-    /// Writes as much queued output as the socket takes, in one `sendmsg` per call.
+    /// Writes as much queued output as the socket takes, everything queued in one `sendmsg`.
+    /// While a write would block it writes nothing: sends only seal into the queue, and the
+    /// writable watch writes all of it at once (no `sendmsg` per message that would fail).
     private func flush() {
-        guard let socket, !socket.isClosed else { return }
+        guard let socket, !socket.isClosed, !writeBlocked else { return }
         while machine.pendingOutputCount > 0 {
             let result: IOResult<Int>
             do throws(TransportError) {
                 // Everything queued goes in one sendmsg: frames coalesce.
+                writeCalls += 1
                 result = try socket.send(machine.pendingOutput)
             } catch {
                 if error.code == .connectionReset, !endOfStream {
@@ -690,10 +761,15 @@ final class ChannelEngine: @unchecked Sendable {
                 return
             }
             guard case .processed(let written) = result else {
+                writeBlocked = true
                 socket.watchWritable {
+                    self.writeBlocked = false
                     self.actions.append(.write)
                     self.process()
                 }
+                // Back within the bound after a partial write: waiting sends queue more while
+                // the socket is full, rather than waiting for everything to drain.
+                if machine.pendingOutputCount <= configuration.maxOutboundQueuedBytes { resumeSendWaiters() }
                 return
             }
             machine.handle(.wrote(written), into: &actions)
@@ -701,6 +777,11 @@ final class ChannelEngine: @unchecked Sendable {
         socket.watchWritable(nil)
         // The answers drained: a handler's channel reads again (process() re-watches).
         outputPaused = false
+        resumeSendWaiters()
+    }
+
+    private func resumeSendWaiters() {
+        guard !sendWaiters.isEmpty else { return }
         let waiters = sendWaiters
         sendWaiters = []
         for waiter in waiters { waiter.resume() }

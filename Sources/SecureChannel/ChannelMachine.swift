@@ -22,17 +22,23 @@ public struct ChannelMachine {
         /// Asked when a legacy peer shows up and `allowLegacyPeers` is true; false refuses it
         /// (`.legacyRefused`). The runtime refuses a claimed key that completed UDS-HS1 with it.
         public var legacyCheck: (@Sendable () -> Bool)?
-        /// The clock the handshake checks its deadline against when bytes arrive (tests inject one).
+        /// The clock the handshake checks its deadline against when bytes arrive, and the idle
+        /// release is timed by (tests inject one).
         public var now: @Sendable () -> ContinuousClock.Instant
+        /// How long buffers a burst grew are kept after the traffic stops (`releaseDeadline`):
+        /// kept across messages they are reused, not reallocated and wiped per message.
+        public var idleRelease: Duration
 
         public init(
             closeTimeout: Duration = .seconds(2), allowLegacyPeers: Bool = false, legacyCheck: (@Sendable () -> Bool)? = nil,
-            now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
+            idleRelease: Duration = .milliseconds(100), now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
         ) {
             precondition(closeTimeout > .zero, "close timeout must be positive")
+            precondition(idleRelease > .zero, "idle release delay must be positive")
             self.closeTimeout = closeTimeout
             self.allowLegacyPeers = allowLegacyPeers
             self.legacyCheck = legacyCheck
+            self.idleRelease = idleRelease
             self.now = now
         }
     }
@@ -43,7 +49,8 @@ public struct ChannelMachine {
         case bytes([UInt8])
         /// The socket reported end of file (or a reset: a stream cut without CLOSE either way).
         case endOfStream
-        /// The clock, when the runtime's timer for `deadline` fired (early is harmless).
+        /// The clock, when the runtime's timer for `deadline` or `releaseDeadline` fired (early
+        /// is harmless).
         case deadline(ContinuousClock.Instant)
         /// The application closes: seal CLOSE, flush, wait for the peer's (until `now` plus
         /// the close timeout). Repeating it changes nothing.
@@ -169,6 +176,10 @@ public struct ChannelMachine {
     private let output = ChannelOutput()
     /// Bytes and messages carried, for the close summary and the audit record.
     public private(set) var traffic = ChannelTraffic()
+    /// When grown buffers are given back if no byte moved meanwhile (nil: none held).
+    public private(set) var releaseDeadline: ContinuousClock.Instant?
+    /// Bytes carried when `releaseDeadline` was set.
+    private var trafficAtRelease: UInt64 = 0
 
     /// The initiator's side: msg1 is queued at once (the first actions are `[.write]`).
     public init(initiator: HandshakeInitiator, configuration: Configuration) {
@@ -200,6 +211,43 @@ public struct ChannelMachine {
         case .closingBoth(let s): return s.deadline
         case .open, .closingTheirs, .closed: return nil
         }
+    }
+
+    /// Bytes moved either way (the idle release compares it).
+    private var bytesMoved: UInt64 { traffic.bytesSent &+ traffic.bytesReceived }
+
+    /// Whether either buffer is above what an idle channel keeps.
+    private var holdsGrownBuffers: Bool {
+        if output.capacityBytes > ChannelOutput.retainedCapacity { return true }
+        return currentReceiver?.holdsGrownBuffers ?? false
+    }
+
+    private var currentReceiver: FrameReceiver? {
+        switch state {
+        case .open(let s): return s.framing.receiver
+        case .closingOurs(let s): return s.framing.receiver
+        case .closingTheirs(let s): return s.framing.receiver
+        case .handshaking, .closingBoth, .closed: return nil
+        }
+    }
+
+    /// After a drain (output written, or nothing more to read): grown buffers stay for the
+    /// next burst and are given back at `releaseDeadline` unless traffic moved meanwhile.
+    private mutating func armRelease() {
+        guard releaseDeadline == nil, holdsGrownBuffers else { return }
+        releaseDeadline = configuration.now() + configuration.idleRelease
+        trafficAtRelease = bytesMoved
+    }
+
+    private mutating func releaseIfIdle(_ now: ContinuousClock.Instant) {
+        guard let at = releaseDeadline, now >= at else { return }
+        releaseDeadline = nil
+        if bytesMoved == trafficAtRelease {
+            output.releaseIfLarge()
+            currentReceiver?.releaseIdleMemory()
+        }
+        // Still busy (or a buffer is in use): look again one period later.
+        armRelease()
     }
 
     /// Whether bytes from the socket are still meaningful (after the peer's CLOSE they are only
@@ -236,14 +284,7 @@ public struct ChannelMachine {
 
     /// Bytes of buffer memory the machine holds now (output and the receiver's buffers).
     public var heldBufferBytes: Int {
-        let receiver: FrameReceiver?
-        switch state {
-        case .open(let s): receiver = s.framing.receiver
-        case .closingOurs(let s): receiver = s.framing.receiver
-        case .closingTheirs(let s): receiver = s.framing.receiver
-        case .handshaking, .closingBoth, .closed: receiver = nil
-        }
-        return output.capacityBytes + (receiver?.heldBytes ?? 0)
+        output.capacityBytes + (currentReceiver?.heldBytes ?? 0)
     }
 
     /// Whether the handshake is over (open or later).
@@ -274,6 +315,7 @@ public struct ChannelMachine {
         case .endOfStream:
             endOfStream(into: &actions)
         case .deadline(let now):
+            releaseIfIdle(now)
             deadlinePassed(now, into: &actions)
         case .close(let now):
             close(now: now, into: &actions)
@@ -309,8 +351,11 @@ public struct ChannelMachine {
                 return 0
             }
             switch result {
-            case .bytes: drain(receiver, into: &actions)
-            case .wouldBlock: receiver.releaseIdleMemory()
+            case .bytes(let n):
+                drain(receiver, into: &actions)
+                // A short read drained the socket for now, like a would-block.
+                if n < chunk { armRelease() }
+            case .wouldBlock: armRelease()
             case .endOfStream: endOfStream(into: &actions)
             case .failed(let detail): end(.transportFailed(detail), into: &actions)
             }
@@ -627,7 +672,7 @@ public struct ChannelMachine {
         if case .closed = state { return }
         output.consume(n)
         guard output.count == 0 else { return }
-        output.releaseIfLarge()
+        armRelease()
         switch state {
         case .closingOurs(let s):
             guard case .flushing = s.writeSide else { return }
@@ -657,6 +702,7 @@ public struct ChannelMachine {
         }
         state = .closed(Closed(end: end, wasOpen: wasOpen))
         output.clear()
+        releaseDeadline = nil
         actions.append(.fact(.ended(end, wasOpen: wasOpen)))
         actions.append(.closeDescriptor)
     }

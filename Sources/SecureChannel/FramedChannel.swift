@@ -465,8 +465,8 @@ public final class FrameReceiver {
         messageCapacity = capacity
     }
 
-    /// Gives back input memory a burst grew, when nothing is buffered (the runtime calls it
-    /// once the socket has no more to read), so an idle channel shrinks to its starting size.
+    /// Gives back memory a burst grew, when nothing is buffered (the channel machine calls it
+    /// once the traffic stopped), so an idle channel shrinks to its starting size.
     public func releaseIdleMemory() {
         if inputEnd == inputStart, inputCapacity > Self.retainedInputCapacity {
             secureZero(UnsafeMutableRawBufferPointer(start: input, count: inputCapacity))
@@ -481,6 +481,11 @@ public final class FrameReceiver {
             messageCapacity = Self.initialMessage
             message = UnsafeMutableRawPointer.allocate(byteCount: messageCapacity, alignment: 16)
         }
+    }
+
+    /// Whether a buffer is above what an idle channel keeps (`releaseIdleMemory` would shrink it).
+    public var holdsGrownBuffers: Bool {
+        inputCapacity > Self.retainedInputCapacity || messageCapacity > Self.retainedInputCapacity
     }
 
     /// Bytes of memory this receiver holds (tests: memory follows use).

@@ -80,6 +80,10 @@ public final class ChannelSocket: @unchecked Sendable {
     /// Whether a handler watches the socket now.
     public var isWatching: Bool { readHandler != nil || writeHandler != nil }
 
+    /// Whether a read handler watches the socket now (an owner asks before making a new
+    /// handler closure on every event).
+    public var isWatchingReadable: Bool { readHandler != nil }
+
     public var isClosed: Bool {
         switch state {
         case .open: return false

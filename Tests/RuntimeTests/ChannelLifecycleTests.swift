@@ -41,6 +41,118 @@ import Transport
         await ca.abort()
     }
 
+    /// A receiver whose runtime stops reading after a few queued messages, so the socket fills.
+    static func backPressured() -> ChannelRuntimeConfiguration {
+        var config = ChannelRuntimeConfiguration()
+        config.socketSendBufferSize = nil
+        config.maxOutboundQueuedBytes = 256 << 10
+        config.maxInboundQueuedMessages = 4
+        return config
+    }
+
+    static func numbered(_ i: Int, size: Int) -> [UInt8] {
+        (0..<size).map { UInt8(truncatingIfNeeded: i &* 31 &+ $0 &* 7) }
+    }
+
+    @Test func framesSealedWhileTheSocketIsFullLeaveTogetherAndArriveInOrderAndIntact() async throws {
+        let config = Self.backPressured()
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice, config), PeerTestSupport.establishment(bob, config))
+        let total = 1000, size = 4096
+        let sent = Counter()
+        let sender = Task {
+            for i in 0..<total {
+                try await ca.send(Self.numbered(i, size: size))
+                sent.increment()
+            }
+        }
+        let engine = ca.engine
+        // The socket fills (the receiver reads nothing yet), then the sender queues up to its
+        // bound and waits.
+        // Generous: under a parallel run the sending task may wait long for a pool thread.
+        #expect(await PeerTestSupport.eventually(timeout: .seconds(60)) {
+            engine.queue.sync { engine.isWriteBlocked && engine.pendingOutputBytes > config.maxOutboundQueuedBytes }
+        })
+        let (callsWhenBlocked, pending) = engine.queue.sync { (engine.writeCalls, engine.pendingOutputBytes) }
+        // The cap holds: over it by at most the one message that crossed it.
+        #expect(pending <= config.maxOutboundQueuedBytes + size + FrameFormat.overhead)
+        let queuedWhileBlocked = pending / (size + FrameFormat.overhead)
+        #expect(queuedWhileBlocked >= 20)
+        try await Task.sleep(for: .milliseconds(50))
+        // Sends made while the socket was full cost no sendmsg each.
+        #expect(engine.queue.sync { engine.writeCalls } == callsWhenBlocked)
+        var wrong = 0
+        for i in 0..<total {
+            let message = try await cb.receive()
+            if message != Self.numbered(i, size: size) { wrong += 1 }
+        }
+        #expect(wrong == 0, "every message arrives in order and intact")
+        try await sender.value
+        #expect(sent.current == total)
+        // What queued while blocked left in a few large writes, not one write per message.
+        let calls = engine.queue.sync { engine.writeCalls }
+        #expect(calls < total - queuedWhileBlocked / 2, "\(calls) sendmsg calls for \(total) messages")
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+    }
+
+    @Test func aChannelThatEndsWhileItsWritesWaitForTheSocketNeverWatchesItsDescriptorAgain() async throws {
+        let config = Self.backPressured()
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice, config), PeerTestSupport.establishment(bob, config))
+        let big = [UInt8](repeating: 0x77, count: 64 << 10)
+        let sender = Task { for _ in 0..<1000 { try await ca.send(big) } }
+        let engine = ca.engine
+        // Generous: under a parallel run the sending task may wait long for a pool thread.
+        #expect(await PeerTestSupport.eventually(timeout: .seconds(60)) {
+            engine.queue.sync { engine.isWriteBlocked && engine.pendingOutputBytes > config.maxOutboundQueuedBytes }
+        })
+        await ca.abort()
+        #expect(engine.queue.sync { engine.isWatchingDescriptor } == false)
+        #expect(engine.queue.sync { engine.pendingOutputBytes } == 0)
+        // The send waiting for space learns that the channel ended.
+        switch await sender.result {
+        case .success: Issue.record("sends after abort succeeded")
+        case .failure(let error): #expect((error as? PeerError)?.code == .netlayer(.channelClosed))
+        }
+        // The peer sees a truncated stream once it reads on, and our side never reacts.
+        let got = await PeerTestSupport.code { while try await cb.receive() != nil {} }
+        #expect(got == .handshake(.truncated))
+        #expect(engine.queue.sync { engine.isWatchingDescriptor } == false)
+    }
+
+    @Test func aBurstGrowsTheBuffersAndAnIdleChannelGivesThemBackAndReadsSmallAgain() async throws {
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        let big = [UInt8](repeating: 9, count: 256 << 10)
+        let sender = Task { for _ in 0..<8 { try await ca.send(big) } }
+        for _ in 0..<8 { #expect(try await cb.receive() == big) }
+        try await sender.value
+        // Once the traffic stopped, both ends go back to their starting buffers within the
+        // machine's idle release period, and the receiver's next read asks for little again.
+        let sending = ca.engine, receiving = cb.engine
+        #expect(await PeerTestSupport.eventually { sending.queue.sync { sending.heldBufferBytes } <= 2048 })
+        #expect(await PeerTestSupport.eventually {
+            receiving.queue.sync { receiving.heldBufferBytes <= 2048 && receiving.currentReadChunk == ChannelEngine.initialReadChunk }
+        })
+        // And the channel carries on as before.
+        try await ca.send([1, 2, 3])
+        #expect(try await cb.receive() == [1, 2, 3])
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+    }
+
+    @Test func aReceiverWaitingBeforeABurstGetsEveryMessageInOrder() async throws {
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        let engine = cb.engine
+        let first = Task { try await cb.receive() }
+        #expect(await PeerTestSupport.eventually { engine.queue.sync { engine.waitingReceivers } == 1 })
+        for i in 0..<50 { try await ca.send(Self.numbered(i, size: 300)) }
+        #expect(try await first.value == Self.numbered(0, size: 300))
+        for i in 1..<50 { #expect(try await cb.receive() == Self.numbered(i, size: 300)) }
+        #expect(engine.queue.sync { engine.waitingReceivers } == 0)
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+    }
+
     @Test func aReadChunkThatCannotFitBehindAnUnfinishedFrameIsRefusedWhenTheEstablishmentIsBuilt() throws {
         var tooLarge = ChannelRuntimeConfiguration()
         tooLarge.handshake = HandshakeConfiguration(channel: ChannelConfiguration(maxBufferedInput: 256 << 10))

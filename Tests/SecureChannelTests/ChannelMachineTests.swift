@@ -284,18 +284,34 @@ import Testing
         #expect(ChannelMachine.classify(ChannelMachine.legacyMarker) == .legacy)
     }
 
-    @Test func buffersStartSmallGrowWithABurstAndShrinkWhenTheSocketGoesQuiet() throws {
+    @Test func buffersStartSmallGrowWithABurstAndAreGivenBackOnceTheTrafficStopped() throws {
         var pair = try MachinePair.open()
         _ = pair.send(.a, [1])
         pair.pump()
-        // An idle open channel: the receiver's starting buffers and a small output buffer.
+        // An idle open channel: the receiver's starting buffers and a small output buffer, and
+        // no timer wanted for them.
         #expect(pair.machines[1].heldBufferBytes <= 2048)
         #expect(pair.machines[0].heldBufferBytes <= 2048)
+        #expect(pair.machines[0].releaseDeadline == nil && pair.machines[1].releaseDeadline == nil)
         let burst = [UInt8](repeating: 3, count: 200_000)
         _ = pair.send(.a, burst)
         var wire = Array(pair.machines[0].pendingOutput)
         pair.feed(.a, .wrote(wire.count))
-        #expect(pair.machines[0].heldBufferBytes <= 17 << 10, "the sender gave its burst memory back once flushed")
+        // Drained, but kept for the next burst (no reallocation and wipe per message)...
+        #expect(pair.machines[0].heldBufferBytes > 64 << 10, "the sender keeps its burst buffer while traffic may follow")
+        let senderRelease = try #require(pair.machines[0].releaseDeadline)
+        #expect(senderRelease == Fixture.now + ChannelMachine.Configuration().idleRelease)
+        // ...and traffic before the release deadline keeps it one more period.
+        _ = pair.send(.a, [7, 7])
+        wire += Array(pair.machines[0].pendingOutput)
+        pair.feed(.a, .wrote(pair.machines[0].pendingOutputCount))
+        pair.feed(.a, .deadline(senderRelease))
+        #expect(pair.machines[0].heldBufferBytes > 64 << 10, "a byte moved since the deadline was set")
+        #expect(pair.machines[0].releaseDeadline != nil)
+        pair.feed(.a, .deadline(try #require(pair.machines[0].releaseDeadline)))
+        #expect(pair.machines[0].heldBufferBytes <= 2048, "the sender gave its burst memory back once idle")
+        #expect(pair.machines[0].releaseDeadline == nil)
+
         var actions: [ChannelMachine.Action] = []
         var grew = 0
         while true {
@@ -310,9 +326,40 @@ import Testing
             if result == .wouldBlock { break }
         }
         pair.perform(.b, actions)
-        #expect(pair.delivered[1].last == burst)
+        #expect(pair.delivered[1].suffix(2) == [burst, [7, 7]])
         #expect(grew >= 64 << 10)
-        #expect(pair.machines[1].heldBufferBytes <= 2048, "the receiver shrank once the socket had nothing more")
+        let receiverRelease = try #require(pair.machines[1].releaseDeadline, "the socket went quiet with grown buffers")
+        // Early timer events change nothing.
+        pair.feed(.b, .deadline(receiverRelease - .milliseconds(1)))
+        #expect(pair.machines[1].heldBufferBytes >= 64 << 10)
+        pair.feed(.b, .deadline(receiverRelease))
+        #expect(pair.machines[1].heldBufferBytes <= 2048, "the receiver shrank once the traffic stopped")
+        #expect(pair.machines[1].releaseDeadline == nil)
+        // The protocol deadlines are untouched by all this.
+        #expect(pair.machines[0].deadline == nil && pair.machines[1].deadline == nil)
+    }
+
+    @Test func aShortReadCountsAsTheSocketGoingQuiet() throws {
+        var pair = try MachinePair.open()
+        _ = pair.send(.a, [UInt8](repeating: 5, count: 100_000))
+        let wire = Array(pair.machines[0].pendingOutput)
+        pair.feed(.a, .wrote(wire.count))
+        var actions: [ChannelMachine.Action] = []
+        var offset = 0
+        // Full reads first (the socket may hold more), then one short read: no would-block read
+        // is needed to arm the release.
+        while offset < wire.count {
+            let result = pair.machines[1].read(chunk: 48 << 10, into: &actions) { buffer in
+                let n = min(buffer.count, wire.count - offset)
+                buffer.copyBytes(from: wire[offset..<(offset + n)])
+                offset += n
+                return .bytes(n)
+            }
+            if case .bytes(let n) = result, n == 48 << 10 { #expect(pair.machines[1].releaseDeadline == nil) }
+        }
+        pair.perform(.b, actions)
+        #expect(pair.delivered[1].last?.count == 100_000)
+        #expect(pair.machines[1].releaseDeadline != nil)
     }
 }
 
