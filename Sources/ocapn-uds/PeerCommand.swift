@@ -159,9 +159,9 @@ enum PeerOutput {
     static func errorLine(_ text: String) { FileHandle.standardError.write(Data((text + "\n").utf8)) }
 
     /// The line both commands print per channel: the key the peer proved.
-    static func announce(_ channel: PeerChannel, fingerprint: String? = nil) {
+    static func announce(_ channel: PeerChannel) {
         if channel.isAuthenticated {
-            errorLine("verified-peer: \(fingerprint ?? channel.peerFingerprint) session: \(channel.sessionID?.description ?? "-")")
+            errorLine("verified-peer: \(channel.peerFingerprint) session: \(channel.sessionID?.description ?? "-")")
         } else {
             errorLine("UNAUTHENTICATED legacy peer (\(channel.legacyClaim?.description ?? "no claim"), nothing proved)")
         }
@@ -329,12 +329,9 @@ struct PeerCommand: AsyncParsableCommand {
 
     /// Echoes every message of `channel` back until the peer closes, then closes. The echo
     /// runs on the channel's event-loop thread (`deliver(to:)`): no continuation per message;
-    /// the end (closing, the last line) runs there too, in a task that suspends only if the
-    /// close has to wait for the peer.
+    /// only the end (closing, the last line) runs in a task of its own.
     static func echo(_ channel: PeerChannel) {
-        // Rendered once per channel (a BLAKE2b and base32), not once per line.
-        let fingerprint = channel.peerFingerprint
-        PeerOutput.announce(channel, fingerprint: fingerprint)
+        PeerOutput.announce(channel)
         let tally = Mutex((count: 0, bytes: 0))
         channel.deliver { delivery in
             switch delivery {
@@ -348,24 +345,22 @@ struct PeerCommand: AsyncParsableCommand {
                 }
                 // Briefly: the first messages of a channel, then only the count at its end.
                 if count <= Self.echoesShownPerChannel {
-                    PeerOutput.errorLine("echoed to \(fingerprint): \(Self.preview(message))")
+                    PeerOutput.errorLine("echoed to \(channel.peerFingerprint): \(Self.preview(message))")
                 }
             case .ended(let end):
                 let (count, bytes) = tally.withLock { ($0.count, $0.bytes) }
-                // Immediate: the close (usually answering the peer's CLOSE, no wait) runs on
-                // this thread instead of waking a worker for it.
-                Task.immediate { await Self.finishEcho(channel, fingerprint: fingerprint, end: end, count: count, bytes: bytes) }
+                Task { await Self.finishEcho(channel, end: end, count: count, bytes: bytes) }
             }
         }
     }
 
-    private static func finishEcho(_ channel: PeerChannel, fingerprint: String, end: PeerError?, count: Int, bytes: Int) async {
+    private static func finishEcho(_ channel: PeerChannel, end: PeerError?, count: Int, bytes: Int) async {
         if let end {
-            PeerOutput.errorLine("channel \(fingerprint) ended: \(end.code.rawValue)")
+            PeerOutput.errorLine("channel \(channel.peerFingerprint) ended: \(end.code.rawValue)")
             await channel.abort()
         } else {
             await channel.close()
-            PeerOutput.errorLine("channel \(fingerprint) closed: \(count) message\(count == 1 ? "" : "s") (\(bytes) bytes) echoed")
+            PeerOutput.errorLine("channel \(channel.peerFingerprint) closed: \(count) message\(count == 1 ? "" : "s") (\(bytes) bytes) echoed")
         }
     }
 

@@ -75,38 +75,6 @@ import Transport
         #expect(got.ends.first??.code == .handshake(.truncated))
     }
 
-    @Test(.timeLimit(.minutes(1))) func aChannelReleasedWithoutCloseIsAbortedAndOneReleasedAfterItsCloseStaysClean() async throws {
-        // Released open: the owner's deinit aborts it, so its peer sees the stream end.
-        let (ca, released) = try await PeerTestSupport.connectedPair(
-            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
-        var open: PeerChannel? = released
-        _ = consume released
-        try await ca.send([7])
-        open = nil
-        do {
-            while try await ca.receive() != nil {}
-            Issue.record("a released open channel ended cleanly")
-        } catch {
-            #expect(error.code == .handshake(.truncated))
-        }
-        _ = open
-
-        // Released after a clean close (the echo peer's shape): nothing more happens to it;
-        // the release of an ended channel costs no hop to its queue.
-        let (cc, closedThenReleased) = try await PeerTestSupport.connectedPair(
-            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
-        let engine = closedThenReleased.engine
-        var closed: PeerChannel? = closedThenReleased
-        _ = consume closedThenReleased
-        async let peerClosing = cc.close()
-        let summary = await closed!.close()
-        #expect(summary.clean)
-        closed = nil
-        _ = closed
-        #expect(await peerClosing.clean)
-        #expect(engine.queue.sync { engine.closeSummary }?.clean == true)
-    }
-
     @Test func aPeerThatNeverReadsTheAnswersPausesReadingInsteadOfGrowingTheOutboundQueue() async throws {
         var bounded = ChannelRuntimeConfiguration()
         bounded.maxOutboundQueuedBytes = 64 << 10
