@@ -23,6 +23,10 @@ public struct ChannelRuntimeConfiguration: Sendable {
     public var readsPerEvent: Int
     /// How long `close()` waits for the peer's CLOSE after sending ours.
     public var closeTimeout: Duration
+    /// How long buffers a burst grew are kept after the traffic stops (default 100 ms): long
+    /// enough to serve the next burst without reallocating, short enough that an idle channel
+    /// holds only its small buffers (docs/DESIGN.md, "Memory follows use").
+    public var idleBufferRelease: Duration
     /// Which Goblins peers (no handshake; their first bytes are `<16'op:start-session`) are
     /// admitted as unauthenticated channels. `.refuse` by default (`legacyPeerRefused`). A key
     /// that completed UDS-HS1 with us is refused as legacy whatever this says.
@@ -46,12 +50,14 @@ public struct ChannelRuntimeConfiguration: Sendable {
         maxOutboundQueuedBytes: Int = 1 << 20, readChunkSize: Int = 64 << 10, readsPerEvent: Int = 8,
         closeTimeout: Duration = .seconds(2), allowLegacyPeers: Bool = false,
         peerPolicy: (@Sendable (_ initiatorKey: [UInt8]) -> Bool)? = nil, ephemeralKeys: EphemeralKeySource = .pooled,
-        socketSendBufferSize: Int? = 1 << 20
+        socketSendBufferSize: Int? = 1 << 20, idleBufferRelease: Duration = .milliseconds(100)
     ) {
         precondition(maxInboundQueuedBytes >= 1 && maxInboundQueuedMessages >= 1, "inbound queue bounds must be positive")
         precondition(maxOutboundQueuedBytes >= 1, "outbound queue bound must be positive")
         precondition(readChunkSize >= 512 && readsPerEvent >= 1, "read chunk of at least 512 bytes, at least one read per event")
         precondition(closeTimeout > .zero, "close timeout must be positive")
+        precondition(idleBufferRelease > .zero, "idle buffer release must be positive")
+        self.idleBufferRelease = idleBufferRelease
         self.handshake = handshake
         self.maxInboundQueuedBytes = maxInboundQueuedBytes
         self.maxInboundQueuedMessages = maxInboundQueuedMessages
@@ -271,7 +277,7 @@ public struct ChannelEstablishment: Sendable {
         let verifiedPeers = verifiedPeers
         return ChannelMachine.Configuration(
             closeTimeout: configuration.closeTimeout, allowLegacyPeers: configuration.legacyPeers.admits(claim),
-            legacyCheck: { !verifiedPeers.refusesLegacy(claim) })
+            legacyCheck: { !verifiedPeers.refusesLegacy(claim) }, idleRelease: configuration.idleBufferRelease)
     }
 
     /// The same establishment writing its records to `sink` (which forwards them on).

@@ -140,6 +140,22 @@ import Transport
         #expect(await PeerTestSupport.closeBoth(ca, cb))
     }
 
+    @Test func theIdleBufferReleaseIsTheConfigurationsOne() async throws {
+        // A long idleBufferRelease keeps a burst's buffers well past the default 100 ms.
+        var keeping = ChannelRuntimeConfiguration()
+        keeping.idleBufferRelease = .seconds(60)
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice, keeping), PeerTestSupport.establishment(bob, keeping))
+        let big = [UInt8](repeating: 9, count: 256 << 10)
+        let sender = Task { for _ in 0..<4 { try await ca.send(big) } }
+        for _ in 0..<4 { #expect(try await cb.receive() == big) }
+        try await sender.value
+        try await Task.sleep(for: .milliseconds(500))
+        let receiving = cb.engine
+        #expect(receiving.queue.sync { receiving.heldBufferBytes } > 2048, "still held 0.5 s after the burst")
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+    }
+
     @Test func aReceiverWaitingBeforeABurstGetsEveryMessageInOrder() async throws {
         let (ca, cb) = try await PeerTestSupport.connectedPair(
             PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
