@@ -260,8 +260,11 @@ public struct BenchSuite {
             let runtime = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .handler)
             let runtimeAsync = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .asyncReceive)
             let framing = try ChannelBench.throughput(messageSize: size, totalBytes: total)
-            let slower = min(raw, aead)
-            let slowerName = raw < aead ? "raw socketpair" : "raw ChaCha20-Poly1305"
+            // The 64 KiB target is set against the raw AEAD (issue #9): a raw socketpair run
+            // that came out slow (it has, at 0.8 GB/s against its usual 4-5) must not stand in.
+            let againstAEAD = size == 64 << 10 || aead < raw
+            let slower = againstAEAD ? aead : raw
+            let slowerName = againstAEAD ? "raw ChaCha20-Poly1305" : "raw socketpair"
             let gb = 1e9
             out.append(BenchFigure(group: "channel", name: "throughput \(label)", unit: "GB/s", value: runtime / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter,
