@@ -467,13 +467,13 @@ public final class IntroductionServer: @unchecked Sendable {
             return
         }
         do {
-            // The record with plain writes, then the marker alone carrying the descriptor: the
-            // order Goblins reads them in (wire §5). StreamConnection closes our copy once the
-            // kernel has it (A10), or on any failure.
-            try connection.send(forward.record)
-            try connection.send(UDSNewConnection.fdMarker, passing: forward.descriptor)
+            // The record as plain bytes, then the marker alone carrying the descriptor: the
+            // segments Goblins reads them from (wire §5), both in one sendmmsg when the socket
+            // takes them. StreamConnection closes our copy once the kernel has it (A10), or on
+            // any failure.
+            try connection.send(forward.record, then: UDSNewConnection.fdMarker, passing: forward.descriptor)
         } catch {
-            forward.descriptor.close()  // idempotent: already closed if the second send failed
+            forward.descriptor.close()  // idempotent: the failed send already closed it
             perform(core.forwardFailed(forward, reason: Self.reason(for: error), detail: error.description,
                                        now: Self.now()))
             return
