@@ -250,6 +250,9 @@ public struct BenchSuite {
     /// second figure. The sans-IO framing driven by two plain threads is shown too, to separate
     /// protocol cost from the runtime's scheduling.
     func channelThroughput() async throws -> [BenchFigure] {
+        if let part = ProcessInfo.processInfo.environment["OCAPN_BENCH_CHANNEL_PROFILE"] {
+            return try await channelPartForProfiling(part)
+        }
         var out: [BenchFigure] = []
         let total = options.quick ? 8 << 20 : 256 << 20
         for size in [1 << 10, 16 << 10, 64 << 10] {
@@ -277,5 +280,24 @@ public struct BenchSuite {
             out.append(BenchFigure(group: "channel", name: "raw ChaCha20-Poly1305 \(label)", unit: "GB/s", value: aead / gb))
         }
         return out
+    }
+
+    /// A profiling aid, not a figure of the report: `OCAPN_BENCH_CHANNEL_PROFILE=PART:KIB`
+    /// (PART `runtime`, `async` or `framing`) runs only that part of the channel group at that
+    /// message size, so `perf stat` / `perf record` of the process see it alone.
+    private func channelPartForProfiling(_ spec: String) async throws -> [BenchFigure] {
+        let fields = spec.split(separator: ":")
+        guard fields.count == 2, let kib = Int(fields[1]), kib > 0 else {
+            throw BenchError("OCAPN_BENCH_CHANNEL_PROFILE must be runtime|async|framing:KIB")
+        }
+        let size = kib << 10, total = options.quick ? 8 << 20 : 256 << 20
+        let value: Double
+        switch fields[0] {
+        case "runtime": value = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .handler)
+        case "async": value = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .asyncReceive)
+        case "framing": value = try ChannelBench.throughput(messageSize: size, totalBytes: total)
+        default: throw BenchError("OCAPN_BENCH_CHANNEL_PROFILE must be runtime|async|framing:KIB")
+        }
+        return [BenchFigure(group: "channel", name: "profiling only: \(fields[0]) \(kib) KiB", unit: "GB/s", value: value / 1e9)]
     }
 }
