@@ -78,6 +78,10 @@ public final class IntroductionServerCore<Descriptor> {
         var refilledAt: UInt64
         /// When the message now in progress began, for the partial-message deadline.
         var partialSince: UInt64?
+        /// Whether `partialDeadlines` holds this connection's entry. At most one per connection:
+        /// a peer that starts and finishes messages in quick succession (each record read apart
+        /// from its marker) would otherwise leave one stale entry per message, kept until it fell due.
+        var partialQueued = false
     }
 
     private enum Phase {
@@ -208,6 +212,9 @@ public final class IntroductionServerCore<Descriptor> {
     public var registeredCount: Int { routes.count }
     public var unauthenticatedCount: Int { unauthenticatedIDs.count }
     public var pendingCount: Int { pending.count }
+    /// Partial-message deadlines held, stale ones included: at most one per registered
+    /// connection, however many messages it splits across reads.
+    public var partialDeadlineCount: Int { partialDeadlines.count }
     /// The connection a key is routed to, if registered.
     public func route(for identity: PublicIdentity) -> ConnectionID? { routes[identity] }
 
@@ -321,8 +328,11 @@ public final class IntroductionServerCore<Descriptor> {
             if connection.reader.isMidMessage {
                 if r.partialSince == nil {
                     r.partialSince = now
+                    if !r.partialQueued {
+                        r.partialQueued = true
+                        partialDeadlines.push(now.addingSaturated(partialTimeout), id)
+                    }
                     connection.phase = .registered(r)
-                    partialDeadlines.push(now.addingSaturated(partialTimeout), id)
                 }
             } else if r.partialSince != nil {
                 r.partialSince = nil
@@ -408,8 +418,15 @@ public final class IntroductionServerCore<Descriptor> {
                  now: now, into: &out)
         }
         while let id = partialDeadlines.popDue(now) {
-            guard let connection = connections[id], case let .registered(r) = connection.phase,
-                  let since = r.partialSince, now >= since.addingSaturated(partialTimeout) else { continue }
+            guard let connection = connections[id], case var .registered(r) = connection.phase else { continue }
+            r.partialQueued = false
+            if let since = r.partialSince, now < since.addingSaturated(partialTimeout) {
+                // A later message in progress: its own deadline, in the one entry.
+                r.partialQueued = true
+                partialDeadlines.push(since.addingSaturated(partialTimeout), id)
+            }
+            connection.phase = .registered(r)
+            guard let since = r.partialSince, now >= since.addingSaturated(partialTimeout) else { continue }
             drop(connection, reason: .timeout, detail: "a message stayed incomplete past the partial-message deadline",
                  now: now, into: &out)
         }

@@ -412,6 +412,34 @@ import Testing
         h.finish()
     }
 
+    @Test("A peer whose every record arrives apart from its marker holds one partial-message deadline, not one per message")
+    func splitMessagesHoldOneDeadline() {
+        var limits = IntroductionServerLimits()
+        limits.introductionsPerSecond = 0
+        limits.partialMessageTimeout = .milliseconds(200)
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        let b = h.register(Peers.signer(2))
+        h.drained.insert(b)
+        for _ in 0..<500 {
+            // `introduce` feeds the record, then the marker: a message in progress between them.
+            h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
+            h.advance(.microseconds(100))
+        }
+        #expect(h.forwards.count == 500 && h.forwards.allSatisfy { $0.target == b })
+        #expect(h.core.partialDeadlineCount <= 1)
+        // The deadline still holds for a message left incomplete after the burst: its own
+        // 200 ms, measured from when it began, not from the first message of the burst.
+        h.feed(a, Array("<18'uds:new-conn".utf8))
+        h.advance(.milliseconds(150))
+        #expect(h.closedConnections.isEmpty)
+        #expect(h.core.partialDeadlineCount == 1)
+        h.advance(.milliseconds(100))
+        #expect(h.reasons(.introductionRefused) == [.timeout])
+        #expect(h.closedConnections == [a])
+        h.finish()
+    }
+
     // MARK: routing
 
     @Test("A uds:new-connection whose from is not the sender is refused as spoofedFrom and closes the sender")
