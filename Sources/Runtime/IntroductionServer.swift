@@ -76,8 +76,6 @@ public final class IntroductionServer: @unchecked Sendable {
     private let auditServerID: AuditPeerID
     /// The loop every descriptor of the server is registered with; its state lives there.
     public let loop: EventLoop
-    /// Where the timers fire; their work then runs on the loop.
-    private let timerQueue = DispatchQueue(label: "ocapn-uds.intro-server.timers")
     public let configuration: Configuration
     /// Where the server listens (nil path for an inherited socket).
     public let socketPath: String?
@@ -90,7 +88,6 @@ public final class IntroductionServer: @unchecked Sendable {
     /// The listener each open connection was accepted by (its count is released there, also
     /// after the socket was re-created).
     private var acceptedBy: [IntroductionServerConnectionID: Listener] = [:]
-    private var socketWatchTimer: DispatchSourceTimer?
     private var socketMode: UInt32?
     private var lostSocket = false
     private let audit: (any AuditSink)?
@@ -102,10 +99,14 @@ public final class IntroductionServer: @unchecked Sendable {
     private var connections: [IntroductionServerConnectionID: StreamConnection] = [:]
     private var nextConnection: UInt64 = 1
     private var state = State.idle
-    private var deadlineTimer: DispatchSourceTimer?
+    /// The core's next deadline, on the loop (no thread of its own): re-armed only when the
+    /// core's next deadline comes earlier than the one armed.
+    private var deadlineTimer: EventLoopTimer?
     private var timerDeadline: UInt64?
-    private var checkpointTimer: DispatchSourceTimer?
-    private var hangUpTimer: DispatchSourceTimer?
+    /// The periodic checks (audit checkpoint, hang-up polling, socket-path watch), each the
+    /// loop timer of its next run; cancelled by `stop`.
+    private var periodicTimers: [PeriodicCheck: EventLoopTimer] = [:]
+    private enum PeriodicCheck { case auditCheckpoint, hangUps, socketPath }
     /// When forwarding met ETOOMANYREFS, until a forward completes again.
     private var backPressureSince: UInt64?
     /// Each target's unread output after the last forward to it (A12 progress).
@@ -215,24 +216,13 @@ public final class IntroductionServer: @unchecked Sendable {
             guard state == .idle else { return }
             state = .running
             listener.start()
-            deadlineTimer = makeTimer { server in server.deadlineFired() }
-            deadlineTimer?.activate()
             if let file = audit as? AuditFileSink {
-                let interval = Self.dispatchInterval(configuration.auditCheckpointInterval)
-                checkpointTimer = makeTimer { _ in file.checkpointIfDue() }
-                checkpointTimer?.schedule(deadline: .now() + interval, repeating: interval, leeway: .seconds(1))
-                checkpointTimer?.activate()
+                repeatEvery(configuration.auditCheckpointInterval, .auditCheckpoint) { _ in file.checkpointIfDue() }
             }
-            let every = Self.dispatchInterval(configuration.hangUpCheckInterval)
-            hangUpTimer = makeTimer { server in server.checkHangUps() }
-            hangUpTimer?.schedule(deadline: .now() + every, repeating: every, leeway: .milliseconds(20))
-            hangUpTimer?.activate()
+            repeatEvery(configuration.hangUpCheckInterval, .hangUps) { server in server.checkHangUps() }
             if listener.socket.path != nil {
                 socketMode = listener.socket.pathMode()
-                let period = Self.dispatchInterval(configuration.socketWatchInterval)
-                socketWatchTimer = makeTimer { server in server.checkSocketPath() }
-                socketWatchTimer?.schedule(deadline: .now() + period, repeating: period, leeway: .milliseconds(50))
-                socketWatchTimer?.activate()
+                repeatEvery(configuration.socketWatchInterval, .socketPath) { server in server.checkSocketPath() }
             }
             audit?.record(AuditEvent(.serverStarted, role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
@@ -263,14 +253,11 @@ public final class IntroductionServer: @unchecked Sendable {
             listener.close()
             perform(core.shutdown(now: Self.now()))
             assert(held.isEmpty, "the core's shutdown hands back every descriptor it held")
-            deadlineTimer?.cancel()
+            _ = deadlineTimer?.cancel()
             deadlineTimer = nil
-            checkpointTimer?.cancel()
-            checkpointTimer = nil
-            hangUpTimer?.cancel()
-            hangUpTimer = nil
-            socketWatchTimer?.cancel()
-            socketWatchTimer = nil
+            timerDeadline = nil
+            for timer in periodicTimers.values { _ = timer.cancel() }
+            periodicTimers = [:]
             audit?.record(AuditEvent(.serverStopped, reason: AuditReason(introductionServer: .serverShutdown), role: .server, local: AuditPeerID(identity),
                                      path: socketPath.flatMap(AuditPath.init)))
             logger.info("introduction server stopped", metadata: ["server": "\(identity.fingerprint)"])
@@ -328,18 +315,16 @@ public final class IntroductionServer: @unchecked Sendable {
         return result!
     }
 
-    /// A timer on the timer queue whose work runs on the loop; the caller schedules and
-    /// activates it.
-    private func makeTimer(_ work: @escaping @Sendable (IntroductionServer) -> Void) -> DispatchSourceTimer {
-        let timer = DispatchSource.makeTimerSource(queue: timerQueue)
-        let loop = self.loop
-        timer.setEventHandler { [weak self] in
-            loop.execute { [weak self] in
-                guard let self else { return }
-                work(self)
-            }
+    /// Runs `work` on the loop every `interval` while the server runs (the next run is
+    /// scheduled when one ends, so a slow check never piles up runs behind it).
+    private func repeatEvery(_ interval: Duration, _ check: PeriodicCheck,
+                             _ work: @escaping @Sendable (IntroductionServer) -> Void) {
+        periodicTimers[check] = loop.schedule(after: interval) { [weak self] in
+            guard let self, self.state == .running else { return }
+            work(self)
+            // `work` may have stopped the server (a lost socket under the exit policy).
+            if self.state == .running { self.repeatEvery(interval, check, work) }
         }
-        return timer
     }
 
     // MARK: events
@@ -413,6 +398,7 @@ public final class IntroductionServer: @unchecked Sendable {
 
     private func deadlineFired() {
         timerDeadline = nil
+        deadlineTimer = nil
         guard state == .running else { return }
         perform(core.tick(now: Self.now()))
         armTimer()
@@ -462,10 +448,14 @@ public final class IntroductionServer: @unchecked Sendable {
     /// Arms the timer for the core's next deadline, unless it already fires earlier (an early
     /// fire just finds less to do and re-arms), so the hot path rarely touches the timer.
     private func armTimer() {
-        guard state == .running, let timer = deadlineTimer, let next = core.nextDeadline else { return }
+        guard state == .running, let next = core.nextDeadline else { return }
         if let armed = timerDeadline, armed <= next { return }
+        _ = deadlineTimer?.cancel()
         timerDeadline = next
-        timer.schedule(deadline: DispatchTime(uptimeNanoseconds: max(next, 1)), leeway: .milliseconds(2))
+        let now = Self.now()
+        deadlineTimer = loop.schedule(after: .nanoseconds(next > now ? next - now : 0)) { [weak self] in
+            self?.deadlineFired()
+        }
     }
 
     // MARK: actions
@@ -631,11 +621,6 @@ public final class IntroductionServer: @unchecked Sendable {
         case .warning: return .warning
         case .error: return .error
         }
-    }
-
-    static func dispatchInterval(_ duration: Duration) -> DispatchTimeInterval {
-        let (seconds, attoseconds) = duration.components
-        return .nanoseconds(Int(clamping: seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
     }
 }
 

@@ -247,11 +247,8 @@ public final class Listener: @unchecked Sendable {
             if let (handler, failure) = updateWatching() { return .report(.failed(failure), handler, continuing: false) }
             backoffGeneration += 1
             let generation = backoffGeneration
-            DispatchQueue.global().asyncAfter(deadline: .now() + dispatchInterval(configuration.resourceBackoff)) {
-                [weak self] in
-                guard let self else { return }
-                loop.execute { [weak self] in self?.endBackoff(generation) }
-            }
+            // A loop timer: no thread of its own, and it never runs once the loop has stopped.
+            _ = loop.schedule(after: configuration.resourceBackoff) { [weak self] in self?.endBackoff(generation) }
             return .report(.pausedForResources(error), handler, continuing: false)
         default:
             let handler = self.handler
@@ -300,9 +297,4 @@ public final class Listener: @unchecked Sendable {
             lock.withLock { connections -= 1 }
         }
     }
-}
-
-func dispatchInterval(_ duration: Duration) -> DispatchTimeInterval {
-    let (seconds, attoseconds) = duration.components
-    return .nanoseconds(Int(clamping: seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
 }

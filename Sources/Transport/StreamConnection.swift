@@ -509,12 +509,8 @@ public final class StreamConnection: @unchecked Sendable {
 
     private func scheduleRetry() {
         guard !retryScheduled else { return }
-        retryScheduled = true
-        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) { [weak self] in
-            guard let self else { return }
-            let scheduled = loop.execute { [weak self] in self?.retryFlush() }
-            if !scheduled { lock.withLock { retryScheduled = false } }
-        }
+        // Called under `lock`. A loop timer: no thread of its own; nil once the loop stopped.
+        retryScheduled = loop.schedule(after: .milliseconds(20)) { [weak self] in self?.retryFlush() } != nil
     }
 
     private func retryFlush() {

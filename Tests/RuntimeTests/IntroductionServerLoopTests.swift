@@ -1,3 +1,4 @@
+import Audit
 import Foundation
 import Glibc
 import Identity
@@ -52,5 +53,48 @@ import Transport
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in server.stop { done.resume() } }
         #expect(loop.registeredCount == 0, "stop unregisters the listener and every connection")
         #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
+    @Test("The server's deadlines and periodic checks are timers on its loop: a silent client is dropped at its registration deadline, and stop cancels every timer")
+    func deadlinesAndChecksAreLoopTimers() async throws {
+        let loop = try EventLoop(name: "test-intro-timers")
+        defer { loop.shutdown() }
+        let dir = NSTemporaryDirectory() + "ocapn-loop-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false,
+                                                attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/s.sock"
+        var core = IntroductionServerConfiguration(allowedUIDs: [getuid()])
+        core.limits.registrationTimeout = .milliseconds(300)
+        var configuration = IntroductionServer.Configuration(core: core)
+        configuration.auditCheckpointInterval = .milliseconds(200)
+        let log = dir + "/audit.jsonl"
+        let key = IdentityKeyPair.generate()
+        let sink = try AuditFileSink(AuditFileConfiguration(path: log, writer: key.publicIdentity, signer: key))
+        let server = IntroductionServer(
+            identity: key, socket: try IntroductionServerSetup.openSocket(path: path, mode: 0o600),
+            configuration: configuration, audit: sink, logger: PeerTestSupport.quietLogger, loop: loop)
+        server.start()
+        #expect(await PeerTestSupport.eventually { loop.registeredCount == 1 }, "the listener")
+        // Eventually: while a periodic check runs, its next run is not yet scheduled.
+        #expect(await PeerTestSupport.eventually { loop.pendingTimerCount == 3 }, "audit checkpoint, hang-up polling and socket-path watch")
+
+        let silent = try FileDescriptor.connect(unixPath: path)
+        defer { silent.close() }
+        #expect(await PeerTestSupport.eventually { loop.registeredCount == 2 })
+        #expect(await PeerTestSupport.eventually { loop.pendingTimerCount == 4 }, "and the registration deadline")
+        // Dropped by the deadline timer on the loop: the server closes its end.
+        #expect(try waitReadable(silent, seconds: 10))
+        #expect(await PeerTestSupport.eventually { loop.registeredCount == 1 })
+        // The periodic checks keep running: each schedules its next run (two of them have run
+        // at least once by now).
+        try await Task.sleep(for: .milliseconds(450))
+        #expect(await PeerTestSupport.eventually { loop.pendingTimerCount == 3 })
+
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in server.stop { done.resume() } }
+        #expect(loop.pendingTimerCount == 0, "stop cancels the deadline and every periodic check")
+        sink.close()
+        let records = try String(contentsOfFile: log, encoding: .utf8)
+        #expect(records.contains("\"event\":\"registration.refused\""), "the silent client's refusal is audited")
     }
 }
