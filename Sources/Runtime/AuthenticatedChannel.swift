@@ -670,15 +670,15 @@ final class ChannelEngine: @unchecked Sendable {
         // Two arrays take turns: the delivered batch's storage, emptied, collects the next one,
         // so no batch is copied on write or allocated anew.
         var batch: [PeerChannel.Delivery] = []
-        let claimed = queue.sync { () -> Bool in
-            guard !draining else { return false }
-            draining = true
-            return true
-        }
-        guard claimed else { return }
+        var claimed = false
         while true {
             batch.removeAll(keepingCapacity: batch.capacity <= 64)
             let handler = queue.sync { () -> (@Sendable (PeerChannel.Delivery) -> Void)? in
+                if !claimed {
+                    guard !draining else { return nil }
+                    draining = true
+                    claimed = true
+                }
                 guard !handlerBatch.isEmpty, let handler = deliveryHandler else {
                     drainScheduled = false
                     draining = false

@@ -202,10 +202,11 @@ public final class ChannelSocket: @unchecked Sendable {
     /// On the loop thread.
     private func ready(_ readiness: Readiness) {
         if onLoopThread.load(ordering: .acquiring) {
-            let after = queue.sync {
+            var after: Callback?
+            queue.sync {
                 isHandlingOnLoopThread = true
-                defer { isHandlingOnLoopThread = false }
-                return handle(readiness)
+                after = handle(readiness)
+                isHandlingOnLoopThread = false
             }
             after?.body()
         } else {
@@ -214,10 +215,10 @@ public final class ChannelSocket: @unchecked Sendable {
             // Whoever runs it takes the queue itself (rather than `queue.async`), so that it can
             // make the after-readiness call once it left the queue, without another hop.
             let work: @Sendable () -> Void = {
-                let after = self.queue.sync {
-                    let after = self.handle(readiness)
+                var after: Callback?
+                self.queue.sync {
+                    after = self.handle(readiness)
                     if !self.isClosed { self.applyInterest() }
-                    return after
                 }
                 after?.body()
             }
