@@ -282,6 +282,9 @@ final class ChannelEngine: @unchecked Sendable {
     private var localEnd: (error: PeerError, reason: AuditReason)?
     private var failure: PeerError?
     private var summary: ChannelCloseSummary?
+    /// Set once `summary` is: lets `abandon` skip its hop to the queue for a channel that
+    /// already ended (the usual case: closed, then released).
+    private let hasEnded = Atomic<Bool>(false)
 
     /// Smallest read: a handshake message or a few small frames.
     static let initialReadChunk = 1024
@@ -568,6 +571,8 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Whether the event loop watches the socket for us now (tests: a finished channel never does).
     var isWatchingDescriptor: Bool { socket?.isWatching ?? false }
+    /// How the channel ended; nil while it is open (on the queue).
+    var closeSummary: ChannelCloseSummary? { summary }
 
     /// The loop timer of the machine's deadline now (tests).
     var deadlineTimer: EventLoopTimer? { timer }
@@ -853,6 +858,7 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Called when the owning `PeerChannel` is released: an unclosed channel is aborted.
     func abandon() {
+        if hasEnded.load(ordering: .acquiring) { return }
         queue.async {
             self.abort(PeerError(.channelClosed, "channel released without close()"))
         }
@@ -923,6 +929,7 @@ final class ChannelEngine: @unchecked Sendable {
             bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
             messagesSent: traffic.messagesSent, messagesReceived: traffic.messagesReceived)
         self.summary = summary
+        hasEnded.store(true, ordering: .releasing)
 
         if establishCompletion != nil, establishOutcome == nil {
             establishOutcome = .failure(error ?? PeerError(.channelClosed, "ended before the handshake finished"))

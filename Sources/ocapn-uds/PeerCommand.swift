@@ -327,7 +327,8 @@ struct PeerCommand: AsyncParsableCommand {
 
     /// The delivery handler that echoes every message of `channel` back until the peer closes,
     /// then closes. It runs where the channel delivers (`deliver(to:)`, `acceptIncoming`): no
-    /// continuation per message; only the end (closing, the last line) runs in a task of its own.
+    /// continuation per message; the end (closing, the last line) runs there too, in a task
+    /// that suspends only if the close has to wait for the peer.
     static func echo(_ channel: PeerChannel) -> @Sendable (PeerChannel.Delivery) -> Void {
         // Rendered once per channel (a BLAKE2b and base32), not once per line.
         let fingerprint = channel.peerFingerprint
@@ -349,7 +350,9 @@ struct PeerCommand: AsyncParsableCommand {
                 }
             case .ended(let end):
                 let (count, bytes) = tally.withLock { ($0.count, $0.bytes) }
-                Task { await Self.finishEcho(channel, fingerprint: fingerprint, end: end, count: count, bytes: bytes) }
+                // Immediate: the close (usually answering the peer's CLOSE, no wait) runs on
+                // this thread instead of waking a worker for it.
+                Task.immediate { await Self.finishEcho(channel, fingerprint: fingerprint, end: end, count: count, bytes: bytes) }
             }
         }
     }
