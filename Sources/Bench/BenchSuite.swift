@@ -250,6 +250,9 @@ public struct BenchSuite {
     /// second figure. The sans-IO framing driven by two plain threads is shown too, to separate
     /// protocol cost from the runtime's scheduling.
     func channelThroughput() async throws -> [BenchFigure] {
+        if let part = ProcessInfo.processInfo.environment["OCAPN_BENCH_CHANNEL_PROFILE"] {
+            return try await channelPartForProfiling(part)
+        }
         var out: [BenchFigure] = []
         let total = options.quick ? 8 << 20 : 256 << 20
         for size in [1 << 10, 16 << 10, 64 << 10] {
@@ -271,11 +274,43 @@ public struct BenchSuite {
                                    target: size == 64 << 10 ? 0.9 : size == 1 << 10 ? 0.6 : nil))
             out.append(BenchFigure(group: "channel", name: "throughput \(label), async receive()", unit: "GB/s", value: runtimeAsync / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter))
+            if size == 1 << 10 {
+                let batched = try await RuntimeChannelBench.throughput(
+                    messageSize: size, totalBytes: total, receiving: .handler, batch: Self.streamingBatch)
+                out.append(BenchFigure(group: "channel", name: "throughput \(label), send(contentsOf:) \(Self.streamingBatch) at a time",
+                                       unit: "GB/s", value: batched / gb, baselineName: slowerName, baseline: slower / gb,
+                                       direction: .higherIsBetter))
+            }
             out.append(BenchFigure(group: "channel", name: "framing only, 2 threads \(label)", unit: "GB/s", value: framing / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter))
             out.append(BenchFigure(group: "channel", name: "raw socketpair \(label)", unit: "GB/s", value: raw / gb))
             out.append(BenchFigure(group: "channel", name: "raw ChaCha20-Poly1305 \(label)", unit: "GB/s", value: aead / gb))
         }
         return out
+    }
+
+    /// Messages per `send(contentsOf:)` in the streaming figure: 16 KiB of 1 KiB messages, what
+    /// a stream writer collecting for a moment would hand over.
+    static let streamingBatch = 16
+
+    /// A profiling aid, not a figure of the report: `OCAPN_BENCH_CHANNEL_PROFILE=PART:KIB`
+    /// (PART `runtime`, `async`, `framing` or `batch`) runs only that part of the channel group at that
+    /// message size, so `perf stat` / `perf record` of the process see it alone.
+    private func channelPartForProfiling(_ spec: String) async throws -> [BenchFigure] {
+        let fields = spec.split(separator: ":")
+        guard fields.count == 2, let kib = Int(fields[1]), kib > 0 else {
+            throw BenchError("OCAPN_BENCH_CHANNEL_PROFILE must be runtime|async|framing|batch:KIB")
+        }
+        let size = kib << 10, total = options.quick ? 8 << 20 : 256 << 20
+        let value: Double
+        switch fields[0] {
+        case "runtime": value = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .handler)
+        case "async": value = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .asyncReceive)
+        case "framing": value = try ChannelBench.throughput(messageSize: size, totalBytes: total)
+        case "batch":
+            value = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .handler, batch: Self.streamingBatch)
+        default: throw BenchError("OCAPN_BENCH_CHANNEL_PROFILE must be runtime|async|framing|batch:KIB")
+        }
+        return [BenchFigure(group: "channel", name: "profiling only: \(fields[0]) \(kib) KiB", unit: "GB/s", value: value / 1e9)]
     }
 }

@@ -83,7 +83,9 @@ enum RuntimeChannelBench {
         case asyncReceive
     }
 
-    static func throughput(messageSize: Int, totalBytes: Int, receiving: Receiving) async throws -> Double {
+    /// `batch` > 1 sends with `send(contentsOf:)`, that many messages per call (a streaming
+    /// application's shape); 1 is one `send` per message.
+    static func throughput(messageSize: Int, totalBytes: Int, receiving: Receiving, batch: Int = 1) async throws -> Double {
         var logger = Logger(label: "ocapn-uds.bench")
         logger.logLevel = .critical
         let alice = IdentityKeyPair.generate(), bob = IdentityKeyPair.generate()
@@ -99,7 +101,14 @@ enum RuntimeChannelBench {
             let message = [UInt8](repeating: 0x5a, count: messageSize)
             let t0 = nowNanos()
             let sending = Task {
-                for _ in 0..<count { try await sender.send(message) }
+                if batch > 1 {
+                    let full = [[UInt8]](repeating: message, count: batch)
+                    for start in stride(from: 0, to: count, by: batch) {
+                        try await sender.send(contentsOf: start + batch <= count ? full : Array(full[..<(count - start)]))
+                    }
+                } else {
+                    for _ in 0..<count { try await sender.send(message) }
+                }
             }
             let received: Int
             switch receiving {

@@ -91,6 +91,28 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         }
     }
 
+    /// Sends `messages` (each 1…maxMessageSize bytes) in order, sealed together and written
+    /// with one `sendmsg` where `send` makes one per message: the shape for an application
+    /// that streams (it has several messages at hand, or collects them briefly). On the wire
+    /// and to the receiver they are the same messages as sent one by one. Suspends while the
+    /// outbound queue is over its bound. Throws `messageTooLarge` before sealing any when one
+    /// is too large (the channel stays usable), else like `send`.
+    public func send(contentsOf messages: [[UInt8]]) async throws(PeerError) {
+        precondition(messages.allSatisfy { !$0.isEmpty }, "messages are at least one byte (PROTOCOL.md §6.3)")
+        guard !messages.isEmpty else { return }
+        let engine = self.engine
+        switch engine.queue.sync(execute: { engine.trySend(contentsOf: messages) }) {
+        case .done: return
+        case .failed(let error): throw error
+        case .wait:
+            try await PeerError.catching {
+                try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+                    engine.queue.sync { engine.awaitOutboundSpace(c) }
+                }
+            }
+        }
+    }
+
     /// The next message; nil once the peer closed cleanly (authenticated CLOSE) or after our
     /// own clean close. Throws the error that ended the channel (`truncated` when the stream
     /// ended without CLOSE, `decryptFailed` on tampering, …). Messages that arrived before an
@@ -771,6 +793,34 @@ final class ChannelEngine: @unchecked Sendable {
             updateWatches()
         }
         return .wait
+    }
+
+    /// Seals every message into the output, then writes them together (one `sendmsg` for all
+    /// unless the socket takes less). `.wait` as for `trySend`.
+    func trySend(contentsOf messages: [[UInt8]]) -> Attempt<Void> {
+        if let limit = machine.maxMessageSize, let large = messages.first(where: { $0.count > limit }) {
+            return .failed(PeerError(.messageTooLarge, "message of \(large.count) bytes exceeds maxMessageSize \(limit)"))
+        }
+        // The write actions of all but the first are dropped: the first flush writes them all.
+        let firstAction = actions.count
+        for message in messages {
+            let outcome = message.withUnsafeBytes { machine.send($0, into: &actions) }
+            switch outcome {
+            case .queued:
+                if actions.count > firstAction + 1, case .write = actions[actions.count - 1] { actions.removeLast() }
+            case .tooLarge(let limit):
+                process()
+                return .failed(PeerError(.messageTooLarge, "message of \(message.count) bytes exceeds maxMessageSize \(limit)"))
+            case .notOpen:
+                process()
+                return .failed(failure ?? PeerError(.channelClosed, "send after close"))
+            }
+        }
+        process()
+        if summary != nil {
+            return .failed(failure ?? PeerError(.channelClosed, "channel ended during send"))
+        }
+        return machine.pendingOutputCount > configuration.maxOutboundQueuedBytes ? .wait : .done(())
     }
 
     /// Resumes `completion` once the outbound queue is back within its bound.

@@ -467,12 +467,8 @@ public struct ChannelMachine {
         while true {
             let read: ChannelRead<[UInt8]>
             do throws(HandshakeError) {
-                read = try receiver.nextMessage { body in
-                    [UInt8](unsafeUninitializedCapacity: body.count) { buffer, count in
-                        UnsafeMutableRawBufferPointer(buffer).copyMemory(from: body)
-                        count = body.count
-                    }
-                }
+                // Decrypted straight into the message's array when its frames are buffered.
+                read = try receiver.nextMessageArray()
             } catch {
                 end(.protocolError(error), into: &actions)
                 return

@@ -314,6 +314,120 @@ public enum ChaChaPoly {
         guard rc == 0 else { throw CryptoError(.decryptFailed, "authentication tag mismatch") }
     }
 
+    // MARK: frames whose first plaintext byte lives apart from the rest
+
+    /// Seals `first` ‖ `rest` with an empty AD into `output` (1 + rest.count + 16 bytes), the
+    /// same bytes as `seal` of the concatenation, but reading `rest` where it lies: a framed
+    /// channel's TYPE byte and a message body need no copy into one buffer first.
+    ///
+    /// RFC 8439 spelled out with libsodium's primitives, as its own AEAD does it: block 0 of
+    /// the ChaCha20 key stream keys Poly1305; blocks 1… encrypt. Block 1 (the first byte and
+    /// 63 of `rest`) goes through a stack block, the remainder straight from `rest` from block 2
+    /// on. `rest` must not overlap `output`.
+    package static func seal(
+        key: SecretBytes, nonce n: UInt64, first: UInt8, rest: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
+    ) {
+        precondition(key.count == keyLength, "ChaCha20-Poly1305 key must be 32 bytes")
+        let length = 1 + rest.count
+        precondition(output.count >= length + tagLength, "output too small for ciphertext")
+        let out = mu8(output)
+        key.withUnsafeBytes { k in
+            withNonce(n) { np in
+                var state = crypto_onetimeauth_poly1305_state()
+                startPoly1305(&state, np, u8(k))
+                let head = min(length, blockLength)
+                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: blockLength) { block in
+                    block[0] = first
+                    if head > 1 { UnsafeMutableRawPointer(block.baseAddress! + 1).copyMemory(from: rest.baseAddress!, byteCount: head - 1) }
+                    _ = crypto_stream_chacha20_ietf_xor_ic(out, block.baseAddress!, UInt64(head), np, 1, u8(k))
+                    sodium_memzero(block.baseAddress!, blockLength)
+                }
+                if length > blockLength {
+                    _ = crypto_stream_chacha20_ietf_xor_ic(
+                        out + blockLength, u8(rest) + (blockLength - 1), UInt64(length - blockLength), np, 2, u8(k))
+                }
+                finishPoly1305(&state, ciphertext: out, length: length, tag: out + length)
+            }
+        }
+    }
+
+    /// Opens a ciphertext sealed with an empty AD whose first plaintext byte is wanted apart
+    /// from the rest. The tag is checked over the whole ciphertext before any plaintext is
+    /// made (a bad tag throws `decryptFailed` and `body` is not called); then `body` gets the
+    /// first byte and a function that decrypts the other `ciphertext.count - 17` bytes to a
+    /// given address (not overlapping the ciphertext), which it calls at most once, or never
+    /// when it refuses what the first byte says.
+    package static func open(
+        key: SecretBytes, nonce n: UInt64, ciphertext: UnsafeRawBufferPointer,
+        splittingFirst body: (_ first: UInt8, _ decryptRest: (UnsafeMutableRawPointer) -> Void) -> Void
+    ) throws {
+        precondition(key.count == keyLength, "ChaCha20-Poly1305 key must be 32 bytes")
+        guard ciphertext.count > tagLength else {
+            throw CryptoError(.invalidLength, "ciphertext holds no plaintext byte")
+        }
+        let length = ciphertext.count - tagLength
+        let c = u8(ciphertext)
+        let authentic = key.withUnsafeBytes { k -> Bool in
+            withNonce(n) { np -> Bool in
+                var state = crypto_onetimeauth_poly1305_state()
+                startPoly1305(&state, np, u8(k))
+                var tag: (UInt64, UInt64) = (0, 0)
+                let authentic = withUnsafeMutableBytes(of: &tag) { t in
+                    finishPoly1305(&state, ciphertext: c, length: length, tag: mu8(t))
+                    return crypto_verify_16(mu8(t), c + length) == 0
+                }
+                guard authentic else { return false }
+                // Authentic: block 1 on the stack for the first byte, the rest where it goes.
+                let head = min(length, blockLength)
+                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: blockLength) { block in
+                    _ = crypto_stream_chacha20_ietf_xor_ic(block.baseAddress!, c, UInt64(head), np, 1, u8(k))
+                    body(block[0]) { target in
+                        if head > 1 { target.copyMemory(from: block.baseAddress! + 1, byteCount: head - 1) }
+                        if length > blockLength {
+                            _ = crypto_stream_chacha20_ietf_xor_ic(
+                                target.assumingMemoryBound(to: UInt8.self) + (blockLength - 1), c + blockLength,
+                                UInt64(length - blockLength), np, 2, u8(k))
+                        }
+                    }
+                    sodium_memzero(block.baseAddress!, blockLength)
+                }
+                return true
+            }
+        }
+        guard authentic else { throw CryptoError(.decryptFailed, "authentication tag mismatch") }
+    }
+
+    private static let blockLength = 64
+
+    /// Poly1305 keyed by block 0 of the ChaCha20 key stream (RFC 8439 §2.6); the AD is empty.
+    @inline(__always)
+    private static func startPoly1305(
+        _ state: inout crypto_onetimeauth_poly1305_state, _ nonce: UnsafePointer<UInt8>, _ key: UnsafePointer<UInt8>
+    ) {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: blockLength) { block in
+            _ = crypto_stream_chacha20_ietf(block.baseAddress!, UInt64(blockLength), nonce, key)
+            _ = crypto_onetimeauth_poly1305_init(&state, block.baseAddress!)
+            sodium_memzero(block.baseAddress!, blockLength)
+        }
+    }
+
+    /// MACs the ciphertext, its padding and the two lengths (AD 0, ciphertext `length`) into `tag`.
+    @inline(__always)
+    private static func finishPoly1305(
+        _ state: inout crypto_onetimeauth_poly1305_state, ciphertext: UnsafePointer<UInt8>, length: Int, tag: UnsafeMutablePointer<UInt8>
+    ) {
+        _ = crypto_onetimeauth_poly1305_update(&state, ciphertext, UInt64(length))
+        var tail: (UInt64, UInt64, UInt64) = (0, 0, UInt64(length).littleEndian)
+        withUnsafeBytes(of: &tail) { t in
+            // 0…15 zero bytes to a 16-byte boundary, then le64(ad length = 0) ‖ le64(length).
+            let pad = (16 - length % 16) % 16
+            _ = crypto_onetimeauth_poly1305_update(&state, u8(t), UInt64(pad))
+            _ = crypto_onetimeauth_poly1305_update(&state, u8(t) + 8, 16)
+        }
+        _ = crypto_onetimeauth_poly1305_final(&state, tag)
+        sodium_memzero(&state, MemoryLayout<crypto_onetimeauth_poly1305_state>.size)
+    }
+
     package static func open(key: SecretBytes, nonce n: UInt64, ad: [UInt8], ciphertext: [UInt8]) throws -> [UInt8] {
         guard ciphertext.count >= tagLength else {
             throw CryptoError(.invalidLength, "ciphertext shorter than the 16-byte tag")

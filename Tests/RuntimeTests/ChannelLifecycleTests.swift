@@ -95,6 +95,26 @@ import Transport
         #expect(await PeerTestSupport.closeBoth(ca, cb))
     }
 
+    @Test func aBatchLeavesInOneWriteAndArrivesAsTheSameMessagesInOrder() async throws {
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        let engine = ca.engine
+        let sizes = [1, 1024, 3, 70_000, 512, 1024]
+        let before = engine.queue.sync { engine.writeCalls }
+        try await ca.send(contentsOf: sizes.enumerated().map { Self.numbered($0.offset, size: $0.element) })
+        // One sendmsg for the whole batch (the socket's 1 MiB buffer takes it at once).
+        #expect(engine.queue.sync { engine.writeCalls } - before == 1)
+        for (i, size) in sizes.enumerated() {
+            #expect(try await cb.receive() == Self.numbered(i, size: size), "message \(i)")
+        }
+        // One too large: nothing of the batch is sent and the channel stays usable.
+        let tooLarge = [UInt8](repeating: 1, count: ChannelConfiguration().maxMessageSize + 1)
+        await #expect(throws: PeerError.self) { try await ca.send(contentsOf: [[7], tooLarge]) }
+        try await ca.send(contentsOf: [[8]])
+        #expect(try await cb.receive() == [8])
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+    }
+
     @Test func aChannelThatEndsWhileItsWritesWaitForTheSocketNeverWatchesItsDescriptorAgain() async throws {
         let config = Self.backPressured()
         let (ca, cb) = try await PeerTestSupport.connectedPair(

@@ -212,3 +212,106 @@ import Testing
         #expect(try r.next() == .message([5]))
     }
 }
+
+/// The split ChaCha20-Poly1305 (first plaintext byte apart from the rest) and the receiver's
+/// paths that use it: whole buffered messages decrypted into their arrays, others gathered.
+@Suite struct SplitFrameCryptoTests {
+    static let lengths = Array(0...200) + [255, 256, 511, 512, 1023, 1024, 4096, 16384, FrameFormat.maxBody]
+
+    @Test("Sealing the first byte apart from the rest gives the AEAD's bytes for every length")
+    func splitSealMatchesTheAEAD() {
+        let key = SecretBytes(copying: RandomBytes.bytes(32))
+        for length in Self.lengths {
+            let rest = RandomBytes.bytes(length)
+            let first = UInt8.random(in: 0...255)
+            let expected = ChaChaPoly.seal(key: key, nonce: UInt64(length) << 20 | 7, ad: [], plaintext: [first] + rest)
+            var split = [UInt8](repeating: 0, count: expected.count)
+            rest.withUnsafeBytes { r in
+                split.withUnsafeMutableBytes { o in ChaChaPoly.seal(key: key, nonce: UInt64(length) << 20 | 7, first: first, rest: r, into: o) }
+            }
+            #expect(split == expected, "length \(length)")
+        }
+    }
+
+    @Test("Opening apart gives the first byte and the rest; a bad tag decrypts nothing")
+    func splitOpenMatchesTheAEAD() throws {
+        let key = SecretBytes(copying: RandomBytes.bytes(32))
+        for length in Self.lengths {
+            let plain = RandomBytes.bytes(length + 1)
+            let sealed = ChaChaPoly.seal(key: key, nonce: 3, ad: [], plaintext: plain)
+            var rest = [UInt8](repeating: 0xee, count: length)
+            var first: UInt8?
+            try sealed.withUnsafeBytes { c in
+                try ChaChaPoly.open(key: key, nonce: 3, ciphertext: c) { byte, decryptRest in
+                    first = byte
+                    rest.withUnsafeMutableBytes { r in decryptRest(r.baseAddress ?? UnsafeMutableRawPointer(mutating: c.baseAddress!)) }
+                }
+            }
+            #expect(first == plain[0] && rest == Array(plain[1...]), "length \(length)")
+            for position in [0, sealed.count / 2, sealed.count - 1] {
+                var bad = sealed
+                bad[position] ^= 0x01
+                var called = false
+                #expect(throws: CryptoError.self) {
+                    try bad.withUnsafeBytes { c in try ChaChaPoly.open(key: key, nonce: 3, ciphertext: c) { _, _ in called = true } }
+                }
+                #expect(!called, "length \(length), flipped byte \(position)")
+            }
+            #expect(throws: CryptoError.self) {
+                try sealed.withUnsafeBytes { c in try ChaChaPoly.open(key: key, nonce: 4, ciphertext: c) { _, _ in } }
+            }
+        }
+    }
+
+    @Test("Fragmented messages come out whole whether all, some or none of their frames are buffered")
+    func fragmentedMessagesInEveryArrival() throws {
+        for fragment in [7, 100, 1000, FrameSender.directSealMinimum + 1] {
+            let key = SecretBytes(copying: RandomBytes.bytes(32))
+            let configuration = ChannelConfiguration(maxFragmentSize: fragment)
+            let s = FrameSender(key: key, nonce: 0, configuration: configuration)
+            let messages = [RandomBytes.bytes(1), RandomBytes.bytes(fragment), RandomBytes.bytes(fragment + 1), RandomBytes.bytes(5 * fragment + 3)]
+            let wire = try messages.flatMap { try s.seal($0) } + s.close()
+            // Every split point: the frames before it are buffered, the rest come later.
+            for cut in stride(from: 0, through: wire.count, by: max(1, wire.count / 97)) {
+                let r = FrameReceiver(key: key, nonce: 0, configuration: configuration)
+                var events: [ChannelEvent] = []
+                try r.receive(Array(wire[..<cut]))
+                while let e = try r.next() { events.append(e) }
+                try r.receive(Array(wire[cut...]))
+                while let e = try r.next() { events.append(e); if e == .closed { break } }
+                #expect(events == messages.map { .message($0) } + [.closed], "fragment \(fragment), cut \(cut)")
+            }
+        }
+    }
+
+    @Test("A bad frame inside a buffered fragmented message fails the channel and delivers no part", arguments: [100, 9000])
+    func badFrameInsideABufferedMessage(fragment: Int) throws {
+        let (s, r) = FramedChannelTests.pipe(ChannelConfiguration(maxFragmentSize: fragment))
+        var wire = try s.seal(RandomBytes.bytes(4 * fragment + 50))
+        // The third frame's ciphertext (frames are fragment + 19 bytes on the wire).
+        wire[2 * (fragment + FrameFormat.overhead) + 10] ^= 0x80
+        try r.receive(wire)
+        do {
+            _ = try r.next()
+            Issue.record("a message or nothing where decryptFailed was due")
+        } catch {
+            #expect(error.code == .decryptFailed)
+        }
+    }
+
+    @Test("CLOSE inside a buffered fragmented message is truncated")
+    func closeInsideABufferedMessage() throws {
+        let (s, r) = FramedChannelTests.pipe(ChannelConfiguration(maxFragmentSize: 100))
+        let whole = try s.seal(RandomBytes.bytes(250))
+        // First two frames (DATA_MORE, DATA_MORE), then a CLOSE under the next nonce.
+        s.setNonceForTesting(2)
+        let close = try s.sealControl(type: .close, body: [])
+        try r.receive(Array(whole[..<(2 * 119)]) + close)
+        do {
+            _ = try r.next()
+            Issue.record("a message or nothing where truncated was due")
+        } catch {
+            #expect(error.code == .truncated)
+        }
+    }
+}
