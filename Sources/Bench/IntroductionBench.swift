@@ -83,8 +83,8 @@ enum IntroductionBench {
         targetThread.start()
         let t0 = nowNanos()
         try initiate(count: count, window: window) { bEnd in
-            try a.sendAll(record)
-            try a.sendAll(UDSNewConnection.fdMarker, passing: [bEnd])
+            // As PeerNetlayer sends an introduction: record and marker in one sendmmsg.
+            try a.sendAll(record, then: UDSNewConnection.fdMarker, passing: bEnd)
         }
         let elapsed = nowNanos() - t0
         targetDone.wait()
@@ -101,9 +101,9 @@ enum IntroductionBench {
     }
 
     /// `record`: when given, A writes it before each marker, the relay reads it and writes it on
-    /// before the marker (one `sendmsg` each, as the server does), and the target reads it with
-    /// the marker: the bytes an introduction moves, still without Syrup or checks. Nil: the
-    /// marker alone.
+    /// before the marker (record and marker in one `sendmmsg`, as the server and our peers send
+    /// them), and the target reads it with the marker: the bytes an introduction moves, still
+    /// without Syrup or checks. Nil: the marker alone.
     static func raw(count: Int, window: Int, record: [UInt8]? = nil) throws -> Double {
         let (aControl, serverFromA) = try FileDescriptor.socketPair()
         let (serverToB, bControl) = try FileDescriptor.socketPair()
@@ -116,8 +116,11 @@ enum IntroductionBench {
             var buffer = [UInt8](repeating: 0, count: length)
             for _ in 0..<count {
                 guard let fd = try? receiveMarker(inbound, into: &buffer) else { return }
-                if let record { _ = try? BlockingIO.sendAll(outbound, Array(buffer[..<record.count])) }
-                _ = try? BlockingIO.sendAll(outbound, UDSNewConnection.fdMarker, passing: [fd])
+                if let record {
+                    _ = try? BlockingIO.sendAll(outbound, Array(buffer[..<record.count]), then: UDSNewConnection.fdMarker, passing: fd)
+                } else {
+                    _ = try? BlockingIO.sendAll(outbound, UDSNewConnection.fdMarker, passing: [fd])
+                }
                 fd.close()
             }
         }
@@ -134,8 +137,11 @@ enum IntroductionBench {
         targetThread.start()
         let t0 = nowNanos()
         try initiate(count: count, window: window) { bEnd in
-            if let record { try BlockingIO.sendAll(aControl, record) }
-            try BlockingIO.sendAll(aControl, UDSNewConnection.fdMarker, passing: [bEnd])
+            if let record {
+                try BlockingIO.sendAll(aControl, record, then: UDSNewConnection.fdMarker, passing: bEnd)
+            } else {
+                try BlockingIO.sendAll(aControl, UDSNewConnection.fdMarker, passing: [bEnd])
+            }
         }
         let elapsed = nowNanos() - t0
         done.wait()

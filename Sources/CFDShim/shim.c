@@ -57,6 +57,16 @@ int cfd_get_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
 
 int cfd_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
 
+int cfd_sendmmsg_pair(int fd, const struct msghdr *first, const struct msghdr *second, unsigned int *lengths,
+                      int flags) {
+    assert(first != NULL && second != NULL && lengths != NULL);
+    struct mmsghdr messages[2] = {{.msg_hdr = *first, .msg_len = 0}, {.msg_hdr = *second, .msg_len = 0}};
+    int rc = sendmmsg(fd, messages, 2, (unsigned int)flags);
+    lengths[0] = messages[0].msg_len;
+    lengths[1] = messages[1].msg_len;
+    return rc;
+}
+
 int cfd_pipe_cloexec(int *fds) {
     assert(fds != NULL);
     return pipe2(fds, O_CLOEXEC);

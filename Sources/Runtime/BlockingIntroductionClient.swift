@@ -23,6 +23,27 @@ public enum BlockingIO {
         }
     }
 
+    /// Sends all of `bytes`, then `marker` carrying `descriptor`: one `sendmmsg` when the socket
+    /// takes both (as `PeerNetlayer` sends an introduction), else the rest as `sendAll` would.
+    /// The peer sees the same segments either way. The caller keeps `descriptor`.
+    public static func sendAll(_ fd: FileDescriptor, _ bytes: [UInt8], then marker: [UInt8], passing descriptor: FileDescriptor) throws {
+        precondition(!bytes.isEmpty && !marker.isEmpty, "a record and a marker to carry the descriptor")
+        while true {
+            let result = try bytes.withUnsafeBytes { first in
+                try marker.withUnsafeBytes { second in try fd.send(first, then: second, passing: descriptor) }
+            }
+            switch result {
+            case let .processed(sent):
+                if sent.first < bytes.count { try sendAll(fd, Array(bytes[sent.first...])) }
+                if sent.second == 0 { try sendAll(fd, marker, passing: [descriptor]) }
+                else if sent.second < marker.count { try sendAll(fd, Array(marker[sent.second...])) }
+                return
+            case .wouldBlock:
+                try waitFor(fd, events: .writable)
+            }
+        }
+    }
+
     /// Waits until `fd` is ready for `events`, or throws after `seconds`.
     public static func waitFor(_ fd: FileDescriptor, events: Readiness, seconds: Double = 10) throws {
         guard try fd.wait(for: events, timeout: .milliseconds(Int64(seconds * 1000))) else {
@@ -59,6 +80,11 @@ public final class BlockingIntroductionClient {
     /// Sends all of `bytes`; `passing` goes with the first chunk only.
     public func sendAll(_ bytes: [UInt8], passing: [FileDescriptor] = []) throws {
         try BlockingIO.sendAll(control, bytes, passing: passing)
+    }
+
+    /// An introduction's record, then the marker carrying `descriptor` (`BlockingIO.sendAll(_:_:then:passing:)`).
+    public func sendAll(_ bytes: [UInt8], then marker: [UInt8], passing descriptor: FileDescriptor) throws {
+        try BlockingIO.sendAll(control, bytes, then: marker, passing: descriptor)
     }
 
     /// The next control message or introduction, waiting up to `timeout`.

@@ -82,7 +82,10 @@ public final class IntroductionServer: @unchecked Sendable {
     /// Where the server listens (nil path for an inherited socket).
     public let socketPath: String?
 
-    private let core: IntroductionServerCore<FileDescriptor>
+    /// The core knows each descriptor it holds by a token (its `Int` specialisation, exported
+    /// by OCapN, has no generic-metadata lookups); the descriptors stay here, owned.
+    private let core: IntroductionServerCore<Int>
+    private let held: HeldDescriptors
     private var listener: Listener
     /// The listener each open connection was accepted by (its count is released there, also
     /// after the socket was re-created).
@@ -141,12 +144,14 @@ public final class IntroductionServer: @unchecked Sendable {
         let signer = keyPair
         var drained: ((IntroductionServerConnectionID) -> Bool)?
         let probe = LivenessProbe()
+        let held = HeldDescriptors()
+        self.held = held
         core = IntroductionServerCore(
             signer: signer, configuration: configuration.core,
             attemptIDBase: AuditAttemptID.random().rawValue,
             makeChallenge: { Challenge.random() },
-            checkDescriptor: Self.checkDescriptor,
-            describeDescriptor: { $0.shortKindDescription() },
+            checkDescriptor: { Self.checkDescriptor(held[$0]) },
+            describeDescriptor: { held[$0].shortKindDescription() },
             targetHasReadEverything: { id in drained?(id) ?? false },
             probeConnection: { probe.server?.probeLiveness($0) ?? .alive })
         var listening = Listener.Configuration()
@@ -164,6 +169,36 @@ public final class IntroductionServer: @unchecked Sendable {
     /// Lets the core ask about a registered connection (on the loop, inside a core call).
     private final class LivenessProbe {
         weak var server: IntroductionServer?
+    }
+
+    /// The descriptors the core holds, by token: each one received is held until the core hands
+    /// its token back in a `.forward` or `.closeDescriptor` (which `take` ends). Loop thread only.
+    private final class HeldDescriptors {
+        private var descriptors: [Int: FileDescriptor] = [:]
+        private var nextToken = 0
+
+        func hold(_ descriptor: FileDescriptor) -> Int {
+            let token = nextToken
+            nextToken &+= 1
+            descriptors[token] = descriptor
+            return token
+        }
+
+        /// A held descriptor, still held (for the core's checks).
+        subscript(token: Int) -> FileDescriptor {
+            guard let descriptor = descriptors[token] else { preconditionFailure("the core used an unknown descriptor token") }
+            return descriptor
+        }
+
+        /// Ends holding: the caller now owns the descriptor.
+        func take(_ token: Int) -> FileDescriptor {
+            guard let descriptor = descriptors.removeValue(forKey: token) else {
+                preconditionFailure("the core handed back an unknown descriptor token")
+            }
+            return descriptor
+        }
+
+        var isEmpty: Bool { descriptors.isEmpty }
     }
 
     private func probeLiveness(_ id: IntroductionServerConnectionID) -> IntroductionServerLiveness {
@@ -227,6 +262,7 @@ public final class IntroductionServer: @unchecked Sendable {
             stopWaiters.append(completion)
             listener.close()
             perform(core.shutdown(now: Self.now()))
+            assert(held.isEmpty, "the core's shutdown hands back every descriptor it held")
             deadlineTimer?.cancel()
             deadlineTimer = nil
             checkpointTimer?.cancel()
@@ -366,7 +402,7 @@ public final class IntroductionServer: @unchecked Sendable {
         }
         switch event {
         case let .received(chunk):
-            perform(core.received(id, bytes: chunk.bytes, descriptors: chunk.descriptors, now: Self.now()))
+            perform(core.received(id, bytes: chunk.bytes, descriptors: chunk.descriptors.map(held.hold), now: Self.now()))
         case .endOfStream:
             perform(core.endOfStream(id, now: Self.now()))
         case let .failed(error):
@@ -416,10 +452,10 @@ public final class IntroductionServer: @unchecked Sendable {
     /// rather than at the end of the pending lifetime.
     private func checkHangUps() {
         guard state == .running else { return }
-        let held = core.pendingDescriptors
-        guard !held.isEmpty else { return }
-        let flags = FileDescriptor.hungUp(held.map(\.descriptor))
-        let gone = zip(held, flags).filter(\.1).map(\.0.attempt)
+        let pending = core.pendingDescriptors
+        guard !pending.isEmpty else { return }
+        let flags = FileDescriptor.hungUp(pending.map { held[$0.descriptor] })
+        let gone = zip(pending, flags).filter(\.1).map(\.0.attempt)
         if !gone.isEmpty { perform(core.pendingHungUp(gone, now: Self.now())) }
     }
 
@@ -434,7 +470,7 @@ public final class IntroductionServer: @unchecked Sendable {
 
     // MARK: actions
 
-    private func perform(_ actions: [IntroductionServerCore<FileDescriptor>.Action]) {
+    private func perform(_ actions: [IntroductionServerCore<Int>.Action]) {
         for action in actions {
             switch action {
             case let .send(id, bytes):
@@ -445,8 +481,8 @@ public final class IntroductionServer: @unchecked Sendable {
                 }
             case let .forward(forward):
                 self.forward(forward)
-            case let .closeDescriptor(descriptor):
-                descriptor.close()
+            case let .closeDescriptor(token):
+                held.take(token).close()
             case let .close(id):
                 lastUnread[id] = nil
                 guard let connection = connections.removeValue(forKey: id) else { continue }
@@ -460,20 +496,21 @@ public final class IntroductionServer: @unchecked Sendable {
         }
     }
 
-    private func forward(_ forward: IntroductionServerCore<FileDescriptor>.Forward) {
+    private func forward(_ forward: IntroductionServerCore<Int>.Forward) {
+        let descriptor = held.take(forward.descriptor)
         guard let connection = connections[forward.target] else {
-            forward.descriptor.close()
+            descriptor.close()
             perform(core.forwardFailed(forward, reason: .ioError, detail: "target connection already closed", now: Self.now()))
             return
         }
         do {
-            // The record with plain writes, then the marker alone carrying the descriptor: the
-            // order Goblins reads them in (wire §5). StreamConnection closes our copy once the
-            // kernel has it (A10), or on any failure.
-            try connection.send(forward.record)
-            try connection.send(UDSNewConnection.fdMarker, passing: forward.descriptor)
+            // The record as plain bytes, then the marker alone carrying the descriptor: the
+            // segments Goblins reads them from (wire §5), both in one sendmmsg when the socket
+            // takes them. StreamConnection closes our copy once the kernel has it (A10), or on
+            // any failure.
+            try connection.send(forward.record, then: UDSNewConnection.fdMarker, passing: descriptor)
         } catch {
-            forward.descriptor.close()  // idempotent: already closed if the second send failed
+            descriptor.close()  // idempotent: the failed send already closed it
             perform(core.forwardFailed(forward, reason: Self.reason(for: error), detail: error.description,
                                        now: Self.now()))
             return
@@ -494,7 +531,7 @@ public final class IntroductionServer: @unchecked Sendable {
         }
     }
 
-    private func forwardFlushed(_ forward: IntroductionServerCore<FileDescriptor>.Forward, error: TransportError?) {
+    private func forwardFlushed(_ forward: IntroductionServerCore<Int>.Forward, error: TransportError?) {
         if let since = backPressureSince {
             logger.notice("forwarding resumed", metadata: ["paused_ms": "\((Self.now() &- since) / 1_000_000)"])
             backPressureSince = nil

@@ -237,8 +237,8 @@ final class ServerConnection: @unchecked Sendable {
         }
         let request = client.introductionRequest(to: target, advertising: own)
         do {
-            try stream.send(request.encoded)
-            try stream.send(UDSNewConnection.fdMarker, passing: passedEnd)
+            // One sendmmsg when the socket takes both; the server sees the same two segments.
+            try stream.send(request.encoded, then: UDSNewConnection.fdMarker, passing: passedEnd)
         } catch {
             passedEnd.close()
             disconnect(PeerError(.serverDisconnected, "sending uds:new-connection: \(error)"))

@@ -136,6 +136,66 @@ extension FileDescriptor {
         }
     }
 
+    /// One `sendmmsg(MSG_NOSIGNAL | MSG_DONTWAIT)` of two messages: `first` as plain bytes, then
+    /// `second` (at least one byte) carrying `descriptor` in its own SCM_RIGHTS message. The peer
+    /// sees exactly what `send(first)` then `send(second, passing: [descriptor])` give (two
+    /// segments, the descriptor on the second's first byte, K5), for one system call.
+    ///
+    /// Returns the bytes the kernel took of each; `.wouldBlock` when it took nothing. The kernel
+    /// stops at the first message it could not take whole, so `second` went entirely, with the
+    /// descriptor, or not at all (0): after a partial `first`, or when `second` would block or
+    /// failed (`sendmmsg` reports no error once a message went; sending `second` again with
+    /// `send` does). The caller keeps ownership of `descriptor` (A10). A closed peer gives
+    /// `.connectionReset`, never SIGPIPE (K12).
+    public func send(
+        _ first: UnsafeRawBufferPointer, then second: UnsafeRawBufferPointer, passing descriptor: FileDescriptor
+    ) throws(TransportError) -> IOResult<(first: Int, second: Int)> {
+        precondition(first.count > 0 && second.count > 0, "two non-empty messages, the descriptor riding on the second")
+        let flags = Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)
+        let payload = MemoryLayout<Int32>.size
+        let control = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: cfd_cmsg_space(payload), alignment: cfd_cmsghdr_alignment())
+        defer { control.deallocate() }
+        control.initializeMemory(as: UInt8.self, repeating: 0)
+        var firstIov = iovec(iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count)
+        var secondIov = iovec(iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress), iov_len: second.count)
+        var lengths: [UInt32] = [0, 0]
+        let result = try with { (fd) throws(TransportError) -> IOResult<Int32> in
+            try descriptor.with { (passed) throws(TransportError) -> IOResult<Int32> in
+                var firstMessage = msghdr()
+                var secondMessage = msghdr()
+                secondMessage.msg_iovlen = 1
+                secondMessage.msg_control = control.baseAddress
+                // CMSG_LEN, not CMSG_SPACE: padding must never be read as an extra fd (A3).
+                secondMessage.msg_controllen = cfd_cmsg_len(payload)
+                guard let header = cfd_cmsg_firsthdr(&secondMessage) else {
+                    preconditionFailure("control buffer smaller than one cmsghdr")
+                }
+                header.pointee.cmsg_len = cfd_cmsg_len(payload)
+                header.pointee.cmsg_level = SOL_SOCKET
+                header.pointee.cmsg_type = Int32(SCM_RIGHTS)
+                UnsafeMutableRawPointer(cfd_cmsg_data(header)).storeBytes(of: passed, as: Int32.self)
+                return try withUnsafeMutablePointer(to: &firstIov) { (firstPointer) throws(TransportError) -> IOResult<Int32> in
+                    try withUnsafeMutablePointer(to: &secondIov) { (secondPointer) throws(TransportError) -> IOResult<Int32> in
+                        firstMessage.msg_iov = firstPointer
+                        firstMessage.msg_iovlen = 1
+                        secondMessage.msg_iov = secondPointer
+                        return try systemCall("sendmmsg") { cfd_sendmmsg_pair(fd, &firstMessage, &secondMessage, &lengths, flags) }
+                    }
+                }
+            }
+        }
+        guard case .processed(let messages) = result else { return .wouldBlock }
+        let sent = (first: Int(lengths[0]), second: messages == 2 ? Int(lengths[1]) : 0)
+        guard sent.second == 0 || sent.first == first.count else {
+            // The kernel never goes on after a short message (net/socket.c stops at
+            // msg_data_left); were it to, the peer would read the marker inside the record.
+            throw TransportError(.systemCallFailed, "sendmmsg sent the second message after a partial first",
+                                 syscall: "sendmmsg")
+        }
+        return .processed(sent)
+    }
+
     /// `send` for an array of bytes.
     public func send(_ bytes: [UInt8], passing descriptors: [FileDescriptor] = []) throws(TransportError) -> IOResult<Int> {
         try typed { try bytes.withUnsafeBytes { buffer in try send(buffer, passing: descriptors) } }

@@ -320,17 +320,22 @@ public final class StreamConnection: @unchecked Sendable {
             guard isOpen else { throw TransportError(.closed, "send on a closed connection") }
             guard !bytes.isEmpty else { return Effects() }
             try reserve(bytes: bytes.count, descriptors: 0)
-            if outputHead < output.count, case .bytes(var tail, let offset) = output[output.count - 1] {
-                // Coalesce plain bytes so one send covers them; the tail keeps its sent offset.
-                output[output.count - 1] = .bytes([], offset: 0)
-                tail.append(contentsOf: bytes)
-                output[output.count - 1] = .bytes(tail, offset: offset)
-            } else {
-                output.append(.bytes(bytes, offset: 0))
-            }
+            appendBytes(bytes)
             return isRunning && !writeArmed ? flush() : Effects()
         }
         perform(effects, onLoop: false)
+    }
+
+    /// Under the lock: queues plain bytes, coalesced with a plain tail so one send covers them
+    /// (the tail keeps its sent offset).
+    private func appendBytes(_ bytes: [UInt8]) {
+        if outputHead < output.count, case .bytes(var tail, let offset) = output[output.count - 1] {
+            output[output.count - 1] = .bytes([], offset: 0)
+            tail.append(contentsOf: bytes)
+            output[output.count - 1] = .bytes(tail, offset: offset)
+        } else {
+            output.append(.bytes(bytes, offset: 0))
+        }
     }
 
     /// Queues `bytes` (at least one byte, for example the 4-byte marker) carrying `descriptor`
@@ -350,6 +355,30 @@ public final class StreamConnection: @unchecked Sendable {
                 throw error
             }
             output.append(.descriptor(bytes, offset: 0, descriptor: descriptor))
+            return isRunning && !writeArmed ? flush() : Effects()
+        }
+        perform(effects, onLoop: false)
+    }
+
+    /// Queues `bytes`, then `marker` (at least one byte) carrying `descriptor`: what `send(bytes)`
+    /// then `send(marker, passing: descriptor)` queue, under one lock, and written by one
+    /// `sendmmsg` when the socket takes both (the peer sees the same two segments). Takes
+    /// ownership of `descriptor` as `send(_:passing:)` does; throws what it throws.
+    public func send(_ bytes: [UInt8], then marker: [UInt8], passing descriptor: FileDescriptor) throws(TransportError) {
+        precondition(!marker.isEmpty, "a descriptor needs at least one byte to ride on")
+        let effects = try lock.withLock { () throws(TransportError) -> Effects in
+            guard isOpen else {
+                descriptor.close()
+                throw TransportError(.closed, "send on a closed connection")
+            }
+            do throws(TransportError) {
+                try reserve(bytes: bytes.count + marker.count, descriptors: 1)
+            } catch {
+                descriptor.close()
+                throw error
+            }
+            if !bytes.isEmpty { appendBytes(bytes) }
+            output.append(.descriptor(marker, offset: 0, descriptor: descriptor))
             return isRunning && !writeArmed ? flush() : Effects()
         }
         perform(effects, onLoop: false)
@@ -400,6 +429,34 @@ public final class StreamConnection: @unchecked Sendable {
         guard isRunning else { return Effects() }
         while outputHead < output.count {
             let segment = output[outputHead]
+            if case .bytes(let bytes, let offset) = segment, outputHead + 1 < output.count,
+               case .descriptor(let marker, 0, let passed?) = output[outputHead + 1] {
+                // Plain bytes, then a descriptor segment none of which went yet: one sendmmsg.
+                let result: IOResult<(first: Int, second: Int)>
+                do throws(TransportError) {
+                    result = try sendPair(bytes, from: offset, marker, passing: passed)
+                } catch {
+                    return shutDown(reporting: error, notifying: true)
+                }
+                guard case .processed(let written) = result else { return armWrite(true) }
+                queuedBytes -= written.first
+                guard offset + written.first == bytes.count else {
+                    // Partial write: the socket buffer is full (the marker did not go).
+                    output[outputHead] = .bytes(bytes, offset: offset + written.first)
+                    return armWrite(true)
+                }
+                outputHead += 1
+                if written.second > 0 {
+                    // The kernel took the descriptor with the marker's first byte (K6).
+                    passed.close()
+                    queuedDescriptors -= 1
+                    queuedBytes -= written.second
+                    output[outputHead] = .descriptor(marker, offset: written.second, descriptor: nil)
+                    if written.second == marker.count { outputHead += 1 } else { return armWrite(true) }
+                }
+                // Otherwise the marker would block or failed: the plain send below says which.
+                continue
+            }
             let result: IOResult<Int>
             do throws(TransportError) {
                 switch segment {
@@ -473,6 +530,18 @@ public final class StreamConnection: @unchecked Sendable {
         try typed {
             try bytes.withUnsafeBytes { all in
                 try descriptor.send(UnsafeRawBufferPointer(rebasing: all[offset...]), passing: passed.map { [$0] } ?? [])
+            }
+        }
+    }
+
+    private func sendPair(
+        _ bytes: [UInt8], from offset: Int, _ marker: [UInt8], passing passed: FileDescriptor
+    ) throws(TransportError) -> IOResult<(first: Int, second: Int)> {
+        try typed {
+            try bytes.withUnsafeBytes { all in
+                try marker.withUnsafeBytes { markerBytes in
+                    try descriptor.send(UnsafeRawBufferPointer(rebasing: all[offset...]), then: markerBytes, passing: passed)
+                }
             }
         }
     }

@@ -33,6 +33,12 @@ int cfd_get_peer_credentials(int fd, pid_t *_Nonnull pid, uid_t *_Nonnull uid, g
 /// accept4(fd, NULL, NULL, flags): declared only under _GNU_SOURCE, so Glibc does not import it.
 int cfd_accept4(int fd, int flags);
 
+/// sendmmsg(fd, {first, second}, 2, flags): declared only under _GNU_SOURCE, so Glibc does not
+/// import it. Stores each message's byte count in lengths[0] and lengths[1] (0 for one the kernel
+/// did not reach); returns sendmmsg's result (messages sent, or -1 with errno set).
+int cfd_sendmmsg_pair(int fd, const struct msghdr *_Nonnull first, const struct msghdr *_Nonnull second,
+                      unsigned int *_Nonnull lengths, int flags);
+
 /// pipe2(fds, O_CLOEXEC): declared only under _GNU_SOURCE, so Glibc does not import it.
 int cfd_pipe_cloexec(int *_Nonnull fds);
 
