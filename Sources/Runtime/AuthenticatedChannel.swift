@@ -4,6 +4,7 @@ import Identity
 import Logging
 import OCapN
 import SecureChannel
+import Synchronization
 import Transport
 
 /// How a channel ended.
@@ -273,6 +274,8 @@ final class ChannelEngine: @unchecked Sendable {
     /// arrays instead of copying one on write per batch.
     private var spareBatch: [PeerChannel.Delivery] = []
     private var drainScheduled = false
+    /// A thread is in `drain()`: deliveries are made by one thread at a time, in order.
+    private var draining = false
     private var endDelivered = false
     /// Reading paused because a handler's answers are over the outbound bound.
     private var outputPaused = false
@@ -301,6 +304,9 @@ final class ChannelEngine: @unchecked Sendable {
     private var localEnd: (error: PeerError, reason: AuditReason)?
     private var failure: PeerError?
     private var summary: ChannelCloseSummary?
+    /// Set once `summary` is: lets `abandon` skip its hop to the queue for a channel that
+    /// already ended (the usual case: closed, then released).
+    private let hasEnded = Atomic<Bool>(false)
 
     /// Smallest read: a handshake message or a few small frames.
     static let initialReadChunk = 1024
@@ -320,11 +326,23 @@ final class ChannelEngine: @unchecked Sendable {
 
     // MARK: establishment
 
-    /// Starts the I/O and waits for the handshake's outcome.
+    /// Starts the I/O and waits for the handshake's outcome. The waiting task handles the
+    /// handshake's readiness itself (the initiator's msg2 and its crypto): the loop wakes it
+    /// once per event, where a worker would be woken first and then the task.
     func establish() async throws(PeerError) -> PeerChannel {
-        try await PeerError.catching {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<PeerChannel, Error>) in
-                start { c.resume(with: $0) }
+        let mailbox = HandshakeMailbox()
+        socket?.setHandOff { work in mailbox.post(work) }
+        start { outcome in
+            // Later readiness, if any, goes to the workers: this task stops taking it.
+            self.socket?.setHandOff(nil)
+            mailbox.finish(outcome)
+        }
+        while true {
+            switch await mailbox.next() {
+            case .work(let work):
+                work()
+            case .outcome(let outcome):
+                return try outcome.get()
             }
         }
     }
@@ -575,6 +593,8 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Whether the event loop watches the socket for us now (tests: a finished channel never does).
     var isWatchingDescriptor: Bool { socket?.isWatching ?? false }
+    /// How the channel ended; nil while it is open (on the queue).
+    var closeSummary: ChannelCloseSummary? { summary }
 
     /// The loop timer of the machine's deadline now (tests).
     var deadlineTimer: EventLoopTimer? { timer }
@@ -646,26 +666,49 @@ final class ChannelEngine: @unchecked Sendable {
         }
     }
 
-    /// On the queue: makes sure the loop thread delivers `handlerBatch` soon.
+    /// On the queue, from the establishment's completion (a responder's accept handler): the
+    /// handler is in place before any message past the handshake is read. What the handshake's
+    /// last read brought is delivered when that readiness event ends, on its thread, without a
+    /// hop to the loop.
+    func installHandlerAtEstablishment(_ handler: @escaping @Sendable (PeerChannel.Delivery) -> Void) {
+        precondition(deliveryHandler == nil, "deliver(to:) called twice")
+        guard let socket else { preconditionFailure("an established channel has its socket") }
+        deliveryHandler = handler
+        while let message = takeQueued() { handlerBatch.append(.message(message)) }
+        socket.setAfterReadiness { self.drain() }
+        wakeReceivers()
+        updateWatches()
+        if !handlerBatch.isEmpty { scheduleDrain() }
+    }
+
+    /// On the queue: makes sure `handlerBatch` is delivered soon.
     private func scheduleDrain() {
         guard !drainScheduled, let socket else { return }
         drainScheduled = true
-        // Handling readiness on the loop now: its after-readiness call drains.
-        if socket.isHandlingOnLoopThread { return }
+        // Handling readiness now: its after-readiness call drains.
+        if socket.isHandlingReadiness { return }
         socket.loop.execute { self.drain() }
     }
 
-    /// On the loop thread, outside the queue: hands the batch to the handler, repeatedly,
-    /// until nothing is left (the handler's own calls may add to it).
+    /// Outside the queue (on the loop thread, or on the thread that finished the handshake):
+    /// hands the batch to the handler, repeatedly, until nothing is left (the handler's own
+    /// calls may add to it). One thread at a time: a second caller leaves it to the first.
     private func drain() {
         // Two arrays take turns: the delivered batch's storage, emptied, collects the next one,
         // so no batch is copied on write or allocated anew.
         var batch: [PeerChannel.Delivery] = []
+        var claimed = false
         while true {
             batch.removeAll(keepingCapacity: batch.capacity <= 64)
             let handler = queue.sync { () -> (@Sendable (PeerChannel.Delivery) -> Void)? in
+                if !claimed {
+                    guard !draining else { return nil }
+                    draining = true
+                    claimed = true
+                }
                 guard !handlerBatch.isEmpty, let handler = deliveryHandler else {
                     drainScheduled = false
+                    draining = false
                     if spareBatch.capacity < batch.capacity { swap(&spareBatch, &batch) }
                     return nil
                 }
@@ -682,6 +725,7 @@ final class ChannelEngine: @unchecked Sendable {
                         deliveryHandler = nil
                         handlerBatch = []
                         drainScheduled = false
+                        draining = false
                         socket?.setAfterReadiness(nil)
                     }
                     return
@@ -864,6 +908,7 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// Called when the owning `PeerChannel` is released: an unclosed channel is aborted.
     func abandon() {
+        if hasEnded.load(ordering: .acquiring) { return }
         queue.async {
             self.abort(PeerError(.channelClosed, "channel released without close()"))
         }
@@ -934,6 +979,7 @@ final class ChannelEngine: @unchecked Sendable {
             bytesSent: traffic.bytesSent, bytesReceived: traffic.bytesReceived,
             messagesSent: traffic.messagesSent, messagesReceived: traffic.messagesReceived)
         self.summary = summary
+        hasEnded.store(true, ordering: .releasing)
 
         if establishCompletion != nil, establishOutcome == nil {
             establishOutcome = .failure(error ?? PeerError(.channelClosed, "ended before the handshake finished"))
@@ -951,5 +997,71 @@ final class ChannelEngine: @unchecked Sendable {
         let (seconds, attoseconds) = d.components
         guard seconds >= 0 else { return 0 }
         return UInt64(seconds) * 1_000_000 + UInt64(attoseconds / 1_000_000_000_000)
+    }
+}
+
+/// What a connecting task waits for during its handshake: readiness handed to it by the
+/// channel's socket (work to run), then the outcome, in order.
+final class HandshakeMailbox: Sendable {
+    enum Item {
+        case work(@Sendable () -> Void)
+        case outcome(Result<PeerChannel, PeerError>)
+    }
+
+    private struct State {
+        var work: [@Sendable () -> Void] = []
+        var outcome: Result<PeerChannel, PeerError>?
+        var waiter: CheckedContinuation<Void, Never>?
+        /// The task took the outcome: it runs no more work.
+        var closed = false
+    }
+
+    private let state = Mutex(State())
+
+    /// From the loop thread. False once the task no longer takes work (a worker runs it).
+    func post(_ work: @escaping @Sendable () -> Void) -> Bool {
+        let (taken, waiter) = state.withLock { s -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard !s.closed else { return (false, nil) }
+            s.work.append(work)
+            defer { s.waiter = nil }
+            return (true, s.waiter)
+        }
+        waiter?.resume()
+        return taken
+    }
+
+    /// Once, from the queue.
+    func finish(_ outcome: Result<PeerChannel, PeerError>) {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            s.outcome = outcome
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Work first, in the order posted (the outcome is decided by running it), then the outcome.
+    func next() async -> Item {
+        while true {
+            if let item = take() { return item }
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { s -> Bool in
+                    if !s.work.isEmpty || s.outcome != nil { return true }
+                    s.waiter = c
+                    return false
+                }
+                if ready { c.resume() }
+            }
+        }
+    }
+
+    private func take() -> Item? {
+        state.withLock { s -> Item? in
+            if !s.work.isEmpty { return .work(s.work.removeFirst()) }
+            guard let outcome = s.outcome else { return nil }
+            s.closed = true
+            s.outcome = nil
+            return .outcome(outcome)
+        }
     }
 }

@@ -140,6 +140,15 @@ public final class PeerNetlayer: @unchecked Sendable {
     /// Servers kept registered by `keepServer` (queue-confined).
     private var keepers: [ServerKeeper] = []
     private let locatorSnapshot: Mutex<PeerLocator>
+    /// Set by `acceptIncoming`: authenticated channels go to it instead of `incoming`. In a
+    /// class box: a function value as a Mutex's value is re-wrapped in a reabstraction thunk on
+    /// every inout access, a chain that grows with every introduction.
+    private final class Acceptor: Sendable {
+        let accept: IncomingAcceptor
+        init(_ accept: @escaping IncomingAcceptor) { self.accept = accept }
+    }
+
+    private let incomingAcceptor = Mutex<Acceptor?>(nil)
     let resources: PeerResourceGovernor
     private let refusals = RefusalReporter()
 
@@ -396,6 +405,21 @@ public final class PeerNetlayer: @unchecked Sendable {
 
     // MARK: incoming
 
+    /// Makes the delivery handler of an incoming channel (see `acceptIncoming`).
+    public typealias IncomingAcceptor = @Sendable (PeerChannel) -> @Sendable (PeerChannel.Delivery) -> Void
+
+    /// From now on, each authenticated incoming channel is handed to `accept` as its handshake
+    /// completes, instead of to `incoming`, and the handler `accept` returns is installed at
+    /// once, as `deliver(to:)` would: no task, no thread hop between the handshake and the
+    /// first message (the messages that came with the handshake's last one are delivered on
+    /// the thread that finished it, the later ones on the channel's event-loop thread).
+    /// `accept` runs under the channel's queue: it must not block nor call the channel's
+    /// methods (its handler may). Legacy channels still go to `legacyIncoming`.
+    public func acceptIncoming(_ accept: @escaping IncomingAcceptor) {
+        let box = Acceptor(accept)
+        incomingAcceptor.withLock { $0 = box }
+    }
+
     /// An introduction for us arrived with `descriptor`: run the responder, expecting `from`.
     /// Called on the netlayer's queue, usually on the control connection's loop thread: the
     /// checks and the start of the handshake's I/O run here, its crypto on the channel's queue,
@@ -414,10 +438,15 @@ public final class PeerNetlayer: @unchecked Sendable {
         let establishment = self.establishment.observed(by: ticket)
         let incoming = incomingContinuation
         let legacy = legacyContinuation
+        let acceptor = incomingAcceptor.withLock { $0 }
         establishment.respond(over: descriptor, expecting: claimed, introduction: context) { outcome in
             // logged and audited by the establishment
             guard case .success(let channel) = outcome else { return ticket.failed() }
             ticket.opened()
+            if channel.isAuthenticated, let acceptor {
+                // On the channel's queue, inside the event that finished the handshake.
+                return channel.engine.installHandlerAtEstablishment(acceptor.accept(channel))
+            }
             let queue = channel.isAuthenticated ? incoming : legacy
             switch queue.yield(channel) {
             case .enqueued: break

@@ -13,8 +13,11 @@ import Synchronization
 /// in one of two ways:
 /// * on the loop thread (`handleReadinessOnLoopThread(true)`), under the queue with
 ///   `queue.sync`: no thread hop from `recvmsg` to the handler (an open channel);
-/// * handed to the queue (the default): the descriptor is disarmed until the handler ran on a
-///   worker, so CPU-heavy steps (handshake crypto) never stall the loop's other descriptors.
+/// * handed to a worker (the default), which runs the handler under the queue: the descriptor
+///   is disarmed until the handler ran, so CPU-heavy steps (handshake crypto) never stall the
+///   loop's other descriptors.
+/// Either way the after-readiness call (`setAfterReadiness`) runs on that thread once it left
+/// the queue.
 ///
 /// I/O uses MSG_DONTWAIT and never sets O_NONBLOCK: a passed socket shares its file status
 /// flags with the sender (A8). After `close()` nothing watches the socket again: it is
@@ -27,6 +30,8 @@ public final class ChannelSocket: @unchecked Sendable {
 
     public let queue: DispatchQueue
     public let loop: EventLoop
+    /// Where handed-off readiness is handled (a concurrent queue: the handler takes `queue`).
+    private let worker: DispatchQueue
     private let descriptor: FileDescriptor
     private var state = State.open
     private var readHandler: (() -> Void)?
@@ -42,19 +47,31 @@ public final class ChannelSocket: @unchecked Sendable {
     }
 
     private let afterReadiness = Mutex<Callback?>(nil)
+    /// Takes handed-off readiness instead of a worker (see `setHandOff`).
+    private final class HandOff: Sendable {
+        let take: @Sendable (_ work: @escaping @Sendable () -> Void) -> Bool
+        init(_ take: @escaping @Sendable (_ work: @escaping @Sendable () -> Void) -> Bool) { self.take = take }
+    }
+
+    private let handOff = Mutex<HandOff?>(nil)
     /// True while a readiness event is being handled on the loop thread (queue-confined).
     public private(set) var isHandlingOnLoopThread = false
+    /// True while a readiness event is being handled, on the loop thread or on a worker
+    /// (queue-confined): the after-readiness call follows when it ends.
+    public private(set) var isHandlingReadiness = false
 
     /// Takes ownership of `descriptor` (a connected stream socket) and registers it with
     /// `loop` (by default the next of the process's loops). Throws `.closed` when it is
     /// already closed, or the loop's error (the descriptor is then closed).
     public init(
-        descriptor: FileDescriptor, queue: DispatchQueue, loop: EventLoop = EventLoopGroup.shared.next()
+        descriptor: FileDescriptor, queue: DispatchQueue, loop: EventLoop = EventLoopGroup.shared.next(),
+        worker: DispatchQueue = .global(qos: .userInitiated)
     ) throws(TransportError) {
         guard descriptor.isOpen else { throw TransportError(.closed, "descriptor already closed") }
         self.descriptor = descriptor
         self.queue = queue
         self.loop = loop
+        self.worker = worker
         do {
             let registration = try loop.register(descriptor, interest: []) { [weak self] readiness in
                 self?.ready(readiness)
@@ -96,11 +113,22 @@ public final class ChannelSocket: @unchecked Sendable {
         onLoopThread.store(onLoop, ordering: .releasing)
     }
 
-    /// Called on the loop thread after each readiness event handled there, outside the queue
-    /// (an owner delivers what the handlers collected to code that may call back into it).
+    /// Called after each readiness event, on the thread that handled it (the loop thread, or
+    /// the worker of a handed-off event), outside the queue: an owner delivers what the
+    /// handlers collected to code that may call back into it. Set during an event, it is
+    /// called when that event ends.
     public func setAfterReadiness(_ body: (@Sendable () -> Void)?) {
         let callback = body.map(Callback.init)
         afterReadiness.withLock { $0 = callback }
+    }
+
+    /// Who handles readiness handed off the loop: `take` gets the work (run it once, on any
+    /// thread but the loop's, outside the queue), or returns false and a worker runs it. An
+    /// owner that waits for the outcome anyway (a connecting task) runs it itself: one thread
+    /// wakes per event instead of a worker and then the waiter. nil: the workers. Any thread.
+    public func setHandOff(_ take: (@Sendable (_ work: @escaping @Sendable () -> Void) -> Bool)?) {
+        let box = take.map(HandOff.init)
+        handOff.withLock { $0 = box }
     }
 
     // MARK: options
@@ -174,23 +202,42 @@ public final class ChannelSocket: @unchecked Sendable {
     /// On the loop thread.
     private func ready(_ readiness: Readiness) {
         if onLoopThread.load(ordering: .acquiring) {
-            // Taken first: a handler that ends the channel closes the socket, which clears it,
-            // and what that end produced must still be delivered.
-            let after = afterReadiness.withLock { $0 }
+            var after: Callback?
             queue.sync {
                 isHandlingOnLoopThread = true
-                dispatch(readiness)
+                after = handle(readiness)
                 isHandlingOnLoopThread = false
             }
             after?.body()
         } else {
             // Disarmed until the handler ran: level-triggered readiness would repeat meanwhile.
             registration.withLock { try? $0?.setInterest([]) }
-            queue.async {
-                self.dispatch(readiness)
-                if !self.isClosed { self.applyInterest() }
+            // Whoever runs it takes the queue itself (rather than `queue.async`), so that it can
+            // make the after-readiness call once it left the queue, without another hop.
+            let work: @Sendable () -> Void = {
+                var after: Callback?
+                self.queue.sync {
+                    after = self.handle(readiness)
+                    if !self.isClosed { self.applyInterest() }
+                }
+                after?.body()
             }
+            if let taker = handOff.withLock({ $0 }), taker.take(work) { return }
+            worker.async(execute: work)
         }
+    }
+
+    /// On the queue: runs the handlers, then says what to call once out of the queue. Taken
+    /// after the handlers: one may install it (a handler set at a channel's establishment).
+    private func handle(_ readiness: Readiness) -> Callback? {
+        isHandlingReadiness = true
+        dispatch(readiness)
+        isHandlingReadiness = false
+        let after = afterReadiness.withLock { $0 }
+        // A handler that ended the channel closed the socket, which left the call in place for
+        // this event (what that end produced must still be delivered); it goes now.
+        if isClosed { afterReadiness.withLock { $0 = nil } }
+        return after
     }
 
     private func dispatch(_ readiness: Readiness) {
@@ -206,7 +253,8 @@ public final class ChannelSocket: @unchecked Sendable {
         state = .closed
         readHandler = nil
         writeHandler = nil
-        afterReadiness.withLock { $0 = nil }
+        // During an event, the event's end drops it (after its last call).
+        if !isHandlingReadiness { afterReadiness.withLock { $0 = nil } }
         registration.withLock { $0 }?.unregisterAndClose()
     }
 }

@@ -159,9 +159,9 @@ enum PeerOutput {
     static func errorLine(_ text: String) { FileHandle.standardError.write(Data((text + "\n").utf8)) }
 
     /// The line both commands print per channel: the key the peer proved.
-    static func announce(_ channel: PeerChannel) {
+    static func announce(_ channel: PeerChannel, fingerprint: String? = nil) {
         if channel.isAuthenticated {
-            errorLine("verified-peer: \(channel.peerFingerprint) session: \(channel.sessionID?.description ?? "-")")
+            errorLine("verified-peer: \(fingerprint ?? channel.peerFingerprint) session: \(channel.sessionID?.description ?? "-")")
         } else {
             errorLine("UNAUTHENTICATED legacy peer (\(channel.legacyClaim?.description ?? "no claim"), nothing proved)")
         }
@@ -281,6 +281,9 @@ struct PeerCommand: AsyncParsableCommand {
         // below it, the descriptor reserve refuses introductions first.
         _ = try? OpenFileLimit.raiseSoftLimit(toAtMost: UInt64(maxChannels + maxHandshakes + descriptorReserve + 64))
         let netlayer = runtime.netlayer
+        // Each channel's echo is installed as its handshake completes: no task, no hop before
+        // its first message.
+        netlayer.acceptIncoming { channel in Self.echo(channel) }
         let servers = try options.servers()
         let keepers = servers.map { netlayer.keepServer(path: $0.path, expectedKey: $0.key) }
         var failures: [(path: String, error: PeerError)] = []
@@ -312,28 +315,26 @@ struct PeerCommand: AsyncParsableCommand {
             Task { await Self.report(keeper, netlayer: netlayer, registeredAtStart: registered) }
         }
 
-        // The echo is installed as each channel arrives (no task per channel in between).
-        let echo = Task {
-            for await channel in netlayer.incoming { Self.echo(channel) }
-        }
         let legacyEcho = Task {
-            for await channel in netlayer.legacyIncoming { Self.echo(channel) }
+            for await channel in netlayer.legacyIncoming { channel.deliver(to: Self.echo(channel)) }
         }
         await termination.received.wait()
         await runtime.shutdown()
         for reporter in reporters { reporter.cancel() }
-        echo.cancel()
         legacyEcho.cancel()
         termination.cancel()
     }
 
-    /// Echoes every message of `channel` back until the peer closes, then closes. The echo
-    /// runs on the channel's event-loop thread (`deliver(to:)`): no continuation per message;
-    /// only the end (closing, the last line) runs in a task of its own.
-    static func echo(_ channel: PeerChannel) {
-        PeerOutput.announce(channel)
+    /// The delivery handler that echoes every message of `channel` back until the peer closes,
+    /// then closes. It runs where the channel delivers (`deliver(to:)`, `acceptIncoming`): no
+    /// continuation per message; the end (closing, the last line) runs there too, in a task
+    /// that suspends only if the close has to wait for the peer.
+    static func echo(_ channel: PeerChannel) -> @Sendable (PeerChannel.Delivery) -> Void {
+        // Rendered once per channel (a BLAKE2b and base32), not once per line.
+        let fingerprint = channel.peerFingerprint
+        PeerOutput.announce(channel, fingerprint: fingerprint)
         let tally = Mutex((count: 0, bytes: 0))
-        channel.deliver { delivery in
+        return { delivery in
             switch delivery {
             case .message(let message):
                 // A failed send ends the channel: its end is the next delivery.
@@ -345,22 +346,24 @@ struct PeerCommand: AsyncParsableCommand {
                 }
                 // Briefly: the first messages of a channel, then only the count at its end.
                 if count <= Self.echoesShownPerChannel {
-                    PeerOutput.errorLine("echoed to \(channel.peerFingerprint): \(Self.preview(message))")
+                    PeerOutput.errorLine("echoed to \(fingerprint): \(Self.preview(message))")
                 }
             case .ended(let end):
                 let (count, bytes) = tally.withLock { ($0.count, $0.bytes) }
-                Task { await Self.finishEcho(channel, end: end, count: count, bytes: bytes) }
+                // Immediate: the close (usually answering the peer's CLOSE, no wait) runs on
+                // this thread instead of waking a worker for it.
+                Task.immediate { await Self.finishEcho(channel, fingerprint: fingerprint, end: end, count: count, bytes: bytes) }
             }
         }
     }
 
-    private static func finishEcho(_ channel: PeerChannel, end: PeerError?, count: Int, bytes: Int) async {
+    private static func finishEcho(_ channel: PeerChannel, fingerprint: String, end: PeerError?, count: Int, bytes: Int) async {
         if let end {
-            PeerOutput.errorLine("channel \(channel.peerFingerprint) ended: \(end.code.rawValue)")
+            PeerOutput.errorLine("channel \(fingerprint) ended: \(end.code.rawValue)")
             await channel.abort()
         } else {
             await channel.close()
-            PeerOutput.errorLine("channel \(channel.peerFingerprint) closed: \(count) message\(count == 1 ? "" : "s") (\(bytes) bytes) echoed")
+            PeerOutput.errorLine("channel \(fingerprint) closed: \(count) message\(count == 1 ? "" : "s") (\(bytes) bytes) echoed")
         }
     }
 

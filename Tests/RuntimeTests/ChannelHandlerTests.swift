@@ -75,6 +75,58 @@ import Transport
         #expect(got.ends.first??.code == .handshake(.truncated))
     }
 
+    /// The end of `channel` as `receive()` reports it (nil: a clean end), or `.timeout` when it
+    /// has not come within `limit`. The deadline starts here, not when the test started: a
+    /// `.timeLimit` trait would also count the wait for an `.ownThread` slot, which in the full
+    /// parallel suite takes up to a minute and more (the reason this test, with a one-minute
+    /// limit, once failed there as if it hung).
+    static func end(of channel: PeerChannel, within limit: Duration) async -> PeerError.Code?? {
+        await withTaskGroup(of: PeerError.Code??.self) { group in
+            group.addTask {
+                do throws(PeerError) {
+                    while try await channel.receive() != nil {}
+                    return .some(nil)
+                } catch {
+                    return .some(error.code)
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return .some(.handshake(.timeout))
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+    }
+
+    @Test func aChannelReleasedWithoutCloseIsAbortedAndOneReleasedAfterItsCloseStaysClean() async throws {
+        // Released open: the owner's deinit aborts it, so its peer sees the stream end.
+        let (ca, released) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        var open: PeerChannel? = released
+        _ = consume released
+        try await ca.send([7])
+        open = nil
+        #expect(await Self.end(of: ca, within: .seconds(10)) == .some(.handshake(.truncated)))
+        _ = open
+
+        // Released after a clean close (the echo peer's shape): nothing more happens to it;
+        // the release of an ended channel costs no hop to its queue.
+        let (cc, closedThenReleased) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        let engine = closedThenReleased.engine
+        var closed: PeerChannel? = closedThenReleased
+        _ = consume closedThenReleased
+        async let peerClosing = cc.close()
+        let summary = await closed!.close()
+        #expect(summary.clean)
+        closed = nil
+        _ = closed
+        #expect(await peerClosing.clean)
+        #expect(engine.queue.sync { engine.closeSummary }?.clean == true)
+    }
+
     @Test func aPeerThatNeverReadsTheAnswersPausesReadingInsteadOfGrowingTheOutboundQueue() async throws {
         var bounded = ChannelRuntimeConfiguration()
         bounded.maxOutboundQueuedBytes = 64 << 10

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Audit
 import TestSupport
 import Identity
@@ -99,6 +102,134 @@ import Transport
                 return
             }
             await ca.abort()
+        }
+    }
+
+    @Test func acceptIncomingHandsEachChannelToItsHandlerAtEstablishmentInsteadOfToTheStream() async throws {
+        let server = try TestIntroServer()
+        defer { server.stop() }
+        let a = TestPeer()
+        let b = TestPeer()
+        let accepted = Mutex<[PublicIdentity?]>([])
+        b.netlayer.acceptIncoming { channel in
+            accepted.withLock { $0.append(channel.verifiedPeer.flatMap { try? PublicIdentity(publicKey: $0.publicKey) }) }
+            return { delivery in
+                switch delivery {
+                case .message(let m): _ = try? channel.sendNow(m.reversed())
+                case .ended: Task { await channel.close() }
+                }
+            }
+        }
+        _ = try await a.netlayer.addServer(path: server.path, expectedKey: server.publicIdentity)
+        _ = try await b.netlayer.addServer(path: server.path, expectedKey: server.publicIdentity)
+        for i in 0..<3 {
+            let ca = try await a.netlayer.connect(to: b.netlayer.locator)
+            // Sent at once: it may arrive with msg3, before the responder's handshake ended.
+            try await ca.send([UInt8(i), 7])
+            #expect(try await ca.receive() == [7, UInt8(i)])
+            #expect(await ca.close().clean)
+        }
+        #expect(accepted.withLock { $0 } == Array(repeating: a.identity, count: 3))
+        // None went to the stream, and each one's caps were given back at its end.
+        #expect(await b.nextIncoming(timeout: .milliseconds(100)) == nil)
+        #expect(await PeerTestSupport.eventually { b.netlayer.inboundOpenChannels == 0 && b.netlayer.inboundHandshakesInProgress == 0 })
+        await a.netlayer.shutdown()
+        await b.netlayer.shutdown()
+    }
+
+    @Test func aHandlerInstalledAtEstablishmentGetsTheMessageThatCameWithMsg3WithoutAHopToTheLoop() async throws {
+        let b = PeerTestSupport.establishment(bob)
+        let (ea, eb) = try FileDescriptor.socketPair()
+        defer { ea.close() }
+        // A raw initiator, so that msg3 and the first message go out in one write: the read
+        // that finishes the responder's handshake brings the message too.
+        var initiator = ChannelMachine(
+            initiator: try HandshakeInitiator(identity: alice, responder: bob.publicIdentity, now: .now),
+            configuration: ChannelMachine.Configuration())
+        var actions: [ChannelMachine.Action] = []
+        func writeOut(_ machine: inout ChannelMachine) throws {
+            let bytes = Array(machine.pendingOutput)
+            try RawSocket.write(ea, bytes)
+            machine.handle(.wrote(bytes.count), into: &actions)
+        }
+        struct Seen: Sendable {
+            var messages: [[UInt8]] = []
+            var onLoopThread: [Bool] = []
+            var ends = 0
+        }
+        let seen = Mutex(Seen())
+        let accepted = Mutex<PeerChannel?>(nil)
+        b.respond(over: eb, expecting: alice.publicIdentity, introduction: IntroductionContext()) { outcome in
+            guard case .success(let channel) = outcome else { return }
+            accepted.withLock { $0 = channel }
+            let engine = channel.engine
+            // What `PeerNetlayer.acceptIncoming` does, on the channel's queue.
+            engine.installHandlerAtEstablishment { delivery in
+                let onLoop = engine.callerIsOnLoopThread
+                switch delivery {
+                case .message(let m):
+                    seen.withLock {
+                        $0.messages.append(m)
+                        $0.onLoopThread.append(onLoop)
+                    }
+                    _ = try? channel.sendNow(m.reversed())
+                case .ended:
+                    seen.withLock { $0.ends += 1 }
+                }
+            }
+        }
+        try writeOut(&initiator)  // msg1
+        let msg2 = RawSocket.read(ea, atLeast: 1)
+        initiator.handle(.bytes(msg2.bytes), into: &actions)
+        #expect(initiator.isEstablished)
+        #expect(initiator.send([1, 2, 3], into: &actions) == .queued)
+        try writeOut(&initiator)  // msg3 and the first message together
+
+        // The echo comes back: the handler ran, on the thread that finished the handshake.
+        var echoed: [[UInt8]] = []
+        let deadline = ContinuousClock.now.advanced(by: .seconds(5))
+        while echoed.count < 1, ContinuousClock.now < deadline {
+            let got = RawSocket.read(ea, atLeast: 1, timeout: .milliseconds(200))
+            guard !got.bytes.isEmpty else { continue }
+            actions.removeAll()
+            initiator.handle(.bytes(got.bytes), into: &actions)
+            for case .deliver(let m) in actions { echoed.append(m) }
+        }
+        #expect(echoed == [[3, 2, 1]])
+        #expect(seen.withLock { $0.messages } == [[1, 2, 3]])
+        #expect(seen.withLock { $0.onLoopThread } == [false])
+
+        // A later message is read and delivered on the loop thread, as `deliver(to:)` does.
+        actions.removeAll()
+        #expect(initiator.send([4], into: &actions) == .queued)
+        try writeOut(&initiator)
+        #expect(await PeerTestSupport.eventually { seen.withLock { $0.messages.count } == 2 })
+        #expect(seen.withLock { $0.onLoopThread } == [false, true])
+        let channel = try #require(accepted.withLock { $0 })
+        await channel.abort()
+        #expect(await PeerTestSupport.eventually { seen.withLock { $0.ends } == 1 })
+        accepted.withLock { $0 = nil }
+    }
+
+    /// Notes the thread each record was written on.
+    final class ThreadRecorder: AuditSink {
+        let threads = Mutex<[(AuditEventKind, pthread_t)]>([])
+        func record(_ event: AuditEvent) { threads.withLock { $0.append((event.kind, pthread_self())) } }
+        func thread(of kind: AuditEventKind) -> pthread_t? { threads.withLock { $0.first { $0.0 == kind }?.1 } }
+    }
+
+    @Test func theInitiatorsHandshakeReadinessIsHandledByTheConnectingTaskNotAWorker() async throws {
+        // This test's tasks run on its own thread (`.ownThread`), child tasks included.
+        let testThread = pthread_self()
+        for _ in 0..<5 {
+            let recorder = ThreadRecorder()
+            let a = try ChannelEstablishment(identity: alice, audit: recorder, logger: PeerTestSupport.quietLogger)
+            let (ca, cb) = try await PeerTestSupport.connectedPair(a, PeerTestSupport.establishment(bob))
+            // msg2 was read, msg3 sealed and the session recorded by the task that connected:
+            // the loop woke it, no worker came in between.
+            let established = try #require(recorder.thread(of: .handshakeSucceeded))
+            #expect(pthread_equal(established, testThread) != 0)
+            #expect(await PeerTestSupport.closeBoth(ca, cb))
         }
     }
 

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 import Transport
 
@@ -74,6 +75,50 @@ extension TransportTests {
             try await onQueue(queue) { socket.close() }
             #expect(loop.registeredCount == 0)
             #expect(!mine.isOpen)
+            theirs.close()
+            loop.shutdown()
+            await oracle.expectNoLeaks()
+        }
+
+        @Test func handedOffReadinessGoesToTheOwnersTakerAndToAWorkerWhenItDeclines() async throws {
+            let oracle = await LeakOracle.make()
+            let loop = try EventLoop(name: "test-hand-off")
+            let (mine, theirs) = try FileDescriptor.socketPair()
+            oracle.track([mine, theirs])
+            let queue = DispatchQueue(label: "test.channel-socket")
+            let socket = try ChannelSocket(descriptor: mine, queue: queue, loop: loop)
+            let handled = EventLog<Bool>()
+            let given = EventLog<Int>()
+            let work = Mutex<(@Sendable () -> Void)?>(nil)
+            let take = Atomic<Bool>(true)
+            socket.setHandOff { w in
+                guard take.load(ordering: .relaxed) else { return false }
+                work.withLock { $0 = w }
+                given.append(1)
+                return true
+            }
+            try await onQueue(queue) {
+                socket.watchReadable {
+                    handled.append(loop.inLoopThread)
+                    var buffer = [UInt8](repeating: 0, count: 16)
+                    _ = try? buffer.withUnsafeMutableBytes { try socket.receive(into: $0) }
+                }
+            }
+            try sendAll(theirs, [1])
+            // The taker holds the event: nothing ran it yet, and the socket is disarmed.
+            #expect(given.wait { $0.count == 1 })
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(handled.events.isEmpty && given.events.count == 1)
+            let taken = try #require(work.withLock { $0 })
+            taken()
+            #expect(handled.events == [false])
+            // Re-armed by the work; a taker that declines leaves the next event to a worker.
+            take.store(false, ordering: .relaxed)
+            try sendAll(theirs, [2])
+            #expect(handled.wait { $0.count == 2 })
+            #expect(handled.events == [false, false] && given.events.count == 1)
+            try await onQueue(queue) { socket.close() }
+            #expect(loop.registeredCount == 0)
             theirs.close()
             loop.shutdown()
             await oracle.expectNoLeaks()
