@@ -157,7 +157,13 @@ extension TransportTests {
             loop.shutdown()
         }
 
-        @Test func shutdownStopsTheThreadForgetsHandlersAndClosesTheLoopsDescriptors() async throws {
+        /// Counts the process's open descriptors, so it runs as an exit test: in a child process
+        /// of its own, where no test running in parallel opens or closes one meanwhile.
+        @Test func shutdownStopsTheThreadForgetsHandlersAndClosesTheLoopsDescriptors() async {
+            await #expect(processExitsWith: .success) { try await Self.shutDownALoopAndCountDescriptors() }
+        }
+
+        static func shutDownALoopAndCountDescriptors() async throws {
             let oracle = await LeakOracle.make()
             let before = DescriptorCensus.openCount()
             let loop = try EventLoop(name: "test-loop")
