@@ -170,5 +170,9 @@ public final class ChildProcess: @unchecked Sendable {
 public func runOCapNUDS(_ arguments: [String], timeout: Double = 30) throws -> (status: Int32, stdout: String, stderr: String) {
     let child = try ChildProcess(arguments)
     let status = child.waitForExit(timeout: timeout)
+    // On a loaded machine the pipe handlers can lag the exit by more than waitForExit's 10 s
+    // (seen once: `bench --quick --json` read cut short with exit status 0). Nothing else
+    // holds these pipes, so this returns as soon as the handlers reach the end.
+    child.waitForOutputToEnd(timeout: 60)
     return (status, child.output.joined(separator: "\n"), child.errorOutput.joined(separator: "\n"))
 }
