@@ -79,16 +79,7 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         // Fast path on the caller's thread (queue.sync runs there when the queue is free):
         // seal and write without a thread hop; suspend only while the outbound queue is full.
         let engine = self.engine
-        switch engine.queue.sync(execute: { engine.trySend(message) }) {
-        case .done: return
-        case .failed(let error): throw error
-        case .wait:
-            try await PeerError.catching {
-                try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
-                    engine.queue.sync { engine.awaitOutboundSpace(c) }
-                }
-            }
-        }
+        try await finishSend(engine.queue.sync(execute: { engine.trySend(message) }))
     }
 
     /// Sends `messages` (each 1…maxMessageSize bytes) in order, sealed together and written
@@ -101,10 +92,16 @@ public final class PeerChannel: Sendable, CustomStringConvertible {
         precondition(messages.allSatisfy { !$0.isEmpty }, "messages are at least one byte (PROTOCOL.md §6.3)")
         guard !messages.isEmpty else { return }
         let engine = self.engine
-        switch engine.queue.sync(execute: { engine.trySend(contentsOf: messages) }) {
+        try await finishSend(engine.queue.sync(execute: { engine.trySend(contentsOf: messages) }))
+    }
+
+    /// After the fast path's attempt: done, failed, or suspended until the outbound queue has room.
+    private func finishSend(_ attempt: ChannelEngine.Attempt<Void>) async throws(PeerError) {
+        switch attempt {
         case .done: return
         case .failed(let error): throw error
         case .wait:
+            let engine = self.engine
             try await PeerError.catching {
                 try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
                     engine.queue.sync { engine.awaitOutboundSpace(c) }

@@ -117,22 +117,31 @@ extension FileDescriptor {
                 return try withUnsafeMutablePointer(to: &iov) { (iovPointer) throws(TransportError) -> IOResult<Int> in
                     message.msg_iov = iovPointer
                     message.msg_iovlen = 1
-                    message.msg_control = control.baseAddress
-                    // CMSG_LEN, not CMSG_SPACE: padding must never be read as an extra fd (A3).
-                    message.msg_controllen = cfd_cmsg_len(payload)
-                    guard let header = cfd_cmsg_firsthdr(&message) else {
-                        preconditionFailure("control buffer smaller than one cmsghdr")
-                    }
-                    header.pointee.cmsg_len = cfd_cmsg_len(payload)
-                    header.pointee.cmsg_level = SOL_SOCKET
-                    header.pointee.cmsg_type = Int32(SCM_RIGHTS)
-                    let data = UnsafeMutableRawPointer(cfd_cmsg_data(header))
-                    for (index, raw) in raws.enumerated() {
-                        data.storeBytes(of: raw, toByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
-                    }
+                    Self.attachRights(raws, to: &message, control: control)
                     return try systemCall("sendmsg") { sendmsg(fd, &message, flags) }
                 }
             }
+        }
+    }
+
+    /// Points `message` at `control` (zeroed, `cfd_cmsg_space` of the descriptors' bytes) and
+    /// writes one SCM_RIGHTS control message there carrying `raws`.
+    private static func attachRights(
+        _ raws: some Collection<Int32>, to message: inout msghdr, control: UnsafeMutableRawBufferPointer
+    ) {
+        let payload = raws.count * MemoryLayout<Int32>.size
+        message.msg_control = control.baseAddress
+        // CMSG_LEN, not CMSG_SPACE: padding must never be read as an extra fd (A3).
+        message.msg_controllen = cfd_cmsg_len(payload)
+        guard let header = cfd_cmsg_firsthdr(&message) else {
+            preconditionFailure("control buffer smaller than one cmsghdr")
+        }
+        header.pointee.cmsg_len = cfd_cmsg_len(payload)
+        header.pointee.cmsg_level = SOL_SOCKET
+        header.pointee.cmsg_type = Int32(SCM_RIGHTS)
+        let data = UnsafeMutableRawPointer(cfd_cmsg_data(header))
+        for (index, raw) in raws.enumerated() {
+            data.storeBytes(of: raw, toByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
         }
     }
 
@@ -165,16 +174,7 @@ extension FileDescriptor {
                 var firstMessage = msghdr()
                 var secondMessage = msghdr()
                 secondMessage.msg_iovlen = 1
-                secondMessage.msg_control = control.baseAddress
-                // CMSG_LEN, not CMSG_SPACE: padding must never be read as an extra fd (A3).
-                secondMessage.msg_controllen = cfd_cmsg_len(payload)
-                guard let header = cfd_cmsg_firsthdr(&secondMessage) else {
-                    preconditionFailure("control buffer smaller than one cmsghdr")
-                }
-                header.pointee.cmsg_len = cfd_cmsg_len(payload)
-                header.pointee.cmsg_level = SOL_SOCKET
-                header.pointee.cmsg_type = Int32(SCM_RIGHTS)
-                UnsafeMutableRawPointer(cfd_cmsg_data(header)).storeBytes(of: passed, as: Int32.self)
+                Self.attachRights(CollectionOfOne(passed), to: &secondMessage, control: control)
                 return try withUnsafeMutablePointer(to: &firstIov) { (firstPointer) throws(TransportError) -> IOResult<Int32> in
                     try withUnsafeMutablePointer(to: &secondIov) { (secondPointer) throws(TransportError) -> IOResult<Int32> in
                         firstMessage.msg_iov = firstPointer

@@ -4,6 +4,7 @@ import Glibc
 import Identity
 import OCapN
 @testable import Runtime
+import RuntimeTestSupport
 import Testing
 import Transport
 
@@ -14,11 +15,9 @@ import Transport
     func everyServerDescriptorLivesOnItsLoop() async throws {
         let loop = try EventLoop(name: "test-intro-srv")
         defer { loop.shutdown() }
-        let dir = NSTemporaryDirectory() + "ocapn-loop-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false,
-                                                attributes: [.posixPermissions: 0o700])
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let path = dir + "/s.sock"
+        let dir = try TemporaryDirectory("ocapn-loop")
+        defer { dir.remove() }
+        let path = dir.file("s.sock")
         let key = IdentityKeyPair.generate()
         let server = IntroductionServer(
             identity: key, socket: try IntroductionServerSetup.openSocket(path: path, mode: 0o600),
@@ -59,16 +58,14 @@ import Transport
     func deadlinesAndChecksAreLoopTimers() async throws {
         let loop = try EventLoop(name: "test-intro-timers")
         defer { loop.shutdown() }
-        let dir = NSTemporaryDirectory() + "ocapn-loop-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false,
-                                                attributes: [.posixPermissions: 0o700])
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let path = dir + "/s.sock"
+        let dir = try TemporaryDirectory("ocapn-loop")
+        defer { dir.remove() }
+        let path = dir.file("s.sock")
         var core = IntroductionServerConfiguration(allowedUIDs: [getuid()])
         core.limits.registrationTimeout = .milliseconds(300)
         var configuration = IntroductionServer.Configuration(core: core)
         configuration.auditCheckpointInterval = .milliseconds(200)
-        let log = dir + "/audit.jsonl"
+        let log = dir.file("audit.jsonl")
         let key = IdentityKeyPair.generate()
         let sink = try AuditFileSink(AuditFileConfiguration(path: log, writer: key.publicIdentity, signer: key))
         let server = IntroductionServer(
