@@ -215,6 +215,9 @@ public final class IntroductionServerCore<Descriptor> {
     /// Partial-message deadlines held, stale ones included: at most one per registered
     /// connection, however many messages it splits across reads.
     public var partialDeadlineCount: Int { partialDeadlines.count }
+    /// Expiry deadlines held, stale ones included: at most about twice the pending
+    /// introductions (plus a fixed slack), however many were delivered.
+    public var expiryDeadlineCount: Int { expiries.count }
     /// The connection a key is routed to, if registered.
     public func route(for identity: PublicIdentity) -> ConnectionID? { routes[identity] }
 
@@ -742,6 +745,12 @@ public final class IntroductionServerCore<Descriptor> {
         }
         let left = pendingBySender[p.from, default: 1] - 1
         pendingBySender[p.from] = left > 0 ? left : nil
+        // A delivered or dropped introduction leaves its expiry behind until it falls due; with
+        // targets that register soon after, that is one stale entry per introduction for a whole
+        // lifetime. Rebuilt from what is still pending once the stale ones clearly outnumber it.
+        if expiries.count > 2 * pending.count + 1024 {
+            expiries = DeadlineQueue(pending.values.map { ($0.requestedAt.addingSaturated(pendingLifetime), $0.attempt) })
+        }
         return p
     }
 
@@ -840,6 +849,13 @@ public final class IntroductionServerCore<Descriptor> {
 struct DeadlineQueue<Key> {
     private var entries: [(deadline: UInt64, key: Key)] = []
     private var headIndex = 0
+
+    init() {}
+
+    /// A queue holding `entries`, in deadline order.
+    init(_ entries: [(deadline: UInt64, key: Key)]) {
+        self.entries = entries.sorted { $0.deadline < $1.deadline }
+    }
 
     var head: UInt64? { headIndex < entries.count ? entries[headIndex].deadline : nil }
     var count: Int { entries.count - headIndex }

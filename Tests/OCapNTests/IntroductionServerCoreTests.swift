@@ -440,6 +440,34 @@ import Testing
         h.finish()
     }
 
+    @Test("Introductions delivered when their targets register leave no pile of expiry deadlines behind")
+    func deliveredPendingIntroductionsDoNotPileUpExpiries() {
+        var limits = IntroductionServerLimits()
+        limits.introductionsPerSecond = 0
+        limits.maxPendingPerTarget = 100
+        limits.maxPendingPerSender = 100
+        let h = CoreHarness(limits: limits)
+        let a = h.register(Peers.signer(1))
+        for _ in 0..<30 {
+            for _ in 0..<100 {
+                h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(2).publicIdentity, fd: h.descriptor())
+            }
+            #expect(h.core.pendingCount == 100)
+            let b = h.register(Peers.signer(2))
+            #expect(h.core.pendingCount == 0, "delivered when the target registered")
+            h.eof(b)
+            h.advance(.milliseconds(1))
+        }
+        #expect(h.forwards.count == 3000)
+        #expect(h.core.expiryDeadlineCount <= 1024 + 200, "3000 delivered introductions, \(h.core.expiryDeadlineCount) expiries kept")
+        // What is still pending expires on time after a rebuild.
+        h.introduce(on: a, from: Peers.signer(1).publicIdentity, to: Peers.signer(3).publicIdentity, fd: h.descriptor())
+        h.advance(.seconds(3600))
+        #expect(h.core.pendingCount == 0)
+        #expect(h.audits(.introductionExpired).count == 1)
+        h.finish()
+    }
+
     // MARK: routing
 
     @Test("A uds:new-connection whose from is not the sender is refused as spoofedFrom and closes the sender")
