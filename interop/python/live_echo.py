@@ -175,8 +175,12 @@ def register(sock, me, server_key, deadline):
 
 
 def start(args, name, tmp):
-    log = open(os.path.join(tmp, f"{name}.stderr"), "w+b")
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    # The child appends (O_APPEND) and we read through a handle of our own: sharing one file
+    # offset, a read's seek(0) could land the child's next write at the start of the file,
+    # over what it had printed.
+    log = os.path.join(tmp, f"{name}.stderr")
+    with open(log, "ab") as child_stderr:
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=child_stderr, stdin=subprocess.DEVNULL)
     return process, log
 
 
@@ -196,9 +200,8 @@ def first_line(process, log, what, deadline):
 
 
 def tail(log):
-    log.flush()
-    log.seek(0)
-    return log.read().decode(errors="replace")[-2000:]
+    with open(log, "rb") as f:
+        return f.read().decode(errors="replace")[-2000:]
 
 
 def stop(process):
@@ -298,9 +301,8 @@ def run(binary, timeout):
         print(f"live echo ok: UDS-HS1 from Python to ocapn-uds peer {designator(bob_key)}")
         return 0
     finally:
-        for process, log in reversed(processes):
+        for process, _ in reversed(processes):
             stop(process)
-            log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
