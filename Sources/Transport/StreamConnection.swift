@@ -342,22 +342,7 @@ public final class StreamConnection: @unchecked Sendable {
     /// in one `sendmsg`. Takes ownership of `descriptor`: it is closed once sent, or when the
     /// connection closes. Throws `.closed` or `.outputQueueFull` (closing `descriptor` too).
     public func send(_ bytes: [UInt8], passing descriptor: FileDescriptor) throws(TransportError) {
-        precondition(!bytes.isEmpty, "a descriptor needs at least one byte to ride on")
-        let effects = try lock.withLock { () throws(TransportError) -> Effects in
-            guard isOpen else {
-                descriptor.close()
-                throw TransportError(.closed, "send on a closed connection")
-            }
-            do throws(TransportError) {
-                try reserve(bytes: bytes.count, descriptors: 1)
-            } catch {
-                descriptor.close()
-                throw error
-            }
-            output.append(.descriptor(bytes, offset: 0, descriptor: descriptor))
-            return isRunning && !writeArmed ? flush() : Effects()
-        }
-        perform(effects, onLoop: false)
+        try send([], then: bytes, passing: descriptor)
     }
 
     /// Queues `bytes`, then `marker` (at least one byte) carrying `descriptor`: what `send(bytes)`
