@@ -34,6 +34,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // BoringSSL's ChaCha20-Poly1305 (SodiumCrypto/ChaChaPoly.swift); 3.x: the module it is
+        // reached through is swift-crypto's, not its API, so a major version is not taken blindly.
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"4.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -44,7 +47,7 @@ let package = Package(
         .target(name: "CFDShim"),
         .target(name: "Errors"),
         .target(name: "Syrup"),
-        .target(name: "SodiumCrypto", dependencies: ["CSodium", "Errors"]),
+        .target(name: "SodiumCrypto", dependencies: ["CSodium", "Errors", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Identity", dependencies: ["SodiumCrypto", "Errors", "Transport"]),
         .target(name: "OCapN", dependencies: ["Syrup", "Identity", "SodiumCrypto", "Errors"]),
         .target(name: "SecureChannel", dependencies: ["Identity", "SodiumCrypto", "Errors"]),

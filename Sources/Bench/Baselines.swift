@@ -51,10 +51,14 @@ enum Baselines {
         return CryptoFloor(scalarmultBase: base, scalarmult: dh, sign: sign, verify: verify, aead: aead, sha256: sha, hmac: hmac)
     }
 
-    /// Raw ChaCha20-Poly1305 (libsodium), the ceiling of a channel whose sender seals while its
-    /// receiver opens on another core: plaintext bytes per second of the slower of seal and open,
-    /// each timed alone on one thread.
-    static func aeadThroughput(messageSize: Int, totalBytes: Int) -> Double {
+    /// Which ChaCha20-Poly1305 a raw AEAD baseline times: libsodium's (the baseline issue #9
+    /// set its channel targets against) or BoringSSL's (the one the channel uses since).
+    enum AEADImplementation { case libsodium, boringSSL }
+
+    /// Raw ChaCha20-Poly1305, the ceiling of a channel whose sender seals while its receiver
+    /// opens on another core: plaintext bytes per second of the slower of seal and open, each
+    /// timed alone on one thread.
+    static func aeadThroughput(messageSize: Int, totalBytes: Int, implementation: AEADImplementation) -> Double {
         let key = SecretBytes.random(count: 32)
         let plain = [UInt8](repeating: 0x42, count: messageSize)
         var sealed = [UInt8](repeating: 0, count: messageSize + ChaChaPoly.tagLength)
@@ -63,12 +67,22 @@ enum Baselines {
         let count = max(1, totalBytes / messageSize)
         let seal = medianNanosPerCall(iterations: count, repetitions: 3) {
             plain.withUnsafeBytes { p in
-                sealed.withUnsafeMutableBytes { s in ChaChaPoly.seal(key: key, nonce: 9, ad: none, plaintext: p, into: s) }
+                sealed.withUnsafeMutableBytes { s in
+                    switch implementation {
+                    case .libsodium: SodiumChaChaPoly.seal(key: key, nonce: 9, ad: none, plaintext: p, into: s)
+                    case .boringSSL: ChaChaPoly.seal(key: key, nonce: 9, ad: none, plaintext: p, into: s)
+                    }
+                }
             }
         }
         let open = medianNanosPerCall(iterations: count, repetitions: 3) {
             sealed.withUnsafeBytes { s in
-                opened.withUnsafeMutableBytes { o in try? ChaChaPoly.open(key: key, nonce: 9, ad: none, ciphertext: s, into: o) }
+                opened.withUnsafeMutableBytes { o in
+                    switch implementation {
+                    case .libsodium: try? SodiumChaChaPoly.open(key: key, nonce: 9, ad: none, ciphertext: s, into: o)
+                    case .boringSSL: try? ChaChaPoly.open(key: key, nonce: 9, ad: none, ciphertext: s, into: o)
+                    }
+                }
             }
         }
         return Double(messageSize) / max(seal, open) * 1e9

@@ -259,7 +259,10 @@ public struct BenchSuite {
             let label = "\(size >> 10) KiB"
             say("channel: \(label) messages")
             let raw = try Baselines.socketpairThroughput(messageSize: size, totalBytes: total)
-            let aead = Baselines.aeadThroughput(messageSize: size, totalBytes: total / 4)
+            // The targets stay against libsodium's AEAD, the baseline issue #9 set them on; the
+            // channel seals with BoringSSL's since, whose raw figure is shown beside it.
+            let aead = Baselines.aeadThroughput(messageSize: size, totalBytes: total / 4, implementation: .libsodium)
+            let channelAEAD = Baselines.aeadThroughput(messageSize: size, totalBytes: total / 4, implementation: .boringSSL)
             let runtime = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .handler)
             let runtimeAsync = try await RuntimeChannelBench.throughput(messageSize: size, totalBytes: total, receiving: .asyncReceive)
             let framing = try ChannelBench.throughput(messageSize: size, totalBytes: total)
@@ -267,11 +270,15 @@ public struct BenchSuite {
             // that came out slow (it has, at 0.8 GB/s against its usual 4-5) must not stand in.
             let againstAEAD = size == 64 << 10 || aead < raw
             let slower = againstAEAD ? aead : raw
-            let slowerName = againstAEAD ? "raw ChaCha20-Poly1305" : "raw socketpair"
+            let slowerName = againstAEAD ? "raw ChaCha20-Poly1305 (libsodium)" : "raw socketpair"
             let gb = 1e9
             out.append(BenchFigure(group: "channel", name: "throughput \(label)", unit: "GB/s", value: runtime / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter,
                                    target: size == 64 << 10 ? 0.9 : size == 1 << 10 ? 0.6 : nil))
+            if size >= 16 << 10 {
+                out.append(BenchFigure(group: "channel", name: "throughput \(label) against the channel's AEAD", unit: "GB/s", value: runtime / gb,
+                                       baselineName: "raw ChaCha20-Poly1305 (BoringSSL)", baseline: channelAEAD / gb, direction: .higherIsBetter))
+            }
             out.append(BenchFigure(group: "channel", name: "throughput \(label), async receive()", unit: "GB/s", value: runtimeAsync / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter))
             if size == 1 << 10 {
@@ -284,7 +291,8 @@ public struct BenchSuite {
             out.append(BenchFigure(group: "channel", name: "framing only, 2 threads \(label)", unit: "GB/s", value: framing / gb,
                                    baselineName: slowerName, baseline: slower / gb, direction: .higherIsBetter))
             out.append(BenchFigure(group: "channel", name: "raw socketpair \(label)", unit: "GB/s", value: raw / gb))
-            out.append(BenchFigure(group: "channel", name: "raw ChaCha20-Poly1305 \(label)", unit: "GB/s", value: aead / gb))
+            out.append(BenchFigure(group: "channel", name: "raw ChaCha20-Poly1305 (libsodium) \(label)", unit: "GB/s", value: aead / gb))
+            out.append(BenchFigure(group: "channel", name: "raw ChaCha20-Poly1305 (BoringSSL) \(label)", unit: "GB/s", value: channelAEAD / gb))
         }
         return out
     }

@@ -81,9 +81,7 @@ public final class FrameSender {
 
     /// Seals `message` (1…maxMessageSize bytes) into `output`, which must hold
     /// `sealedLength(messageLength:)` bytes and not overlap it; returns the bytes written, with
-    /// no allocation. A fragment of `directSealMinimum` bytes or more is encrypted from where it
-    /// lies into `output`; a smaller one is copied there and encrypted in place (cheaper at
-    /// that size than the direct path's extra key-stream calls).
+    /// no allocation. Each fragment is copied into its frame and encrypted in place.
     ///
     /// Throws `messageTooLarge` or `nonceExhausted`; in both cases nothing was written and the
     /// sender is unchanged (a too-large message) or dead (an exhausted nonce).
@@ -110,12 +108,8 @@ public final class FrameSender {
         while offset < message.count {
             let body = min(configuration.maxFragmentSize, message.count - offset)
             let type: FrameFormat.FrameType = offset + body == message.count ? .data : .dataMore
-            if body >= Self.directSealMinimum {
-                written += sealFrame(type: type, body: UnsafeRawBufferPointer(start: src + offset, count: body), at: dst + written, nonce: n)
-            } else {
-                (dst + written + FrameFormat.lengthPrefix + FrameFormat.typeLength).copyMemory(from: src + offset, byteCount: body)
-                written += sealFrameInPlace(type: type, bodyLength: body, at: dst + written, nonce: n)
-            }
+            (dst + written + FrameFormat.lengthPrefix + FrameFormat.typeLength).copyMemory(from: src + offset, byteCount: body)
+            written += sealFrameInPlace(type: type, bodyLength: body, at: dst + written, nonce: n)
             n += 1
             offset += body
         }
@@ -186,24 +180,6 @@ public final class FrameSender {
         return out
     }
 
-    /// Fragments from this size on are sealed without copying the body first (see `seal`).
-    /// Below it the copy costs less than the split's extra key-stream calls, whose blocks
-    /// fall off libsodium's 8-block vector path (measured: at 1 KiB the split took about half
-    /// as much again of libsodium's time as one AEAD call).
-    static let directSealMinimum = 8 << 10
-
-    /// Writes LEN, then seals TYPE ‖ `body` (read where it lies) behind it.
-    @inline(__always)
-    private func sealFrame(type: FrameFormat.FrameType, body: UnsafeRawBufferPointer, at frame: UnsafeMutableRawPointer, nonce n: UInt64) -> Int {
-        let ciphertext = FrameFormat.typeLength + body.count + FrameFormat.tagLength
-        frame.storeBytes(of: UInt8(truncatingIfNeeded: ciphertext >> 8), as: UInt8.self)
-        (frame + 1).storeBytes(of: UInt8(truncatingIfNeeded: ciphertext), as: UInt8.self)
-        ChaChaPoly.seal(
-            key: key, nonce: n, first: type.rawValue, rest: body,
-            into: UnsafeMutableRawBufferPointer(start: frame + FrameFormat.lengthPrefix, count: ciphertext))
-        return FrameFormat.lengthPrefix + ciphertext
-    }
-
     /// Writes LEN and TYPE around a body already at `frame + 3`, then encrypts in place.
     @inline(__always)
     private func sealFrameInPlace(type: FrameFormat.FrameType, bodyLength: Int, at frame: UnsafeMutableRawPointer, nonce n: UInt64) -> Int {
@@ -213,7 +189,7 @@ public final class FrameSender {
         (frame + 1).storeBytes(of: UInt8(truncatingIfNeeded: ciphertext), as: UInt8.self)
         (frame + 2).storeBytes(of: type.rawValue, as: UInt8.self)
         let region = frame + FrameFormat.lengthPrefix
-        // libsodium's ChaCha20-Poly1305 supports c == m (it XORs, then MACs the ciphertext).
+        // In place: the AEAD allows output == input exactly.
         ChaChaPoly.seal(
             key: key, nonce: n, ad: UnsafeRawBufferPointer(start: nil, count: 0),
             plaintext: UnsafeRawBufferPointer(start: region, count: plain),
@@ -385,9 +361,8 @@ public final class FrameReceiver {
     }
 
     /// Opens frames until a message completes and returns it as a new array. A message whose
-    /// frames are all buffered (the usual case) goes straight into its array: fragments of
-    /// `directOpenMinimum` bytes or more are decrypted there (no reassembly buffer, no copy,
-    /// no wipe), smaller ones are opened in place in the input and copied. A message still
+    /// frames are all buffered (the usual case) goes straight into its array: each fragment is
+    /// opened in place in the input and copied there (no reassembly buffer). A message still
     /// arriving is gathered in the reassembly buffer and copied out once whole (as
     /// `nextMessage(_:)` does).
     public func nextMessageArray() throws(HandshakeError) -> ChannelRead<[UInt8]> {
@@ -402,10 +377,10 @@ public final class FrameReceiver {
         var failure: HandshakeError?
         do throws(HandshakeError) {
             guard let length = try frameLength(at: inputStart) else { return .needMoreBytes }
-            let type = try openFrame(length: length) { type, body, _, decryptRest in
+            let type = try openFrame(length: length) { type, body, _, writeBody in
                 if type == .data {
                     opened = [UInt8](unsafeUninitializedCapacity: body) { buffer, count in
-                        decryptRest(buffer.baseAddress!)
+                        writeBody(buffer.baseAddress!)
                         count = body
                     }
                     return
@@ -415,12 +390,12 @@ public final class FrameReceiver {
                 guard bound > body else {
                     // Nothing behind it yet: gather the message in the reassembly buffer.
                     reserveMessage(body, keeping: 0)
-                    decryptRest(message)
+                    writeBody(message)
                     return
                 }
                 let array = [UInt8](unsafeUninitializedCapacity: bound) { buffer, count in
                     let base = buffer.baseAddress!
-                    decryptRest(base)
+                    writeBody(base)
                     count = gatherBuffered(into: base, capacity: bound, first: body, failure: &failure)
                 }
                 if !array.isEmpty { opened = array }
@@ -454,8 +429,8 @@ public final class FrameReceiver {
                 let body = length - FrameFormat.tagLength - FrameFormat.typeLength
                 // Bodies past the bound are not this message's (or it is too large: openFrame says).
                 guard filled + body <= capacity else { break }
-                _ = try openFrame(length: length) { type, body, _, decryptRest in
-                    decryptRest(base + filled)
+                _ = try openFrame(length: length) { type, body, _, writeBody in
+                    writeBody(base + filled)
                     filled += body
                     done = type == .data
                 }
@@ -493,9 +468,9 @@ public final class FrameReceiver {
     /// more input is needed.
     private func reassemble() throws(HandshakeError) {
         while !messageReady, state == .open, let length = try frameLength(at: inputStart) {
-            let type = try openFrame(length: length) { _, body, offset, decryptRest in
+            let type = try openFrame(length: length) { _, body, offset, writeBody in
                 reserveMessage(offset + body, keeping: offset)
-                decryptRest(message + offset)
+                writeBody(message + offset)
             }
             if type == .data { messageReady = true }
         }
@@ -517,12 +492,12 @@ public final class FrameReceiver {
     /// Opens the complete frame at `inputStart` (ciphertext `length`): checks the nonce and the
     /// message size, authenticates it, checks its type, and consumes it. A DATA or DATA_MORE
     /// frame's body (at `offset` of the message, `messageLength` already counting it) is handed
-    /// to `place` with a function that decrypts it to an address (called once); the frame is
+    /// to `place` with a function that copies the decrypted body to an address (called at most once); the frame is
     /// already consumed then, so `place` may open the frames behind it. Any throw is fatal to
     /// the channel.
     private func openFrame(
         length: Int,
-        place: (_ type: FrameFormat.FrameType, _ body: Int, _ offset: Int, _ decryptRest: (UnsafeMutableRawPointer) -> Void) -> Void
+        place: (_ type: FrameFormat.FrameType, _ body: Int, _ offset: Int, _ writeBody: (UnsafeMutableRawPointer) -> Void) -> Void
     ) throws(HandshakeError) -> FrameFormat.FrameType {
         guard nonce < UInt64.max else {
             throw HandshakeError.make(.nonceExhausted, "receive nonce reached 2^64-1")
@@ -535,7 +510,7 @@ public final class FrameReceiver {
         var refusal: HandshakeError?
         var opened = FrameFormat.FrameType.data
         /// After authentication: consumes the frame, checks its type, places a DATA body.
-        func consume(_ typeByte: UInt8, _ decryptRest: (UnsafeMutableRawPointer) -> Void) {
+        func consume(_ typeByte: UInt8, _ writeBody: (UnsafeMutableRawPointer) -> Void) {
             // Consumed before `place` runs (which may open the next frames); the input is not
             // moved while frames are opened, so the ciphertext stays valid.
             nonce = frameNonce + 1
@@ -554,7 +529,7 @@ public final class FrameReceiver {
                 }
                 let offset = messageLength
                 messageLength += body
-                withoutActuallyEscaping(decryptRest) { place(type, body, offset, $0) }
+                withoutActuallyEscaping(writeBody) { place(type, body, offset, $0) }
             case .close:
                 if body != 0 {
                     refusal = HandshakeError.make(.badFrameLength, "CLOSE frame with a \(body)-byte body")
@@ -573,19 +548,13 @@ public final class FrameReceiver {
         }
         let frame = UnsafeMutableRawBufferPointer(start: input + inputStart + FrameFormat.lengthPrefix, count: length)
         do {
-            if body >= Self.directOpenMinimum {
-                // Large: the body is decrypted straight to where `place` puts it.
-                try ChaChaPoly.open(key: key, nonce: frameNonce, ciphertext: UnsafeRawBufferPointer(frame)) { consume($0, $1) }
-            } else {
-                // Small: one AEAD call in place in the input (cheaper than the split's extra
-                // key-stream calls at this size), the body copied where it goes, then wiped.
-                try ChaChaPoly.open(
-                    key: key, nonce: frameNonce, ad: UnsafeRawBufferPointer(start: nil, count: 0),
-                    ciphertext: UnsafeRawBufferPointer(frame), into: frame)
-                let plain = frame.baseAddress!
-                consume(plain.load(as: UInt8.self)) { target in target.copyMemory(from: plain + 1, byteCount: body) }
-                secureZero(UnsafeMutableRawBufferPointer(start: plain, count: length - FrameFormat.tagLength))
-            }
+            // One AEAD call in place in the input, the body copied where it goes, then wiped.
+            try ChaChaPoly.open(
+                key: key, nonce: frameNonce, ad: UnsafeRawBufferPointer(start: nil, count: 0),
+                ciphertext: UnsafeRawBufferPointer(frame), into: frame)
+            let plain = frame.baseAddress!
+            consume(plain.load(as: UInt8.self)) { target in target.copyMemory(from: plain + 1, byteCount: body) }
+            secureZero(UnsafeMutableRawBufferPointer(start: plain, count: length - FrameFormat.tagLength))
         } catch {
             throw HandshakeError.make(.decryptFailed, "frame \(frameNonce) failed authentication")
         }
@@ -653,10 +622,6 @@ public final class FrameReceiver {
     public var holdsGrownBuffers: Bool {
         inputCapacity > Self.retainedInputCapacity || messageCapacity > Self.retainedInputCapacity
     }
-
-    /// Fragments from this size on are decrypted straight to their destination; smaller ones
-    /// in place in the input and copied (see `FrameSender.directSealMinimum`).
-    static let directOpenMinimum = FrameSender.directSealMinimum
 
     /// Bytes of memory this receiver holds (tests: memory follows use).
     public var heldBytes: Int { inputCapacity + messageCapacity }

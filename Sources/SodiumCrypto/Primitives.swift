@@ -248,28 +248,21 @@ public enum X25519 {
     }
 }
 
-/// ChaCha20-Poly1305 (IETF, 96-bit nonce) as Noise uses it: nonce = 4 zero bytes ‖ LE64(n).
-public enum ChaChaPoly {
-    public static let keyLength = 32
-    public static let tagLength = 16
-
-    /// Lends the 12-byte Noise nonce (4 zero bytes, then the counter little-endian) from the stack.
-    @inline(__always)
-    private static func withNonce<R>(_ n: UInt64, _ body: (UnsafePointer<UInt8>) -> R) -> R {
-        var nonce: (UInt32, UInt32, UInt32) = (0, UInt32(truncatingIfNeeded: n).littleEndian, UInt32(truncatingIfNeeded: n >> 32).littleEndian)
-        return withUnsafeBytes(of: &nonce) { body($0.bindMemory(to: UInt8.self).baseAddress!) }
-    }
-
-    /// Encrypts `plaintext` into `output` (which must hold plaintext.count + 16 bytes).
+/// libsodium's ChaCha20-Poly1305 (IETF): the same algorithm as `ChaChaPoly`, kept as the
+/// benchmark's "raw AEAD" baseline (the one issue #9 measured the channel against) and as the
+/// independent implementation that tests check BoringSSL's output against.
+package enum SodiumChaChaPoly {
+    /// Encrypts `plaintext` into `output` (plaintext.count + 16 bytes) under the Noise nonce `n`.
     package static func seal(
         key: SecretBytes, nonce n: UInt64, ad: UnsafeRawBufferPointer,
         plaintext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
     ) {
-        precondition(key.count == keyLength, "ChaCha20-Poly1305 key must be 32 bytes")
-        precondition(output.count >= plaintext.count + tagLength, "output too small for ciphertext")
+        precondition(key.count == ChaChaPoly.keyLength, "ChaCha20-Poly1305 key must be 32 bytes")
+        precondition(output.count >= plaintext.count + ChaChaPoly.tagLength, "output too small for ciphertext")
+        Sodium.initialize()
         var clen: UInt64 = 0
         key.withUnsafeBytes { k in
-            withNonce(n) { np in
+            ChaChaPoly.withNonce(n) { np in
                 _ = crypto_aead_chacha20poly1305_ietf_encrypt(
                     mu8(output), &clen, u8(plaintext), UInt64(plaintext.count),
                     u8(ad), UInt64(ad.count), nil, np, u8(k))
@@ -277,168 +270,26 @@ public enum ChaChaPoly {
         }
     }
 
-    /// Seals under a key given as bytes: for published vector keys only (the fuzz package, a
-    /// separate package, replays the handshake vector's K_IR with it).
-    @_spi(TestVectors) public static func seal(vectorKey: [UInt8], nonce n: UInt64, ad: [UInt8], plaintext: [UInt8]) -> [UInt8] {
-        seal(key: SecretBytes(copying: vectorKey), nonce: n, ad: ad, plaintext: plaintext)
-    }
-
-    package static func seal(key: SecretBytes, nonce n: UInt64, ad: [UInt8], plaintext: [UInt8]) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: plaintext.count + tagLength)
-        ad.withUnsafeBytes { a in
-            plaintext.withUnsafeBytes { p in
-                out.withUnsafeMutableBytes { o in seal(key: key, nonce: n, ad: a, plaintext: p, into: o) }
-            }
-        }
-        return out
-    }
-
     /// Decrypts and authenticates `ciphertext` into `output` (ciphertext.count - 16 bytes).
     package static func open(
         key: SecretBytes, nonce n: UInt64, ad: UnsafeRawBufferPointer,
         ciphertext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
     ) throws {
-        precondition(key.count == keyLength, "ChaCha20-Poly1305 key must be 32 bytes")
-        guard ciphertext.count >= tagLength else {
+        precondition(key.count == ChaChaPoly.keyLength, "ChaCha20-Poly1305 key must be 32 bytes")
+        guard ciphertext.count >= ChaChaPoly.tagLength else {
             throw CryptoError(.invalidLength, "ciphertext shorter than the 16-byte tag")
         }
-        precondition(output.count >= ciphertext.count - tagLength, "output too small for plaintext")
+        precondition(output.count >= ciphertext.count - ChaChaPoly.tagLength, "output too small for plaintext")
+        Sodium.initialize()
         var mlen: UInt64 = 0
         let rc = key.withUnsafeBytes { k in
-            withNonce(n) { np in
+            ChaChaPoly.withNonce(n) { np in
                 crypto_aead_chacha20poly1305_ietf_decrypt(
                     mu8(output), &mlen, nil, u8(ciphertext), UInt64(ciphertext.count),
                     u8(ad), UInt64(ad.count), np, u8(k))
             }
         }
         guard rc == 0 else { throw CryptoError(.decryptFailed, "authentication tag mismatch") }
-    }
-
-    // MARK: frames whose first plaintext byte lives apart from the rest
-
-    /// Seals `first` ‖ `rest` with an empty AD into `output` (1 + rest.count + 16 bytes), the
-    /// same bytes as `seal` of the concatenation, but reading `rest` where it lies: a framed
-    /// channel's TYPE byte and a message body need no copy into one buffer first.
-    ///
-    /// RFC 8439 spelled out with libsodium's primitives, as its own AEAD does it: block 0 of
-    /// the ChaCha20 key stream keys Poly1305; blocks 1… encrypt. Block 1 (the first byte and
-    /// 63 of `rest`) goes through a stack block, the remainder straight from `rest` from block 2
-    /// on. `rest` must not overlap `output`.
-    package static func seal(
-        key: SecretBytes, nonce n: UInt64, first: UInt8, rest: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
-    ) {
-        precondition(key.count == keyLength, "ChaCha20-Poly1305 key must be 32 bytes")
-        let length = 1 + rest.count
-        precondition(output.count >= length + tagLength, "output too small for ciphertext")
-        let out = mu8(output)
-        key.withUnsafeBytes { k in
-            withNonce(n) { np in
-                var state = crypto_onetimeauth_poly1305_state()
-                startPoly1305(&state, np, u8(k))
-                let head = min(length, blockLength)
-                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: blockLength) { block in
-                    block[0] = first
-                    if head > 1 { UnsafeMutableRawPointer(block.baseAddress! + 1).copyMemory(from: rest.baseAddress!, byteCount: head - 1) }
-                    _ = crypto_stream_chacha20_ietf_xor_ic(out, block.baseAddress!, UInt64(head), np, 1, u8(k))
-                    sodium_memzero(block.baseAddress!, blockLength)
-                }
-                if length > blockLength {
-                    _ = crypto_stream_chacha20_ietf_xor_ic(
-                        out + blockLength, u8(rest) + (blockLength - 1), UInt64(length - blockLength), np, 2, u8(k))
-                }
-                finishPoly1305(&state, ciphertext: out, length: length, tag: out + length)
-            }
-        }
-    }
-
-    /// Opens a ciphertext sealed with an empty AD whose first plaintext byte is wanted apart
-    /// from the rest. The tag is checked over the whole ciphertext before any plaintext is
-    /// made (a bad tag throws `decryptFailed` and `body` is not called); then `body` gets the
-    /// first byte and a function that decrypts the other `ciphertext.count - 17` bytes to a
-    /// given address (not overlapping the ciphertext), which it calls at most once, or never
-    /// when it refuses what the first byte says.
-    package static func open(
-        key: SecretBytes, nonce n: UInt64, ciphertext: UnsafeRawBufferPointer,
-        splittingFirst body: (_ first: UInt8, _ decryptRest: (UnsafeMutableRawPointer) -> Void) -> Void
-    ) throws {
-        precondition(key.count == keyLength, "ChaCha20-Poly1305 key must be 32 bytes")
-        guard ciphertext.count > tagLength else {
-            throw CryptoError(.invalidLength, "ciphertext holds no plaintext byte")
-        }
-        let length = ciphertext.count - tagLength
-        let c = u8(ciphertext)
-        let authentic = key.withUnsafeBytes { k -> Bool in
-            withNonce(n) { np -> Bool in
-                var state = crypto_onetimeauth_poly1305_state()
-                startPoly1305(&state, np, u8(k))
-                var tag: (UInt64, UInt64) = (0, 0)
-                let authentic = withUnsafeMutableBytes(of: &tag) { t in
-                    finishPoly1305(&state, ciphertext: c, length: length, tag: mu8(t))
-                    return crypto_verify_16(mu8(t), c + length) == 0
-                }
-                guard authentic else { return false }
-                // Authentic: block 1 on the stack for the first byte, the rest where it goes.
-                let head = min(length, blockLength)
-                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: blockLength) { block in
-                    _ = crypto_stream_chacha20_ietf_xor_ic(block.baseAddress!, c, UInt64(head), np, 1, u8(k))
-                    body(block[0]) { target in
-                        if head > 1 { target.copyMemory(from: block.baseAddress! + 1, byteCount: head - 1) }
-                        if length > blockLength {
-                            _ = crypto_stream_chacha20_ietf_xor_ic(
-                                target.assumingMemoryBound(to: UInt8.self) + (blockLength - 1), c + blockLength,
-                                UInt64(length - blockLength), np, 2, u8(k))
-                        }
-                    }
-                    sodium_memzero(block.baseAddress!, blockLength)
-                }
-                return true
-            }
-        }
-        guard authentic else { throw CryptoError(.decryptFailed, "authentication tag mismatch") }
-    }
-
-    private static let blockLength = 64
-
-    /// Poly1305 keyed by block 0 of the ChaCha20 key stream (RFC 8439 §2.6); the AD is empty.
-    @inline(__always)
-    private static func startPoly1305(
-        _ state: inout crypto_onetimeauth_poly1305_state, _ nonce: UnsafePointer<UInt8>, _ key: UnsafePointer<UInt8>
-    ) {
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: blockLength) { block in
-            _ = crypto_stream_chacha20_ietf(block.baseAddress!, UInt64(blockLength), nonce, key)
-            _ = crypto_onetimeauth_poly1305_init(&state, block.baseAddress!)
-            sodium_memzero(block.baseAddress!, blockLength)
-        }
-    }
-
-    /// MACs the ciphertext, its padding and the two lengths (AD 0, ciphertext `length`) into `tag`.
-    @inline(__always)
-    private static func finishPoly1305(
-        _ state: inout crypto_onetimeauth_poly1305_state, ciphertext: UnsafePointer<UInt8>, length: Int, tag: UnsafeMutablePointer<UInt8>
-    ) {
-        _ = crypto_onetimeauth_poly1305_update(&state, ciphertext, UInt64(length))
-        var tail: (UInt64, UInt64, UInt64) = (0, 0, UInt64(length).littleEndian)
-        withUnsafeBytes(of: &tail) { t in
-            // 0…15 zero bytes to a 16-byte boundary, then le64(ad length = 0) ‖ le64(length).
-            let pad = (16 - length % 16) % 16
-            _ = crypto_onetimeauth_poly1305_update(&state, u8(t), UInt64(pad))
-            _ = crypto_onetimeauth_poly1305_update(&state, u8(t) + 8, 16)
-        }
-        _ = crypto_onetimeauth_poly1305_final(&state, tag)
-        sodium_memzero(&state, MemoryLayout<crypto_onetimeauth_poly1305_state>.size)
-    }
-
-    package static func open(key: SecretBytes, nonce n: UInt64, ad: [UInt8], ciphertext: [UInt8]) throws -> [UInt8] {
-        guard ciphertext.count >= tagLength else {
-            throw CryptoError(.invalidLength, "ciphertext shorter than the 16-byte tag")
-        }
-        var out = [UInt8](repeating: 0, count: ciphertext.count - tagLength)
-        try ad.withUnsafeBytes { a in
-            try ciphertext.withUnsafeBytes { c in
-                try out.withUnsafeMutableBytes { o in try open(key: key, nonce: n, ad: a, ciphertext: c, into: o) }
-            }
-        }
-        return out
     }
 }
 

@@ -109,11 +109,14 @@ import Testing
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         // The C modules the package's targets import (Identity and Audit sit on Transport's shim).
-        let shim = URL(fileURLWithPath: TestProcesses.binary).deletingLastPathComponent()
-            .appendingPathComponent("CFDShim.build/module.modulemap").path
+        let build = URL(fileURLWithPath: TestProcesses.binary).deletingLastPathComponent()
+        let shim = build.appendingPathComponent("CFDShim.build/module.modulemap").path
+        // SodiumCrypto's BoringSSL (SwiftPM hands a package user this map by itself).
+        let boringSSL = build.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("checkouts/swift-crypto/Sources/CCryptoBoringSSL/include/module.modulemap").path
         p.arguments = [swiftc, "-typecheck", "-I", modules, "-Xcc",
                        "-fmodule-map-file=\(TestProcesses.packageRoot.appendingPathComponent("Sources/CSodium/module.modulemap").path)",
-                       "-Xcc", "-fmodule-map-file=\(shim)", file]
+                       "-Xcc", "-fmodule-map-file=\(shim)", "-Xcc", "-fmodule-map-file=\(boringSSL)", file]
         let err = Pipe()
         p.standardError = err
         p.standardOutput = FileHandle.nullDevice
