@@ -518,6 +518,7 @@ final class ChannelEngine: @unchecked Sendable {
             guard machine.wantsToRead, !readPaused, !outputPaused, !endOfStream else { return }
             let chunk = readChunk
             let result = machine.read(chunk: chunk, into: &actions) { buffer in
+                readCalls += 1
                 do throws(TransportError) {
                     switch try socket.receive(into: buffer) {
                     case .wouldBlock: return .wouldBlock
@@ -539,11 +540,14 @@ final class ChannelEngine: @unchecked Sendable {
                 if readChunk > Self.initialReadChunk { readChunk = max(Self.initialReadChunk, readChunk / 2) }
                 return
             }
-            // A short read does not end the loop: while we opened what it brought, the peer
-            // may have written more, and reading it now is cheaper than sleeping and waking.
-            if n == chunk, chunk < configuration.readChunkSize {
-                readChunk = min(chunk * 2, configuration.readChunkSize)
+            // A short read emptied the socket: what it brought is delivered now (the handler
+            // runs after this event) rather than after a read that would only say EAGAIN; if
+            // the peer wrote meanwhile, the level-triggered loop reports it at once.
+            guard n == chunk else {
+                if readChunk > Self.initialReadChunk { readChunk = max(Self.initialReadChunk, readChunk / 2) }
+                return
             }
+            if chunk < configuration.readChunkSize { readChunk = min(chunk * 2, configuration.readChunkSize) }
         }
     }
 
@@ -613,6 +617,10 @@ final class ChannelEngine: @unchecked Sendable {
 
     /// `sendmsg` calls so far, would-block ones included (tests: frames coalesce).
     private(set) var writeCalls = 0
+
+    /// `recvmsg` calls so far, would-block ones included (tests: no read that only says EAGAIN
+    /// stands between a message and its delivery).
+    private(set) var readCalls = 0
 
     /// Buffer memory of the machine (tests: memory follows use).
     var heldBufferBytes: Int { machine.heldBufferBytes }

@@ -95,6 +95,28 @@ import Transport
         #expect(await PeerTestSupport.closeBoth(ca, cb))
     }
 
+    @Test func aMessageThatArrivesAloneIsReadWithOneRecvmsgAndDeliveredAtOnce() async throws {
+        let (ca, cb) = try await PeerTestSupport.connectedPair(
+            PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
+        let received = AsyncStream<[UInt8]>.makeStream()
+        cb.deliver { delivery in
+            if case .message(let m) = delivery { received.continuation.yield(m) }
+        }
+        var arrivals = received.stream.makeAsyncIterator()
+        let engine = cb.engine
+        let total = 50
+        let before = engine.queue.sync { engine.readCalls }
+        for i in 0..<total {
+            try await ca.send(Self.numbered(i, size: 100))
+            #expect(await arrivals.next() == Self.numbered(i, size: 100))
+        }
+        // One message at a time, each read whole by a short read: before, every message cost a
+        // second recvmsg that only said EAGAIN before its handler ran.
+        let reads = engine.queue.sync { engine.readCalls } - before
+        #expect(reads >= total && reads <= total + total / 10, "\(reads) recvmsg calls for \(total) lone messages")
+        #expect(await PeerTestSupport.closeBoth(ca, cb))
+    }
+
     @Test func aBatchLeavesInOneWriteAndArrivesAsTheSameMessagesInOrder() async throws {
         let (ca, cb) = try await PeerTestSupport.connectedPair(
             PeerTestSupport.establishment(alice), PeerTestSupport.establishment(bob))
